@@ -1,0 +1,91 @@
+# aai-nginx: build, test, demo, sanitizer and benchmark entry points.
+#
+#   make                  build the three modules against Debian's nginx-dev
+#   make NGINX_SRC=DIR    ... against an upstream nginx source tree (builds
+#                         that nginx binary too, --with-compat)
+#   make test             run the whole suite (starts Redis and Kafka mock)
+#   make run              the demo: Redis, Kafka mock, upstream and nginx
+#   make asan             build and run the suite under AddressSanitizer
+#   make bench            benchmarks (bench/README.md)
+#   make fuzz             fuzz the JWT parser for FUZZ_SECONDS seconds
+
+SHELL      := /bin/bash
+NGINX_SRC  ?= /usr/share/nginx/src
+BUILD      ?= build
+MODULES    ?= ratelimit cache kafka
+CC_OPT     ?= -O2 -g
+LD_OPT     ?=
+TEST_FILES ?= t
+PROVE_ARGS ?=
+
+B          := $(abspath $(BUILD))
+SRC        := $(abspath $(NGINX_SRC))
+TOP        := $(abspath .)
+SO         := $(foreach m,$(MODULES),$(B)/ngx_http_aai_$(m)_module.so)
+
+# Debian's nginx-dev tree carries the configure flags of /usr/sbin/nginx and
+# no .c files: only the modules can be built there.  An upstream tree builds
+# its own nginx binary, which the tests then run.
+ifneq ($(wildcard $(SRC)/conf_flags),)
+  CONFIGURE  := . ./conf_flags && ./configure "$${NGX_CONF_FLAGS[@]}"
+  MAKE_GOAL  := modules
+  NGINX_BIN  ?= /usr/sbin/nginx
+else
+  CONFIGURE  := $(if $(wildcard $(SRC)/configure),./configure,auto/configure) \
+                --with-compat --with-threads --with-http_ssl_module \
+                --with-http_stub_status_module --with-debug \
+                --prefix=$(B)/prefix
+  MAKE_GOAL  :=
+  NGINX_BIN  ?= $(B)/nginx
+endif
+
+SOURCES := config ngx_aai.map $(wildcard $(TOP)/*.c $(TOP)/*.h)
+
+.PHONY: all build deps test run asan bench fuzz clean check-deps
+
+all: build
+
+deps:
+	@scripts/install-deps
+
+check-deps:
+	@scripts/install-deps --check 2>/dev/null || scripts/install-deps
+
+$(B)/Makefile: config Makefile | check-deps
+	@mkdir -p $(B)
+	cd $(SRC) && AAI_MODULES="$(MODULES)" $(CONFIGURE) \
+	    --with-cc-opt="$(CC_OPT)" $(if $(LD_OPT),--with-ld-opt="$(LD_OPT)") \
+	    --add-dynamic-module=$(TOP) --builddir=$(B) > $(B)/configure.log \
+	    || { cat $(B)/configure.log; exit 1; }
+
+build: $(B)/Makefile
+	$(MAKE) -C $(SRC) -f $(B)/Makefile $(MAKE_GOAL)
+
+test: build
+	AAI_ASAN=$(AAI_ASAN) \
+	TEST_NGINX_BINARY=$(NGINX_BIN) AAI_BUILD=$(B) \
+	TEST_NGINX_LOAD_MODULES="$(SO)" \
+	    t/run-tests $(PROVE_ARGS) $(TEST_FILES)
+
+run: build
+	AAI_BUILD=$(B) NGINX_BIN=$(NGINX_BIN) scripts/demo
+
+# The Debian nginx binary is not instrumented: the modules are, and the
+# runtime is preloaded.  Every report fails the run (t/run-tests).
+ASAN_LIB = $(shell gcc -print-file-name=libasan.so)
+
+asan:
+	$(MAKE) test BUILD=build-asan \
+	    CC_OPT="-O1 -g -fsanitize=address -fno-omit-frame-pointer" \
+	    LD_OPT="-fsanitize=address" AAI_ASAN=$(ASAN_LIB)
+
+bench: build
+	scripts/install-deps --bench
+	AAI_BUILD=$(B) NGINX_BIN=$(NGINX_BIN) bench/run
+
+fuzz:
+	scripts/install-deps --fuzz
+	$(MAKE) -C fuzz FUZZ_SECONDS=$(or $(FUZZ_SECONDS),60)
+
+clean:
+	rm -rf $(B) build-asan t/servroot* t/tmp

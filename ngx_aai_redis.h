@@ -1,0 +1,125 @@
+
+/*
+ * Copyright (C) aai-nginx authors
+ *
+ * ngx_aai_redis: a non-blocking Redis client living in nginx's event loop.
+ *
+ * Sockets, timers and connect use nginx's own machinery
+ * (ngx_event_connect_peer, ngx_add_timer); hiredis is used only to parse
+ * replies (redisReader).  Commands are written in RESP by this file.
+ *
+ * One ngx_aai_redis_t per configured server (a directive such as
+ * aai_ratelimit_redis); in each worker it keeps up to "connections" TCP or
+ * unix-socket connections alive and pipelines every command sent to it:
+ * commands sent in one event loop iteration go out in one write.
+ *
+ * Circuit breaker: a connection that fails (refused, connect timeout,
+ * command timeout, protocol error, EOF with commands pending) fails all its
+ * pending commands and waits a backoff (100ms doubling to "backoff", 1s by
+ * default) before it reconnects.  After a failure a connection takes user
+ * commands again only once its handshake (AUTH, SELECT, PING) has been
+ * answered.  While no connection can take a command, ngx_aai_redis_send()
+ * returns NULL at once, so no request waits for a Redis known to be down.
+ */
+
+
+#ifndef _NGX_AAI_REDIS_H_INCLUDED_
+#define _NGX_AAI_REDIS_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_event.h>
+#include <ngx_event_connect.h>
+
+#include <hiredis/read.h>
+
+
+typedef struct ngx_aai_redis_s       ngx_aai_redis_t;
+typedef struct ngx_aai_redis_cmd_s   ngx_aai_redis_cmd_t;
+
+
+/* what a command's handler receives */
+typedef struct {
+    redisReply                *reply;      /* NULL on error */
+    const char                *error;      /* NULL, or why there is no reply:
+                                              "timeout", "connection lost",
+                                              "shutdown" ... */
+    ngx_msec_t                 latency;    /* send to reply, in ms */
+    ngx_uint_t                 latency_us; /* the same, in microseconds */
+} ngx_aai_redis_result_t;
+
+
+/*
+ * Called exactly once per command that ngx_aai_redis_send() accepted, unless
+ * the command was cancelled first; never from inside ngx_aai_redis_send().
+ * The reply is freed when the handler returns.
+ */
+typedef void (*ngx_aai_redis_handler_pt)(ngx_aai_redis_result_t *res,
+    void *data);
+
+
+typedef struct {
+    ngx_addr_t                *addrs;      /* resolved at configuration time */
+    ngx_uint_t                 naddrs;
+    ngx_str_t                  url;        /* as written, for logs */
+    ngx_str_t                  user;       /* ACL user name, or empty */
+    ngx_str_t                  password;   /* empty: no AUTH */
+    ngx_int_t                  db;         /* -1: no SELECT */
+    ngx_msec_t                 connect_timeout;
+    ngx_msec_t                 timeout;    /* per command */
+    ngx_msec_t                 backoff;    /* maximum reconnect backoff */
+    ngx_uint_t                 connections;/* per worker */
+    ngx_str_t                  directive;  /* e.g. "aai_ratelimit_redis" */
+} ngx_aai_redis_conf_t;
+
+
+/*
+ * Configuration time.
+ *
+ * ngx_aai_redis_conf_parse() parses the arguments of the current directive:
+ *
+ *     DIRECTIVE address [password=P|env:VAR] [user=U] [db=N]
+ *               [connect_timeout=T] [timeout=T] [backoff=T]
+ *               [connections=N];
+ *
+ * address is host:port (default port 6379) or unix:/path.  A host name is
+ * resolved here, never at run time.  Errors name the directive and the
+ * value.  ngx_aai_redis_create() makes the per-worker client; call it once
+ * per server from the module's configuration callbacks.
+ */
+char *ngx_aai_redis_conf_parse(ngx_conf_t *cf, ngx_aai_redis_conf_t *rcf);
+void ngx_aai_redis_conf_init(ngx_aai_redis_conf_t *rcf);
+ngx_aai_redis_t *ngx_aai_redis_create(ngx_conf_t *cf,
+    ngx_aai_redis_conf_t *rcf);
+
+
+/* init_process / exit_process of the owning module */
+ngx_int_t ngx_aai_redis_init_worker(ngx_aai_redis_t *rs, ngx_cycle_t *cycle);
+void ngx_aai_redis_exit_worker(ngx_aai_redis_t *rs);
+
+
+/*
+ * Request time.
+ *
+ * Queues one command (argv[0] is the command name).  The arguments are
+ * copied: they may live in the request pool.  Returns NULL when Redis cannot
+ * take a command now (circuit open, or no memory); the caller then decides
+ * by its own policy, at once.  Never blocks and never calls the handler.
+ */
+ngx_aai_redis_cmd_t *ngx_aai_redis_send(ngx_aai_redis_t *rs, ngx_log_t *log,
+    ngx_uint_t argc, ngx_str_t *argv, ngx_aai_redis_handler_pt handler,
+    void *data);
+
+/*
+ * The handler of cmd will not be called.  For a request that goes away
+ * (pool cleanup) before its reply.  Must not be called after the handler
+ * ran.
+ */
+void ngx_aai_redis_cancel(ngx_aai_redis_cmd_t *cmd);
+
+/* 1 if a command sent now would be accepted */
+ngx_uint_t ngx_aai_redis_available(ngx_aai_redis_t *rs);
+
+
+#endif /* _NGX_AAI_REDIS_H_INCLUDED_ */
