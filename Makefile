@@ -53,7 +53,7 @@ check-deps:
 
 $(B)/Makefile: config Makefile | check-deps
 	@mkdir -p $(B)
-	cd $(SRC) && AAI_MODULES="$(MODULES)" $(CONFIGURE) \
+	cd $(SRC) && export AAI_MODULES="$(MODULES)" && $(CONFIGURE) \
 	    --with-cc-opt="$(CC_OPT)" $(if $(LD_OPT),--with-ld-opt="$(LD_OPT)") \
 	    --add-dynamic-module=$(TOP) --builddir=$(B) > $(B)/configure.log \
 	    || { cat $(B)/configure.log; exit 1; }
