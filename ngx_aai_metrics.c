@@ -79,6 +79,7 @@ static ngx_uint_t ngx_aai_metrics_same(ngx_aai_metrics_shm_t *a,
 static ngx_int_t ngx_aai_metrics_init_zone(ngx_shm_zone_t *shm_zone,
     void *data);
 static ngx_int_t ngx_aai_metrics_handler(ngx_http_request_t *r);
+static size_t ngx_aai_metrics_walk(ngx_buf_t *b);
 static size_t ngx_aai_metrics_zone_len(ngx_aai_metrics_shm_t *shm);
 static u_char *ngx_aai_metrics_render(u_char *p, ngx_aai_metrics_shm_t *shm);
 static u_char *ngx_aai_metrics_render_family(u_char *p,
@@ -440,14 +441,9 @@ ngx_aai_metrics_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 static ngx_int_t
 ngx_aai_metrics_handler(ngx_http_request_t *r)
 {
-    size_t                  len;
-    ngx_int_t               rc;
-    ngx_buf_t              *b;
-    ngx_uint_t              i;
-    ngx_chain_t             out;
-    ngx_list_part_t        *part;
-    ngx_shm_zone_t         *zone;
-    ngx_aai_metrics_shm_t  *shm;
+    ngx_int_t     rc;
+    ngx_buf_t    *b;
+    ngx_chain_t   out;
 
     static ngx_str_t  type = ngx_string("text/plain; version=0.0.4");
 
@@ -460,55 +456,12 @@ ngx_aai_metrics_handler(ngx_http_request_t *r)
         return rc;
     }
 
-    len = 0;
-
-    for (i = 0; i < 2; i++) {
-        part = &ngx_cycle->shared_memory.part;
-        zone = part->elts;
-
-        for ( ;; ) {
-            if (zone == (ngx_shm_zone_t *) part->elts + part->nelts) {
-                if (part->next == NULL) {
-                    break;
-                }
-
-                part = part->next;
-                zone = part->elts;
-                continue;
-            }
-
-            shm = NULL;
-
-            if (zone->shm.name.len > sizeof(NGX_AAI_METRICS_PREFIX) - 1
-                && ngx_strncmp(zone->shm.name.data, NGX_AAI_METRICS_PREFIX,
-                               sizeof(NGX_AAI_METRICS_PREFIX) - 1)
-                   == 0
-                && zone->shm.addr)
-            {
-                shm = ((ngx_slab_pool_t *) zone->shm.addr)->data;
-            }
-
-            if (shm && shm->magic == NGX_AAI_METRICS_MAGIC
-                && shm->version == NGX_AAI_METRICS_VERSION)
-            {
-                if (i == 0) {
-                    len += ngx_aai_metrics_zone_len(shm);
-
-                } else {
-                    b->last = ngx_aai_metrics_render(b->last, shm);
-                }
-            }
-
-            zone++;
-        }
-
-        if (i == 0) {
-            b = ngx_create_temp_buf(r->pool, len + 1);
-            if (b == NULL) {
-                return NGX_HTTP_INTERNAL_SERVER_ERROR;
-            }
-        }
+    b = ngx_create_temp_buf(r->pool, ngx_aai_metrics_walk(NULL) + 1);
+    if (b == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
+
+    (void) ngx_aai_metrics_walk(b);
 
     r->headers_out.status = NGX_HTTP_OK;
     r->headers_out.content_length_n = b->last - b->pos;
@@ -532,6 +485,65 @@ ngx_aai_metrics_handler(ngx_http_request_t *r)
     out.next = NULL;
 
     return ngx_http_output_filter(r, &out);
+}
+
+
+/*
+ * Every metrics zone of the running cycle: with b == NULL, returns the
+ * length their text can take; else renders them into b.
+ */
+
+static size_t
+ngx_aai_metrics_walk(ngx_buf_t *b)
+{
+    size_t                  len;
+    ngx_uint_t              i;
+    ngx_list_part_t        *part;
+    ngx_shm_zone_t         *zone;
+    ngx_aai_metrics_shm_t  *shm;
+
+    len = 0;
+    part = (ngx_list_part_t *) &ngx_cycle->shared_memory.part;
+    zone = part->elts;
+
+    for (i = 0; /* void */ ; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            zone = part->elts;
+            i = 0;
+        }
+
+        if (zone[i].shm.addr == NULL
+            || zone[i].shm.name.len <= sizeof(NGX_AAI_METRICS_PREFIX) - 1
+            || ngx_strncmp(zone[i].shm.name.data, NGX_AAI_METRICS_PREFIX,
+                           sizeof(NGX_AAI_METRICS_PREFIX) - 1)
+               != 0)
+        {
+            continue;
+        }
+
+        shm = ((ngx_slab_pool_t *) zone[i].shm.addr)->data;
+
+        if (shm == NULL || shm->magic != NGX_AAI_METRICS_MAGIC
+            || shm->version != NGX_AAI_METRICS_VERSION)
+        {
+            continue;
+        }
+
+        if (b == NULL) {
+            len += ngx_aai_metrics_zone_len(shm);
+
+        } else {
+            b->last = ngx_aai_metrics_render(b->last, shm);
+        }
+    }
+
+    return len;
 }
 
 
