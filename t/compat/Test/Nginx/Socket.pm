@@ -106,7 +106,8 @@ our $ErrLogFilePos = 0;
 our $RandPorts = {};
 our $PrevConfig;
 our $NginxPid;            # pid of the nginx we started (master or single)
-our %AsanSeen;
+# reports left by earlier runs or earlier .t files were reported there
+our %AsanSeen = map { $_ => 1 } glob("$ServRoot/asan*");
 our $TotalConnectFailures = 0;
 our $InSubprocess;
 
@@ -358,7 +359,7 @@ sub setup_server_root {
 sub write_user_files {
     my $block = shift;
     my $name = $block->name;
-    my $files = $block->user_files;
+    my $files = scalar($block->user_files);
     return unless $files;
 
     if (!ref $files) {
@@ -401,22 +402,22 @@ sub write_config_file {
     my ($block, $config) = @_;
     my $name = $block->name;
 
-    my $http_config = expand_env_in_text($block->http_config, $name) // '';
+    my $http_config = expand_env_in_text(scalar($block->http_config), $name) // '';
     $http_config = $FilterHttpConfig->($http_config) if $FilterHttpConfig;
-    my $main_config = $block->main_config // '';
+    my $main_config = scalar($block->main_config) // '';
     if ($LoadModules) {
         my @mods = map { "load_module $_;" } grep { $_ } split /\s+/,
                    $LoadModules;
         $main_config = join(' ', @mods, $main_config) if @mods;
     }
     $main_config = expand_env_in_text($main_config, $name);
-    my $post_main_config = expand_env_in_text($block->post_main_config,
+    my $post_main_config = expand_env_in_text(scalar($block->post_main_config),
                                               $name) // '';
-    my $err_log = $block->error_log_file
-                  ? expand_env_in_text($block->error_log_file, $name)
+    my $err_log = scalar($block->error_log_file)
+                  ? expand_env_in_text(scalar($block->error_log_file), $name)
                   : $ErrLogFile;
-    my $level = $block->log_level || $LogLevel;
-    my $server_name = $block->server_name // $ServerName;
+    my $level = scalar($block->log_level) || $LogLevel;
+    my $server_name = scalar($block->server_name) // $ServerName;
     (my $qname = $server_name) =~ s/\\/\\\\/g;
     $qname =~ s/'/\\'/g;
 
@@ -561,6 +562,7 @@ sub start_nginx {
             sleep 0.2;
             $waited += 0.2;
             unlink "$LogDir/stderr.log";
+            truncate $ErrLogFile, 0;    # keep the failed try out of checks
             next;
         }
 
@@ -622,10 +624,10 @@ sub check_error_log {
 
     my %warn_on = (alert => 1, crit => 1, emerg => 1);
 
-    if (defined $block->grep_error_log) {
-        my $gp = $block->grep_error_log;
+    if (defined scalar($block->grep_error_log)) {
+        my $gp = scalar($block->grep_error_log);
         $gp = $gp->[$req_idx] if ref $gp eq 'ARRAY';
-        my $expected = $block->grep_error_log_out;
+        my $expected = scalar($block->grep_error_log_out);
         bail_out("$name - No --- grep_error_log_out defined but "
                  . "--- grep_error_log is defined") unless defined $expected;
         $expected = $expected->[$req_idx] if ref $expected eq 'ARRAY';
@@ -651,8 +653,8 @@ sub check_error_log {
         }
     }
 
-    if (defined $block->error_log) {
-        my $orig = $block->error_log;
+    if (defined scalar($block->error_log)) {
+        my $orig = scalar($block->error_log);
         for my $l (keys %warn_on) {
             delete $warn_on{$l} if value_contains($orig, "[$l");
         }
@@ -675,8 +677,8 @@ sub check_error_log {
         }
     }
 
-    if (defined $block->no_error_log) {
-        my $orig = $block->no_error_log;
+    if (defined scalar($block->no_error_log)) {
+        my $orig = scalar($block->no_error_log);
         for my $l (keys %warn_on) {
             delete $warn_on{$l} if value_contains($orig, "[$l");
         }
@@ -730,12 +732,12 @@ sub check_error_log {
 sub check_shutdown_error_log {
     my ($block) = @_;
     my $name = $block->name;
-    return unless defined $block->shutdown_error_log
-                  || defined $block->no_shutdown_error_log;
+    return unless defined scalar($block->shutdown_error_log)
+                  || defined scalar($block->no_shutdown_error_log);
     my $lines = error_log_data();
 
-    if (defined $block->shutdown_error_log) {
-        my $pats = pattern_list($block->shutdown_error_log);
+    if (defined scalar($block->shutdown_error_log)) {
+        my $pats = pattern_list(scalar($block->shutdown_error_log));
         for my $line (@$lines) {
             for my $pat (@$pats) {
                 next unless defined $pat;
@@ -752,8 +754,8 @@ sub check_shutdown_error_log {
         }
     }
 
-    if (defined $block->no_shutdown_error_log) {
-        my $pats = pattern_list($block->no_shutdown_error_log);
+    if (defined scalar($block->no_shutdown_error_log)) {
+        my $pats = pattern_list(scalar($block->no_shutdown_error_log));
         my %found;
         for my $line (@$lines) {
             for my $pat (@$pats) {
@@ -831,7 +833,7 @@ sub build_request {
 
 sub more_headers_for {
     my ($block, $i) = @_;
-    my $more = $block->more_headers // '';
+    my $more = scalar($block->more_headers) // '';
     if (ref $more eq 'ARRAY') {
         my $h = $more->[$i];
         bail_out($block->name . " - --- more_headers lacks data for the "
@@ -847,15 +849,15 @@ sub requests_from_block {
     my $name = $block->name;
     my @reqs;
 
-    if (defined $block->raw_request) {
-        my $raw = $block->raw_request;
+    if (defined scalar($block->raw_request)) {
+        my $raw = scalar($block->raw_request);
         my @p = ref $raw eq 'ARRAY' ? @$raw : ($raw);
         push @reqs, [map { { value => $_ } } @p];
         return \@reqs;
     }
 
-    if (defined $block->pipelined_requests) {
-        my $list = $block->pipelined_requests;
+    if (defined scalar($block->pipelined_requests)) {
+        my $list = scalar($block->pipelined_requests);
         bail_out("$name - invalid entries in --- pipelined_requests")
             unless ref $list eq 'ARRAY';
         my $all = '';
@@ -869,7 +871,7 @@ sub requests_from_block {
         return \@reqs;
     }
 
-    my $request = $block->request;
+    my $request = scalar($block->request);
     bail_out("$name - request empty") unless defined $request;
     my @list = ref $request eq 'ARRAY' ? @$request : ($request);
     bail_out("$name - invalid ---request : MUST be string or array of "
@@ -921,7 +923,7 @@ sub send_request {
     my $sock = connect_server($name, $timeout) or return undef;
     $sock->blocking(0);
 
-    my $delay = parse_time($block->raw_request_middle_delay);
+    my $delay = parse_time(scalar($block->raw_request_middle_delay));
     my @todo = @$packets;
     my $buf = (shift @todo)->{value};
     my $resp = '';
@@ -935,7 +937,7 @@ sub send_request {
                                          undef, $timeout);
         if ((!$r || !@$r) && (!$w || !@$w)) {
             next if $! == EINTR && time < $hard;
-            if (!defined $block->abort) {
+            if (!defined scalar($block->abort)) {
                 fail("ERROR: client socket timed out - $name\n");
             }
             last;
@@ -957,7 +959,7 @@ sub send_request {
                         $buf = $p->{value};
                     } else {
                         $writing = 0;
-                        if (defined $block->shutdown) {
+                        if (defined scalar($block->shutdown)) {
                             shutdown($sock, 1);
                         }
                     }
@@ -976,7 +978,7 @@ sub send_request {
         }
         if (time > $hard) {
             fail("ERROR: client socket timed out - $name\n")
-                unless defined $block->abort;
+                unless defined scalar($block->abort);
             last;
         }
     }
@@ -1067,32 +1069,36 @@ sub check_error_code {
     my ($block, $res, $idx, $need_array) = @_;
     my $name = $block->name;
     my $got = ($res && $res->code) || '';
-    if (defined $block->error_code_like) {
-        my $v = get_indexed_value($name, $block->error_code_like, $idx,
+    if (defined scalar($block->error_code_like)) {
+        my $v = get_indexed_value($name, scalar($block->error_code_like), $idx,
                                   $need_array);
         like($got, qr/$v/sm, "$name - status code ok");
-    } elsif (defined $block->error_code) {
-        is($got, get_indexed_value($name, $block->error_code, $idx,
+    } elsif (defined scalar($block->error_code)) {
+        is($got, get_indexed_value($name, scalar($block->error_code), $idx,
                                    $need_array), "$name - status code ok");
     } else {
         is($got, 200, "$name - status code ok");
     }
 }
 
+# "Name: value" and "!Name" lines; like the real runner, a name given
+# twice (same case) keeps only its last line.
 sub parse_headers_spec {
     my $s = shift;
-    my @list;
+    my (@order, %val);
     for my $line (split /\n/, $s // '') {
         $line =~ s/^\s+|\s+$//g;
         next if $line eq '';
+        my ($k, $v);
         if ($line =~ s/^!\s*//) {
-            push @list, [$line, undef];
+            $k = $line;
         } else {
-            my ($k, $v) = split /\s*:\s*/, $line, 2;
-            push @list, [$k, $v];
+            ($k, $v) = split /\s*:\s*/, $line, 2;
         }
+        push @order, $k unless exists $val{$k};
+        $val{$k} = $v;
     }
-    return \@list;
+    return [map { [$_, $val{$_}] } @order];
 }
 
 sub check_response_headers {
@@ -1100,8 +1106,8 @@ sub check_response_headers {
     my $name = $block->name;
 
     for my $sec (qw(raw_response_headers_like raw_response_headers_unlike)) {
-        next unless defined $block->$sec;
-        my $exp = get_indexed_value($name, $block->$sec, $idx, $need_array);
+        next unless defined scalar($block->$sec);
+        my $exp = get_indexed_value($name, scalar($block->$sec), $idx, $need_array);
         if ($sec =~ /unlike/) {
             unlike($raw_headers, qr/$exp/s, "$name - raw resp headers unlike");
         } else {
@@ -1109,8 +1115,8 @@ sub check_response_headers {
         }
     }
 
-    if (defined $block->response_headers) {
-        my $spec = get_indexed_value($name, $block->response_headers, $idx,
+    if (defined scalar($block->response_headers)) {
+        my $spec = get_indexed_value($name, scalar($block->response_headers), $idx,
                                      $need_array);
         for my $kv (@{ parse_headers_spec($spec) }) {
             my ($k, $v) = @$kv;
@@ -1125,8 +1131,8 @@ sub check_response_headers {
             is($got // '', $v, "$name - header $k ok");
         }
 
-    } elsif (defined $block->response_headers_like) {
-        my $spec = get_indexed_value($name, $block->response_headers_like,
+    } elsif (defined scalar($block->response_headers_like)) {
+        my $spec = get_indexed_value($name, scalar($block->response_headers_like),
                                      $idx, $need_array);
         for my $kv (@{ parse_headers_spec($spec) }) {
             my ($k, $v) = @$kv;
@@ -1153,7 +1159,7 @@ sub run_body_filter {
 
 sub transform_response_body {
     my ($block, $res, $idx) = @_;
-    my $filters = $block->response_body_filters;
+    my $filters = scalar($block->response_body_filters);
     return unless defined $filters && $res && defined $res->content;
     if (!ref $filters) {
         $filters =~ s/^\s+|\s+$//g;
@@ -1174,8 +1180,8 @@ sub check_response_body {
     my $name = $block->name;
     my $content = $res ? $res->content : undef;
 
-    if (defined $block->response_body) {
-        my $exp = get_indexed_value($name, $block->response_body, $idx,
+    if (defined scalar($block->response_body)) {
+        my $exp = get_indexed_value($name, scalar($block->response_body), $idx,
                                     $need_array);
         if (defined $exp && !ref $exp) {
             $exp =~ s/\$ServerPort\b/$ServerPort/g;
@@ -1193,12 +1199,12 @@ sub check_response_body {
             Test::LongString::is_string($content, $exp, $desc);
         }
 
-    } elsif (defined $block->response_body_like
-             || defined $block->response_body_unlike)
+    } elsif (defined scalar($block->response_body_like)
+             || defined scalar($block->response_body_unlike))
     {
-        my $like = defined $block->response_body_like;
+        my $like = defined scalar($block->response_body_like);
         my $pat = get_indexed_value($name,
-            $like ? $block->response_body_like : $block->response_body_unlike,
+            $like ? scalar($block->response_body_like) : scalar($block->response_body_unlike),
             $idx, $need_array);
         $pat =~ s/\$ServerPort\b/$ServerPort/g;
         $pat =~ s/\$ServerPortForClient\b/$ServerPortForClient/g;
@@ -1223,8 +1229,8 @@ sub run_requests {
     my ($block, $rep) = @_;
     my $name = $block->name;
     my $reqs = requests_from_block($block);
-    my $timeout = parse_time($block->timeout) // $Timeout;
-    my $wait = parse_time($block->wait);
+    my $timeout = parse_time(scalar($block->timeout)) // $Timeout;
+    my $wait = parse_time(scalar($block->wait));
 
     for my $idx (0 .. $#$reqs) {
         my $packets = $reqs->[$idx];
@@ -1232,8 +1238,8 @@ sub run_requests {
         my $raw = send_request($block, $packets, $timeout) // '';
 
         my ($n, $need_array);
-        if ($block->pipelined_requests) {
-            $n = @{ $block->pipelined_requests };
+        if (scalar($block->pipelined_requests)) {
+            $n = @{ scalar($block->pipelined_requests) };
             $need_array = 1;
         } else {
             $n = 1;
@@ -1243,7 +1249,7 @@ sub run_requests {
         my $sub_idx = $idx;
         for my $k (1 .. $n) {
             my ($res, $raw_headers, $left) = (undef, '', undef);
-            if (!defined $block->ignore_response) {
+            if (!defined scalar($block->ignore_response)) {
                 ($res, $raw_headers, $left) = parse_response($name, $raw,
                                                              $head);
                 check_error_code($block, $res, $sub_idx, $need_array);
@@ -1267,19 +1273,28 @@ sub run_requests {
     check_error_log($block, $rep);
 }
 
+# The real runner evaluates init, post_setup_server_root and skip_eval
+# code inside its package Test::Nginx::Util, with strict on and no Test::More
+# functions imported: do the same, so that code working here works there.
+sub eval_like_real {
+    my $code = shift;
+    return eval "package Test::Nginx::Util; use strict; use warnings;\n"
+                . $code;
+}
+
 sub check_skip {
     my ($block) = @_;
     my $name = $block->name;
-    if (defined(my $se = $block->skip_eval)) {
+    if (defined(my $se = scalar($block->skip_eval))) {
         if ($se =~ /^\s*(\d+)\s*:\s*(.*)/s) {
             my ($n, $code) = ($1, $2);
-            my $r = eval $code;
+            my $r = eval_like_real($code);
             bail_out("$name - skip_eval - failed to eval the Perl code "
                      . "\"$code\": $@") if $@;
             return ($n, 'skip_eval') if $r;
         }
     }
-    if (defined(my $sn = $block->skip_nginx)) {
+    if (defined(my $sn = scalar($block->skip_nginx))) {
         if ($sn =~ /^\s*(\d+)\s*:\s*([<>]=?)\s*(\d+)\.(\d+)\.(\d+)
                     (?:\s*:\s*(.*))?\s*$/x)
         {
@@ -1309,7 +1324,7 @@ sub run_test {
     my ($block) = @_;
     my $name = $block->name;
 
-    return if defined $block->SKIP;
+    return if defined scalar($block->SKIP);
 
     my ($skip_n, $skip_reason) = check_skip($block);
     if (defined $skip_n) {
@@ -1318,7 +1333,7 @@ sub run_test {
     }
 
     $RandPorts = {};
-    my $config = $block->config;
+    my $config = scalar($block->config);
     $config = $PrevConfig unless defined $config;
     $config //= '';
     $PrevConfig = $config;
@@ -1330,16 +1345,16 @@ sub run_test {
     }
 
     setup_server_root();
-    if ($block->post_setup_server_root) {
-        eval $block->post_setup_server_root;
+    if (scalar($block->post_setup_server_root)) {
+        eval_like_real(scalar($block->post_setup_server_root));
         bail_out("$name - post_setup_server_root failed: $@") if $@;
     }
     write_user_files($block);
     write_config_file($block, $config);
     $ErrLogFilePos = 0;
 
-    if (defined $block->must_die) {
-        my $must_die = $block->must_die;
+    if (defined scalar($block->must_die)) {
+        my $must_die = scalar($block->must_die);
         my $status = run_nginx_cmd($name);
         my $code = defined $status ? $status >> 8 : undef;
         if (!defined $status) {
@@ -1362,8 +1377,8 @@ sub run_test {
 
     start_nginx($block) or do { check_asan($name); return; };
 
-    if ($block->init) {
-        eval $block->init;
+    if (scalar($block->init)) {
+        eval_like_real(scalar($block->init));
         bail_out("$name - init failed: $@") if $@;
     }
 
@@ -1408,6 +1423,19 @@ sub run_tests {
         }
     }
     cleanup();
+}
+
+# a killed test run (CI timeout, ^C, t/run-tests stopping) still runs the
+# END blocks, which stop nginx
+for my $sig (qw( INT TERM HUP )) {
+    next if ref $SIG{$sig};
+    $SIG{$sig} = sub {
+        # prove may be gone already: writing to its pipes must not kill us
+        # before END has stopped nginx
+        $SIG{PIPE} = 'IGNORE';
+        warn "$0: caught SIG$sig, stopping nginx\n";
+        exit 1;
+    };
 }
 
 END {

@@ -1,0 +1,739 @@
+package AaiTest;
+
+# Helpers for the aai-nginx .t files.  Core Perl and Debian's perl modules
+# only, so that they work under our t/compat runner and under OpenResty's
+# real Test::Nginx::Socket alike.  Use:
+#
+#     use Test::Nginx::Socket 'no_plan';
+#     use lib 't/lib';
+#     use AaiTest;
+#
+# Everything these helpers start (redis-servers, nginx instances, listening
+# sockets) is stopped at END.  All network waits are bounded.
+#
+# Exported:
+#   redis_cmd(@args)            one command to the harness redis
+#                               (127.0.0.1:$ENV{TEST_NGINX_REDIS_PORT}).
+#                               Reply: string, integer, undef (nil), array
+#                               ref; an error reply dies unless
+#                               $AaiTest::RedisErrorsDie = 0, then it is
+#                               returned as "-ERR ..." (with the minus).
+#   redis_cmd_port($port, @args)  the same against another redis.
+#   redis_flushdb()             FLUSHDB on the harness redis.
+#   free_port()                 a TCP port free on 127.0.0.1 right now.
+#   start_redis(%o)             a disposable redis-server (o: port => N to
+#                               reuse a port, e.g. after stop_redis); returns
+#                               its port.
+#   stop_redis($port)           stops it (TERM, bounded, then KILL).
+#   hung_listener()             a port that accepts TCP connections (kernel
+#                               backlog) and never answers; returns port.
+#   start_nginx_instance($name, $http_conf, %o)
+#                               an extra nginx with the same binary and
+#                               TEST_NGINX_LOAD_MODULES, prefix
+#                               "<servroot>-<name>", on a free port.
+#                               $http_conf is what goes inside http { };
+#                               $TEST_NGINX_INSTANCE_PORT in it is that port,
+#                               other $TEST_NGINX_* are taken from %ENV.
+#                               o: main_config => text (main level),
+#                               workers => N (default 1; master process on).
+#                               Returns ($port, $stop_sub, $prefix); its log
+#                               is "$prefix/logs/error.log".
+#   http_get($port, $path, \%headers [, $method, $body])
+#                               returns ($status, \%headers, $body); header
+#                               names lower-case, repeated ones joined ", ".
+#                               5 s timeout ($AaiTest::HttpTimeout).
+#   kafka_consume($topic, $count, $timeout)
+#                               messages of $topic from the beginning via
+#                               kcat on $ENV{TEST_NGINX_KAFKA_BROKERS}:
+#                               waits until $count arrived or $timeout s
+#                               (default 5) passed; $count undef = all
+#                               present now.  Returns a list of hashes
+#                               {topic, partition, offset, key, payload,
+#                               headers}.
+#   kafka_broker_down($id) / kafka_broker_up($id)
+#                               via the kmock control port
+#                               ($ENV{TEST_NGINX_KAFKA_CONTROL}); broker ids
+#                               are 1..N.
+#   file_lines($path)           lines of a file (e.g. an instance's log).
+#
+# Block sections (custom Test::Base sections; the real runner ignores
+# unknown sections, these hooks make both runners execute them):
+#   --- aai_before              Perl code run before the block's nginx
+#                               starts (e.g. redis_flushdb(); or
+#                               kafka_broker_down(1);)
+#   --- aai_after               Perl code run after the block (its requests
+#                               and log checks are done); use is()/ok()
+#                               here to assert what is in Redis or Kafka.
+# The code runs in package main with strict off; a die fails the block.
+
+use strict;
+use warnings;
+
+use Exporter ();
+use IO::Socket::INET ();
+use IO::Select ();
+use POSIX qw( :sys_wait_h SIGTERM SIGKILL );
+use Time::HiRes qw( time sleep );
+use File::Path qw( make_path remove_tree );
+use File::Spec ();
+use JSON::PP ();
+use Errno qw( EAGAIN EWOULDBLOCK EINTR );
+use Test::More ();
+
+our @EXPORT = qw( redis_cmd redis_cmd_port redis_flushdb free_port
+    start_redis stop_redis hung_listener start_nginx_instance http_get
+    kafka_consume kafka_broker_down kafka_broker_up file_lines );
+
+our $RedisErrorsDie = 1;
+our $RedisTimeout   = 3;
+our $HttpTimeout    = 5;
+our $HooksInstalled = 0;
+
+my %RedisConn;       # port => socket
+my %RedisProcs;      # port => { pid, dir }
+my @Listeners;       # sockets held open by hung_listener
+my %Instances;       # prefix => pid
+my $Parent = $$;
+
+
+# --- Redis -----------------------------------------------------------------
+
+sub _resp_encode {
+    my $out = '*' . scalar(@_) . "\r\n";
+    for my $a (@_) {
+        my $s = defined $a ? "$a" : '';
+        utf8::encode($s) if utf8::is_utf8($s);
+        $out .= '$' . length($s) . "\r\n$s\r\n";
+    }
+    return $out;
+}
+
+# Buffered reader over a socket with a deadline.
+sub _read_more {
+    my ($sock, $bufref, $deadline) = @_;
+    my $sel = IO::Select->new($sock);
+    while (1) {
+        my $left = $deadline - time;
+        die "redis: timeout\n" if $left <= 0;
+        next unless $sel->can_read($left);
+        my $n = sysread($sock, my $chunk, 65536);
+        if (!defined $n) {
+            next if $! == EINTR || $! == EAGAIN || $! == EWOULDBLOCK;
+            die "redis: read: $!\n";
+        }
+        die "redis: connection closed\n" if $n == 0;
+        $$bufref .= $chunk;
+        return;
+    }
+}
+
+sub _read_line {
+    my ($sock, $bufref, $deadline) = @_;
+    while ((my $i = index($$bufref, "\r\n")) < 0) {
+        _read_more($sock, $bufref, $deadline);
+    }
+    my $i = index($$bufref, "\r\n");
+    my $line = substr($$bufref, 0, $i);
+    substr($$bufref, 0, $i + 2) = '';
+    return $line;
+}
+
+sub _read_reply {
+    my ($sock, $bufref, $deadline) = @_;
+    my $line = _read_line($sock, $bufref, $deadline);
+    my ($t, $rest) = (substr($line, 0, 1), substr($line, 1));
+    if ($t eq '+') {
+        return $rest;
+    } elsif ($t eq '-') {
+        die "redis error: $rest\n" if $RedisErrorsDie;
+        return "-$rest";
+    } elsif ($t eq ':') {
+        return $rest + 0;
+    } elsif ($t eq '$') {
+        return undef if $rest < 0;
+        while (length($$bufref) < $rest + 2) {
+            _read_more($sock, $bufref, $deadline);
+        }
+        my $s = substr($$bufref, 0, $rest);
+        substr($$bufref, 0, $rest + 2) = '';
+        return $s;
+    } elsif ($t eq '*') {
+        return undef if $rest < 0;
+        my @a;
+        push @a, _read_reply($sock, $bufref, $deadline) for 1 .. $rest;
+        return \@a;
+    }
+    die "redis: bad reply line \"$line\"\n";
+}
+
+sub redis_cmd_port {
+    my ($port, @args) = @_;
+    die "redis_cmd: no port (TEST_NGINX_REDIS_PORT unset?)\n" unless $port;
+    for my $try (1, 2) {
+        my $sock = $RedisConn{$port};
+        if (!$sock) {
+            $sock = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                          PeerPort => $port,
+                                          Proto => 'tcp',
+                                          Timeout => $RedisTimeout)
+                or die "redis: connect to 127.0.0.1:$port: $!\n";
+            $sock->autoflush(1);
+            $RedisConn{$port} = $sock;
+        }
+        my $deadline = time + $RedisTimeout;
+        my $req = _resp_encode(@args);
+        my $ok = eval {
+            local $SIG{PIPE} = 'IGNORE';
+            my $off = 0;
+            while ($off < length $req) {
+                my $n = syswrite($sock, $req, length($req) - $off, $off);
+                die "redis: write: $!\n" unless defined $n;
+                $off += $n;
+            }
+            1;
+        };
+        if (!$ok) {
+            delete $RedisConn{$port};
+            next if $try == 1;       # a stale connection: reconnect once
+            die $@;
+        }
+        my $buf = '';
+        my @r;
+        $ok = eval { @r = (_read_reply($sock, \$buf, $deadline)); 1 };
+        if (!$ok) {
+            my $err = $@;
+            if ($err =~ /^redis error:/) {
+                die $err;
+            }
+            delete $RedisConn{$port};
+            close $sock;
+            next if $try == 1 && $err =~ /closed/;
+            die $err;
+        }
+        return $r[0];
+    }
+}
+
+sub redis_cmd {
+    return redis_cmd_port($ENV{TEST_NGINX_REDIS_PORT}, @_);
+}
+
+sub redis_flushdb {
+    return redis_cmd('FLUSHDB');
+}
+
+
+# --- ports, processes ------------------------------------------------------
+
+sub free_port {
+    my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
+                                  Proto => 'tcp', Listen => 1)
+        or die "free_port: $!\n";
+    my $p = $s->sockport;
+    close $s;
+    return $p;
+}
+
+sub _wait_exit {
+    my ($pid, $secs) = @_;
+    my $deadline = time + $secs;
+    while (time < $deadline) {
+        my $r = waitpid($pid, WNOHANG);
+        return 1 if $r == $pid || $r == -1 && !kill(0, $pid);
+        sleep 0.02;
+    }
+    return 0;
+}
+
+sub _servroot {
+    my $r = $ENV{TEST_NGINX_SERVROOT} || 't/servroot';
+    return File::Spec->rel2abs($r);
+}
+
+sub start_redis {
+    my %o = @_;
+    my $port = $o{port} || free_port();
+    my $dir = _servroot() . "-redis-$port";
+    remove_tree($dir);
+    make_path($dir);
+    my $pid = fork();
+    die "start_redis: fork: $!\n" unless defined $pid;
+    if ($pid == 0) {
+        open STDIN, '<', '/dev/null';
+        open STDOUT, '>', "$dir/redis.log";
+        open STDERR, '>&', \*STDOUT;
+        { no warnings 'exec';
+          exec 'redis-server', '--port', $port, '--bind', '127.0.0.1',
+               '--save', '', '--appendonly', 'no', '--dir', $dir,
+               '--daemonize', 'no', '--logfile', ''; }
+        POSIX::_exit(127);
+    }
+    $RedisProcs{$port} = { pid => $pid, dir => $dir };
+    my $deadline = time + 5;
+    while (time < $deadline) {
+        my $pong = eval { redis_cmd_port($port, 'PING') };
+        return $port if defined $pong && $pong eq 'PONG';
+        if (waitpid($pid, WNOHANG) == $pid) {
+            delete $RedisProcs{$port};
+            die "start_redis: redis-server exited (port $port busy?)\n";
+        }
+        sleep 0.05;
+    }
+    stop_redis($port);
+    die "start_redis: redis-server on $port did not answer\n";
+}
+
+sub stop_redis {
+    my $port = shift;
+    my $p = delete $RedisProcs{$port} or return;
+    if (my $s = delete $RedisConn{$port}) {
+        close $s;
+    }
+    kill SIGTERM, $p->{pid};
+    if (!_wait_exit($p->{pid}, 5)) {
+        kill SIGKILL, $p->{pid};
+        waitpid($p->{pid}, 0);
+    }
+    remove_tree($p->{dir});
+}
+
+sub hung_listener {
+    my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
+                                  Proto => 'tcp', Listen => 1024,
+                                  ReuseAddr => 1)
+        or die "hung_listener: $!\n";
+    push @Listeners, $s;
+    return $s->sockport;
+}
+
+
+# --- extra nginx instances -------------------------------------------------
+
+sub _expand {
+    my ($text, $port) = @_;
+    $text =~ s/\$TEST_NGINX_INSTANCE_PORT\b/$port/g;
+    $text =~ s{\$(TEST_NGINX_[_A-Z0-9]+)}{
+        defined $ENV{$1} ? $ENV{$1}
+                         : die "start_nginx_instance: \$$1 is not set\n"
+    }ge;
+    return $text;
+}
+
+sub start_nginx_instance {
+    my ($name, $http_conf, %o) = @_;
+    die "start_nginx_instance: bad name\n" unless $name =~ /^[\w-]+$/;
+    my $bin = $ENV{TEST_NGINX_BINARY} || 'nginx';
+    my $port = $o{port} || free_port();
+    my $prefix = _servroot() . "-$name";
+    if ($Instances{$prefix}) {
+        die "start_nginx_instance: \"$name\" is already running\n";
+    }
+    remove_tree($prefix);
+    make_path("$prefix/logs", "$prefix/conf", "$prefix/html");
+
+    my $mods = join '', map { "load_module $_;\n" } grep { $_ }
+               split /\s+/, ($ENV{TEST_NGINX_LOAD_MODULES} || '');
+    my $main = _expand($o{main_config} // '', $port);
+    my $http = _expand($http_conf // '', $port);
+    my $workers = $o{workers} || 1;
+    my $temp = join ' ', map { "${_}_temp_path $prefix/${_}_temp;" }
+               qw(client_body proxy fastcgi scgi uwsgi);
+    my $user = $> == 0 ? "user root;\n" : '';
+
+    open my $out, '>', "$prefix/conf/nginx.conf"
+        or die "start_nginx_instance: $!\n";
+    print $out <<"_EOC_";
+${mods}worker_processes $workers;
+daemon on;
+master_process on;
+error_log $prefix/logs/error.log debug;
+pid $prefix/logs/nginx.pid;
+env LD_PRELOAD;
+env ASAN_OPTIONS;
+$user$main
+events {
+    worker_connections 256;
+}
+http {
+    access_log $prefix/logs/access.log;
+    $temp
+    default_type text/plain;
+$http
+}
+_EOC_
+    close $out;
+
+    my $pid = fork();
+    die "start_nginx_instance: fork: $!\n" unless defined $pid;
+    if ($pid == 0) {
+        if ($ENV{AAI_ASAN}) {
+            $ENV{LD_PRELOAD} = $ENV{AAI_ASAN};
+            $ENV{ASAN_OPTIONS} = "detect_leaks=0:log_path=" . _servroot()
+                                 . "/asan";
+        }
+        open STDIN, '<', '/dev/null';
+        open STDOUT, '>', '/dev/null';
+        open STDERR, '>>', "$prefix/logs/stderr.log";
+        { no warnings 'exec';
+          exec $bin, '-p', "$prefix/", '-c', "$prefix/conf/nginx.conf",
+               '-e', "$prefix/logs/error.log"; }
+        POSIX::_exit(127);
+    }
+    if (!_wait_exit($pid, 10) || $? != 0) {
+        kill SIGKILL, $pid;
+        my $err = join '', file_lines("$prefix/logs/stderr.log");
+        die "start_nginx_instance: nginx \"$name\" failed to start: $err\n";
+    }
+    my $master;
+    my $deadline = time + 3;
+    while (time < $deadline) {
+        my ($l) = file_lines("$prefix/logs/nginx.pid");
+        if (defined $l && $l =~ /^(\d+)/) {
+            $master = $1;
+            last;
+        }
+        sleep 0.02;
+    }
+    die "start_nginx_instance: no pid file for \"$name\"\n" unless $master;
+    $Instances{$prefix} = $master;
+
+    my $stop = sub { _stop_instance($prefix) };
+    return wantarray ? ($port, $stop, $prefix) : $port;
+}
+
+sub _children {
+    my $ppid = shift;
+    my @kids;
+    opendir my $d, '/proc' or return ();
+    for my $p (grep { /^\d+$/ } readdir $d) {
+        open my $st, '<', "/proc/$p/stat" or next;
+        my $s = <$st>;
+        close $st;
+        push @kids, $p if defined $s && $s =~ /^\d+ \(.*\) \S+ (\d+) /
+                          && $1 == $ppid;
+    }
+    return @kids;
+}
+
+sub _alive {
+    my $pid = shift;
+    return 0 unless kill 0, $pid;
+    open my $st, '<', "/proc/$pid/stat" or return 0;
+    my $s = <$st>;
+    return !($s =~ /^\d+ \(.*\) Z /);
+}
+
+sub _stop_instance {
+    my $prefix = shift;
+    my $pid = delete $Instances{$prefix} or return;
+    my @kids = _children($pid);
+    kill 'QUIT', $pid;
+    my $deadline = time + 5;
+    sleep 0.02 while time < $deadline && _alive($pid);
+    for my $p ($pid, @kids) {
+        kill SIGKILL, $p if _alive($p);
+    }
+}
+
+
+# --- HTTP client -----------------------------------------------------------
+
+sub http_get {
+    my ($port, $path, $hdrs, $method, $body) = @_;
+    $method ||= 'GET';
+    $path = '/' unless defined $path;
+    my $deadline = time + $HttpTimeout;
+    my $sock = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                     PeerPort => $port, Proto => 'tcp',
+                                     Timeout => $HttpTimeout)
+        or return (undef, {}, "connect failed: $!");
+    my $req = "$method $path HTTP/1.1\r\nHost: localhost\r\n"
+              . "Connection: close\r\n";
+    for my $k (sort keys %{ $hdrs || {} }) {
+        $req .= "$k: $hdrs->{$k}\r\n";
+    }
+    $req .= "Content-Length: " . length($body) . "\r\n" if defined $body;
+    $req .= "\r\n" . ($body // '');
+    local $SIG{PIPE} = 'IGNORE';
+    syswrite($sock, $req);
+
+    my $raw = '';
+    my $sel = IO::Select->new($sock);
+    while (1) {
+        my $left = $deadline - time;
+        last if $left <= 0;
+        next unless $sel->can_read($left);
+        my $n = sysread($sock, my $chunk, 65536);
+        last if !defined $n && $! != EINTR && $! != EAGAIN;
+        last if defined $n && $n == 0;
+        $raw .= $chunk if $n;
+    }
+    close $sock;
+    return _parse_http($raw);
+}
+
+sub _parse_http {
+    my $raw = shift;
+    my $i = index($raw, "\r\n\r\n");
+    return (undef, {}, $raw) if $i < 0;
+    my $head = substr($raw, 0, $i);
+    my $body = substr($raw, $i + 4);
+    my @lines = split /\r\n/, $head;
+    my $status_line = shift @lines;
+    my ($status) = $status_line =~ m{^HTTP/\d\.\d\s+(\d+)};
+    my %h;
+    for my $l (@lines) {
+        my ($k, $v) = split /:\s*/, $l, 2;
+        $k = lc $k;
+        $h{$k} = exists $h{$k} ? "$h{$k}, $v" : $v;
+    }
+    if (($h{'transfer-encoding'} // '') =~ /chunked/i) {
+        my $out = '';
+        while ($body =~ s/^([0-9a-fA-F]+)[^\r\n]*\r\n//) {
+            my $n = hex $1;
+            last if $n == 0;
+            $out .= substr($body, 0, $n);
+            substr($body, 0, $n + 2) = '';
+        }
+        $body = $out;
+    } elsif (defined $h{'content-length'}
+             && length($body) > $h{'content-length'})
+    {
+        $body = substr($body, 0, $h{'content-length'});
+    }
+    return ($status, \%h, $body);
+}
+
+
+# --- Kafka -----------------------------------------------------------------
+
+sub kafka_consume {
+    my ($topic, $count, $timeout) = @_;
+    return _kafka_read($topic, $count, $timeout, undef);
+}
+
+sub _kafka_read {
+    my ($topic, $count, $timeout, $match) = @_;
+    $timeout //= 5;
+    my $brokers = $ENV{TEST_NGINX_KAFKA_BROKERS}
+        or die "kafka_consume: TEST_NGINX_KAFKA_BROKERS is not set\n";
+    my @cmd = ('kcat', '-C', '-b', $brokers, '-t', $topic, '-o', 'beginning',
+               '-J', '-q', '-X', 'topic.metadata.refresh.interval.ms=200');
+    my $deadline = time + $timeout;
+    my @msgs;
+
+    while (1) {
+        # -e: exit at the end of every partition; retried until $count
+        @msgs = ();
+        my $pid = open(my $fh, '-|');
+        die "kafka_consume: fork: $!\n" unless defined $pid;
+        if ($pid == 0) {
+            open STDERR, '>', '/dev/null';
+            { no warnings 'exec'; exec @cmd, '-e'; }
+            POSIX::_exit(127);
+        }
+        my $buf = '';
+        my $sel = IO::Select->new($fh);
+        my $done = 0;
+        while (1) {
+            my $left = $deadline - time;
+            $left = 0.2 if $left < 0.2;
+            last unless $sel->can_read($left);
+            my $n = sysread($fh, my $chunk, 65536);
+            if (!$n) {
+                $done = 1;
+                last;
+            }
+            $buf .= $chunk;
+            last if time > $deadline + 1;
+        }
+        kill SIGKILL, $pid unless $done;
+        close $fh;
+        waitpid($pid, 0);
+        for my $line (split /\n/, $buf) {
+            my $m = eval { JSON::PP->new->decode($line) } or next;
+            next if $match && !$match->($m);
+            push @msgs, $m;
+        }
+        last if !defined $count || @msgs >= $count || time >= $deadline;
+        sleep 0.1;
+    }
+    return @msgs;
+}
+
+sub _kmock_ctl {
+    my ($cmd) = @_;
+    my $port = $ENV{TEST_NGINX_KAFKA_CONTROL}
+        or die "kmock control: TEST_NGINX_KAFKA_CONTROL is not set\n";
+    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port,
+                                  Proto => 'tcp', Timeout => 3)
+        or die "kmock control: connect: $!\n";
+    syswrite($s, "$cmd\n");
+    my $sel = IO::Select->new($s);
+    my $r = '';
+    while ($sel->can_read(3)) {
+        my $n = sysread($s, my $c, 1024);
+        last unless $n;
+        $r .= $c;
+        last if $r =~ /\n/;
+    }
+    close $s;
+    die "kmock control: \"$cmd\" failed: $r\n" unless $r =~ /^ok/;
+    return 1;
+}
+
+sub kafka_broker_down { _kmock_ctl("down $_[0]") }
+sub kafka_broker_up   { _kmock_ctl("up $_[0]") }
+
+
+# --- misc ------------------------------------------------------------------
+
+sub file_lines {
+    my $path = shift;
+    open my $in, '<', $path or return ();
+    my @l = <$in>;
+    close $in;
+    return @l;
+}
+
+
+# --- block hooks: --- aai_before / --- aai_after ---------------------------
+
+sub _run_hook {
+    my ($block, $section) = @_;
+    my $code = $block->can($section) ? $block->$section : undef;
+    return unless defined $code && $code =~ /\S/;
+    my $name = $block->name;
+    my $ok = eval "package main; no strict; #line 1 \"$section\"\n"
+                  . "$code;\n1;";
+    if (!$ok) {
+        Test::More::fail("$name - $section failed: $@");
+    }
+}
+
+sub import {
+    my $pkg = shift;
+    if (Test::Nginx::Socket->can('add_test_cleanup_handler')
+        && !$AaiTest::HooksInstalled++)
+    {
+        Test::Nginx::Socket::add_block_preprocessor(sub {
+            _run_hook($_[0], 'aai_before');
+        });
+        Test::Nginx::Socket::add_test_cleanup_handler(sub {
+            _run_hook($_[0], 'aai_after');
+        });
+    }
+    our @ISA = ('Exporter') unless @ISA;
+    $pkg->export_to_level(1, $pkg, @_);
+}
+
+# a killed run still runs END blocks (ours and the runner's, which stop
+# nginx); our runner installs the same handlers, the real one does not
+for my $sig (qw( INT TERM HUP )) {
+    next if ref $SIG{$sig};
+    $SIG{$sig} = sub {
+        $SIG{PIPE} = 'IGNORE';
+        warn "$0: caught SIG$sig, stopping\n";
+        exit 1;
+    };
+}
+
+END {
+    return unless $$ == $Parent;
+    local $?;
+    for my $prefix (keys %Instances) {
+        _stop_instance($prefix);
+    }
+    for my $port (keys %RedisProcs) {
+        stop_redis($port);
+    }
+    close $_ for @Listeners;
+}
+
+# --- Kafka events and metrics (ngx_http_aai_kafka_module tests) -----------
+#
+#   kafka_events($topic, $count, $timeout, \&match)
+#                               waits (bounded, default 10 s) until $count
+#                               messages of $topic for which match->($msg)
+#                               is true (default: all) have arrived; returns
+#                               those (all of them, may be more than $count),
+#                               each a kafka_consume() hash plus
+#                               {event} = the payload decoded as strict
+#                               UTF-8 JSON, or undef with {error} set.
+#   metrics_get($port [, $path])
+#                               the aai_metrics endpoint (default /metrics)
+#                               as a hash 'family{labels}' => number.
+#   metrics_wait($port, $path, \&cond, $timeout)
+#                               polls metrics_get until cond->(\%metrics) is
+#                               true or $timeout s (default 10) passed;
+#                               returns the last hash.
+#   kafka_all_brokers_up()      brings brokers 1..3 up (idempotent cleanup).
+
+push @EXPORT, qw( kafka_events metrics_get metrics_wait
+    kafka_all_brokers_up );
+
+sub _kafka_decode {
+    my $m = shift;
+    require Encode;
+    my $bytes = $m->{payload} // '';
+    my $chars = eval {
+        Encode::decode('UTF-8', "$bytes", Encode::FB_CROAK());
+    };
+    if (!defined $chars) {
+        $m->{error} = "payload is not valid UTF-8: $@";
+        return $m;
+    }
+    $m->{event} = eval { JSON::PP->new->decode($chars) };
+    $m->{error} = "payload is not JSON: $@" unless defined $m->{event};
+    return $m;
+}
+
+sub kafka_events {
+    my ($topic, $count, $timeout, $match) = @_;
+    $timeout //= 10;
+    $match ||= sub { 1 };
+    my $deadline = time + $timeout;
+    my @got;
+    while (1) {
+        my $left = $deadline - time;
+        $left = 1 if $left < 1;
+        @got = grep { $match->($_) }
+               map { _kafka_decode($_) } kafka_consume($topic, undef, $left);
+        last if defined $count && @got >= $count;
+        last if time >= $deadline;
+        sleep 0.2;
+    }
+    return @got;
+}
+
+sub metrics_get {
+    my ($port, $path) = @_;
+    my ($st, undef, $body) = http_get($port, $path // '/metrics');
+    my %m;
+    return \%m unless defined $st && $st == 200;
+    for my $l (split /\n/, $body) {
+        next if $l =~ /^#/;
+        $m{$1} = $2 + 0 if $l =~ /^(\S+)\s+(\S+)$/;
+    }
+    return \%m;
+}
+
+sub metrics_wait {
+    my ($port, $path, $cond, $timeout) = @_;
+    my $deadline = time + ($timeout // 10);
+    my $m;
+    while (1) {
+        $m = metrics_get($port, $path);
+        last if $cond->($m) || time >= $deadline;
+        sleep 0.1;
+    }
+    return $m;
+}
+
+sub kafka_all_brokers_up {
+    eval { kafka_broker_up($_) } for 1 .. 3;
+    return 1;
+}
+
+
+1;
