@@ -71,6 +71,7 @@ struct ngx_aai_metrics_s {
 static ngx_int_t ngx_aai_metrics_push(ngx_aai_metrics_t *m, ngx_uint_t type,
     ngx_uint_t kind, const char *family, const char *help, ngx_str_t *labels,
     uint64_t bound, ngx_uint_t scale);
+static uint32_t ngx_aai_metrics_signature(ngx_aai_metrics_t *m);
 static size_t ngx_aai_metrics_layout(ngx_aai_metrics_t *m, size_t *strings);
 static void ngx_aai_metrics_build(ngx_aai_metrics_t *m,
     ngx_aai_metrics_shm_t *shm, size_t size, size_t strings);
@@ -209,9 +210,27 @@ ngx_aai_metrics_push(ngx_aai_metrics_t *m, ngx_uint_t type, ngx_uint_t kind,
 ngx_int_t
 ngx_aai_metrics_zone(ngx_conf_t *cf, ngx_aai_metrics_t *m)
 {
-    size_t  size, strings;
+    u_char  *p;
+    size_t   size, strings;
 
     size = ngx_aai_metrics_layout(m, &strings);
+
+    /*
+     * The zone's name carries a signature of the layout: a reload that
+     * keeps the layout reuses the zone and its values, one that changes it
+     * gets a new zone, and the old one stays with the old cycle as long as
+     * the old workers write to it.
+     */
+
+    p = ngx_pnalloc(cf->pool, m->name.len + 1 + 8);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    m->name.len = ngx_sprintf(p, "%V_%08xD", &m->name,
+                              ngx_aai_metrics_signature(m))
+                  - p;
+    m->name.data = p;
 
     /* the slab pool's own pages, plus ours */
     size = ngx_align(size, ngx_pagesize) + 8 * ngx_pagesize;
@@ -225,6 +244,33 @@ ngx_aai_metrics_zone(ngx_conf_t *cf, ngx_aai_metrics_t *m)
     m->zone->data = m;
 
     return NGX_OK;
+}
+
+
+static uint32_t
+ngx_aai_metrics_signature(ngx_aai_metrics_t *m)
+{
+    uint32_t                 crc;
+    ngx_uint_t               i;
+    ngx_aai_metrics_desc_t  *d;
+
+    d = m->descs.elts;
+    ngx_crc32_init(crc);
+
+    for (i = 0; i < m->descs.nelts; i++) {
+        ngx_crc32_update(&crc, d[i].family.data, d[i].family.len);
+        ngx_crc32_update(&crc, (u_char *) "\0", 1);
+        ngx_crc32_update(&crc, d[i].labels.data, d[i].labels.len);
+        ngx_crc32_update(&crc, (u_char *) "\0", 1);
+        ngx_crc32_update(&crc, (u_char *) &d[i].type, sizeof(ngx_uint_t));
+        ngx_crc32_update(&crc, (u_char *) &d[i].kind, sizeof(ngx_uint_t));
+        ngx_crc32_update(&crc, (u_char *) &d[i].bound, sizeof(uint64_t));
+        ngx_crc32_update(&crc, (u_char *) &d[i].scale, sizeof(ngx_uint_t));
+    }
+
+    ngx_crc32_final(crc);
+
+    return crc;
 }
 
 
@@ -332,7 +378,6 @@ ngx_aai_metrics_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     ngx_aai_metrics_t  *m = shm_zone->data;
 
     size_t                  size, strings;
-    ngx_uint_t              i;
     ngx_slab_pool_t        *shpool;
     ngx_aai_metrics_shm_t  *old, *shm;
 
@@ -348,20 +393,21 @@ ngx_aai_metrics_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 
     old = data ? ((ngx_aai_metrics_t *) data)->shm : NULL;
 
-    if (old) {
-        if (ngx_aai_metrics_same(old, shm)) {
-            for (i = 0; i < shm->nslots; i++) {
-                shm->slots[i].value = old->slots[i].value;
-            }
-        }
+    /*
+     * A reused zone has the same layout (its name says so): keep the old
+     * block, which the old workers still write to until they exit.
+     * Should the layouts differ all the same, the old block is left alone
+     * for the same reason.
+     */
 
-        ngx_slab_free(shpool, old);
+    if (old && ngx_aai_metrics_same(old, shm)) {
+        ngx_slab_free(shpool, shm);
+        shm = old;
     }
 
     m->shm = shm;
 
     /* what the "aai_metrics" handler of any module finds in the cycle */
-    shm_zone->data = m;
     shpool->data = shm;
 
     return NGX_OK;
