@@ -13,6 +13,7 @@ SHELL      := /bin/bash
 NGINX_SRC  ?= /usr/share/nginx/src
 BUILD      ?= build
 MODULES    ?= ratelimit cache kafka
+TEST_MODULES ?= redistest
 CC_OPT     ?= -O2 -g
 LD_OPT     ?=
 TEST_FILES ?= t
@@ -21,7 +22,8 @@ PROVE_ARGS ?=
 B          := $(abspath $(BUILD))
 SRC        := $(abspath $(NGINX_SRC))
 TOP        := $(abspath .)
-SO         := $(foreach m,$(MODULES),$(B)/ngx_http_aai_$(m)_module.so)
+BUILT      := $(MODULES) $(TEST_MODULES)
+SO         := $(foreach m,$(BUILT),$(B)/ngx_http_aai_$(m)_module.so)
 
 # Debian's nginx-dev tree carries the configure flags of /usr/sbin/nginx and
 # no .c files: only the modules can be built there.  An upstream tree builds
@@ -41,7 +43,7 @@ endif
 
 SOURCES := config ngx_aai.map $(wildcard $(TOP)/*.c $(TOP)/*.h)
 
-.PHONY: all build deps test run asan bench fuzz clean check-deps
+.PHONY: all build deps test run asan bench fuzz clean check-deps FORCE
 
 all: build
 
@@ -51,9 +53,14 @@ deps:
 check-deps:
 	@scripts/install-deps --check 2>/dev/null || scripts/install-deps
 
-$(B)/Makefile: config Makefile | check-deps
+# reconfigure when the list of modules changes
+$(B)/modules.list: FORCE
 	@mkdir -p $(B)
-	cd $(SRC) && export AAI_MODULES="$(MODULES)" && $(CONFIGURE) \
+	@echo "$(BUILT)" | cmp -s - $@ || echo "$(BUILT)" > $@
+
+$(B)/Makefile: config Makefile $(B)/modules.list | check-deps
+	@mkdir -p $(B)
+	cd $(SRC) && export AAI_MODULES="$(BUILT)" && $(CONFIGURE) \
 	    --with-cc-opt="$(CC_OPT)" $(if $(LD_OPT),--with-ld-opt="$(LD_OPT)") \
 	    --add-dynamic-module=$(TOP) --builddir=$(B) > $(B)/configure.log \
 	    || { cat $(B)/configure.log; exit 1; }

@@ -32,7 +32,7 @@
 #include <ngx_event.h>
 #include <ngx_event_connect.h>
 
-#include <hiredis/read.h>
+#include <hiredis/hiredis.h>          /* redisReply, freeReplyObject */
 
 
 typedef struct ngx_aai_redis_s       ngx_aai_redis_t;
@@ -85,7 +85,10 @@ typedef struct {
  *
  * address is host:port (default port 6379) or unix:/path.  A host name is
  * resolved here, never at run time.  Errors name the directive and the
- * value.  ngx_aai_redis_create() makes the per-worker client; call it once
+ * value.  Defaults: connect_timeout=200ms timeout=100ms backoff=1s
+ * connections=1, no SELECT (db -1).  conf_parse() applies them itself;
+ * conf_init() applies them to fields left unset (idempotent).
+ * ngx_aai_redis_create() makes the per-worker client; call it once
  * per server from the module's configuration callbacks.
  */
 char *ngx_aai_redis_conf_parse(ngx_conf_t *cf, ngx_aai_redis_conf_t *rcf);
@@ -106,6 +109,10 @@ void ngx_aai_redis_exit_worker(ngx_aai_redis_t *rs);
  * copied: they may live in the request pool.  Returns NULL when Redis cannot
  * take a command now (circuit open, or no memory); the caller then decides
  * by its own policy, at once.  Never blocks and never calls the handler.
+ * A handler may send new commands.  With connections > 1 each command goes
+ * to the least busy connection: two commands sent without waiting for the
+ * first one's reply may then run in either order (one connection keeps
+ * them in order).
  */
 ngx_aai_redis_cmd_t *ngx_aai_redis_send(ngx_aai_redis_t *rs, ngx_log_t *log,
     ngx_uint_t argc, ngx_str_t *argv, ngx_aai_redis_handler_pt handler,
@@ -120,6 +127,26 @@ void ngx_aai_redis_cancel(ngx_aai_redis_cmd_t *cmd);
 
 /* 1 if a command sent now would be accepted */
 ngx_uint_t ngx_aai_redis_available(ngx_aai_redis_t *rs);
+
+
+/*
+ * Pub/Sub.  Called for each message published on a subscribed channel (or
+ * on a channel matching a subscribed pattern); channel and message are
+ * valid only during the call.
+ */
+typedef void (*ngx_aai_redis_message_pt)(ngx_str_t *channel,
+    ngx_str_t *message, void *data);
+
+/*
+ * Subscribes (pattern 0: SUBSCRIBE, 1: PSUBSCRIBE), in each worker, on one
+ * dedicated connection per client that has the same handshake, backoff and
+ * reconnects as the others, and subscribes again after each reconnect
+ * (messages published while it is down are lost).  Call it from
+ * init_process, before or after ngx_aai_redis_init_worker(); the name is
+ * copied.  Returns NGX_ERROR only when out of memory.
+ */
+ngx_int_t ngx_aai_redis_subscribe(ngx_aai_redis_t *rs, ngx_str_t *channel,
+    ngx_uint_t pattern, ngx_aai_redis_message_pt handler, void *data);
 
 
 #endif /* _NGX_AAI_REDIS_H_INCLUDED_ */

@@ -1,0 +1,134 @@
+# The suite's .so files load together, in any order, beside Debian's other
+# nginx modules (libnginx-mod-nchan carries and exports its own hiredis 1.x),
+# and export nothing but what nginx looks up.
+
+use Test::Nginx::Socket 'no_plan';
+use lib 't/lib';
+use AaiTest;
+use File::Temp qw(tempdir);
+
+$ENV{TEST_NGINX_REDIS_PORT} ||= 6379;
+
+my @so = grep { $_ } split /\s+/, ($ENV{TEST_NGINX_LOAD_MODULES} // '');
+my $nginx = $ENV{TEST_NGINX_BINARY} || 'nginx';
+my $nchan = '/usr/lib/nginx/modules/ngx_nchan_module.so';
+
+# 1. exports: exactly ngx_modules, ngx_module_names, ngx_module_order
+
+for my $so (@so) {
+    my @syms = sort map { (split ' ')[2] // () }
+               grep { /^\S+\s+[A-Z]\s/ } `nm -D --defined-only $so`;
+    is("@syms", 'ngx_module_names ngx_module_order ngx_modules',
+       "$so exports only nginx's three symbols");
+}
+
+# 2. every load order, with nchan first, last and absent: nginx -t passes
+
+sub permutations {
+    my @l = @_;
+    return ([]) unless @l;
+    return map { my $i = $_; my @r = @l; my ($x) = splice @r, $i, 1;
+                 map { [$x, @$_] } permutations(@r) } 0 .. $#l;
+}
+
+sub conf_with {
+    my ($dir, $mods, $http) = @_;
+    my $load = join '', map { "load_module $_;\n" } @$mods;
+    return <<"_EOC_";
+$load
+pid $dir/nginx.pid;
+error_log $dir/error.log info;
+worker_processes 1;
+events { worker_connections 64; }
+http {
+    client_body_temp_path $dir/tmp;
+    proxy_temp_path $dir/tmp;
+    fastcgi_temp_path $dir/tmp;
+    uwsgi_temp_path $dir/tmp;
+    scgi_temp_path $dir/tmp;
+    access_log off;
+$http
+}
+_EOC_
+}
+
+sub write_conf {
+    my ($dir, $text) = @_;
+    open my $fh, '>', "$dir/nginx.conf" or die "$dir/nginx.conf: $!";
+    print $fh $text;
+    close $fh;
+}
+
+my @extra = -f $nchan ? ([], [$nchan]) : ([]);
+
+for my $perm (permutations(@so)) {
+    for my $x (@extra) {
+        for my $mods ([@$x, @$perm], [@$perm, @$x]) {
+            my $dir = tempdir(CLEANUP => 1);
+            mkdir "$dir/tmp";
+            write_conf($dir, conf_with($dir, $mods, ''));
+            my $out = `$nginx -t -p $dir -c $dir/nginx.conf 2>&1`;
+            my $names = join ' ', map { m{([^/]+)\.so$} ? $1 : $_ } @$mods;
+            is($?, 0, "nginx -t loads: $names") or diag $out;
+        }
+    }
+}
+
+# 3. nchan loaded FIRST, then the rate limiter: its Redis client still uses
+#    its own hiredis (a limit of 2 gives 200, 200, 429)
+
+SKIP: {
+    my ($rl) = grep { /ratelimit/ } @so;
+    skip 'needs libnginx-mod-nchan and the rate limiter', 3
+        unless -f $nchan && $rl;
+
+    my $dir = tempdir(CLEANUP => 1);
+    mkdir "$dir/tmp";
+    my $port = free_port();
+    my $user = "nchan-$$-" . time;
+
+    write_conf($dir, conf_with($dir, [$nchan, $rl], <<"_EOC_"));
+    aai_ratelimit_redis 127.0.0.1:$ENV{TEST_NGINX_REDIS_PORT};
+    aai_ratelimit_zone nchan_order key=\$http_x_user rate=2r/m;
+    server {
+        listen 127.0.0.1:$port;
+        location / {
+            aai_ratelimit nchan_order;
+            empty_gif;
+        }
+    }
+_EOC_
+
+    system("$nginx -p $dir -c $dir/nginx.conf") == 0
+        or die "cannot start nginx with nchan first";
+
+    my @st = map { (http_get($port, '/', { 'X-User' => $user }))[0] } 1 .. 3;
+    is("@st", '200 200 429', 'nchan first: limit of 2 enforced via Redis');
+
+    kill 'QUIT', `cat $dir/nginx.pid` + 0;
+    for (1 .. 50) { last unless -f "$dir/nginx.pid"; select undef, undef,
+                    undef, 0.1 }
+
+    my $log = do { local $/; open my $fh, '<', "$dir/error.log"; <$fh> };
+    unlike($log, qr/\[(alert|emerg|crit)\]|exited on signal/,
+           'nchan first: no alert, crash or signal in the error log');
+    ok(!-f "$dir/nginx.pid", 'nchan first: nginx stopped');
+}
+
+no_shuffle();
+run_tests();
+
+__DATA__
+
+=== TEST 1: the three modules loaded by the harness serve a request
+--- config
+    location = /t {
+        return 200 "loaded\n";
+    }
+--- request
+GET /t
+--- response_body
+loaded
+--- no_error_log
+[alert]
+[emerg]
