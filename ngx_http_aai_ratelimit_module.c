@@ -1,0 +1,2831 @@
+
+/*
+ * Copyright (C) aai-nginx authors
+ *
+ * ngx_http_aai_ratelimit_module: request rate limiting with the counters in
+ * Redis, so that every nginx instance enforces one limit.
+ *
+ * All the zones of a request are checked by one atomic Lua script call
+ * (EVALSHA): a request rejected by one zone spends no quota in the others.
+ * Keys known to be over their limit are rejected from a shared memory
+ * blocklist without asking Redis; when Redis fails, a per-location fallback
+ * decides (allow, deny, or a per-instance limit in the same shared memory).
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include <openssl/sha.h>
+
+#include "ngx_aai_redis.h"
+#include "ngx_aai_metrics.h"
+#include "ngx_aai_jwt.h"
+
+
+#define NGX_HTTP_AAI_RL_SLIDING            0
+#define NGX_HTTP_AAI_RL_GCRA               1
+
+#define NGX_HTTP_AAI_RL_FALLBACK_ALLOW     0
+#define NGX_HTTP_AAI_RL_FALLBACK_DENY      1
+#define NGX_HTTP_AAI_RL_FALLBACK_LOCAL     2
+
+/* $aai_ratelimit_status */
+#define NGX_HTTP_AAI_RL_PASSED             1
+#define NGX_HTTP_AAI_RL_REJECTED           2
+#define NGX_HTTP_AAI_RL_PASSED_DRY_RUN     3
+#define NGX_HTTP_AAI_RL_REJECTED_DRY_RUN   4
+#define NGX_HTTP_AAI_RL_DELAYED            5
+#define NGX_HTTP_AAI_RL_ERROR              6
+
+/* per zone metrics */
+#define NGX_HTTP_AAI_RL_M_PASSED           0
+#define NGX_HTTP_AAI_RL_M_REJECTED         1
+#define NGX_HTTP_AAI_RL_M_DRY_RUN          2
+#define NGX_HTTP_AAI_RL_M_DELAYED          3
+#define NGX_HTTP_AAI_RL_M_ERROR            4
+#define NGX_HTTP_AAI_RL_M_LOCAL            5
+#define NGX_HTTP_AAI_RL_M_NUMBER           6
+
+/* Redis errors */
+#define NGX_HTTP_AAI_RL_E_TIMEOUT          0
+#define NGX_HTTP_AAI_RL_E_UNAVAILABLE      1
+#define NGX_HTTP_AAI_RL_E_REPLY            2
+
+/* request states */
+#define NGX_HTTP_AAI_RL_NONE               0
+#define NGX_HTTP_AAI_RL_WAITING            1
+#define NGX_HTTP_AAI_RL_DONE               2
+
+/* who decided */
+#define NGX_HTTP_AAI_RL_REDIS              0
+#define NGX_HTTP_AAI_RL_BLOCKLIST          1
+#define NGX_HTTP_AAI_RL_LOCAL              2
+
+#define NGX_HTTP_AAI_RL_MAX_LIMIT          1000000000
+#define NGX_HTTP_AAI_RL_MAX_WINDOW         (366 * 86400)
+#define NGX_HTTP_AAI_RL_ZONE_ARGS          5
+
+
+typedef struct {
+    u_char                             color;
+    u_char                             dummy;
+    u_short                            len;
+    ngx_queue_t                        queue;
+    ngx_msec_t                         blocked;   /* over the limit until */
+    ngx_msec_t                         expire;    /* no state left after */
+    uint64_t                           tat;       /* local fallback, us */
+    u_char                             data[1];
+} ngx_http_aai_ratelimit_node_t;
+
+
+typedef struct {
+    ngx_rbtree_t                       rbtree;
+    ngx_rbtree_node_t                  sentinel;
+    ngx_queue_t                        queue;
+} ngx_http_aai_ratelimit_shctx_t;
+
+
+typedef struct {
+    ngx_str_t                          name;
+    ngx_http_complex_value_t          *key;       /* NULL: not defined */
+    ngx_str_t                          prefix;    /* key prefix, name, ":" */
+    ngx_uint_t                         algorithm;
+    ngx_uint_t                         limit;     /* requests per window */
+    uint64_t                           window;    /* us */
+    uint64_t                           period;    /* window / limit, us */
+    ngx_uint_t                         burst;
+    ngx_uint_t                         delay;     /* excess not delayed */
+    ngx_uint_t                         local_burst;
+    ngx_uint_t                         local_delay;
+    ngx_str_t                          args[NGX_HTTP_AAI_RL_ZONE_ARGS];
+    ngx_int_t                          metrics[NGX_HTTP_AAI_RL_M_NUMBER];
+    ngx_str_t                          file;      /* where it was named */
+    ngx_uint_t                         line;
+} ngx_http_aai_ratelimit_zone_t;
+
+
+typedef struct {
+    ngx_aai_redis_conf_t               redis_conf;
+    ngx_aai_redis_t                   *redis;
+    ngx_array_t                        zones;     /* zone pointers */
+    ngx_str_t                          prefix;
+    size_t                             local_size;
+    ngx_shm_zone_t                    *shm_zone;
+    ngx_http_aai_ratelimit_shctx_t    *sh;
+    ngx_slab_pool_t                   *shpool;
+    ngx_str_t                          sha;
+    ngx_aai_metrics_t                 *metrics;
+    ngx_int_t                          latency;
+    ngx_int_t                          errors[3];
+} ngx_http_aai_ratelimit_main_conf_t;
+
+
+typedef struct {
+    ngx_array_t                       *zones;     /* zone pointers */
+    ngx_uint_t                         status_code;
+    ngx_flag_t                         dry_run;
+    ngx_uint_t                         limit_log_level;
+    ngx_uint_t                         delay_log_level;
+    ngx_flag_t                         headers;
+    ngx_uint_t                         fallback;
+    ngx_aai_jwt_loc_conf_t             jwt;
+} ngx_http_aai_ratelimit_loc_conf_t;
+
+
+typedef struct {
+    ngx_uint_t                         rejected;
+    ngx_msec_t                         delay;
+    ngx_uint_t                         remaining;
+    ngx_msec_t                         reset;
+    ngx_msec_t                         retry_after;
+} ngx_http_aai_ratelimit_result_t;
+
+
+typedef struct {
+    ngx_http_request_t                *request;
+    ngx_http_aai_ratelimit_loc_conf_t *lcf;
+    ngx_aai_redis_cmd_t               *cmd;
+    ngx_uint_t                         nzones;
+    ngx_http_aai_ratelimit_zone_t    **zones;
+    ngx_str_t                         *keys;      /* Redis keys */
+    ngx_http_aai_ratelimit_result_t   *results;
+    ngx_str_t                         *argv;
+    ngx_uint_t                         argc;
+    ngx_int_t                          top;       /* zone of the headers */
+    ngx_int_t                          rc;
+    ngx_msec_t                         delay;
+    ngx_uint_t                         status;
+    unsigned                           state:2;
+    unsigned                           resume:1;
+    unsigned                           eval:1;
+    unsigned                           rejected:1;
+    unsigned                           headers:1;
+    unsigned                           headers_sent:1;
+    ngx_aai_jwt_ctx_t                  jwt;
+} ngx_http_aai_ratelimit_ctx_t;
+
+
+static ngx_int_t ngx_http_aai_ratelimit_handler(ngx_http_request_t *r);
+static ngx_http_aai_ratelimit_ctx_t *ngx_http_aai_ratelimit_get_ctx(
+    ngx_http_request_t *r);
+static ngx_http_aai_ratelimit_ctx_t *ngx_http_aai_ratelimit_create_ctx(
+    ngx_http_request_t *r);
+static void ngx_http_aai_ratelimit_cleanup(void *data);
+static ngx_int_t ngx_http_aai_ratelimit_keys(ngx_http_request_t *r,
+    ngx_http_aai_ratelimit_ctx_t *ctx);
+static ngx_int_t ngx_http_aai_ratelimit_send(ngx_http_request_t *r,
+    ngx_http_aai_ratelimit_ctx_t *ctx);
+static ngx_int_t ngx_http_aai_ratelimit_wait(ngx_http_request_t *r);
+static void ngx_http_aai_ratelimit_reply_handler(ngx_aai_redis_result_t *res,
+    void *data);
+static ngx_int_t ngx_http_aai_ratelimit_reply(ngx_http_request_t *r,
+    ngx_http_aai_ratelimit_ctx_t *ctx, ngx_aai_redis_result_t *res);
+static ngx_int_t ngx_http_aai_ratelimit_parse(ngx_http_aai_ratelimit_ctx_t *ctx,
+    redisReply *reply);
+static void ngx_http_aai_ratelimit_fallback(ngx_http_request_t *r,
+    ngx_http_aai_ratelimit_ctx_t *ctx, ngx_uint_t reason, const char *error,
+    redisReply *reply);
+static void ngx_http_aai_ratelimit_log_failure(ngx_http_request_t *r,
+    ngx_http_aai_ratelimit_ctx_t *ctx, const char *error, redisReply *reply);
+static void ngx_http_aai_ratelimit_decide(ngx_http_request_t *r,
+    ngx_http_aai_ratelimit_ctx_t *ctx, ngx_uint_t source);
+static ngx_int_t ngx_http_aai_ratelimit_top(ngx_http_aai_ratelimit_ctx_t *ctx,
+    ngx_uint_t rejected);
+static void ngx_http_aai_ratelimit_log(ngx_http_request_t *r,
+    ngx_http_aai_ratelimit_ctx_t *ctx, ngx_uint_t source);
+static void ngx_http_aai_ratelimit_count(ngx_http_aai_ratelimit_ctx_t *ctx,
+    ngx_uint_t source);
+static ngx_int_t ngx_http_aai_ratelimit_finish(ngx_http_request_t *r,
+    ngx_http_aai_ratelimit_ctx_t *ctx);
+static void ngx_http_aai_ratelimit_delay(ngx_http_request_t *r);
+
+static ngx_int_t ngx_http_aai_ratelimit_header_filter(ngx_http_request_t *r);
+static ngx_int_t ngx_http_aai_ratelimit_add_headers(ngx_http_request_t *r,
+    ngx_http_aai_ratelimit_ctx_t *ctx);
+static ngx_int_t ngx_http_aai_ratelimit_add_header(ngx_http_request_t *r,
+    ngx_str_t *name, u_char *value, u_char *last);
+
+static void ngx_http_aai_ratelimit_local_key(ngx_http_aai_ratelimit_ctx_t *ctx,
+    ngx_uint_t i, ngx_str_t *key);
+static ngx_int_t ngx_http_aai_ratelimit_blocked(
+    ngx_http_aai_ratelimit_ctx_t *ctx);
+static void ngx_http_aai_ratelimit_block(ngx_http_aai_ratelimit_ctx_t *ctx);
+static void ngx_http_aai_ratelimit_local(ngx_http_aai_ratelimit_ctx_t *ctx);
+static ngx_uint_t ngx_http_aai_ratelimit_local_check(
+    ngx_http_aai_ratelimit_ctx_t *ctx, uint64_t now);
+static void ngx_http_aai_ratelimit_local_account(
+    ngx_http_aai_ratelimit_ctx_t *ctx, uint64_t now);
+static ngx_http_aai_ratelimit_node_t *ngx_http_aai_ratelimit_lookup(
+    ngx_http_aai_ratelimit_main_conf_t *mcf, ngx_str_t *key,
+    ngx_uint_t create);
+static void ngx_http_aai_ratelimit_expire(
+    ngx_http_aai_ratelimit_main_conf_t *mcf, ngx_uint_t force);
+static void ngx_http_aai_ratelimit_rbtree_insert_value(ngx_rbtree_node_t *temp,
+    ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel);
+static ngx_int_t ngx_http_aai_ratelimit_init_zone(ngx_shm_zone_t *shm_zone,
+    void *data);
+
+static ngx_int_t ngx_http_aai_ratelimit_status_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+
+static void *ngx_http_aai_ratelimit_create_main_conf(ngx_conf_t *cf);
+static char *ngx_http_aai_ratelimit_init_main_conf(ngx_conf_t *cf, void *conf);
+static void *ngx_http_aai_ratelimit_create_loc_conf(ngx_conf_t *cf);
+static char *ngx_http_aai_ratelimit_merge_loc_conf(ngx_conf_t *cf,
+    void *parent, void *child);
+static char *ngx_http_aai_ratelimit_redis(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_aai_ratelimit_zone(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_aai_ratelimit_zone_param(ngx_conf_t *cf,
+    ngx_command_t *cmd, ngx_http_aai_ratelimit_zone_t *zone, ngx_str_t *value,
+    ngx_uint_t *nodelay);
+static ngx_int_t ngx_http_aai_ratelimit_parse_rate(ngx_str_t *value,
+    ngx_http_aai_ratelimit_zone_t *zone);
+static char *ngx_http_aai_ratelimit_zone_args(ngx_conf_t *cf,
+    ngx_http_aai_ratelimit_zone_t *zone);
+static char *ngx_http_aai_ratelimit_zone_metrics(ngx_conf_t *cf,
+    ngx_http_aai_ratelimit_main_conf_t *mcf,
+    ngx_http_aai_ratelimit_zone_t *zone);
+static ngx_http_aai_ratelimit_zone_t *ngx_http_aai_ratelimit_find_zone(
+    ngx_conf_t *cf, ngx_command_t *cmd, ngx_str_t *name);
+static char *ngx_http_aai_ratelimit(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_aai_ratelimit_set_status(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+static char *ngx_http_aai_ratelimit_set_enum(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+static char *ngx_http_aai_ratelimit_local_zone(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+static ngx_int_t ngx_http_aai_ratelimit_check_zones(ngx_conf_t *cf,
+    ngx_http_aai_ratelimit_main_conf_t *mcf);
+static ngx_int_t ngx_http_aai_ratelimit_add_metrics(ngx_conf_t *cf,
+    ngx_http_aai_ratelimit_main_conf_t *mcf);
+
+static ngx_int_t ngx_http_aai_ratelimit_add_variables(ngx_conf_t *cf);
+static ngx_int_t ngx_http_aai_ratelimit_init(ngx_conf_t *cf);
+static ngx_int_t ngx_http_aai_ratelimit_init_process(ngx_cycle_t *cycle);
+static void ngx_http_aai_ratelimit_exit_process(ngx_cycle_t *cycle);
+
+
+/*
+ * The check of all the zones of a request, atomic in Redis.
+ *
+ * KEYS: one per zone.  ARGV[1]: a unique request id; then per zone:
+ * algorithm (0 sliding, 1 gcra), limit, window (us), burst, the excess
+ * served without delay.  Phase 1 decides every zone without writing
+ * (trimming expired sliding log entries, and deleting a key of the other
+ * algorithm's type, aside); if a zone rejects, nothing is recorded.
+ * Phase 2 records the request in every zone.  Returns per zone: rejected,
+ * delay ms, remaining, reset ms, retry after ms.
+ */
+
+static const char  ngx_http_aai_ratelimit_script[] =
+"if redis.replicate_commands then redis.replicate_commands() end\n"
+"local t = redis.call('TIME')\n"
+"local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
+"local out, todo, rej = {}, {}, false\n"
+"for i = 1, #KEYS do\n"
+"  local k, j = KEYS[i], (i - 1) * 5 + 2\n"
+"  local alg, lim = tonumber(ARGV[j]), tonumber(ARGV[j + 1])\n"
+"  local win, burst = tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3])\n"
+"  local dl = tonumber(ARGV[j + 4])\n"
+"  local no, wait, left, reset, retry, at = 0, 0, 0, 0, 0, now\n"
+"  if alg == 0 then\n"
+"    local r = redis.pcall('ZREMRANGEBYSCORE', k, '-inf',\n"
+"                          string.format('%.0f', now - win))\n"
+"    if type(r) == 'table' and r.err then redis.call('DEL', k) end\n"
+"    local c = redis.call('ZCARD', k)\n"
+"    local last = now\n"
+"    if c > 0 then\n"
+"      last = tonumber(redis.call('ZRANGE', k, -1, -1, 'WITHSCORES')[2])\n"
+"    end\n"
+"    if c >= lim then\n"
+"      local e = c - lim + 1\n"
+"      local o = redis.call('ZRANGE', k, c - lim, c - lim, 'WITHSCORES')\n"
+"      at = tonumber(o[2]) + win\n"
+"      if e > burst then\n"
+"        no, retry = 1, at - now\n"
+"      elseif e > dl then\n"
+"        wait = at - now\n"
+"      end\n"
+"    else\n"
+"      left = lim - c - 1\n"
+"    end\n"
+"    if no == 1 then\n"
+"      reset = last + win - now\n"
+"    else\n"
+"      reset = math.max(last, at) + win - now\n"
+"    end\n"
+"  else\n"
+"    local p = win / lim\n"
+"    local v = redis.pcall('GET', k)\n"
+"    if type(v) == 'table' and v.err then redis.call('DEL', k); v = 0 end\n"
+"    local tat = tonumber(v or 0) or 0\n"
+"    if tat < now then tat = now end\n"
+"    if tat - now > burst * p then\n"
+"      no, retry, reset = 1, tat - now - burst * p, tat - now\n"
+"    else\n"
+"      wait = math.max(0, tat - now - dl * p)\n"
+"      at = tat + p\n"
+"      reset = at - now\n"
+"      left = math.max(0, math.floor((burst * p + p - reset) / p))\n"
+"    end\n"
+"  end\n"
+"  if no == 1 then rej = true end\n"
+"  todo[i] = {k, alg, at, reset}\n"
+"  local n = #out\n"
+"  out[n + 1] = no\n"
+"  out[n + 2] = math.ceil(wait / 1000)\n"
+"  out[n + 3] = left\n"
+"  out[n + 4] = math.ceil(reset / 1000)\n"
+"  out[n + 5] = math.ceil(retry / 1000)\n"
+"end\n"
+"if not rej then\n"
+"  for i = 1, #KEYS do\n"
+"    local d = todo[i]\n"
+"    local s = string.format('%.0f', d[3])\n"
+"    local ttl = math.ceil(d[4] / 1000) + 1\n"
+"    if d[2] == 0 then\n"
+"      redis.call('ZADD', d[1], s, s .. '-' .. ARGV[1])\n"
+"      redis.call('PEXPIRE', d[1], ttl)\n"
+"    else\n"
+"      redis.call('SET', d[1], s, 'PX', ttl)\n"
+"    end\n"
+"  end\n"
+"end\n"
+"return out\n";
+
+
+static ngx_conf_enum_t  ngx_http_aai_ratelimit_log_levels[] = {
+    { ngx_string("info"), NGX_LOG_INFO },
+    { ngx_string("notice"), NGX_LOG_NOTICE },
+    { ngx_string("warn"), NGX_LOG_WARN },
+    { ngx_string("error"), NGX_LOG_ERR },
+    { ngx_null_string, 0 }
+};
+
+
+static ngx_conf_enum_t  ngx_http_aai_ratelimit_fallbacks[] = {
+    { ngx_string("allow"), NGX_HTTP_AAI_RL_FALLBACK_ALLOW },
+    { ngx_string("deny"), NGX_HTTP_AAI_RL_FALLBACK_DENY },
+    { ngx_string("local"), NGX_HTTP_AAI_RL_FALLBACK_LOCAL },
+    { ngx_null_string, 0 }
+};
+
+
+static ngx_command_t  ngx_http_aai_ratelimit_commands[] = {
+
+    { ngx_string("aai_ratelimit_redis"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_aai_ratelimit_redis,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("aai_ratelimit_zone"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_2MORE,
+      ngx_http_aai_ratelimit_zone,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("aai_ratelimit"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_aai_ratelimit,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("aai_ratelimit_status"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_aai_ratelimit_set_status,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_aai_ratelimit_loc_conf_t, status_code),
+      NULL },
+
+    { ngx_string("aai_ratelimit_dry_run"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_aai_ratelimit_loc_conf_t, dry_run),
+      NULL },
+
+    { ngx_string("aai_ratelimit_log_level"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_aai_ratelimit_set_enum,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_aai_ratelimit_loc_conf_t, limit_log_level),
+      &ngx_http_aai_ratelimit_log_levels },
+
+    { ngx_string("aai_ratelimit_headers"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_aai_ratelimit_loc_conf_t, headers),
+      NULL },
+
+    { ngx_string("aai_ratelimit_fallback"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_aai_ratelimit_set_enum,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_aai_ratelimit_loc_conf_t, fallback),
+      &ngx_http_aai_ratelimit_fallbacks },
+
+    { ngx_string("aai_ratelimit_key_prefix"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_aai_ratelimit_main_conf_t, prefix),
+      NULL },
+
+    { ngx_string("aai_ratelimit_local_zone"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_aai_ratelimit_local_zone,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    NGX_AAI_METRICS_COMMAND,
+
+    NGX_AAI_JWT_COMMANDS(ngx_http_aai_ratelimit_loc_conf_t, jwt)
+
+      ngx_null_command
+};
+
+
+static ngx_http_module_t  ngx_http_aai_ratelimit_module_ctx = {
+    ngx_http_aai_ratelimit_add_variables,   /* preconfiguration */
+    ngx_http_aai_ratelimit_init,            /* postconfiguration */
+
+    ngx_http_aai_ratelimit_create_main_conf, /* create main configuration */
+    ngx_http_aai_ratelimit_init_main_conf,  /* init main configuration */
+
+    NULL,                                   /* create server configuration */
+    NULL,                                   /* merge server configuration */
+
+    ngx_http_aai_ratelimit_create_loc_conf, /* create location configuration */
+    ngx_http_aai_ratelimit_merge_loc_conf   /* merge location configuration */
+};
+
+
+ngx_module_t  ngx_http_aai_ratelimit_module = {
+    NGX_MODULE_V1,
+    &ngx_http_aai_ratelimit_module_ctx,     /* module context */
+    ngx_http_aai_ratelimit_commands,        /* module directives */
+    NGX_HTTP_MODULE,                        /* module type */
+    NULL,                                   /* init master */
+    NULL,                                   /* init module */
+    ngx_http_aai_ratelimit_init_process,    /* init process */
+    NULL,                                   /* init thread */
+    NULL,                                   /* exit thread */
+    ngx_http_aai_ratelimit_exit_process,    /* exit process */
+    NULL,                                   /* exit master */
+    NGX_MODULE_V1_PADDING
+};
+
+
+static ngx_http_variable_t  ngx_http_aai_ratelimit_vars[] = {
+
+    { ngx_string("aai_ratelimit_status"), NULL,
+      ngx_http_aai_ratelimit_status_variable, 0, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+      ngx_http_null_variable
+};
+
+
+static ngx_str_t  ngx_http_aai_ratelimit_status[] = {
+    ngx_string("PASSED"),
+    ngx_string("REJECTED"),
+    ngx_string("PASSED_DRY_RUN"),
+    ngx_string("REJECTED_DRY_RUN"),
+    ngx_string("DELAYED"),
+    ngx_string("ERROR")
+};
+
+
+static const char  *ngx_http_aai_ratelimit_outcomes[] = {
+    "passed", "rejected", "dry_run_rejected", "delayed", "error"
+};
+
+
+static const char  *ngx_http_aai_ratelimit_reasons[] = {
+    "timeout", "unavailable", "reply"
+};
+
+
+static const ngx_uint_t  ngx_http_aai_ratelimit_latency_bounds[] = {
+    500, 1000, 2000, 5000, 10000, 25000, 50000, 100000, 250000
+};
+
+
+static ngx_str_t  ngx_http_aai_ratelimit_evalsha = ngx_string("EVALSHA");
+static ngx_str_t  ngx_http_aai_ratelimit_eval = ngx_string("EVAL");
+static ngx_str_t  ngx_http_aai_ratelimit_shm_name =
+    ngx_string("aai_ratelimit");
+
+
+static ngx_http_output_header_filter_pt  ngx_http_next_header_filter;
+
+/* per worker: the unique part of sliding log members, failure log limits */
+static u_char      ngx_http_aai_ratelimit_id[NGX_INT64_LEN * 2 + 2];
+static size_t      ngx_http_aai_ratelimit_id_len;
+static ngx_uint_t  ngx_http_aai_ratelimit_seq;
+static time_t      ngx_http_aai_ratelimit_log_time;
+static ngx_uint_t  ngx_http_aai_ratelimit_log_skipped;
+
+
+static ngx_int_t
+ngx_http_aai_ratelimit_handler(ngx_http_request_t *r)
+{
+    ngx_http_aai_ratelimit_ctx_t       *ctx;
+    ngx_http_aai_ratelimit_loc_conf_t  *lcf;
+
+    if (r != r->main) {
+        return NGX_DECLINED;
+    }
+
+    ctx = ngx_http_aai_ratelimit_get_ctx(r);
+
+    if (ctx && ctx->state == NGX_HTTP_AAI_RL_WAITING) {
+        return NGX_AGAIN;
+    }
+
+    if (ctx && ctx->state == NGX_HTTP_AAI_RL_DONE) {
+
+        /* limited once per request, as limit_req */
+
+        if (!ctx->resume) {
+            return NGX_DECLINED;
+        }
+
+        ctx->resume = 0;
+
+        return ngx_http_aai_ratelimit_finish(r, ctx);
+    }
+
+    lcf = ngx_http_get_module_loc_conf(r, ngx_http_aai_ratelimit_module);
+
+    if (lcf->zones == NULL) {
+        return NGX_DECLINED;
+    }
+
+    if (ctx == NULL) {
+        ctx = ngx_http_aai_ratelimit_create_ctx(r);
+        if (ctx == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
+    ctx->lcf = lcf;
+
+    if (ngx_http_aai_ratelimit_keys(r, ctx) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (ctx->nzones == 0) {
+        return NGX_DECLINED;
+    }
+
+    ctx->state = NGX_HTTP_AAI_RL_DONE;
+
+    if (ngx_http_aai_ratelimit_blocked(ctx) == NGX_OK) {
+        ngx_http_aai_ratelimit_decide(r, ctx, NGX_HTTP_AAI_RL_BLOCKLIST);
+        return ngx_http_aai_ratelimit_finish(r, ctx);
+    }
+
+    if (ngx_http_aai_ratelimit_send(r, ctx) == NGX_OK) {
+        ctx->state = NGX_HTTP_AAI_RL_WAITING;
+        return ngx_http_aai_ratelimit_wait(r);
+    }
+
+    ngx_http_aai_ratelimit_fallback(r, ctx, NGX_HTTP_AAI_RL_E_UNAVAILABLE,
+                                    "unavailable", NULL);
+
+    return ngx_http_aai_ratelimit_finish(r, ctx);
+}
+
+
+/*
+ * The context belongs to the main request and survives internal redirects
+ * (which clear module contexts) through its pool cleanup, as in the realip
+ * module: a request is limited once, and $aai_ratelimit_status and the
+ * headers stay available.
+ */
+
+static ngx_http_aai_ratelimit_ctx_t *
+ngx_http_aai_ratelimit_get_ctx(ngx_http_request_t *r)
+{
+    ngx_pool_cleanup_t            *cln;
+    ngx_http_aai_ratelimit_ctx_t  *ctx;
+
+    r = r->main;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_aai_ratelimit_module);
+
+    if (ctx != NULL) {
+        return ctx;
+    }
+
+    for (cln = r->pool->cleanup; cln; cln = cln->next) {
+        if (cln->handler == ngx_http_aai_ratelimit_cleanup) {
+            ctx = cln->data;
+            ngx_http_set_ctx(r, ctx, ngx_http_aai_ratelimit_module);
+            return ctx;
+        }
+    }
+
+    return NULL;
+}
+
+
+static ngx_http_aai_ratelimit_ctx_t *
+ngx_http_aai_ratelimit_create_ctx(ngx_http_request_t *r)
+{
+    ngx_pool_cleanup_t            *cln;
+    ngx_http_aai_ratelimit_ctx_t  *ctx;
+
+    r = r->main;
+
+    cln = ngx_pool_cleanup_add(r->pool, sizeof(ngx_http_aai_ratelimit_ctx_t));
+    if (cln == NULL) {
+        return NULL;
+    }
+
+    ctx = cln->data;
+
+    ngx_memzero(ctx, sizeof(ngx_http_aai_ratelimit_ctx_t));
+
+    ctx->request = r;
+    ctx->top = -1;
+    ctx->rc = NGX_DECLINED;
+
+    cln->handler = ngx_http_aai_ratelimit_cleanup;
+
+    ngx_http_set_ctx(r, ctx, ngx_http_aai_ratelimit_module);
+
+    return ctx;
+}
+
+
+ngx_aai_jwt_ctx_t *
+ngx_http_aai_ratelimit_jwt_ctx(ngx_http_request_t *r)
+{
+    ngx_http_aai_ratelimit_ctx_t  *ctx;
+
+    ctx = ngx_http_aai_ratelimit_get_ctx(r);
+
+    if (ctx == NULL) {
+        ctx = ngx_http_aai_ratelimit_create_ctx(r);
+        if (ctx == NULL) {
+            return NULL;
+        }
+    }
+
+    return &ctx->jwt;
+}
+
+
+static void
+ngx_http_aai_ratelimit_cleanup(void *data)
+{
+    ngx_http_aai_ratelimit_ctx_t  *ctx = data;
+
+    if (ctx->cmd) {
+        ngx_aai_redis_cancel(ctx->cmd);
+        ctx->cmd = NULL;
+    }
+}
+
+
+static ngx_int_t
+ngx_http_aai_ratelimit_keys(ngx_http_request_t *r,
+    ngx_http_aai_ratelimit_ctx_t *ctx)
+{
+    u_char                         *p;
+    ngx_str_t                       key;
+    ngx_uint_t                      i, n;
+    ngx_http_aai_ratelimit_zone_t  *zone, **zones;
+
+    zones = ctx->lcf->zones->elts;
+    n = ctx->lcf->zones->nelts;
+
+    ctx->nzones = 0;
+    ctx->zones = ngx_palloc(r->pool,
+                            n * sizeof(ngx_http_aai_ratelimit_zone_t *));
+    ctx->keys = ngx_palloc(r->pool, n * sizeof(ngx_str_t));
+    ctx->results = ngx_pcalloc(r->pool,
+                               n * sizeof(ngx_http_aai_ratelimit_result_t));
+
+    if (ctx->zones == NULL || ctx->keys == NULL || ctx->results == NULL) {
+        return NGX_ERROR;
+    }
+
+    for (i = 0; i < n; i++) {
+        zone = zones[i];
+
+        if (ngx_http_complex_value(r, zone->key, &key) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+        if (key.len == 0) {
+            continue;
+        }
+
+        if (key.len > 65535 - zone->name.len - 1) {
+            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                          "the value of the \"%V\" key of aai_ratelimit zone "
+                          "\"%V\" is more than 65535 bytes",
+                          &zone->key->value, &zone->name);
+            continue;
+        }
+
+        p = ngx_pnalloc(r->pool, zone->prefix.len + key.len);
+        if (p == NULL) {
+            return NGX_ERROR;
+        }
+
+        ctx->keys[ctx->nzones].data = p;
+        p = ngx_cpymem(p, zone->prefix.data, zone->prefix.len);
+        p = ngx_cpymem(p, key.data, key.len);
+        ctx->keys[ctx->nzones].len = p - ctx->keys[ctx->nzones].data;
+
+        ctx->zones[ctx->nzones++] = zone;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * EVALSHA sha numkeys key... id (algorithm limit window burst delay)...
+ */
+
+static ngx_int_t
+ngx_http_aai_ratelimit_send(ngx_http_request_t *r,
+    ngx_http_aai_ratelimit_ctx_t *ctx)
+{
+    u_char                              *p;
+    ngx_str_t                           *argv, *a;
+    ngx_uint_t                           i, k, n;
+    ngx_http_aai_ratelimit_main_conf_t  *mcf;
+
+    mcf = ngx_http_get_module_main_conf(r, ngx_http_aai_ratelimit_module);
+
+    n = ctx->nzones;
+
+    ctx->argc = 3 + n + 1 + n * NGX_HTTP_AAI_RL_ZONE_ARGS;
+
+    argv = ngx_palloc(r->pool, ctx->argc * sizeof(ngx_str_t));
+    if (argv == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_pnalloc(r->pool, NGX_INT_T_LEN + ngx_http_aai_ratelimit_id_len
+                             + sizeof(".") - 1 + NGX_INT_T_LEN);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    argv[0] = ngx_http_aai_ratelimit_evalsha;
+    argv[1] = mcf->sha;
+
+    argv[2].data = p;
+    argv[2].len = ngx_sprintf(p, "%ui", n) - p;
+    p += argv[2].len;
+
+    a = &argv[3];
+
+    for (i = 0; i < n; i++) {
+        *a++ = ctx->keys[i];
+    }
+
+    a->data = p;
+    a->len = ngx_sprintf(p, "%*s.%ui", ngx_http_aai_ratelimit_id_len,
+                         ngx_http_aai_ratelimit_id,
+                         ngx_http_aai_ratelimit_seq++)
+             - p;
+    a++;
+
+    for (i = 0; i < n; i++) {
+        for (k = 0; k < NGX_HTTP_AAI_RL_ZONE_ARGS; k++) {
+            *a++ = ctx->zones[i]->args[k];
+        }
+    }
+
+    ctx->argv = argv;
+
+    ctx->cmd = ngx_aai_redis_send(mcf->redis, r->connection->log, ctx->argc,
+                                  argv, ngx_http_aai_ratelimit_reply_handler,
+                                  ctx);
+
+    return ctx->cmd ? NGX_OK : NGX_ERROR;
+}
+
+
+/* while Redis answers, a client closing the connection ends the request */
+
+static ngx_int_t
+ngx_http_aai_ratelimit_wait(ngx_http_request_t *r)
+{
+    if (r->connection->read->ready) {
+        ngx_post_event(r->connection->read, &ngx_posted_events);
+
+    } else {
+        if (ngx_handle_read_event(r->connection->read, 0) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
+    r->read_event_handler = ngx_http_test_reading;
+
+    return NGX_AGAIN;
+}
+
+
+static void
+ngx_http_aai_ratelimit_reply_handler(ngx_aai_redis_result_t *res, void *data)
+{
+    ngx_http_aai_ratelimit_ctx_t *ctx = data;
+
+    ngx_connection_t    *c;
+    ngx_http_request_t  *r;
+
+    r = ctx->request;
+    c = r->connection;
+
+    ctx->cmd = NULL;
+
+    ngx_http_set_log_request(c->log, r);
+
+    if (ngx_http_aai_ratelimit_reply(r, ctx, res) == NGX_AGAIN) {
+        return;
+    }
+
+    ctx->state = NGX_HTTP_AAI_RL_DONE;
+    ctx->resume = 1;
+
+    r->read_event_handler = ngx_http_block_reading;
+
+    /* the request may be gone after this: touch only c */
+
+    ngx_http_core_run_phases(r);
+
+    ngx_http_run_posted_requests(c);
+}
+
+
+static ngx_int_t
+ngx_http_aai_ratelimit_reply(ngx_http_request_t *r,
+    ngx_http_aai_ratelimit_ctx_t *ctx, ngx_aai_redis_result_t *res)
+{
+    redisReply                          *reply;
+    ngx_uint_t                           reason;
+    ngx_http_aai_ratelimit_main_conf_t  *mcf;
+
+    mcf = ngx_http_get_module_main_conf(r, ngx_http_aai_ratelimit_module);
+
+    reply = res->reply;
+
+    if (reply == NULL) {
+        reason = (res->error && ngx_strncmp(res->error, "timeout", 7) == 0)
+                 ? NGX_HTTP_AAI_RL_E_TIMEOUT : NGX_HTTP_AAI_RL_E_UNAVAILABLE;
+
+        ngx_http_aai_ratelimit_fallback(r, ctx, reason,
+                                        res->error ? res->error : "error",
+                                        NULL);
+        return NGX_OK;
+    }
+
+    ngx_aai_metrics_observe(mcf->metrics, mcf->latency, res->latency_us);
+
+    if (reply->type == REDIS_REPLY_ERROR
+        && reply->len >= 8
+        && ngx_strncmp(reply->str, "NOSCRIPT", 8) == 0
+        && !ctx->eval)
+    {
+        /* Redis restarted or flushed its scripts: EVAL loads it again */
+
+        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "aai_ratelimit: NOSCRIPT, sending the script");
+
+        ctx->eval = 1;
+        ctx->argv[0] = ngx_http_aai_ratelimit_eval;
+        ctx->argv[1].data = (u_char *) ngx_http_aai_ratelimit_script;
+        ctx->argv[1].len = sizeof(ngx_http_aai_ratelimit_script) - 1;
+
+        ctx->cmd = ngx_aai_redis_send(mcf->redis, r->connection->log,
+                                      ctx->argc, ctx->argv,
+                                      ngx_http_aai_ratelimit_reply_handler,
+                                      ctx);
+        if (ctx->cmd) {
+            return NGX_AGAIN;
+        }
+
+        ngx_http_aai_ratelimit_fallback(r, ctx, NGX_HTTP_AAI_RL_E_UNAVAILABLE,
+                                        "unavailable", NULL);
+        return NGX_OK;
+    }
+
+    if (ngx_http_aai_ratelimit_parse(ctx, reply) != NGX_OK) {
+        ngx_http_aai_ratelimit_fallback(r, ctx, NGX_HTTP_AAI_RL_E_REPLY,
+                                        "unexpected reply", reply);
+        return NGX_OK;
+    }
+
+    ngx_http_aai_ratelimit_decide(r, ctx, NGX_HTTP_AAI_RL_REDIS);
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_aai_ratelimit_parse(ngx_http_aai_ratelimit_ctx_t *ctx,
+    redisReply *reply)
+{
+    long long                         v[NGX_HTTP_AAI_RL_ZONE_ARGS];
+    ngx_uint_t                        i, k;
+    redisReply                      **e;
+    ngx_http_aai_ratelimit_result_t  *res;
+
+    if (reply->type != REDIS_REPLY_ARRAY
+        || reply->elements != ctx->nzones * NGX_HTTP_AAI_RL_ZONE_ARGS)
+    {
+        return NGX_ERROR;
+    }
+
+    e = reply->element;
+
+    for (i = 0; i < ctx->nzones; i++) {
+
+        for (k = 0; k < NGX_HTTP_AAI_RL_ZONE_ARGS; k++, e++) {
+            if ((*e)->type != REDIS_REPLY_INTEGER) {
+                return NGX_ERROR;
+            }
+
+            v[k] = ngx_max((*e)->integer, 0);
+        }
+
+        res = &ctx->results[i];
+
+        res->rejected = v[0] ? 1 : 0;
+        res->delay = (ngx_msec_t) v[1];
+        res->remaining = (ngx_uint_t) v[2];
+        res->reset = (ngx_msec_t) v[3];
+        res->retry_after = (ngx_msec_t) v[4];
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_aai_ratelimit_fallback(ngx_http_request_t *r,
+    ngx_http_aai_ratelimit_ctx_t *ctx, ngx_uint_t reason, const char *error,
+    redisReply *reply)
+{
+    ngx_uint_t                           i;
+    ngx_http_aai_ratelimit_loc_conf_t   *lcf;
+    ngx_http_aai_ratelimit_main_conf_t  *mcf;
+
+    mcf = ngx_http_get_module_main_conf(r, ngx_http_aai_ratelimit_module);
+    lcf = ctx->lcf;
+
+    ngx_aai_metrics_inc(mcf->metrics, mcf->errors[reason], 1);
+
+    ngx_http_aai_ratelimit_log_failure(r, ctx, error, reply);
+
+    if (lcf->fallback == NGX_HTTP_AAI_RL_FALLBACK_LOCAL) {
+        ngx_memzero(ctx->results,
+                    ctx->nzones * sizeof(ngx_http_aai_ratelimit_result_t));
+
+        ngx_http_aai_ratelimit_local(ctx);
+        ngx_http_aai_ratelimit_decide(r, ctx, NGX_HTTP_AAI_RL_LOCAL);
+        return;
+    }
+
+    for (i = 0; i < ctx->nzones; i++) {
+        ngx_aai_metrics_inc(mcf->metrics,
+                            ctx->zones[i]->metrics[NGX_HTTP_AAI_RL_M_ERROR], 1);
+    }
+
+    ctx->status = NGX_HTTP_AAI_RL_ERROR;
+    ctx->top = -1;
+
+    if (lcf->fallback == NGX_HTTP_AAI_RL_FALLBACK_DENY && !lcf->dry_run) {
+        ctx->rejected = 1;
+        ctx->rc = lcf->status_code;
+
+    } else {
+        ctx->rc = NGX_DECLINED;
+    }
+}
+
+
+/* at most one message a second per worker: Redis down fails every request */
+
+static void
+ngx_http_aai_ratelimit_log_failure(ngx_http_request_t *r,
+    ngx_http_aai_ratelimit_ctx_t *ctx, const char *error, redisReply *reply)
+{
+    ngx_str_t   detail;
+    ngx_uint_t  skipped;
+
+    if (ngx_http_aai_ratelimit_log_time == ngx_time()) {
+        ngx_http_aai_ratelimit_log_skipped++;
+        return;
+    }
+
+    ngx_http_aai_ratelimit_log_time = ngx_time();
+    skipped = ngx_http_aai_ratelimit_log_skipped;
+    ngx_http_aai_ratelimit_log_skipped = 0;
+
+    ngx_str_null(&detail);
+
+    if (reply && reply->type == REDIS_REPLY_ERROR && reply->str) {
+        detail.data = (u_char *) reply->str;
+        detail.len = ngx_min(reply->len, 256);
+    }
+
+    ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                  "aai_ratelimit: Redis %s%s%V, fallback \"%V\" "
+                  "(%ui similar errors not logged)",
+                  error, detail.len ? ": " : "", &detail,
+                  &ngx_http_aai_ratelimit_fallbacks[ctx->lcf->fallback].name,
+                  skipped);
+}
+
+
+static void
+ngx_http_aai_ratelimit_decide(ngx_http_request_t *r,
+    ngx_http_aai_ratelimit_ctx_t *ctx, ngx_uint_t source)
+{
+    ngx_uint_t                          i;
+    ngx_http_aai_ratelimit_loc_conf_t  *lcf;
+
+    lcf = ctx->lcf;
+
+    ctx->top = ngx_http_aai_ratelimit_top(ctx, 1);
+    ctx->rejected = (ctx->top != -1);
+    ctx->delay = 0;
+
+    if (ctx->rejected) {
+        ctx->status = lcf->dry_run ? NGX_HTTP_AAI_RL_REJECTED_DRY_RUN
+                                   : NGX_HTTP_AAI_RL_REJECTED;
+        ctx->rc = lcf->dry_run ? NGX_DECLINED : (ngx_int_t) lcf->status_code;
+
+        if (source == NGX_HTTP_AAI_RL_REDIS) {
+            ngx_http_aai_ratelimit_block(ctx);
+        }
+
+    } else {
+        ctx->top = ngx_http_aai_ratelimit_top(ctx, 0);
+        ctx->rc = NGX_DECLINED;
+
+        for (i = 0; i < ctx->nzones; i++) {
+            ctx->delay = ngx_max(ctx->delay, ctx->results[i].delay);
+        }
+
+        if (lcf->dry_run) {
+            ctx->status = NGX_HTTP_AAI_RL_PASSED_DRY_RUN;
+
+        } else {
+            ctx->status = ctx->delay ? NGX_HTTP_AAI_RL_DELAYED
+                                     : NGX_HTTP_AAI_RL_PASSED;
+        }
+    }
+
+    ngx_http_aai_ratelimit_log(r, ctx, source);
+    ngx_http_aai_ratelimit_count(ctx, source);
+
+    if (lcf->dry_run) {
+        ctx->delay = 0;
+    }
+
+    if (source == NGX_HTTP_AAI_RL_LOCAL) {
+        ctx->status = NGX_HTTP_AAI_RL_ERROR;
+    }
+
+    ctx->headers = (lcf->headers && !lcf->dry_run);
+}
+
+
+/*
+ * The most restrictive zone: among the rejecting zones the one with the
+ * longest wait; otherwise the one with the fewest requests left.
+ */
+
+static ngx_int_t
+ngx_http_aai_ratelimit_top(ngx_http_aai_ratelimit_ctx_t *ctx,
+    ngx_uint_t rejected)
+{
+    ngx_int_t                         top;
+    ngx_uint_t                        i;
+    ngx_http_aai_ratelimit_result_t  *res, *t;
+
+    top = -1;
+    res = ctx->results;
+
+    for (i = 0; i < ctx->nzones; i++) {
+
+        if (res[i].rejected != rejected) {
+            continue;
+        }
+
+        if (top == -1) {
+            top = i;
+            continue;
+        }
+
+        t = &res[top];
+
+        if (rejected) {
+            if (res[i].retry_after > t->retry_after) {
+                top = i;
+            }
+
+            continue;
+        }
+
+        if (res[i].remaining < t->remaining
+            || (res[i].remaining == t->remaining && res[i].reset > t->reset))
+        {
+            top = i;
+        }
+    }
+
+    return top;
+}
+
+
+static void
+ngx_http_aai_ratelimit_log(ngx_http_request_t *r,
+    ngx_http_aai_ratelimit_ctx_t *ctx, ngx_uint_t source)
+{
+    char                               *from;
+    ngx_uint_t                          i;
+    ngx_http_aai_ratelimit_result_t    *res;
+    ngx_http_aai_ratelimit_loc_conf_t  *lcf;
+
+    lcf = ctx->lcf;
+
+    from = (source == NGX_HTTP_AAI_RL_BLOCKLIST) ? " (blocklist)"
+           : (source == NGX_HTTP_AAI_RL_LOCAL) ? " (local fallback)" : "";
+
+    if (ctx->rejected) {
+        res = &ctx->results[ctx->top];
+
+        ngx_log_error(lcf->limit_log_level, r->connection->log, 0,
+                      "limiting requests%s by aai_ratelimit zone \"%V\"%s, "
+                      "retry after %M ms",
+                      lcf->dry_run ? ", dry run," : "",
+                      &ctx->zones[ctx->top]->name, from, res->retry_after);
+        return;
+    }
+
+    if (ctx->delay == 0) {
+        return;
+    }
+
+    for (i = 0; i < ctx->nzones; i++) {
+        if (ctx->results[i].delay == ctx->delay) {
+            break;
+        }
+    }
+
+    ngx_log_error(lcf->delay_log_level, r->connection->log, 0,
+                  "delaying request%s by %M ms by aai_ratelimit zone \"%V\"%s",
+                  lcf->dry_run ? ", dry run," : "", ctx->delay,
+                  &ctx->zones[i]->name, from);
+}
+
+
+static void
+ngx_http_aai_ratelimit_count(ngx_http_aai_ratelimit_ctx_t *ctx,
+    ngx_uint_t source)
+{
+    ngx_uint_t                           i, outcome;
+    ngx_http_aai_ratelimit_zone_t       *zone;
+    ngx_http_aai_ratelimit_result_t     *res;
+    ngx_http_aai_ratelimit_main_conf_t  *mcf;
+
+    mcf = ngx_http_get_module_main_conf(ctx->request,
+                                        ngx_http_aai_ratelimit_module);
+
+    for (i = 0; i < ctx->nzones; i++) {
+        zone = ctx->zones[i];
+        res = &ctx->results[i];
+
+        if (source == NGX_HTTP_AAI_RL_LOCAL) {
+            outcome = NGX_HTTP_AAI_RL_M_ERROR;
+
+        } else if (ctx->rejected) {
+
+            /* zones that would have passed spent nothing: not counted */
+
+            if (!res->rejected) {
+                continue;
+            }
+
+            outcome = ctx->lcf->dry_run ? NGX_HTTP_AAI_RL_M_DRY_RUN
+                                        : NGX_HTTP_AAI_RL_M_REJECTED;
+
+            if (source == NGX_HTTP_AAI_RL_BLOCKLIST) {
+                ngx_aai_metrics_inc(mcf->metrics,
+                                    zone->metrics[NGX_HTTP_AAI_RL_M_LOCAL], 1);
+            }
+
+        } else {
+            outcome = (res->delay && !ctx->lcf->dry_run)
+                      ? NGX_HTTP_AAI_RL_M_DELAYED : NGX_HTTP_AAI_RL_M_PASSED;
+        }
+
+        ngx_aai_metrics_inc(mcf->metrics, zone->metrics[outcome], 1);
+    }
+}
+
+
+static ngx_int_t
+ngx_http_aai_ratelimit_finish(ngx_http_request_t *r,
+    ngx_http_aai_ratelimit_ctx_t *ctx)
+{
+    if (ctx->rc != NGX_DECLINED || ctx->delay == 0) {
+        return ctx->rc;
+    }
+
+    if (r->connection->read->ready) {
+        ngx_post_event(r->connection->read, &ngx_posted_events);
+
+    } else {
+        if (ngx_handle_read_event(r->connection->read, 0) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
+    r->read_event_handler = ngx_http_test_reading;
+    r->write_event_handler = ngx_http_aai_ratelimit_delay;
+
+    r->connection->write->delayed = 1;
+    ngx_add_timer(r->connection->write, ctx->delay);
+
+    return NGX_AGAIN;
+}
+
+
+static void
+ngx_http_aai_ratelimit_delay(ngx_http_request_t *r)
+{
+    ngx_event_t  *wev;
+
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "aai_ratelimit delay");
+
+    wev = r->connection->write;
+
+    if (wev->delayed) {
+
+        if (ngx_handle_write_event(wev, 0) != NGX_OK) {
+            ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        }
+
+        return;
+    }
+
+    if (ngx_handle_read_event(r->connection->read, 0) != NGX_OK) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    r->read_event_handler = ngx_http_block_reading;
+    r->write_event_handler = ngx_http_core_run_phases;
+
+    ngx_http_core_run_phases(r);
+}
+
+
+static ngx_int_t
+ngx_http_aai_ratelimit_header_filter(ngx_http_request_t *r)
+{
+    ngx_http_aai_ratelimit_ctx_t  *ctx;
+
+    if (r != r->main) {
+        return ngx_http_next_header_filter(r);
+    }
+
+    ctx = ngx_http_aai_ratelimit_get_ctx(r);
+
+    if (ctx == NULL
+        || ctx->state != NGX_HTTP_AAI_RL_DONE
+        || ctx->headers_sent)
+    {
+        return ngx_http_next_header_filter(r);
+    }
+
+    ctx->headers_sent = 1;
+
+    if (ngx_http_aai_ratelimit_add_headers(r, ctx) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    return ngx_http_next_header_filter(r);
+}
+
+
+/*
+ * draft-ietf-httpapi-ratelimit-headers-10 for the most restrictive zone:
+ *
+ *     RateLimit-Policy: "api";q=100;w=60
+ *     RateLimit: "api";r=42;t=30
+ *     Retry-After: 30                      (rejected requests)
+ *
+ * On rejection t is the time until the next request is admitted, as is
+ * Retry-After; otherwise the time until the quota is fully replenished.
+ */
+
+static ngx_int_t
+ngx_http_aai_ratelimit_add_headers(ngx_http_request_t *r,
+    ngx_http_aai_ratelimit_ctx_t *ctx)
+{
+    u_char                           *p, *last;
+    size_t                            len;
+    ngx_msec_t                        reset;
+    ngx_uint_t                        remaining;
+    ngx_http_aai_ratelimit_zone_t    *zone;
+    ngx_http_aai_ratelimit_result_t  *res;
+
+    static ngx_str_t  policy = ngx_string("RateLimit-Policy");
+    static ngx_str_t  ratelimit = ngx_string("RateLimit");
+    static ngx_str_t  retry_after = ngx_string("Retry-After");
+
+    if (ctx->top == -1) {
+        return NGX_OK;
+    }
+
+    zone = ctx->zones[ctx->top];
+    res = &ctx->results[ctx->top];
+
+    if (ctx->rejected) {
+        remaining = 0;
+        reset = ngx_max((res->retry_after + 999) / 1000, 1);
+
+    } else {
+        remaining = res->remaining;
+        reset = (res->reset + 999) / 1000;
+    }
+
+    len = sizeof("\"\";q=;w=") - 1 + zone->name.len + NGX_INT_T_LEN
+          + NGX_INT64_LEN
+          + sizeof("\"\";r=;t=") - 1 + zone->name.len + NGX_INT_T_LEN
+          + NGX_INT_T_LEN
+          + NGX_INT_T_LEN;
+
+    p = ngx_pnalloc(r->pool, len);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (ctx->rejected && ctx->rc != NGX_DECLINED) {
+        last = ngx_sprintf(p, "%M", reset);
+
+        if (ngx_http_aai_ratelimit_add_header(r, &retry_after, p, last)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        p = last;
+    }
+
+    if (!ctx->headers) {
+        return NGX_OK;
+    }
+
+    last = ngx_sprintf(p, "\"%V\";q=%ui;w=%uL", &zone->name, zone->limit,
+                       zone->window / 1000000);
+
+    if (ngx_http_aai_ratelimit_add_header(r, &policy, p, last) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    p = last;
+
+    last = ngx_sprintf(p, "\"%V\";r=%ui;t=%M", &zone->name, remaining, reset);
+
+    return ngx_http_aai_ratelimit_add_header(r, &ratelimit, p, last);
+}
+
+
+static ngx_int_t
+ngx_http_aai_ratelimit_add_header(ngx_http_request_t *r, ngx_str_t *name,
+    u_char *value, u_char *last)
+{
+    ngx_table_elt_t  *h;
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    h->hash = 1;
+    h->key = *name;
+    h->value.data = value;
+    h->value.len = last - value;
+    h->lowcase_key = NULL;
+
+#if (nginx_version >= 1023000)
+    h->next = NULL;
+#endif
+
+    return NGX_OK;
+}
+
+
+/* the blocklist and local fallback key: the Redis key without the prefix */
+
+static void
+ngx_http_aai_ratelimit_local_key(ngx_http_aai_ratelimit_ctx_t *ctx,
+    ngx_uint_t i, ngx_str_t *key)
+{
+    ngx_http_aai_ratelimit_zone_t  *zone;
+
+    zone = ctx->zones[i];
+
+    key->data = ctx->keys[i].data + zone->prefix.len - zone->name.len - 1;
+    key->len = ctx->keys[i].len - (zone->prefix.len - zone->name.len - 1);
+}
+
+
+static ngx_int_t
+ngx_http_aai_ratelimit_blocked(ngx_http_aai_ratelimit_ctx_t *ctx)
+{
+    ngx_str_t                            key;
+    ngx_uint_t                           i, blocked;
+    ngx_msec_t                           now;
+    ngx_msec_int_t                       left;
+    ngx_http_aai_ratelimit_node_t       *node;
+    ngx_http_aai_ratelimit_result_t     *res;
+    ngx_http_aai_ratelimit_main_conf_t  *mcf;
+
+    mcf = ngx_http_get_module_main_conf(ctx->request,
+                                        ngx_http_aai_ratelimit_module);
+
+    now = ngx_current_msec;
+    blocked = 0;
+
+    ngx_shmtx_lock(&mcf->shpool->mutex);
+
+    for (i = 0; i < ctx->nzones; i++) {
+        ngx_http_aai_ratelimit_local_key(ctx, i, &key);
+
+        node = ngx_http_aai_ratelimit_lookup(mcf, &key, 0);
+
+        if (node == NULL || node->blocked == 0) {
+            continue;
+        }
+
+        left = (ngx_msec_int_t) (node->blocked - now);
+
+        if (left <= 0) {
+            node->blocked = 0;
+            continue;
+        }
+
+        res = &ctx->results[i];
+
+        res->rejected = 1;
+        res->retry_after = left;
+        res->reset = left;
+
+        blocked = 1;
+    }
+
+    ngx_shmtx_unlock(&mcf->shpool->mutex);
+
+    return blocked ? NGX_OK : NGX_DECLINED;
+}
+
+
+/* Redis said "over the limit until now + retry_after": remember it */
+
+static void
+ngx_http_aai_ratelimit_block(ngx_http_aai_ratelimit_ctx_t *ctx)
+{
+    ngx_str_t                            key;
+    ngx_uint_t                           i;
+    ngx_msec_t                           now, until;
+    ngx_http_aai_ratelimit_node_t       *node;
+    ngx_http_aai_ratelimit_result_t     *res;
+    ngx_http_aai_ratelimit_main_conf_t  *mcf;
+
+    mcf = ngx_http_get_module_main_conf(ctx->request,
+                                        ngx_http_aai_ratelimit_module);
+
+    now = ngx_current_msec;
+
+    ngx_shmtx_lock(&mcf->shpool->mutex);
+
+    for (i = 0; i < ctx->nzones; i++) {
+        res = &ctx->results[i];
+
+        if (!res->rejected || res->retry_after == 0) {
+            continue;
+        }
+
+        ngx_http_aai_ratelimit_local_key(ctx, i, &key);
+
+        node = ngx_http_aai_ratelimit_lookup(mcf, &key, 1);
+        if (node == NULL) {
+            break;
+        }
+
+        until = now + res->retry_after;
+
+        if (node->blocked == 0
+            || (ngx_msec_int_t) (until - node->blocked) > 0)
+        {
+            node->blocked = until;
+        }
+
+        if ((ngx_msec_int_t) (until - node->expire) > 0) {
+            node->expire = until;
+        }
+    }
+
+    ngx_shmtx_unlock(&mcf->shpool->mutex);
+}
+
+
+/*
+ * The "local" fallback: GCRA with the zone's rate in this instance's shared
+ * memory.  Its burst is the zone's, plus limit - 1 for a sliding window zone
+ * (which admits "limit" requests at once).  As in Redis, a request rejected
+ * by one zone spends nothing in the others.
+ */
+
+static void
+ngx_http_aai_ratelimit_local(ngx_http_aai_ratelimit_ctx_t *ctx)
+{
+    uint64_t                             now;
+    ngx_http_aai_ratelimit_main_conf_t  *mcf;
+
+    mcf = ngx_http_get_module_main_conf(ctx->request,
+                                        ngx_http_aai_ratelimit_module);
+
+    now = (uint64_t) ngx_current_msec * 1000;
+
+    ngx_shmtx_lock(&mcf->shpool->mutex);
+
+    if (ngx_http_aai_ratelimit_local_check(ctx, now) == 0) {
+        ngx_http_aai_ratelimit_local_account(ctx, now);
+    }
+
+    ngx_shmtx_unlock(&mcf->shpool->mutex);
+}
+
+
+static ngx_uint_t
+ngx_http_aai_ratelimit_local_check(ngx_http_aai_ratelimit_ctx_t *ctx,
+    uint64_t now)
+{
+    uint64_t                             tat, tau, wait, next;
+    ngx_str_t                            key;
+    ngx_uint_t                           i, rejected;
+    ngx_http_aai_ratelimit_node_t       *node;
+    ngx_http_aai_ratelimit_zone_t       *zone;
+    ngx_http_aai_ratelimit_result_t     *res;
+    ngx_http_aai_ratelimit_main_conf_t  *mcf;
+
+    mcf = ngx_http_get_module_main_conf(ctx->request,
+                                        ngx_http_aai_ratelimit_module);
+
+    rejected = 0;
+
+    for (i = 0; i < ctx->nzones; i++) {
+        zone = ctx->zones[i];
+        res = &ctx->results[i];
+
+        ngx_http_aai_ratelimit_local_key(ctx, i, &key);
+
+        node = ngx_http_aai_ratelimit_lookup(mcf, &key, 0);
+
+        tat = (node && node->tat > now) ? node->tat : now;
+        tau = zone->local_burst * zone->period;
+
+        if (tat - now > tau) {
+            res->rejected = 1;
+            res->retry_after = (tat - now - tau + 999) / 1000;
+            res->reset = (tat - now + 999) / 1000;
+            rejected = 1;
+            continue;
+        }
+
+        wait = zone->local_delay * zone->period;
+        wait = (tat - now > wait) ? tat - now - wait : 0;
+        next = tat + zone->period - now;
+
+        res->delay = (wait + 999) / 1000;
+        res->reset = (next + 999) / 1000;
+        res->remaining = (tau + zone->period - next) / zone->period;
+    }
+
+    return rejected;
+}
+
+
+static void
+ngx_http_aai_ratelimit_local_account(ngx_http_aai_ratelimit_ctx_t *ctx,
+    uint64_t now)
+{
+    ngx_str_t                            key;
+    ngx_uint_t                           i;
+    ngx_msec_t                           expire;
+    ngx_http_aai_ratelimit_node_t       *node;
+    ngx_http_aai_ratelimit_main_conf_t  *mcf;
+
+    mcf = ngx_http_get_module_main_conf(ctx->request,
+                                        ngx_http_aai_ratelimit_module);
+
+    for (i = 0; i < ctx->nzones; i++) {
+        ngx_http_aai_ratelimit_local_key(ctx, i, &key);
+
+        node = ngx_http_aai_ratelimit_lookup(mcf, &key, 1);
+        if (node == NULL) {
+            return;
+        }
+
+        node->tat = ngx_max(node->tat, now) + ctx->zones[i]->period;
+
+        expire = (ngx_msec_t) ((node->tat + 999) / 1000);
+
+        if ((ngx_msec_int_t) (expire - node->expire) > 0) {
+            node->expire = expire;
+        }
+    }
+}
+
+
+/* with the shared memory mutex held */
+
+static ngx_http_aai_ratelimit_node_t *
+ngx_http_aai_ratelimit_lookup(ngx_http_aai_ratelimit_main_conf_t *mcf,
+    ngx_str_t *key, ngx_uint_t create)
+{
+    size_t                          size;
+    uint32_t                        hash;
+    ngx_int_t                       rc;
+    ngx_rbtree_node_t              *node, *sentinel;
+    ngx_http_aai_ratelimit_node_t  *lr;
+
+    hash = ngx_crc32_short(key->data, key->len);
+
+    node = mcf->sh->rbtree.root;
+    sentinel = mcf->sh->rbtree.sentinel;
+
+    while (node != sentinel) {
+
+        if (hash != node->key) {
+            node = (hash < node->key) ? node->left : node->right;
+            continue;
+        }
+
+        lr = (ngx_http_aai_ratelimit_node_t *) &node->color;
+
+        rc = ngx_memn2cmp(key->data, lr->data, key->len, (size_t) lr->len);
+
+        if (rc == 0) {
+            ngx_queue_remove(&lr->queue);
+            ngx_queue_insert_head(&mcf->sh->queue, &lr->queue);
+            return lr;
+        }
+
+        node = (rc < 0) ? node->left : node->right;
+    }
+
+    if (!create) {
+        return NULL;
+    }
+
+    size = offsetof(ngx_rbtree_node_t, color)
+           + offsetof(ngx_http_aai_ratelimit_node_t, data)
+           + key->len;
+
+    ngx_http_aai_ratelimit_expire(mcf, 0);
+
+    node = ngx_slab_alloc_locked(mcf->shpool, size);
+
+    if (node == NULL) {
+        ngx_http_aai_ratelimit_expire(mcf, 1);
+
+        node = ngx_slab_alloc_locked(mcf->shpool, size);
+        if (node == NULL) {
+            ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, 0,
+                          "could not allocate node%s",
+                          mcf->shpool->log_ctx);
+            return NULL;
+        }
+    }
+
+    node->key = hash;
+
+    lr = (ngx_http_aai_ratelimit_node_t *) &node->color;
+
+    lr->len = (u_short) key->len;
+    lr->blocked = 0;
+    lr->expire = ngx_current_msec;
+    lr->tat = 0;
+
+    ngx_memcpy(lr->data, key->data, key->len);
+
+    ngx_rbtree_insert(&mcf->sh->rbtree, node);
+
+    ngx_queue_insert_head(&mcf->sh->queue, &lr->queue);
+
+    return lr;
+}
+
+
+/*
+ * Frees up to two least recently used nodes that carry no state any more;
+ * with "force", the least recently used node whatever its state, first.
+ */
+
+static void
+ngx_http_aai_ratelimit_expire(ngx_http_aai_ratelimit_main_conf_t *mcf,
+    ngx_uint_t force)
+{
+    ngx_uint_t                      n;
+    ngx_queue_t                    *q;
+    ngx_msec_t                      now;
+    ngx_rbtree_node_t              *node;
+    ngx_http_aai_ratelimit_node_t  *lr;
+
+    now = ngx_current_msec;
+
+    for (n = 0; n < 3; n++) {
+
+        if (ngx_queue_empty(&mcf->sh->queue)) {
+            return;
+        }
+
+        q = ngx_queue_last(&mcf->sh->queue);
+
+        lr = ngx_queue_data(q, ngx_http_aai_ratelimit_node_t, queue);
+
+        if (!(force && n == 0)
+            && (ngx_msec_int_t) (now - lr->expire) < 0)
+        {
+            return;
+        }
+
+        ngx_queue_remove(q);
+
+        node = (ngx_rbtree_node_t *)
+                   ((u_char *) lr - offsetof(ngx_rbtree_node_t, color));
+
+        ngx_rbtree_delete(&mcf->sh->rbtree, node);
+
+        ngx_slab_free_locked(mcf->shpool, node);
+    }
+}
+
+
+static void
+ngx_http_aai_ratelimit_rbtree_insert_value(ngx_rbtree_node_t *temp,
+    ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel)
+{
+    ngx_rbtree_node_t              **p;
+    ngx_http_aai_ratelimit_node_t   *lrn, *lrnt;
+
+    for ( ;; ) {
+
+        if (node->key < temp->key) {
+
+            p = &temp->left;
+
+        } else if (node->key > temp->key) {
+
+            p = &temp->right;
+
+        } else { /* node->key == temp->key */
+
+            lrn = (ngx_http_aai_ratelimit_node_t *) &node->color;
+            lrnt = (ngx_http_aai_ratelimit_node_t *) &temp->color;
+
+            p = (ngx_memn2cmp(lrn->data, lrnt->data, lrn->len, lrnt->len) < 0)
+                ? &temp->left : &temp->right;
+        }
+
+        if (*p == sentinel) {
+            break;
+        }
+
+        temp = *p;
+    }
+
+    *p = node;
+    node->parent = temp;
+    node->left = sentinel;
+    node->right = sentinel;
+    ngx_rbt_red(node);
+}
+
+
+static ngx_int_t
+ngx_http_aai_ratelimit_init_zone(ngx_shm_zone_t *shm_zone, void *data)
+{
+    ngx_http_aai_ratelimit_main_conf_t  *omcf = data;
+
+    size_t                               len;
+    ngx_http_aai_ratelimit_main_conf_t  *mcf;
+
+    mcf = shm_zone->data;
+
+    if (omcf) {
+        mcf->sh = omcf->sh;
+        mcf->shpool = omcf->shpool;
+        return NGX_OK;
+    }
+
+    mcf->shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
+
+    if (shm_zone->shm.exists) {
+        mcf->sh = mcf->shpool->data;
+        return NGX_OK;
+    }
+
+    mcf->sh = ngx_slab_alloc(mcf->shpool,
+                             sizeof(ngx_http_aai_ratelimit_shctx_t));
+    if (mcf->sh == NULL) {
+        return NGX_ERROR;
+    }
+
+    mcf->shpool->data = mcf->sh;
+
+    ngx_rbtree_init(&mcf->sh->rbtree, &mcf->sh->sentinel,
+                    ngx_http_aai_ratelimit_rbtree_insert_value);
+
+    ngx_queue_init(&mcf->sh->queue);
+
+    len = sizeof(" in aai_ratelimit zone \"\"") + shm_zone->shm.name.len;
+
+    mcf->shpool->log_ctx = ngx_slab_alloc(mcf->shpool, len);
+    if (mcf->shpool->log_ctx == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_sprintf(mcf->shpool->log_ctx, " in aai_ratelimit zone \"%V\"%Z",
+                &shm_zone->shm.name);
+
+    mcf->shpool->log_nomem = 0;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_aai_ratelimit_status_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    ngx_http_aai_ratelimit_ctx_t  *ctx;
+
+    ctx = ngx_http_aai_ratelimit_get_ctx(r);
+
+    if (ctx == NULL || ctx->status == 0) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    v->valid = 1;
+    v->no_cacheable = 0;
+    v->not_found = 0;
+    v->len = ngx_http_aai_ratelimit_status[ctx->status - 1].len;
+    v->data = ngx_http_aai_ratelimit_status[ctx->status - 1].data;
+
+    return NGX_OK;
+}
+
+
+static void *
+ngx_http_aai_ratelimit_create_main_conf(ngx_conf_t *cf)
+{
+    ngx_http_aai_ratelimit_main_conf_t  *mcf;
+
+    mcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_aai_ratelimit_main_conf_t));
+    if (mcf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     mcf->redis = NULL;
+     *     mcf->prefix = { 0, NULL };
+     *     mcf->shm_zone = NULL;
+     */
+
+    if (ngx_array_init(&mcf->zones, cf->pool, 4,
+                       sizeof(ngx_http_aai_ratelimit_zone_t *))
+        != NGX_OK)
+    {
+        return NULL;
+    }
+
+    mcf->local_size = NGX_CONF_UNSET_SIZE;
+
+    mcf->metrics = ngx_aai_metrics_create(cf, "ratelimit",
+                                          &ngx_http_aai_ratelimit_module);
+    if (mcf->metrics == NULL) {
+        return NULL;
+    }
+
+    if (ngx_http_aai_ratelimit_add_metrics(cf, mcf) != NGX_OK) {
+        return NULL;
+    }
+
+    return mcf;
+}
+
+
+static char *
+ngx_http_aai_ratelimit_init_main_conf(ngx_conf_t *cf, void *conf)
+{
+    ngx_http_aai_ratelimit_main_conf_t *mcf = conf;
+
+    u_char          digest[SHA_DIGEST_LENGTH];
+    ngx_shm_zone_t  *shm_zone;
+
+    if (mcf->prefix.data == NULL) {
+        ngx_str_set(&mcf->prefix, "aai:rl:");
+    }
+
+    ngx_conf_init_size_value(mcf->local_size, 10 * 1024 * 1024);
+
+    if (mcf->zones.nelts == 0) {
+        return NGX_CONF_OK;
+    }
+
+    if (ngx_http_aai_ratelimit_check_zones(cf, mcf) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    mcf->sha.data = ngx_pnalloc(cf->pool, 2 * SHA_DIGEST_LENGTH);
+    if (mcf->sha.data == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    SHA1((const u_char *) ngx_http_aai_ratelimit_script,
+         sizeof(ngx_http_aai_ratelimit_script) - 1, digest);
+
+    mcf->sha.len = ngx_hex_dump(mcf->sha.data, digest, SHA_DIGEST_LENGTH)
+                   - mcf->sha.data;
+
+    shm_zone = ngx_shared_memory_add(cf, &ngx_http_aai_ratelimit_shm_name,
+                                     mcf->local_size,
+                                     &ngx_http_aai_ratelimit_module);
+    if (shm_zone == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (shm_zone->data) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "shared memory zone \"%V\" is already used",
+                           &ngx_http_aai_ratelimit_shm_name);
+        return NGX_CONF_ERROR;
+    }
+
+    shm_zone->init = ngx_http_aai_ratelimit_init_zone;
+    shm_zone->data = mcf;
+
+    mcf->shm_zone = shm_zone;
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * Every zone named by "aai_ratelimit" is defined, Redis is configured, and
+ * each zone gets its key prefix: prefix, zone name, ":".
+ */
+
+static ngx_int_t
+ngx_http_aai_ratelimit_check_zones(ngx_conf_t *cf,
+    ngx_http_aai_ratelimit_main_conf_t *mcf)
+{
+    u_char                         *p;
+    ngx_uint_t                      i;
+    ngx_http_aai_ratelimit_zone_t  *zone, **zones;
+
+    zones = mcf->zones.elts;
+
+    for (i = 0; i < mcf->zones.nelts; i++) {
+        zone = zones[i];
+
+        if (zone->key == NULL) {
+            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                          "unknown zone \"%V\" in \"aai_ratelimit\" in %V:%ui",
+                          &zone->name, &zone->file, zone->line);
+            return NGX_ERROR;
+        }
+
+        if (mcf->redis == NULL) {
+            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                          "\"aai_ratelimit_zone\" \"%V\" requires "
+                          "\"aai_ratelimit_redis\" in %V:%ui",
+                          &zone->name, &zone->file, zone->line);
+            return NGX_ERROR;
+        }
+
+        zone->prefix.len = mcf->prefix.len + zone->name.len + 1;
+        zone->prefix.data = ngx_pnalloc(cf->pool, zone->prefix.len);
+        if (zone->prefix.data == NULL) {
+            return NGX_ERROR;
+        }
+
+        p = ngx_cpymem(zone->prefix.data, mcf->prefix.data, mcf->prefix.len);
+        p = ngx_cpymem(p, zone->name.data, zone->name.len);
+        *p = ':';
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_aai_ratelimit_add_metrics(ngx_conf_t *cf,
+    ngx_http_aai_ratelimit_main_conf_t *mcf)
+{
+    ngx_str_t   labels;
+    ngx_uint_t  i;
+
+    mcf->latency = ngx_aai_metrics_add_histogram(mcf->metrics,
+                       "aai_ratelimit_redis_latency_seconds",
+                       "Latency of the rate limiter's Redis commands.",
+                       NULL, ngx_http_aai_ratelimit_latency_bounds,
+                       sizeof(ngx_http_aai_ratelimit_latency_bounds)
+                       / sizeof(ngx_uint_t),
+                       1000000);
+    if (mcf->latency == NGX_ERROR) {
+        return NGX_ERROR;
+    }
+
+    for (i = 0; i < 3; i++) {
+        labels.data = ngx_pnalloc(cf->pool, sizeof("reason=\"unavailable\""));
+        if (labels.data == NULL) {
+            return NGX_ERROR;
+        }
+
+        labels.len = ngx_sprintf(labels.data, "reason=\"%s\"",
+                                 ngx_http_aai_ratelimit_reasons[i])
+                     - labels.data;
+
+        mcf->errors[i] = ngx_aai_metrics_add(mcf->metrics,
+                             NGX_AAI_METRIC_COUNTER,
+                             "aai_ratelimit_redis_errors_total",
+                             "Failed rate limiter Redis commands.", &labels);
+        if (mcf->errors[i] == NGX_ERROR) {
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+static void *
+ngx_http_aai_ratelimit_create_loc_conf(ngx_conf_t *cf)
+{
+    ngx_http_aai_ratelimit_loc_conf_t  *conf;
+
+    conf = ngx_pcalloc(cf->pool, sizeof(ngx_http_aai_ratelimit_loc_conf_t));
+    if (conf == NULL) {
+        return NULL;
+    }
+
+    conf->zones = NGX_CONF_UNSET_PTR;
+    conf->status_code = NGX_CONF_UNSET_UINT;
+    conf->dry_run = NGX_CONF_UNSET;
+    conf->limit_log_level = NGX_CONF_UNSET_UINT;
+    conf->headers = NGX_CONF_UNSET;
+    conf->fallback = NGX_CONF_UNSET_UINT;
+
+    ngx_aai_jwt_create_loc_conf(&conf->jwt);
+
+    return conf;
+}
+
+
+static char *
+ngx_http_aai_ratelimit_merge_loc_conf(ngx_conf_t *cf, void *parent,
+    void *child)
+{
+    ngx_http_aai_ratelimit_loc_conf_t *prev = parent;
+    ngx_http_aai_ratelimit_loc_conf_t *conf = child;
+
+    ngx_conf_merge_ptr_value(conf->zones, prev->zones, NULL);
+
+    ngx_conf_merge_uint_value(conf->status_code, prev->status_code,
+                              NGX_HTTP_TOO_MANY_REQUESTS);
+
+    ngx_conf_merge_value(conf->dry_run, prev->dry_run, 0);
+
+    ngx_conf_merge_uint_value(conf->limit_log_level, prev->limit_log_level,
+                              NGX_LOG_ERR);
+
+    conf->delay_log_level = (conf->limit_log_level == NGX_LOG_INFO) ?
+                                NGX_LOG_INFO : conf->limit_log_level + 1;
+
+    ngx_conf_merge_value(conf->headers, prev->headers, 1);
+
+    ngx_conf_merge_uint_value(conf->fallback, prev->fallback,
+                              NGX_HTTP_AAI_RL_FALLBACK_ALLOW);
+
+    return ngx_aai_jwt_merge_loc_conf(cf, &prev->jwt, &conf->jwt);
+}
+
+
+static char *
+ngx_http_aai_ratelimit_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_aai_ratelimit_main_conf_t *mcf = conf;
+
+    char  *rv;
+
+    if (mcf->redis) {
+        return "is duplicate";
+    }
+
+    ngx_aai_redis_conf_init(&mcf->redis_conf);
+
+    mcf->redis_conf.directive = cmd->name;
+
+    rv = ngx_aai_redis_conf_parse(cf, &mcf->redis_conf);
+    if (rv != NGX_CONF_OK) {
+        return rv;
+    }
+
+    mcf->redis = ngx_aai_redis_create(cf, &mcf->redis_conf);
+    if (mcf->redis == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * aai_ratelimit_zone NAME key=EXPR rate=Nr/[K]s|m|h [burst=N]
+ *                    [algorithm=sliding|gcra] [nodelay|delay=N];
+ */
+
+static char *
+ngx_http_aai_ratelimit_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_aai_ratelimit_main_conf_t *mcf = conf;
+
+    char                           *rv;
+    ngx_str_t                      *value;
+    ngx_uint_t                      i, nodelay;
+    ngx_http_aai_ratelimit_zone_t  *zone;
+
+    value = cf->args->elts;
+
+    zone = ngx_http_aai_ratelimit_find_zone(cf, cmd, &value[1]);
+    if (zone == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (zone->key) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "duplicate zone \"%V\" in \"%V\"",
+                           &value[1], &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    zone->file = cf->conf_file->file.name;
+    zone->line = cf->conf_file->line;
+
+    nodelay = 0;
+
+    for (i = 2; i < cf->args->nelts; i++) {
+        rv = ngx_http_aai_ratelimit_zone_param(cf, cmd, zone, &value[i],
+                                               &nodelay);
+        if (rv != NGX_CONF_OK) {
+            return rv;
+        }
+    }
+
+    if (zone->key == NULL || zone->limit == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%V\" \"%V\" must have \"key=\" and \"rate=\" "
+                           "parameters", &cmd->name, &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    if (nodelay || zone->delay > zone->burst) {
+        zone->delay = zone->burst;
+    }
+
+    zone->period = ngx_max(zone->window / zone->limit, 1);
+
+    /* the local fallback: a sliding window admits "limit" at once */
+
+    zone->local_burst = zone->burst;
+    zone->local_delay = zone->delay;
+
+    if (zone->algorithm == NGX_HTTP_AAI_RL_SLIDING) {
+        zone->local_burst += zone->limit - 1;
+        zone->local_delay += zone->limit - 1;
+    }
+
+    rv = ngx_http_aai_ratelimit_zone_args(cf, zone);
+    if (rv != NGX_CONF_OK) {
+        return rv;
+    }
+
+    return ngx_http_aai_ratelimit_zone_metrics(cf, mcf, zone);
+}
+
+
+static char *
+ngx_http_aai_ratelimit_zone_param(ngx_conf_t *cf, ngx_command_t *cmd,
+    ngx_http_aai_ratelimit_zone_t *zone, ngx_str_t *value,
+    ngx_uint_t *nodelay)
+{
+    ngx_int_t                          n;
+    ngx_str_t                          s;
+    ngx_http_compile_complex_value_t   ccv;
+
+    if (ngx_strncmp(value->data, "key=", 4) == 0) {
+
+        s.data = value->data + 4;
+        s.len = value->len - 4;
+
+        if (s.len == 0) {
+            goto invalid;
+        }
+
+        zone->key = ngx_palloc(cf->pool, sizeof(ngx_http_complex_value_t));
+        if (zone->key == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
+
+        ccv.cf = cf;
+        ccv.value = &s;
+        ccv.complex_value = zone->key;
+
+        if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
+            return NGX_CONF_ERROR;
+        }
+
+        return NGX_CONF_OK;
+    }
+
+    if (ngx_strncmp(value->data, "rate=", 5) == 0) {
+
+        if (ngx_http_aai_ratelimit_parse_rate(value, zone) != NGX_OK) {
+            goto invalid;
+        }
+
+        return NGX_CONF_OK;
+    }
+
+    if (ngx_strncmp(value->data, "burst=", 6) == 0) {
+
+        n = ngx_atoi(value->data + 6, value->len - 6);
+        if (n == NGX_ERROR || n > NGX_HTTP_AAI_RL_MAX_LIMIT) {
+            goto invalid;
+        }
+
+        zone->burst = n;
+        return NGX_CONF_OK;
+    }
+
+    if (ngx_strncmp(value->data, "delay=", 6) == 0) {
+
+        n = ngx_atoi(value->data + 6, value->len - 6);
+        if (n == NGX_ERROR || n > NGX_HTTP_AAI_RL_MAX_LIMIT) {
+            goto invalid;
+        }
+
+        zone->delay = n;
+        *nodelay = 0;
+        return NGX_CONF_OK;
+    }
+
+    if (ngx_strcmp(value->data, "nodelay") == 0) {
+        *nodelay = 1;
+        return NGX_CONF_OK;
+    }
+
+    if (ngx_strcmp(value->data, "algorithm=sliding") == 0) {
+        zone->algorithm = NGX_HTTP_AAI_RL_SLIDING;
+        return NGX_CONF_OK;
+    }
+
+    if (ngx_strcmp(value->data, "algorithm=gcra") == 0) {
+        zone->algorithm = NGX_HTTP_AAI_RL_GCRA;
+        return NGX_CONF_OK;
+    }
+
+    if (ngx_strncmp(value->data, "algorithm=", 10) == 0) {
+        goto invalid;
+    }
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid parameter \"%V\" in \"%V\"",
+                       value, &cmd->name);
+    return NGX_CONF_ERROR;
+
+invalid:
+
+    s.data = value->data;
+    s.len = (u_char *) ngx_strchr(value->data, '=') - value->data;
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid %V \"%s\" in \"%V\"",
+                       &s, value->data + s.len + 1, &cmd->name);
+    return NGX_CONF_ERROR;
+}
+
+
+/* rate=Nr/s, Nr/m, Nr/h, or with a window count: Nr/5m, Nr/10s */
+
+static ngx_int_t
+ngx_http_aai_ratelimit_parse_rate(ngx_str_t *value,
+    ngx_http_aai_ratelimit_zone_t *zone)
+{
+    u_char      *p, *last, *start;
+    ngx_int_t    limit, count, unit;
+
+    p = value->data + 5;
+    last = value->data + value->len;
+
+    for (start = p; p < last && *p >= '0' && *p <= '9'; p++) { /* void */ }
+
+    limit = ngx_atoi(start, p - start);
+
+    if (limit <= 0 || limit > NGX_HTTP_AAI_RL_MAX_LIMIT
+        || last - p < 3 || p[0] != 'r' || p[1] != '/')
+    {
+        return NGX_ERROR;
+    }
+
+    for (p += 2, start = p; p < last && *p >= '0' && *p <= '9'; p++) {
+        /* void */
+    }
+
+    count = (p == start) ? 1 : ngx_atoi(start, p - start);
+
+    if (count <= 0 || last - p != 1) {
+        return NGX_ERROR;
+    }
+
+    switch (*p) {
+    case 's':
+        unit = 1;
+        break;
+    case 'm':
+        unit = 60;
+        break;
+    case 'h':
+        unit = 3600;
+        break;
+    default:
+        return NGX_ERROR;
+    }
+
+    if (count > NGX_HTTP_AAI_RL_MAX_WINDOW / unit) {
+        return NGX_ERROR;
+    }
+
+    zone->limit = limit;
+    zone->window = (uint64_t) count * unit * 1000000;
+
+    return NGX_OK;
+}
+
+
+static char *
+ngx_http_aai_ratelimit_zone_args(ngx_conf_t *cf,
+    ngx_http_aai_ratelimit_zone_t *zone)
+{
+    u_char      *p;
+    ngx_str_t   *a;
+
+    p = ngx_pnalloc(cf->pool, 1 + 3 * NGX_INT_T_LEN + NGX_INT64_LEN);
+    if (p == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    a = zone->args;
+
+    a[0].data = p;
+    p = ngx_sprintf(p, "%ui", zone->algorithm);
+    a[0].len = p - a[0].data;
+
+    a[1].data = p;
+    p = ngx_sprintf(p, "%ui", zone->limit);
+    a[1].len = p - a[1].data;
+
+    a[2].data = p;
+    p = ngx_sprintf(p, "%uL", zone->window);
+    a[2].len = p - a[2].data;
+
+    a[3].data = p;
+    p = ngx_sprintf(p, "%ui", zone->burst);
+    a[3].len = p - a[3].data;
+
+    a[4].data = p;
+    p = ngx_sprintf(p, "%ui", zone->delay);
+    a[4].len = p - a[4].data;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_aai_ratelimit_zone_metrics(ngx_conf_t *cf,
+    ngx_http_aai_ratelimit_main_conf_t *mcf,
+    ngx_http_aai_ratelimit_zone_t *zone)
+{
+    ngx_str_t   labels;
+    ngx_uint_t  i;
+
+    for (i = 0; i < NGX_HTTP_AAI_RL_M_NUMBER; i++) {
+
+        labels.data = ngx_pnalloc(cf->pool, zone->name.len
+                                  + sizeof("zone=\"\",outcome=\"\"")
+                                  + sizeof("dry_run_rejected"));
+        if (labels.data == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        if (i == NGX_HTTP_AAI_RL_M_LOCAL) {
+            labels.len = ngx_sprintf(labels.data, "zone=\"%V\"", &zone->name)
+                         - labels.data;
+
+            zone->metrics[i] = ngx_aai_metrics_add(mcf->metrics,
+                                   NGX_AAI_METRIC_COUNTER,
+                                   "aai_ratelimit_local_rejects_total",
+                                   "Requests rejected by the local blocklist "
+                                   "without a Redis round trip.", &labels);
+
+        } else {
+            labels.len = ngx_sprintf(labels.data,
+                                     "zone=\"%V\",outcome=\"%s\"",
+                                     &zone->name,
+                                     ngx_http_aai_ratelimit_outcomes[i])
+                         - labels.data;
+
+            zone->metrics[i] = ngx_aai_metrics_add(mcf->metrics,
+                                   NGX_AAI_METRIC_COUNTER,
+                                   "aai_ratelimit_requests_total",
+                                   "Rate limiter decisions per zone.",
+                                   &labels);
+        }
+
+        if (zone->metrics[i] == NGX_ERROR) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * Finds a zone by name, or adds it undefined: "aai_ratelimit" may name a
+ * zone defined later in the http block.
+ */
+
+static ngx_http_aai_ratelimit_zone_t *
+ngx_http_aai_ratelimit_find_zone(ngx_conf_t *cf, ngx_command_t *cmd,
+    ngx_str_t *name)
+{
+    u_char                              *p;
+    ngx_uint_t                           i;
+    ngx_http_aai_ratelimit_zone_t       *zone, **zones, **zp;
+    ngx_http_aai_ratelimit_main_conf_t  *mcf;
+
+    for (p = name->data; p < name->data + name->len; p++) {
+        if (!(*p >= 'a' && *p <= 'z') && !(*p >= 'A' && *p <= 'Z')
+            && !(*p >= '0' && *p <= '9') && *p != '_' && *p != '-'
+            && *p != '.')
+        {
+            break;
+        }
+    }
+
+    if (name->len == 0 || name->len > 64 || p != name->data + name->len
+        || ngx_strcmp(name->data, "off") == 0)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid zone name \"%V\" in \"%V\"",
+                           name, &cmd->name);
+        return NULL;
+    }
+
+    mcf = ngx_http_conf_get_module_main_conf(cf,
+                                             ngx_http_aai_ratelimit_module);
+
+    zones = mcf->zones.elts;
+
+    for (i = 0; i < mcf->zones.nelts; i++) {
+        if (zones[i]->name.len == name->len
+            && ngx_strncmp(zones[i]->name.data, name->data, name->len) == 0)
+        {
+            return zones[i];
+        }
+    }
+
+    zone = ngx_pcalloc(cf->pool, sizeof(ngx_http_aai_ratelimit_zone_t));
+    if (zone == NULL) {
+        return NULL;
+    }
+
+    zone->name = *name;
+    zone->file = cf->conf_file->file.name;
+    zone->line = cf->conf_file->line;
+
+    zp = ngx_array_push(&mcf->zones);
+    if (zp == NULL) {
+        return NULL;
+    }
+
+    *zp = zone;
+
+    return zone;
+}
+
+
+/* aai_ratelimit NAME | off */
+
+static char *
+ngx_http_aai_ratelimit(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_aai_ratelimit_loc_conf_t *lcf = conf;
+
+    ngx_str_t                       *value;
+    ngx_uint_t                       i;
+    ngx_http_aai_ratelimit_zone_t   *zone, **zones, **zp;
+
+    value = cf->args->elts;
+
+    if (ngx_strcmp(value[1].data, "off") == 0) {
+        if (lcf->zones != NGX_CONF_UNSET_PTR) {
+            return "is duplicate";
+        }
+
+        lcf->zones = NULL;
+        return NGX_CONF_OK;
+    }
+
+    if (lcf->zones == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%V %V\" after \"%V off\"",
+                           &cmd->name, &value[1], &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    zone = ngx_http_aai_ratelimit_find_zone(cf, cmd, &value[1]);
+    if (zone == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (lcf->zones == NGX_CONF_UNSET_PTR) {
+        lcf->zones = ngx_array_create(cf->pool, 2,
+                                      sizeof(ngx_http_aai_ratelimit_zone_t *));
+        if (lcf->zones == NULL) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    zones = lcf->zones->elts;
+
+    for (i = 0; i < lcf->zones->nelts; i++) {
+        if (zones[i] == zone) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "duplicate zone \"%V\" in \"%V\"",
+                               &value[1], &cmd->name);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    zp = ngx_array_push(lcf->zones);
+    if (zp == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    *zp = zone;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_aai_ratelimit_set_status(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    char  *p = conf;
+
+    ngx_int_t    n;
+    ngx_str_t   *value;
+    ngx_uint_t  *np;
+
+    np = (ngx_uint_t *) (p + cmd->offset);
+
+    if (*np != NGX_CONF_UNSET_UINT) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    n = ngx_atoi(value[1].data, value[1].len);
+
+    if (n < 400 || n > 599) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid value \"%V\" in \"%V\" directive, "
+                           "it must be between 400 and 599",
+                           &value[1], &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    *np = n;
+
+    return NGX_CONF_OK;
+}
+
+
+/* ngx_conf_set_enum_slot, with a message naming the directive */
+
+static char *
+ngx_http_aai_ratelimit_set_enum(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    char  *p = conf;
+
+    ngx_str_t        *value;
+    ngx_uint_t       *np;
+    ngx_conf_enum_t  *e;
+
+    np = (ngx_uint_t *) (p + cmd->offset);
+
+    if (*np != NGX_CONF_UNSET_UINT) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    for (e = cmd->post; e->name.len; e++) {
+        if (e->name.len == value[1].len
+            && ngx_strcasecmp(e->name.data, value[1].data) == 0)
+        {
+            *np = e->value;
+            return NGX_CONF_OK;
+        }
+    }
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid value \"%V\" in \"%V\" directive",
+                       &value[1], &cmd->name);
+
+    return NGX_CONF_ERROR;
+}
+
+
+static char *
+ngx_http_aai_ratelimit_local_zone(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_aai_ratelimit_main_conf_t *mcf = conf;
+
+    ssize_t     size;
+    ngx_str_t  *value;
+
+    if (mcf->local_size != NGX_CONF_UNSET_SIZE) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    size = ngx_parse_size(&value[1]);
+
+    if (size == NGX_ERROR) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid value \"%V\" in \"%V\" directive",
+                           &value[1], &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    if (size < (ssize_t) (8 * ngx_pagesize)) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "value \"%V\" in \"%V\" directive is too small, "
+                           "it must be at least %uzk",
+                           &value[1], &cmd->name, 8 * ngx_pagesize / 1024);
+        return NGX_CONF_ERROR;
+    }
+
+    mcf->local_size = size;
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_aai_ratelimit_add_variables(ngx_conf_t *cf)
+{
+    ngx_http_variable_t  *var, *v;
+
+    for (v = ngx_http_aai_ratelimit_vars; v->name.len; v++) {
+        var = ngx_http_add_variable(cf, &v->name, v->flags);
+        if (var == NULL) {
+            return NGX_ERROR;
+        }
+
+        var->get_handler = v->get_handler;
+        var->data = v->data;
+    }
+
+    return ngx_aai_jwt_add_variables(cf);
+}
+
+
+static ngx_int_t
+ngx_http_aai_ratelimit_init(ngx_conf_t *cf)
+{
+    ngx_http_handler_pt                 *h;
+    ngx_http_core_main_conf_t           *cmcf;
+    ngx_http_aai_ratelimit_main_conf_t  *mcf;
+
+    mcf = ngx_http_conf_get_module_main_conf(cf,
+                                             ngx_http_aai_ratelimit_module);
+
+    if (ngx_aai_metrics_zone(cf, mcf->metrics) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (ngx_aai_jwt_init(cf) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (mcf->zones.nelts == 0) {
+        return NGX_OK;
+    }
+
+    cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
+
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_PREACCESS_PHASE].handlers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    *h = ngx_http_aai_ratelimit_handler;
+
+    ngx_http_next_header_filter = ngx_http_top_header_filter;
+    ngx_http_top_header_filter = ngx_http_aai_ratelimit_header_filter;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_aai_ratelimit_init_process(ngx_cycle_t *cycle)
+{
+    ngx_http_aai_ratelimit_main_conf_t  *mcf;
+
+    mcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                              ngx_http_aai_ratelimit_module);
+
+    if (mcf == NULL || mcf->redis == NULL) {
+        return NGX_OK;
+    }
+
+    /* sliding log members: admission time, this id, a sequence number */
+
+    ngx_http_aai_ratelimit_id_len =
+        ngx_sprintf(ngx_http_aai_ratelimit_id, "%xT%08xD", ngx_time(),
+                    (uint32_t) (ngx_random() ^ ngx_pid))
+        - ngx_http_aai_ratelimit_id;
+
+    return ngx_aai_redis_init_worker(mcf->redis, cycle);
+}
+
+
+static void
+ngx_http_aai_ratelimit_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_http_aai_ratelimit_main_conf_t  *mcf;
+
+    mcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                              ngx_http_aai_ratelimit_module);
+
+    if (mcf == NULL || mcf->redis == NULL) {
+        return;
+    }
+
+    ngx_aai_redis_exit_worker(mcf->redis);
+}
