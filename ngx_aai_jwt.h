@@ -3,8 +3,11 @@
  * Copyright (C) aai-nginx authors
  *
  * ngx_aai_jwt: verified JWT subject as $aai_user, part of
- * ngx_http_aai_ratelimit_module.  (Contract stub: filled in by the JWT
- * work; the rate limiter only relies on what is declared here.)
+ * ngx_http_aai_ratelimit_module.  The rate limiter embeds the two structs
+ * below, lists NGX_AAI_JWT_COMMANDS() in its commands, and calls
+ * ngx_aai_jwt_create_loc_conf(), ngx_aai_jwt_merge_loc_conf(),
+ * ngx_aai_jwt_add_variables() (preconfiguration) and ngx_aai_jwt_init()
+ * (postconfiguration).  Token parsing and signatures: ngx_aai_jwt_token.c.
  */
 
 
@@ -16,27 +19,92 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 
+#include "ngx_aai_jwt_token.h"
+
 
 /* per-location configuration, embedded in the rate limiter's loc conf */
 typedef struct {
-    ngx_array_t                *keys;
-    ngx_array_t                *tokens;
+    ngx_array_t                *keys;        /* ngx_aai_jwt_key_t */
+    ngx_array_t                *tokens;      /* ngx_http_complex_value_t */
+    ngx_array_t                *claims;      /* ngx_aai_jwt_str_t names */
+    ngx_str_t                   issuer;
+    ngx_str_t                   audience;
+    time_t                      leeway;
+    ngx_flag_t                  require;
+    ngx_uint_t                  cache_size;
+
+    /* equal in two confs: same keys, issuer and audience */
+    uint64_t                    profile;
 } ngx_aai_jwt_loc_conf_t;
 
 
-/* per-request state, embedded (zeroed) in the rate limiter's request ctx */
+/*
+ * Per-request state, embedded (zeroed) in the rate limiter's request ctx;
+ * kept across internal redirects, recomputed only where other keys, token
+ * sources or checks apply.
+ */
 typedef struct {
-    ngx_uint_t                  status;
+    ngx_uint_t                  status;      /* NGX_AAI_JWT_*, 0: not yet */
     ngx_str_t                   sub;
+    ngx_str_t                  *claims;      /* data NULL: claim absent */
+    ngx_uint_t                  nclaims;
+    ngx_aai_jwt_loc_conf_t     *conf;        /* the status is for these */
 } ngx_aai_jwt_ctx_t;
 
 
+char *ngx_aai_jwt_conf_key(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+char *ngx_aai_jwt_conf_token(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+char *ngx_aai_jwt_conf_leeway(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+char *ngx_aai_jwt_conf_claim(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+char *ngx_aai_jwt_conf_check(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+char *ngx_aai_jwt_conf_require(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+char *ngx_aai_jwt_conf_cache(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+
+
+#define NGX_AAI_JWT_CONF_ANY                                                  \
+    (NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF)
+
+#define NGX_AAI_JWT_COMMAND(name, flags, handler, type, member, post)        \
+    { ngx_string(name), flags, handler, NGX_HTTP_LOC_CONF_OFFSET,             \
+      offsetof(type, member), post },
+
 /*
- * The aai_jwt_* directives, for the rate limiter's commands array:
+ * The aai_jwt_* directives, for the rate limiter's commands array, just
+ * before ngx_null_command (each entry ends with a comma):
  *     NGX_AAI_JWT_COMMANDS(ngx_http_aai_ratelimit_loc_conf_t, jwt)
  * where "jwt" is the ngx_aai_jwt_loc_conf_t member of that struct.
  */
-#define NGX_AAI_JWT_COMMANDS(type, member)
+#define NGX_AAI_JWT_COMMANDS(type, member)                                    \
+    NGX_AAI_JWT_COMMAND("aai_jwt_key",                                        \
+                        NGX_AAI_JWT_CONF_ANY|NGX_CONF_TAKE23,                 \
+                        ngx_aai_jwt_conf_key, type, member, NULL)             \
+    NGX_AAI_JWT_COMMAND("aai_jwt_token",                                      \
+                        NGX_AAI_JWT_CONF_ANY|NGX_CONF_TAKE1,                  \
+                        ngx_aai_jwt_conf_token, type, member, NULL)           \
+    NGX_AAI_JWT_COMMAND("aai_jwt_leeway",                                     \
+                        NGX_AAI_JWT_CONF_ANY|NGX_CONF_TAKE1,                  \
+                        ngx_aai_jwt_conf_leeway, type, member, NULL)          \
+    NGX_AAI_JWT_COMMAND("aai_jwt_claim",                                      \
+                        NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE2,                    \
+                        ngx_aai_jwt_conf_claim, type, member, NULL)           \
+    NGX_AAI_JWT_COMMAND("aai_jwt_issuer",                                     \
+                        NGX_AAI_JWT_CONF_ANY|NGX_CONF_TAKE1,                  \
+                        ngx_aai_jwt_conf_check, type, member, "iss")          \
+    NGX_AAI_JWT_COMMAND("aai_jwt_audience",                                   \
+                        NGX_AAI_JWT_CONF_ANY|NGX_CONF_TAKE1,                  \
+                        ngx_aai_jwt_conf_check, type, member, "aud")          \
+    NGX_AAI_JWT_COMMAND("aai_jwt_require",                                    \
+                        NGX_AAI_JWT_CONF_ANY|NGX_CONF_FLAG,                   \
+                        ngx_aai_jwt_conf_require, type, member, NULL)         \
+    NGX_AAI_JWT_COMMAND("aai_jwt_cache",                                      \
+                        NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,                    \
+                        ngx_aai_jwt_conf_cache, type, member, NULL)
 
 
 /* from the rate limiter's create/merge loc conf and preconfiguration */
@@ -44,6 +112,16 @@ void ngx_aai_jwt_create_loc_conf(ngx_aai_jwt_loc_conf_t *jcf);
 char *ngx_aai_jwt_merge_loc_conf(ngx_conf_t *cf, ngx_aai_jwt_loc_conf_t *prev,
     ngx_aai_jwt_loc_conf_t *conf);
 ngx_int_t ngx_aai_jwt_add_variables(ngx_conf_t *cf);
+
+/* from the rate limiter's postconfiguration: the aai_jwt_require handler */
+ngx_int_t ngx_aai_jwt_init(ngx_conf_t *cf);
+
+/*
+ * The request's verification result (verifying the token on the first
+ * call); NULL on memory error.  For the rate limiter, if it needs it
+ * beyond the variables.
+ */
+ngx_aai_jwt_ctx_t *ngx_aai_jwt_evaluate(ngx_http_request_t *r);
 
 
 /*
