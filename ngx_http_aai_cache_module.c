@@ -1,0 +1,4839 @@
+
+/*
+ * Copyright (C) aai-nginx authors
+ *
+ * ngx_http_aai_cache_module: an HTTP response cache shared by every nginx
+ * instance through Redis.
+ *
+ * A request of a cached location is looked up in the precontent phase,
+ * after access control and the rate limiter, with one GET (an MGET when the
+ * resource is known to vary) that never blocks the worker.  A hit is sent
+ * from the entry and the upstream never sees the request.  A miss goes on
+ * to the content handler; the header and body filters copy the response as
+ * it passes, and once its last buffer has been passed on, the entry is
+ * stored with one command nobody waits for.
+ *
+ * Redis keys, for P = aai_cache_key_prefix and H = hex(SHA-256(cache key)):
+ *
+ *     P H            the entry, or a vary record: the names of the request
+ *                    headers the response varies on
+ *     P H ":" V      the entry of one variant, V = hex of the first 16
+ *                    bytes of SHA-256(H, names, request header values)
+ *     P H ":v"       the set of the variant keys of H, for purge
+ *     K ":l"         the update lock of entry key K (aai_cache_lock)
+ *
+ * The holder of a lock publishes "1 K:l" (stored) or "0 K:l" (not stored)
+ * on the channel NGX_HTTP_AAI_CACHE_CHANNEL when it is done; the requests
+ * waiting for it, on any instance, wake up at once.
+ *
+ * Entry format, version 1, integers big-endian:
+ *
+ *      0  4  magic "AAIC"
+ *      4  1  version
+ *      5  1  type: 'E' entry, 'V' vary record
+ *      6  2  flags (1: header only, the response to a HEAD)
+ *      8  8  time stored, ms since the epoch
+ *     16  8  fresh until, ms since the epoch
+ *     24  4  stale-while-revalidate, s
+ *     28  4  stale-if-error, s
+ *     32  2  status
+ *     34  2  number of headers
+ *     36  4  length of the header block
+ *     40  8  length of the body
+ *     48  8  Content-Length of a header-only entry, -1 if none
+ *     56  8  first 8 bytes of SHA-256(cache key)
+ *     64     header block: per header, a 2-byte name length, the name, a
+ *            NUL, a 4-byte value length, the value, a NUL; the vary record
+ *            has the names, comma-separated, instead
+ *            body
+ *    end-4 4 CRC32 of everything before it
+ *
+ * An entry that does not check out is a miss, never served.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include <openssl/sha.h>
+
+#include "ngx_aai_redis.h"
+#include "ngx_aai_metrics.h"
+
+
+#define NGX_HTTP_AAI_CACHE_MAGIC          "AAIC"
+#define NGX_HTTP_AAI_CACHE_VERSION        1
+#define NGX_HTTP_AAI_CACHE_HDR            64
+#define NGX_HTTP_AAI_CACHE_CRC            4
+
+#define NGX_HTTP_AAI_CACHE_TYPE_ENTRY     'E'
+#define NGX_HTTP_AAI_CACHE_TYPE_VARY      'V'
+
+#define NGX_HTTP_AAI_CACHE_HEADER_ONLY    0x0001
+
+#define NGX_HTTP_AAI_CACHE_CHANNEL        "aai:cache:unlock"
+#define NGX_HTTP_AAI_CACHE_DEFAULT_KEY    "$scheme$request_method$host$request_uri"
+
+#define NGX_HTTP_AAI_CACHE_MAX_VARY       16
+#define NGX_HTTP_AAI_CACHE_VARY_SLOTS     1024
+#define NGX_HTTP_AAI_CACHE_VARY_LEN       119
+#define NGX_HTTP_AAI_CACHE_BUCKETS        64
+#define NGX_HTTP_AAI_CACHE_NOTES          64
+#define NGX_HTTP_AAI_CACHE_POLL           500
+#define NGX_HTTP_AAI_CACHE_MAX_SIZE       (512 * 1024 * 1024)
+#define NGX_HTTP_AAI_CACHE_CHUNK          16384
+
+/* $aai_cache_status */
+#define NGX_HTTP_AAI_CACHE_NONE           0
+#define NGX_HTTP_AAI_CACHE_MISS           1
+#define NGX_HTTP_AAI_CACHE_BYPASS         2
+#define NGX_HTTP_AAI_CACHE_EXPIRED        3
+#define NGX_HTTP_AAI_CACHE_STALE          4
+#define NGX_HTTP_AAI_CACHE_UPDATING       5
+#define NGX_HTTP_AAI_CACHE_HIT            6
+#define NGX_HTTP_AAI_CACHE_NSTATUS        7
+
+/* aai_cache_use_stale */
+#define NGX_HTTP_AAI_CACHE_STALE_ERROR    0x0002
+#define NGX_HTTP_AAI_CACHE_STALE_TIMEOUT  0x0004
+#define NGX_HTTP_AAI_CACHE_STALE_UPDATING 0x0008
+#define NGX_HTTP_AAI_CACHE_STALE_500      0x0010
+#define NGX_HTTP_AAI_CACHE_STALE_502      0x0020
+#define NGX_HTTP_AAI_CACHE_STALE_503      0x0040
+#define NGX_HTTP_AAI_CACHE_STALE_504      0x0080
+
+/* aai_cache_valid: the status is not cacheable / has no default time */
+#define NGX_HTTP_AAI_CACHE_NOT_VALID      -2
+#define NGX_HTTP_AAI_CACHE_NO_TIME        -1
+
+
+typedef enum {
+    NGX_HTTP_AAI_CACHE_ST_LOOKUP = 1,   /* GET or MGET sent */
+    NGX_HTTP_AAI_CACHE_ST_VARIANT,      /* GET of the variant sent */
+    NGX_HTTP_AAI_CACHE_ST_LOCK,         /* SET lock NX sent */
+    NGX_HTTP_AAI_CACHE_ST_WAIT,         /* waiting for the lock holder */
+    NGX_HTTP_AAI_CACHE_ST_DONE          /* on to the content handler */
+} ngx_http_aai_cache_state_e;
+
+
+typedef enum {
+    NGX_HTTP_AAI_CACHE_WAKE_STORED = 0,
+    NGX_HTTP_AAI_CACHE_WAKE_NOT_STORED,
+    NGX_HTTP_AAI_CACHE_WAKE_POLL,
+    NGX_HTTP_AAI_CACHE_WAKE_TIMEOUT
+} ngx_http_aai_cache_wake_e;
+
+
+typedef struct {
+    ngx_uint_t                    status;      /* 0: any */
+    time_t                        valid;
+} ngx_http_aai_cache_valid_t;
+
+
+typedef struct {
+    ngx_aai_redis_conf_t          redis_conf;
+    ngx_aai_redis_t              *redis;
+
+    ngx_http_complex_value_t      default_key;
+
+    ngx_aai_metrics_t            *metrics;
+    ngx_int_t                     m_requests[NGX_HTTP_AAI_CACHE_NSTATUS];
+    ngx_int_t                     m_stored;
+    ngx_int_t                     m_store_failures;
+    ngx_int_t                     m_bytes;
+    ngx_int_t                     m_latency;
+
+    ngx_uint_t                    used;        /* aai_cache or purge */
+    ngx_uint_t                    lock_used;
+} ngx_http_aai_cache_main_conf_t;
+
+
+typedef struct {
+    ngx_flag_t                    enable;
+    ngx_http_complex_value_t     *key;
+    ngx_str_t                     prefix;
+    ngx_array_t                  *valid;       /* ngx_http_aai_cache_valid_t */
+    ngx_uint_t                    methods;
+    size_t                        max_size;
+    ngx_array_t                  *bypass;
+    ngx_array_t                  *no_store;
+    ngx_flag_t                    lock;
+    ngx_msec_t                    lock_timeout;
+    ngx_uint_t                    use_stale;
+    ngx_flag_t                    background_update;
+    time_t                        stale_ttl;
+
+    ngx_flag_t                    purge;
+    ngx_http_complex_value_t     *purge_key;
+} ngx_http_aai_cache_loc_conf_t;
+
+
+typedef struct {
+    ngx_uint_t                    type;
+    ngx_uint_t                    flags;
+    uint64_t                      stored;
+    uint64_t                      fresh_until;
+    uint32_t                      swr;
+    uint32_t                      sie;
+    ngx_uint_t                    status;
+    ngx_uint_t                    nheaders;
+    u_char                       *headers;
+    size_t                        headers_len;
+    u_char                       *body;
+    size_t                        body_len;
+    off_t                         content_length;
+    u_char                       *check;
+} ngx_http_aai_cache_entry_t;
+
+
+typedef struct {
+    ngx_int_t                     s_maxage;    /* -1: absent */
+    ngx_int_t                     max_age;
+    ngx_int_t                     swr;
+    ngx_int_t                     sie;
+    unsigned                      no_store:1;
+    unsigned                      no_cache:1;
+    unsigned                      private:1;
+    unsigned                      public:1;
+    unsigned                      must_revalidate:1;
+    unsigned                      invalid:1;
+} ngx_http_aai_cache_cc_t;
+
+
+typedef struct {
+    ngx_http_request_t           *request;
+    ngx_aai_redis_cmd_t          *cmd;
+
+    u_char                        digest[SHA256_DIGEST_LENGTH];
+    ngx_str_t                     key;         /* P H */
+    ngx_str_t                     vkey;        /* P H ":" V, or empty */
+    ngx_str_t                     vary;        /* names vkey was made of */
+    ngx_str_t                     lock_key;
+    u_char                        token[16];
+
+    ngx_http_aai_cache_entry_t   *stale;       /* expired entry at hand */
+
+    ngx_event_t                   wait_ev;
+    ngx_queue_t                   queue;       /* in a waiters bucket */
+    ngx_msec_t                    deadline;
+    ngx_uint_t                    lock_seq;    /* notes before the SET */
+
+    /* capture of the response */
+    u_char                       *buf;         /* the entry being built */
+    size_t                        len;
+    size_t                        size;
+    size_t                        body_start;
+    off_t                         clen;        /* Content-Length, or -1 */
+    uint64_t                      fresh_until;
+    uint32_t                      swr;
+    uint32_t                      sie;
+    ngx_str_t                     store_key;   /* where the entry goes */
+    ngx_str_t                     store_vary;  /* its vary names */
+
+    ngx_uint_t                    status;      /* $aai_cache_status */
+    ngx_uint_t                    state;       /* ngx_http_aai_cache_state_e */
+    ngx_uint_t                    fwd;         /* Cache-Status fwd=, 0: hit */
+    ngx_uint_t                    fwd_status;
+    const char                   *detail;
+
+    unsigned                      suspended:1;
+    unsigned                      capture:1;   /* may be stored */
+    unsigned                      capturing:1;
+    unsigned                      served:1;    /* sent from the cache */
+    unsigned                      swap:1;      /* stale replaces an error */
+    unsigned                      swap_sent:1;
+    unsigned                      bg:1;        /* background update */
+    unsigned                      lock_held:1;
+    unsigned                      no_lock:1;
+    unsigned                      waiting:1;
+    unsigned                      collapsed:1;
+    unsigned                      stored:1;    /* Cache-Status "stored" */
+    unsigned                      header_only:1;
+    unsigned                      vary_miss:1;
+    unsigned                      last:1;      /* the last buffer seen */
+} ngx_http_aai_cache_ctx_t;
+
+
+typedef struct {
+    ngx_http_request_t           *request;
+    ngx_aai_redis_cmd_t          *cmd;
+} ngx_http_aai_cache_purge_ctx_t;
+
+
+typedef struct {
+    u_char                        digest[8];
+    u_char                        len;
+    u_char                        names[NGX_HTTP_AAI_CACHE_VARY_LEN];
+} ngx_http_aai_cache_vary_slot_t;
+
+
+typedef struct {
+    uint32_t                      hash;
+    ngx_uint_t                    seq;
+    ngx_uint_t                    stored;      /* 0: empty, 1: yes, 2: no */
+} ngx_http_aai_cache_note_t;
+
+
+static ngx_int_t ngx_http_aai_cache_handler(ngx_http_request_t *r);
+static ngx_http_aai_cache_ctx_t *ngx_http_aai_cache_create_ctx(
+    ngx_http_request_t *r);
+static void ngx_http_aai_cache_cleanup(void *data);
+static ngx_int_t ngx_http_aai_cache_make_key(ngx_http_request_t *r,
+    ngx_http_aai_cache_loc_conf_t *alcf, ngx_str_t *key, u_char *digest);
+static ngx_int_t ngx_http_aai_cache_variant_key(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx, ngx_str_t *names, ngx_str_t *vkey);
+static ngx_int_t ngx_http_aai_cache_lookup(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx);
+static void ngx_http_aai_cache_reply(ngx_aai_redis_result_t *res,
+    void *data);
+static void ngx_http_aai_cache_on_lookup(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx, redisReply *reply);
+static void ngx_http_aai_cache_on_vary(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx, ngx_http_aai_cache_entry_t *vr,
+    redisReply *variant);
+static void ngx_http_aai_cache_on_entry(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx, redisReply *reply);
+static void ngx_http_aai_cache_on_absent(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx);
+static void ngx_http_aai_cache_on_lock(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx, redisReply *reply);
+static ngx_int_t ngx_http_aai_cache_try_lock(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx);
+static ngx_int_t ngx_http_aai_cache_entry_from(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx, redisReply *reply,
+    ngx_http_aai_cache_entry_t **ep);
+static ngx_uint_t ngx_http_aai_cache_updating_ok(
+    ngx_http_aai_cache_loc_conf_t *alcf, ngx_http_aai_cache_entry_t *e);
+static void ngx_http_aai_cache_forward(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx, ngx_uint_t status);
+static void ngx_http_aai_cache_resume(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx);
+static void ngx_http_aai_cache_unconditional(ngx_http_request_t *r);
+static void ngx_http_aai_cache_serve(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx, ngx_http_aai_cache_entry_t *e,
+    ngx_uint_t status);
+static ngx_int_t ngx_http_aai_cache_send(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx, ngx_http_aai_cache_entry_t *e);
+static ngx_int_t ngx_http_aai_cache_restore(ngx_http_request_t *r,
+    ngx_http_aai_cache_entry_t *e);
+static ngx_int_t ngx_http_aai_cache_background(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx);
+
+static void ngx_http_aai_cache_wait(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx);
+static void ngx_http_aai_cache_wait_handler(ngx_event_t *ev);
+static void ngx_http_aai_cache_wake(ngx_http_aai_cache_ctx_t *ctx,
+    ngx_uint_t how);
+static void ngx_http_aai_cache_unwait(ngx_http_aai_cache_ctx_t *ctx);
+static void ngx_http_aai_cache_message(ngx_str_t *channel,
+    ngx_str_t *message, void *data);
+static void ngx_http_aai_cache_release(ngx_http_aai_cache_ctx_t *ctx,
+    ngx_uint_t stored, ngx_log_t *log);
+
+static ngx_int_t ngx_http_aai_cache_header_filter(ngx_http_request_t *r);
+static const char *ngx_http_aai_cache_decide(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx, ngx_http_aai_cache_loc_conf_t *alcf);
+static ngx_int_t ngx_http_aai_cache_valid_time(
+    ngx_http_aai_cache_loc_conf_t *alcf, ngx_uint_t status);
+static ngx_int_t ngx_http_aai_cache_begin(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx, ngx_http_aai_cache_loc_conf_t *alcf);
+static ngx_int_t ngx_http_aai_cache_stale_on_error(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx, ngx_http_aai_cache_loc_conf_t *alcf);
+static ngx_int_t ngx_http_aai_cache_swap_header(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx);
+static ngx_int_t ngx_http_aai_cache_body_filter(ngx_http_request_t *r,
+    ngx_chain_t *in);
+static ngx_int_t ngx_http_aai_cache_swap_body(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx, ngx_chain_t *in);
+static void ngx_http_aai_cache_consume(ngx_chain_t *in);
+static ngx_int_t ngx_http_aai_cache_capture(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx, ngx_chain_t *in);
+static ngx_int_t ngx_http_aai_cache_append(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx, ngx_buf_t *b);
+static void ngx_http_aai_cache_abandon(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx, const char *why);
+static void ngx_http_aai_cache_store(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx);
+static void ngx_http_aai_cache_store_handler(ngx_aai_redis_result_t *res,
+    void *data);
+static void ngx_http_aai_cache_release_handler(ngx_aai_redis_result_t *res,
+    void *data);
+static ngx_int_t ngx_http_aai_cache_status_header(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx, ngx_http_aai_cache_entry_t *e);
+
+static ngx_int_t ngx_http_aai_cache_purge_handler(ngx_http_request_t *r);
+static void ngx_http_aai_cache_purge_reply(ngx_aai_redis_result_t *res,
+    void *data);
+static void ngx_http_aai_cache_purge_cleanup(void *data);
+static ngx_int_t ngx_http_aai_cache_purge_send(ngx_http_request_t *r,
+    ngx_uint_t status, ngx_int_t n);
+
+static ngx_int_t ngx_http_aai_cache_log_handler(ngx_http_request_t *r);
+static ngx_int_t ngx_http_aai_cache_status_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_aai_cache_key_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+
+static ngx_int_t ngx_http_aai_cache_decode(u_char *p, size_t len,
+    ngx_http_aai_cache_entry_t *e, const char **err);
+static u_char *ngx_http_aai_cache_write_fixed(u_char *p, ngx_uint_t type,
+    ngx_uint_t flags, uint64_t stored, uint64_t fresh_until, uint32_t swr,
+    uint32_t sie, ngx_uint_t status, ngx_uint_t nheaders, size_t hlen,
+    off_t clen, u_char *digest);
+static void ngx_http_aai_cache_seal(u_char *buf, size_t len, size_t hlen);
+static ngx_int_t ngx_http_aai_cache_collect(ngx_http_request_t *r,
+    ngx_array_t *headers);
+static void ngx_http_aai_cache_parse_cc(ngx_str_t *v,
+    ngx_http_aai_cache_cc_t *cc);
+static void ngx_http_aai_cache_cc_directive(ngx_http_aai_cache_cc_t *cc,
+    u_char *name, size_t nlen, u_char *val, size_t vlen);
+static ngx_int_t ngx_http_aai_cache_cc_number(u_char *val, size_t vlen);
+static ngx_int_t ngx_http_aai_cache_vary_names(ngx_http_request_t *r,
+    ngx_str_t *out);
+static ngx_table_elt_t *ngx_http_aai_cache_find(ngx_list_t *headers,
+    const char *name, size_t len, ngx_table_elt_t *from);
+static void ngx_http_aai_cache_vary_get(u_char *digest, ngx_str_t *names);
+static void ngx_http_aai_cache_vary_set(u_char *digest, ngx_str_t *names);
+static void ngx_http_aai_cache_vary_forget(u_char *digest);
+static void ngx_http_aai_cache_log_bad(ngx_log_t *log, const char *what,
+    ngx_str_t *key);
+static uint64_t ngx_http_aai_cache_now(void);
+static void ngx_http_aai_cache_crc32_init(void);
+static uint32_t ngx_http_aai_cache_crc32(u_char *p, size_t len);
+
+static void *ngx_http_aai_cache_create_main_conf(ngx_conf_t *cf);
+static char *ngx_http_aai_cache_init_main_conf(ngx_conf_t *cf, void *conf);
+static void *ngx_http_aai_cache_create_loc_conf(ngx_conf_t *cf);
+static char *ngx_http_aai_cache_merge_loc_conf(ngx_conf_t *cf, void *parent,
+    void *child);
+static char *ngx_http_aai_cache_redis(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_aai_cache_valid(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_aai_cache_methods(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_aai_cache_use_stale(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+static char *ngx_http_aai_cache_prefix(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_aai_cache_size(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_aai_cache_msec(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_aai_cache_sec(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_aai_cache_purge(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static ngx_int_t ngx_http_aai_cache_add_variables(ngx_conf_t *cf);
+static ngx_int_t ngx_http_aai_cache_add_metrics(ngx_conf_t *cf,
+    ngx_http_aai_cache_main_conf_t *amcf);
+static ngx_int_t ngx_http_aai_cache_init(ngx_conf_t *cf);
+static ngx_int_t ngx_http_aai_cache_init_process(ngx_cycle_t *cycle);
+static void ngx_http_aai_cache_exit_process(ngx_cycle_t *cycle);
+
+
+static ngx_str_t  ngx_http_aai_cache_status_names[] = {
+    ngx_null_string,
+    ngx_string("MISS"),
+    ngx_string("BYPASS"),
+    ngx_string("EXPIRED"),
+    ngx_string("STALE"),
+    ngx_string("UPDATING"),
+    ngx_string("HIT")
+};
+
+
+static const char  *ngx_http_aai_cache_fwd_names[] = {
+    "hit", "miss", "bypass", "stale", "stale", "stale", "hit"
+};
+
+
+static ngx_command_t  ngx_http_aai_cache_commands[] = {
+
+    { ngx_string("aai_cache_redis"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_aai_cache_redis,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("aai_cache"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_aai_cache_loc_conf_t, enable),
+      NULL },
+
+    { ngx_string("aai_cache_key"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_set_complex_value_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_aai_cache_loc_conf_t, key),
+      NULL },
+
+    { ngx_string("aai_cache_key_prefix"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_aai_cache_prefix,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_aai_cache_loc_conf_t, prefix),
+      NULL },
+
+    { ngx_string("aai_cache_valid"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
+      ngx_http_aai_cache_valid,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_aai_cache_loc_conf_t, valid),
+      NULL },
+
+    { ngx_string("aai_cache_methods"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
+      ngx_http_aai_cache_methods,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_aai_cache_loc_conf_t, methods),
+      NULL },
+
+    { ngx_string("aai_cache_max_size"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_aai_cache_size,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_aai_cache_loc_conf_t, max_size),
+      NULL },
+
+    { ngx_string("aai_cache_bypass"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
+      ngx_http_set_predicate_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_aai_cache_loc_conf_t, bypass),
+      NULL },
+
+    { ngx_string("aai_cache_no_store"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
+      ngx_http_set_predicate_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_aai_cache_loc_conf_t, no_store),
+      NULL },
+
+    { ngx_string("aai_cache_lock"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_aai_cache_loc_conf_t, lock),
+      NULL },
+
+    { ngx_string("aai_cache_lock_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_aai_cache_msec,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_aai_cache_loc_conf_t, lock_timeout),
+      NULL },
+
+    { ngx_string("aai_cache_use_stale"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
+      ngx_http_aai_cache_use_stale,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_aai_cache_loc_conf_t, use_stale),
+      NULL },
+
+    { ngx_string("aai_cache_background_update"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_aai_cache_loc_conf_t, background_update),
+      NULL },
+
+    { ngx_string("aai_cache_stale_ttl"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_aai_cache_sec,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_aai_cache_loc_conf_t, stale_ttl),
+      NULL },
+
+    { ngx_string("aai_cache_purge"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS|NGX_CONF_TAKE1,
+      ngx_http_aai_cache_purge,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    NGX_AAI_METRICS_COMMAND,
+
+      ngx_null_command
+};
+
+
+static ngx_http_module_t  ngx_http_aai_cache_module_ctx = {
+    ngx_http_aai_cache_add_variables,      /* preconfiguration */
+    ngx_http_aai_cache_init,               /* postconfiguration */
+
+    ngx_http_aai_cache_create_main_conf,   /* create main configuration */
+    ngx_http_aai_cache_init_main_conf,     /* init main configuration */
+
+    NULL,                                  /* create server configuration */
+    NULL,                                  /* merge server configuration */
+
+    ngx_http_aai_cache_create_loc_conf,    /* create location configuration */
+    ngx_http_aai_cache_merge_loc_conf      /* merge location configuration */
+};
+
+
+ngx_module_t  ngx_http_aai_cache_module = {
+    NGX_MODULE_V1,
+    &ngx_http_aai_cache_module_ctx,        /* module context */
+    ngx_http_aai_cache_commands,           /* module directives */
+    NGX_HTTP_MODULE,                       /* module type */
+    NULL,                                  /* init master */
+    NULL,                                  /* init module */
+    ngx_http_aai_cache_init_process,       /* init process */
+    NULL,                                  /* init thread */
+    NULL,                                  /* exit thread */
+    ngx_http_aai_cache_exit_process,       /* exit process */
+    NULL,                                  /* exit master */
+    NGX_MODULE_V1_PADDING
+};
+
+
+static ngx_http_variable_t  ngx_http_aai_cache_vars[] = {
+
+    { ngx_string("aai_cache_status"), NULL,
+      ngx_http_aai_cache_status_variable, 0, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("aai_cache_key"), NULL,
+      ngx_http_aai_cache_key_variable, 0, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+      ngx_http_null_variable
+};
+
+
+static ngx_conf_bitmask_t  ngx_http_aai_cache_stale_masks[] = {
+    { ngx_string("error"), NGX_HTTP_AAI_CACHE_STALE_ERROR },
+    { ngx_string("timeout"), NGX_HTTP_AAI_CACHE_STALE_TIMEOUT },
+    { ngx_string("updating"), NGX_HTTP_AAI_CACHE_STALE_UPDATING },
+    { ngx_string("http_500"), NGX_HTTP_AAI_CACHE_STALE_500 },
+    { ngx_string("http_502"), NGX_HTTP_AAI_CACHE_STALE_502 },
+    { ngx_string("http_503"), NGX_HTTP_AAI_CACHE_STALE_503 },
+    { ngx_string("http_504"), NGX_HTTP_AAI_CACHE_STALE_504 },
+    { ngx_null_string, 0 }
+};
+
+
+static ngx_conf_bitmask_t  ngx_http_aai_cache_method_masks[] = {
+    { ngx_string("GET"), NGX_HTTP_GET },
+    { ngx_string("HEAD"), NGX_HTTP_HEAD },
+    { ngx_string("POST"), NGX_HTTP_POST },
+    { ngx_null_string, 0 }
+};
+
+
+/* statuses cacheable without aai_cache_valid (RFC 9110, 15.1), but 206 */
+static ngx_uint_t  ngx_http_aai_cache_heuristic[] = {
+    200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501, 0
+};
+
+
+/* response headers that are never stored */
+static ngx_str_t  ngx_http_aai_cache_skip[] = {
+    ngx_string("Content-Type"),
+    ngx_string("Content-Length"),
+    ngx_string("Transfer-Encoding"),
+    ngx_string("Connection"),
+    ngx_string("Keep-Alive"),
+    ngx_string("Proxy-Connection"),
+    ngx_string("Upgrade"),
+    ngx_string("TE"),
+    ngx_string("Trailer"),
+    ngx_string("Date"),
+    ngx_string("Server"),
+    ngx_string("Age"),
+    ngx_string("Set-Cookie"),
+    ngx_string("Cache-Status"),
+    ngx_null_string
+};
+
+
+/*
+ * KEYS: entry key, base key, variants set, lock key
+ * ARGV: entry, px, vary record or "", lock token or "", channel, message
+ */
+static ngx_str_t  ngx_http_aai_cache_store_script = ngx_string(
+    "redis.call('set', KEYS[1], ARGV[1], 'px', ARGV[2]) "
+    "if ARGV[3] ~= '' then "
+    "local px = tonumber(ARGV[2]) "
+    "local t = redis.call('pttl', KEYS[2]) "
+    "if t < px then t = px end "
+    "redis.call('set', KEYS[2], ARGV[3], 'px', t) "
+    "redis.call('sadd', KEYS[3], KEYS[1]) "
+    "if redis.call('pttl', KEYS[3]) < px then "
+    "redis.call('pexpire', KEYS[3], px) end "
+    "end "
+    "if ARGV[4] ~= '' then "
+    "if redis.call('get', KEYS[4]) == ARGV[4] then "
+    "redis.call('del', KEYS[4]) end "
+    "redis.call('publish', ARGV[5], ARGV[6]) "
+    "end "
+    "return 1");
+
+
+/* KEYS: lock key; ARGV: token, channel, message */
+static ngx_str_t  ngx_http_aai_cache_release_script = ngx_string(
+    "if redis.call('get', KEYS[1]) == ARGV[1] then "
+    "redis.call('del', KEYS[1]) end "
+    "redis.call('publish', ARGV[2], ARGV[3]) "
+    "return 1");
+
+
+/* KEYS: base keys; returns the number of entries deleted */
+static ngx_str_t  ngx_http_aai_cache_purge_script = ngx_string(
+    "local n = 0 "
+    "for i = 1, #KEYS do "
+    "local s = KEYS[i] .. ':v' "
+    "local vs = redis.call('smembers', s) "
+    "for j = 1, #vs do n = n + redis.call('del', vs[j]) end "
+    "n = n + redis.call('del', KEYS[i]) "
+    "redis.call('del', s) "
+    "end "
+    "return n");
+
+
+static ngx_http_output_header_filter_pt  ngx_http_next_header_filter;
+static ngx_http_output_body_filter_pt    ngx_http_next_body_filter;
+
+
+/* per worker */
+static ngx_http_aai_cache_main_conf_t  *ngx_http_aai_cache_worker;
+static ngx_queue_t                      ngx_http_aai_cache_waiters[
+                                            NGX_HTTP_AAI_CACHE_BUCKETS];
+static ngx_http_aai_cache_note_t        ngx_http_aai_cache_notes[
+                                            NGX_HTTP_AAI_CACHE_NOTES];
+static ngx_uint_t                       ngx_http_aai_cache_note_seq;
+static ngx_http_aai_cache_vary_slot_t   ngx_http_aai_cache_vary_map[
+                                            NGX_HTTP_AAI_CACHE_VARY_SLOTS];
+static ngx_uint_t                       ngx_http_aai_cache_lock_seq;
+
+/* CRC-32 (IEEE 802.3, as zlib's), slice-by-8 */
+static uint32_t                         ngx_http_aai_cache_crc_table[8][256];
+
+
+static ngx_int_t
+ngx_http_aai_cache_handler(ngx_http_request_t *r)
+{
+    ngx_int_t                        rc;
+    ngx_http_aai_cache_ctx_t        *ctx;
+    ngx_http_aai_cache_loc_conf_t   *alcf;
+    ngx_http_aai_cache_main_conf_t  *amcf;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_aai_cache_module);
+
+    if (ctx) {
+        if (ctx->state == NGX_HTTP_AAI_CACHE_ST_DONE) {
+            return NGX_DECLINED;
+        }
+
+        /* a Redis reply is pending */
+        return NGX_AGAIN;
+    }
+
+    if (r != r->main) {
+        return NGX_DECLINED;
+    }
+
+    alcf = ngx_http_get_module_loc_conf(r, ngx_http_aai_cache_module);
+
+    if (!alcf->enable || !(r->method & alcf->methods)) {
+        return NGX_DECLINED;
+    }
+
+    amcf = ngx_http_get_module_main_conf(r, ngx_http_aai_cache_module);
+
+    if (amcf->redis == NULL) {
+        return NGX_DECLINED;
+    }
+
+    ctx = ngx_http_aai_cache_create_ctx(r);
+    if (ctx == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_aai_cache_make_key(r, alcf, &ctx->key, ctx->digest)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (alcf->bypass) {
+        rc = ngx_http_test_predicates(r, alcf->bypass);
+
+        if (rc == NGX_ERROR) {
+            return NGX_ERROR;
+        }
+
+        if (rc == NGX_DECLINED) {
+            ngx_http_aai_cache_forward(r, ctx, NGX_HTTP_AAI_CACHE_BYPASS);
+            return NGX_DECLINED;
+        }
+    }
+
+    rc = ngx_http_aai_cache_lookup(r, ctx);
+
+    if (rc == NGX_AGAIN) {
+        ctx->suspended = 1;
+        r->read_event_handler = ngx_http_test_reading;
+        r->write_event_handler = ngx_http_request_empty_handler;
+        return NGX_AGAIN;
+    }
+
+    if (rc == NGX_ERROR) {
+        return NGX_ERROR;
+    }
+
+    ctx->detail = "redis-unavailable";
+    ngx_http_aai_cache_forward(r, ctx, NGX_HTTP_AAI_CACHE_MISS);
+
+    return NGX_DECLINED;
+}
+
+
+static ngx_http_aai_cache_ctx_t *
+ngx_http_aai_cache_create_ctx(ngx_http_request_t *r)
+{
+    ngx_pool_cleanup_t        *cln;
+    ngx_http_aai_cache_ctx_t  *ctx;
+
+    ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_aai_cache_ctx_t));
+    if (ctx == NULL) {
+        return NULL;
+    }
+
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == NULL) {
+        return NULL;
+    }
+
+    cln->handler = ngx_http_aai_cache_cleanup;
+    cln->data = ctx;
+
+    ctx->request = r;
+    ctx->clen = -1;
+
+    ngx_http_set_ctx(r, ctx, ngx_http_aai_cache_module);
+
+    return ctx;
+}
+
+
+static void
+ngx_http_aai_cache_cleanup(void *data)
+{
+    ngx_http_aai_cache_ctx_t *ctx = data;
+
+    if (ctx->cmd) {
+        ngx_aai_redis_cancel(ctx->cmd);
+        ctx->cmd = NULL;
+    }
+
+    ngx_http_aai_cache_unwait(ctx);
+
+    /* the request is going away: its pool is no place to log to */
+
+    ngx_http_aai_cache_release(ctx, 0, ngx_cycle->log);
+
+    if (ctx->buf) {
+        ngx_free(ctx->buf);
+        ctx->buf = NULL;
+    }
+}
+
+
+static ngx_int_t
+ngx_http_aai_cache_make_key(ngx_http_request_t *r,
+    ngx_http_aai_cache_loc_conf_t *alcf, ngx_str_t *key, u_char *digest)
+{
+    u_char                          *p;
+    ngx_str_t                        value;
+    ngx_http_complex_value_t        *cv;
+    ngx_http_aai_cache_main_conf_t  *amcf;
+
+    cv = alcf->key;
+
+    if (alcf->purge && alcf->purge_key) {
+        cv = alcf->purge_key;
+    }
+
+    if (cv == NULL) {
+        amcf = ngx_http_get_module_main_conf(r, ngx_http_aai_cache_module);
+        cv = &amcf->default_key;
+    }
+
+    if (ngx_http_complex_value(r, cv, &value) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    SHA256(value.data, value.len, digest);
+
+    key->len = alcf->prefix.len + 2 * SHA256_DIGEST_LENGTH;
+    key->data = ngx_pnalloc(r->pool, key->len);
+    if (key->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_cpymem(key->data, alcf->prefix.data, alcf->prefix.len);
+    ngx_hex_dump(p, digest, SHA256_DIGEST_LENGTH);
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "aai cache key \"%V\": %V", &value, key);
+
+    return NGX_OK;
+}
+
+
+/*
+ * The variant key: P H ":" hex of the first 16 bytes of SHA-256 of
+ * "H\n" and, for each name, "name=value\n" ("name!\n" when the request
+ * has no such header); values of repeated headers are joined with ",",
+ * spaces around commas and at the ends are dropped.
+ */
+
+static ngx_int_t
+ngx_http_aai_cache_variant_key(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx, ngx_str_t *names, ngx_str_t *vkey)
+{
+    u_char           *buf, *p, *s, *e, *name, *end;
+    size_t            len, nlen;
+    ngx_uint_t        found, space;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+    ngx_uint_t        i;
+    u_char            md[SHA256_DIGEST_LENGTH];
+
+    /* the upper bound: every request header under every name */
+
+    len = 2 * SHA256_DIGEST_LENGTH + 1;
+
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */ ; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        len += h[i].value.len + 1;
+    }
+
+    len = len * (1 + names->len / 2) + 2 * names->len + 16;
+
+    buf = ngx_pnalloc(r->pool, len);
+    if (buf == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_cpymem(buf, ctx->key.data + ctx->key.len
+                        - 2 * SHA256_DIGEST_LENGTH,
+                   2 * SHA256_DIGEST_LENGTH);
+    *p++ = '\n';
+
+    name = names->data;
+    end = names->data + names->len;
+
+    while (name < end) {
+
+        for (s = name; s < end && *s != ','; s++) { /* void */ }
+
+        nlen = s - name;
+        p = ngx_cpymem(p, name, nlen);
+
+        found = 0;
+        h = NULL;
+
+        while ((h = ngx_http_aai_cache_find(&r->headers_in.headers,
+                                            (char *) name, nlen, h))
+               != NULL)
+        {
+            *p++ = found ? ',' : '=';
+            found = 1;
+
+            s = h->value.data;
+            e = s + h->value.len;
+
+            while (s < e && (*s == ' ' || *s == '\t')) {
+                s++;
+            }
+
+            while (e > s && (e[-1] == ' ' || e[-1] == '\t')) {
+                e--;
+            }
+
+            space = 0;
+
+            for ( /* void */ ; s < e; s++) {
+
+                if (*s == ' ' || *s == '\t') {
+                    space = 1;
+                    continue;
+                }
+
+                if (space && *s != ',' && p[-1] != ',') {
+                    *p++ = ' ';
+                }
+
+                space = 0;
+                *p++ = *s;
+            }
+        }
+
+        if (!found) {
+            *p++ = '!';
+        }
+
+        *p++ = '\n';
+
+        name += nlen + 1;
+    }
+
+    SHA256(buf, p - buf, md);
+
+    vkey->len = ctx->key.len + 1 + 32;
+    vkey->data = ngx_pnalloc(r->pool, vkey->len);
+    if (vkey->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_cpymem(vkey->data, ctx->key.data, ctx->key.len);
+    *p++ = ':';
+    ngx_hex_dump(p, md, 16);
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_aai_cache_lookup(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx)
+{
+    ngx_str_t                        names, argv[3];
+    ngx_uint_t                       argc;
+    ngx_http_aai_cache_main_conf_t  *amcf;
+
+    amcf = ngx_http_get_module_main_conf(r, ngx_http_aai_cache_module);
+
+    ngx_str_null(&ctx->vkey);
+    ngx_str_null(&ctx->vary);
+
+    /* this worker knows the resource varies: fetch the variant at once */
+
+    ngx_http_aai_cache_vary_get(ctx->digest, &names);
+
+    if (names.len) {
+        ctx->vary.data = ngx_pnalloc(r->pool, names.len);
+        if (ctx->vary.data == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_memcpy(ctx->vary.data, names.data, names.len);
+        ctx->vary.len = names.len;
+
+        if (ngx_http_aai_cache_variant_key(r, ctx, &ctx->vary, &ctx->vkey)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        ngx_str_set(&argv[0], "MGET");
+        argv[1] = ctx->key;
+        argv[2] = ctx->vkey;
+        argc = 3;
+
+    } else {
+        ngx_str_set(&argv[0], "GET");
+        argv[1] = ctx->key;
+        argc = 2;
+    }
+
+    ctx->cmd = ngx_aai_redis_send(amcf->redis, r->connection->log, argc,
+                                  argv, ngx_http_aai_cache_reply, ctx);
+    if (ctx->cmd == NULL) {
+        return NGX_DECLINED;
+    }
+
+    ctx->state = NGX_HTTP_AAI_CACHE_ST_LOOKUP;
+
+    return NGX_AGAIN;
+}
+
+
+static void
+ngx_http_aai_cache_reply(ngx_aai_redis_result_t *res, void *data)
+{
+    ngx_http_aai_cache_ctx_t *ctx = data;
+
+    ngx_connection_t                *c;
+    ngx_http_request_t              *r;
+    ngx_http_aai_cache_main_conf_t  *amcf;
+
+    r = ctx->request;
+    c = r->connection;
+
+    ctx->cmd = NULL;
+
+    amcf = ngx_http_get_module_main_conf(r, ngx_http_aai_cache_module);
+    ngx_aai_metrics_observe(amcf->metrics, amcf->m_latency, res->latency_us);
+
+    if (res->reply == NULL || res->reply->type == REDIS_REPLY_ERROR) {
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, c->log, 0,
+                       "aai cache redis failed: %s",
+                       res->reply ? res->reply->str : res->error);
+
+        ctx->detail = "redis-error";
+        ngx_http_aai_cache_forward(r, ctx,
+                                   ctx->stale ? NGX_HTTP_AAI_CACHE_EXPIRED
+                                              : NGX_HTTP_AAI_CACHE_MISS);
+        goto done;
+    }
+
+    switch (ctx->state) {
+
+    case NGX_HTTP_AAI_CACHE_ST_LOOKUP:
+        ngx_http_aai_cache_on_lookup(r, ctx, res->reply);
+        break;
+
+    case NGX_HTTP_AAI_CACHE_ST_VARIANT:
+        ngx_http_aai_cache_on_entry(r, ctx, res->reply);
+        break;
+
+    case NGX_HTTP_AAI_CACHE_ST_LOCK:
+        ngx_http_aai_cache_on_lock(r, ctx, res->reply);
+        break;
+
+    default:
+        ngx_log_error(NGX_LOG_ALERT, c->log, 0,
+                      "aai_cache: reply in state %ui", ctx->state);
+        ngx_http_aai_cache_forward(r, ctx, NGX_HTTP_AAI_CACHE_MISS);
+    }
+
+done:
+
+    ngx_http_run_posted_requests(c);
+}
+
+
+static void
+ngx_http_aai_cache_on_lookup(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx, redisReply *reply)
+{
+    ngx_int_t                    rc;
+    redisReply                  *base, *variant;
+    ngx_http_aai_cache_entry_t  *e;
+
+    if (reply->type == REDIS_REPLY_ARRAY) {
+        if (reply->elements != 2) {
+            ngx_http_aai_cache_forward(r, ctx, NGX_HTTP_AAI_CACHE_MISS);
+            return;
+        }
+
+        base = reply->element[0];
+        variant = reply->element[1];
+
+    } else {
+        base = reply;
+        variant = NULL;
+    }
+
+    rc = ngx_http_aai_cache_entry_from(r, ctx, base, &e);
+
+    if (rc == NGX_ERROR) {
+        ctx->state = NGX_HTTP_AAI_CACHE_ST_DONE;
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    if (rc == NGX_DECLINED) {
+        if (ctx->vkey.len) {
+            /* no vary record: the guess was wrong */
+            ngx_http_aai_cache_vary_forget(ctx->digest);
+            ngx_str_null(&ctx->vkey);
+            ngx_str_null(&ctx->vary);
+        }
+
+        ngx_http_aai_cache_on_absent(r, ctx);
+        return;
+    }
+
+    if (e->type == NGX_HTTP_AAI_CACHE_TYPE_VARY) {
+        ngx_http_aai_cache_on_vary(r, ctx, e, variant);
+        return;
+    }
+
+    if (ctx->vkey.len) {
+        /* the resource no longer varies */
+        ngx_http_aai_cache_vary_forget(ctx->digest);
+        ngx_str_null(&ctx->vkey);
+        ngx_str_null(&ctx->vary);
+    }
+
+    ngx_http_aai_cache_on_entry(r, ctx, base);
+}
+
+
+static void
+ngx_http_aai_cache_on_vary(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx, ngx_http_aai_cache_entry_t *vr,
+    redisReply *variant)
+{
+    ngx_str_t                        names, argv[2];
+    ngx_http_aai_cache_main_conf_t  *amcf;
+
+    names.data = vr->headers;
+    names.len = vr->headers_len;
+
+    ngx_http_aai_cache_vary_set(ctx->digest, &names);
+
+    if (variant
+        && ctx->vkey.len
+        && ctx->vary.len == names.len
+        && ngx_memcmp(ctx->vary.data, names.data, names.len) == 0)
+    {
+        ngx_http_aai_cache_on_entry(r, ctx, variant);
+        return;
+    }
+
+    /* a second round trip: the variant of this request */
+
+    ctx->vary = names;
+
+    if (ngx_http_aai_cache_variant_key(r, ctx, &ctx->vary, &ctx->vkey)
+        != NGX_OK)
+    {
+        ctx->state = NGX_HTTP_AAI_CACHE_ST_DONE;
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    amcf = ngx_http_get_module_main_conf(r, ngx_http_aai_cache_module);
+
+    ngx_str_set(&argv[0], "GET");
+    argv[1] = ctx->vkey;
+
+    ctx->cmd = ngx_aai_redis_send(amcf->redis, r->connection->log, 2, argv,
+                                  ngx_http_aai_cache_reply, ctx);
+    if (ctx->cmd == NULL) {
+        ctx->detail = "redis-unavailable";
+        ngx_http_aai_cache_forward(r, ctx, NGX_HTTP_AAI_CACHE_MISS);
+        return;
+    }
+
+    ctx->state = NGX_HTTP_AAI_CACHE_ST_VARIANT;
+}
+
+
+static void
+ngx_http_aai_cache_on_entry(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx, redisReply *reply)
+{
+    ngx_int_t                       rc;
+    ngx_http_aai_cache_entry_t     *e;
+    ngx_http_aai_cache_loc_conf_t  *alcf;
+
+    rc = ngx_http_aai_cache_entry_from(r, ctx, reply, &e);
+
+    if (rc == NGX_ERROR) {
+        ctx->state = NGX_HTTP_AAI_CACHE_ST_DONE;
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    if (rc == NGX_DECLINED
+        || e->type != NGX_HTTP_AAI_CACHE_TYPE_ENTRY
+        || ((e->flags & NGX_HTTP_AAI_CACHE_HEADER_ONLY)
+            && r->method != NGX_HTTP_HEAD))
+    {
+        if (ctx->vkey.len) {
+            ctx->vary_miss = 1;
+        }
+
+        ngx_http_aai_cache_on_absent(r, ctx);
+        return;
+    }
+
+    if (ngx_http_aai_cache_now() < e->fresh_until) {
+        ngx_http_aai_cache_serve(r, ctx, e, NGX_HTTP_AAI_CACHE_HIT);
+        return;
+    }
+
+    /* expired: kept at hand for aai_cache_use_stale */
+
+    ctx->stale = e;
+
+    alcf = ngx_http_get_module_loc_conf(r, ngx_http_aai_cache_module);
+
+    if (alcf->lock || ngx_http_aai_cache_updating_ok(alcf, e)) {
+        if (ngx_http_aai_cache_try_lock(r, ctx) == NGX_AGAIN) {
+            return;
+        }
+    }
+
+    ngx_http_aai_cache_forward(r, ctx, NGX_HTTP_AAI_CACHE_EXPIRED);
+}
+
+
+static void
+ngx_http_aai_cache_on_absent(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx)
+{
+    ngx_http_aai_cache_loc_conf_t  *alcf;
+
+    alcf = ngx_http_get_module_loc_conf(r, ngx_http_aai_cache_module);
+
+    if (alcf->lock && ngx_http_aai_cache_try_lock(r, ctx) == NGX_AGAIN) {
+        return;
+    }
+
+    ngx_http_aai_cache_forward(r, ctx,
+                               ctx->stale ? NGX_HTTP_AAI_CACHE_EXPIRED
+                                          : NGX_HTTP_AAI_CACHE_MISS);
+}
+
+
+static ngx_int_t
+ngx_http_aai_cache_try_lock(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx)
+{
+    u_char                          *p;
+    ngx_str_t                       *k, argv[6];
+    ngx_http_aai_cache_loc_conf_t   *alcf;
+    ngx_http_aai_cache_main_conf_t  *amcf;
+    u_char                           px[NGX_INT_T_LEN];
+
+    alcf = ngx_http_get_module_loc_conf(r, ngx_http_aai_cache_module);
+    amcf = ngx_http_get_module_main_conf(r, ngx_http_aai_cache_module);
+
+    k = ctx->vkey.len ? &ctx->vkey : &ctx->key;
+
+    /* the lock key, and room for the "0 " or "1 " of its message */
+
+    p = ngx_pnalloc(r->pool, 2 + k->len + 2);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    ctx->lock_key.data = p + 2;
+    ctx->lock_key.len = k->len + 2;
+
+    p = ngx_cpymem(p + 2, k->data, k->len);
+    *p++ = ':';
+    *p = 'l';
+
+    if (ctx->token[0] == '\0') {
+        ngx_sprintf(ctx->token, "%08xi%08xi",
+                    ((ngx_uint_t) ngx_pid ^ (ngx_uint_t) ngx_random())
+                    & 0xffffffff,
+                    ++ngx_http_aai_cache_lock_seq & 0xffffffff);
+    }
+
+    ngx_str_set(&argv[0], "SET");
+    argv[1] = ctx->lock_key;
+    argv[2].data = ctx->token;
+    argv[2].len = sizeof(ctx->token);
+    ngx_str_set(&argv[3], "NX");
+    ngx_str_set(&argv[4], "PX");
+    argv[5].data = px;
+    argv[5].len = ngx_sprintf(px, "%M", alcf->lock_timeout) - px;
+
+    ctx->cmd = ngx_aai_redis_send(amcf->redis, r->connection->log, 6, argv,
+                                  ngx_http_aai_cache_reply, ctx);
+    if (ctx->cmd == NULL) {
+        return NGX_DECLINED;
+    }
+
+    ctx->state = NGX_HTTP_AAI_CACHE_ST_LOCK;
+    ctx->lock_seq = ngx_http_aai_cache_note_seq;
+
+    return NGX_AGAIN;
+}
+
+
+static void
+ngx_http_aai_cache_on_lock(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx, redisReply *reply)
+{
+    ngx_http_aai_cache_loc_conf_t  *alcf;
+
+    alcf = ngx_http_get_module_loc_conf(r, ngx_http_aai_cache_module);
+
+    if (reply->type == REDIS_REPLY_STATUS) {
+
+        /* this request updates the entry */
+
+        ctx->lock_held = 1;
+
+        if (ctx->stale
+            && alcf->background_update
+            && ngx_http_aai_cache_updating_ok(alcf, ctx->stale)
+            && ngx_http_aai_cache_background(r, ctx) == NGX_OK)
+        {
+            ctx->detail = "background-update";
+            ngx_http_aai_cache_serve(r, ctx, ctx->stale,
+                                     NGX_HTTP_AAI_CACHE_STALE);
+            return;
+        }
+
+        ngx_http_aai_cache_forward(r, ctx,
+                                   ctx->stale ? NGX_HTTP_AAI_CACHE_EXPIRED
+                                              : NGX_HTTP_AAI_CACHE_MISS);
+        return;
+    }
+
+    /* another request, maybe on another instance, is updating it */
+
+    if (ctx->stale && ngx_http_aai_cache_updating_ok(alcf, ctx->stale)) {
+        ctx->detail = "updating";
+        ngx_http_aai_cache_serve(r, ctx, ctx->stale,
+                                 NGX_HTTP_AAI_CACHE_UPDATING);
+        return;
+    }
+
+    if (!alcf->lock
+        || (ctx->deadline
+            && (ngx_msec_int_t) (ctx->deadline - ngx_current_msec) <= 0))
+    {
+        if (alcf->lock) {
+            ctx->detail = "lock-timeout";
+        }
+
+        ngx_http_aai_cache_forward(r, ctx,
+                                   ctx->stale ? NGX_HTTP_AAI_CACHE_EXPIRED
+                                              : NGX_HTTP_AAI_CACHE_MISS);
+        return;
+    }
+
+    ngx_http_aai_cache_wait(r, ctx);
+}
+
+
+static ngx_int_t
+ngx_http_aai_cache_entry_from(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx, redisReply *reply,
+    ngx_http_aai_cache_entry_t **ep)
+{
+    u_char                      *p;
+    const char                  *err;
+    ngx_str_t                   *key;
+    ngx_http_aai_cache_entry_t  *e;
+
+    key = (ctx->state == NGX_HTTP_AAI_CACHE_ST_VARIANT) ? &ctx->vkey
+                                                         : &ctx->key;
+
+    if (reply == NULL || reply->type == REDIS_REPLY_NIL) {
+        return NGX_DECLINED;
+    }
+
+    if (reply->type != REDIS_REPLY_STRING) {
+        ngx_http_aai_cache_log_bad(r->connection->log, "not a string", key);
+        return NGX_DECLINED;
+    }
+
+    /* the entry is served from the request's memory */
+
+    p = ngx_pnalloc(r->pool, reply->len);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(p, reply->str, reply->len);
+
+    e = ngx_palloc(r->pool, sizeof(ngx_http_aai_cache_entry_t));
+    if (e == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_aai_cache_decode(p, reply->len, e, &err) != NGX_OK) {
+        ngx_http_aai_cache_log_bad(r->connection->log, err, key);
+        return NGX_DECLINED;
+    }
+
+    if (ngx_memcmp(e->check, ctx->digest, 8) != 0) {
+        ngx_http_aai_cache_log_bad(r->connection->log, "foreign", key);
+        return NGX_DECLINED;
+    }
+
+    *ep = e;
+
+    return NGX_OK;
+}
+
+
+static ngx_uint_t
+ngx_http_aai_cache_updating_ok(ngx_http_aai_cache_loc_conf_t *alcf,
+    ngx_http_aai_cache_entry_t *e)
+{
+    if (alcf->use_stale & NGX_HTTP_AAI_CACHE_STALE_UPDATING) {
+        return 1;
+    }
+
+    return e->swr
+           && ngx_http_aai_cache_now() < e->fresh_until + e->swr * 1000ULL;
+}
+
+
+static void
+ngx_http_aai_cache_forward(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx, ngx_uint_t status)
+{
+    ctx->status = status;
+    ctx->fwd = status;
+    ctx->state = NGX_HTTP_AAI_CACHE_ST_DONE;
+    ctx->capture = 1;
+
+    ngx_http_aai_cache_unconditional(r);
+
+    if (ctx->suspended) {
+        ngx_http_aai_cache_resume(r, ctx);
+    }
+}
+
+
+static void
+ngx_http_aai_cache_resume(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx)
+{
+    ctx->suspended = 0;
+
+    r->read_event_handler = ngx_http_block_reading;
+    r->write_event_handler = ngx_http_core_run_phases;
+
+    ngx_http_core_run_phases(r);
+}
+
+
+/*
+ * A 304 to a conditional request cannot be stored: the upstream gets the
+ * request without its conditions, and the client the whole response.
+ * Range requests are passed as they are (a 206 is not stored): they are
+ * mostly for bodies too large to be cached anyway.
+ */
+
+static void
+ngx_http_aai_cache_unconditional(ngx_http_request_t *r)
+{
+    ngx_uint_t        i;
+    ngx_list_t        headers;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h, *nh;
+
+    if (r->headers_in.if_modified_since == NULL
+        && r->headers_in.if_none_match == NULL)
+    {
+        return;
+    }
+
+    if (ngx_list_init(&headers, r->pool, 20, sizeof(ngx_table_elt_t))
+        != NGX_OK)
+    {
+        return;
+    }
+
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */ ; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if ((h[i].key.len == 17
+             && ngx_strncasecmp(h[i].key.data,
+                                (u_char *) "If-Modified-Since", 17) == 0)
+            || (h[i].key.len == 13
+                && ngx_strncasecmp(h[i].key.data,
+                                   (u_char *) "If-None-Match", 13) == 0))
+        {
+            continue;
+        }
+
+        nh = ngx_list_push(&headers);
+        if (nh == NULL) {
+            return;
+        }
+
+        *nh = h[i];
+    }
+
+    r->headers_in.headers = headers;
+    r->disable_not_modified = 1;
+}
+
+
+static void
+ngx_http_aai_cache_serve(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx, ngx_http_aai_cache_entry_t *e,
+    ngx_uint_t status)
+{
+    ngx_int_t  rc;
+
+    ctx->status = status;
+    ctx->state = NGX_HTTP_AAI_CACHE_ST_DONE;
+    ctx->served = 1;
+    ctx->suspended = 0;
+
+    r->read_event_handler = ngx_http_block_reading;
+
+    rc = ngx_http_aai_cache_send(r, ctx, e);
+
+    ngx_http_finalize_request(r, rc);
+}
+
+
+static ngx_int_t
+ngx_http_aai_cache_send(ngx_http_request_t *r, ngx_http_aai_cache_ctx_t *ctx,
+    ngx_http_aai_cache_entry_t *e)
+{
+    ngx_int_t                        rc;
+    ngx_buf_t                       *b;
+    ngx_chain_t                      out;
+    ngx_http_aai_cache_main_conf_t  *amcf;
+
+    rc = ngx_http_discard_request_body(r);
+
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    r->headers_out.status = e->status;
+
+    if (ngx_http_aai_cache_restore(r, e) != NGX_OK
+        || ngx_http_aai_cache_status_header(r, ctx, e) != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (e->status == NGX_HTTP_OK
+        && !(e->flags & NGX_HTTP_AAI_CACHE_HEADER_ONLY))
+    {
+        r->allow_ranges = 1;
+    }
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+
+    b = ngx_calloc_buf(r->pool);
+    if (b == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (e->body_len) {
+        b->pos = e->body;
+        b->last = e->body + e->body_len;
+        b->memory = 1;
+    }
+
+    b->last_buf = (r == r->main) ? 1 : 0;
+    b->last_in_chain = 1;
+
+    out.buf = b;
+    out.next = NULL;
+
+    amcf = ngx_http_get_module_main_conf(r, ngx_http_aai_cache_module);
+    ngx_aai_metrics_inc(amcf->metrics, amcf->m_bytes, e->body_len);
+
+    return ngx_http_output_filter(r, &out);
+}
+
+
+static ngx_int_t
+ngx_http_aai_cache_restore(ngx_http_request_t *r,
+    ngx_http_aai_cache_entry_t *e)
+{
+    u_char           *p;
+    size_t            nlen, vlen;
+    ngx_uint_t        i;
+    ngx_table_elt_t  *h;
+    uint64_t          now, age;
+    u_char           *name, *value;
+
+    p = e->headers;
+
+    for (i = 0; i < e->nheaders; i++) {
+
+        nlen = ((size_t) p[0] << 8) | p[1];
+        name = p + 2;
+        p = name + nlen + 1;
+
+        vlen = ((size_t) p[0] << 24) | ((size_t) p[1] << 16)
+               | ((size_t) p[2] << 8) | p[3];
+        value = p + 4;
+        p = value + vlen + 1;
+
+        if (nlen == 12
+            && ngx_strncasecmp(name, (u_char *) "Content-Type", 12) == 0)
+        {
+            r->headers_out.content_type.data = value;
+            r->headers_out.content_type.len = vlen;
+            r->headers_out.content_type_len = vlen;
+            r->headers_out.content_type_lowcase = NULL;
+            continue;
+        }
+
+        h = ngx_list_push(&r->headers_out.headers);
+        if (h == NULL) {
+            return NGX_ERROR;
+        }
+
+        h->hash = 1;
+        h->key.data = name;
+        h->key.len = nlen;
+        h->value.data = value;
+        h->value.len = vlen;
+#if (nginx_version >= 1023000)
+        h->next = NULL;
+#endif
+
+        h->lowcase_key = ngx_pnalloc(r->pool, nlen);
+        if (h->lowcase_key == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_strlow(h->lowcase_key, name, nlen);
+
+        if (nlen == 13
+            && ngx_strncmp(h->lowcase_key, "last-modified", 13) == 0)
+        {
+            r->headers_out.last_modified = h;
+            r->headers_out.last_modified_time =
+                                           ngx_parse_http_time(value, vlen);
+
+        } else if (nlen == 4
+                   && ngx_strncmp(h->lowcase_key, "etag", 4) == 0)
+        {
+            r->headers_out.etag = h;
+
+        } else if (nlen == 16
+                   && ngx_strncmp(h->lowcase_key, "content-encoding", 16)
+                      == 0)
+        {
+            r->headers_out.content_encoding = h;
+        }
+    }
+
+    r->headers_out.content_length_n =
+                   (e->flags & NGX_HTTP_AAI_CACHE_HEADER_ONLY)
+                   ? e->content_length : (off_t) e->body_len;
+
+    /* Age (RFC 9111, 5.1) */
+
+    now = ngx_http_aai_cache_now();
+    age = now > e->stored ? (now - e->stored) / 1000 : 0;
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    h->value.data = ngx_pnalloc(r->pool, NGX_INT64_LEN);
+    if (h->value.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    h->hash = 1;
+    ngx_str_set(&h->key, "Age");
+    h->lowcase_key = (u_char *) "age";
+    h->value.len = ngx_sprintf(h->value.data, "%uL", age) - h->value.data;
+#if (nginx_version >= 1023000)
+    h->next = NULL;
+#endif
+
+    return NGX_OK;
+}
+
+
+/*
+ * proxy_cache_background_update's way: a background subrequest that clones
+ * this request from this phase on; its response is stored, never sent.
+ */
+
+static ngx_int_t
+ngx_http_aai_cache_background(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx)
+{
+    ngx_http_request_t        *sr;
+    ngx_http_aai_cache_ctx_t  *sctx;
+
+    if (r == r->main) {
+        r->preserve_body = 1;
+    }
+
+    if (ngx_http_subrequest(r, &r->uri, &r->args, &sr, NULL,
+                            NGX_HTTP_SUBREQUEST_CLONE
+                            |NGX_HTTP_SUBREQUEST_BACKGROUND)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    /* as proxy_cache_convert_head: the whole response is stored */
+
+    if (sr->method == NGX_HTTP_HEAD) {
+        sr->method = NGX_HTTP_GET;
+        sr->method_name = ngx_http_core_get_method;
+    }
+
+    sctx = ngx_http_aai_cache_create_ctx(sr);
+    if (sctx == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(sctx->digest, ctx->digest, SHA256_DIGEST_LENGTH);
+    ngx_memcpy(sctx->token, ctx->token, sizeof(ctx->token));
+    sctx->key = ctx->key;
+    sctx->vkey = ctx->vkey;
+    sctx->vary = ctx->vary;
+    sctx->lock_key = ctx->lock_key;
+
+    /* the subrequest holds the lock now */
+
+    sctx->lock_held = 1;
+    ctx->lock_held = 0;
+
+    sctx->bg = 1;
+    sctx->status = NGX_HTTP_AAI_CACHE_EXPIRED;
+    sctx->fwd = NGX_HTTP_AAI_CACHE_EXPIRED;
+    sctx->state = NGX_HTTP_AAI_CACHE_ST_DONE;
+    sctx->capture = 1;
+
+    ngx_http_aai_cache_unconditional(sr);
+
+    return NGX_OK;
+}
+
+
+/*
+ * Waiting for the holder of the lock: woken by its message, polling every
+ * NGX_HTTP_AAI_CACHE_POLL ms in case the message was lost (pub/sub
+ * connection down), up to aai_cache_lock_timeout.
+ */
+
+static void
+ngx_http_aai_cache_wait(ngx_http_request_t *r, ngx_http_aai_cache_ctx_t *ctx)
+{
+    uint32_t                        hash;
+    ngx_uint_t                      i;
+    ngx_msec_t                      timer;
+    ngx_http_aai_cache_note_t      *n;
+    ngx_http_aai_cache_loc_conf_t  *alcf;
+
+    alcf = ngx_http_get_module_loc_conf(r, ngx_http_aai_cache_module);
+
+    if (ctx->deadline == 0) {
+        ctx->deadline = ngx_current_msec + alcf->lock_timeout;
+
+        if (ctx->deadline == 0) {
+            ctx->deadline = 1;
+        }
+    }
+
+    hash = ngx_crc32_short(ctx->lock_key.data, ctx->lock_key.len);
+
+    /*
+     * The holder may have published after our SET went out but before its
+     * reply came: the message was seen then, and noted.
+     */
+
+    for (i = 0; i < NGX_HTTP_AAI_CACHE_NOTES; i++) {
+        n = &ngx_http_aai_cache_notes[i];
+
+        if (n->stored
+            && n->hash == hash
+            && n->seq > ctx->lock_seq)
+        {
+            ngx_http_aai_cache_wake(ctx, n->stored == 1
+                                         ? NGX_HTTP_AAI_CACHE_WAKE_STORED
+                                         : NGX_HTTP_AAI_CACHE_WAKE_NOT_STORED);
+            return;
+        }
+    }
+
+    ctx->state = NGX_HTTP_AAI_CACHE_ST_WAIT;
+    ctx->waiting = 1;
+
+    ngx_queue_insert_tail(
+                   &ngx_http_aai_cache_waiters[hash % NGX_HTTP_AAI_CACHE_BUCKETS],
+                   &ctx->queue);
+
+    ctx->wait_ev.handler = ngx_http_aai_cache_wait_handler;
+    ctx->wait_ev.data = ctx;
+    ctx->wait_ev.log = r->connection->log;
+
+    timer = ctx->deadline - ngx_current_msec;
+
+    if ((ngx_msec_int_t) timer <= 0) {
+        timer = 1;
+    }
+
+    if (timer > NGX_HTTP_AAI_CACHE_POLL) {
+        timer = NGX_HTTP_AAI_CACHE_POLL;
+    }
+
+    ngx_add_timer(&ctx->wait_ev, timer);
+}
+
+
+static void
+ngx_http_aai_cache_wait_handler(ngx_event_t *ev)
+{
+    ngx_connection_t          *c;
+    ngx_http_aai_cache_ctx_t  *ctx;
+
+    ctx = ev->data;
+    c = ctx->request->connection;
+
+    if ((ngx_msec_int_t) (ctx->deadline - ngx_current_msec) <= 0) {
+        ngx_http_aai_cache_wake(ctx, NGX_HTTP_AAI_CACHE_WAKE_TIMEOUT);
+
+    } else {
+        ngx_http_aai_cache_wake(ctx, NGX_HTTP_AAI_CACHE_WAKE_POLL);
+    }
+
+    ngx_http_run_posted_requests(c);
+}
+
+
+static void
+ngx_http_aai_cache_wake(ngx_http_aai_cache_ctx_t *ctx, ngx_uint_t how)
+{
+    ngx_int_t            rc;
+    ngx_uint_t           status;
+    ngx_http_request_t  *r;
+
+    r = ctx->request;
+
+    ngx_http_aai_cache_unwait(ctx);
+
+    status = ctx->stale ? NGX_HTTP_AAI_CACHE_EXPIRED
+                        : NGX_HTTP_AAI_CACHE_MISS;
+
+    switch (how) {
+
+    case NGX_HTTP_AAI_CACHE_WAKE_TIMEOUT:
+        ctx->detail = "lock-timeout";
+        ngx_http_aai_cache_forward(r, ctx, status);
+        return;
+
+    case NGX_HTTP_AAI_CACHE_WAKE_NOT_STORED:
+        ctx->collapsed = 1;
+        ctx->detail = "lock-not-stored";
+        ngx_http_aai_cache_forward(r, ctx, status);
+        return;
+
+    case NGX_HTTP_AAI_CACHE_WAKE_STORED:
+        ctx->collapsed = 1;
+        break;
+
+    default: /* NGX_HTTP_AAI_CACHE_WAKE_POLL */
+        break;
+    }
+
+    rc = ngx_http_aai_cache_lookup(r, ctx);
+
+    if (rc == NGX_AGAIN) {
+        return;
+    }
+
+    if (rc == NGX_ERROR) {
+        ctx->state = NGX_HTTP_AAI_CACHE_ST_DONE;
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    ctx->detail = "redis-unavailable";
+    ngx_http_aai_cache_forward(r, ctx, status);
+}
+
+
+static void
+ngx_http_aai_cache_unwait(ngx_http_aai_cache_ctx_t *ctx)
+{
+    if (ctx->waiting) {
+        ngx_queue_remove(&ctx->queue);
+        ctx->waiting = 0;
+    }
+
+    if (ctx->wait_ev.timer_set) {
+        ngx_del_timer(&ctx->wait_ev);
+    }
+}
+
+
+/* "1 K:l" (stored) or "0 K:l" (not stored), from the holder of K:l */
+
+static void
+ngx_http_aai_cache_message(ngx_str_t *channel, ngx_str_t *message,
+    void *data)
+{
+    uint32_t                    hash;
+    ngx_str_t                   key;
+    ngx_uint_t                  stored;
+    ngx_queue_t                 woken, *q, *next, *bucket;
+    ngx_connection_t           *c;
+    ngx_http_aai_cache_ctx_t   *ctx;
+    ngx_http_aai_cache_note_t  *n;
+
+    if (message->len < 3 || message->data[1] != ' ') {
+        return;
+    }
+
+    stored = (message->data[0] == '1');
+
+    key.data = message->data + 2;
+    key.len = message->len - 2;
+
+    hash = ngx_crc32_short(key.data, key.len);
+
+    n = &ngx_http_aai_cache_notes[ngx_http_aai_cache_note_seq
+                                  % NGX_HTTP_AAI_CACHE_NOTES];
+    n->hash = hash;
+    n->seq = ++ngx_http_aai_cache_note_seq;
+    n->stored = stored ? 1 : 2;
+
+    bucket = &ngx_http_aai_cache_waiters[hash % NGX_HTTP_AAI_CACHE_BUCKETS];
+
+    ngx_queue_init(&woken);
+
+    for (q = ngx_queue_head(bucket);
+         q != ngx_queue_sentinel(bucket);
+         q = next)
+    {
+        next = ngx_queue_next(q);
+        ctx = ngx_queue_data(q, ngx_http_aai_cache_ctx_t, queue);
+
+        if (ctx->lock_key.len == key.len
+            && ngx_memcmp(ctx->lock_key.data, key.data, key.len) == 0)
+        {
+            ngx_queue_remove(q);
+            ngx_queue_insert_tail(&woken, q);
+        }
+    }
+
+    /*
+     * Each stays in "woken" until its turn: if one of them goes away
+     * meanwhile, its cleanup takes it out.
+     */
+
+    while (!ngx_queue_empty(&woken)) {
+        q = ngx_queue_head(&woken);
+        ngx_queue_remove(q);
+
+        ctx = ngx_queue_data(q, ngx_http_aai_cache_ctx_t, queue);
+        ctx->waiting = 0;
+
+        c = ctx->request->connection;
+
+        ngx_http_aai_cache_wake(ctx, stored
+                                     ? NGX_HTTP_AAI_CACHE_WAKE_STORED
+                                     : NGX_HTTP_AAI_CACHE_WAKE_NOT_STORED);
+
+        ngx_http_run_posted_requests(c);
+    }
+}
+
+
+static void
+ngx_http_aai_cache_release(ngx_http_aai_cache_ctx_t *ctx, ngx_uint_t stored,
+    ngx_log_t *log)
+{
+    ngx_str_t                        argv[7];
+    ngx_http_aai_cache_main_conf_t  *amcf;
+
+    if (!ctx->lock_held) {
+        return;
+    }
+
+    ctx->lock_held = 0;
+
+    amcf = ngx_http_aai_cache_worker;
+
+    if (amcf == NULL || amcf->redis == NULL) {
+        return;
+    }
+
+    ngx_str_set(&argv[0], "EVAL");
+    argv[1] = ngx_http_aai_cache_release_script;
+    ngx_str_set(&argv[2], "1");
+    argv[3] = ctx->lock_key;
+    argv[4].data = ctx->token;
+    argv[4].len = sizeof(ctx->token);
+    ngx_str_set(&argv[5], NGX_HTTP_AAI_CACHE_CHANNEL);
+    argv[6].data = ctx->lock_key.data - 2;
+    argv[6].len = ctx->lock_key.len + 2;
+    argv[6].data[0] = stored ? '1' : '0';
+    argv[6].data[1] = ' ';
+
+    (void) ngx_aai_redis_send(amcf->redis, log, 7, argv,
+                              ngx_http_aai_cache_release_handler, NULL);
+}
+
+
+static ngx_int_t
+ngx_http_aai_cache_header_filter(ngx_http_request_t *r)
+{
+    ngx_int_t                       rc;
+    const char                     *reason;
+    ngx_http_aai_cache_ctx_t       *ctx;
+    ngx_http_aai_cache_loc_conf_t  *alcf;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_aai_cache_module);
+
+    if (ctx == NULL
+        || ctx->request != r
+        || ctx->served
+        || ctx->state != NGX_HTTP_AAI_CACHE_ST_DONE)
+    {
+        return ngx_http_next_header_filter(r);
+    }
+
+    alcf = ngx_http_get_module_loc_conf(r, ngx_http_aai_cache_module);
+
+    ctx->fwd_status = r->headers_out.status;
+
+    if (ctx->stale && ngx_http_aai_cache_stale_on_error(r, ctx, alcf)) {
+        return ngx_http_aai_cache_swap_header(r, ctx);
+    }
+
+    if (ctx->capture) {
+        ctx->capture = 0;
+
+        reason = ngx_http_aai_cache_decide(r, ctx, alcf);
+
+        if (reason == NULL) {
+            if (ngx_http_aai_cache_begin(r, ctx, alcf) != NGX_OK) {
+                return NGX_ERROR;
+            }
+
+        } else {
+            ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                           "aai cache not stored: %s", reason);
+
+            ctx->detail = reason;
+            ngx_http_aai_cache_release(ctx, 0, r->connection->log);
+        }
+    }
+
+    if (r == r->main
+        && ngx_http_aai_cache_status_header(r, ctx, NULL) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    rc = ngx_http_next_header_filter(r);
+
+    /* no body follows (HEAD, 204): the response is complete */
+
+    if (ctx->capturing && r->header_only && rc != NGX_ERROR) {
+        ctx->header_only = 1;
+        ngx_http_aai_cache_store(r, ctx);
+    }
+
+    return rc;
+}
+
+
+/*
+ * Whether and how long the response may be stored.  NULL if it may (with
+ * ctx->fresh_until, swr, sie, store_key, store_vary set), else why not.
+ */
+
+static const char *
+ngx_http_aai_cache_decide(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx, ngx_http_aai_cache_loc_conf_t *alcf)
+{
+    time_t                           t;
+    uint64_t                         now, fresh;
+    ngx_int_t                        valid, n, age;
+    ngx_str_t                        names;
+    ngx_list_t                      *raw;
+    ngx_table_elt_t                 *h;
+    ngx_http_aai_cache_cc_t          cc;
+    ngx_http_aai_cache_main_conf_t  *amcf;
+
+    amcf = ngx_http_get_module_main_conf(r, ngx_http_aai_cache_module);
+
+    /* nginx's own error pages: the upstream failed */
+
+    if (r->err_status) {
+        return "error";
+    }
+
+    valid = ngx_http_aai_cache_valid_time(alcf, r->headers_out.status);
+
+    if (valid == NGX_HTTP_AAI_CACHE_NOT_VALID) {
+        return "status";
+    }
+
+    if (ngx_http_aai_cache_find(&r->headers_out.headers, "Set-Cookie", 10,
+                                NULL))
+    {
+        return "set-cookie";
+    }
+
+    switch (ngx_http_aai_cache_vary_names(r, &names)) {
+    case NGX_OK:
+        break;
+    case NGX_DECLINED:
+        return "vary";
+    default:
+        return "no-memory";
+    }
+
+    ngx_memzero(&cc, sizeof(ngx_http_aai_cache_cc_t));
+    cc.s_maxage = -1;
+    cc.max_age = -1;
+    cc.swr = -1;
+    cc.sie = -1;
+
+    h = NULL;
+
+    while ((h = ngx_http_aai_cache_find(&r->headers_out.headers,
+                                        "Cache-Control", 13, h))
+           != NULL)
+    {
+        ngx_http_aai_cache_parse_cc(&h->value, &cc);
+    }
+
+    if (cc.no_store) {
+        return "no-store";
+    }
+
+    if (cc.private) {
+        return "private";
+    }
+
+    if (r->headers_in.authorization
+        && !cc.public && cc.s_maxage < 0 && !cc.must_revalidate)
+    {
+        return "authorization";
+    }
+
+    now = ngx_http_aai_cache_now();
+    fresh = 0;
+
+    /* X-Accel-Expires, which the proxy module hides from the client */
+
+    raw = r->upstream ? &r->upstream->headers_in.headers
+                      : &r->headers_out.headers;
+
+    h = ngx_http_aai_cache_find(raw, "X-Accel-Expires", 15, NULL);
+
+    if (h && h->value.len) {
+        if (h->value.data[0] == '@') {
+            t = ngx_atotm(h->value.data + 1, h->value.len - 1);
+
+            if (t != NGX_ERROR) {
+                if ((uint64_t) t * 1000 <= now) {
+                    return "expired";
+                }
+
+                fresh = (uint64_t) t * 1000;
+            }
+
+        } else {
+            n = ngx_atoi(h->value.data, h->value.len);
+
+            if (n == 0) {
+                return "zero-ttl";
+            }
+
+            if (n != NGX_ERROR) {
+                fresh = now + (uint64_t) n * 1000;
+            }
+        }
+    }
+
+    if (fresh == 0) {
+
+        if (cc.no_cache) {
+            return "no-cache";
+        }
+
+        if (cc.invalid) {
+            return "cache-control";
+        }
+
+        n = cc.s_maxage >= 0 ? cc.s_maxage : cc.max_age;
+
+        if (n >= 0) {
+            h = ngx_http_aai_cache_find(&r->headers_out.headers, "Age", 3,
+                                        NULL);
+            age = h ? ngx_atoi(h->value.data, h->value.len) : 0;
+
+            if (age > 0) {
+                n -= age;
+            }
+
+            if (n <= 0) {
+                return "zero-ttl";
+            }
+
+            fresh = now + (uint64_t) n * 1000;
+
+        } else if ((h = ngx_http_aai_cache_find(&r->headers_out.headers,
+                                                "Expires", 7, NULL))
+                   != NULL)
+        {
+            t = ngx_parse_http_time(h->value.data, h->value.len);
+
+            if (t == NGX_ERROR || (uint64_t) t * 1000 <= now) {
+                return "expired";
+            }
+
+            fresh = (uint64_t) t * 1000;
+
+        } else if (valid > 0) {
+            fresh = now + (uint64_t) valid * 1000;
+
+        } else if (valid == 0) {
+            return "zero-ttl";
+
+        } else {
+            return "no-ttl";
+        }
+    }
+
+    if (alcf->no_store) {
+        switch (ngx_http_test_predicates(r, alcf->no_store)) {
+        case NGX_OK:
+            break;
+        case NGX_DECLINED:
+            return "no-store-rule";
+        default:
+            return "no-memory";
+        }
+    }
+
+    if (r->headers_out.content_length_n > (off_t) alcf->max_size) {
+        return "too-large";
+    }
+
+    if (!ngx_aai_redis_available(amcf->redis)) {
+        return "redis-unavailable";
+    }
+
+    ctx->fresh_until = fresh;
+    ctx->swr = cc.swr > 0 ? (uint32_t) cc.swr : 0;
+    ctx->sie = cc.sie > 0 ? (uint32_t) cc.sie : 0;
+
+    /* where it goes */
+
+    if (names.len) {
+        if (ctx->vkey.len
+            && ctx->vary.len == names.len
+            && ngx_memcmp(ctx->vary.data, names.data, names.len) == 0)
+        {
+            ctx->store_key = ctx->vkey;
+
+        } else if (ngx_http_aai_cache_variant_key(r, ctx, &names,
+                                                  &ctx->store_key)
+                   != NGX_OK)
+        {
+            return "no-memory";
+        }
+
+        ctx->store_vary = names;
+        ngx_http_aai_cache_vary_set(ctx->digest, &names);
+
+    } else {
+        ctx->store_key = ctx->key;
+
+        if (ctx->vkey.len) {
+            ngx_http_aai_cache_vary_forget(ctx->digest);
+        }
+    }
+
+    return NULL;
+}
+
+
+/* the aai_cache_valid time of the status, or NGX_HTTP_AAI_CACHE_* */
+
+static ngx_int_t
+ngx_http_aai_cache_valid_time(ngx_http_aai_cache_loc_conf_t *alcf,
+    ngx_uint_t status)
+{
+    ngx_uint_t                   i;
+    ngx_http_aai_cache_valid_t  *v;
+
+    if (status == NGX_HTTP_PARTIAL_CONTENT
+        || status == NGX_HTTP_NOT_MODIFIED
+        || status < NGX_HTTP_OK)
+    {
+        return NGX_HTTP_AAI_CACHE_NOT_VALID;
+    }
+
+    if (alcf->valid == NULL) {
+        for (i = 0; ngx_http_aai_cache_heuristic[i]; i++) {
+            if (ngx_http_aai_cache_heuristic[i] == status) {
+                return NGX_HTTP_AAI_CACHE_NO_TIME;
+            }
+        }
+
+        return NGX_HTTP_AAI_CACHE_NOT_VALID;
+    }
+
+    v = alcf->valid->elts;
+
+    for (i = 0; i < alcf->valid->nelts; i++) {
+        if (v[i].status == status) {
+            return v[i].valid;
+        }
+    }
+
+    for (i = 0; i < alcf->valid->nelts; i++) {
+        if (v[i].status == 0) {
+            return v[i].valid;
+        }
+    }
+
+    return NGX_HTTP_AAI_CACHE_NOT_VALID;
+}
+
+
+/* serializes the status and headers: the body is appended as it passes */
+
+static ngx_int_t
+ngx_http_aai_cache_begin(ngx_http_request_t *r, ngx_http_aai_cache_ctx_t *ctx,
+    ngx_http_aai_cache_loc_conf_t *alcf)
+{
+    u_char        *p;
+    size_t         hlen, cap;
+    ngx_uint_t     i;
+    ngx_array_t    headers;
+    ngx_keyval_t  *kv;
+
+    if (ngx_array_init(&headers, r->pool, 16, sizeof(ngx_keyval_t))
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_aai_cache_collect(r, &headers) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    kv = headers.elts;
+    hlen = 0;
+
+    for (i = 0; i < headers.nelts; i++) {
+        if (kv[i].key.len > 0xffff || kv[i].value.len > 0xffffffff) {
+            ctx->detail = "header-too-large";
+            return NGX_OK;
+        }
+
+        hlen += 2 + kv[i].key.len + 1 + 4 + kv[i].value.len + 1;
+    }
+
+    if (headers.nelts > 0xffff || hlen > 0xffffffff) {
+        ctx->detail = "header-too-large";
+        return NGX_OK;
+    }
+
+    ctx->header_only = (r->method == NGX_HTTP_HEAD);
+    ctx->clen = r->headers_out.content_length_n;
+
+    if (ctx->header_only) {
+        cap = 0;
+
+    } else if (ctx->clen >= 0) {
+        cap = (size_t) ctx->clen;
+
+    } else {
+        cap = ngx_min(alcf->max_size, NGX_HTTP_AAI_CACHE_CHUNK);
+    }
+
+    ctx->size = NGX_HTTP_AAI_CACHE_HDR + hlen + cap + NGX_HTTP_AAI_CACHE_CRC;
+
+    ctx->buf = ngx_alloc(ctx->size, r->connection->log);
+    if (ctx->buf == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_http_aai_cache_write_fixed(ctx->buf,
+                                       NGX_HTTP_AAI_CACHE_TYPE_ENTRY,
+                                       ctx->header_only
+                                       ? NGX_HTTP_AAI_CACHE_HEADER_ONLY : 0,
+                                       ngx_http_aai_cache_now(),
+                                       ctx->fresh_until, ctx->swr, ctx->sie,
+                                       r->headers_out.status, headers.nelts,
+                                       hlen,
+                                       ctx->header_only ? ctx->clen : -1,
+                                       ctx->digest);
+
+    for (i = 0; i < headers.nelts; i++) {
+        *p++ = (u_char) (kv[i].key.len >> 8);
+        *p++ = (u_char) kv[i].key.len;
+        p = ngx_cpymem(p, kv[i].key.data, kv[i].key.len);
+        *p++ = '\0';
+        *p++ = (u_char) (kv[i].value.len >> 24);
+        *p++ = (u_char) (kv[i].value.len >> 16);
+        *p++ = (u_char) (kv[i].value.len >> 8);
+        *p++ = (u_char) kv[i].value.len;
+        p = ngx_cpymem(p, kv[i].value.data, kv[i].value.len);
+        *p++ = '\0';
+    }
+
+    ctx->len = p - ctx->buf;
+    ctx->body_start = ctx->len;
+    ctx->capturing = 1;
+    ctx->stored = 1;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_aai_cache_stale_on_error(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx, ngx_http_aai_cache_loc_conf_t *alcf)
+{
+    ngx_uint_t                   mask;
+    ngx_http_aai_cache_entry_t  *e;
+
+    switch (r->headers_out.status) {
+
+    case NGX_HTTP_INTERNAL_SERVER_ERROR:
+        mask = NGX_HTTP_AAI_CACHE_STALE_500;
+        break;
+
+    case NGX_HTTP_BAD_GATEWAY:
+        mask = NGX_HTTP_AAI_CACHE_STALE_ERROR|NGX_HTTP_AAI_CACHE_STALE_502;
+        break;
+
+    case NGX_HTTP_SERVICE_UNAVAILABLE:
+        mask = NGX_HTTP_AAI_CACHE_STALE_503;
+        break;
+
+    case NGX_HTTP_GATEWAY_TIME_OUT:
+        mask = NGX_HTTP_AAI_CACHE_STALE_TIMEOUT|NGX_HTTP_AAI_CACHE_STALE_504;
+        break;
+
+    default:
+        return 0;
+    }
+
+    if (alcf->use_stale & mask) {
+        return 1;
+    }
+
+    e = ctx->stale;
+
+    return e->sie
+           && ngx_http_aai_cache_now() < e->fresh_until + e->sie * 1000ULL;
+}
+
+
+/* the upstream failed: the stale entry replaces its response */
+
+static ngx_int_t
+ngx_http_aai_cache_swap_header(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx)
+{
+    ngx_http_headers_out_t  *ho;
+
+    ho = &r->headers_out;
+
+    if (ngx_list_init(&ho->headers, r->pool, 20, sizeof(ngx_table_elt_t))
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    ho->status = ctx->stale->status;
+    ho->status_line.len = 0;
+
+    ho->server = NULL;
+    ho->date = NULL;
+    ho->content_length = NULL;
+    ho->content_encoding = NULL;
+    ho->location = NULL;
+    ho->refresh = NULL;
+    ho->last_modified = NULL;
+    ho->content_range = NULL;
+    ho->accept_ranges = NULL;
+    ho->www_authenticate = NULL;
+    ho->expires = NULL;
+    ho->etag = NULL;
+
+#if (nginx_version >= 1023000)
+    ho->cache_control = NULL;
+    ho->link = NULL;
+#else
+    ho->cache_control.nelts = 0;
+    ho->link.nelts = 0;
+#endif
+
+    ngx_str_null(&ho->content_type);
+    ngx_str_null(&ho->charset);
+    ho->content_type_len = 0;
+    ho->content_type_hash = 0;
+    ho->content_type_lowcase = NULL;
+    ho->content_length_n = -1;
+    ho->content_offset = 0;
+    ho->last_modified_time = -1;
+
+    ctx->status = NGX_HTTP_AAI_CACHE_STALE;
+    ctx->fwd = NGX_HTTP_AAI_CACHE_STALE;
+    ctx->capture = 0;
+    ctx->swap = 1;
+    ctx->served = 1;
+    ctx->detail = "stale-if-error";
+
+    ngx_http_aai_cache_release(ctx, 0, r->connection->log);
+
+    if (ngx_http_aai_cache_restore(r, ctx->stale) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (r == r->main
+        && ngx_http_aai_cache_status_header(r, ctx, ctx->stale) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return ngx_http_next_header_filter(r);
+}
+
+
+static ngx_int_t
+ngx_http_aai_cache_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
+{
+    ngx_int_t                  rc;
+    ngx_http_aai_cache_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_aai_cache_module);
+
+    if (ctx == NULL || ctx->request != r) {
+        return ngx_http_next_body_filter(r, in);
+    }
+
+    if (ctx->swap) {
+        return ngx_http_aai_cache_swap_body(r, ctx, in);
+    }
+
+    if (ctx->capturing && in) {
+        (void) ngx_http_aai_cache_capture(r, ctx, in);
+    }
+
+    if (ctx->bg) {
+        /* the response of a background update goes nowhere */
+        ngx_http_aai_cache_consume(in);
+        rc = NGX_OK;
+
+    } else {
+        rc = ngx_http_next_body_filter(r, in);
+    }
+
+    /* stored once the last buffer has been passed on */
+
+    if (ctx->capturing && ctx->last) {
+        ngx_http_aai_cache_store(r, ctx);
+    }
+
+    return rc;
+}
+
+
+static ngx_int_t
+ngx_http_aai_cache_swap_body(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx, ngx_chain_t *in)
+{
+    ngx_buf_t                       *b;
+    ngx_chain_t                      out;
+    ngx_http_aai_cache_entry_t      *e;
+    ngx_http_aai_cache_main_conf_t  *amcf;
+
+    ngx_http_aai_cache_consume(in);
+
+    if (ctx->swap_sent) {
+        return ngx_http_next_body_filter(r, NULL);
+    }
+
+    ctx->swap_sent = 1;
+
+    b = ngx_calloc_buf(r->pool);
+    if (b == NULL) {
+        return NGX_ERROR;
+    }
+
+    e = ctx->stale;
+
+    if (!r->header_only && e->body_len) {
+        b->pos = e->body;
+        b->last = e->body + e->body_len;
+        b->memory = 1;
+
+        amcf = ngx_http_get_module_main_conf(r, ngx_http_aai_cache_module);
+        ngx_aai_metrics_inc(amcf->metrics, amcf->m_bytes, e->body_len);
+    }
+
+    b->last_buf = (r == r->main) ? 1 : 0;
+    b->last_in_chain = 1;
+
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_http_next_body_filter(r, &out);
+}
+
+
+static void
+ngx_http_aai_cache_consume(ngx_chain_t *in)
+{
+    ngx_chain_t  *cl;
+
+    for (cl = in; cl; cl = cl->next) {
+        cl->buf->pos = cl->buf->last;
+        cl->buf->file_pos = cl->buf->file_last;
+    }
+}
+
+
+static ngx_int_t
+ngx_http_aai_cache_capture(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx, ngx_chain_t *in)
+{
+    ngx_chain_t  *cl;
+
+    for (cl = in; cl && ctx->capturing; cl = cl->next) {
+
+        if (!ctx->header_only
+            && ngx_http_aai_cache_append(r, ctx, cl->buf) != NGX_OK)
+        {
+            return NGX_DECLINED;
+        }
+
+        if (cl->buf->last_buf
+            || (r != r->main && cl->buf->last_in_chain))
+        {
+            ctx->last = 1;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_aai_cache_append(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx, ngx_buf_t *b)
+{
+    off_t                           size;
+    size_t                          need, nsize, max;
+    ssize_t                         n;
+    u_char                         *nbuf;
+    ngx_http_aai_cache_loc_conf_t  *alcf;
+
+    if (ngx_buf_special(b)) {
+        return NGX_OK;
+    }
+
+    size = ngx_buf_size(b);
+
+    if (size <= 0) {
+        return NGX_OK;
+    }
+
+    alcf = ngx_http_get_module_loc_conf(r, ngx_http_aai_cache_module);
+
+    if ((off_t) (ctx->len - ctx->body_start) + size > (off_t) alcf->max_size)
+    {
+        ngx_http_aai_cache_abandon(r, ctx, "too large");
+        return NGX_DECLINED;
+    }
+
+    need = ctx->len + (size_t) size + NGX_HTTP_AAI_CACHE_CRC;
+
+    if (need > ctx->size) {
+        max = ctx->body_start + alcf->max_size + NGX_HTTP_AAI_CACHE_CRC;
+
+        nsize = ctx->size * 2;
+
+        if (nsize < need) {
+            nsize = need;
+        }
+
+        if (nsize > max) {
+            nsize = max;
+        }
+
+        nbuf = ngx_alloc(nsize, r->connection->log);
+        if (nbuf == NULL) {
+            ngx_http_aai_cache_abandon(r, ctx, "no memory");
+            return NGX_DECLINED;
+        }
+
+        ngx_memcpy(nbuf, ctx->buf, ctx->len);
+        ngx_free(ctx->buf);
+
+        ctx->buf = nbuf;
+        ctx->size = nsize;
+    }
+
+    if (ngx_buf_in_memory(b)) {
+        ngx_memcpy(ctx->buf + ctx->len, b->pos, (size_t) size);
+
+    } else {
+        n = ngx_read_file(b->file, ctx->buf + ctx->len, (size_t) size,
+                          b->file_pos);
+
+        if (n != (ssize_t) size) {
+            ngx_http_aai_cache_abandon(r, ctx, "temporary file read");
+            return NGX_DECLINED;
+        }
+    }
+
+    ctx->len += (size_t) size;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_aai_cache_abandon(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx, const char *why)
+{
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "aai cache not stored: %s", why);
+
+    ctx->capturing = 0;
+
+    if (ctx->buf) {
+        ngx_free(ctx->buf);
+        ctx->buf = NULL;
+    }
+
+    ngx_http_aai_cache_release(ctx, 0, r->connection->log);
+}
+
+
+static void
+ngx_http_aai_cache_store(ngx_http_request_t *r, ngx_http_aai_cache_ctx_t *ctx)
+{
+    u_char                          *p;
+    size_t                           body;
+    uint64_t                         now, px, extra;
+    ngx_str_t                        argv[13];
+    ngx_uint_t                       argc;
+    ngx_aai_redis_cmd_t             *cmd;
+    ngx_http_aai_cache_loc_conf_t   *alcf;
+    ngx_http_aai_cache_main_conf_t  *amcf;
+    u_char                           pxs[NGX_INT64_LEN];
+
+    ctx->capturing = 0;
+
+    alcf = ngx_http_get_module_loc_conf(r, ngx_http_aai_cache_module);
+    amcf = ngx_http_get_module_main_conf(r, ngx_http_aai_cache_module);
+
+    body = ctx->len - ctx->body_start;
+
+    if (!ctx->header_only && ctx->clen >= 0 && (off_t) body != ctx->clen) {
+        ngx_http_aai_cache_abandon(r, ctx, "incomplete body");
+        return;
+    }
+
+    now = ngx_http_aai_cache_now();
+
+    if (ctx->fresh_until <= now) {
+        ngx_http_aai_cache_abandon(r, ctx, "expired");
+        return;
+    }
+
+    /* kept past its freshness for as long as it may be served stale */
+
+    extra = ngx_max(ctx->swr, ctx->sie);
+
+    if (alcf->use_stale && (uint64_t) alcf->stale_ttl > extra) {
+        extra = alcf->stale_ttl;
+    }
+
+    px = ctx->fresh_until - now + extra * 1000;
+
+    ngx_http_aai_cache_seal(ctx->buf, ctx->len, body);
+    ctx->len += NGX_HTTP_AAI_CACHE_CRC;
+
+    argv[2].data = ctx->buf;
+    argv[2].len = ctx->len;
+
+    if (ctx->store_vary.len == 0 && !ctx->lock_held) {
+        ngx_str_set(&argv[0], "SET");
+        argv[1] = ctx->store_key;
+        ngx_str_set(&argv[3], "PX");
+        argv[4].data = pxs;
+        argv[4].len = ngx_sprintf(pxs, "%uL", px) - pxs;
+        argc = 5;
+
+    } else {
+        ngx_str_set(&argv[0], "EVAL");
+        argv[1] = ngx_http_aai_cache_store_script;
+        ngx_str_set(&argv[2], "4");
+        argv[3] = ctx->store_key;
+        argv[4] = ctx->key;
+
+        argv[5].len = ctx->key.len + 2;
+        argv[5].data = ngx_pnalloc(r->pool, argv[5].len);
+        if (argv[5].data == NULL) {
+            ngx_http_aai_cache_abandon(r, ctx, "no memory");
+            return;
+        }
+
+        p = ngx_cpymem(argv[5].data, ctx->key.data, ctx->key.len);
+        *p++ = ':';
+        *p = 'v';
+
+        argv[6] = ctx->lock_held ? ctx->lock_key : ctx->key;
+        argv[7].data = ctx->buf;
+        argv[7].len = ctx->len;
+        argv[8].data = pxs;
+        argv[8].len = ngx_sprintf(pxs, "%uL", px) - pxs;
+
+        ngx_str_null(&argv[9]);
+
+        if (ctx->store_vary.len) {
+            argv[9].len = NGX_HTTP_AAI_CACHE_HDR + ctx->store_vary.len
+                          + NGX_HTTP_AAI_CACHE_CRC;
+            argv[9].data = ngx_pnalloc(r->pool, argv[9].len);
+            if (argv[9].data == NULL) {
+                ngx_http_aai_cache_abandon(r, ctx, "no memory");
+                return;
+            }
+
+            p = ngx_http_aai_cache_write_fixed(argv[9].data,
+                                               NGX_HTTP_AAI_CACHE_TYPE_VARY,
+                                               0, now, ctx->fresh_until,
+                                               0, 0, 0, 0,
+                                               ctx->store_vary.len, -1,
+                                               ctx->digest);
+            p = ngx_cpymem(p, ctx->store_vary.data, ctx->store_vary.len);
+            ngx_http_aai_cache_seal(argv[9].data, p - argv[9].data, 0);
+        }
+
+        if (ctx->lock_held) {
+            argv[10].data = ctx->token;
+            argv[10].len = sizeof(ctx->token);
+            argv[12].data = ctx->lock_key.data - 2;
+            argv[12].len = ctx->lock_key.len + 2;
+            argv[12].data[0] = '1';
+            argv[12].data[1] = ' ';
+
+        } else {
+            ngx_str_null(&argv[10]);
+            ngx_str_null(&argv[12]);
+        }
+
+        ngx_str_set(&argv[11], NGX_HTTP_AAI_CACHE_CHANNEL);
+        argc = 13;
+
+        /* the script releases the lock and wakes up the waiters */
+
+        ctx->lock_held = 0;
+    }
+
+    cmd = ngx_aai_redis_send(amcf->redis, r->connection->log, argc, argv,
+                             ngx_http_aai_cache_store_handler, NULL);
+
+    if (cmd == NULL) {
+        ngx_aai_metrics_inc(amcf->metrics, amcf->m_store_failures, 1);
+    }
+
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "aai cache store \"%V\" %uz bytes px:%uL",
+                   &ctx->store_key, ctx->len, px);
+
+    ngx_free(ctx->buf);
+    ctx->buf = NULL;
+}
+
+
+static void
+ngx_http_aai_cache_store_handler(ngx_aai_redis_result_t *res, void *data)
+{
+    ngx_http_aai_cache_main_conf_t  *amcf;
+
+    static time_t  logged;
+
+    amcf = ngx_http_aai_cache_worker;
+
+    if (amcf == NULL) {
+        return;
+    }
+
+    ngx_aai_metrics_observe(amcf->metrics, amcf->m_latency, res->latency_us);
+
+    if (res->reply && res->reply->type != REDIS_REPLY_ERROR) {
+        ngx_aai_metrics_inc(amcf->metrics, amcf->m_stored, 1);
+        return;
+    }
+
+    ngx_aai_metrics_inc(amcf->metrics, amcf->m_store_failures, 1);
+
+    if (logged != ngx_time()) {
+        logged = ngx_time();
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "aai_cache: storing in redis failed: %s",
+                      res->reply ? res->reply->str : res->error);
+    }
+}
+
+
+static void
+ngx_http_aai_cache_release_handler(ngx_aai_redis_result_t *res, void *data)
+{
+    ngx_http_aai_cache_main_conf_t  *amcf;
+
+    amcf = ngx_http_aai_cache_worker;
+
+    if (amcf) {
+        ngx_aai_metrics_observe(amcf->metrics, amcf->m_latency,
+                                res->latency_us);
+    }
+}
+
+
+/* RFC 9211 */
+
+static ngx_int_t
+ngx_http_aai_cache_status_header(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx, ngx_http_aai_cache_entry_t *e)
+{
+    u_char           *p;
+    size_t            len;
+    int64_t           ttl;
+    const char       *fwd;
+    ngx_table_elt_t  *h;
+
+    len = sizeof("aai; fwd=vary-miss; fwd-status=; ttl=; stored; collapsed"
+                 "; detail=") + NGX_INT_T_LEN + NGX_INT64_LEN;
+
+    if (ctx->detail) {
+        len += ngx_strlen(ctx->detail);
+    }
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_pnalloc(r->pool, len);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    h->hash = 1;
+    ngx_str_set(&h->key, "Cache-Status");
+    h->lowcase_key = (u_char *) "cache-status";
+    h->value.data = p;
+#if (nginx_version >= 1023000)
+    h->next = NULL;
+#endif
+
+    p = ngx_cpymem(p, "aai; ", 5);
+
+    if (ctx->served && !ctx->swap) {
+        p = ngx_cpymem(p, "hit", 3);
+
+    } else {
+        fwd = (ctx->fwd == NGX_HTTP_AAI_CACHE_MISS && ctx->vary_miss)
+              ? "vary-miss" : ngx_http_aai_cache_fwd_names[ctx->fwd];
+
+        p = ngx_sprintf(p, "fwd=%s", fwd);
+
+        if (ctx->fwd_status) {
+            p = ngx_sprintf(p, "; fwd-status=%ui", ctx->fwd_status);
+        }
+    }
+
+    if (e) {
+        ttl = (int64_t) e->fresh_until - (int64_t) ngx_http_aai_cache_now();
+        ttl = (ttl >= 0) ? ttl / 1000 : (ttl - 999) / 1000;
+        p = ngx_sprintf(p, "; ttl=%L", ttl);
+    }
+
+    if (ctx->stored) {
+        p = ngx_cpymem(p, "; stored", 8);
+    }
+
+    if (ctx->collapsed) {
+        p = ngx_cpymem(p, "; collapsed", 11);
+    }
+
+    if (ctx->detail) {
+        p = ngx_sprintf(p, "; detail=%s", ctx->detail);
+    }
+
+    h->value.len = p - h->value.data;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_aai_cache_purge_handler(ngx_http_request_t *r)
+{
+    u_char                          *num;
+    ngx_int_t                        rc;
+    ngx_str_t                        key, saved, *argv;
+    ngx_uint_t                       i, j, n;
+    ngx_conf_bitmask_t              *m;
+    ngx_pool_cleanup_t              *cln;
+    ngx_http_aai_cache_purge_ctx_t  *pctx;
+    ngx_http_aai_cache_loc_conf_t   *alcf;
+    ngx_http_aai_cache_main_conf_t  *amcf;
+    u_char                           digest[SHA256_DIGEST_LENGTH];
+
+    amcf = ngx_http_get_module_main_conf(r, ngx_http_aai_cache_module);
+    alcf = ngx_http_get_module_loc_conf(r, ngx_http_aai_cache_module);
+
+    if (amcf->redis == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rc = ngx_http_discard_request_body(r);
+
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    argv = ngx_palloc(r->pool, 6 * sizeof(ngx_str_t));
+    num = ngx_pnalloc(r->pool, 1);
+    if (argv == NULL || num == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_str_set(&argv[0], "EVAL");
+    argv[1] = ngx_http_aai_cache_purge_script;
+
+    /* the key of each cached method: $request_method takes its name */
+
+    saved = r->main->method_name;
+    n = 0;
+
+    for (m = ngx_http_aai_cache_method_masks; m->name.len; m++) {
+
+        if (!(alcf->methods & m->mask)) {
+            continue;
+        }
+
+        r->main->method_name = m->name;
+
+        rc = ngx_http_aai_cache_make_key(r, alcf, &key, digest);
+
+        r->main->method_name = saved;
+
+        if (rc != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        for (j = 0; j < n; j++) {
+            if (argv[3 + j].len == key.len
+                && ngx_memcmp(argv[3 + j].data, key.data, key.len) == 0)
+            {
+                break;
+            }
+        }
+
+        if (j == n) {
+            argv[3 + n++] = key;
+        }
+    }
+
+    *num = (u_char) ('0' + n);
+    argv[2].data = num;
+    argv[2].len = 1;
+
+    pctx = ngx_pcalloc(r->pool, sizeof(ngx_http_aai_cache_purge_ctx_t));
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (pctx == NULL || cln == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    pctx->request = r;
+    cln->handler = ngx_http_aai_cache_purge_cleanup;
+    cln->data = pctx;
+
+    for (i = 0; i < n; i++) {
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "aai cache purge \"%V\"", &argv[3 + i]);
+    }
+
+    pctx->cmd = ngx_aai_redis_send(amcf->redis, r->connection->log, 3 + n,
+                                   argv, ngx_http_aai_cache_purge_reply,
+                                   pctx);
+    if (pctx->cmd == NULL) {
+        return ngx_http_aai_cache_purge_send(r,
+                                             NGX_HTTP_SERVICE_UNAVAILABLE,
+                                             -1);
+    }
+
+    r->main->count++;
+
+    return NGX_DONE;
+}
+
+
+static void
+ngx_http_aai_cache_purge_reply(ngx_aai_redis_result_t *res, void *data)
+{
+    ngx_http_aai_cache_purge_ctx_t *pctx = data;
+
+    ngx_int_t            rc;
+    ngx_connection_t    *c;
+    ngx_http_request_t  *r;
+
+    r = pctx->request;
+    c = r->connection;
+
+    pctx->cmd = NULL;
+
+    if (res->reply == NULL || res->reply->type != REDIS_REPLY_INTEGER) {
+        if (res->reply && res->reply->type == REDIS_REPLY_ERROR) {
+            ngx_log_error(NGX_LOG_ERR, c->log, 0,
+                          "aai_cache: purge failed: %s", res->reply->str);
+        }
+
+        rc = ngx_http_aai_cache_purge_send(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                           -1);
+
+    } else {
+        rc = ngx_http_aai_cache_purge_send(r, res->reply->integer > 0
+                                              ? NGX_HTTP_OK
+                                              : NGX_HTTP_NOT_FOUND,
+                                           (ngx_int_t) res->reply->integer);
+    }
+
+    ngx_http_finalize_request(r, rc);
+    ngx_http_run_posted_requests(c);
+}
+
+
+static void
+ngx_http_aai_cache_purge_cleanup(void *data)
+{
+    ngx_http_aai_cache_purge_ctx_t *pctx = data;
+
+    if (pctx->cmd) {
+        ngx_aai_redis_cancel(pctx->cmd);
+        pctx->cmd = NULL;
+    }
+}
+
+
+static ngx_int_t
+ngx_http_aai_cache_purge_send(ngx_http_request_t *r, ngx_uint_t status,
+    ngx_int_t n)
+{
+    ngx_int_t     rc;
+    ngx_buf_t    *b;
+    ngx_chain_t   out;
+
+    b = ngx_create_temp_buf(r->pool, 64);
+    if (b == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (n < 0) {
+        b->last = ngx_cpymem(b->last, "{\"error\":\"redis unavailable\"}\n",
+                             sizeof("{\"error\":\"redis unavailable\"}\n") - 1);
+
+    } else {
+        b->last = ngx_sprintf(b->last, "{\"purged\":%i}\n", n);
+    }
+
+    b->last_buf = (r == r->main) ? 1 : 0;
+    b->last_in_chain = 1;
+
+    r->headers_out.status = status;
+    r->headers_out.content_length_n = b->last - b->pos;
+    ngx_str_set(&r->headers_out.content_type, "application/json");
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+    r->headers_out.content_type_lowcase = NULL;
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_http_output_filter(r, &out);
+}
+
+
+static ngx_int_t
+ngx_http_aai_cache_log_handler(ngx_http_request_t *r)
+{
+    ngx_http_aai_cache_ctx_t        *ctx;
+    ngx_http_aai_cache_main_conf_t  *amcf;
+
+    if (r != r->main) {
+        return NGX_OK;
+    }
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_aai_cache_module);
+
+    if (ctx == NULL || ctx->status == NGX_HTTP_AAI_CACHE_NONE) {
+        return NGX_OK;
+    }
+
+    amcf = ngx_http_get_module_main_conf(r, ngx_http_aai_cache_module);
+
+    ngx_aai_metrics_inc(amcf->metrics, amcf->m_requests[ctx->status], 1);
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_aai_cache_status_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    ngx_http_aai_cache_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_aai_cache_module);
+
+    if (ctx == NULL || ctx->status == NGX_HTTP_AAI_CACHE_NONE) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    v->len = ngx_http_aai_cache_status_names[ctx->status].len;
+    v->data = ngx_http_aai_cache_status_names[ctx->status].data;
+    v->valid = 1;
+    v->no_cacheable = 0;
+    v->not_found = 0;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_aai_cache_key_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    ngx_str_t                 *key;
+    ngx_http_aai_cache_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_aai_cache_module);
+
+    if (ctx == NULL || ctx->key.len == 0) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    key = ctx->store_key.len ? &ctx->store_key
+          : ctx->vkey.len ? &ctx->vkey : &ctx->key;
+
+    v->len = key->len;
+    v->data = key->data;
+    v->valid = 1;
+    v->no_cacheable = 0;
+    v->not_found = 0;
+
+    return NGX_OK;
+}
+
+
+/* entry format */
+
+
+#define ngx_http_aai_cache_get16(p)                                           \
+    (((uint32_t) (p)[0] << 8) | (p)[1])
+
+#define ngx_http_aai_cache_get32(p)                                           \
+    (((uint32_t) (p)[0] << 24) | ((uint32_t) (p)[1] << 16)                    \
+     | ((uint32_t) (p)[2] << 8) | (p)[3])
+
+#define ngx_http_aai_cache_get64(p)                                           \
+    (((uint64_t) ngx_http_aai_cache_get32(p) << 32)                           \
+     | ngx_http_aai_cache_get32((p) + 4))
+
+
+static u_char *
+ngx_http_aai_cache_put(u_char *p, uint64_t v, ngx_uint_t n)
+{
+    while (n--) {
+        *p++ = (u_char) (v >> (n * 8));
+    }
+
+    return p;
+}
+
+
+static ngx_int_t
+ngx_http_aai_cache_decode(u_char *p, size_t len, ngx_http_aai_cache_entry_t *e,
+    const char **err)
+{
+    u_char    *h, *end;
+    size_t     nlen, vlen;
+    uint64_t   hlen, blen;
+    uint32_t   crc;
+    ngx_uint_t i;
+
+    if (len < NGX_HTTP_AAI_CACHE_HDR + NGX_HTTP_AAI_CACHE_CRC) {
+        *err = "truncated";
+        return NGX_ERROR;
+    }
+
+    if (ngx_memcmp(p, NGX_HTTP_AAI_CACHE_MAGIC, 4) != 0) {
+        *err = "foreign";
+        return NGX_ERROR;
+    }
+
+    if (p[4] != NGX_HTTP_AAI_CACHE_VERSION) {
+        *err = "other version";
+        return NGX_ERROR;
+    }
+
+    e->type = p[5];
+    e->flags = ngx_http_aai_cache_get16(p + 6);
+    e->stored = ngx_http_aai_cache_get64(p + 8);
+    e->fresh_until = ngx_http_aai_cache_get64(p + 16);
+    e->swr = ngx_http_aai_cache_get32(p + 24);
+    e->sie = ngx_http_aai_cache_get32(p + 28);
+    e->status = ngx_http_aai_cache_get16(p + 32);
+    e->nheaders = ngx_http_aai_cache_get16(p + 34);
+    hlen = ngx_http_aai_cache_get32(p + 36);
+    blen = ngx_http_aai_cache_get64(p + 40);
+    e->content_length = (off_t) (int64_t) ngx_http_aai_cache_get64(p + 48);
+    e->check = p + 56;
+
+    if (hlen > len
+        || blen > len
+        || NGX_HTTP_AAI_CACHE_HDR + hlen + blen + NGX_HTTP_AAI_CACHE_CRC
+           != len)
+    {
+        *err = "truncated";
+        return NGX_ERROR;
+    }
+
+    crc = ngx_http_aai_cache_get32(p + len - NGX_HTTP_AAI_CACHE_CRC);
+
+    if (crc != ngx_http_aai_cache_crc32(p, len - NGX_HTTP_AAI_CACHE_CRC)) {
+        *err = "corrupted";
+        return NGX_ERROR;
+    }
+
+    e->headers = p + NGX_HTTP_AAI_CACHE_HDR;
+    e->headers_len = (size_t) hlen;
+    e->body = e->headers + hlen;
+    e->body_len = (size_t) blen;
+
+    if (e->type == NGX_HTTP_AAI_CACHE_TYPE_VARY) {
+        if (e->nheaders || blen || hlen == 0) {
+            *err = "bad vary record in";
+            return NGX_ERROR;
+        }
+
+        return NGX_OK;
+    }
+
+    if (e->type != NGX_HTTP_AAI_CACHE_TYPE_ENTRY
+        || e->status < 100 || e->status > 999)
+    {
+        *err = "malformed";
+        return NGX_ERROR;
+    }
+
+    h = e->headers;
+    end = e->headers + hlen;
+
+    for (i = 0; i < e->nheaders; i++) {
+
+        if (end - h < 2) {
+            goto malformed;
+        }
+
+        nlen = ngx_http_aai_cache_get16(h);
+        h += 2;
+
+        if ((size_t) (end - h) < nlen + 1 + 4 || nlen == 0 || h[nlen] != 0) {
+            goto malformed;
+        }
+
+        h += nlen + 1;
+
+        vlen = ngx_http_aai_cache_get32(h);
+        h += 4;
+
+        if ((size_t) (end - h) < vlen + 1 || h[vlen] != 0) {
+            goto malformed;
+        }
+
+        h += vlen + 1;
+    }
+
+    if (h != end) {
+        goto malformed;
+    }
+
+    return NGX_OK;
+
+malformed:
+
+    *err = "malformed";
+    return NGX_ERROR;
+}
+
+
+static u_char *
+ngx_http_aai_cache_write_fixed(u_char *p, ngx_uint_t type, ngx_uint_t flags,
+    uint64_t stored, uint64_t fresh_until, uint32_t swr, uint32_t sie,
+    ngx_uint_t status, ngx_uint_t nheaders, size_t hlen, off_t clen,
+    u_char *digest)
+{
+    p = ngx_cpymem(p, NGX_HTTP_AAI_CACHE_MAGIC, 4);
+    *p++ = NGX_HTTP_AAI_CACHE_VERSION;
+    *p++ = (u_char) type;
+    p = ngx_http_aai_cache_put(p, flags, 2);
+    p = ngx_http_aai_cache_put(p, stored, 8);
+    p = ngx_http_aai_cache_put(p, fresh_until, 8);
+    p = ngx_http_aai_cache_put(p, swr, 4);
+    p = ngx_http_aai_cache_put(p, sie, 4);
+    p = ngx_http_aai_cache_put(p, status, 2);
+    p = ngx_http_aai_cache_put(p, nheaders, 2);
+    p = ngx_http_aai_cache_put(p, hlen, 4);
+    p = ngx_http_aai_cache_put(p, 0, 8);
+    p = ngx_http_aai_cache_put(p, (uint64_t) (int64_t) clen, 8);
+    p = ngx_cpymem(p, digest, 8);
+
+    return p;
+}
+
+
+/* the body length, then the checksum after the len bytes of the entry */
+
+static void
+ngx_http_aai_cache_seal(u_char *buf, size_t len, size_t body)
+{
+    uint32_t  crc;
+
+    (void) ngx_http_aai_cache_put(buf + 40, body, 8);
+
+    crc = ngx_http_aai_cache_crc32(buf, len);
+
+    (void) ngx_http_aai_cache_put(buf + len, crc, 4);
+}
+
+
+/* the response headers as the client would get them, but hop-by-hop ones */
+
+static ngx_int_t
+ngx_http_aai_cache_collect(ngx_http_request_t *r, ngx_array_t *headers)
+{
+    size_t                   len;
+    ngx_uint_t               i, j;
+    ngx_keyval_t            *kv;
+    ngx_list_part_t         *part;
+    ngx_table_elt_t         *h;
+    ngx_http_headers_out_t  *ho;
+
+    ho = &r->headers_out;
+
+    if (ho->content_type.len) {
+        kv = ngx_array_push(headers);
+        if (kv == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_str_set(&kv->key, "Content-Type");
+        kv->value = ho->content_type;
+
+        if (ho->content_type_len == ho->content_type.len
+            && ho->charset.len)
+        {
+            len = ho->content_type.len + sizeof("; charset=") - 1
+                  + ho->charset.len;
+
+            kv->value.data = ngx_pnalloc(r->pool, len);
+            if (kv->value.data == NULL) {
+                return NGX_ERROR;
+            }
+
+            kv->value.len = ngx_sprintf(kv->value.data, "%V; charset=%V",
+                                        &ho->content_type, &ho->charset)
+                            - kv->value.data;
+        }
+    }
+
+    if (ho->last_modified == NULL && ho->last_modified_time != -1) {
+        kv = ngx_array_push(headers);
+        if (kv == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_str_set(&kv->key, "Last-Modified");
+
+        kv->value.data = ngx_pnalloc(r->pool,
+                                     sizeof("Mon, 28 Sep 1970 06:00:00 GMT"));
+        if (kv->value.data == NULL) {
+            return NGX_ERROR;
+        }
+
+        kv->value.len = ngx_http_time(kv->value.data, ho->last_modified_time)
+                        - kv->value.data;
+    }
+
+    part = &ho->headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */ ; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].hash == 0) {
+            continue;
+        }
+
+        for (j = 0; ngx_http_aai_cache_skip[j].len; j++) {
+            if (h[i].key.len == ngx_http_aai_cache_skip[j].len
+                && ngx_strncasecmp(h[i].key.data,
+                                   ngx_http_aai_cache_skip[j].data,
+                                   h[i].key.len) == 0)
+            {
+                break;
+            }
+        }
+
+        if (ngx_http_aai_cache_skip[j].len) {
+            continue;
+        }
+
+        kv = ngx_array_push(headers);
+        if (kv == NULL) {
+            return NGX_ERROR;
+        }
+
+        kv->key = h[i].key;
+        kv->value = h[i].value;
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_aai_cache_parse_cc(ngx_str_t *v, ngx_http_aai_cache_cc_t *cc)
+{
+    u_char  *p, *last, *name, *val;
+    size_t   nlen, vlen;
+
+    p = v->data;
+    last = p + v->len;
+
+    while (p < last) {
+
+        while (p < last && (*p == ' ' || *p == '\t' || *p == ',')) {
+            p++;
+        }
+
+        if (p == last) {
+            break;
+        }
+
+        name = p;
+
+        while (p < last
+               && *p != '=' && *p != ',' && *p != ' ' && *p != '\t')
+        {
+            p++;
+        }
+
+        nlen = p - name;
+
+        while (p < last && (*p == ' ' || *p == '\t')) {
+            p++;
+        }
+
+        val = NULL;
+        vlen = 0;
+
+        if (p < last && *p == '=') {
+            p++;
+
+            while (p < last && (*p == ' ' || *p == '\t')) {
+                p++;
+            }
+
+            if (p < last && *p == '"') {
+                val = ++p;
+
+                while (p < last && *p != '"') {
+                    if (*p == '\\' && p + 1 < last) {
+                        p++;
+                    }
+
+                    p++;
+                }
+
+                vlen = p - val;
+
+                if (p < last) {
+                    p++;
+                }
+
+            } else {
+                val = p;
+
+                while (p < last && *p != ',' && *p != ' ' && *p != '\t') {
+                    p++;
+                }
+
+                vlen = p - val;
+            }
+        }
+
+        while (p < last && *p != ',') {
+            p++;
+        }
+
+        ngx_http_aai_cache_cc_directive(cc, name, nlen, val, vlen);
+    }
+}
+
+
+static void
+ngx_http_aai_cache_cc_directive(ngx_http_aai_cache_cc_t *cc, u_char *name,
+    size_t nlen, u_char *val, size_t vlen)
+{
+    ngx_int_t  n;
+
+#define ngx_http_aai_cache_is(s)                                              \
+    (nlen == sizeof(s) - 1 && ngx_strncasecmp(name, (u_char *) s, nlen) == 0)
+
+    if (ngx_http_aai_cache_is("no-store")) {
+        cc->no_store = 1;
+
+    } else if (ngx_http_aai_cache_is("no-cache")) {
+        cc->no_cache = 1;
+
+    } else if (ngx_http_aai_cache_is("private")) {
+        cc->private = 1;
+
+    } else if (ngx_http_aai_cache_is("public")) {
+        cc->public = 1;
+
+    } else if (ngx_http_aai_cache_is("must-revalidate")) {
+        cc->must_revalidate = 1;
+
+    } else if (ngx_http_aai_cache_is("s-maxage")) {
+        n = ngx_http_aai_cache_cc_number(val, vlen);
+
+        if (n == NGX_ERROR) {
+            cc->invalid = 1;
+
+        } else if (cc->s_maxage < 0) {
+            cc->s_maxage = n;
+        }
+
+    } else if (ngx_http_aai_cache_is("max-age")) {
+        n = ngx_http_aai_cache_cc_number(val, vlen);
+
+        if (n == NGX_ERROR) {
+            cc->invalid = 1;
+
+        } else if (cc->max_age < 0) {
+            cc->max_age = n;
+        }
+
+    } else if (ngx_http_aai_cache_is("stale-while-revalidate")) {
+        n = ngx_http_aai_cache_cc_number(val, vlen);
+
+        if (n != NGX_ERROR) {
+            cc->swr = n;
+        }
+
+    } else if (ngx_http_aai_cache_is("stale-if-error")) {
+        n = ngx_http_aai_cache_cc_number(val, vlen);
+
+        if (n != NGX_ERROR) {
+            cc->sie = n;
+        }
+    }
+
+#undef ngx_http_aai_cache_is
+}
+
+
+/* delta-seconds (RFC 9111, 1.2.2): too large a value is 2^31 */
+
+static ngx_int_t
+ngx_http_aai_cache_cc_number(u_char *val, size_t vlen)
+{
+    ngx_int_t  n;
+
+    if (val == NULL || vlen == 0) {
+        return NGX_ERROR;
+    }
+
+    n = 0;
+
+    while (vlen--) {
+        if (*val < '0' || *val > '9') {
+            return NGX_ERROR;
+        }
+
+        if (n < 0x80000000) {
+            n = n * 10 + (*val - '0');
+        }
+
+        val++;
+    }
+
+    return ngx_min(n, 0x80000000);
+}
+
+
+/*
+ * The Vary header names of the response: lowercased, unique, sorted,
+ * comma-separated.  NGX_DECLINED for "*" or too many names.
+ */
+
+static ngx_int_t
+ngx_http_aai_cache_vary_names(ngx_http_request_t *r, ngx_str_t *out)
+{
+    u_char           *p, *s, *last;
+    size_t            len;
+    ngx_int_t         c;
+    ngx_uint_t        n, i, j;
+    ngx_str_t         names[NGX_HTTP_AAI_CACHE_MAX_VARY], t;
+    ngx_table_elt_t  *h;
+
+    ngx_str_null(out);
+
+    n = 0;
+    h = NULL;
+
+    while ((h = ngx_http_aai_cache_find(&r->headers_out.headers, "Vary", 4,
+                                        h))
+           != NULL)
+    {
+        p = h->value.data;
+        last = p + h->value.len;
+
+        while (p < last) {
+
+            while (p < last && (*p == ' ' || *p == '\t' || *p == ',')) {
+                p++;
+            }
+
+            s = p;
+
+            while (p < last && *p != ',' && *p != ' ' && *p != '\t') {
+                p++;
+            }
+
+            if (p == s) {
+                continue;
+            }
+
+            if (p - s == 1 && *s == '*') {
+                return NGX_DECLINED;
+            }
+
+            t.len = p - s;
+            t.data = ngx_pnalloc(r->pool, t.len);
+            if (t.data == NULL) {
+                return NGX_ERROR;
+            }
+
+            ngx_strlow(t.data, s, t.len);
+
+            /* insertion sort, without duplicates */
+
+            for (i = 0; i < n; i++) {
+                c = ngx_memn2cmp(t.data, names[i].data, t.len, names[i].len);
+
+                if (c <= 0) {
+                    break;
+                }
+            }
+
+            if (i < n && c == 0) {
+                continue;
+            }
+
+            if (n == NGX_HTTP_AAI_CACHE_MAX_VARY) {
+                return NGX_DECLINED;
+            }
+
+            for (j = n; j > i; j--) {
+                names[j] = names[j - 1];
+            }
+
+            names[i] = t;
+            n++;
+        }
+    }
+
+    if (n == 0) {
+        return NGX_OK;
+    }
+
+    len = n - 1;
+
+    for (i = 0; i < n; i++) {
+        len += names[i].len;
+    }
+
+    out->data = ngx_pnalloc(r->pool, len);
+    if (out->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = out->data;
+
+    for (i = 0; i < n; i++) {
+        if (i) {
+            *p++ = ',';
+        }
+
+        p = ngx_cpymem(p, names[i].data, names[i].len);
+    }
+
+    out->len = len;
+
+    return NGX_OK;
+}
+
+
+/* the next header named so after "from" (NULL: the first one) */
+
+static ngx_table_elt_t *
+ngx_http_aai_cache_find(ngx_list_t *headers, const char *name, size_t len,
+    ngx_table_elt_t *from)
+{
+    ngx_uint_t        i, passed;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    passed = (from == NULL);
+
+    part = &headers->part;
+    h = part->elts;
+
+    for (i = 0; /* void */ ; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (!passed) {
+            passed = (&h[i] == from);
+            continue;
+        }
+
+        if (h[i].hash != 0
+            && h[i].key.len == len
+            && ngx_strncasecmp(h[i].key.data, (u_char *) name, len) == 0)
+        {
+            return &h[i];
+        }
+    }
+
+    return NULL;
+}
+
+
+/*
+ * What this worker knows of the resources that vary, so that a lookup is
+ * one round trip: a direct-mapped table, the cache key digest to names.
+ */
+
+static ngx_http_aai_cache_vary_slot_t *
+ngx_http_aai_cache_vary_slot(u_char *digest)
+{
+    return &ngx_http_aai_cache_vary_map[((digest[8] << 8) | digest[9])
+                                        % NGX_HTTP_AAI_CACHE_VARY_SLOTS];
+}
+
+
+static void
+ngx_http_aai_cache_vary_get(u_char *digest, ngx_str_t *names)
+{
+    ngx_http_aai_cache_vary_slot_t  *s;
+
+    s = ngx_http_aai_cache_vary_slot(digest);
+
+    if (s->len && ngx_memcmp(s->digest, digest, 8) == 0) {
+        names->data = s->names;
+        names->len = s->len;
+        return;
+    }
+
+    ngx_str_null(names);
+}
+
+
+static void
+ngx_http_aai_cache_vary_set(u_char *digest, ngx_str_t *names)
+{
+    ngx_http_aai_cache_vary_slot_t  *s;
+
+    s = ngx_http_aai_cache_vary_slot(digest);
+
+    if (names->len > NGX_HTTP_AAI_CACHE_VARY_LEN) {
+        ngx_http_aai_cache_vary_forget(digest);
+        return;
+    }
+
+    ngx_memcpy(s->digest, digest, 8);
+    ngx_memcpy(s->names, names->data, names->len);
+    s->len = (u_char) names->len;
+}
+
+
+static void
+ngx_http_aai_cache_vary_forget(u_char *digest)
+{
+    ngx_http_aai_cache_vary_slot_t  *s;
+
+    s = ngx_http_aai_cache_vary_slot(digest);
+
+    if (ngx_memcmp(s->digest, digest, 8) == 0) {
+        s->len = 0;
+    }
+}
+
+
+/* at most one message a second per worker */
+
+static void
+ngx_http_aai_cache_log_bad(ngx_log_t *log, const char *what, ngx_str_t *key)
+{
+    static time_t  logged;
+
+    if (logged == ngx_time()) {
+        return;
+    }
+
+    logged = ngx_time();
+
+    ngx_log_error(NGX_LOG_WARN, log, 0,
+                  "aai_cache: %s entry \"%V\" in redis, not served",
+                  what, key);
+}
+
+
+static uint64_t
+ngx_http_aai_cache_now(void)
+{
+    ngx_time_t  *tp;
+
+    tp = ngx_timeofday();
+
+    return (uint64_t) tp->sec * 1000 + tp->msec;
+}
+
+
+/*
+ * Every hit checks its entry: eight bytes a step rather than nginx's one
+ * (ngx_crc32_long), several times faster on a 1 KB entry.
+ */
+
+static void
+ngx_http_aai_cache_crc32_init(void)
+{
+    uint32_t    c;
+    ngx_uint_t  i, j;
+
+    for (i = 0; i < 256; i++) {
+        c = (uint32_t) i;
+
+        for (j = 0; j < 8; j++) {
+            c = (c & 1) ? (c >> 1) ^ 0xedb88320 : c >> 1;
+        }
+
+        ngx_http_aai_cache_crc_table[0][i] = c;
+    }
+
+    for (i = 0; i < 256; i++) {
+        c = ngx_http_aai_cache_crc_table[0][i];
+
+        for (j = 1; j < 8; j++) {
+            c = ngx_http_aai_cache_crc_table[0][c & 0xff] ^ (c >> 8);
+            ngx_http_aai_cache_crc_table[j][i] = c;
+        }
+    }
+}
+
+
+static uint32_t
+ngx_http_aai_cache_crc32(u_char *p, size_t len)
+{
+    uint32_t    crc;
+    uint32_t  (*t)[256];
+#if (NGX_HAVE_LITTLE_ENDIAN)
+    uint32_t    one, two;
+#endif
+
+    t = ngx_http_aai_cache_crc_table;
+    crc = 0xffffffff;
+
+#if (NGX_HAVE_LITTLE_ENDIAN)
+
+    while (len >= 8) {
+        ngx_memcpy(&one, p, 4);
+        ngx_memcpy(&two, p + 4, 4);
+
+        one ^= crc;
+
+        crc = t[7][one & 0xff] ^ t[6][(one >> 8) & 0xff]
+              ^ t[5][(one >> 16) & 0xff] ^ t[4][one >> 24]
+              ^ t[3][two & 0xff] ^ t[2][(two >> 8) & 0xff]
+              ^ t[1][(two >> 16) & 0xff] ^ t[0][two >> 24];
+
+        p += 8;
+        len -= 8;
+    }
+
+#endif
+
+    while (len--) {
+        crc = t[0][(crc ^ *p++) & 0xff] ^ (crc >> 8);
+    }
+
+    return crc ^ 0xffffffff;
+}
+
+
+static void *
+ngx_http_aai_cache_create_main_conf(ngx_conf_t *cf)
+{
+    ngx_http_aai_cache_main_conf_t  *amcf;
+
+    amcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_aai_cache_main_conf_t));
+    if (amcf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     amcf->redis_conf = { 0 };
+     *     amcf->redis = NULL;
+     *     amcf->metrics = NULL;
+     */
+
+    return amcf;
+}
+
+
+static char *
+ngx_http_aai_cache_init_main_conf(ngx_conf_t *cf, void *conf)
+{
+    ngx_http_aai_cache_main_conf_t *amcf = conf;
+
+    ngx_str_t                          value;
+    ngx_http_compile_complex_value_t   ccv;
+
+    ngx_str_set(&value, NGX_HTTP_AAI_CACHE_DEFAULT_KEY);
+
+    ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
+
+    ccv.cf = cf;
+    ccv.value = &value;
+    ccv.complex_value = &amcf->default_key;
+
+    if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static void *
+ngx_http_aai_cache_create_loc_conf(ngx_conf_t *cf)
+{
+    ngx_http_aai_cache_loc_conf_t  *conf;
+
+    conf = ngx_pcalloc(cf->pool, sizeof(ngx_http_aai_cache_loc_conf_t));
+    if (conf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     conf->key = NULL;
+     *     conf->prefix = { 0, NULL };
+     *     conf->methods = 0;
+     *     conf->purge_key = NULL;
+     */
+
+    conf->enable = NGX_CONF_UNSET;
+    conf->valid = NGX_CONF_UNSET_PTR;
+    conf->max_size = NGX_CONF_UNSET_SIZE;
+    conf->bypass = NGX_CONF_UNSET_PTR;
+    conf->no_store = NGX_CONF_UNSET_PTR;
+    conf->lock = NGX_CONF_UNSET;
+    conf->lock_timeout = NGX_CONF_UNSET_MSEC;
+    conf->use_stale = NGX_CONF_UNSET_UINT;
+    conf->background_update = NGX_CONF_UNSET;
+    conf->stale_ttl = NGX_CONF_UNSET;
+    conf->purge = NGX_CONF_UNSET;
+
+    return conf;
+}
+
+
+static char *
+ngx_http_aai_cache_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
+{
+    ngx_http_aai_cache_loc_conf_t *prev = parent;
+    ngx_http_aai_cache_loc_conf_t *conf = child;
+
+    ngx_http_aai_cache_main_conf_t  *amcf;
+
+    ngx_conf_merge_value(conf->enable, prev->enable, 0);
+
+    if (conf->key == NULL) {
+        conf->key = prev->key;
+    }
+
+    ngx_conf_merge_str_value(conf->prefix, prev->prefix, "aai:c:");
+    ngx_conf_merge_ptr_value(conf->valid, prev->valid, NULL);
+
+    if (conf->methods == 0) {
+        conf->methods = prev->methods ? prev->methods
+                                      : (NGX_HTTP_GET|NGX_HTTP_HEAD);
+    }
+
+    ngx_conf_merge_size_value(conf->max_size, prev->max_size, 1024 * 1024);
+    ngx_conf_merge_ptr_value(conf->bypass, prev->bypass, NULL);
+    ngx_conf_merge_ptr_value(conf->no_store, prev->no_store, NULL);
+    ngx_conf_merge_value(conf->lock, prev->lock, 0);
+    ngx_conf_merge_msec_value(conf->lock_timeout, prev->lock_timeout, 5000);
+    ngx_conf_merge_uint_value(conf->use_stale, prev->use_stale, 0);
+    ngx_conf_merge_value(conf->background_update, prev->background_update,
+                         0);
+    ngx_conf_merge_sec_value(conf->stale_ttl, prev->stale_ttl, 600);
+
+    /* aai_cache_purge is not inherited */
+
+    if (conf->purge == NGX_CONF_UNSET) {
+        conf->purge = 0;
+    }
+
+    amcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_aai_cache_module);
+
+    if (conf->enable || conf->purge) {
+        amcf->used = 1;
+    }
+
+    if (conf->enable && conf->lock) {
+        amcf->lock_used = 1;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_aai_cache_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_aai_cache_main_conf_t *amcf = conf;
+
+    char  *rv;
+
+    rv = ngx_aai_redis_conf_parse(cf, &amcf->redis_conf);
+    if (rv != NGX_CONF_OK) {
+        return rv;
+    }
+
+    amcf->redis = ngx_aai_redis_create(cf, &amcf->redis_conf);
+    if (amcf->redis == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_aai_cache_valid(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_aai_cache_loc_conf_t *alcf = conf;
+
+    time_t                       valid;
+    ngx_int_t                    status;
+    ngx_str_t                   *value;
+    ngx_uint_t                   i, n;
+    ngx_http_aai_cache_valid_t  *v;
+
+    static ngx_uint_t  defaults[] = { 200, 301, 302 };
+
+    value = cf->args->elts;
+    n = cf->args->nelts - 1;
+
+    valid = ngx_parse_time(&value[n], 1);
+    if (valid == (time_t) NGX_ERROR) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid time \"%V\" in \"%V\"",
+                           &value[n], &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    if (alcf->valid == NGX_CONF_UNSET_PTR) {
+        alcf->valid = ngx_array_create(cf->pool, 4,
+                                       sizeof(ngx_http_aai_cache_valid_t));
+        if (alcf->valid == NULL) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    if (n == 1) {
+        for (i = 0; i < 3; i++) {
+            v = ngx_array_push(alcf->valid);
+            if (v == NULL) {
+                return NGX_CONF_ERROR;
+            }
+
+            v->status = defaults[i];
+            v->valid = valid;
+        }
+
+        return NGX_CONF_OK;
+    }
+
+    for (i = 1; i < n; i++) {
+
+        if (ngx_strcmp(value[i].data, "any") == 0) {
+            status = 0;
+
+        } else {
+            status = ngx_atoi(value[i].data, value[i].len);
+
+            if (status < NGX_HTTP_OK || status > 599
+                || status == NGX_HTTP_PARTIAL_CONTENT
+                || status == NGX_HTTP_NOT_MODIFIED)
+            {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid status \"%V\" in \"%V\"",
+                                   &value[i], &cmd->name);
+                return NGX_CONF_ERROR;
+            }
+        }
+
+        v = ngx_array_push(alcf->valid);
+        if (v == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        v->status = status;
+        v->valid = valid;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_aai_cache_methods(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_aai_cache_loc_conf_t *alcf = conf;
+
+    ngx_str_t           *value;
+    ngx_uint_t           i;
+    ngx_conf_bitmask_t  *m;
+
+    if (alcf->methods) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    for (i = 1; i < cf->args->nelts; i++) {
+
+        for (m = ngx_http_aai_cache_method_masks; m->name.len; m++) {
+            if (m->name.len == value[i].len
+                && ngx_strncasecmp(m->name.data, value[i].data,
+                                   value[i].len) == 0)
+            {
+                break;
+            }
+        }
+
+        if (m->name.len == 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid method \"%V\" in \"%V\"",
+                               &value[i], &cmd->name);
+            return NGX_CONF_ERROR;
+        }
+
+        alcf->methods |= m->mask;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_aai_cache_use_stale(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_aai_cache_loc_conf_t *alcf = conf;
+
+    ngx_str_t           *value;
+    ngx_uint_t           i;
+    ngx_conf_bitmask_t  *m;
+
+    if (alcf->use_stale != NGX_CONF_UNSET_UINT) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+    alcf->use_stale = 0;
+
+    for (i = 1; i < cf->args->nelts; i++) {
+
+        if (ngx_strcmp(value[i].data, "off") == 0) {
+            if (cf->args->nelts != 2) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "\"off\" cannot be combined with other "
+                                   "values in \"%V\"", &cmd->name);
+                return NGX_CONF_ERROR;
+            }
+
+            return NGX_CONF_OK;
+        }
+
+        for (m = ngx_http_aai_cache_stale_masks; m->name.len; m++) {
+            if (m->name.len == value[i].len
+                && ngx_strncmp(m->name.data, value[i].data,
+                               value[i].len) == 0)
+            {
+                break;
+            }
+        }
+
+        if (m->name.len == 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid value \"%V\" in \"%V\"",
+                               &value[i], &cmd->name);
+            return NGX_CONF_ERROR;
+        }
+
+        alcf->use_stale |= m->mask;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_aai_cache_prefix(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_aai_cache_loc_conf_t *alcf = conf;
+
+    ngx_str_t   *value;
+    ngx_uint_t   i;
+
+    if (alcf->prefix.data) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (value[1].len > 128) {
+        goto invalid;
+    }
+
+    for (i = 0; i < value[1].len; i++) {
+        if (value[1].data[i] <= ' ' || value[1].data[i] >= 0x7f) {
+            goto invalid;
+        }
+    }
+
+    alcf->prefix = value[1];
+
+    return NGX_CONF_OK;
+
+invalid:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid prefix \"%V\" in \"%V\": at most 128 "
+                       "printable characters without spaces",
+                       &value[1], &cmd->name);
+    return NGX_CONF_ERROR;
+}
+
+
+static char *
+ngx_http_aai_cache_size(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    char  *p = conf;
+
+    size_t     *sp;
+    ssize_t     size;
+    ngx_str_t  *value;
+
+    sp = (size_t *) (p + cmd->offset);
+
+    if (*sp != NGX_CONF_UNSET_SIZE) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    size = ngx_parse_size(&value[1]);
+
+    if (size == NGX_ERROR) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid size \"%V\" in \"%V\"",
+                           &value[1], &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    if (size > NGX_HTTP_AAI_CACHE_MAX_SIZE) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "size \"%V\" in \"%V\" is over 512m, the "
+                           "largest value Redis stores", &value[1], &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    *sp = (size_t) size;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_aai_cache_msec(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    char  *p = conf;
+
+    ngx_int_t    ms;
+    ngx_str_t   *value;
+    ngx_msec_t  *msp;
+
+    msp = (ngx_msec_t *) (p + cmd->offset);
+
+    if (*msp != NGX_CONF_UNSET_MSEC) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    ms = ngx_parse_time(&value[1], 0);
+
+    if (ms == NGX_ERROR || ms == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid time \"%V\" in \"%V\"",
+                           &value[1], &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    *msp = (ngx_msec_t) ms;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_aai_cache_sec(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    char  *p = conf;
+
+    time_t      *sp, s;
+    ngx_str_t   *value;
+
+    sp = (time_t *) (p + cmd->offset);
+
+    if (*sp != NGX_CONF_UNSET) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    s = ngx_parse_time(&value[1], 1);
+
+    if (s == (time_t) NGX_ERROR) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid time \"%V\" in \"%V\"",
+                           &value[1], &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    *sp = s;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_aai_cache_purge(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_aai_cache_loc_conf_t *alcf = conf;
+
+    ngx_str_t                         *value;
+    ngx_http_core_loc_conf_t          *clcf;
+    ngx_http_compile_complex_value_t   ccv;
+
+    if (alcf->purge != NGX_CONF_UNSET) {
+        return "is duplicate";
+    }
+
+    alcf->purge = 1;
+
+    if (cf->args->nelts == 2) {
+        value = cf->args->elts;
+
+        alcf->purge_key = ngx_palloc(cf->pool,
+                                     sizeof(ngx_http_complex_value_t));
+        if (alcf->purge_key == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
+
+        ccv.cf = cf;
+        ccv.value = &value[1];
+        ccv.complex_value = alcf->purge_key;
+
+        if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    clcf->handler = ngx_http_aai_cache_purge_handler;
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_aai_cache_add_variables(ngx_conf_t *cf)
+{
+    ngx_http_variable_t  *var, *v;
+
+    for (v = ngx_http_aai_cache_vars; v->name.len; v++) {
+        var = ngx_http_add_variable(cf, &v->name, v->flags);
+        if (var == NULL) {
+            return NGX_ERROR;
+        }
+
+        var->get_handler = v->get_handler;
+        var->data = v->data;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_aai_cache_add_metrics(ngx_conf_t *cf,
+    ngx_http_aai_cache_main_conf_t *amcf)
+{
+    ngx_int_t           idx;
+    ngx_str_t           label;
+    ngx_uint_t          i;
+    ngx_aai_metrics_t  *m;
+
+    static const char  *labels[] = {
+        NULL,
+        "status=\"miss\"",
+        "status=\"bypass\"",
+        "status=\"expired\"",
+        "status=\"stale\"",
+        "status=\"updating\"",
+        "status=\"hit\""
+    };
+
+    /* Redis latency, in microseconds: 100us to 1s */
+
+    static const ngx_uint_t  bounds[] = {
+        100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000,
+        250000, 500000, 1000000
+    };
+
+    m = ngx_aai_metrics_create(cf, "cache", &ngx_http_aai_cache_module);
+    if (m == NULL) {
+        return NGX_ERROR;
+    }
+
+    amcf->metrics = m;
+
+    for (i = 1; i < NGX_HTTP_AAI_CACHE_NSTATUS; i++) {
+        label.data = (u_char *) labels[i];
+        label.len = ngx_strlen(labels[i]);
+
+        idx = ngx_aai_metrics_add(m, NGX_AAI_METRIC_COUNTER,
+                                  "aai_cache_requests_total",
+                                  "Requests of cached locations, "
+                                  "by cache status.", &label);
+        if (idx == NGX_ERROR) {
+            return NGX_ERROR;
+        }
+
+        amcf->m_requests[i] = idx;
+    }
+
+    amcf->m_stored = ngx_aai_metrics_add(m, NGX_AAI_METRIC_COUNTER,
+                                         "aai_cache_stored_total",
+                                         "Responses stored in Redis.", NULL);
+
+    amcf->m_store_failures = ngx_aai_metrics_add(m, NGX_AAI_METRIC_COUNTER,
+                                         "aai_cache_store_failures_total",
+                                         "Responses Redis did not store.",
+                                         NULL);
+
+    amcf->m_bytes = ngx_aai_metrics_add(m, NGX_AAI_METRIC_COUNTER,
+                                        "aai_cache_bytes_served_total",
+                                        "Body bytes sent from the cache.",
+                                        NULL);
+
+    amcf->m_latency = ngx_aai_metrics_add_histogram(m,
+                                        "aai_cache_redis_latency_seconds",
+                                        "Latency of the cache's Redis "
+                                        "commands.", NULL, bounds,
+                                        sizeof(bounds) / sizeof(bounds[0]),
+                                        1000000);
+
+    if (amcf->m_stored == NGX_ERROR
+        || amcf->m_store_failures == NGX_ERROR
+        || amcf->m_bytes == NGX_ERROR
+        || amcf->m_latency == NGX_ERROR)
+    {
+        return NGX_ERROR;
+    }
+
+    return ngx_aai_metrics_zone(cf, m);
+}
+
+
+static ngx_int_t
+ngx_http_aai_cache_init(ngx_conf_t *cf)
+{
+    ngx_http_handler_pt             *h;
+    ngx_http_core_main_conf_t       *cmcf;
+    ngx_http_aai_cache_main_conf_t  *amcf;
+
+    amcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_aai_cache_module);
+
+    if (amcf->used && amcf->redis == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"aai_cache\" and \"aai_cache_purge\" need "
+                           "\"aai_cache_redis\" in the http block");
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_aai_cache_add_metrics(cf, amcf) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    ngx_http_aai_cache_crc32_init();
+
+    if (!amcf->used) {
+        return NGX_OK;
+    }
+
+    cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
+
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_PRECONTENT_PHASE].handlers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    *h = ngx_http_aai_cache_handler;
+
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_LOG_PHASE].handlers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    *h = ngx_http_aai_cache_log_handler;
+
+    ngx_http_next_header_filter = ngx_http_top_header_filter;
+    ngx_http_top_header_filter = ngx_http_aai_cache_header_filter;
+
+    ngx_http_next_body_filter = ngx_http_top_body_filter;
+    ngx_http_top_body_filter = ngx_http_aai_cache_body_filter;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_aai_cache_init_process(ngx_cycle_t *cycle)
+{
+    ngx_str_t                        channel;
+    ngx_uint_t                       i;
+    ngx_http_aai_cache_main_conf_t  *amcf;
+
+    amcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                               ngx_http_aai_cache_module);
+
+    if (amcf == NULL || amcf->redis == NULL) {
+        return NGX_OK;
+    }
+
+    ngx_http_aai_cache_worker = amcf;
+
+    for (i = 0; i < NGX_HTTP_AAI_CACHE_BUCKETS; i++) {
+        ngx_queue_init(&ngx_http_aai_cache_waiters[i]);
+    }
+
+    if (amcf->lock_used) {
+        ngx_str_set(&channel, NGX_HTTP_AAI_CACHE_CHANNEL);
+
+        if (ngx_aai_redis_subscribe(amcf->redis, &channel, 0,
+                                    ngx_http_aai_cache_message, NULL)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    return ngx_aai_redis_init_worker(amcf->redis, cycle);
+}
+
+
+static void
+ngx_http_aai_cache_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_http_aai_cache_main_conf_t  *amcf;
+
+    amcf = ngx_http_aai_cache_worker;
+
+    if (amcf && amcf->redis) {
+        ngx_aai_redis_exit_worker(amcf->redis);
+    }
+
+    ngx_http_aai_cache_worker = NULL;
+}
