@@ -59,6 +59,7 @@ static ngx_int_t ngx_aai_jwt_read_file(ngx_conf_t *cf, ngx_str_t *name,
     ngx_str_t *out);
 static void ngx_aai_jwt_cleanup_secret(void *data);
 static void ngx_aai_jwt_cleanup_pkey(void *data);
+static ngx_uint_t ngx_aai_jwt_str_same(ngx_str_t *one, ngx_str_t *two);
 static ngx_int_t ngx_aai_jwt_find_offset(ngx_conf_t *cf);
 
 static ngx_aai_jwt_loc_conf_t *ngx_aai_jwt_get_conf(ngx_http_request_t *r);
@@ -664,17 +665,22 @@ ngx_aai_jwt_merge_loc_conf(ngx_conf_t *cf, ngx_aai_jwt_loc_conf_t *prev,
                               NGX_AAI_JWT_DEFAULT_CACHE);
 
     if (conf->keys == prev->keys
-        && conf->issuer.len == prev->issuer.len
-        && ngx_strncmp(conf->issuer.data, prev->issuer.data,
-                       conf->issuer.len) == 0
-        && conf->audience.len == prev->audience.len
-        && ngx_strncmp(conf->audience.data, prev->audience.data,
-                       conf->audience.len) == 0)
+        && ngx_aai_jwt_str_same(&conf->issuer, &prev->issuer)
+        && ngx_aai_jwt_str_same(&conf->audience, &prev->audience))
     {
         conf->profile = prev->profile;
     }
 
     return NGX_CONF_OK;
+}
+
+
+static ngx_uint_t
+ngx_aai_jwt_str_same(ngx_str_t *one, ngx_str_t *two)
+{
+    return one->len == two->len
+           && (one->len == 0 || ngx_memcmp(one->data, two->data, one->len)
+                                == 0);
 }
 
 
@@ -887,7 +893,7 @@ ngx_aai_jwt_bearer(ngx_str_t *value, ngx_str_t *token)
         }
     }
 
-    if (p == last || ngx_strlchr(p, last, ' ') != NULL) {
+    if (p == last || memchr(p, ' ', last - p) != NULL) {
         return 0;
     }
 
@@ -1062,10 +1068,20 @@ ngx_aai_jwt_log_rejected(ngx_http_request_t *r, ngx_aai_jwt_verify_t *v)
 }
 
 
+/*
+ * The tail of the token: the signature, random for the verified tokens the
+ * cache holds.  A hit is always confirmed by comparing the whole token.
+ */
+
 static uint32_t
 ngx_aai_jwt_hash(ngx_str_t *token, uint64_t profile)
 {
-    return ngx_murmur_hash2(token->data, token->len)
+    size_t  n;
+
+    n = ngx_min(token->len, 64);
+
+    return ngx_murmur_hash2(token->data + token->len - n, n)
+           ^ (uint32_t) token->len
            ^ (uint32_t) (profile * 0x9e3779b97f4a7c15ULL >> 32);
 }
 
