@@ -26,29 +26,7 @@
  * on the channel NGX_HTTP_AAI_CACHE_CHANNEL when it is done; the requests
  * waiting for it, on any instance, wake up at once.
  *
- * Entry format, version 1, integers big-endian:
- *
- *      0  4  magic "AAIC"
- *      4  1  version
- *      5  1  type: 'E' entry, 'V' vary record
- *      6  2  flags (1: header only, the response to a HEAD)
- *      8  8  time stored, ms since the epoch
- *     16  8  fresh until, ms since the epoch
- *     24  4  stale-while-revalidate, s
- *     28  4  stale-if-error, s
- *     32  2  status
- *     34  2  number of headers
- *     36  4  length of the header block
- *     40  8  length of the body
- *     48  8  Content-Length of a header-only entry, -1 if none
- *     56  8  first 8 bytes of SHA-256(cache key)
- *     64     header block: per header, a 2-byte name length, the name, a
- *            NUL, a 4-byte value length, the value, a NUL; the vary record
- *            has the names, comma-separated, instead
- *            body
- *    end-4 4 CRC32 of everything before it
- *
- * An entry that does not check out is a miss, never served.
+ * The entry format is described in ngx_aai_cache_entry.h.
  */
 
 
@@ -57,25 +35,17 @@
 #include <ngx_http.h>
 
 #include <openssl/sha.h>
+#include <openssl/evp.h>
 
 #include "ngx_aai_redis.h"
 #include "ngx_aai_metrics.h"
+#include "ngx_aai_cache_entry.h"
 
-
-#define NGX_HTTP_AAI_CACHE_MAGIC          "AAIC"
-#define NGX_HTTP_AAI_CACHE_VERSION        1
-#define NGX_HTTP_AAI_CACHE_HDR            64
-#define NGX_HTTP_AAI_CACHE_CRC            4
-
-#define NGX_HTTP_AAI_CACHE_TYPE_ENTRY     'E'
-#define NGX_HTTP_AAI_CACHE_TYPE_VARY      'V'
-
-#define NGX_HTTP_AAI_CACHE_HEADER_ONLY    0x0001
 
 #define NGX_HTTP_AAI_CACHE_CHANNEL        "aai:cache:unlock"
-#define NGX_HTTP_AAI_CACHE_DEFAULT_KEY    "$scheme$request_method$host$request_uri"
+#define NGX_HTTP_AAI_CACHE_DEFAULT_KEY                                        \
+    "$scheme$request_method$host$request_uri"
 
-#define NGX_HTTP_AAI_CACHE_MAX_VARY       16
 #define NGX_HTTP_AAI_CACHE_VARY_SLOTS     1024
 #define NGX_HTTP_AAI_CACHE_VARY_LEN       119
 #define NGX_HTTP_AAI_CACHE_BUCKETS        64
@@ -170,38 +140,6 @@ typedef struct {
 
 
 typedef struct {
-    ngx_uint_t                    type;
-    ngx_uint_t                    flags;
-    uint64_t                      stored;
-    uint64_t                      fresh_until;
-    uint32_t                      swr;
-    uint32_t                      sie;
-    ngx_uint_t                    status;
-    ngx_uint_t                    nheaders;
-    u_char                       *headers;
-    size_t                        headers_len;
-    u_char                       *body;
-    size_t                        body_len;
-    off_t                         content_length;
-    u_char                       *check;
-} ngx_http_aai_cache_entry_t;
-
-
-typedef struct {
-    ngx_int_t                     s_maxage;    /* -1: absent */
-    ngx_int_t                     max_age;
-    ngx_int_t                     swr;
-    ngx_int_t                     sie;
-    unsigned                      no_store:1;
-    unsigned                      no_cache:1;
-    unsigned                      private:1;
-    unsigned                      public:1;
-    unsigned                      must_revalidate:1;
-    unsigned                      invalid:1;
-} ngx_http_aai_cache_cc_t;
-
-
-typedef struct {
     ngx_http_request_t           *request;
     ngx_aai_redis_cmd_t          *cmd;
 
@@ -212,7 +150,7 @@ typedef struct {
     ngx_str_t                     lock_key;
     u_char                        token[16];
 
-    ngx_http_aai_cache_entry_t   *stale;       /* expired entry at hand */
+    ngx_aai_cache_entry_t        *stale;       /* expired entry at hand */
 
     ngx_event_t                   wait_ev;
     ngx_queue_t                   queue;       /* in a waiters bucket */
@@ -245,7 +183,6 @@ typedef struct {
     unsigned                      swap_sent:1;
     unsigned                      bg:1;        /* background update */
     unsigned                      lock_held:1;
-    unsigned                      no_lock:1;
     unsigned                      waiting:1;
     unsigned                      collapsed:1;
     unsigned                      stored:1;    /* Cache-Status "stored" */
@@ -290,7 +227,7 @@ static void ngx_http_aai_cache_reply(ngx_aai_redis_result_t *res,
 static void ngx_http_aai_cache_on_lookup(ngx_http_request_t *r,
     ngx_http_aai_cache_ctx_t *ctx, redisReply *reply);
 static void ngx_http_aai_cache_on_vary(ngx_http_request_t *r,
-    ngx_http_aai_cache_ctx_t *ctx, ngx_http_aai_cache_entry_t *vr,
+    ngx_http_aai_cache_ctx_t *ctx, ngx_aai_cache_entry_t *vr,
     redisReply *variant);
 static void ngx_http_aai_cache_on_entry(ngx_http_request_t *r,
     ngx_http_aai_cache_ctx_t *ctx, redisReply *reply);
@@ -302,21 +239,21 @@ static ngx_int_t ngx_http_aai_cache_try_lock(ngx_http_request_t *r,
     ngx_http_aai_cache_ctx_t *ctx);
 static ngx_int_t ngx_http_aai_cache_entry_from(ngx_http_request_t *r,
     ngx_http_aai_cache_ctx_t *ctx, redisReply *reply,
-    ngx_http_aai_cache_entry_t **ep);
+    ngx_aai_cache_entry_t **ep);
 static ngx_uint_t ngx_http_aai_cache_updating_ok(
-    ngx_http_aai_cache_loc_conf_t *alcf, ngx_http_aai_cache_entry_t *e);
+    ngx_http_aai_cache_loc_conf_t *alcf, ngx_aai_cache_entry_t *e);
 static void ngx_http_aai_cache_forward(ngx_http_request_t *r,
     ngx_http_aai_cache_ctx_t *ctx, ngx_uint_t status);
 static void ngx_http_aai_cache_resume(ngx_http_request_t *r,
     ngx_http_aai_cache_ctx_t *ctx);
 static void ngx_http_aai_cache_unconditional(ngx_http_request_t *r);
 static void ngx_http_aai_cache_serve(ngx_http_request_t *r,
-    ngx_http_aai_cache_ctx_t *ctx, ngx_http_aai_cache_entry_t *e,
+    ngx_http_aai_cache_ctx_t *ctx, ngx_aai_cache_entry_t *e,
     ngx_uint_t status);
 static ngx_int_t ngx_http_aai_cache_send(ngx_http_request_t *r,
-    ngx_http_aai_cache_ctx_t *ctx, ngx_http_aai_cache_entry_t *e);
+    ngx_http_aai_cache_ctx_t *ctx, ngx_aai_cache_entry_t *e);
 static ngx_int_t ngx_http_aai_cache_restore(ngx_http_request_t *r,
-    ngx_http_aai_cache_entry_t *e);
+    ngx_aai_cache_entry_t *e);
 static ngx_int_t ngx_http_aai_cache_background(ngx_http_request_t *r,
     ngx_http_aai_cache_ctx_t *ctx);
 
@@ -360,7 +297,7 @@ static void ngx_http_aai_cache_store_handler(ngx_aai_redis_result_t *res,
 static void ngx_http_aai_cache_release_handler(ngx_aai_redis_result_t *res,
     void *data);
 static ngx_int_t ngx_http_aai_cache_status_header(ngx_http_request_t *r,
-    ngx_http_aai_cache_ctx_t *ctx, ngx_http_aai_cache_entry_t *e);
+    ngx_http_aai_cache_ctx_t *ctx, ngx_aai_cache_entry_t *e);
 
 static ngx_int_t ngx_http_aai_cache_purge_handler(ngx_http_request_t *r);
 static void ngx_http_aai_cache_purge_reply(ngx_aai_redis_result_t *res,
@@ -375,32 +312,16 @@ static ngx_int_t ngx_http_aai_cache_status_variable(ngx_http_request_t *r,
 static ngx_int_t ngx_http_aai_cache_key_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 
-static ngx_int_t ngx_http_aai_cache_decode(u_char *p, size_t len,
-    ngx_http_aai_cache_entry_t *e, const char **err);
-static u_char *ngx_http_aai_cache_write_fixed(u_char *p, ngx_uint_t type,
-    ngx_uint_t flags, uint64_t stored, uint64_t fresh_until, uint32_t swr,
-    uint32_t sie, ngx_uint_t status, ngx_uint_t nheaders, size_t hlen,
-    off_t clen, u_char *digest);
-static void ngx_http_aai_cache_seal(u_char *buf, size_t len, size_t hlen);
 static ngx_int_t ngx_http_aai_cache_collect(ngx_http_request_t *r,
     ngx_array_t *headers);
-static void ngx_http_aai_cache_parse_cc(ngx_str_t *v,
-    ngx_http_aai_cache_cc_t *cc);
-static void ngx_http_aai_cache_cc_directive(ngx_http_aai_cache_cc_t *cc,
-    u_char *name, size_t nlen, u_char *val, size_t vlen);
-static ngx_int_t ngx_http_aai_cache_cc_number(u_char *val, size_t vlen);
-static ngx_int_t ngx_http_aai_cache_vary_names(ngx_http_request_t *r,
-    ngx_str_t *out);
-static ngx_table_elt_t *ngx_http_aai_cache_find(ngx_list_t *headers,
-    const char *name, size_t len, ngx_table_elt_t *from);
 static void ngx_http_aai_cache_vary_get(u_char *digest, ngx_str_t *names);
 static void ngx_http_aai_cache_vary_set(u_char *digest, ngx_str_t *names);
 static void ngx_http_aai_cache_vary_forget(u_char *digest);
 static void ngx_http_aai_cache_log_bad(ngx_log_t *log, const char *what,
     ngx_str_t *key);
 static uint64_t ngx_http_aai_cache_now(void);
-static void ngx_http_aai_cache_crc32_init(void);
-static uint32_t ngx_http_aai_cache_crc32(u_char *p, size_t len);
+static void ngx_http_aai_cache_sha256(u_char *data, size_t len,
+    u_char *md);
 
 static void *ngx_http_aai_cache_create_main_conf(ngx_conf_t *cf);
 static char *ngx_http_aai_cache_init_main_conf(ngx_conf_t *cf, void *conf);
@@ -709,9 +630,9 @@ static ngx_uint_t                       ngx_http_aai_cache_note_seq;
 static ngx_http_aai_cache_vary_slot_t   ngx_http_aai_cache_vary_map[
                                             NGX_HTTP_AAI_CACHE_VARY_SLOTS];
 static ngx_uint_t                       ngx_http_aai_cache_lock_seq;
+static EVP_MD_CTX                      *ngx_http_aai_cache_md_ctx;
+static EVP_MD                          *ngx_http_aai_cache_md;
 
-/* CRC-32 (IEEE 802.3, as zlib's), slice-by-8 */
-static uint32_t                         ngx_http_aai_cache_crc_table[8][256];
 
 
 static ngx_int_t
@@ -868,7 +789,7 @@ ngx_http_aai_cache_make_key(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
-    SHA256(value.data, value.len, digest);
+    ngx_http_aai_cache_sha256(value.data, value.len, digest);
 
     key->len = alcf->prefix.len + 2 * SHA256_DIGEST_LENGTH;
     key->data = ngx_pnalloc(r->pool, key->len);
@@ -952,7 +873,7 @@ ngx_http_aai_cache_variant_key(ngx_http_request_t *r,
         found = 0;
         h = NULL;
 
-        while ((h = ngx_http_aai_cache_find(&r->headers_in.headers,
+        while ((h = ngx_aai_cache_find_header(&r->headers_in.headers,
                                             (char *) name, nlen, h))
                != NULL)
         {
@@ -997,7 +918,7 @@ ngx_http_aai_cache_variant_key(ngx_http_request_t *r,
         name += nlen + 1;
     }
 
-    SHA256(buf, p - buf, md);
+    ngx_http_aai_cache_sha256(buf, p - buf, md);
 
     vkey->len = ctx->key.len + 1 + 32;
     vkey->data = ngx_pnalloc(r->pool, vkey->len);
@@ -1129,7 +1050,7 @@ ngx_http_aai_cache_on_lookup(ngx_http_request_t *r,
 {
     ngx_int_t                    rc;
     redisReply                  *base, *variant;
-    ngx_http_aai_cache_entry_t  *e;
+    ngx_aai_cache_entry_t       *e;
 
     if (reply->type == REDIS_REPLY_ARRAY) {
         if (reply->elements != 2) {
@@ -1165,7 +1086,7 @@ ngx_http_aai_cache_on_lookup(ngx_http_request_t *r,
         return;
     }
 
-    if (e->type == NGX_HTTP_AAI_CACHE_TYPE_VARY) {
+    if (e->type == NGX_AAI_CACHE_TYPE_VARY) {
         ngx_http_aai_cache_on_vary(r, ctx, e, variant);
         return;
     }
@@ -1183,7 +1104,7 @@ ngx_http_aai_cache_on_lookup(ngx_http_request_t *r,
 
 static void
 ngx_http_aai_cache_on_vary(ngx_http_request_t *r,
-    ngx_http_aai_cache_ctx_t *ctx, ngx_http_aai_cache_entry_t *vr,
+    ngx_http_aai_cache_ctx_t *ctx, ngx_aai_cache_entry_t *vr,
     redisReply *variant)
 {
     ngx_str_t                        names, argv[2];
@@ -1237,7 +1158,7 @@ ngx_http_aai_cache_on_entry(ngx_http_request_t *r,
     ngx_http_aai_cache_ctx_t *ctx, redisReply *reply)
 {
     ngx_int_t                       rc;
-    ngx_http_aai_cache_entry_t     *e;
+    ngx_aai_cache_entry_t          *e;
     ngx_http_aai_cache_loc_conf_t  *alcf;
 
     rc = ngx_http_aai_cache_entry_from(r, ctx, reply, &e);
@@ -1249,8 +1170,8 @@ ngx_http_aai_cache_on_entry(ngx_http_request_t *r,
     }
 
     if (rc == NGX_DECLINED
-        || e->type != NGX_HTTP_AAI_CACHE_TYPE_ENTRY
-        || ((e->flags & NGX_HTTP_AAI_CACHE_HEADER_ONLY)
+        || e->type != NGX_AAI_CACHE_TYPE_ENTRY
+        || ((e->flags & NGX_AAI_CACHE_HEADER_ONLY)
             && r->method != NGX_HTTP_HEAD))
     {
         if (ctx->vkey.len) {
@@ -1419,12 +1340,12 @@ ngx_http_aai_cache_on_lock(ngx_http_request_t *r,
 static ngx_int_t
 ngx_http_aai_cache_entry_from(ngx_http_request_t *r,
     ngx_http_aai_cache_ctx_t *ctx, redisReply *reply,
-    ngx_http_aai_cache_entry_t **ep)
+    ngx_aai_cache_entry_t **ep)
 {
     u_char                      *p;
     const char                  *err;
     ngx_str_t                   *key;
-    ngx_http_aai_cache_entry_t  *e;
+    ngx_aai_cache_entry_t       *e;
 
     key = (ctx->state == NGX_HTTP_AAI_CACHE_ST_VARIANT) ? &ctx->vkey
                                                          : &ctx->key;
@@ -1447,12 +1368,12 @@ ngx_http_aai_cache_entry_from(ngx_http_request_t *r,
 
     ngx_memcpy(p, reply->str, reply->len);
 
-    e = ngx_palloc(r->pool, sizeof(ngx_http_aai_cache_entry_t));
+    e = ngx_palloc(r->pool, sizeof(ngx_aai_cache_entry_t));
     if (e == NULL) {
         return NGX_ERROR;
     }
 
-    if (ngx_http_aai_cache_decode(p, reply->len, e, &err) != NGX_OK) {
+    if (ngx_aai_cache_entry_decode(p, reply->len, e, &err) != NGX_OK) {
         ngx_http_aai_cache_log_bad(r->connection->log, err, key);
         return NGX_DECLINED;
     }
@@ -1470,7 +1391,7 @@ ngx_http_aai_cache_entry_from(ngx_http_request_t *r,
 
 static ngx_uint_t
 ngx_http_aai_cache_updating_ok(ngx_http_aai_cache_loc_conf_t *alcf,
-    ngx_http_aai_cache_entry_t *e)
+    ngx_aai_cache_entry_t *e)
 {
     if (alcf->use_stale & NGX_HTTP_AAI_CACHE_STALE_UPDATING) {
         return 1;
@@ -1578,7 +1499,7 @@ ngx_http_aai_cache_unconditional(ngx_http_request_t *r)
 
 static void
 ngx_http_aai_cache_serve(ngx_http_request_t *r,
-    ngx_http_aai_cache_ctx_t *ctx, ngx_http_aai_cache_entry_t *e,
+    ngx_http_aai_cache_ctx_t *ctx, ngx_aai_cache_entry_t *e,
     ngx_uint_t status)
 {
     ngx_int_t  rc;
@@ -1598,7 +1519,7 @@ ngx_http_aai_cache_serve(ngx_http_request_t *r,
 
 static ngx_int_t
 ngx_http_aai_cache_send(ngx_http_request_t *r, ngx_http_aai_cache_ctx_t *ctx,
-    ngx_http_aai_cache_entry_t *e)
+    ngx_aai_cache_entry_t *e)
 {
     ngx_int_t                        rc;
     ngx_buf_t                       *b;
@@ -1620,7 +1541,7 @@ ngx_http_aai_cache_send(ngx_http_request_t *r, ngx_http_aai_cache_ctx_t *ctx,
     }
 
     if (e->status == NGX_HTTP_OK
-        && !(e->flags & NGX_HTTP_AAI_CACHE_HEADER_ONLY))
+        && !(e->flags & NGX_AAI_CACHE_HEADER_ONLY))
     {
         r->allow_ranges = 1;
     }
@@ -1657,7 +1578,7 @@ ngx_http_aai_cache_send(ngx_http_request_t *r, ngx_http_aai_cache_ctx_t *ctx,
 
 static ngx_int_t
 ngx_http_aai_cache_restore(ngx_http_request_t *r,
-    ngx_http_aai_cache_entry_t *e)
+    ngx_aai_cache_entry_t *e)
 {
     u_char           *p;
     size_t            nlen, vlen;
@@ -1731,7 +1652,7 @@ ngx_http_aai_cache_restore(ngx_http_request_t *r,
     }
 
     r->headers_out.content_length_n =
-                   (e->flags & NGX_HTTP_AAI_CACHE_HEADER_ONLY)
+                   (e->flags & NGX_AAI_CACHE_HEADER_ONLY)
                    ? e->content_length : (off_t) e->body_len;
 
     /* Age (RFC 9111, 5.1) */
@@ -1833,6 +1754,7 @@ ngx_http_aai_cache_wait(ngx_http_request_t *r, ngx_http_aai_cache_ctx_t *ctx)
     uint32_t                        hash;
     ngx_uint_t                      i;
     ngx_msec_t                      timer;
+    ngx_queue_t                    *bucket;
     ngx_http_aai_cache_note_t      *n;
     ngx_http_aai_cache_loc_conf_t  *alcf;
 
@@ -1870,9 +1792,8 @@ ngx_http_aai_cache_wait(ngx_http_request_t *r, ngx_http_aai_cache_ctx_t *ctx)
     ctx->state = NGX_HTTP_AAI_CACHE_ST_WAIT;
     ctx->waiting = 1;
 
-    ngx_queue_insert_tail(
-                   &ngx_http_aai_cache_waiters[hash % NGX_HTTP_AAI_CACHE_BUCKETS],
-                   &ctx->queue);
+    bucket = &ngx_http_aai_cache_waiters[hash % NGX_HTTP_AAI_CACHE_BUCKETS];
+    ngx_queue_insert_tail(bucket, &ctx->queue);
 
     ctx->wait_ev.handler = ngx_http_aai_cache_wait_handler;
     ctx->wait_ev.data = ctx;
@@ -2166,7 +2087,7 @@ ngx_http_aai_cache_decide(ngx_http_request_t *r,
     ngx_str_t                        names;
     ngx_list_t                      *raw;
     ngx_table_elt_t                 *h;
-    ngx_http_aai_cache_cc_t          cc;
+    ngx_aai_cache_cc_t               cc;
     ngx_http_aai_cache_main_conf_t  *amcf;
 
     amcf = ngx_http_get_module_main_conf(r, ngx_http_aai_cache_module);
@@ -2183,13 +2104,15 @@ ngx_http_aai_cache_decide(ngx_http_request_t *r,
         return "status";
     }
 
-    if (ngx_http_aai_cache_find(&r->headers_out.headers, "Set-Cookie", 10,
+    if (ngx_aai_cache_find_header(&r->headers_out.headers, "Set-Cookie", 10,
                                 NULL))
     {
         return "set-cookie";
     }
 
-    switch (ngx_http_aai_cache_vary_names(r, &names)) {
+    switch (ngx_aai_cache_vary_names(r->pool, &r->headers_out.headers,
+                                     &names))
+    {
     case NGX_OK:
         break;
     case NGX_DECLINED:
@@ -2198,7 +2121,7 @@ ngx_http_aai_cache_decide(ngx_http_request_t *r,
         return "no-memory";
     }
 
-    ngx_memzero(&cc, sizeof(ngx_http_aai_cache_cc_t));
+    ngx_memzero(&cc, sizeof(ngx_aai_cache_cc_t));
     cc.s_maxage = -1;
     cc.max_age = -1;
     cc.swr = -1;
@@ -2206,11 +2129,11 @@ ngx_http_aai_cache_decide(ngx_http_request_t *r,
 
     h = NULL;
 
-    while ((h = ngx_http_aai_cache_find(&r->headers_out.headers,
+    while ((h = ngx_aai_cache_find_header(&r->headers_out.headers,
                                         "Cache-Control", 13, h))
            != NULL)
     {
-        ngx_http_aai_cache_parse_cc(&h->value, &cc);
+        ngx_aai_cache_cc_parse(&h->value, &cc);
     }
 
     if (cc.no_store) {
@@ -2235,7 +2158,7 @@ ngx_http_aai_cache_decide(ngx_http_request_t *r,
     raw = r->upstream ? &r->upstream->headers_in.headers
                       : &r->headers_out.headers;
 
-    h = ngx_http_aai_cache_find(raw, "X-Accel-Expires", 15, NULL);
+    h = ngx_aai_cache_find_header(raw, "X-Accel-Expires", 15, NULL);
 
     if (h && h->value.len) {
         if (h->value.data[0] == '@') {
@@ -2275,7 +2198,7 @@ ngx_http_aai_cache_decide(ngx_http_request_t *r,
         n = cc.s_maxage >= 0 ? cc.s_maxage : cc.max_age;
 
         if (n >= 0) {
-            h = ngx_http_aai_cache_find(&r->headers_out.headers, "Age", 3,
+            h = ngx_aai_cache_find_header(&r->headers_out.headers, "Age", 3,
                                         NULL);
             age = h ? ngx_atoi(h->value.data, h->value.len) : 0;
 
@@ -2289,7 +2212,7 @@ ngx_http_aai_cache_decide(ngx_http_request_t *r,
 
             fresh = now + (uint64_t) n * 1000;
 
-        } else if ((h = ngx_http_aai_cache_find(&r->headers_out.headers,
+        } else if ((h = ngx_aai_cache_find_header(&r->headers_out.headers,
                                                 "Expires", 7, NULL))
                    != NULL)
         {
@@ -2462,17 +2385,17 @@ ngx_http_aai_cache_begin(ngx_http_request_t *r, ngx_http_aai_cache_ctx_t *ctx,
         cap = ngx_min(alcf->max_size, NGX_HTTP_AAI_CACHE_CHUNK);
     }
 
-    ctx->size = NGX_HTTP_AAI_CACHE_HDR + hlen + cap + NGX_HTTP_AAI_CACHE_CRC;
+    ctx->size = NGX_AAI_CACHE_HDR + hlen + cap + NGX_AAI_CACHE_CRC;
 
     ctx->buf = ngx_alloc(ctx->size, r->connection->log);
     if (ctx->buf == NULL) {
         return NGX_ERROR;
     }
 
-    p = ngx_http_aai_cache_write_fixed(ctx->buf,
-                                       NGX_HTTP_AAI_CACHE_TYPE_ENTRY,
+    p = ngx_aai_cache_entry_write(ctx->buf,
+                                       NGX_AAI_CACHE_TYPE_ENTRY,
                                        ctx->header_only
-                                       ? NGX_HTTP_AAI_CACHE_HEADER_ONLY : 0,
+                                       ? NGX_AAI_CACHE_HEADER_ONLY : 0,
                                        ngx_http_aai_cache_now(),
                                        ctx->fresh_until, ctx->swr, ctx->sie,
                                        r->headers_out.status, headers.nelts,
@@ -2507,7 +2430,7 @@ ngx_http_aai_cache_stale_on_error(ngx_http_request_t *r,
     ngx_http_aai_cache_ctx_t *ctx, ngx_http_aai_cache_loc_conf_t *alcf)
 {
     ngx_uint_t                   mask;
-    ngx_http_aai_cache_entry_t  *e;
+    ngx_aai_cache_entry_t       *e;
 
     switch (r->headers_out.status) {
 
@@ -2659,7 +2582,7 @@ ngx_http_aai_cache_swap_body(ngx_http_request_t *r,
 {
     ngx_buf_t                       *b;
     ngx_chain_t                      out;
-    ngx_http_aai_cache_entry_t      *e;
+    ngx_aai_cache_entry_t           *e;
     ngx_http_aai_cache_main_conf_t  *amcf;
 
     ngx_http_aai_cache_consume(in);
@@ -2761,10 +2684,10 @@ ngx_http_aai_cache_append(ngx_http_request_t *r,
         return NGX_DECLINED;
     }
 
-    need = ctx->len + (size_t) size + NGX_HTTP_AAI_CACHE_CRC;
+    need = ctx->len + (size_t) size + NGX_AAI_CACHE_CRC;
 
     if (need > ctx->size) {
-        max = ctx->body_start + alcf->max_size + NGX_HTTP_AAI_CACHE_CRC;
+        max = ctx->body_start + alcf->max_size + NGX_AAI_CACHE_CRC;
 
         nsize = ctx->size * 2;
 
@@ -2868,8 +2791,8 @@ ngx_http_aai_cache_store(ngx_http_request_t *r, ngx_http_aai_cache_ctx_t *ctx)
 
     px = ctx->fresh_until - now + extra * 1000;
 
-    ngx_http_aai_cache_seal(ctx->buf, ctx->len, body);
-    ctx->len += NGX_HTTP_AAI_CACHE_CRC;
+    ngx_aai_cache_entry_seal(ctx->buf, ctx->len, body);
+    ctx->len += NGX_AAI_CACHE_CRC;
 
     argv[2].data = ctx->buf;
     argv[2].len = ctx->len;
@@ -2909,22 +2832,22 @@ ngx_http_aai_cache_store(ngx_http_request_t *r, ngx_http_aai_cache_ctx_t *ctx)
         ngx_str_null(&argv[9]);
 
         if (ctx->store_vary.len) {
-            argv[9].len = NGX_HTTP_AAI_CACHE_HDR + ctx->store_vary.len
-                          + NGX_HTTP_AAI_CACHE_CRC;
+            argv[9].len = NGX_AAI_CACHE_HDR + ctx->store_vary.len
+                          + NGX_AAI_CACHE_CRC;
             argv[9].data = ngx_pnalloc(r->pool, argv[9].len);
             if (argv[9].data == NULL) {
                 ngx_http_aai_cache_abandon(r, ctx, "no memory");
                 return;
             }
 
-            p = ngx_http_aai_cache_write_fixed(argv[9].data,
-                                               NGX_HTTP_AAI_CACHE_TYPE_VARY,
+            p = ngx_aai_cache_entry_write(argv[9].data,
+                                               NGX_AAI_CACHE_TYPE_VARY,
                                                0, now, ctx->fresh_until,
                                                0, 0, 0, 0,
                                                ctx->store_vary.len, -1,
                                                ctx->digest);
             p = ngx_cpymem(p, ctx->store_vary.data, ctx->store_vary.len);
-            ngx_http_aai_cache_seal(argv[9].data, p - argv[9].data, 0);
+            ngx_aai_cache_entry_seal(argv[9].data, p - argv[9].data, 0);
         }
 
         if (ctx->lock_held) {
@@ -3013,7 +2936,7 @@ ngx_http_aai_cache_release_handler(ngx_aai_redis_result_t *res, void *data)
 
 static ngx_int_t
 ngx_http_aai_cache_status_header(ngx_http_request_t *r,
-    ngx_http_aai_cache_ctx_t *ctx, ngx_http_aai_cache_entry_t *e)
+    ngx_http_aai_cache_ctx_t *ctx, ngx_aai_cache_entry_t *e)
 {
     u_char           *p;
     size_t            len;
@@ -3354,188 +3277,6 @@ ngx_http_aai_cache_key_variable(ngx_http_request_t *r,
 }
 
 
-/* entry format */
-
-
-#define ngx_http_aai_cache_get16(p)                                           \
-    (((uint32_t) (p)[0] << 8) | (p)[1])
-
-#define ngx_http_aai_cache_get32(p)                                           \
-    (((uint32_t) (p)[0] << 24) | ((uint32_t) (p)[1] << 16)                    \
-     | ((uint32_t) (p)[2] << 8) | (p)[3])
-
-#define ngx_http_aai_cache_get64(p)                                           \
-    (((uint64_t) ngx_http_aai_cache_get32(p) << 32)                           \
-     | ngx_http_aai_cache_get32((p) + 4))
-
-
-static u_char *
-ngx_http_aai_cache_put(u_char *p, uint64_t v, ngx_uint_t n)
-{
-    while (n--) {
-        *p++ = (u_char) (v >> (n * 8));
-    }
-
-    return p;
-}
-
-
-static ngx_int_t
-ngx_http_aai_cache_decode(u_char *p, size_t len, ngx_http_aai_cache_entry_t *e,
-    const char **err)
-{
-    u_char    *h, *end;
-    size_t     nlen, vlen;
-    uint64_t   hlen, blen;
-    uint32_t   crc;
-    ngx_uint_t i;
-
-    if (len < NGX_HTTP_AAI_CACHE_HDR + NGX_HTTP_AAI_CACHE_CRC) {
-        *err = "truncated";
-        return NGX_ERROR;
-    }
-
-    if (ngx_memcmp(p, NGX_HTTP_AAI_CACHE_MAGIC, 4) != 0) {
-        *err = "foreign";
-        return NGX_ERROR;
-    }
-
-    if (p[4] != NGX_HTTP_AAI_CACHE_VERSION) {
-        *err = "other version";
-        return NGX_ERROR;
-    }
-
-    e->type = p[5];
-    e->flags = ngx_http_aai_cache_get16(p + 6);
-    e->stored = ngx_http_aai_cache_get64(p + 8);
-    e->fresh_until = ngx_http_aai_cache_get64(p + 16);
-    e->swr = ngx_http_aai_cache_get32(p + 24);
-    e->sie = ngx_http_aai_cache_get32(p + 28);
-    e->status = ngx_http_aai_cache_get16(p + 32);
-    e->nheaders = ngx_http_aai_cache_get16(p + 34);
-    hlen = ngx_http_aai_cache_get32(p + 36);
-    blen = ngx_http_aai_cache_get64(p + 40);
-    e->content_length = (off_t) (int64_t) ngx_http_aai_cache_get64(p + 48);
-    e->check = p + 56;
-
-    if (hlen > len
-        || blen > len
-        || NGX_HTTP_AAI_CACHE_HDR + hlen + blen + NGX_HTTP_AAI_CACHE_CRC
-           != len)
-    {
-        *err = "truncated";
-        return NGX_ERROR;
-    }
-
-    crc = ngx_http_aai_cache_get32(p + len - NGX_HTTP_AAI_CACHE_CRC);
-
-    if (crc != ngx_http_aai_cache_crc32(p, len - NGX_HTTP_AAI_CACHE_CRC)) {
-        *err = "corrupted";
-        return NGX_ERROR;
-    }
-
-    e->headers = p + NGX_HTTP_AAI_CACHE_HDR;
-    e->headers_len = (size_t) hlen;
-    e->body = e->headers + hlen;
-    e->body_len = (size_t) blen;
-
-    if (e->type == NGX_HTTP_AAI_CACHE_TYPE_VARY) {
-        if (e->nheaders || blen || hlen == 0) {
-            *err = "bad vary record in";
-            return NGX_ERROR;
-        }
-
-        return NGX_OK;
-    }
-
-    if (e->type != NGX_HTTP_AAI_CACHE_TYPE_ENTRY
-        || e->status < 100 || e->status > 999)
-    {
-        *err = "malformed";
-        return NGX_ERROR;
-    }
-
-    h = e->headers;
-    end = e->headers + hlen;
-
-    for (i = 0; i < e->nheaders; i++) {
-
-        if (end - h < 2) {
-            goto malformed;
-        }
-
-        nlen = ngx_http_aai_cache_get16(h);
-        h += 2;
-
-        if ((size_t) (end - h) < nlen + 1 + 4 || nlen == 0 || h[nlen] != 0) {
-            goto malformed;
-        }
-
-        h += nlen + 1;
-
-        vlen = ngx_http_aai_cache_get32(h);
-        h += 4;
-
-        if ((size_t) (end - h) < vlen + 1 || h[vlen] != 0) {
-            goto malformed;
-        }
-
-        h += vlen + 1;
-    }
-
-    if (h != end) {
-        goto malformed;
-    }
-
-    return NGX_OK;
-
-malformed:
-
-    *err = "malformed";
-    return NGX_ERROR;
-}
-
-
-static u_char *
-ngx_http_aai_cache_write_fixed(u_char *p, ngx_uint_t type, ngx_uint_t flags,
-    uint64_t stored, uint64_t fresh_until, uint32_t swr, uint32_t sie,
-    ngx_uint_t status, ngx_uint_t nheaders, size_t hlen, off_t clen,
-    u_char *digest)
-{
-    p = ngx_cpymem(p, NGX_HTTP_AAI_CACHE_MAGIC, 4);
-    *p++ = NGX_HTTP_AAI_CACHE_VERSION;
-    *p++ = (u_char) type;
-    p = ngx_http_aai_cache_put(p, flags, 2);
-    p = ngx_http_aai_cache_put(p, stored, 8);
-    p = ngx_http_aai_cache_put(p, fresh_until, 8);
-    p = ngx_http_aai_cache_put(p, swr, 4);
-    p = ngx_http_aai_cache_put(p, sie, 4);
-    p = ngx_http_aai_cache_put(p, status, 2);
-    p = ngx_http_aai_cache_put(p, nheaders, 2);
-    p = ngx_http_aai_cache_put(p, hlen, 4);
-    p = ngx_http_aai_cache_put(p, 0, 8);
-    p = ngx_http_aai_cache_put(p, (uint64_t) (int64_t) clen, 8);
-    p = ngx_cpymem(p, digest, 8);
-
-    return p;
-}
-
-
-/* the body length, then the checksum after the len bytes of the entry */
-
-static void
-ngx_http_aai_cache_seal(u_char *buf, size_t len, size_t body)
-{
-    uint32_t  crc;
-
-    (void) ngx_http_aai_cache_put(buf + 40, body, 8);
-
-    crc = ngx_http_aai_cache_crc32(buf, len);
-
-    (void) ngx_http_aai_cache_put(buf + len, crc, 4);
-}
-
-
 /* the response headers as the client would get them, but hop-by-hop ones */
 
 static ngx_int_t
@@ -3640,335 +3381,6 @@ ngx_http_aai_cache_collect(ngx_http_request_t *r, ngx_array_t *headers)
 }
 
 
-static void
-ngx_http_aai_cache_parse_cc(ngx_str_t *v, ngx_http_aai_cache_cc_t *cc)
-{
-    u_char  *p, *last, *name, *val;
-    size_t   nlen, vlen;
-
-    p = v->data;
-    last = p + v->len;
-
-    while (p < last) {
-
-        while (p < last && (*p == ' ' || *p == '\t' || *p == ',')) {
-            p++;
-        }
-
-        if (p == last) {
-            break;
-        }
-
-        name = p;
-
-        while (p < last
-               && *p != '=' && *p != ',' && *p != ' ' && *p != '\t')
-        {
-            p++;
-        }
-
-        nlen = p - name;
-
-        while (p < last && (*p == ' ' || *p == '\t')) {
-            p++;
-        }
-
-        val = NULL;
-        vlen = 0;
-
-        if (p < last && *p == '=') {
-            p++;
-
-            while (p < last && (*p == ' ' || *p == '\t')) {
-                p++;
-            }
-
-            if (p < last && *p == '"') {
-                val = ++p;
-
-                while (p < last && *p != '"') {
-                    if (*p == '\\' && p + 1 < last) {
-                        p++;
-                    }
-
-                    p++;
-                }
-
-                vlen = p - val;
-
-                if (p < last) {
-                    p++;
-                }
-
-            } else {
-                val = p;
-
-                while (p < last && *p != ',' && *p != ' ' && *p != '\t') {
-                    p++;
-                }
-
-                vlen = p - val;
-            }
-        }
-
-        while (p < last && *p != ',') {
-            p++;
-        }
-
-        ngx_http_aai_cache_cc_directive(cc, name, nlen, val, vlen);
-    }
-}
-
-
-static void
-ngx_http_aai_cache_cc_directive(ngx_http_aai_cache_cc_t *cc, u_char *name,
-    size_t nlen, u_char *val, size_t vlen)
-{
-    ngx_int_t  n;
-
-#define ngx_http_aai_cache_is(s)                                              \
-    (nlen == sizeof(s) - 1 && ngx_strncasecmp(name, (u_char *) s, nlen) == 0)
-
-    if (ngx_http_aai_cache_is("no-store")) {
-        cc->no_store = 1;
-
-    } else if (ngx_http_aai_cache_is("no-cache")) {
-        cc->no_cache = 1;
-
-    } else if (ngx_http_aai_cache_is("private")) {
-        cc->private = 1;
-
-    } else if (ngx_http_aai_cache_is("public")) {
-        cc->public = 1;
-
-    } else if (ngx_http_aai_cache_is("must-revalidate")) {
-        cc->must_revalidate = 1;
-
-    } else if (ngx_http_aai_cache_is("s-maxage")) {
-        n = ngx_http_aai_cache_cc_number(val, vlen);
-
-        if (n == NGX_ERROR) {
-            cc->invalid = 1;
-
-        } else if (cc->s_maxage < 0) {
-            cc->s_maxage = n;
-        }
-
-    } else if (ngx_http_aai_cache_is("max-age")) {
-        n = ngx_http_aai_cache_cc_number(val, vlen);
-
-        if (n == NGX_ERROR) {
-            cc->invalid = 1;
-
-        } else if (cc->max_age < 0) {
-            cc->max_age = n;
-        }
-
-    } else if (ngx_http_aai_cache_is("stale-while-revalidate")) {
-        n = ngx_http_aai_cache_cc_number(val, vlen);
-
-        if (n != NGX_ERROR) {
-            cc->swr = n;
-        }
-
-    } else if (ngx_http_aai_cache_is("stale-if-error")) {
-        n = ngx_http_aai_cache_cc_number(val, vlen);
-
-        if (n != NGX_ERROR) {
-            cc->sie = n;
-        }
-    }
-
-#undef ngx_http_aai_cache_is
-}
-
-
-/* delta-seconds (RFC 9111, 1.2.2): too large a value is 2^31 */
-
-static ngx_int_t
-ngx_http_aai_cache_cc_number(u_char *val, size_t vlen)
-{
-    ngx_int_t  n;
-
-    if (val == NULL || vlen == 0) {
-        return NGX_ERROR;
-    }
-
-    n = 0;
-
-    while (vlen--) {
-        if (*val < '0' || *val > '9') {
-            return NGX_ERROR;
-        }
-
-        if (n < 0x80000000) {
-            n = n * 10 + (*val - '0');
-        }
-
-        val++;
-    }
-
-    return ngx_min(n, 0x80000000);
-}
-
-
-/*
- * The Vary header names of the response: lowercased, unique, sorted,
- * comma-separated.  NGX_DECLINED for "*" or too many names.
- */
-
-static ngx_int_t
-ngx_http_aai_cache_vary_names(ngx_http_request_t *r, ngx_str_t *out)
-{
-    u_char           *p, *s, *last;
-    size_t            len;
-    ngx_int_t         c;
-    ngx_uint_t        n, i, j;
-    ngx_str_t         names[NGX_HTTP_AAI_CACHE_MAX_VARY], t;
-    ngx_table_elt_t  *h;
-
-    ngx_str_null(out);
-
-    n = 0;
-    h = NULL;
-
-    while ((h = ngx_http_aai_cache_find(&r->headers_out.headers, "Vary", 4,
-                                        h))
-           != NULL)
-    {
-        p = h->value.data;
-        last = p + h->value.len;
-
-        while (p < last) {
-
-            while (p < last && (*p == ' ' || *p == '\t' || *p == ',')) {
-                p++;
-            }
-
-            s = p;
-
-            while (p < last && *p != ',' && *p != ' ' && *p != '\t') {
-                p++;
-            }
-
-            if (p == s) {
-                continue;
-            }
-
-            if (p - s == 1 && *s == '*') {
-                return NGX_DECLINED;
-            }
-
-            t.len = p - s;
-            t.data = ngx_pnalloc(r->pool, t.len);
-            if (t.data == NULL) {
-                return NGX_ERROR;
-            }
-
-            ngx_strlow(t.data, s, t.len);
-
-            /* insertion sort, without duplicates */
-
-            for (i = 0; i < n; i++) {
-                c = ngx_memn2cmp(t.data, names[i].data, t.len, names[i].len);
-
-                if (c <= 0) {
-                    break;
-                }
-            }
-
-            if (i < n && c == 0) {
-                continue;
-            }
-
-            if (n == NGX_HTTP_AAI_CACHE_MAX_VARY) {
-                return NGX_DECLINED;
-            }
-
-            for (j = n; j > i; j--) {
-                names[j] = names[j - 1];
-            }
-
-            names[i] = t;
-            n++;
-        }
-    }
-
-    if (n == 0) {
-        return NGX_OK;
-    }
-
-    len = n - 1;
-
-    for (i = 0; i < n; i++) {
-        len += names[i].len;
-    }
-
-    out->data = ngx_pnalloc(r->pool, len);
-    if (out->data == NULL) {
-        return NGX_ERROR;
-    }
-
-    p = out->data;
-
-    for (i = 0; i < n; i++) {
-        if (i) {
-            *p++ = ',';
-        }
-
-        p = ngx_cpymem(p, names[i].data, names[i].len);
-    }
-
-    out->len = len;
-
-    return NGX_OK;
-}
-
-
-/* the next header named so after "from" (NULL: the first one) */
-
-static ngx_table_elt_t *
-ngx_http_aai_cache_find(ngx_list_t *headers, const char *name, size_t len,
-    ngx_table_elt_t *from)
-{
-    ngx_uint_t        i, passed;
-    ngx_list_part_t  *part;
-    ngx_table_elt_t  *h;
-
-    passed = (from == NULL);
-
-    part = &headers->part;
-    h = part->elts;
-
-    for (i = 0; /* void */ ; i++) {
-
-        if (i >= part->nelts) {
-            if (part->next == NULL) {
-                break;
-            }
-
-            part = part->next;
-            h = part->elts;
-            i = 0;
-        }
-
-        if (!passed) {
-            passed = (&h[i] == from);
-            continue;
-        }
-
-        if (h[i].hash != 0
-            && h[i].key.len == len
-            && ngx_strncasecmp(h[i].key.data, (u_char *) name, len) == 0)
-        {
-            return &h[i];
-        }
-    }
-
-    return NULL;
-}
-
-
 /*
  * What this worker knows of the resources that vary, so that a lookup is
  * one round trip: a direct-mapped table, the cache key digest to names.
@@ -4049,6 +3461,28 @@ ngx_http_aai_cache_log_bad(ngx_log_t *log, const char *what, ngx_str_t *key)
 }
 
 
+/*
+ * SHA-256 with the algorithm fetched once per worker: SHA256() fetches it
+ * at each call in OpenSSL 3, under a lock, at a cost as large as the hash.
+ */
+
+static void
+ngx_http_aai_cache_sha256(u_char *data, size_t len, u_char *md)
+{
+    EVP_MD_CTX  *ctx;
+
+    ctx = ngx_http_aai_cache_md_ctx;
+
+    if (ctx == NULL
+        || EVP_DigestInit_ex(ctx, ngx_http_aai_cache_md, NULL) != 1
+        || EVP_DigestUpdate(ctx, data, len) != 1
+        || EVP_DigestFinal_ex(ctx, md, NULL) != 1)
+    {
+        (void) SHA256(data, len, md);
+    }
+}
+
+
 static uint64_t
 ngx_http_aai_cache_now(void)
 {
@@ -4059,76 +3493,6 @@ ngx_http_aai_cache_now(void)
     return (uint64_t) tp->sec * 1000 + tp->msec;
 }
 
-
-/*
- * Every hit checks its entry: eight bytes a step rather than nginx's one
- * (ngx_crc32_long), several times faster on a 1 KB entry.
- */
-
-static void
-ngx_http_aai_cache_crc32_init(void)
-{
-    uint32_t    c;
-    ngx_uint_t  i, j;
-
-    for (i = 0; i < 256; i++) {
-        c = (uint32_t) i;
-
-        for (j = 0; j < 8; j++) {
-            c = (c & 1) ? (c >> 1) ^ 0xedb88320 : c >> 1;
-        }
-
-        ngx_http_aai_cache_crc_table[0][i] = c;
-    }
-
-    for (i = 0; i < 256; i++) {
-        c = ngx_http_aai_cache_crc_table[0][i];
-
-        for (j = 1; j < 8; j++) {
-            c = ngx_http_aai_cache_crc_table[0][c & 0xff] ^ (c >> 8);
-            ngx_http_aai_cache_crc_table[j][i] = c;
-        }
-    }
-}
-
-
-static uint32_t
-ngx_http_aai_cache_crc32(u_char *p, size_t len)
-{
-    uint32_t    crc;
-    uint32_t  (*t)[256];
-#if (NGX_HAVE_LITTLE_ENDIAN)
-    uint32_t    one, two;
-#endif
-
-    t = ngx_http_aai_cache_crc_table;
-    crc = 0xffffffff;
-
-#if (NGX_HAVE_LITTLE_ENDIAN)
-
-    while (len >= 8) {
-        ngx_memcpy(&one, p, 4);
-        ngx_memcpy(&two, p + 4, 4);
-
-        one ^= crc;
-
-        crc = t[7][one & 0xff] ^ t[6][(one >> 8) & 0xff]
-              ^ t[5][(one >> 16) & 0xff] ^ t[4][one >> 24]
-              ^ t[3][two & 0xff] ^ t[2][(two >> 8) & 0xff]
-              ^ t[1][(two >> 16) & 0xff] ^ t[0][two >> 24];
-
-        p += 8;
-        len -= 8;
-    }
-
-#endif
-
-    while (len--) {
-        crc = t[0][(crc ^ *p++) & 0xff] ^ (crc >> 8);
-    }
-
-    return crc ^ 0xffffffff;
-}
 
 
 static void *
@@ -4757,7 +4121,7 @@ ngx_http_aai_cache_init(ngx_conf_t *cf)
         return NGX_ERROR;
     }
 
-    ngx_http_aai_cache_crc32_init();
+    ngx_aai_cache_crc32_init();
 
     if (!amcf->used) {
         return NGX_OK;
@@ -4805,6 +4169,16 @@ ngx_http_aai_cache_init_process(ngx_cycle_t *cycle)
 
     ngx_http_aai_cache_worker = amcf;
 
+#if (OPENSSL_VERSION_NUMBER >= 0x30000000L)
+    ngx_http_aai_cache_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+#else
+    ngx_http_aai_cache_md = (EVP_MD *) EVP_sha256();
+#endif
+
+    if (ngx_http_aai_cache_md) {
+        ngx_http_aai_cache_md_ctx = EVP_MD_CTX_new();
+    }
+
     for (i = 0; i < NGX_HTTP_AAI_CACHE_BUCKETS; i++) {
         ngx_queue_init(&ngx_http_aai_cache_waiters[i]);
     }
@@ -4836,4 +4210,17 @@ ngx_http_aai_cache_exit_process(ngx_cycle_t *cycle)
     }
 
     ngx_http_aai_cache_worker = NULL;
+
+    if (ngx_http_aai_cache_md_ctx) {
+        EVP_MD_CTX_free(ngx_http_aai_cache_md_ctx);
+        ngx_http_aai_cache_md_ctx = NULL;
+    }
+
+#if (OPENSSL_VERSION_NUMBER >= 0x30000000L)
+    if (ngx_http_aai_cache_md) {
+        EVP_MD_free(ngx_http_aai_cache_md);
+    }
+#endif
+
+    ngx_http_aai_cache_md = NULL;
 }

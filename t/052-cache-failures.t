@@ -1,0 +1,466 @@
+# ngx_http_aai_cache_module when what is in Redis is not right (corrupted,
+# truncated, another version, another program's value, another key's entry,
+# a value of another type) and when Redis fails (refused, hung, restarted).
+# A bad entry is a miss, logged, never served; Redis failing never fails a
+# request.
+#
+# Entries are built here from the documented format (the comment at the top
+# of ngx_http_aai_cache_module.c), which this file also checks.
+
+use Test::Nginx::Socket 'no_plan';
+use lib 't/lib';
+use AaiTest;
+use Compress::Zlib ();
+use Digest::SHA qw( sha256 sha256_hex );
+use Time::HiRes qw( sleep time );
+
+$ENV{TEST_NGINX_REDIS_PORT} ||= 6379;
+$ENV{TEST_NGINX_APP_PORT} = free_port();
+
+sub key_of {
+    my $k = shift;
+    return 'aai:c:' . sha256_hex($k);
+}
+
+# an entry as the module writes it
+sub entry {
+    my (%o) = @_;
+    my $now = int(time * 1000);
+    my $headers = '';
+    my @h = @{ $o{headers} || [] };
+    while (my ($n, $v) = splice(@h, 0, 2)) {
+        $headers .= pack('n', length $n) . "$n\0" . pack('N', length $v)
+                    . "$v\0";
+    }
+    my $body = $o{body} // '';
+    my $e = 'AAIC' . pack('C', $o{version} // 1) . ($o{type} // 'E')
+            . pack('n', $o{flags} // 0)
+            . pack('Q>', $now) . pack('Q>', $now + ($o{ttl} // 60) * 1000)
+            . pack('N', 0) . pack('N', 0)
+            . pack('n', $o{status} // 200)
+            . pack('n', scalar(@{ $o{headers} || [] }) / 2)
+            . pack('N', length $headers)
+            . pack('Q>', length $body)
+            . pack('q>', -1)
+            . substr(sha256($o{key}), 0, 8)
+            . $headers . $body;
+    return $e . pack('N', Compress::Zlib::crc32($e));
+}
+
+our $Key = 'httpGETlocalhost/c/x';
+our $Good = entry(key => $Key, status => 203,
+                  headers => ['Content-Type' => 'text/x-made',
+                              'X-Made' => 'by hand'],
+                  body => "made by hand\n");
+
+add_block_preprocessor(sub {
+    redis_flushdb();
+});
+
+our $HttpConfig = <<'_EOC_';
+    aai_cache_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+
+    server {
+        listen 127.0.0.1:$TEST_NGINX_APP_PORT;
+        location / {
+            add_header Cache-Control "max-age=60";
+            return 200 "from upstream $uri\n";
+        }
+    }
+_EOC_
+
+our $Config = <<'_EOC_';
+    location /c/ {
+        aai_cache on;
+        add_header X-Status $aai_cache_status always;
+        proxy_pass http://127.0.0.1:$TEST_NGINX_APP_PORT;
+    }
+_EOC_
+
+
+# --- Redis refused, hung, restarted ---------------------------------------
+
+sub timed_get {
+    my ($port, $path) = @_;
+    my $t0 = time;
+    my ($st, $h, $body) = http_get($port, $path);
+    return ($st // 0, $h->{'x-status'} // '', $h->{'cache-status'} // '',
+            $body // '', time - $t0);
+}
+
+my ($app_port, $app_stop) = start_nginx_instance('c052app', <<'_EOC_');
+    server {
+        listen 127.0.0.1:$TEST_NGINX_INSTANCE_PORT;
+        location / {
+            add_header Cache-Control "max-age=60";
+            return 200 "app $uri\n";
+        }
+    }
+_EOC_
+
+sub front {
+    my ($name, $redis) = @_;
+    return start_nginx_instance($name, <<_EOC_);
+    aai_cache_redis $redis;
+    server {
+        listen 127.0.0.1:\$TEST_NGINX_INSTANCE_PORT;
+        location / {
+            aai_cache on;
+            aai_cache_lock on;
+            add_header X-Status \$aai_cache_status;
+            proxy_pass http://127.0.0.1:$app_port;
+        }
+    }
+_EOC_
+}
+
+sub no_alert {
+    my ($prefix, $what) = @_;
+    my @bad = grep { /\[(?:alert|crit|emerg)\]|exited on signal/ }
+              file_lines("$prefix/logs/error.log");
+    is(scalar @bad, 0, "$what: no alert, no crash") or diag(@bad);
+}
+
+{
+    my $dead = free_port();
+    my ($port, $stop, $prefix) = front('c052r',
+                                       "127.0.0.1:$dead timeout=200ms");
+    my @r = map { [timed_get($port, "/r$_")] } 1 .. 10;
+    is(join(',', map { "$_->[0] $_->[1] $_->[3]" } @r),
+       join(',', map { "200 MISS app /r$_\n" } 1 .. 10),
+       'refused: every request answered by the upstream');
+    my $all = 0;
+    $all += $_->[4] for @r;
+    cmp_ok($all, '<', 1, "refused: 10 requests in $all s");
+    like($r[-1][2], qr/detail=redis-unavailable/,
+         'refused: Cache-Status says why');
+    no_alert($prefix, 'refused');
+    $stop->();
+}
+
+{
+    my $hung = hung_listener();
+    my ($port, $stop, $prefix) = front('c052h',
+        "127.0.0.1:$hung connect_timeout=300ms timeout=300ms");
+    my @first = timed_get($port, '/h0');
+    is("$first[0] $first[1] $first[3]", "200 MISS app /h0\n",
+       'hung: answered by the upstream');
+    cmp_ok($first[4], '<', 1.2, "hung: within the timeout ($first[4] s)");
+    my $t0 = time;
+    my @r = map { [timed_get($port, "/h$_")] } 1 .. 10;
+    my $all = time - $t0;
+    is(scalar(grep { $_->[0] == 200 } @r), 10, 'hung: all answered');
+    cmp_ok($all, '<', 1.5, "hung: the circuit breaker answers fast ($all s)");
+    no_alert($prefix, 'hung');
+    $stop->();
+}
+
+{
+    use IO::Socket::INET ();
+
+    # a client that goes away while its lookup is pending
+    my $hung = hung_listener();
+    my ($port, $stop, $prefix) = front('c052c', "127.0.0.1:$hung timeout=500ms");
+    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port,
+                                  Timeout => 2)
+        or die "connect: $!";
+    syswrite($s, "GET /gone HTTP/1.1\r\nHost: x\r\n\r\n");
+    sleep 0.1;
+    close $s;
+
+    my $closed;
+    my $deadline = time + 2;
+    while (time < $deadline) {
+        $closed = grep { /client prematurely closed connection/ }
+                  file_lines("$prefix/logs/error.log");
+        last if $closed;
+        sleep 0.02;
+    }
+    ok($closed, 'client gone: request finalized while redis is waited for');
+    sleep 0.6;    # the lookup times out: its handler must not run
+    my @r = timed_get($port, '/after');
+    is("$r[0] $r[3]", "200 app /after\n", 'client gone: nginx still serves');
+    no_alert($prefix, 'client gone');
+    $stop->();
+}
+
+{
+    my $rport = start_redis();
+    my ($port, $stop, $prefix) = front('c052s',
+        "127.0.0.1:$rport timeout=200ms backoff=200ms");
+    my @s;
+    push @s, (timed_get($port, '/s'))[1] for 1 .. 2;
+    is("@s", 'MISS HIT', 'restart: stored while redis is up');
+
+    stop_redis($rport);
+    my @down = map { [timed_get($port, '/s')] } 1 .. 3;
+    is(join(' ', map { "$_->[0] $_->[1]" } @down), '200 MISS 200 MISS 200 MISS',
+       'restart: redis down, answered by the upstream');
+
+    start_redis(port => $rport);
+    my $deadline = time + 5;
+    my @up;
+    while (time < $deadline) {
+        @up = timed_get($port, '/s');
+        last if $up[2] =~ /stored/;
+        sleep 0.1;
+    }
+    like($up[2], qr/^aai; fwd=miss; fwd-status=200; stored$/,
+         'restart: stores again once redis is back');
+    is((timed_get($port, '/s'))[1], 'HIT', 'restart: and hits');
+    no_alert($prefix, 'restart');
+    $stop->();
+}
+
+
+# --- lock waiters: woken by a message from anyone, or by polling ----------
+
+{
+    use IO::Socket::INET ();
+    use IO::Select ();
+
+    my ($port, $stop, $prefix) = front('c052w',
+                                       "127.0.0.1:$ENV{TEST_NGINX_REDIS_PORT}");
+    my $send = sub {
+        my $path = shift;
+        my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                      PeerPort => $port, Timeout => 3)
+            or die "connect: $!";
+        syswrite($s, "GET $path HTTP/1.0\r\nHost: localhost\r\n\r\n");
+        return $s;
+    };
+    my $recv = sub {
+        my $s = shift;
+        my $raw = '';
+        my $sel = IO::Select->new($s);
+        while ($sel->can_read(5)) {
+            last unless sysread($s, my $buf, 4096);
+            $raw .= $buf;
+        }
+        my ($x) = $raw =~ /\r\nX-Status: (\w+)/;
+        my ($cs) = $raw =~ /\r\nCache-Status: ([^\r]+)/;
+        my ($body) = $raw =~ /\r\n\r\n(.*)\z/s;
+        return ($x // '', $cs // '', $body // '');
+    };
+
+    for my $how (qw( message poll )) {
+        redis_flushdb();
+        my $key = key_of("httpGETlocalhost/w/$how");
+        redis_cmd('SET', "$key:l", 'someone-else', 'PX', 5000);
+
+        my $t0 = time;
+        my $s = $send->("/w/$how");
+        sleep 0.2;
+        redis_cmd('SET', $key, entry(key => "httpGETlocalhost/w/$how",
+                                     body => "stored by the holder\n"),
+                  'PX', 60000);
+        if ($how eq 'message') {
+            redis_cmd('PUBLISH', 'aai:cache:unlock', "1 $key:l");
+        } else {
+            redis_cmd('DEL', "$key:l");
+        }
+        my ($x, $cs, $body) = $recv->($s);
+        my $took = time - $t0;
+
+        is("$x $body", "HIT stored by the holder\n",
+           "lock waiter ($how): served what the holder stored");
+        if ($how eq 'message') {
+            like($cs, qr/^aai; hit; ttl=\d+; collapsed$/,
+                 'lock waiter (message): collapsed');
+            cmp_ok($took, '<', 0.45, "lock waiter (message): woken at once "
+                   . "($took s)");
+        } else {
+            cmp_ok($took, '<', 1.2, "lock waiter (poll): within a poll "
+                   . "($took s)");
+        }
+    }
+
+    redis_flushdb();
+    my $key = key_of('httpGETlocalhost/w/notstored');
+    redis_cmd('SET', "$key:l", 'someone-else', 'PX', 5000);
+    my $t0 = time;
+    my $s = $send->('/w/notstored');
+    sleep 0.2;
+    redis_cmd('PUBLISH', 'aai:cache:unlock', "0 $key:l");
+    my ($x, $cs, $body) = $recv->($s);
+    my $took = time - $t0;
+    is("$x $body", "MISS app /w/notstored\n",
+       'lock waiter (not stored): goes upstream');
+    cmp_ok($took, '<', 0.45, "lock waiter (not stored): at once ($took s)");
+
+    no_alert($prefix, 'lock waiters');
+    $stop->();
+}
+
+$app_stop->();
+
+no_shuffle();
+run_tests();
+
+__DATA__
+
+=== TEST 1: an entry written by hand from the documented format is served
+--- http_config eval: $::HttpConfig
+--- config eval: $::Config
+--- aai_before
+redis_cmd('SET', key_of($::Key), $::Good, 'PX', 60000);
+--- request
+GET /c/x
+--- error_code: 203
+--- response_body
+made by hand
+--- response_headers
+X-Status: HIT
+X-Made: by hand
+Content-Type: text/x-made
+Content-Length: 13
+--- no_error_log
+[warn]
+
+
+
+=== TEST 2: corrupted: a miss, logged, then replaced
+--- http_config eval: $::HttpConfig
+--- config eval: $::Config
+--- aai_before
+my $bad = $::Good;
+substr($bad, 80, 1) = 'Z';
+redis_cmd('SET', key_of($::Key), $bad, 'PX', 60000);
+--- request
+GET /c/x
+--- response_body
+from upstream /c/x
+--- response_headers
+X-Status: MISS
+Cache-Status: aai; fwd=miss; fwd-status=200; stored
+--- error_log eval
+qr/\[warn\] .*aai_cache: corrupted entry "aai:c:[0-9a-f]{64}" in redis, not served/
+--- aai_after
+like(redis_cmd('GET', key_of($::Key)), qr/^AAIC\x01E.*from upstream \/c\/x\n.{4}\z/s,
+     'the bad entry was replaced');
+
+
+
+=== TEST 3: another version of the format
+--- http_config eval: $::HttpConfig
+--- config eval: $::Config
+--- aai_before
+redis_cmd('SET', key_of($::Key), entry(key => $::Key, version => 2,
+          body => "v2\n"), 'PX', 60000);
+--- request
+GET /c/x
+--- response_body
+from upstream /c/x
+--- response_headers
+X-Status: MISS
+--- error_log
+aai_cache: other version entry
+
+
+
+=== TEST 4: truncated
+--- http_config eval: $::HttpConfig
+--- config eval: $::Config
+--- aai_before
+redis_cmd('SET', key_of($::Key), substr($::Good, 0, length($::Good) - 6),
+          'PX', 60000);
+--- request
+GET /c/x
+--- response_body
+from upstream /c/x
+--- error_log
+aai_cache: truncated entry
+
+
+
+=== TEST 5: another program's value under the key
+--- http_config eval: $::HttpConfig
+--- config eval: $::Config
+--- aai_before
+redis_cmd('SET', key_of($::Key), 'x' x 100, 'PX', 60000);
+--- request
+GET /c/x
+--- response_body
+from upstream /c/x
+--- error_log
+aai_cache: foreign entry
+
+
+
+=== TEST 6: the entry of another key (copied, or a collision): not served
+--- http_config eval: $::HttpConfig
+--- config eval: $::Config
+--- aai_before
+redis_cmd('SET', key_of($::Key), entry(key => 'httpGETlocalhost/c/other',
+          body => "other\n"), 'PX', 60000);
+--- request
+GET /c/x
+--- response_body
+from upstream /c/x
+--- error_log
+aai_cache: foreign entry
+
+
+
+=== TEST 7: a valid checksum over malformed headers
+--- http_config eval: $::HttpConfig
+--- config eval: $::Config
+--- aai_before
+my $e = entry(key => $::Key, headers => ['A' => 'b'], body => "x\n");
+substr($e, 65, 1) = "\xff";
+substr($e, -4) = pack('N', Compress::Zlib::crc32(substr($e, 0, -4)));
+redis_cmd('SET', key_of($::Key), $e, 'PX', 60000);
+--- request
+GET /c/x
+--- response_body
+from upstream /c/x
+--- error_log
+aai_cache: malformed entry
+
+
+
+=== TEST 8: a value of another type: Redis answers an error, a miss
+--- http_config eval: $::HttpConfig
+--- config eval: $::Config
+--- aai_before
+redis_cmd('RPUSH', key_of($::Key), 'a');
+--- request
+GET /c/x
+--- response_body
+from upstream /c/x
+--- response_headers
+X-Status: MISS
+Cache-Status: aai; fwd=miss; fwd-status=200; stored; detail=redis-error
+--- no_error_log
+[alert]
+
+
+
+=== TEST 9: a header-only entry (the response to a HEAD) is not a GET hit
+--- http_config eval: $::HttpConfig
+--- config eval: $::Config
+--- aai_before
+redis_cmd('SET', key_of($::Key), entry(key => $::Key, flags => 1,
+          headers => ['X-Head' => '1']), 'PX', 60000);
+--- request
+GET /c/x
+--- response_body
+from upstream /c/x
+--- response_headers
+X-Status: MISS
+!X-Head
+
+
+
+=== TEST 10: an expired entry left in Redis (clock skew) is not a hit
+--- http_config eval: $::HttpConfig
+--- config eval: $::Config
+--- aai_before
+redis_cmd('SET', key_of($::Key), entry(key => $::Key, ttl => -5,
+          body => "old\n"), 'PX', 60000);
+--- request
+GET /c/x
+--- response_body
+from upstream /c/x
+--- response_headers
+X-Status: EXPIRED
