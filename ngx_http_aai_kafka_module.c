@@ -1009,6 +1009,12 @@ ngx_http_aai_kafka_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *msg,
 
     w->failures.count++;
     w->failures.reason = rd_kafka_err2str(msg->err);
+
+    /* at exit, one line sums up what was given up */
+
+    if (!ngx_exiting && !ngx_quit && !ngx_terminate) {
+        ngx_http_aai_kafka_report(&w->failures, "not delivered", 0);
+    }
 }
 
 
