@@ -101,7 +101,20 @@ _EOC_
         count_lines("$app_prefix/logs/access.log", shift);
     };
 
+    # an entry is stored after its response has gone: wait for it in Redis
+    # before asking the other instance
+    my $key = sub { 'aai:c:' . Digest::SHA::sha256_hex('httpGETlocalhost'
+                                                       . shift) };
+    my $wait_key = sub {
+        my ($uri, $want) = @_;
+        for (1 .. 150) {
+            return if (redis_cmd('EXISTS', $key->($uri)) ? 1 : 0) == $want;
+            select undef, undef, undef, 0.02;
+        }
+    };
+
     my ($st1, $h1, $b1) = http_get($a_port, '/s?ttl=60');
+    $wait_key->('/s?ttl=60', 1);
     my ($st2, $h2, $b2) = http_get($b_port, '/s?ttl=60');
     is("$st1 $h1->{'x-status'} $b1", "200 MISS shared /s\n",
        'shared: instance a misses');
@@ -114,12 +127,14 @@ _EOC_
 
     my @s;
     push @s, (http_get($a_port, '/e?ttl=1'))[1]->{'x-status'};
+    $wait_key->('/e?ttl=1', 1);
     push @s, (http_get($b_port, '/e?ttl=1'))[1]->{'x-status'};
     my $pttl = redis_cmd('PTTL', 'aai:c:' . Digest::SHA::sha256_hex(
                                           'httpGETlocalhost/e?ttl=1'));
     ok($pttl > 0 && $pttl <= 1000, "expiry: PX is the freshness ($pttl)");
-    sleep 1.1;
+    $wait_key->('/e?ttl=1', 0);
     push @s, (http_get($b_port, '/e?ttl=1'))[1]->{'x-status'};
+    $wait_key->('/e?ttl=1', 1);
     push @s, (http_get($a_port, '/e?ttl=1'))[1]->{'x-status'};
     is("@s", 'MISS HIT MISS HIT', 'expiry: a miss once the ttl has passed');
     is($count->(qr{GET /e\?ttl=1 }), 2, 'expiry: the upstream saw two');
