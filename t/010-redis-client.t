@@ -298,8 +298,9 @@ SKIP: {
     if ($pid == 0) {
         open STDOUT, '>', '/dev/null';
         open STDERR, '>', '/dev/null';
-        exec 'redis-server', '--port', '0', '--unixsocket', $sock,
-             '--unixsocketperm', '777', '--save', '', '--dir', $dir;
+        { no warnings 'exec';
+          exec 'redis-server', '--port', '0', '--unixsocket', $sock,
+               '--unixsocketperm', '777', '--save', '', '--dir', $dir; }
         POSIX::_exit(127);
     }
     if (!wait_for(5, sub { -S $sock })) {
@@ -372,7 +373,7 @@ is(redis_cmd('GET', 'aai:t1'), 'hello world', 'the value is in Redis');
 --- request
 GET /redis?cmd=INCR&a=aai:pipe&n=300
 --- response_body eval
-join '', map { ":$_\n" } 1 .. 300
+CORE::join '', map { ":$_\n" } 1 .. 300
 --- no_error_log
 [error]
 --- aai_after
