@@ -1383,9 +1383,14 @@ ngx_aai_redis_read_handler(ngx_event_t *rev)
         ngx_aai_redis_post_write(conn);
     }
 
+    /*
+     * c->recv(): with EPOLLRDHUP a short read tells that the socket is
+     * drained, which saves the recv() that would return EAGAIN
+     */
+
     for ( ;; ) {
 
-        n = recv(c->fd, rs->rbuf, NGX_AAI_REDIS_RBUF_SIZE, 0);
+        n = c->recv(c, rs->rbuf, NGX_AAI_REDIS_RBUF_SIZE);
 
         ngx_log_debug2(NGX_LOG_DEBUG_EVENT, rs->log, 0,
                        "aai redis %V: recv: %z", conn->name, n);
@@ -1403,22 +1408,18 @@ ngx_aai_redis_read_handler(ngx_event_t *rev)
                 return;
             }
 
-            continue;
+            if (rev->ready) {
+                continue;
+            }
+
+            n = NGX_AGAIN;
         }
 
         if (n == 0) {
             break;
         }
 
-        err = ngx_socket_errno;
-
-        if (err == NGX_EINTR) {
-            continue;
-        }
-
-        if (err == NGX_EAGAIN) {
-            rev->ready = 0;
-
+        if (n == NGX_AGAIN) {
             if (ngx_handle_read_event(rev, 0) != NGX_OK) {
                 ngx_aai_redis_fail(conn, 0, "connection lost",
                                    "cannot arm the read event");
@@ -1426,6 +1427,8 @@ ngx_aai_redis_read_handler(ngx_event_t *rev)
 
             return;
         }
+
+        err = ngx_socket_errno;
 
         ngx_aai_redis_fail(conn, err, "connection lost", "recv() failed");
         return;
