@@ -55,6 +55,7 @@ typedef struct {
     ngx_str_t                         name;
     ngx_array_t                      *fields;     /* field_t */
     size_t                            size;       /* of the keys in JSON */
+    cJSON                            *tree;       /* per worker, see json() */
 } ngx_http_aai_kafka_format_t;
 
 
@@ -120,6 +121,9 @@ typedef struct {
     ngx_uint_t                        outstanding;
     ngx_msec_t                        restarted;
 
+    u_char                           *buf;        /* the event's text */
+    size_t                            buf_size;
+
     ngx_http_aai_kafka_limit_t        drops;
     ngx_http_aai_kafka_limit_t        failures;
     ngx_http_aai_kafka_limit_t        logs;
@@ -151,12 +155,18 @@ static rd_kafka_resp_err_t ngx_http_aai_kafka_producev(
     ngx_str_t *key);
 static ngx_int_t ngx_http_aai_kafka_json(ngx_http_request_t *r,
     ngx_http_aai_kafka_format_t *fmt, ngx_str_t *out);
-static cJSON *ngx_http_aai_kafka_field(ngx_http_request_t *r,
-    ngx_http_aai_kafka_field_t *f, size_t *size);
-static cJSON *ngx_http_aai_kafka_string(ngx_pool_t *pool, ngx_str_t *v,
-    size_t *size);
-static cJSON *ngx_http_aai_kafka_number(ngx_str_t *v, size_t *size);
-static cJSON *ngx_http_aai_kafka_bool(ngx_str_t *v, size_t *size);
+static u_char *ngx_http_aai_kafka_buffer(size_t size);
+static cJSON *ngx_http_aai_kafka_tree(ngx_http_aai_kafka_format_t *fmt);
+static void ngx_http_aai_kafka_tree_reset(cJSON *tree);
+static void ngx_http_aai_kafka_trees_free(
+    ngx_http_aai_kafka_main_conf_t *kmcf);
+static ngx_int_t ngx_http_aai_kafka_field(ngx_http_request_t *r,
+    ngx_http_aai_kafka_field_t *f, cJSON *item, size_t *size);
+static ngx_int_t ngx_http_aai_kafka_string(ngx_pool_t *pool, ngx_str_t *v,
+    cJSON *item, size_t *size);
+static ngx_int_t ngx_http_aai_kafka_number(ngx_pool_t *pool, ngx_str_t *v,
+    cJSON *item, size_t *size);
+static void ngx_http_aai_kafka_bool(ngx_str_t *v, cJSON *item, size_t *size);
 static size_t ngx_http_aai_kafka_utf8_seq(u_char *p, u_char *end,
     size_t *skip);
 static size_t ngx_http_aai_kafka_utf8_len(u_char *p, size_t n,
@@ -237,12 +247,15 @@ static ngx_http_aai_kafka_worker_t  ngx_http_aai_kafka_worker;
 /*
  * The seed deployment's producer settings; aai_kafka_property overrides any.
  * queue.buffering.max.* and message.timeout.ms bound what a worker keeps
- * while the brokers are away.
+ * while the brokers are away.  gzip at level 1: events compress nearly as
+ * well as at zlib's default (6) for half the CPU of the producer's thread,
+ * which shares the machine with the worker.
  */
 
 static ngx_http_aai_kafka_property_t  ngx_http_aai_kafka_defaults[] = {
     { "client.id", "aai-nginx" },
     { "compression.type", "gzip" },
+    { "compression.level", "1" },
     { "batch.size", "16384" },
     { "linger.ms", "10" },
     { "enable.idempotence", "true" },
@@ -474,34 +487,36 @@ ngx_http_aai_kafka_producev(ngx_http_aai_kafka_worker_t *w, ngx_uint_t topic,
 }
 
 
+/*
+ * The event of a format, printed by cJSON from a tree of the format's
+ * fields that each worker builds once: per event the items only point to
+ * the values, in the request pool, and are reset to null once printed.
+ * The text goes to a buffer of the worker, which librdkafka copies.
+ */
+
 static ngx_int_t
 ngx_http_aai_kafka_json(ngx_http_request_t *r,
     ngx_http_aai_kafka_format_t *fmt, ngx_str_t *out)
 {
     int                          len;
-    cJSON                       *root, *item;
+    cJSON                       *tree, *item;
     size_t                       size;
     u_char                      *buf;
     ngx_uint_t                   i;
     ngx_http_aai_kafka_field_t  *f;
 
-    root = cJSON_CreateObject();
-    if (root == NULL) {
+    tree = fmt->tree ? fmt->tree : ngx_http_aai_kafka_tree(fmt);
+    if (tree == NULL) {
         return NGX_ERROR;
     }
 
     size = fmt->size + sizeof("{}");
 
     f = fmt->fields->elts;
+    item = tree->child;
 
-    for (i = 0; i < fmt->fields->nelts; i++) {
-        item = ngx_http_aai_kafka_field(r, &f[i], &size);
-        if (item == NULL) {
-            goto failed;
-        }
-
-        if (!cJSON_AddItemToObjectCS(root, f[i].name, item)) {
-            cJSON_Delete(item);
+    for (i = 0; i < fmt->fields->nelts; i++, item = item->next) {
+        if (ngx_http_aai_kafka_field(r, &f[i], item, &size) != NGX_OK) {
             goto failed;
         }
     }
@@ -516,16 +531,16 @@ ngx_http_aai_kafka_json(ngx_http_request_t *r,
 
     len = (int) size;
 
-    buf = ngx_pnalloc(r->pool, size);
+    buf = ngx_http_aai_kafka_buffer(size);
     if (buf == NULL) {
         goto failed;
     }
 
-    if (!cJSON_PrintPreallocated(root, (char *) buf, len, 0)) {
+    if (!cJSON_PrintPreallocated(tree, (char *) buf, len, 0)) {
         goto failed;
     }
 
-    cJSON_Delete(root);
+    ngx_http_aai_kafka_tree_reset(tree);
 
     out->data = buf;
     out->len = ngx_strlen(buf);
@@ -534,15 +549,117 @@ ngx_http_aai_kafka_json(ngx_http_request_t *r,
 
 failed:
 
-    cJSON_Delete(root);
+    ngx_http_aai_kafka_tree_reset(tree);
 
     return NGX_ERROR;
 }
 
 
+static u_char *
+ngx_http_aai_kafka_buffer(size_t size)
+{
+    u_char                       *buf;
+    ngx_http_aai_kafka_worker_t  *w;
+
+    w = &ngx_http_aai_kafka_worker;
+
+    if (w->buf_size >= size) {
+        return w->buf;
+    }
+
+    size = ngx_max(size, 1024);
+
+    buf = ngx_alloc(size, ngx_cycle->log);
+    if (buf == NULL) {
+        return NULL;
+    }
+
+    if (w->buf) {
+        ngx_free(w->buf);
+    }
+
+    w->buf = buf;
+    w->buf_size = size;
+
+    return buf;
+}
+
+
 static cJSON *
+ngx_http_aai_kafka_tree(ngx_http_aai_kafka_format_t *fmt)
+{
+    cJSON                       *tree, *item;
+    ngx_uint_t                   i;
+    ngx_http_aai_kafka_field_t  *f;
+
+    tree = cJSON_CreateObject();
+    if (tree == NULL) {
+        return NULL;
+    }
+
+    f = fmt->fields->elts;
+
+    for (i = 0; i < fmt->fields->nelts; i++) {
+        item = cJSON_CreateNull();
+        if (item == NULL) {
+            cJSON_Delete(tree);
+            return NULL;
+        }
+
+        /* the name is the format's, in the cycle's pool */
+
+        if (!cJSON_AddItemToObjectCS(tree, f[i].name, item)) {
+            cJSON_Delete(item);
+            cJSON_Delete(tree);
+            return NULL;
+        }
+    }
+
+    fmt->tree = tree;
+
+    return tree;
+}
+
+
+/* every item null again: nothing points into a request pool */
+
+static void
+ngx_http_aai_kafka_tree_reset(cJSON *tree)
+{
+    cJSON  *item;
+
+    for (item = tree->child; item; item = item->next) {
+        item->type = cJSON_NULL | (item->type & cJSON_StringIsConst);
+        item->valuestring = NULL;
+    }
+}
+
+
+static void
+ngx_http_aai_kafka_trees_free(ngx_http_aai_kafka_main_conf_t *kmcf)
+{
+    ngx_uint_t                    i;
+    ngx_http_aai_kafka_format_t  *fmt;
+
+    if (kmcf->default_format && kmcf->default_format->tree) {
+        cJSON_Delete(kmcf->default_format->tree);
+        kmcf->default_format->tree = NULL;
+    }
+
+    fmt = kmcf->formats ? kmcf->formats->elts : NULL;
+
+    for (i = 0; fmt && i < kmcf->formats->nelts; i++) {
+        if (fmt[i].tree) {
+            cJSON_Delete(fmt[i].tree);
+            fmt[i].tree = NULL;
+        }
+    }
+}
+
+
+static ngx_int_t
 ngx_http_aai_kafka_field(ngx_http_request_t *r, ngx_http_aai_kafka_field_t *f,
-    size_t *size)
+    cJSON *item, size_t *size)
 {
     ngx_str_t                   v;
     ngx_http_variable_value_t  *vv;
@@ -567,24 +684,34 @@ ngx_http_aai_kafka_field(ngx_http_request_t *r, ngx_http_aai_kafka_field_t *f,
         switch (f->type) {
 
         case NGX_HTTP_AAI_KAFKA_NUMBER:
-            return ngx_http_aai_kafka_number(&v, size);
+            return ngx_http_aai_kafka_number(r->pool, &v, item, size);
 
         case NGX_HTTP_AAI_KAFKA_BOOL:
-            return ngx_http_aai_kafka_bool(&v, size);
+            ngx_http_aai_kafka_bool(&v, item, size);
+            return NGX_OK;
 
         default: /* NGX_HTTP_AAI_KAFKA_STRING */
-            return ngx_http_aai_kafka_string(r->pool, &v, size);
+            return ngx_http_aai_kafka_string(r->pool, &v, item, size);
         }
     }
 
     *size += sizeof("null") - 1;
 
-    return cJSON_CreateNull();
+    return NGX_OK;
 }
 
 
-static cJSON *
-ngx_http_aai_kafka_string(ngx_pool_t *pool, ngx_str_t *v, size_t *size)
+/* a value the item prints, not its own: cJSON_Delete() leaves it alone */
+
+#define ngx_http_aai_kafka_set(item, t, s)                                    \
+    (item)->type = (t) | cJSON_IsReference                                    \
+                   | ((item)->type & cJSON_StringIsConst);                    \
+    (item)->valuestring = (char *) (s)
+
+
+static ngx_int_t
+ngx_http_aai_kafka_string(ngx_pool_t *pool, ngx_str_t *v, cJSON *item,
+    size_t *size)
 {
     u_char      *s, *last;
     size_t       n;
@@ -600,7 +727,7 @@ ngx_http_aai_kafka_string(ngx_pool_t *pool, ngx_str_t *v, size_t *size)
 
     s = ngx_pnalloc(pool, n + 1);
     if (s == NULL) {
-        return NULL;
+        return NGX_ERROR;
     }
 
     if (valid) {
@@ -615,85 +742,98 @@ ngx_http_aai_kafka_string(ngx_pool_t *pool, ngx_str_t *v, size_t *size)
     /* every byte may become "\u00XX" */
     *size += 6 * n + sizeof("\"\"") - 1;
 
-    return cJSON_CreateStringReference((char *) s);
+    ngx_http_aai_kafka_set(item, cJSON_String, s);
+
+    return NGX_OK;
 }
 
 
-static cJSON *
-ngx_http_aai_kafka_number(ngx_str_t *v, size_t *size)
+static ngx_int_t
+ngx_http_aai_kafka_number(ngx_pool_t *pool, ngx_str_t *v, cJSON *item,
+    size_t *size)
 {
-    char  buf[NGX_INT64_LEN + 32];
+    u_char  *s;
 
-    if (v->len >= sizeof(buf)
+    if (v->len >= NGX_INT64_LEN + 32
         || !ngx_http_aai_kafka_is_number(v->data, v->len))
     {
         *size += sizeof("null") - 1;
-        return cJSON_CreateNull();
+        return NGX_OK;
     }
 
-    ngx_memcpy(buf, v->data, v->len);
-    buf[v->len] = '\0';
+    s = ngx_pnalloc(pool, v->len + 1);
+    if (s == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(s, v->data, v->len);
+    s[v->len] = '\0';
 
     *size += v->len;
 
-    return cJSON_CreateRaw(buf);
+    ngx_http_aai_kafka_set(item, cJSON_Raw, s);
+
+    return NGX_OK;
 }
 
 
-static cJSON *
-ngx_http_aai_kafka_bool(ngx_str_t *v, size_t *size)
+static void
+ngx_http_aai_kafka_bool(ngx_str_t *v, cJSON *item, size_t *size)
 {
-    ngx_uint_t  b;
+    int  type;
 
     *size += sizeof("false") - 1;
+
+    type = cJSON_NULL;
 
     switch (v->len) {
 
     case 1:
         if (v->data[0] == '1') {
-            return cJSON_CreateTrue();
-        }
+            type = cJSON_True;
 
-        if (v->data[0] == '0') {
-            return cJSON_CreateFalse();
+        } else if (v->data[0] == '0') {
+            type = cJSON_False;
         }
 
         break;
 
     case 2:
-        b = ngx_strncasecmp(v->data, (u_char *) "on", 2) == 0;
+        if (ngx_strncasecmp(v->data, (u_char *) "on", 2) == 0) {
+            type = cJSON_True;
 
-        if (b || ngx_strncasecmp(v->data, (u_char *) "no", 2) == 0) {
-            return cJSON_CreateBool(b);
+        } else if (ngx_strncasecmp(v->data, (u_char *) "no", 2) == 0) {
+            type = cJSON_False;
         }
 
         break;
 
     case 3:
-        b = ngx_strncasecmp(v->data, (u_char *) "yes", 3) == 0;
+        if (ngx_strncasecmp(v->data, (u_char *) "yes", 3) == 0) {
+            type = cJSON_True;
 
-        if (b || ngx_strncasecmp(v->data, (u_char *) "off", 3) == 0) {
-            return cJSON_CreateBool(b);
+        } else if (ngx_strncasecmp(v->data, (u_char *) "off", 3) == 0) {
+            type = cJSON_False;
         }
 
         break;
 
     case 4:
         if (ngx_strncasecmp(v->data, (u_char *) "true", 4) == 0) {
-            return cJSON_CreateTrue();
+            type = cJSON_True;
         }
 
         break;
 
     case 5:
         if (ngx_strncasecmp(v->data, (u_char *) "false", 5) == 0) {
-            return cJSON_CreateFalse();
+            type = cJSON_False;
         }
 
         break;
     }
 
-    return cJSON_CreateNull();
+    item->type = type | (item->type & cJSON_StringIsConst);
 }
 
 
@@ -1555,6 +1695,13 @@ ngx_http_aai_kafka_exit_process(ngx_cycle_t *cycle)
 
     ngx_http_aai_kafka_producer_stop(timeout);
     ngx_http_aai_kafka_notify_close();
+    ngx_http_aai_kafka_trees_free(w->kmcf);
+
+    if (w->buf) {
+        ngx_free(w->buf);
+        w->buf = NULL;
+        w->buf_size = 0;
+    }
 
     w->kmcf = NULL;
 }
@@ -1934,6 +2081,7 @@ ngx_http_aai_kafka_format(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     fmt->name = value[1];
     fmt->size = 0;
+    fmt->tree = NULL;
 
     fmt->fields = ngx_array_create(cf->pool, cf->args->nelts - 2,
                                    sizeof(ngx_http_aai_kafka_field_t));
