@@ -7,6 +7,8 @@
  *
  * All the zones of a request are checked by one atomic Lua script call
  * (EVALSHA): a request rejected by one zone spends no quota in the others.
+ * The requests of one event loop iteration share that call: a worker
+ * sends one EVALSHA per iteration, however many requests it checks.
  * Keys known to be over their limit are rejected from a shared memory
  * blocklist without asking Redis; when Redis fails, a per-location fallback
  * decides (allow, deny, or a per-instance limit in the same shared memory).
@@ -67,6 +69,17 @@
 #define NGX_HTTP_AAI_RL_MAX_WINDOW         (366 * 86400)
 #define NGX_HTTP_AAI_RL_ZONE_ARGS          5
 
+/*
+ * A batch (one EVALSHA) checks at most this many zones, of all its
+ * requests together; so does a location.  Its layout describes each in
+ * single bytes.
+ */
+#define NGX_HTTP_AAI_RL_BATCH              255
+#define NGX_HTTP_AAI_RL_KEYS_HASH          512
+
+/* sliding window keys drop expired entries in every 8th batch */
+#define NGX_HTTP_AAI_RL_TRIM               8
+
 
 typedef struct {
     u_char                             color;
@@ -99,7 +112,11 @@ typedef struct {
     ngx_uint_t                         delay;     /* excess not delayed */
     ngx_uint_t                         local_burst;
     ngx_uint_t                         local_delay;
+    ngx_msec_t                         window_ms; /* window, rounded up */
+    ngx_uint_t                         fast;      /* sliding, no burst */
     ngx_str_t                          args[NGX_HTTP_AAI_RL_ZONE_ARGS];
+    ngx_uint_t                         stamp;     /* per worker: batch */
+    ngx_uint_t                         def;       /* its index there */
     ngx_int_t                          metrics[NGX_HTTP_AAI_RL_M_NUMBER];
     ngx_str_t                          file;      /* where it was named */
     ngx_uint_t                         line;
@@ -143,28 +160,62 @@ typedef struct {
 } ngx_http_aai_ratelimit_result_t;
 
 
+typedef struct ngx_http_aai_ratelimit_batch_s
+    ngx_http_aai_ratelimit_batch_t;
+
+
 typedef struct {
     ngx_http_request_t                *request;
     ngx_http_aai_ratelimit_loc_conf_t *lcf;
-    ngx_aai_redis_cmd_t               *cmd;
+    ngx_http_aai_ratelimit_batch_t    *batch;     /* waiting in it */
+    ngx_uint_t                         slot;
     ngx_uint_t                         nzones;
     ngx_http_aai_ratelimit_zone_t    **zones;
     ngx_str_t                         *keys;      /* Redis keys */
     ngx_http_aai_ratelimit_result_t   *results;
-    ngx_str_t                         *argv;
-    ngx_uint_t                         argc;
     ngx_int_t                          top;       /* zone of the headers */
     ngx_int_t                          rc;
     ngx_msec_t                         delay;
     ngx_uint_t                         status;
     unsigned                           state:2;
     unsigned                           resume:1;
-    unsigned                           eval:1;
     unsigned                           rejected:1;
     unsigned                           headers:1;
     unsigned                           headers_sent:1;
     ngx_aai_jwt_ctx_t                  jwt;
 } ngx_http_aai_ratelimit_ctx_t;
+
+
+/* a request of a batch, as the script sees it */
+typedef struct {
+    ngx_http_aai_ratelimit_ctx_t      *ctx;       /* NULL: request gone */
+    u_char                             nzones;
+    u_char                             fast;      /* the short reply */
+    u_char                             sent;
+} ngx_http_aai_ratelimit_slot_t;
+
+
+/* the requests of one event loop iteration, checked by one EVALSHA */
+struct ngx_http_aai_ratelimit_batch_s {
+    ngx_http_aai_ratelimit_main_conf_t *mcf;
+    ngx_event_t                        event;     /* posted: send it */
+    ngx_queue_t                        queue;     /* in flight, or free */
+    ngx_aai_redis_cmd_t               *cmd;
+    ngx_uint_t                         nslots;
+    ngx_uint_t                         nzones;    /* of all its requests */
+    unsigned                           eval:1;
+    ngx_http_aai_ratelimit_slot_t      slots[NGX_HTTP_AAI_RL_BATCH];
+};
+
+
+/* a distinct key of a batch */
+typedef struct {
+    ngx_str_t                         *key;
+    uint32_t                           hash;
+    uint32_t                           uses;
+    ngx_uint_t                         index;
+    ngx_uint_t                         stamp;     /* valid in this batch */
+} ngx_http_aai_ratelimit_bkey_t;
 
 
 static ngx_int_t ngx_http_aai_ratelimit_handler(ngx_http_request_t *r);
@@ -175,15 +226,33 @@ static ngx_http_aai_ratelimit_ctx_t *ngx_http_aai_ratelimit_create_ctx(
 static void ngx_http_aai_ratelimit_cleanup(void *data);
 static ngx_int_t ngx_http_aai_ratelimit_keys(ngx_http_request_t *r,
     ngx_http_aai_ratelimit_ctx_t *ctx);
-static ngx_int_t ngx_http_aai_ratelimit_send(ngx_http_request_t *r,
+static ngx_int_t ngx_http_aai_ratelimit_enqueue(ngx_http_request_t *r,
     ngx_http_aai_ratelimit_ctx_t *ctx);
 static ngx_int_t ngx_http_aai_ratelimit_wait(ngx_http_request_t *r);
+static void ngx_http_aai_ratelimit_batch_handler(ngx_event_t *ev);
+static ngx_int_t ngx_http_aai_ratelimit_batch_send(
+    ngx_http_aai_ratelimit_batch_t *b);
+static ngx_uint_t ngx_http_aai_ratelimit_batch_keys(
+    ngx_http_aai_ratelimit_batch_t *b, ngx_str_t *argv, u_short *occ);
+static ngx_http_aai_ratelimit_bkey_t *ngx_http_aai_ratelimit_batch_key(
+    ngx_str_t *key, ngx_uint_t stamp);
 static void ngx_http_aai_ratelimit_reply_handler(ngx_aai_redis_result_t *res,
     void *data);
-static ngx_int_t ngx_http_aai_ratelimit_reply(ngx_http_request_t *r,
-    ngx_http_aai_ratelimit_ctx_t *ctx, ngx_aai_redis_result_t *res);
-static ngx_int_t ngx_http_aai_ratelimit_parse(ngx_http_aai_ratelimit_ctx_t *ctx,
+static ngx_int_t ngx_http_aai_ratelimit_check_reply(
+    ngx_http_aai_ratelimit_batch_t *b, redisReply *reply);
+static size_t ngx_http_aai_ratelimit_reply_len(
+    ngx_http_aai_ratelimit_slot_t *slot, redisReply **e);
+static void ngx_http_aai_ratelimit_parse(ngx_http_aai_ratelimit_ctx_t *ctx,
+    ngx_http_aai_ratelimit_slot_t *slot, redisReply **e);
+static void ngx_http_aai_ratelimit_batch_fail(
+    ngx_http_aai_ratelimit_batch_t *b, ngx_uint_t reason, const char *error,
     redisReply *reply);
+static void ngx_http_aai_ratelimit_resume(ngx_http_aai_ratelimit_ctx_t *ctx);
+static ngx_http_aai_ratelimit_batch_t *ngx_http_aai_ratelimit_batch_get(
+    ngx_http_aai_ratelimit_main_conf_t *mcf);
+static void ngx_http_aai_ratelimit_batch_free(
+    ngx_http_aai_ratelimit_batch_t *b);
+static void ngx_http_aai_ratelimit_batch_exit(void);
 static void ngx_http_aai_ratelimit_fallback(ngx_http_request_t *r,
     ngx_http_aai_ratelimit_ctx_t *ctx, ngx_uint_t reason, const char *error,
     redisReply *reply);
@@ -271,88 +340,247 @@ static void ngx_http_aai_ratelimit_exit_process(ngx_cycle_t *cycle);
 
 
 /*
- * The check of all the zones of a request, atomic in Redis.
+ * The check of all the requests of a batch, zone after zone, atomic in
+ * Redis, as if each were checked alone at the same instant, the batch's
+ * TIME: two requests of one key in one batch are simultaneous (so a GCRA
+ * zone without burst admits one of them, as limit_req does within a
+ * millisecond).
  *
- * KEYS: one per zone.  ARGV[1]: a unique request id; then per zone:
+ * KEYS: the distinct keys of the batch.  ARGV[1]: a member unique to the
+ * batch; ARGV[2]: the layout, a byte string: per request its number of
+ * zones, then per zone its definition (1-based, below) and its key (two
+ * bytes, 1-based, high bit set when other zones of the batch share the
+ * key); ARGV[3]: "1" to drop expired entries; then per definition:
  * algorithm (0 sliding, 1 gcra), limit, window (us), burst, the excess
- * served without delay.  Phase 1 decides every zone without writing
- * (trimming expired sliding log entries, and deleting a key of the other
- * algorithm's type, aside); if a zone rejects, nothing is recorded.
- * Phase 2 records the request in every zone.  Returns per zone: rejected,
- * delay ms, remaining, reset ms, retry after ms.
+ * served without delay.
+ *
+ * A sliding window key is a sorted set of admission times (us).  Where
+ * the zone's limit and burst fit Redis's compact encoding of small sorted
+ * sets (128 entries by default), whose ZCOUNT is a scan, expired entries
+ * are dropped whenever a key is read and ZCARD counts the rest; else ZCOUNT
+ * counts the live entries and expired ones are dropped in every 8th batch.
+ * A request is decided in every zone first (a rejection records nothing),
+ * then recorded.  The work of a key shared in the batch is done once:
+ * its state is read once, and its admissions are written once at the
+ * end; a key used once is read and written in place.
+ *
+ * Returns per request: -1 and per zone rejected, delay ms, remaining,
+ * reset ms, retry after ms, when a zone rejects or delays; else
+ * remaining for one sliding zone without burst with an unshared key
+ * (reset: the window); else remaining and reset for one zone; else the
+ * most restrictive zone (1-based), its remaining and its reset.  Delays
+ * are rounded down to milliseconds, as limit_req does: the requests of a
+ * batch share one instant, and waits shorter than a millisecond between
+ * them are none.
+ *
+ * The Lua of Redis is slow per operation: the common requests take short
+ * paths, and every string the Redis commands need is made once.
  */
 
 static const char  ngx_http_aai_ratelimit_script[] =
 "if redis.replicate_commands then redis.replicate_commands() end\n"
-"local t = redis.call('TIME')\n"
-"local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
-"local out, todo, rej = {}, {}, false\n"
-"for i = 1, #KEYS do\n"
-"  local k, j = KEYS[i], (i - 1) * 5 + 2\n"
-"  local alg, lim = tonumber(ARGV[j]), tonumber(ARGV[j + 1])\n"
-"  local win, burst = tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3])\n"
-"  local dl = tonumber(ARGV[j + 4])\n"
-"  local no, wait, left, reset, retry, at = 0, 0, 0, 0, 0, now\n"
-"  if alg == 0 then\n"
-"    local r = redis.pcall('ZREMRANGEBYSCORE', k, '-inf',\n"
-"                          string.format('%.0f', now - win))\n"
-"    if type(r) == 'table' and r.err then redis.call('DEL', k) end\n"
-"    local c = redis.call('ZCARD', k)\n"
-"    local last = now\n"
-"    if c > 0 then\n"
-"      last = tonumber(redis.call('ZRANGE', k, -1, -1, 'WITHSCORES')[2])\n"
-"    end\n"
-"    if c >= lim then\n"
-"      local e = c - lim + 1\n"
-"      local o = redis.call('ZRANGE', k, c - lim, c - lim, 'WITHSCORES')\n"
-"      at = tonumber(o[2]) + win\n"
-"      if e > burst then\n"
-"        no, retry = 1, at - now\n"
-"      elseif e > dl then\n"
-"        wait = at - now\n"
-"      end\n"
+"local call, pcall, byte, char, fmt = redis.call, redis.pcall, string.byte,\n"
+"                                     string.char, string.format\n"
+"local ceil, floor, type, tonumber = math.ceil, math.floor, type, tonumber\n"
+"local t = call('TIME')\n"
+"local now = t[1] * 1000000 + t[2]\n"
+"local snow, id, lay = fmt('%d', now), ARGV[1], ARGV[2]\n"
+"local trim = ARGV[3] == '1'\n"
+"local alg, lim, win, bur, dly = {}, {}, {}, {}, {}\n"
+"local smin, scut, sttl, wms, small = {}, {}, {}, {}, {}\n"
+"local nd = 0\n"
+"for j = 4, #ARGV, 5 do\n"
+"  nd = nd + 1\n"
+"  alg[nd], lim[nd] = tonumber(ARGV[j]), tonumber(ARGV[j + 1])\n"
+"  win[nd], bur[nd] = tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3])\n"
+"  dly[nd] = tonumber(ARGV[j + 4])\n"
+"  scut[nd] = fmt('%d', now - win[nd])\n"
+"  smin[nd] = '(' .. scut[nd]\n"
+"  small[nd] = lim[nd] + bur[nd] <= 128\n"
+"  wms[nd] = ceil(win[nd] / 1000)\n"
+"  sttl[nd] = fmt('%d', wms[nd] + 1)\n"
+"end\n"
+"local function count(k, d)\n"
+"  if alg[d] == 0 then\n"
+"    local c\n"
+"    if small[d] then\n"
+"      c = pcall('ZREMRANGEBYSCORE', k, '-inf', scut[d])\n"
+"      if type(c) == 'number' then return call('ZCARD', k) end\n"
 "    else\n"
-"      left = lim - c - 1\n"
-"    end\n"
-"    if no == 1 then\n"
-"      reset = last + win - now\n"
-"    else\n"
-"      reset = math.max(last, at) + win - now\n"
+"      c = pcall('ZCOUNT', k, smin[d], '+inf')\n"
+"      if type(c) == 'number' then return c end\n"
 "    end\n"
 "  else\n"
-"    local p = win / lim\n"
-"    local v = redis.pcall('GET', k)\n"
-"    if type(v) == 'table' and v.err then redis.call('DEL', k); v = 0 end\n"
-"    local tat = tonumber(v or 0) or 0\n"
-"    if tat < now then tat = now end\n"
-"    if tat - now > burst * p then\n"
-"      no, retry, reset = 1, tat - now - burst * p, tat - now\n"
-"    else\n"
-"      wait = math.max(0, tat - now - dl * p)\n"
-"      at = tat + p\n"
-"      reset = at - now\n"
-"      left = math.max(0, math.floor((burst * p + p - reset) / p))\n"
+"    local v = pcall('GET', k)\n"
+"    if type(v) ~= 'table' then return tonumber(v) or 0 end\n"
+"  end\n"
+"  call('DEL', k)\n"
+"  return 0\n"
+"end\n"
+"local function last(k, c)\n"
+"  if c == 0 then return now end\n"
+"  return tonumber(call('ZRANGE', k, -1, -1, 'WITHSCORES')[2])\n"
+"end\n"
+"local function expire(k, d, ttl)\n"
+"  if trim and not small[d] then\n"
+"    call('ZREMRANGEBYSCORE', k, '-inf', scut[d])\n"
+"  end\n"
+"  call('PEXPIRE', k, ttl == wms[d] + 1 and sttl[d] or ttl)\n"
+"end\n"
+"local kc, kq, kf, kn, kt, kd = {}, {}, {}, {}, {}, {}\n"
+"local function push(k)\n"
+"  local q, f, j = kq[k], kf[k], kn[k]\n"
+"  local n = q + (f and #f or 0)\n"
+"  if n == 0 then return end\n"
+"  local a = {}\n"
+"  for i = 1, n do\n"
+"    j = j + 1\n"
+"    a[2 * i - 1] = i <= q and snow or fmt('%d', f[i - q])\n"
+"    a[2 * i] = id .. char(33 + j % 90, 33 + floor(j / 90) % 90)\n"
+"  end\n"
+"  for i = 1, 2 * n, 2000 do\n"
+"    call('ZADD', KEYS[k], unpack(a, i, math.min(i + 1999, 2 * n)))\n"
+"  end\n"
+"  kc[k], kq[k], kf[k], kn[k] = kc[k] + n, 0, nil, j\n"
+"end\n"
+"local pos, o, nl, out = 1, 0, #lay, {}\n"
+"local zk, zd, za, zr, zv = {}, {}, {}, {}, {}\n"
+"while pos <= nl do\n"
+"  local n, d, hi, lo = byte(lay, pos, pos + 3)\n"
+"  local c\n"
+"  if n == 1 and hi < 128 and alg[d] == 0 and bur[d] == 0 then\n"
+"    local key = KEYS[hi * 256 + lo]\n"
+"    c = count(key, d)\n"
+"    if c < lim[d] then\n"
+"      o = o + 1\n"
+"      out[o] = lim[d] - c - 1\n"
+"      call('ZADD', key, snow, id)\n"
+"      expire(key, d, wms[d] + 1)\n"
+"      pos = pos + 4\n"
+"      n = 0\n"
 "    end\n"
 "  end\n"
-"  if no == 1 then rej = true end\n"
-"  todo[i] = {k, alg, at, reset}\n"
-"  local n = #out\n"
-"  out[n + 1] = no\n"
-"  out[n + 2] = math.ceil(wait / 1000)\n"
-"  out[n + 3] = left\n"
-"  out[n + 4] = math.ceil(reset / 1000)\n"
-"  out[n + 5] = math.ceil(retry / 1000)\n"
-"end\n"
-"if not rej then\n"
-"  for i = 1, #KEYS do\n"
-"    local d = todo[i]\n"
-"    local s = string.format('%.0f', d[3])\n"
-"    local ttl = math.ceil(d[4] / 1000) + 1\n"
-"    if d[2] == 0 then\n"
-"      redis.call('ZADD', d[1], s, s .. '-' .. ARGV[1])\n"
-"      redis.call('PEXPIRE', d[1], ttl)\n"
+"  if n > 0 then\n"
+"    pos = pos + 1\n"
+"    local rej, special, top, tl, tr = false, false, 0, 0, 0\n"
+"    for i = 1, n do\n"
+"      local d, hi, lo = byte(lay, pos, pos + 2)\n"
+"      pos = pos + 3\n"
+"      local k, key = hi * 256 + lo, nil\n"
+"      if hi >= 128 then\n"
+"        k = k - 32768\n"
+"        key = KEYS[k]\n"
+"        if kc[k] == nil then\n"
+"          kc[k], kq[k], kn[k], kt[k], kd[k] = count(key, d), 0, 0, 0, d\n"
+"        end\n"
+"        c = kc[k]\n"
+"      else\n"
+"        key = KEYS[k]\n"
+"        if n > 1 or c == nil then c = count(key, d) end\n"
+"        k = -k\n"
+"      end\n"
+"      local l, w, b = lim[d], win[d], bur[d]\n"
+"      local no, wait, left, reset, retry, at = 0, 0, 0, 0, 0, now\n"
+"      if alg[d] == 0 then\n"
+"        if k > 0 then c = c + kq[k] + (kf[k] and #kf[k] or 0) end\n"
+"        if c < l and b == 0 then\n"
+"          left, reset = l - c - 1, w\n"
+"        else\n"
+"          if k > 0 then push(k) end\n"
+"          local lst = last(key, c)\n"
+"          if c < l then\n"
+"            left = l - c - 1\n"
+"            reset = (lst > now and lst or now) + w - now\n"
+"          else\n"
+"            local e = c - l + 1\n"
+"            local r = call('ZRANGEBYSCORE', key, smin[d], '+inf',\n"
+"                           'WITHSCORES', 'LIMIT', c - l, 1)\n"
+"            at = tonumber(r[2]) + w\n"
+"            if e > b then\n"
+"              no, retry = 1, at - now\n"
+"              reset = lst + w - now\n"
+"            else\n"
+"              if e > dly[d] then wait = at - now end\n"
+"              reset = (lst > at and lst or at) + w - now\n"
+"            end\n"
+"          end\n"
+"        end\n"
+"      else\n"
+"        local p = w / l\n"
+"        local tat = c > now and c or now\n"
+"        if tat - now > b * p then\n"
+"          no, retry, reset = 1, tat - now - b * p, tat - now\n"
+"        else\n"
+"          wait = tat - now - dly[d] * p\n"
+"          if wait < 0 then wait = 0 end\n"
+"          at = tat + p\n"
+"          reset = at - now\n"
+"          left = floor((b * p + p - reset) / p)\n"
+"          if left < 0 then left = 0 end\n"
+"        end\n"
+"      end\n"
+"      reset = ceil(reset / 1000)\n"
+"      wait = floor(wait / 1000)\n"
+"      if no == 1 then\n"
+"        rej, special, retry = true, true, ceil(retry / 1000)\n"
+"      elseif wait > 0 then\n"
+"        special = true\n"
+"      end\n"
+"      zk[i], zd[i], za[i], zr[i] = k, d, at, reset\n"
+"      if n > 1 or special then\n"
+"        local v = 5 * i\n"
+"        zv[v - 4], zv[v - 3], zv[v - 2], zv[v - 1], zv[v] =\n"
+"          no, wait, left, reset, retry\n"
+"      end\n"
+"      if top == 0 or left < tl or (left == tl and reset > tr) then\n"
+"        top, tl, tr = i, left, reset\n"
+"      end\n"
+"    end\n"
+"    if special then\n"
+"      out[o + 1] = -1\n"
+"      for i = 1, 5 * n do out[o + 1 + i] = zv[i] end\n"
+"      o = o + 1 + 5 * n\n"
+"    elseif n == 1 then\n"
+"      out[o + 1], out[o + 2] = tl, tr\n"
+"      o = o + 2\n"
 "    else\n"
-"      redis.call('SET', d[1], s, 'PX', ttl)\n"
+"      out[o + 1], out[o + 2], out[o + 3] = top, tl, tr\n"
+"      o = o + 3\n"
+"    end\n"
+"    if not rej then\n"
+"      for i = 1, n do\n"
+"        local k, d, at, ttl = zk[i], zd[i], za[i], zr[i] + 1\n"
+"        if k > 0 then\n"
+"          if alg[d] == 1 then\n"
+"            kc[k] = at\n"
+"          elseif at == now then\n"
+"            kq[k] = kq[k] + 1\n"
+"          else\n"
+"            local f = kf[k]\n"
+"            if f == nil then f = {}; kf[k] = f end\n"
+"            f[#f + 1] = at\n"
+"          end\n"
+"          if ttl > kt[k] then kt[k] = ttl end\n"
+"        else\n"
+"          local key = KEYS[-k]\n"
+"          if alg[d] == 0 then\n"
+"            call('ZADD', key, at == now and snow or fmt('%d', at), id)\n"
+"            expire(key, d, ttl)\n"
+"          else\n"
+"            call('SET', key, fmt('%d', at), 'PX', ttl)\n"
+"          end\n"
+"        end\n"
+"      end\n"
+"    end\n"
+"  end\n"
+"end\n"
+"for k, d in pairs(kd) do\n"
+"  if kt[k] > 0 then\n"
+"    if alg[d] == 0 then\n"
+"      push(k)\n"
+"      expire(KEYS[k], d, kt[k])\n"
+"    else\n"
+"      call('SET', KEYS[k], fmt('%d', kc[k]), 'PX', kt[k])\n"
 "    end\n"
 "  end\n"
 "end\n"
@@ -536,6 +764,20 @@ static ngx_uint_t  ngx_http_aai_ratelimit_seq;
 static time_t      ngx_http_aai_ratelimit_log_time;
 static ngx_uint_t  ngx_http_aai_ratelimit_log_skipped;
 
+/* per worker: the batch being filled, those in flight, spare ones */
+static ngx_http_aai_ratelimit_batch_t  *ngx_http_aai_ratelimit_open;
+static ngx_queue_t                      ngx_http_aai_ratelimit_flight;
+static ngx_queue_t                      ngx_http_aai_ratelimit_spare;
+static ngx_uint_t                       ngx_http_aai_ratelimit_nspare;
+
+/* per worker: where a batch's command is built, reused by the next one */
+static ngx_str_t   ngx_http_aai_ratelimit_argv[3 + NGX_HTTP_AAI_RL_BATCH
+                                               + 3 + NGX_HTTP_AAI_RL_BATCH
+                                                 * NGX_HTTP_AAI_RL_ZONE_ARGS];
+static u_char      ngx_http_aai_ratelimit_layout[NGX_HTTP_AAI_RL_BATCH * 4];
+static ngx_http_aai_ratelimit_bkey_t
+                   ngx_http_aai_ratelimit_bkeys[NGX_HTTP_AAI_RL_KEYS_HASH];
+
 
 static ngx_int_t
 ngx_http_aai_ratelimit_handler(ngx_http_request_t *r)
@@ -596,7 +838,7 @@ ngx_http_aai_ratelimit_handler(ngx_http_request_t *r)
         return ngx_http_aai_ratelimit_finish(r, ctx);
     }
 
-    if (ngx_http_aai_ratelimit_send(r, ctx) == NGX_OK) {
+    if (ngx_http_aai_ratelimit_enqueue(r, ctx) == NGX_OK) {
         ctx->state = NGX_HTTP_AAI_RL_WAITING;
         return ngx_http_aai_ratelimit_wait(r);
     }
@@ -693,9 +935,9 @@ ngx_http_aai_ratelimit_cleanup(void *data)
 {
     ngx_http_aai_ratelimit_ctx_t  *ctx = data;
 
-    if (ctx->cmd) {
-        ngx_aai_redis_cancel(ctx->cmd);
-        ctx->cmd = NULL;
+    if (ctx->batch) {
+        ctx->batch->slots[ctx->slot].ctx = NULL;
+        ctx->batch = NULL;
     }
 }
 
@@ -760,68 +1002,58 @@ ngx_http_aai_ratelimit_keys(ngx_http_request_t *r,
 
 
 /*
- * EVALSHA sha numkeys key... id (algorithm limit window burst delay)...
+ * The request waits in the batch of this event loop iteration, which is
+ * sent when the iteration's posted events run.  While Redis is known to
+ * be down the caller decides at once.
  */
 
 static ngx_int_t
-ngx_http_aai_ratelimit_send(ngx_http_request_t *r,
+ngx_http_aai_ratelimit_enqueue(ngx_http_request_t *r,
     ngx_http_aai_ratelimit_ctx_t *ctx)
 {
-    u_char                              *p;
-    ngx_str_t                           *argv, *a;
-    ngx_uint_t                           i, k, n;
+    ngx_http_aai_ratelimit_slot_t       *slot;
+    ngx_http_aai_ratelimit_batch_t      *b;
     ngx_http_aai_ratelimit_main_conf_t  *mcf;
 
     mcf = ngx_http_get_module_main_conf(r, ngx_http_aai_ratelimit_module);
 
-    n = ctx->nzones;
-
-    ctx->argc = 3 + n + 1 + n * NGX_HTTP_AAI_RL_ZONE_ARGS;
-
-    argv = ngx_palloc(r->pool, ctx->argc * sizeof(ngx_str_t));
-    if (argv == NULL) {
+    if (!ngx_aai_redis_available(mcf->redis)) {
         return NGX_ERROR;
     }
 
-    p = ngx_pnalloc(r->pool, NGX_INT_T_LEN + ngx_http_aai_ratelimit_id_len
-                             + sizeof(".") - 1 + NGX_INT_T_LEN);
-    if (p == NULL) {
-        return NGX_ERROR;
+    b = ngx_http_aai_ratelimit_open;
+
+    if (b && b->nzones + ctx->nzones > NGX_HTTP_AAI_RL_BATCH) {
+
+        /* full: it is sent as posted, the next requests fill another */
+
+        ngx_http_aai_ratelimit_open = NULL;
+        b = NULL;
     }
 
-    argv[0] = ngx_http_aai_ratelimit_evalsha;
-    argv[1] = mcf->sha;
-
-    argv[2].data = p;
-    argv[2].len = ngx_sprintf(p, "%ui", n) - p;
-    p += argv[2].len;
-
-    a = &argv[3];
-
-    for (i = 0; i < n; i++) {
-        *a++ = ctx->keys[i];
-    }
-
-    a->data = p;
-    a->len = ngx_sprintf(p, "%*s.%ui", ngx_http_aai_ratelimit_id_len,
-                         ngx_http_aai_ratelimit_id,
-                         ngx_http_aai_ratelimit_seq++)
-             - p;
-    a++;
-
-    for (i = 0; i < n; i++) {
-        for (k = 0; k < NGX_HTTP_AAI_RL_ZONE_ARGS; k++) {
-            *a++ = ctx->zones[i]->args[k];
+    if (b == NULL) {
+        b = ngx_http_aai_ratelimit_batch_get(mcf);
+        if (b == NULL) {
+            return NGX_ERROR;
         }
+
+        ngx_http_aai_ratelimit_open = b;
+        ngx_post_event(&b->event, &ngx_posted_events);
     }
 
-    ctx->argv = argv;
+    slot = &b->slots[b->nslots];
 
-    ctx->cmd = ngx_aai_redis_send(mcf->redis, r->connection->log, ctx->argc,
-                                  argv, ngx_http_aai_ratelimit_reply_handler,
-                                  ctx);
+    slot->ctx = ctx;
+    slot->nzones = (u_char) ctx->nzones;
+    slot->fast = 0;
+    slot->sent = 0;
 
-    return ctx->cmd ? NGX_OK : NGX_ERROR;
+    ctx->batch = b;
+    ctx->slot = b->nslots++;
+
+    b->nzones += ctx->nzones;
+
+    return NGX_OK;
 }
 
 
@@ -846,23 +1078,492 @@ ngx_http_aai_ratelimit_wait(ngx_http_request_t *r)
 
 
 static void
+ngx_http_aai_ratelimit_batch_handler(ngx_event_t *ev)
+{
+    ngx_int_t                        rc;
+    ngx_http_aai_ratelimit_batch_t  *b;
+
+    b = ev->data;
+
+    if (ngx_http_aai_ratelimit_open == b) {
+        ngx_http_aai_ratelimit_open = NULL;
+    }
+
+    rc = ngx_http_aai_ratelimit_batch_send(b);
+
+    if (rc == NGX_DECLINED) {
+
+        /* every request of the batch went away */
+
+        ngx_http_aai_ratelimit_batch_free(b);
+        return;
+    }
+
+    if (rc == NGX_ERROR) {
+        ngx_http_aai_ratelimit_batch_fail(b, NGX_HTTP_AAI_RL_E_UNAVAILABLE,
+                                          "unavailable", NULL);
+    }
+}
+
+
+/*
+ * EVALSHA sha numkeys key... id layout trim
+ *         (algorithm limit window burst delay)...
+ *
+ * for the requests of the batch that are still there; NGX_DECLINED when
+ * there are none.
+ */
+
+static ngx_int_t
+ngx_http_aai_ratelimit_batch_send(ngx_http_aai_ratelimit_batch_t *b)
+{
+    u_char                              *p;
+    ngx_str_t                           *argv, *a;
+    ngx_uint_t                           i, j, k, o, nkeys, ndefs, shared;
+    ngx_http_aai_ratelimit_ctx_t        *ctx;
+    ngx_http_aai_ratelimit_slot_t       *slot;
+    ngx_http_aai_ratelimit_bkey_t       *bk;
+    ngx_http_aai_ratelimit_zone_t       *zone;
+    ngx_http_aai_ratelimit_main_conf_t  *mcf;
+    u_short                              occ[NGX_HTTP_AAI_RL_BATCH];
+
+    static u_char  num[NGX_INT_T_LEN];
+    static u_char  id[NGX_INT64_LEN * 2 + 2 + NGX_INT_T_LEN + 2];
+
+    mcf = b->mcf;
+    argv = ngx_http_aai_ratelimit_argv;
+
+    ngx_http_aai_ratelimit_seq++;
+
+    nkeys = ngx_http_aai_ratelimit_batch_keys(b, argv, occ);
+
+    if (nkeys == 0) {
+        return NGX_DECLINED;
+    }
+
+    /* the layout: per request its zones, per zone its definition and key */
+
+    p = ngx_http_aai_ratelimit_layout;
+    a = &argv[3 + nkeys + 3];
+    ndefs = 0;
+    o = 0;
+
+    for (i = 0; i < b->nslots; i++) {
+        slot = &b->slots[i];
+
+        if (!slot->sent) {
+            continue;
+        }
+
+        ctx = slot->ctx;
+        *p++ = slot->nzones;
+
+        for (j = 0; j < ctx->nzones; j++) {
+            zone = ctx->zones[j];
+            bk = &ngx_http_aai_ratelimit_bkeys[occ[o++]];
+
+            if (zone->stamp != ngx_http_aai_ratelimit_seq) {
+                zone->stamp = ngx_http_aai_ratelimit_seq;
+                zone->def = ++ndefs;
+
+                for (k = 0; k < NGX_HTTP_AAI_RL_ZONE_ARGS; k++) {
+                    *a++ = zone->args[k];
+                }
+            }
+
+            shared = (bk->uses > 1);
+
+            *p++ = (u_char) zone->def;
+            *p++ = (u_char) ((bk->index >> 8) | (shared ? 0x80 : 0));
+            *p++ = (u_char) (bk->index & 0xff);
+
+            slot->fast = (ctx->nzones == 1 && zone->fast && !shared);
+        }
+    }
+
+    if (b->eval) {
+        argv[0] = ngx_http_aai_ratelimit_eval;
+        argv[1].data = (u_char *) ngx_http_aai_ratelimit_script;
+        argv[1].len = sizeof(ngx_http_aai_ratelimit_script) - 1;
+
+    } else {
+        argv[0] = ngx_http_aai_ratelimit_evalsha;
+        argv[1] = mcf->sha;
+    }
+
+    argv[2].data = num;
+    argv[2].len = ngx_sprintf(num, "%ui", nkeys) - num;
+
+    k = 3 + nkeys;
+
+    argv[k].data = id;
+    argv[k].len = ngx_sprintf(id, "%*s.%xi.", ngx_http_aai_ratelimit_id_len,
+                              ngx_http_aai_ratelimit_id,
+                              ngx_http_aai_ratelimit_seq)
+                  - id;
+
+    argv[k + 1].data = ngx_http_aai_ratelimit_layout;
+    argv[k + 1].len = p - ngx_http_aai_ratelimit_layout;
+
+    argv[k + 2].data = (ngx_http_aai_ratelimit_seq % NGX_HTTP_AAI_RL_TRIM)
+                       ? (u_char *) "0" : (u_char *) "1";
+    argv[k + 2].len = 1;
+
+    b->cmd = ngx_aai_redis_send(mcf->redis, ngx_cycle->log, a - argv, argv,
+                                ngx_http_aai_ratelimit_reply_handler, b);
+    if (b->cmd == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_queue_insert_tail(&ngx_http_aai_ratelimit_flight, &b->queue);
+
+    return NGX_OK;
+}
+
+
+/*
+ * The distinct keys of the requests still there, in argv from argv[3],
+ * and where each zone of each request finds its key; returns their number.
+ */
+
+static ngx_uint_t
+ngx_http_aai_ratelimit_batch_keys(ngx_http_aai_ratelimit_batch_t *b,
+    ngx_str_t *argv, u_short *occ)
+{
+    ngx_uint_t                      i, j, o, nkeys;
+    ngx_http_aai_ratelimit_ctx_t   *ctx;
+    ngx_http_aai_ratelimit_slot_t  *slot;
+    ngx_http_aai_ratelimit_bkey_t  *bk;
+
+    nkeys = 0;
+    o = 0;
+
+    for (i = 0; i < b->nslots; i++) {
+        slot = &b->slots[i];
+        ctx = slot->ctx;
+
+        slot->sent = (ctx != NULL);
+
+        if (ctx == NULL) {
+            continue;
+        }
+
+        for (j = 0; j < ctx->nzones; j++) {
+            bk = ngx_http_aai_ratelimit_batch_key(&ctx->keys[j],
+                                                  ngx_http_aai_ratelimit_seq);
+
+            if (bk->uses++ == 0) {
+                bk->index = ++nkeys;
+                argv[2 + nkeys] = ctx->keys[j];
+            }
+
+            occ[o++] = (u_short) (bk - ngx_http_aai_ratelimit_bkeys);
+        }
+    }
+
+    return nkeys;
+}
+
+
+/* a key in the table of this batch's keys (never full: twice the zones) */
+
+static ngx_http_aai_ratelimit_bkey_t *
+ngx_http_aai_ratelimit_batch_key(ngx_str_t *key, ngx_uint_t stamp)
+{
+    uint32_t                        hash;
+    ngx_uint_t                      i;
+    ngx_http_aai_ratelimit_bkey_t  *bk;
+
+    hash = (uint32_t) ngx_hash_key(key->data, key->len);
+
+    for (i = hash; /* void */; i++) {
+        bk = &ngx_http_aai_ratelimit_bkeys[i & (NGX_HTTP_AAI_RL_KEYS_HASH - 1)];
+
+        if (bk->stamp != stamp) {
+            bk->stamp = stamp;
+            bk->key = key;
+            bk->hash = hash;
+            bk->uses = 0;
+            bk->index = 0;
+            return bk;
+        }
+
+        if (bk->hash == hash
+            && bk->key->len == key->len
+            && ngx_memcmp(bk->key->data, key->data, key->len) == 0)
+        {
+            return bk;
+        }
+    }
+}
+
+
+static void
 ngx_http_aai_ratelimit_reply_handler(ngx_aai_redis_result_t *res, void *data)
 {
-    ngx_http_aai_ratelimit_ctx_t *ctx = data;
+    ngx_http_aai_ratelimit_batch_t *b = data;
 
+    size_t                               len;
+    ngx_int_t                            rc;
+    ngx_uint_t                           i, reason;
+    redisReply                          *reply, **e;
+    ngx_http_request_t                  *r;
+    ngx_http_aai_ratelimit_ctx_t        *ctx;
+    ngx_http_aai_ratelimit_slot_t       *slot;
+    ngx_http_aai_ratelimit_main_conf_t  *mcf;
+
+    mcf = b->mcf;
+
+    b->cmd = NULL;
+    ngx_queue_remove(&b->queue);
+
+    reply = res->reply;
+
+    if (reply == NULL) {
+        reason = (res->error && ngx_strncmp(res->error, "timeout", 7) == 0)
+                 ? NGX_HTTP_AAI_RL_E_TIMEOUT : NGX_HTTP_AAI_RL_E_UNAVAILABLE;
+
+        ngx_http_aai_ratelimit_batch_fail(b, reason,
+                                          res->error ? res->error : "error",
+                                          NULL);
+        return;
+    }
+
+    ngx_aai_metrics_observe(mcf->metrics, mcf->latency, res->latency_us);
+
+    if (reply->type == REDIS_REPLY_ERROR
+        && reply->len >= 8
+        && ngx_strncmp(reply->str, "NOSCRIPT", 8) == 0
+        && !b->eval)
+    {
+        /* Redis restarted or flushed its scripts: EVAL loads it again */
+
+        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                       "aai_ratelimit: NOSCRIPT, sending the script");
+
+        b->eval = 1;
+
+        rc = ngx_http_aai_ratelimit_batch_send(b);
+
+        if (rc == NGX_OK) {
+            return;
+        }
+
+        if (rc == NGX_DECLINED) {
+            ngx_http_aai_ratelimit_batch_free(b);
+            return;
+        }
+
+        ngx_http_aai_ratelimit_batch_fail(b, NGX_HTTP_AAI_RL_E_UNAVAILABLE,
+                                          "unavailable", NULL);
+        return;
+    }
+
+    if (ngx_http_aai_ratelimit_check_reply(b, reply) != NGX_OK) {
+        ngx_http_aai_ratelimit_batch_fail(b, NGX_HTTP_AAI_RL_E_REPLY,
+                                          "unexpected reply", reply);
+        return;
+    }
+
+    e = reply->element;
+
+    for (i = 0; i < b->nslots; i++) {
+        slot = &b->slots[i];
+
+        if (!slot->sent) {
+            continue;
+        }
+
+        len = ngx_http_aai_ratelimit_reply_len(slot, e);
+        ctx = slot->ctx;
+
+        if (ctx) {
+            slot->ctx = NULL;
+            ctx->batch = NULL;
+
+            r = ctx->request;
+            ngx_http_set_log_request(r->connection->log, r);
+
+            ngx_http_aai_ratelimit_parse(ctx, slot, e);
+            ngx_http_aai_ratelimit_decide(r, ctx, NGX_HTTP_AAI_RL_REDIS);
+            ngx_http_aai_ratelimit_resume(ctx);
+        }
+
+        e += len;
+    }
+
+    ngx_http_aai_ratelimit_batch_free(b);
+}
+
+
+/* the reply has one record of integers per request sent, as they need */
+
+static ngx_int_t
+ngx_http_aai_ratelimit_check_reply(ngx_http_aai_ratelimit_batch_t *b,
+    redisReply *reply)
+{
+    size_t                          k, len;
+    ngx_uint_t                      i;
+    redisReply                    **e;
+    ngx_http_aai_ratelimit_slot_t  *slot;
+
+    if (reply->type != REDIS_REPLY_ARRAY) {
+        return NGX_ERROR;
+    }
+
+    e = reply->element;
+
+    for (k = 0; k < reply->elements; k++) {
+        if (e[k]->type != REDIS_REPLY_INTEGER) {
+            return NGX_ERROR;
+        }
+    }
+
+    k = 0;
+
+    for (i = 0; i < b->nslots; i++) {
+        slot = &b->slots[i];
+
+        if (!slot->sent) {
+            continue;
+        }
+
+        if (k >= reply->elements) {
+            return NGX_ERROR;
+        }
+
+        len = ngx_http_aai_ratelimit_reply_len(slot, &e[k]);
+
+        if (len > reply->elements - k) {
+            return NGX_ERROR;
+        }
+
+        if (len == 3
+            && (e[k]->integer < 1 || e[k]->integer > slot->nzones))
+        {
+            return NGX_ERROR;
+        }
+
+        k += len;
+    }
+
+    return (k == reply->elements) ? NGX_OK : NGX_ERROR;
+}
+
+
+static size_t
+ngx_http_aai_ratelimit_reply_len(ngx_http_aai_ratelimit_slot_t *slot,
+    redisReply **e)
+{
+    if ((*e)->integer == -1) {
+        return 1 + NGX_HTTP_AAI_RL_ZONE_ARGS * slot->nzones;
+    }
+
+    if (slot->fast) {
+        return 1;
+    }
+
+    return (slot->nzones == 1) ? 2 : 3;
+}
+
+
+static void
+ngx_http_aai_ratelimit_parse(ngx_http_aai_ratelimit_ctx_t *ctx,
+    ngx_http_aai_ratelimit_slot_t *slot, redisReply **e)
+{
+    long long                         v[NGX_HTTP_AAI_RL_ZONE_ARGS];
+    ngx_uint_t                        i, k, top;
+    ngx_http_aai_ratelimit_result_t  *res;
+
+    res = ctx->results;
+
+    if (e[0]->integer == -1) {
+        e++;
+
+        for (i = 0; i < ctx->nzones; i++) {
+
+            for (k = 0; k < NGX_HTTP_AAI_RL_ZONE_ARGS; k++, e++) {
+                v[k] = ngx_max((*e)->integer, 0);
+            }
+
+            res[i].rejected = v[0] ? 1 : 0;
+            res[i].delay = (ngx_msec_t) v[1];
+            res[i].remaining = (ngx_uint_t) v[2];
+            res[i].reset = (ngx_msec_t) v[3];
+            res[i].retry_after = (ngx_msec_t) v[4];
+        }
+
+        return;
+    }
+
+    if (slot->fast) {
+        res[0].remaining = (ngx_uint_t) ngx_max(e[0]->integer, 0);
+        res[0].reset = ctx->zones[0]->window_ms;
+        return;
+    }
+
+    if (ctx->nzones == 1) {
+        res[0].remaining = (ngx_uint_t) ngx_max(e[0]->integer, 0);
+        res[0].reset = (ngx_msec_t) ngx_max(e[1]->integer, 0);
+        return;
+    }
+
+    /*
+     * All passed, none delayed: Redis named the most restrictive zone; the
+     * others are made less restrictive than it for the choice of the zone
+     * of the headers, which is all their values are used for.
+     */
+
+    top = (ngx_uint_t) e[0]->integer - 1;
+
+    for (i = 0; i < ctx->nzones; i++) {
+        res[i].remaining = NGX_MAX_UINT32_VALUE;
+    }
+
+    res[top].remaining = (ngx_uint_t) ngx_max(e[1]->integer, 0);
+    res[top].reset = (ngx_msec_t) ngx_max(e[2]->integer, 0);
+}
+
+
+/* Redis failed the batch: each request of it falls back */
+
+static void
+ngx_http_aai_ratelimit_batch_fail(ngx_http_aai_ratelimit_batch_t *b,
+    ngx_uint_t reason, const char *error, redisReply *reply)
+{
+    ngx_uint_t                     i;
+    ngx_http_request_t            *r;
+    ngx_http_aai_ratelimit_ctx_t  *ctx;
+
+    for (i = 0; i < b->nslots; i++) {
+        ctx = b->slots[i].ctx;
+
+        if (ctx == NULL) {
+            continue;
+        }
+
+        b->slots[i].ctx = NULL;
+        ctx->batch = NULL;
+
+        r = ctx->request;
+        ngx_http_set_log_request(r->connection->log, r);
+
+        ngx_http_aai_ratelimit_fallback(r, ctx, reason, error, reply);
+        ngx_http_aai_ratelimit_resume(ctx);
+    }
+
+    ngx_http_aai_ratelimit_batch_free(b);
+}
+
+
+static void
+ngx_http_aai_ratelimit_resume(ngx_http_aai_ratelimit_ctx_t *ctx)
+{
     ngx_connection_t    *c;
     ngx_http_request_t  *r;
 
     r = ctx->request;
     c = r->connection;
-
-    ctx->cmd = NULL;
-
-    ngx_http_set_log_request(c->log, r);
-
-    if (ngx_http_aai_ratelimit_reply(r, ctx, res) == NGX_AGAIN) {
-        return;
-    }
 
     ctx->state = NGX_HTTP_AAI_RL_DONE;
     ctx->resume = 1;
@@ -877,107 +1578,100 @@ ngx_http_aai_ratelimit_reply_handler(ngx_aai_redis_result_t *res, void *data)
 }
 
 
-static ngx_int_t
-ngx_http_aai_ratelimit_reply(ngx_http_request_t *r,
-    ngx_http_aai_ratelimit_ctx_t *ctx, ngx_aai_redis_result_t *res)
+static ngx_http_aai_ratelimit_batch_t *
+ngx_http_aai_ratelimit_batch_get(ngx_http_aai_ratelimit_main_conf_t *mcf)
 {
-    redisReply                          *reply;
-    ngx_uint_t                           reason;
-    ngx_http_aai_ratelimit_main_conf_t  *mcf;
+    ngx_queue_t                     *q;
+    ngx_http_aai_ratelimit_batch_t  *b;
 
-    mcf = ngx_http_get_module_main_conf(r, ngx_http_aai_ratelimit_module);
+    if (!ngx_queue_empty(&ngx_http_aai_ratelimit_spare)) {
+        q = ngx_queue_head(&ngx_http_aai_ratelimit_spare);
+        ngx_queue_remove(q);
+        ngx_http_aai_ratelimit_nspare--;
 
-    reply = res->reply;
+        b = ngx_queue_data(q, ngx_http_aai_ratelimit_batch_t, queue);
 
-    if (reply == NULL) {
-        reason = (res->error && ngx_strncmp(res->error, "timeout", 7) == 0)
-                 ? NGX_HTTP_AAI_RL_E_TIMEOUT : NGX_HTTP_AAI_RL_E_UNAVAILABLE;
-
-        ngx_http_aai_ratelimit_fallback(r, ctx, reason,
-                                        res->error ? res->error : "error",
-                                        NULL);
-        return NGX_OK;
-    }
-
-    ngx_aai_metrics_observe(mcf->metrics, mcf->latency, res->latency_us);
-
-    if (reply->type == REDIS_REPLY_ERROR
-        && reply->len >= 8
-        && ngx_strncmp(reply->str, "NOSCRIPT", 8) == 0
-        && !ctx->eval)
-    {
-        /* Redis restarted or flushed its scripts: EVAL loads it again */
-
-        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
-                       "aai_ratelimit: NOSCRIPT, sending the script");
-
-        ctx->eval = 1;
-        ctx->argv[0] = ngx_http_aai_ratelimit_eval;
-        ctx->argv[1].data = (u_char *) ngx_http_aai_ratelimit_script;
-        ctx->argv[1].len = sizeof(ngx_http_aai_ratelimit_script) - 1;
-
-        ctx->cmd = ngx_aai_redis_send(mcf->redis, r->connection->log,
-                                      ctx->argc, ctx->argv,
-                                      ngx_http_aai_ratelimit_reply_handler,
-                                      ctx);
-        if (ctx->cmd) {
-            return NGX_AGAIN;
+    } else {
+        b = ngx_alloc(sizeof(ngx_http_aai_ratelimit_batch_t), ngx_cycle->log);
+        if (b == NULL) {
+            return NULL;
         }
-
-        ngx_http_aai_ratelimit_fallback(r, ctx, NGX_HTTP_AAI_RL_E_UNAVAILABLE,
-                                        "unavailable", NULL);
-        return NGX_OK;
     }
 
-    if (ngx_http_aai_ratelimit_parse(ctx, reply) != NGX_OK) {
-        ngx_http_aai_ratelimit_fallback(r, ctx, NGX_HTTP_AAI_RL_E_REPLY,
-                                        "unexpected reply", reply);
-        return NGX_OK;
-    }
+    ngx_memzero(b, offsetof(ngx_http_aai_ratelimit_batch_t, slots));
 
-    ngx_http_aai_ratelimit_decide(r, ctx, NGX_HTTP_AAI_RL_REDIS);
+    b->mcf = mcf;
+    b->event.handler = ngx_http_aai_ratelimit_batch_handler;
+    b->event.data = b;
+    b->event.log = ngx_cycle->log;
 
-    return NGX_OK;
+    return b;
 }
 
 
-static ngx_int_t
-ngx_http_aai_ratelimit_parse(ngx_http_aai_ratelimit_ctx_t *ctx,
-    redisReply *reply)
+static void
+ngx_http_aai_ratelimit_batch_free(ngx_http_aai_ratelimit_batch_t *b)
 {
-    long long                         v[NGX_HTTP_AAI_RL_ZONE_ARGS];
-    ngx_uint_t                        i, k;
-    redisReply                      **e;
-    ngx_http_aai_ratelimit_result_t  *res;
-
-    if (reply->type != REDIS_REPLY_ARRAY
-        || reply->elements != ctx->nzones * NGX_HTTP_AAI_RL_ZONE_ARGS)
-    {
-        return NGX_ERROR;
+    if (b->event.posted) {
+        ngx_delete_posted_event(&b->event);
     }
 
-    e = reply->element;
+    if (ngx_http_aai_ratelimit_open == b) {
+        ngx_http_aai_ratelimit_open = NULL;
+    }
 
-    for (i = 0; i < ctx->nzones; i++) {
+    if (ngx_http_aai_ratelimit_nspare >= 16) {
+        ngx_free(b);
+        return;
+    }
 
-        for (k = 0; k < NGX_HTTP_AAI_RL_ZONE_ARGS; k++, e++) {
-            if ((*e)->type != REDIS_REPLY_INTEGER) {
-                return NGX_ERROR;
-            }
+    ngx_queue_insert_head(&ngx_http_aai_ratelimit_spare, &b->queue);
+    ngx_http_aai_ratelimit_nspare++;
+}
 
-            v[k] = ngx_max((*e)->integer, 0);
+
+/* at worker exit: every batch, with its requests let go */
+
+static void
+ngx_http_aai_ratelimit_batch_exit(void)
+{
+    ngx_uint_t                       i;
+    ngx_queue_t                     *q;
+    ngx_http_aai_ratelimit_batch_t  *b;
+
+    if (ngx_http_aai_ratelimit_open) {
+        ngx_queue_insert_tail(&ngx_http_aai_ratelimit_flight,
+                              &ngx_http_aai_ratelimit_open->queue);
+        ngx_http_aai_ratelimit_open = NULL;
+    }
+
+    while (!ngx_queue_empty(&ngx_http_aai_ratelimit_flight)) {
+        q = ngx_queue_head(&ngx_http_aai_ratelimit_flight);
+        ngx_queue_remove(q);
+
+        b = ngx_queue_data(q, ngx_http_aai_ratelimit_batch_t, queue);
+
+        if (b->event.posted) {
+            ngx_delete_posted_event(&b->event);
         }
 
-        res = &ctx->results[i];
+        for (i = 0; i < b->nslots; i++) {
+            if (b->slots[i].ctx) {
+                b->slots[i].ctx->batch = NULL;
+            }
+        }
 
-        res->rejected = v[0] ? 1 : 0;
-        res->delay = (ngx_msec_t) v[1];
-        res->remaining = (ngx_uint_t) v[2];
-        res->reset = (ngx_msec_t) v[3];
-        res->retry_after = (ngx_msec_t) v[4];
+        ngx_free(b);
     }
 
-    return NGX_OK;
+    while (!ngx_queue_empty(&ngx_http_aai_ratelimit_spare)) {
+        q = ngx_queue_head(&ngx_http_aai_ratelimit_spare);
+        ngx_queue_remove(q);
+
+        ngx_free(ngx_queue_data(q, ngx_http_aai_ratelimit_batch_t, queue));
+    }
+
+    ngx_http_aai_ratelimit_nspare = 0;
 }
 
 
@@ -2228,6 +2922,9 @@ ngx_http_aai_ratelimit_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     zone->period = ngx_max(zone->window / zone->limit, 1);
+    zone->window_ms = (ngx_msec_t) ((zone->window + 999) / 1000);
+    zone->fast = (zone->algorithm == NGX_HTTP_AAI_RL_SLIDING
+                  && zone->burst == 0);
 
     /* the local fallback: a sliding window admits "limit" at once */
 
@@ -2604,6 +3301,13 @@ ngx_http_aai_ratelimit(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         }
     }
 
+    if (lcf->zones->nelts == NGX_HTTP_AAI_RL_BATCH) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "too many zones in \"%V\", at most %d",
+                           &cmd->name, NGX_HTTP_AAI_RL_BATCH);
+        return NGX_CONF_ERROR;
+    }
+
     zones = lcf->zones->elts;
 
     for (i = 0; i < lcf->zones->nelts; i++) {
@@ -2811,6 +3515,9 @@ ngx_http_aai_ratelimit_init_process(ngx_cycle_t *cycle)
                     (uint32_t) (ngx_random() ^ ngx_pid))
         - ngx_http_aai_ratelimit_id;
 
+    ngx_queue_init(&ngx_http_aai_ratelimit_flight);
+    ngx_queue_init(&ngx_http_aai_ratelimit_spare);
+
     return ngx_aai_redis_init_worker(mcf->redis, cycle);
 }
 
@@ -2827,5 +3534,9 @@ ngx_http_aai_ratelimit_exit_process(ngx_cycle_t *cycle)
         return;
     }
 
+    /* the handlers of commands in flight are not called: free their batches */
+
     ngx_aai_redis_exit_worker(mcf->redis);
+
+    ngx_http_aai_ratelimit_batch_exit();
 }
