@@ -42,6 +42,11 @@ package AaiTest;
 #                               returns ($status, \%headers, $body); header
 #                               names lower-case, repeated ones joined ", ".
 #                               5 s timeout ($AaiTest::HttpTimeout).
+#   http_concurrent([[$port, $path, \%headers], ...], abandon => [$i, ...])
+#                               the requests at once (all connected, then
+#                               all written, then read); the abandoned ones
+#                               are closed unanswered.  Returns one
+#                               [$status, \%headers, $body] per request.
 #   kafka_consume($topic, $count, $timeout)
 #                               messages of $topic from the beginning via
 #                               kcat on $ENV{TEST_NGINX_KAFKA_BROKERS}:
@@ -82,6 +87,7 @@ use Test::More ();
 
 our @EXPORT = qw( redis_cmd redis_cmd_port redis_flushdb free_port
     start_redis stop_redis hung_listener start_nginx_instance http_get
+    http_concurrent
     kafka_consume kafka_broker_down kafka_broker_up file_lines );
 
 our $RedisErrorsDie = 1;
@@ -470,6 +476,56 @@ sub http_get {
     }
     close $sock;
     return _parse_http($raw);
+}
+
+# Requests at once: every connection is opened, then every request written,
+# before any response is read.  Each of @$reqs is [port, path, {headers}].
+# Connections whose index is in $o{abandon} are closed right after writing.
+# Returns [status, {headers}, body] per request (status undef when none).
+sub http_concurrent {
+    my ($reqs, %o) = @_;
+    my %abandon = map { $_ => 1 } @{ $o{abandon} || [] };
+    my (@socks, %raw);
+    local $SIG{PIPE} = 'IGNORE';
+    for my $q (@$reqs) {
+        my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                      PeerPort => $q->[0], Proto => 'tcp',
+                                      Timeout => $HttpTimeout)
+            or die "http_concurrent: connect: $!\n";
+        push @socks, $s;
+        $raw{"$s"} = '';
+    }
+    for my $i (0 .. $#$reqs) {
+        my ($port, $path, $hdrs) = @{ $reqs->[$i] };
+        my $req = "GET $path HTTP/1.1\r\nHost: localhost\r\n"
+                  . "Connection: close\r\n";
+        $req .= "$_: $hdrs->{$_}\r\n" for sort keys %{ $hdrs || {} };
+        syswrite($socks[$i], "$req\r\n");
+    }
+    my $sel = IO::Select->new();
+    for my $i (0 .. $#socks) {
+        if ($abandon{$i}) {
+            close $socks[$i];
+        } else {
+            $sel->add($socks[$i]);
+        }
+    }
+    my $deadline = time + $HttpTimeout;
+    while ($sel->count && time < $deadline) {
+        for my $s ($sel->can_read(0.2)) {
+            my $n = sysread($s, my $buf, 65536);
+            next if !defined $n && ($! == EINTR || $! == EAGAIN);
+            if (!$n) {
+                $sel->remove($s);
+                close $s;
+                next;
+            }
+            $raw{"$s"} .= $buf;
+        }
+    }
+    return map {
+        $abandon{$_} ? [undef, {}, ''] : [_parse_http($raw{"$socks[$_]"})]
+    } 0 .. $#socks;
 }
 
 sub _parse_http {
