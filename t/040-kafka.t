@@ -184,6 +184,11 @@ my @e = events_of('hostile', 1);
 is(scalar @e, 1, 'one event, strict UTF-8 JSON');
 my $raw = $e[0]{payload};
 unlike($raw, qr/[\x00-\x1f]/, 'no raw control characters');
+my $fffd = "\xef\xbf\xbd";
+ok(index($raw, '"evil":"a\\"b\\\\c\\u0001\\u001b' . "\x7f" . ($fffd x 3)
+             . '(' . $fffd . ' tail"') >= 0,
+   'escapes as written: \\" \\\\ \\u00XX in lower case, DEL as is')
+    or diag($raw);
 my $r = "\x{FFFD}";
 is($e[0]{event}{uri}, "/h/\"q\\\x01\n\x1f\x7f" . ($r x 10) . "end",
    'URI: escapes kept, invalid sequences replaced one by one');
