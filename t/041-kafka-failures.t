@@ -330,3 +330,45 @@ aai_kafka_events_total\{outcome="failed"\} 5
 qr/aai_kafka: 5 events not delivered, last error: Local: Purged in queue/
 --- aai_after
 kafka_all_brokers_up();
+
+
+
+=== TEST 7: a fatal producer error (a Produce answered OUT_OF_ORDER_SEQUENCE_NUMBER) rebuilds the producer, requests are served and later events arrive
+--- http_config
+    aai_kafka_brokers $TEST_NGINX_KAFKA_BROKERS;
+    aai_kafka_format n n=$arg_n:number;
+--- config
+    location = /t {
+        aai_kafka_event $TEST_NGINX_KRUN-fatal format=n;
+        return 204;
+    }
+    location = /metrics {
+        aai_metrics;
+    }
+--- init
+main::requests(1);
+main::counts_are('produced=1 delivered=1 failed=0 dropped=0 depth=0',
+                 'delivered before the error');
+
+# the head-of-line request of an idempotent producer rejected for its
+# sequence: librdkafka raises a fatal error
+AaiTest::_kmock_ctl('produce_errors 45 1');
+main::requests(2);
+my $m = AaiTest::metrics_wait(main::port(), '/metrics', sub {
+    ($_[0]{aai_kafka_producer_restarts_total} // 0) >= 1
+}, 15);
+Test::More::is($m->{aai_kafka_producer_restarts_total}, 1,
+               'the producer was rebuilt once');
+main::requests(3 .. 5);
+main::counts_are('produced=5 delivered=4 failed=1 dropped=0 depth=0',
+                 'the rejected event failed, the later ones delivered');
+--- request
+GET /metrics
+--- response_body_like
+aai_kafka_producer_restarts_total 1
+--- error_log eval
+[qr/aai_kafka: fatal producer error: \S*OUT_OF_ORDER_SEQUENCE_NUMBER.*rebuilding the producer/,
+ qr/aai_kafka: producer rebuilt/]
+--- aai_after
+is(event_numbers('fatal', 4), '1,3,4,5',
+   'the events before and after the rebuild arrived');

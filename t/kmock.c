@@ -19,6 +19,8 @@
  *                             new ones (no leader change)
  *   up <broker_id>            the broker accepts connections again
  *   rtt <broker_id> <ms>      adds a round-trip delay to the broker
+ *   produce_errors <err> <n>  the next n Produce requests, to any broker,
+ *                             fail with Kafka error code err
  *   ping                      answers "ok"
  * Broker ids are 1..N.
  */
@@ -169,6 +171,29 @@ kmock_listen(int *port)
 }
 
 
+/* Produce is Kafka API key 0 */
+
+static void
+kmock_produce_errors(rd_kafka_mock_cluster_t *mc, int n, int code, int count,
+    char *out, size_t size)
+{
+    int  i;
+
+    if (n != 3 || code <= 0 || count <= 0) {
+        snprintf(out, size, "err usage: produce_errors <err> <count>\n");
+        return;
+    }
+
+    for (i = 0; i < count; i++) {
+        rd_kafka_mock_push_request_errors(mc, 0, 1,
+                                          (rd_kafka_resp_err_t) code);
+    }
+
+    fprintf(stderr, "kmock: produce_errors %d %d\n", code, count);
+    snprintf(out, size, "ok\n");
+}
+
+
 static void
 kmock_command(rd_kafka_mock_cluster_t *mc, int nbrokers, char *line,
     char *out, size_t size)
@@ -188,6 +213,11 @@ kmock_command(rd_kafka_mock_cluster_t *mc, int nbrokers, char *line,
 
     if (strcmp(cmd, "ping") == 0) {
         snprintf(out, size, "ok\n");
+        return;
+    }
+
+    if (strcmp(cmd, "produce_errors") == 0) {
+        kmock_produce_errors(mc, n, id, ms, out, size);
         return;
     }
 
