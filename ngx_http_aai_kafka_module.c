@@ -22,9 +22,6 @@
 #define NGX_HTTP_AAI_KAFKA_STRING     0
 #define NGX_HTTP_AAI_KAFKA_NUMBER     1
 #define NGX_HTTP_AAI_KAFKA_BOOL       2
-#define NGX_HTTP_AAI_KAFKA_NULL       3
-#define NGX_HTTP_AAI_KAFKA_TRUE       4
-#define NGX_HTTP_AAI_KAFKA_FALSE      5
 
 /* how often the timer serves the producer besides its wake-up socket */
 #define NGX_HTTP_AAI_KAFKA_POLL       100
@@ -57,6 +54,8 @@ typedef struct {
 typedef struct {
     ngx_str_t                         name;
     ngx_array_t                      *fields;     /* field_t */
+    size_t                            size;       /* of the keys in JSON */
+    cJSON                            *tree;       /* per worker, see json() */
 } ngx_http_aai_kafka_format_t;
 
 
@@ -156,16 +155,24 @@ static rd_kafka_resp_err_t ngx_http_aai_kafka_producev(
     ngx_str_t *key);
 static ngx_int_t ngx_http_aai_kafka_json(ngx_http_request_t *r,
     ngx_http_aai_kafka_format_t *fmt, ngx_str_t *out);
-static ngx_int_t ngx_http_aai_kafka_reserve(ngx_http_aai_kafka_worker_t *w,
-    size_t size);
-static void ngx_http_aai_kafka_value(ngx_http_request_t *r,
-    ngx_http_aai_kafka_field_t *f, ngx_str_t *v);
-static u_char *ngx_http_aai_kafka_string(u_char *dst, ngx_str_t *v);
-static u_char *ngx_http_aai_kafka_escape(u_char *dst, u_char c);
-static u_char *ngx_http_aai_kafka_number(u_char *dst, ngx_str_t *v);
-static u_char *ngx_http_aai_kafka_bool(u_char *dst, ngx_str_t *v);
+static u_char *ngx_http_aai_kafka_buffer(size_t size);
+static cJSON *ngx_http_aai_kafka_tree(ngx_http_aai_kafka_format_t *fmt);
+static void ngx_http_aai_kafka_tree_reset(cJSON *tree);
+static void ngx_http_aai_kafka_trees_free(
+    ngx_http_aai_kafka_main_conf_t *kmcf);
+static ngx_int_t ngx_http_aai_kafka_field(ngx_http_request_t *r,
+    ngx_http_aai_kafka_field_t *f, cJSON *item, size_t *size);
+static ngx_int_t ngx_http_aai_kafka_string(ngx_pool_t *pool, ngx_str_t *v,
+    cJSON *item, size_t *size);
+static ngx_int_t ngx_http_aai_kafka_number(ngx_pool_t *pool, ngx_str_t *v,
+    cJSON *item, size_t *size);
+static void ngx_http_aai_kafka_bool(ngx_str_t *v, cJSON *item, size_t *size);
 static size_t ngx_http_aai_kafka_utf8_seq(u_char *p, u_char *end,
     size_t *skip);
+static size_t ngx_http_aai_kafka_utf8_len(u_char *p, size_t n,
+    ngx_uint_t *valid);
+static u_char *ngx_http_aai_kafka_utf8_copy(u_char *dst, u_char *p,
+    size_t n);
 static ngx_uint_t ngx_http_aai_kafka_is_number(u_char *p, size_t n);
 
 static void ngx_http_aai_kafka_notify_handler(ngx_event_t *rev);
@@ -481,321 +488,352 @@ ngx_http_aai_kafka_producev(ngx_http_aai_kafka_worker_t *w, ngx_uint_t topic,
 
 
 /*
- * The event of a format, written straight into a buffer of the worker,
- * which librdkafka copies.  Field names need no escaping (letters, digits,
- * "_", "." and "-"); each value is checked and escaped as it is copied.
+ * The event of a format, printed by cJSON from a tree of the format's
+ * fields that each worker builds once: per event the items only point to
+ * the values, in the request pool, and are reset to null once printed.
+ * The text goes to a buffer of the worker, which librdkafka copies.
  */
 
 static ngx_int_t
 ngx_http_aai_kafka_json(ngx_http_request_t *r,
     ngx_http_aai_kafka_format_t *fmt, ngx_str_t *out)
 {
-    u_char                       *p;
-    size_t                        used;
-    ngx_str_t                     v;
-    ngx_uint_t                    i;
-    ngx_http_aai_kafka_field_t   *f;
-    ngx_http_aai_kafka_worker_t  *w;
+    int                          len;
+    cJSON                       *tree, *item;
+    size_t                       size;
+    u_char                      *buf;
+    ngx_uint_t                   i;
+    ngx_http_aai_kafka_field_t  *f;
 
-    w = &ngx_http_aai_kafka_worker;
-    f = fmt->fields->elts;
-
-    used = 0;
-
-    for (i = 0; i < fmt->fields->nelts; i++) {
-        ngx_http_aai_kafka_value(r, &f[i], &v);
-
-        if (v.len > NGX_MAX_SIZE_T_VALUE / 8) {
-            return NGX_ERROR;
-        }
-
-        /* ,"name": and at most 6 bytes per byte of the value ("\u00XX") */
-
-        if (ngx_http_aai_kafka_reserve(w, used + f[i].name_len + 6 * v.len
-                                          + sizeof(",\"\":\"\"}"))
-            != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
-
-        p = w->buf + used;
-
-        *p++ = i ? ',' : '{';
-        *p++ = '"';
-        p = ngx_cpymem(p, f[i].name, f[i].name_len);
-        *p++ = '"';
-        *p++ = ':';
-
-        switch (v.len ? f[i].type : NGX_HTTP_AAI_KAFKA_NULL) {
-
-        case NGX_HTTP_AAI_KAFKA_NUMBER:
-            p = ngx_http_aai_kafka_number(p, &v);
-            break;
-
-        case NGX_HTTP_AAI_KAFKA_BOOL:
-            p = ngx_http_aai_kafka_bool(p, &v);
-            break;
-
-        case NGX_HTTP_AAI_KAFKA_STRING:
-            p = ngx_http_aai_kafka_string(p, &v);
-            break;
-
-        default: /* NGX_HTTP_AAI_KAFKA_NULL */
-            p = ngx_cpymem(p, "null", sizeof("null") - 1);
-        }
-
-        used = p - w->buf;
-    }
-
-    if (ngx_http_aai_kafka_reserve(w, used + sizeof("{}")) != NGX_OK) {
+    tree = fmt->tree ? fmt->tree : ngx_http_aai_kafka_tree(fmt);
+    if (tree == NULL) {
         return NGX_ERROR;
     }
 
-    p = w->buf + used;
+    size = fmt->size + sizeof("{}");
 
-    if (used == 0) {
-        *p++ = '{';
+    f = fmt->fields->elts;
+    item = tree->child;
+
+    for (i = 0; i < fmt->fields->nelts; i++, item = item->next) {
+        if (ngx_http_aai_kafka_field(r, &f[i], item, &size) != NGX_OK) {
+            goto failed;
+        }
     }
 
-    *p++ = '}';
+    /* cJSON asks for a few bytes more than it writes */
 
-    out->data = w->buf;
-    out->len = p - w->buf;
+    size += 8;
+
+    if (size > 0x7fffffff) {
+        goto failed;
+    }
+
+    len = (int) size;
+
+    buf = ngx_http_aai_kafka_buffer(size);
+    if (buf == NULL) {
+        goto failed;
+    }
+
+    if (!cJSON_PrintPreallocated(tree, (char *) buf, len, 0)) {
+        goto failed;
+    }
+
+    ngx_http_aai_kafka_tree_reset(tree);
+
+    out->data = buf;
+    out->len = ngx_strlen(buf);
 
     return NGX_OK;
+
+failed:
+
+    ngx_http_aai_kafka_tree_reset(tree);
+
+    return NGX_ERROR;
 }
 
 
-/* room for size bytes in the worker's buffer, keeping what it holds */
-
-static ngx_int_t
-ngx_http_aai_kafka_reserve(ngx_http_aai_kafka_worker_t *w, size_t size)
+static u_char *
+ngx_http_aai_kafka_buffer(size_t size)
 {
-    u_char  *buf;
+    u_char                       *buf;
+    ngx_http_aai_kafka_worker_t  *w;
+
+    w = &ngx_http_aai_kafka_worker;
 
     if (w->buf_size >= size) {
-        return NGX_OK;
+        return w->buf;
     }
 
-    size = ngx_max(size, ngx_max(2 * w->buf_size, 1024));
+    size = ngx_max(size, 1024);
 
     buf = ngx_alloc(size, ngx_cycle->log);
     if (buf == NULL) {
-        return NGX_ERROR;
+        return NULL;
     }
 
     if (w->buf) {
-        ngx_memcpy(buf, w->buf, w->buf_size);
         ngx_free(w->buf);
     }
 
     w->buf = buf;
     w->buf_size = size;
 
-    return NGX_OK;
+    return buf;
+}
+
+
+static cJSON *
+ngx_http_aai_kafka_tree(ngx_http_aai_kafka_format_t *fmt)
+{
+    cJSON                       *tree, *item;
+    ngx_uint_t                   i;
+    ngx_http_aai_kafka_field_t  *f;
+
+    tree = cJSON_CreateObject();
+    if (tree == NULL) {
+        return NULL;
+    }
+
+    f = fmt->fields->elts;
+
+    for (i = 0; i < fmt->fields->nelts; i++) {
+        item = cJSON_CreateNull();
+        if (item == NULL) {
+            cJSON_Delete(tree);
+            return NULL;
+        }
+
+        /* the name is the format's, in the cycle's pool */
+
+        if (!cJSON_AddItemToObjectCS(tree, f[i].name, item)) {
+            cJSON_Delete(item);
+            cJSON_Delete(tree);
+            return NULL;
+        }
+    }
+
+    fmt->tree = tree;
+
+    return tree;
+}
+
+
+/* every item null again: nothing points into a request pool */
+
+static void
+ngx_http_aai_kafka_tree_reset(cJSON *tree)
+{
+    cJSON  *item;
+
+    for (item = tree->child; item; item = item->next) {
+        item->type = cJSON_NULL | (item->type & cJSON_StringIsConst);
+        item->valuestring = NULL;
+    }
 }
 
 
 static void
-ngx_http_aai_kafka_value(ngx_http_request_t *r, ngx_http_aai_kafka_field_t *f,
-    ngx_str_t *v)
+ngx_http_aai_kafka_trees_free(ngx_http_aai_kafka_main_conf_t *kmcf)
 {
+    ngx_uint_t                    i;
+    ngx_http_aai_kafka_format_t  *fmt;
+
+    if (kmcf->default_format && kmcf->default_format->tree) {
+        cJSON_Delete(kmcf->default_format->tree);
+        kmcf->default_format->tree = NULL;
+    }
+
+    fmt = kmcf->formats ? kmcf->formats->elts : NULL;
+
+    for (i = 0; fmt && i < kmcf->formats->nelts; i++) {
+        if (fmt[i].tree) {
+            cJSON_Delete(fmt[i].tree);
+            fmt[i].tree = NULL;
+        }
+    }
+}
+
+
+static ngx_int_t
+ngx_http_aai_kafka_field(ngx_http_request_t *r, ngx_http_aai_kafka_field_t *f,
+    cJSON *item, size_t *size)
+{
+    ngx_str_t                   v;
     ngx_http_variable_value_t  *vv;
 
-    ngx_str_null(v);
+    ngx_str_null(&v);
 
     if (f->index != NGX_ERROR) {
         vv = ngx_http_get_indexed_variable(r, f->index);
 
         if (vv != NULL && !vv->not_found) {
-            v->data = vv->data;
-            v->len = vv->len;
+            v.data = vv->data;
+            v.len = vv->len;
         }
 
     } else if (f->value) {
-        if (ngx_http_complex_value(r, f->value, v) != NGX_OK) {
-            ngx_str_null(v);
+        if (ngx_http_complex_value(r, f->value, &v) != NGX_OK) {
+            ngx_str_null(&v);
         }
     }
+
+    if (v.len) {
+        switch (f->type) {
+
+        case NGX_HTTP_AAI_KAFKA_NUMBER:
+            return ngx_http_aai_kafka_number(r->pool, &v, item, size);
+
+        case NGX_HTTP_AAI_KAFKA_BOOL:
+            ngx_http_aai_kafka_bool(&v, item, size);
+            return NGX_OK;
+
+        default: /* NGX_HTTP_AAI_KAFKA_STRING */
+            return ngx_http_aai_kafka_string(r->pool, &v, item, size);
+        }
+    }
+
+    *size += sizeof("null") - 1;
+
+    return NGX_OK;
 }
 
 
-/*
- * A JSON string: '"', '\' and control characters are escaped as cJSON
- * does, valid UTF-8 is copied as it is, and each maximal ill-formed
- * subpart, as a NUL byte, becomes U+FFFD.
- */
+/* a value the item prints, not its own: cJSON_Delete() leaves it alone */
 
-static u_char *
-ngx_http_aai_kafka_string(u_char *dst, ngx_str_t *v)
+#define ngx_http_aai_kafka_set(item, t, s)                                    \
+    (item)->type = (t) | cJSON_IsReference                                    \
+                   | ((item)->type & cJSON_StringIsConst);                    \
+    (item)->valuestring = (char *) (s)
+
+
+static ngx_int_t
+ngx_http_aai_kafka_string(ngx_pool_t *pool, ngx_str_t *v, cJSON *item,
+    size_t *size)
 {
-    u_char  c, *p, *end;
-    size_t  seq, skip;
+    u_char      *s, *last;
+    size_t       n;
+    ngx_uint_t   valid;
 
-    p = v->data;
-    end = p + v->len;
+    /*
+     * cJSON copies bytes of 0x80 and above as they are: anything that is
+     * not UTF-8 becomes U+FFFD here, and so does a NUL byte, which a
+     * C string cannot carry.
+     */
 
-    *dst++ = '"';
+    n = ngx_http_aai_kafka_utf8_len(v->data, v->len, &valid);
 
-    while (p < end) {
-        c = *p;
-
-        if (c >= 0x20 && c < 0x80) {
-            if (c == '"' || c == '\\') {
-                *dst++ = '\\';
-            }
-
-            *dst++ = c;
-            p++;
-            continue;
-        }
-
-        if (c < 0x20 && c != '\0') {
-            dst = ngx_http_aai_kafka_escape(dst, c);
-            p++;
-            continue;
-        }
-
-        seq = ngx_http_aai_kafka_utf8_seq(p, end, &skip);
-
-        if (seq) {
-            dst = ngx_cpymem(dst, p, seq);
-            p += seq;
-            continue;
-        }
-
-        /* U+FFFD REPLACEMENT CHARACTER */
-
-        *dst++ = 0xef;
-        *dst++ = 0xbf;
-        *dst++ = 0xbd;
-
-        p += skip;
+    s = ngx_pnalloc(pool, n + 1);
+    if (s == NULL) {
+        return NGX_ERROR;
     }
 
-    *dst++ = '"';
+    if (valid) {
+        last = ngx_cpymem(s, v->data, n);
 
-    return dst;
+    } else {
+        last = ngx_http_aai_kafka_utf8_copy(s, v->data, v->len);
+    }
+
+    *last = '\0';
+
+    /* every byte may become "\u00XX" */
+    *size += 6 * n + sizeof("\"\"") - 1;
+
+    ngx_http_aai_kafka_set(item, cJSON_String, s);
+
+    return NGX_OK;
 }
 
 
-static u_char *
-ngx_http_aai_kafka_escape(u_char *dst, u_char c)
+static ngx_int_t
+ngx_http_aai_kafka_number(ngx_pool_t *pool, ngx_str_t *v, cJSON *item,
+    size_t *size)
 {
-    static u_char  hex[] = "0123456789abcdef";
+    u_char  *s;
 
-    *dst++ = '\\';
-
-    switch (c) {
-
-    case '\b':
-        *dst++ = 'b';
-        break;
-
-    case '\f':
-        *dst++ = 'f';
-        break;
-
-    case '\n':
-        *dst++ = 'n';
-        break;
-
-    case '\r':
-        *dst++ = 'r';
-        break;
-
-    case '\t':
-        *dst++ = 't';
-        break;
-
-    default:
-        dst = ngx_cpymem(dst, "u00", sizeof("u00") - 1);
-        *dst++ = hex[c >> 4];
-        *dst++ = hex[c & 0xf];
-    }
-
-    return dst;
-}
-
-
-static u_char *
-ngx_http_aai_kafka_number(u_char *dst, ngx_str_t *v)
-{
     if (v->len >= NGX_INT64_LEN + 32
         || !ngx_http_aai_kafka_is_number(v->data, v->len))
     {
-        return ngx_cpymem(dst, "null", sizeof("null") - 1);
+        *size += sizeof("null") - 1;
+        return NGX_OK;
     }
 
-    return ngx_cpymem(dst, v->data, v->len);
+    s = ngx_pnalloc(pool, v->len + 1);
+    if (s == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(s, v->data, v->len);
+    s[v->len] = '\0';
+
+    *size += v->len;
+
+    ngx_http_aai_kafka_set(item, cJSON_Raw, s);
+
+    return NGX_OK;
 }
 
 
-static u_char *
-ngx_http_aai_kafka_bool(u_char *dst, ngx_str_t *v)
+static void
+ngx_http_aai_kafka_bool(ngx_str_t *v, cJSON *item, size_t *size)
 {
-    ngx_uint_t  type;
+    int  type;
 
-    type = NGX_HTTP_AAI_KAFKA_NULL;
+    *size += sizeof("false") - 1;
+
+    type = cJSON_NULL;
 
     switch (v->len) {
 
     case 1:
         if (v->data[0] == '1') {
-            type = NGX_HTTP_AAI_KAFKA_TRUE;
+            type = cJSON_True;
 
         } else if (v->data[0] == '0') {
-            type = NGX_HTTP_AAI_KAFKA_FALSE;
+            type = cJSON_False;
         }
 
         break;
 
     case 2:
         if (ngx_strncasecmp(v->data, (u_char *) "on", 2) == 0) {
-            type = NGX_HTTP_AAI_KAFKA_TRUE;
+            type = cJSON_True;
 
         } else if (ngx_strncasecmp(v->data, (u_char *) "no", 2) == 0) {
-            type = NGX_HTTP_AAI_KAFKA_FALSE;
+            type = cJSON_False;
         }
 
         break;
 
     case 3:
         if (ngx_strncasecmp(v->data, (u_char *) "yes", 3) == 0) {
-            type = NGX_HTTP_AAI_KAFKA_TRUE;
+            type = cJSON_True;
 
         } else if (ngx_strncasecmp(v->data, (u_char *) "off", 3) == 0) {
-            type = NGX_HTTP_AAI_KAFKA_FALSE;
+            type = cJSON_False;
         }
 
         break;
 
     case 4:
         if (ngx_strncasecmp(v->data, (u_char *) "true", 4) == 0) {
-            type = NGX_HTTP_AAI_KAFKA_TRUE;
+            type = cJSON_True;
         }
 
         break;
 
     case 5:
         if (ngx_strncasecmp(v->data, (u_char *) "false", 5) == 0) {
-            type = NGX_HTTP_AAI_KAFKA_FALSE;
+            type = cJSON_False;
         }
 
         break;
     }
 
-    switch (type) {
-
-    case NGX_HTTP_AAI_KAFKA_TRUE:
-        return ngx_cpymem(dst, "true", sizeof("true") - 1);
-
-    case NGX_HTTP_AAI_KAFKA_FALSE:
-        return ngx_cpymem(dst, "false", sizeof("false") - 1);
-
-    default:
-        return ngx_cpymem(dst, "null", sizeof("null") - 1);
-    }
+    item->type = type | (item->type & cJSON_StringIsConst);
 }
 
 
@@ -856,6 +894,73 @@ ngx_http_aai_kafka_utf8_seq(u_char *p, u_char *end, size_t *skip)
     }
 
     return n;
+}
+
+
+static size_t
+ngx_http_aai_kafka_utf8_len(u_char *p, size_t n, ngx_uint_t *valid)
+{
+    u_char  *end;
+    size_t   len, seq, skip;
+
+    end = p + n;
+    len = 0;
+
+    *valid = 1;
+
+    while (p < end) {
+
+        if (*p >= 0x20 && *p < 0x80) {
+            p++;
+            len++;
+            continue;
+        }
+
+        seq = ngx_http_aai_kafka_utf8_seq(p, end, &skip);
+
+        if (seq) {
+            p += seq;
+            len += seq;
+
+        } else {
+            p += skip;
+            len += 3;
+            *valid = 0;
+        }
+    }
+
+    return len;
+}
+
+
+static u_char *
+ngx_http_aai_kafka_utf8_copy(u_char *dst, u_char *p, size_t n)
+{
+    u_char  *end;
+    size_t   seq, skip;
+
+    end = p + n;
+
+    while (p < end) {
+
+        seq = ngx_http_aai_kafka_utf8_seq(p, end, &skip);
+
+        if (seq) {
+            dst = ngx_cpymem(dst, p, seq);
+            p += seq;
+            continue;
+        }
+
+        /* U+FFFD REPLACEMENT CHARACTER */
+
+        *dst++ = 0xef;
+        *dst++ = 0xbf;
+        *dst++ = 0xbd;
+
+        p += skip;
+    }
+
+    return dst;
 }
 
 
@@ -1590,6 +1695,7 @@ ngx_http_aai_kafka_exit_process(ngx_cycle_t *cycle)
 
     ngx_http_aai_kafka_producer_stop(timeout);
     ngx_http_aai_kafka_notify_close();
+    ngx_http_aai_kafka_trees_free(w->kmcf);
 
     if (w->buf) {
         ngx_free(w->buf);
@@ -1974,6 +2080,8 @@ ngx_http_aai_kafka_format(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     fmt->name = value[1];
+    fmt->size = 0;
+    fmt->tree = NULL;
 
     fmt->fields = ngx_array_create(cf->pool, cf->args->nelts - 2,
                                    sizeof(ngx_http_aai_kafka_field_t));
@@ -2049,6 +2157,9 @@ ngx_http_aai_kafka_format_field(ngx_conf_t *cf,
 
     ngx_cpystrn((u_char *) f->name, name.data, name.len + 1);
     f->name_len = name.len;
+
+    /* "name":, */
+    fmt->size += name.len + 4;
 
     value.data = eq + 1;
     value.len = arg->data + arg->len - value.data;
@@ -2424,6 +2535,8 @@ ngx_http_aai_kafka_default_format(ngx_conf_t *cf,
         f->type = d->type;
         f->index = NGX_ERROR;
         f->value = NULL;
+
+        fmt->size += f->name_len + 4;
 
         if (d->optional
             && !ngx_http_aai_kafka_variable_exists(cf, d->value + 1))
