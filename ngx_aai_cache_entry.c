@@ -12,14 +12,38 @@
 #include "ngx_aai_cache_entry.h"
 
 
+#if (NGX_HAVE_LITTLE_ENDIAN && defined __x86_64__                             \
+     && (defined __GNUC__ || defined __clang__))
+#define NGX_AAI_CACHE_CLMUL  1
+#include <immintrin.h>
+#else
+#define NGX_AAI_CACHE_CLMUL  0
+#endif
+
+
 static u_char *ngx_aai_cache_put(u_char *p, uint64_t v, ngx_uint_t n);
 static void ngx_aai_cache_cc_directive(ngx_aai_cache_cc_t *cc, u_char *name,
     size_t nlen, u_char *val, size_t vlen);
 static ngx_int_t ngx_aai_cache_cc_number(u_char *val, size_t vlen);
 
 
-/* CRC-32 (IEEE 802.3, as zlib's), slice-by-8 */
-static uint32_t  ngx_aai_cache_crc_table[8][256];
+static uint32_t ngx_aai_cache_crc32_update(uint32_t crc, u_char *p,
+    size_t len);
+#if (NGX_AAI_CACHE_CLMUL)
+static void ngx_aai_cache_clmul_init(void);
+static uint64_t ngx_aai_cache_clmul_key(ngx_uint_t n);
+static uint32_t ngx_aai_cache_crc32_clmul(u_char *p, size_t len);
+#endif
+
+
+/* CRC-32 (IEEE 802.3, as zlib's) */
+static uint32_t    ngx_aai_cache_crc_table[8][256];
+
+#if (NGX_AAI_CACHE_CLMUL)
+static ngx_uint_t  ngx_aai_cache_clmul;
+static uint64_t    ngx_aai_cache_clmul_k4[2];   /* 512 bits forward */
+static uint64_t    ngx_aai_cache_clmul_k1[2];   /* 128 bits forward */
+#endif
 
 
 static u_char *
@@ -517,8 +541,13 @@ ngx_aai_cache_find_header(ngx_list_t *headers, const char *name, size_t len,
 
 
 /*
- * Every hit checks its entry: eight bytes a step rather than nginx's one
- * (ngx_crc32_long), several times faster on a 1 KB entry.
+ * Every hit checks its entry, every store seals one.  With PCLMULQDQ
+ * (x86-64), 64 bytes a step: four 16-byte lanes are carried forward by
+ * carry-less multiplication with x^n mod P, folded into one lane, and the
+ * lane and the last bytes go through the tables (the method of Intel's
+ * "Fast CRC Computation for Generic Polynomials Using PCLMULQDQ").
+ * Elsewhere, or if its self-test fails, eight bytes a step through eight
+ * tables rather than nginx's one (ngx_crc32_long).
  */
 
 void
@@ -545,20 +574,39 @@ ngx_aai_cache_crc32_init(void)
             ngx_aai_cache_crc_table[j][i] = c;
         }
     }
+
+#if (NGX_AAI_CACHE_CLMUL)
+    ngx_aai_cache_clmul_init();
+#endif
 }
 
 
 uint32_t
 ngx_aai_cache_crc32(u_char *p, size_t len)
 {
-    uint32_t    crc;
+#if (NGX_AAI_CACHE_CLMUL)
+
+    if (len >= 64 && ngx_aai_cache_clmul) {
+        return ngx_aai_cache_crc32_clmul(p, len);
+    }
+
+#endif
+
+    return ngx_aai_cache_crc32_update(0xffffffff, p, len) ^ 0xffffffff;
+}
+
+
+/* the CRC register crc carried over len bytes: no initial or final xor */
+
+static uint32_t
+ngx_aai_cache_crc32_update(uint32_t crc, u_char *p, size_t len)
+{
     uint32_t  (*t)[256];
 #if (NGX_HAVE_LITTLE_ENDIAN)
     uint32_t    one, two;
 #endif
 
     t = ngx_aai_cache_crc_table;
-    crc = 0xffffffff;
 
 #if (NGX_HAVE_LITTLE_ENDIAN)
 
@@ -583,5 +631,151 @@ ngx_aai_cache_crc32(u_char *p, size_t len)
         crc = t[0][(crc ^ *p++) & 0xff] ^ (crc >> 8);
     }
 
+    return crc;
+}
+
+
+#if (NGX_AAI_CACHE_CLMUL)
+
+/*
+ * In a lane loaded from 16 bytes, bit i stands for x^(127 - i): the low
+ * quadword H holds the higher powers.  Carried n bits forward, H x^64 + L
+ * becomes H (x^(n+32) mod P) + L (x^(n-32) mod P), times x^32: the two
+ * carry-less products with the constants in the bit order of
+ * ngx_aai_cache_clmul_key().  A lane is congruent modulo P to the bytes it
+ * stands for, so the tables can finish from it.
+ */
+
+static void
+ngx_aai_cache_clmul_init(void)
+{
+    u_char      buf[256];
+    ngx_uint_t  i;
+
+    __builtin_cpu_init();
+
+    if (!__builtin_cpu_supports("pclmul")) {
+        return;
+    }
+
+    ngx_aai_cache_clmul_k4[0] = ngx_aai_cache_clmul_key(4 * 128 + 32);
+    ngx_aai_cache_clmul_k4[1] = ngx_aai_cache_clmul_key(4 * 128 - 32);
+    ngx_aai_cache_clmul_k1[0] = ngx_aai_cache_clmul_key(128 + 32);
+    ngx_aai_cache_clmul_k1[1] = ngx_aai_cache_clmul_key(128 - 32);
+
+    for (i = 0; i < sizeof(buf); i++) {
+        buf[i] = (u_char) ((i * 2654435761U) >> 13);
+    }
+
+    for (i = 64; i <= sizeof(buf); i++) {
+        if (ngx_aai_cache_crc32_clmul(buf, i)
+            != (ngx_aai_cache_crc32_update(0xffffffff, buf, i) ^ 0xffffffff))
+        {
+            return;
+        }
+    }
+
+    ngx_aai_cache_clmul = 1;
+}
+
+
+/*
+ * x^n mod P, P = x^32 + 0x04c11db7, with the coefficient of x^e at bit
+ * 32 - e: a 33-bit constant for the reflected products
+ */
+
+static uint64_t
+ngx_aai_cache_clmul_key(ngx_uint_t n)
+{
+    uint32_t    r;
+    uint64_t    k;
+    ngx_uint_t  e;
+
+    r = 1;
+
+    while (n--) {
+        r = (r & 0x80000000) ? (r << 1) ^ 0x04c11db7 : r << 1;
+    }
+
+    k = 0;
+
+    for (e = 0; e < 32; e++) {
+        if (r & ((uint32_t) 1 << e)) {
+            k |= (uint64_t) 1 << (32 - e);
+        }
+    }
+
+    return k;
+}
+
+
+/* the lane x carried forward by the constants k, added to the lane y */
+
+__attribute__((target("pclmul")))
+static ngx_inline __m128i
+ngx_aai_cache_clmul_fold(__m128i x, __m128i k, __m128i y)
+{
+    return _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(x, k, 0x00),
+                                       _mm_clmulepi64_si128(x, k, 0x11)),
+                         y);
+}
+
+
+/* len >= 64 */
+
+__attribute__((target("pclmul")))
+static uint32_t
+ngx_aai_cache_crc32_clmul(u_char *p, size_t len)
+{
+    uint32_t   crc;
+    __m128i    x0, x1, x2, x3, k4, k1;
+    u_char     lane[16];
+
+    k4 = _mm_set_epi64x((long long) ngx_aai_cache_clmul_k4[1],
+                        (long long) ngx_aai_cache_clmul_k4[0]);
+    k1 = _mm_set_epi64x((long long) ngx_aai_cache_clmul_k1[1],
+                        (long long) ngx_aai_cache_clmul_k1[0]);
+
+    /* the initial register 0xffffffff goes onto the first four bytes */
+
+    x0 = _mm_xor_si128(_mm_loadu_si128((__m128i *) p),
+                       _mm_cvtsi32_si128((int) 0xffffffff));
+    x1 = _mm_loadu_si128((__m128i *) (p + 16));
+    x2 = _mm_loadu_si128((__m128i *) (p + 32));
+    x3 = _mm_loadu_si128((__m128i *) (p + 48));
+
+    p += 64;
+    len -= 64;
+
+    while (len >= 64) {
+        x0 = ngx_aai_cache_clmul_fold(x0, k4,
+                                      _mm_loadu_si128((__m128i *) p));
+        x1 = ngx_aai_cache_clmul_fold(x1, k4,
+                                      _mm_loadu_si128((__m128i *) (p + 16)));
+        x2 = ngx_aai_cache_clmul_fold(x2, k4,
+                                      _mm_loadu_si128((__m128i *) (p + 32)));
+        x3 = ngx_aai_cache_clmul_fold(x3, k4,
+                                      _mm_loadu_si128((__m128i *) (p + 48)));
+        p += 64;
+        len -= 64;
+    }
+
+    x1 = ngx_aai_cache_clmul_fold(x0, k1, x1);
+    x2 = ngx_aai_cache_clmul_fold(x1, k1, x2);
+    x3 = ngx_aai_cache_clmul_fold(x2, k1, x3);
+
+    while (len >= 16) {
+        x3 = ngx_aai_cache_clmul_fold(x3, k1, _mm_loadu_si128((__m128i *) p));
+        p += 16;
+        len -= 16;
+    }
+
+    _mm_storeu_si128((__m128i *) lane, x3);
+
+    crc = ngx_aai_cache_crc32_update(0, lane, 16);
+    crc = ngx_aai_cache_crc32_update(crc, p, len);
+
     return crc ^ 0xffffffff;
 }
+
+#endif

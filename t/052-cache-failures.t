@@ -53,6 +53,9 @@ our $Good = entry(key => $Key, status => 203,
                               'X-Made' => 'by hand'],
                   body => "made by hand\n");
 
+# body lengths crossing the 16- and 64-byte steps of the checksum
+our @Lens = (0 .. 20, 56 .. 72, 120 .. 136, 1000, 4999);
+
 add_block_preprocessor(sub {
     redis_flushdb();
 });
@@ -464,3 +467,42 @@ GET /c/x
 from upstream /c/x
 --- response_headers
 X-Status: EXPIRED
+
+
+
+=== TEST 11: checksums of entries of many lengths, both ways
+Hand-made entries (zlib's crc32) are served; what the module stores checks
+out with zlib's crc32.
+--- http_config eval: $::HttpConfig
+--- config eval: $::Config
+--- aai_before
+for my $n (@::Lens) {
+    redis_cmd('SET', key_of("httpGETlocalhost/c/h$n"),
+              entry(key => "httpGETlocalhost/c/h$n", body => 'b' x $n),
+              'PX', 60000);
+}
+--- request eval
+[(map { "GET /c/h$_" } @::Lens), (map { "GET /c/s" . ('s' x $_) } @::Lens)]
+--- response_body eval
+[(map { 'b' x $_ } @::Lens),
+ (map { "from upstream /c/s" . ('s' x $_) . "\n" } @::Lens)]
+--- aai_after
+my $bad = 0;
+for my $n (@::Lens) {
+    my $key = key_of("httpGETlocalhost/c/s" . ('s' x $n));
+    my $e;
+    for (1 .. 100) {
+        last if defined($e = redis_cmd('GET', $key));
+        sleep 0.02;
+    }
+    if (!defined $e
+        || unpack('N', substr($e, -4))
+           != Compress::Zlib::crc32(substr($e, 0, -4)))
+    {
+        diag("entry of /c/s x $n: " . (defined $e ? 'bad crc' : 'absent'));
+        $bad++;
+    }
+}
+is($bad, 0, 'every stored entry has the crc32 of zlib');
+--- no_error_log
+[warn]
