@@ -77,7 +77,7 @@
 #define NGX_HTTP_AAI_RL_BATCH              255
 #define NGX_HTTP_AAI_RL_KEYS_HASH          512
 
-/* sliding window keys drop expired entries in every 8th batch */
+/* sliding window keys drop every expired entry seen in every 8th batch */
 #define NGX_HTTP_AAI_RL_TRIM               8
 
 
@@ -346,23 +346,31 @@ static void ngx_http_aai_ratelimit_exit_process(ngx_cycle_t *cycle);
  * zone without burst admits one of them, as limit_req does within a
  * millisecond).
  *
- * KEYS: the distinct keys of the batch.  ARGV[1]: a member unique to the
- * batch; ARGV[2]: the layout, a byte string: per request its number of
- * zones, then per zone its definition (1-based, below) and its key (two
- * bytes, 1-based, high bit set when other zones of the batch share the
- * key); ARGV[3]: "1" to drop expired entries; then per definition:
- * algorithm (0 sliding, 1 gcra), limit, window (us), burst, the excess
- * served without delay.
+ * KEYS: the distinct keys of the batch.  ARGV[1]: the layout, a byte
+ * string: per request its number of zones, then per zone its definition
+ * (1-based, below) and its key (two bytes, 1-based, high bit set when
+ * other zones of the batch share the key); ARGV[2]: "1" to drop every
+ * expired entry seen; then per definition: algorithm (0 sliding, 1 gcra),
+ * limit, window (us), burst, the excess served without delay.
  *
- * A sliding window key is a sorted set of admission times (us).  Where
- * the zone's limit and burst fit Redis's compact encoding of small sorted
- * sets (128 entries by default), whose ZCOUNT is a scan, expired entries
- * are dropped whenever a key is read and ZCARD counts the rest; else ZCOUNT
- * counts the live entries and expired ones are dropped in every 8th batch.
+ * A sliding window key is a list of admission times (us), oldest first:
+ * an admission is never earlier than the last one (it is the batch's TIME,
+ * or for a delayed request the time the l-th newest leaves the window,
+ * later than any admission so far), so the list stays in order without
+ * sorting.  The expired entries are at its head: the oldest four are read
+ * (LRANGE; when all four are expired, a binary search by LINDEX finds the
+ * first live one, so a long expired head costs O(log n) commands), counted
+ * out, and dropped once two or more are (LTRIM).  The newest is LINDEX -1, and the one whose leaving
+ * admits the next request LINDEX -limit.  In a list Redis keeps a few
+ * bytes per entry, packed, where a sorted set costs a hash entry and a
+ * skip list node.
+ *
  * A request is decided in every zone first (a rejection records nothing),
- * then recorded.  The work of a key shared in the batch is done once:
- * its state is read once, and its admissions are written once at the
- * end; a key used once is read and written in place.
+ * then recorded.  A key used once in the batch, of a sliding zone without
+ * burst, gets the request's admission at once (RPUSH, whose reply counts
+ * the list), taken back (RPOP) when the request is rejected.  The work of
+ * a key shared in the batch is done once: its state is read once, and its
+ * admissions are written once at the end.
  *
  * Returns per request: -1 and per zone rejected, delay ms, remaining,
  * reset ms, retry after ms, when a zone rejects or delays; else
@@ -379,36 +387,55 @@ static void ngx_http_aai_ratelimit_exit_process(ngx_cycle_t *cycle);
 
 static const char  ngx_http_aai_ratelimit_script[] =
 "if redis.replicate_commands then redis.replicate_commands() end\n"
-"local call, pcall, byte, char, fmt = redis.call, redis.pcall, string.byte,\n"
-"                                     string.char, string.format\n"
+"local call, pcall, byte, fmt = redis.call, redis.pcall, string.byte,\n"
+"                               string.format\n"
 "local ceil, floor, type, tonumber = math.ceil, math.floor, type, tonumber\n"
 "local t = call('TIME')\n"
 "local now = t[1] * 1000000 + t[2]\n"
-"local snow, id, lay = fmt('%d', now), ARGV[1], ARGV[2]\n"
-"local trim = ARGV[3] == '1'\n"
+"local snow, lay = fmt('%d', now), ARGV[1]\n"
+"local trim = ARGV[2] == '1'\n"
 "local alg, lim, win, bur, dly = {}, {}, {}, {}, {}\n"
-"local smin, scut, sttl, wms, small = {}, {}, {}, {}, {}\n"
+"local cut, sttl, wms = {}, {}, {}\n"
 "local nd = 0\n"
-"for j = 4, #ARGV, 5 do\n"
+"for j = 3, #ARGV, 5 do\n"
 "  nd = nd + 1\n"
 "  alg[nd], lim[nd] = tonumber(ARGV[j]), tonumber(ARGV[j + 1])\n"
 "  win[nd], bur[nd] = tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3])\n"
 "  dly[nd] = tonumber(ARGV[j + 4])\n"
-"  scut[nd] = fmt('%d', now - win[nd])\n"
-"  smin[nd] = '(' .. scut[nd]\n"
-"  small[nd] = lim[nd] + bur[nd] <= 128\n"
+"  cut[nd] = now - win[nd]\n"
 "  wms[nd] = ceil(win[nd] / 1000)\n"
 "  sttl[nd] = fmt('%d', wms[nd] + 1)\n"
 "end\n"
+"local function old(k, d, n)\n"
+"  local x = cut[d]\n"
+"  local h = call('LRANGE', k, 0, 3)\n"
+"  local a, b = 1, #h + 1\n"
+"  while a < b do\n"
+"    local i = floor((a + b) / 2)\n"
+"    if tonumber(h[i]) > x then b = i else a = i + 1 end\n"
+"  end\n"
+"  local e = a - 1\n"
+"  if e == #h and e < n then\n"
+"    a, b = e, n\n"
+"    while a < b do\n"
+"      local i = floor((a + b) / 2)\n"
+"      if tonumber(call('LINDEX', k, i)) > x then b = i else a = i + 1 end\n"
+"    end\n"
+"    e = a\n"
+"  end\n"
+"  if e >= n then\n"
+"    call('DEL', k)\n"
+"  elseif e >= 2 or (trim and e > 0) then\n"
+"    call('LTRIM', k, e, -1)\n"
+"  end\n"
+"  return e\n"
+"end\n"
 "local function count(k, d)\n"
 "  if alg[d] == 0 then\n"
-"    local c\n"
-"    if small[d] then\n"
-"      c = pcall('ZREMRANGEBYSCORE', k, '-inf', scut[d])\n"
-"      if type(c) == 'number' then return call('ZCARD', k) end\n"
-"    else\n"
-"      c = pcall('ZCOUNT', k, smin[d], '+inf')\n"
-"      if type(c) == 'number' then return c end\n"
+"    local n = pcall('LLEN', k)\n"
+"    if type(n) == 'number' then\n"
+"      if n == 0 then return 0 end\n"
+"      return n - old(k, d, n)\n"
 "    end\n"
 "  else\n"
 "    local v = pcall('GET', k)\n"
@@ -417,44 +444,50 @@ static const char  ngx_http_aai_ratelimit_script[] =
 "  call('DEL', k)\n"
 "  return 0\n"
 "end\n"
+"local function add(k, d)\n"
+"  local m = pcall('RPUSH', k, snow)\n"
+"  if type(m) ~= 'number' then\n"
+"    call('DEL', k)\n"
+"    m = call('RPUSH', k, snow)\n"
+"  end\n"
+"  local c = m - 1\n"
+"  if c > 0 then c = c - old(k, d, m) end\n"
+"  if c < lim[d] then return c, true end\n"
+"  call('RPOP', k)\n"
+"  return c, false\n"
+"end\n"
 "local function last(k, c)\n"
 "  if c == 0 then return now end\n"
-"  return tonumber(call('ZRANGE', k, -1, -1, 'WITHSCORES')[2])\n"
+"  return tonumber(call('LINDEX', k, -1))\n"
 "end\n"
 "local function expire(k, d, ttl)\n"
-"  if trim and not small[d] then\n"
-"    call('ZREMRANGEBYSCORE', k, '-inf', scut[d])\n"
-"  end\n"
 "  call('PEXPIRE', k, ttl == wms[d] + 1 and sttl[d] or ttl)\n"
 "end\n"
-"local kc, kq, kf, kn, kt, kd = {}, {}, {}, {}, {}, {}\n"
+"local kc, kq, kf, kt, kd = {}, {}, {}, {}, {}\n"
 "local function push(k)\n"
-"  local q, f, j = kq[k], kf[k], kn[k]\n"
+"  local q, f = kq[k], kf[k]\n"
 "  local n = q + (f and #f or 0)\n"
 "  if n == 0 then return end\n"
 "  local a = {}\n"
 "  for i = 1, n do\n"
-"    j = j + 1\n"
-"    a[2 * i - 1] = i <= q and snow or fmt('%d', f[i - q])\n"
-"    a[2 * i] = id .. char(33 + j % 90, 33 + floor(j / 90) % 90)\n"
+"    a[i] = i <= q and snow or fmt('%d', f[i - q])\n"
 "  end\n"
-"  for i = 1, 2 * n, 2000 do\n"
-"    call('ZADD', KEYS[k], unpack(a, i, math.min(i + 1999, 2 * n)))\n"
+"  for i = 1, n, 1000 do\n"
+"    call('RPUSH', KEYS[k], unpack(a, i, math.min(i + 999, n)))\n"
 "  end\n"
-"  kc[k], kq[k], kf[k], kn[k] = kc[k] + n, 0, nil, j\n"
+"  kc[k], kq[k], kf[k] = kc[k] + n, 0, nil\n"
 "end\n"
 "local pos, o, nl, out = 1, 0, #lay, {}\n"
-"local zk, zd, za, zr, zv = {}, {}, {}, {}, {}\n"
+"local zk, zd, za, zr, zv, zp = {}, {}, {}, {}, {}, {}\n"
 "while pos <= nl do\n"
 "  local n, d, hi, lo = byte(lay, pos, pos + 3)\n"
 "  local c\n"
 "  if n == 1 and hi < 128 and alg[d] == 0 and bur[d] == 0 then\n"
-"    local key = KEYS[hi * 256 + lo]\n"
-"    c = count(key, d)\n"
-"    if c < lim[d] then\n"
+"    local key, added = KEYS[hi * 256 + lo], nil\n"
+"    c, added = add(key, d)\n"
+"    if added then\n"
 "      o = o + 1\n"
 "      out[o] = lim[d] - c - 1\n"
-"      call('ZADD', key, snow, id)\n"
 "      expire(key, d, wms[d] + 1)\n"
 "      pos = pos + 4\n"
 "      n = 0\n"
@@ -467,17 +500,24 @@ static const char  ngx_http_aai_ratelimit_script[] =
 "      local d, hi, lo = byte(lay, pos, pos + 2)\n"
 "      pos = pos + 3\n"
 "      local k, key = hi * 256 + lo, nil\n"
+"      zp[i] = false\n"
 "      if hi >= 128 then\n"
 "        k = k - 32768\n"
 "        key = KEYS[k]\n"
 "        if kc[k] == nil then\n"
-"          kc[k], kq[k], kn[k], kt[k], kd[k] = count(key, d), 0, 0, 0, d\n"
+"          kc[k], kq[k], kt[k], kd[k] = count(key, d), 0, 0, d\n"
 "        end\n"
 "        c = kc[k]\n"
 "      else\n"
 "        key = KEYS[k]\n"
-"        if n > 1 or c == nil then c = count(key, d) end\n"
 "        k = -k\n"
+"        if n > 1 or c == nil then\n"
+"          if alg[d] == 0 and bur[d] == 0 then\n"
+"            c, zp[i] = add(key, d)\n"
+"          else\n"
+"            c = count(key, d)\n"
+"          end\n"
+"        end\n"
 "      end\n"
 "      local l, w, b = lim[d], win[d], bur[d]\n"
 "      local no, wait, left, reset, retry, at = 0, 0, 0, 0, 0, now\n"
@@ -493,9 +533,7 @@ static const char  ngx_http_aai_ratelimit_script[] =
 "            reset = (lst > now and lst or now) + w - now\n"
 "          else\n"
 "            local e = c - l + 1\n"
-"            local r = call('ZRANGEBYSCORE', key, smin[d], '+inf',\n"
-"                           'WITHSCORES', 'LIMIT', c - l, 1)\n"
-"            at = tonumber(r[2]) + w\n"
+"            at = tonumber(call('LINDEX', key, -l)) + w\n"
 "            if e > b then\n"
 "              no, retry = 1, at - now\n"
 "              reset = lst + w - now\n"
@@ -547,7 +585,11 @@ static const char  ngx_http_aai_ratelimit_script[] =
 "      out[o + 1], out[o + 2], out[o + 3] = top, tl, tr\n"
 "      o = o + 3\n"
 "    end\n"
-"    if not rej then\n"
+"    if rej then\n"
+"      for i = 1, n do\n"
+"        if zp[i] then call('RPOP', KEYS[-zk[i]]) end\n"
+"      end\n"
+"    else\n"
 "      for i = 1, n do\n"
 "        local k, d, at, ttl = zk[i], zd[i], za[i], zr[i] + 1\n"
 "        if k > 0 then\n"
@@ -564,7 +606,9 @@ static const char  ngx_http_aai_ratelimit_script[] =
 "        else\n"
 "          local key = KEYS[-k]\n"
 "          if alg[d] == 0 then\n"
-"            call('ZADD', key, at == now and snow or fmt('%d', at), id)\n"
+"            if not zp[i] then\n"
+"              call('RPUSH', key, at == now and snow or fmt('%d', at))\n"
+"            end\n"
 "            expire(key, d, ttl)\n"
 "          else\n"
 "            call('SET', key, fmt('%d', at), 'PX', ttl)\n"
@@ -757,9 +801,7 @@ static ngx_str_t  ngx_http_aai_ratelimit_shm_name =
 
 static ngx_http_output_header_filter_pt  ngx_http_next_header_filter;
 
-/* per worker: the unique part of sliding log members, failure log limits */
-static u_char      ngx_http_aai_ratelimit_id[NGX_INT64_LEN * 2 + 2];
-static size_t      ngx_http_aai_ratelimit_id_len;
+/* per worker: the batch sequence number, failure log limits */
 static ngx_uint_t  ngx_http_aai_ratelimit_seq;
 static time_t      ngx_http_aai_ratelimit_log_time;
 static ngx_uint_t  ngx_http_aai_ratelimit_log_skipped;
@@ -772,7 +814,7 @@ static ngx_uint_t                       ngx_http_aai_ratelimit_nspare;
 
 /* per worker: where a batch's command is built, reused by the next one */
 static ngx_str_t   ngx_http_aai_ratelimit_argv[3 + NGX_HTTP_AAI_RL_BATCH
-                                               + 3 + NGX_HTTP_AAI_RL_BATCH
+                                               + 2 + NGX_HTTP_AAI_RL_BATCH
                                                  * NGX_HTTP_AAI_RL_ZONE_ARGS];
 static u_char      ngx_http_aai_ratelimit_layout[NGX_HTTP_AAI_RL_BATCH * 4];
 static ngx_http_aai_ratelimit_bkey_t
@@ -1107,7 +1149,7 @@ ngx_http_aai_ratelimit_batch_handler(ngx_event_t *ev)
 
 
 /*
- * EVALSHA sha numkeys key... id layout trim
+ * EVALSHA sha numkeys key... layout trim
  *         (algorithm limit window burst delay)...
  *
  * for the requests of the batch that are still there; NGX_DECLINED when
@@ -1128,7 +1170,6 @@ ngx_http_aai_ratelimit_batch_send(ngx_http_aai_ratelimit_batch_t *b)
     u_short                              occ[NGX_HTTP_AAI_RL_BATCH];
 
     static u_char  num[NGX_INT_T_LEN];
-    static u_char  id[NGX_INT64_LEN * 2 + 2 + NGX_INT_T_LEN + 2];
 
     mcf = b->mcf;
     argv = ngx_http_aai_ratelimit_argv;
@@ -1144,7 +1185,7 @@ ngx_http_aai_ratelimit_batch_send(ngx_http_aai_ratelimit_batch_t *b)
     /* the layout: per request its zones, per zone its definition and key */
 
     p = ngx_http_aai_ratelimit_layout;
-    a = &argv[3 + nkeys + 3];
+    a = &argv[3 + nkeys + 2];
     ndefs = 0;
     o = 0;
 
@@ -1196,18 +1237,12 @@ ngx_http_aai_ratelimit_batch_send(ngx_http_aai_ratelimit_batch_t *b)
 
     k = 3 + nkeys;
 
-    argv[k].data = id;
-    argv[k].len = ngx_sprintf(id, "%*s.%xi.", ngx_http_aai_ratelimit_id_len,
-                              ngx_http_aai_ratelimit_id,
-                              ngx_http_aai_ratelimit_seq)
-                  - id;
+    argv[k].data = ngx_http_aai_ratelimit_layout;
+    argv[k].len = p - ngx_http_aai_ratelimit_layout;
 
-    argv[k + 1].data = ngx_http_aai_ratelimit_layout;
-    argv[k + 1].len = p - ngx_http_aai_ratelimit_layout;
-
-    argv[k + 2].data = (ngx_http_aai_ratelimit_seq % NGX_HTTP_AAI_RL_TRIM)
+    argv[k + 1].data = (ngx_http_aai_ratelimit_seq % NGX_HTTP_AAI_RL_TRIM)
                        ? (u_char *) "0" : (u_char *) "1";
-    argv[k + 2].len = 1;
+    argv[k + 1].len = 1;
 
     b->cmd = ngx_aai_redis_send(mcf->redis, ngx_cycle->log, a - argv, argv,
                                 ngx_http_aai_ratelimit_reply_handler, b);
@@ -3507,13 +3542,6 @@ ngx_http_aai_ratelimit_init_process(ngx_cycle_t *cycle)
     if (mcf == NULL || mcf->redis == NULL) {
         return NGX_OK;
     }
-
-    /* sliding log members: admission time, this id, a sequence number */
-
-    ngx_http_aai_ratelimit_id_len =
-        ngx_sprintf(ngx_http_aai_ratelimit_id, "%xT%08xD", ngx_time(),
-                    (uint32_t) (ngx_random() ^ ngx_pid))
-        - ngx_http_aai_ratelimit_id;
 
     ngx_queue_init(&ngx_http_aai_ratelimit_flight);
     ngx_queue_init(&ngx_http_aai_ratelimit_spare);

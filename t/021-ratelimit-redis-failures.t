@@ -153,7 +153,7 @@ _EOC_
         sleep 0.05;
     }
     is("$st $rl", '200 PASSED', 'restart: redis is used again');
-    is(redis_cmd_port($rp, 'ZCARD', 'aai:rl:rs:a'), 1,
+    is(redis_cmd_port($rp, 'LLEN', 'aai:rl:rs:a'), 1,
        'restart: the script ran in the new redis');
 
     my @log = grep { /\[(?:alert|crit|emerg)\]/ }
@@ -319,7 +319,7 @@ redis_cmd('CONFIG', 'RESETSTAT');
 --- no_error_log
 [error]
 --- aai_after
-is(redis_cmd('ZCARD', 'aai:rl:flush:a'), 3, 'three admissions recorded');
+is(redis_cmd('LLEN', 'aai:rl:flush:a'), 3, 'three admissions recorded');
 my $info = redis_cmd('INFO', 'commandstats');
 like($info, qr/cmdstat_evalsha:calls=3,/, 'EVALSHA for every request');
 like($info, qr/cmdstat_eval:calls=1,/, 'EVAL once, after NOSCRIPT');
@@ -395,7 +395,7 @@ redis_cmd('ACL', 'DELUSER', 'aai_noscript');
     }
 --- aai_before
 redis_cmd('SET', 'aai:rl:wt:a', 'a string, as gcra keeps');
-redis_cmd('ZADD', 'aai:rl:wtg:a', 1, 'a sorted set, as sliding keeps');
+redis_cmd('RPUSH', 'aai:rl:wtg:a', 1);    # a list, as sliding keeps
 --- request
 GET /t?u=a
 --- error_code: 200
@@ -404,5 +404,39 @@ X-RL: PASSED
 --- no_error_log
 [error]
 --- aai_after
-is(redis_cmd('TYPE', 'aai:rl:wt:a'), 'zset', 'sliding key replaced');
+is(redis_cmd('TYPE', 'aai:rl:wt:a'), 'list', 'sliding key replaced');
 is(redis_cmd('TYPE', 'aai:rl:wtg:a'), 'string', 'gcra key replaced');
+
+
+
+=== TEST 11: a sorted set left by the former sliding format counts from zero
+--- http_config
+    aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    aai_ratelimit_zone zs  key=$arg_u rate=2r/m;
+    aai_ratelimit_zone zsb key=$arg_u rate=2r/m burst=1 nodelay;
+--- config
+    location /t {
+        aai_ratelimit zs;
+        add_header X-RL $aai_ratelimit_status always;
+        empty_gif;
+    }
+    location /b {
+        aai_ratelimit zsb;
+        add_header X-RL $aai_ratelimit_status always;
+        empty_gif;
+    }
+--- aai_before
+my $t = redis_cmd('TIME');
+my $now = $t->[0] * 1000000 + $t->[1];
+for my $k ('aai:rl:zs:a', 'aai:rl:zsb:a') {
+    redis_cmd('ZADD', $k, $now - $_ * 1000, "old$_") for 1 .. 5;
+}
+--- request eval
+["GET /t?u=a", "GET /t?u=a", "GET /t?u=a", "GET /b?u=a", "GET /b?u=a",
+ "GET /b?u=a", "GET /b?u=a"]
+--- error_code eval
+[200, 200, 429, 200, 200, 200, 429]
+--- aai_after
+is(redis_cmd('TYPE', 'aai:rl:zs:a'), 'list', 'sliding: now a list');
+is(redis_cmd('LLEN', 'aai:rl:zs:a'), 2, 'sliding: the 2 admissions');
+is(redis_cmd('LLEN', 'aai:rl:zsb:a'), 3, 'burst: the 3 admissions');

@@ -60,7 +60,7 @@ __DATA__
 --- response_headers eval
 [("X-User: alice") x 4]
 --- aai_after
-is(redis_cmd('ZCARD', 'aai:rl:user:alice'), 3, 'three admissions for alice');
+is(redis_cmd('LLEN', 'aai:rl:user:alice'), 3, 'three admissions for alice');
 is(redis_cmd('EXISTS', 'aai:rl:anon:127.0.0.1'), 0,
    'a verified user spends nothing of the anonymous quota');
 
@@ -80,7 +80,7 @@ is(redis_cmd('EXISTS', 'aai:rl:anon:127.0.0.1'), 0,
 --- error_code eval
 [200, 200, 200, 429, 429]
 --- aai_after
-is(redis_cmd('ZCARD', 'aai:rl:user:alice'), 3, 'one quota for alice');
+is(redis_cmd('LLEN', 'aai:rl:user:alice'), 3, 'one quota for alice');
 is(redis_cmd('EXISTS', 'aai:rl:user:somebody-else'), 0,
    'a plain header is not an identity');
 
@@ -95,7 +95,7 @@ is(redis_cmd('EXISTS', 'aai:rl:user:somebody-else'), 0,
 --- error_code eval
 [200, 200, 200, 429, 200, 200]
 --- aai_after
-is(redis_cmd('ZCARD', 'aai:rl:user:bob'), 2, 'bob has his own quota');
+is(redis_cmd('LLEN', 'aai:rl:user:bob'), 2, 'bob has his own quota');
 
 
 
@@ -109,7 +109,7 @@ is(redis_cmd('ZCARD', 'aai:rl:user:bob'), 2, 'bob has his own quota');
 --- response_headers eval
 ["X-JWT: NONE", "X-JWT: NONE", "X-JWT: MALFORMED", "X-JWT: NONE"]
 --- aai_after
-is(redis_cmd('ZCARD', 'aai:rl:anon:127.0.0.1'), 2,
+is(redis_cmd('LLEN', 'aai:rl:anon:127.0.0.1'), 2,
    'two anonymous admissions for 127.0.0.1');
 
 
@@ -130,9 +130,9 @@ is(redis_cmd('ZCARD', 'aai:rl:anon:127.0.0.1'), 2,
 ["X-JWT: BAD_SIGNATURE", "X-JWT: EXPIRED", "X-JWT: BAD_SIGNATURE",
  "X-JWT: BAD_SIGNATURE", "X-User: bob"]
 --- aai_after
-is(redis_cmd('ZCARD', 'aai:rl:user:bob'), 1,
+is(redis_cmd('LLEN', 'aai:rl:user:bob'), 1,
    'only the verified request counted for bob');
-is(redis_cmd('ZCARD', 'aai:rl:anon:127.0.0.1'), 2,
+is(redis_cmd('LLEN', 'aai:rl:anon:127.0.0.1'), 2,
    'the others counted for the address');
 
 
