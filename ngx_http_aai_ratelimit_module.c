@@ -360,10 +360,10 @@ static void ngx_http_aai_ratelimit_exit_process(ngx_cycle_t *cycle);
  * sorting.  The expired entries are at its head: the oldest four are read
  * (LRANGE; when all four are expired, a binary search by LINDEX finds the
  * first live one, so a long expired head costs O(log n) commands), counted
- * out, and dropped once two or more are (LTRIM).  The newest is LINDEX -1, and the one whose leaving
- * admits the next request LINDEX -limit.  In a list Redis keeps a few
- * bytes per entry, packed, where a sorted set costs a hash entry and a
- * skip list node.
+ * out, and dropped once two or more are (LTRIM).  The newest is LINDEX -1,
+ * and the one whose leaving admits the next request LINDEX -limit.  In a
+ * list Redis keeps a few bytes per entry, packed, where a sorted set costs
+ * a hash entry and a skip list node.
  *
  * A request is decided in every zone first (a rejection records nothing),
  * then recorded.  A key used once in the batch, of a sliding zone without
