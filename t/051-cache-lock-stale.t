@@ -326,34 +326,11 @@ sub parse_response {
 # N requests at once (N connections written before any is read)
 sub concurrent {
     my (@targets) = @_;    # [port, path] ...
-    my (@socks, %raw);
-    for my $t (@targets) {
-        my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
-                                      PeerPort => $t->[0], Proto => 'tcp',
-                                      Timeout => 3)
-            or die "connect: $!";
-        push @socks, $s;
-        $raw{"$s"} = '';
-    }
-    for my $i (0 .. $#targets) {
-        syswrite($socks[$i], "GET $targets[$i][1] HTTP/1.1\r\n"
-                 . "Host: localhost\r\nConnection: close\r\n\r\n");
-    }
-    my $sel = IO::Select->new(@socks);
-    my $deadline = time + 10;
-    while ($sel->count && time < $deadline) {
-        for my $s ($sel->can_read(0.5)) {
-            my $n = sysread($s, my $buf, 65536);
-            next if !defined $n && ($! == EINTR || $! == EAGAIN);
-            if (!$n) {
-                $sel->remove($s);
-                close $s;
-                next;
-            }
-            $raw{"$s"} .= $buf;
-        }
-    }
-    return map { parse_response($raw{"$_"}) } @socks;
+    return map {
+        my ($st, $h, $body) = @$_;
+        +{ status => $st // 0, x => $h->{'x-status'} // '',
+           cs => $h->{'cache-status'} // '', body => $body }
+    } http_concurrent(\@targets);
 }
 
 sub counts {
