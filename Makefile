@@ -29,6 +29,20 @@ TOP        := $(abspath .)
 BUILT      := $(MODULES) $(TEST_MODULES)
 SO         := $(foreach m,$(BUILT),$(B)/ngx_http_aai_$(m)_module.so)
 
+# The default tree comes with nginx-dev.  On a fresh machine it is not there
+# yet when this file is read, and the test below would take the missing tree
+# for an upstream one: install the packages first, at parse time, for every
+# goal that builds (the first "make test" or "make run" must work).
+ifeq ($(NGINX_SRC)$(wildcard $(SRC)),/usr/share/nginx/src)
+  ifneq ($(filter-out clean deps check-deps,$(or $(MAKECMDGOALS),all)),)
+    $(info nginx-dev is not installed: running scripts/install-deps)
+    DEPS_RC := $(shell scripts/install-deps >&2; echo $$?)
+    ifneq ($(DEPS_RC),0)
+      $(error scripts/install-deps failed (exit $(DEPS_RC)))
+    endif
+  endif
+endif
+
 # Debian's nginx-dev tree carries the configure flags of /usr/sbin/nginx and
 # no .c files: only the modules can be built there.  An upstream tree builds
 # its own nginx binary, which the tests then run.
