@@ -276,7 +276,14 @@ ngx_aai_redis_conf_param(ngx_conf_t *cf, ngx_aai_redis_conf_t *rcf,
 
     if (name.len == 8 && ngx_strncmp(name.data, "password", 8) == 0) {
 
-        if (v.len > 4 && ngx_strncmp(v.data, "env:", 4) == 0) {
+        if (v.len >= 4 && ngx_strncmp(v.data, "env:", 4) == 0) {
+
+            if (v.len == 4) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "no variable name in \"%V\" in \"%V\"",
+                                   param, &rcf->directive);
+                return NGX_CONF_ERROR;
+            }
 
             /* the argument is null-terminated: so is the variable name */
 
