@@ -2,7 +2,7 @@
 # directive: an empty aai_jwt_issuer or aai_jwt_audience (at any level,
 # also below one that sets a real value), and an "env:" secret without a
 # variable name (aai_jwt_key, aai_ratelimit_redis and aai_cache_redis
-# password=env:).
+# password=env:, aai_kafka_property).
 
 use Test::Nginx::Socket 'no_plan';
 use lib 't/lib';
@@ -113,7 +113,20 @@ no variable name in "password=env:" in "aai_cache_redis"
 
 
 
-=== TEST 8: a real issuer and audience still work
+=== TEST 8: aai_kafka_property env: with no variable name fails nginx -t
+--- http_config
+    aai_kafka_brokers 127.0.0.1:9;
+    aai_kafka_property sasl.password env:;
+--- config
+    location /t { return 204; }
+--- must_die
+--- error_log
+[emerg]
+environment variable "" for property "sasl.password" in "aai_kafka_property" is not set
+
+
+
+=== TEST 9: a real issuer and audience still work
 --- http_config
     aai_jwt_key hs256 env:AAI_JWT_HARDENING_SECRET;
     aai_jwt_token $http_authorization;
