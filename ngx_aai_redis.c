@@ -34,7 +34,7 @@
 
 /* the circuit state shared by every client of the suite, per endpoint */
 #define NGX_AAI_REDIS_CIRCUIT_ZONE      "aai_redis_circuit"
-#define NGX_AAI_REDIS_CIRCUIT_MAGIC     0x43494141    /* "AAIC" */
+#define NGX_AAI_REDIS_CIRCUIT_MAGIC     0x52494141    /* "AAIR" */
 #define NGX_AAI_REDIS_CIRCUIT_SLOTS     64
 #define NGX_AAI_REDIS_CIRCUIT_NAME      128
 
