@@ -616,9 +616,9 @@ ngx_aai_redis_circuit_find(ngx_aai_redis_t *rs)
 
 
 /*
- * A command or a connect to the endpoint timed out: the others fail at
- * once until this connection has reconnected (its backoff, then its
- * connect and handshake), or someone's handshake is answered.
+ * Commands to the endpoint timed out: the others fail at once until this
+ * connection has reconnected (its backoff, then its connect and
+ * handshake), or someone's handshake is answered.
  */
 
 static void
@@ -1237,7 +1237,12 @@ ngx_aai_redis_fail(ngx_aai_redis_conn_t *conn, ngx_err_t err,
         rs->healthy = 0;
     }
 
-    if (error == ngx_aai_redis_timeout) {
+    /*
+     * Shared only when requests waited: a handshake alone that timed out
+     * (a worker slow to start) costs no request anything.
+     */
+
+    if (error == ngx_aai_redis_timeout && n) {
         ngx_aai_redis_circuit_open(conn);
     }
 
