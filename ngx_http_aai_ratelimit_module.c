@@ -74,6 +74,7 @@
  * uint64_t and every time of the script exact in a Lua number (2^53 us).
  */
 #define NGX_HTTP_AAI_RL_MAX_AHEAD          (100ULL * 365 * 86400 * 1000000)
+
 #define NGX_HTTP_AAI_RL_ZONE_ARGS          5
 
 /*
