@@ -2232,7 +2232,8 @@ ngx_http_aai_kafka_flush_timeout(ngx_conf_t *cf, void *post, void *data)
     ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                        "invalid value \"%V\" in \"%V\" directive, "
                        "it must not be more than %M ms (24.8 days)",
-                       &value[1], &value[0], NGX_HTTP_AAI_KAFKA_FLUSH_MAX);
+                       &value[1], &value[0],
+                       (ngx_msec_t) NGX_HTTP_AAI_KAFKA_FLUSH_MAX);
 
     return NGX_CONF_ERROR;
 }
