@@ -53,6 +53,9 @@
 #define NGX_HTTP_AAI_KAFKA_OTHER        5
 #define NGX_HTTP_AAI_KAFKA_REASONS      6
 
+/* producers a worker may have being destroyed at a time */
+#define NGX_HTTP_AAI_KAFKA_DESTROYING  4
+
 /* the shares of the queue depth: one per worker alive at a time */
 #define NGX_HTTP_AAI_KAFKA_SLOTS      NGX_MAX_PROCESSES
 
@@ -236,6 +239,7 @@ static ngx_int_t ngx_http_aai_kafka_producer_start(ngx_cycle_t *cycle,
 static void ngx_http_aai_kafka_producer_stop(ngx_msec_t timeout,
     ngx_uint_t detach);
 static void ngx_http_aai_kafka_destroy(rd_kafka_t *rk, ngx_uint_t detach);
+static ngx_int_t ngx_http_aai_kafka_destroy_detached(rd_kafka_t *rk);
 static void *ngx_http_aai_kafka_destroy_thread(void *data);
 static ngx_int_t ngx_http_aai_kafka_recover(void);
 static void ngx_http_aai_kafka_producer_restart(void);
@@ -291,6 +295,9 @@ static ngx_int_t ngx_http_aai_kafka_check_conf(ngx_conf_t *cf,
 
 
 static ngx_http_aai_kafka_worker_t  ngx_http_aai_kafka_worker;
+
+/* producers being destroyed by threads of their own */
+static ngx_atomic_t  ngx_http_aai_kafka_destroying;
 
 
 static ngx_conf_post_handler_pt  ngx_http_aai_kafka_flush_timeout_p =
@@ -1623,16 +1630,25 @@ ngx_http_aai_kafka_producer_stop(ngx_msec_t timeout, ngx_uint_t detach)
 static void
 ngx_http_aai_kafka_destroy(rd_kafka_t *rk, ngx_uint_t detach)
 {
+    if (detach && ngx_http_aai_kafka_destroy_detached(rk) == NGX_OK) {
+        return;
+    }
+
+    rd_kafka_destroy(rk);
+}
+
+
+static ngx_int_t
+ngx_http_aai_kafka_destroy_detached(rd_kafka_t *rk)
+{
     int             err;
     sigset_t        set, old;
     pthread_t       tid;
     pthread_attr_t  attr;
 
-    if (detach) {
-        if (pthread_attr_init(&attr) != 0) {
-            goto failed;
-        }
+    err = pthread_attr_init(&attr);
 
+    if (err == 0) {
         (void) pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
 
         /* the thread inherits a mask that blocks every signal */
@@ -1640,24 +1656,27 @@ ngx_http_aai_kafka_destroy(rd_kafka_t *rk, ngx_uint_t detach)
         (void) sigfillset(&set);
         (void) pthread_sigmask(SIG_SETMASK, &set, &old);
 
+        (void) ngx_atomic_fetch_add(&ngx_http_aai_kafka_destroying, 1);
+
         err = pthread_create(&tid, &attr, ngx_http_aai_kafka_destroy_thread,
                              rk);
 
-        (void) pthread_sigmask(SIG_SETMASK, &old, NULL);
-        (void) pthread_attr_destroy(&attr);
-
-        if (err == 0) {
-            return;
+        if (err != 0) {
+            (void) ngx_atomic_fetch_add(&ngx_http_aai_kafka_destroying, -1);
         }
 
-    failed:
-
-        ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, 0,
-                      "aai_kafka: could not start a thread to destroy "
-                      "the producer, destroying it in the worker");
+        (void) pthread_sigmask(SIG_SETMASK, &old, NULL);
+        (void) pthread_attr_destroy(&attr);
     }
 
-    rd_kafka_destroy(rk);
+    if (err != 0) {
+        ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, err,
+                      "aai_kafka: could not start a thread to destroy "
+                      "the producer, destroying it in the worker");
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
 }
 
 
@@ -1666,11 +1685,18 @@ ngx_http_aai_kafka_destroy_thread(void *data)
 {
     rd_kafka_destroy(data);
 
+    (void) ngx_atomic_fetch_add(&ngx_http_aai_kafka_destroying, -1);
+
     return NULL;
 }
 
 
-/* at most one rebuild a second: a fatal error may come back at once */
+/*
+ * At most one rebuild a second: a fatal error may come back at once.  And
+ * at most a few producers being destroyed at a time: should their threads
+ * hang, the producer in error stays (its events dropped as "fatal") rather
+ * than threads piling up.
+ */
 
 static ngx_int_t
 ngx_http_aai_kafka_recover(void)
@@ -1679,8 +1705,9 @@ ngx_http_aai_kafka_recover(void)
 
     w = &ngx_http_aai_kafka_worker;
 
-    if (w->restarted
-        && ngx_current_msec - w->restarted < NGX_HTTP_AAI_KAFKA_RESTART)
+    if ((w->restarted
+         && ngx_current_msec - w->restarted < NGX_HTTP_AAI_KAFKA_RESTART)
+        || ngx_http_aai_kafka_destroying >= NGX_HTTP_AAI_KAFKA_DESTROYING)
     {
         /* the timer tries again */
         return NGX_DECLINED;
