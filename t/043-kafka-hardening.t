@@ -341,3 +341,36 @@ aai_kafka_producer_restarts_total 1
 --- error_log eval
 [qr/aai_kafka: fatal producer error: \S*OUT_OF_ORDER_SEQUENCE_NUMBER.*rebuilding the producer/,
  qr/aai_kafka: producer rebuilt/]
+
+
+
+=== TEST 7: aai_kafka_property overrides the byte bound: 8 kB holds one event of 7 kB
+--- http_config eval
+'    aai_kafka_brokers $TEST_NGINX_KAFKA_BROKERS;
+    aai_kafka_property queue.buffering.max.kbytes 8;
+    aai_kafka_flush_timeout 100ms;
+' . main::big_format('one', 1)
+--- config
+    location = /t {
+        aai_kafka_event $TEST_NGINX_KRUN-kbytes format=one;
+        return 204;
+    }
+    location = /metrics {
+        aai_metrics;
+    }
+--- init
+main::all_brokers_down();
+for my $i (1 .. 3) {
+    my ($st) = AaiTest::http_get(main::port(), "/t?x=$main::Arg");
+    Test::More::is($st, 204, "event $i answered");
+}
+my $m = main::counts_are('produced=1 delivered=0 failed=0 dropped=2 lost=0 '
+                         . 'depth=1', 'one queued, two dropped', 0);
+Test::More::is($m->{'aai_kafka_dropped_total{reason="queue_full"}'}, 2,
+               'dropped because the queue is full');
+--- request
+GET /metrics
+--- response_body_like
+aai_kafka_dropped_total\{reason="queue_full"\} 2
+--- aai_after
+kafka_all_brokers_up();
