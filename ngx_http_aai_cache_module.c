@@ -40,6 +40,7 @@
 #include "ngx_aai_redis.h"
 #include "ngx_aai_metrics.h"
 #include "ngx_aai_cache_entry.h"
+#include "ngx_http_aai_cache_freshness.h"
 
 
 #define NGX_HTTP_AAI_CACHE_CHANNEL        "aai:cache:unlock"
@@ -51,7 +52,9 @@
 #define NGX_HTTP_AAI_CACHE_BUCKETS        64
 #define NGX_HTTP_AAI_CACHE_NOTES          64
 #define NGX_HTTP_AAI_CACHE_POLL           500
-#define NGX_HTTP_AAI_CACHE_MAX_SIZE       (512 * 1024 * 1024)
+/* Redis' proto-max-bulk-len, less room for the entry's status and headers */
+#define NGX_HTTP_AAI_CACHE_REDIS_MAX      (512 * 1024 * 1024)
+#define NGX_HTTP_AAI_CACHE_MAX_SIZE       (511 * 1024 * 1024)
 #define NGX_HTTP_AAI_CACHE_CHUNK          16384
 
 /* $aai_cache_status */
@@ -73,9 +76,8 @@
 #define NGX_HTTP_AAI_CACHE_STALE_503      0x0040
 #define NGX_HTTP_AAI_CACHE_STALE_504      0x0080
 
-/* aai_cache_valid: the status is not cacheable / has no default time */
-#define NGX_HTTP_AAI_CACHE_NOT_VALID      -2
-#define NGX_HTTP_AAI_CACHE_NO_TIME        -1
+/* Cache-Control values of a response looked at, at most */
+#define NGX_HTTP_AAI_CACHE_MAX_CC         16
 
 
 typedef enum {
@@ -114,6 +116,8 @@ typedef struct {
     ngx_int_t                     m_bytes;
     ngx_int_t                     m_latency;
 
+    ngx_array_t                  *credentials; /* the default one */
+
     ngx_uint_t                    used;        /* aai_cache or purge */
     ngx_uint_t                    lock_used;
 } ngx_http_aai_cache_main_conf_t;
@@ -133,6 +137,7 @@ typedef struct {
     ngx_uint_t                    use_stale;
     ngx_flag_t                    background_update;
     time_t                        stale_ttl;
+    ngx_array_t                  *credentials; /* variable indexes */
 
     ngx_flag_t                    purge;
     ngx_http_complex_value_t     *purge_key;
@@ -189,6 +194,7 @@ typedef struct {
     unsigned                      header_only:1;
     unsigned                      vary_miss:1;
     unsigned                      last:1;      /* the last buffer seen */
+    unsigned                      credentialed:1;
 } ngx_http_aai_cache_ctx_t;
 
 
@@ -240,6 +246,11 @@ static ngx_int_t ngx_http_aai_cache_try_lock(ngx_http_request_t *r,
 static ngx_int_t ngx_http_aai_cache_entry_from(ngx_http_request_t *r,
     ngx_http_aai_cache_ctx_t *ctx, redisReply *reply,
     ngx_aai_cache_entry_t **ep);
+static ngx_int_t ngx_http_aai_cache_headers_ok(ngx_aai_cache_entry_t *e);
+static ngx_uint_t ngx_http_aai_cache_credentialed(ngx_http_request_t *r,
+    ngx_http_aai_cache_loc_conf_t *alcf);
+static ngx_uint_t ngx_http_aai_cache_shareable(ngx_aai_cache_entry_t *e);
+static const char *ngx_http_aai_cache_own_request(ngx_http_request_t *r);
 static ngx_uint_t ngx_http_aai_cache_updating_ok(
     ngx_http_aai_cache_loc_conf_t *alcf, ngx_aai_cache_entry_t *e);
 static void ngx_http_aai_cache_forward(ngx_http_request_t *r,
@@ -346,6 +357,10 @@ static char *ngx_http_aai_cache_sec(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_aai_cache_purge(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_aai_cache_credentials(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+static ngx_int_t ngx_http_aai_cache_credential(ngx_conf_t *cf,
+    ngx_array_t *a, ngx_str_t *value);
 static ngx_int_t ngx_http_aai_cache_add_variables(ngx_conf_t *cf);
 static ngx_int_t ngx_http_aai_cache_add_metrics(ngx_conf_t *cf,
     ngx_http_aai_cache_main_conf_t *amcf);
@@ -468,6 +483,13 @@ static ngx_command_t  ngx_http_aai_cache_commands[] = {
       ngx_http_aai_cache_sec,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_aai_cache_loc_conf_t, stale_ttl),
+      NULL },
+
+    { ngx_string("aai_cache_credentials"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
+      ngx_http_aai_cache_credentials,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_aai_cache_loc_conf_t, credentials),
       NULL },
 
     { ngx_string("aai_cache_purge"),
@@ -674,6 +696,8 @@ ngx_http_aai_cache_handler(ngx_http_request_t *r)
     if (ctx == NULL) {
         return NGX_ERROR;
     }
+
+    ctx->credentialed = ngx_http_aai_cache_credentialed(r, alcf);
 
     if (ngx_http_aai_cache_make_key(r, alcf, &ctx->key, ctx->digest)
         != NGX_OK)
@@ -1182,6 +1206,14 @@ ngx_http_aai_cache_on_entry(ngx_http_request_t *r,
         return;
     }
 
+    /* RFC 9111, 3.5: neither served nor served stale, nor waited for */
+
+    if (ctx->credentialed && !ngx_http_aai_cache_shareable(e)) {
+        ctx->detail = "credentials";
+        ngx_http_aai_cache_forward(r, ctx, NGX_HTTP_AAI_CACHE_BYPASS);
+        return;
+    }
+
     if (ngx_http_aai_cache_now() < e->fresh_until) {
         ngx_http_aai_cache_serve(r, ctx, e, NGX_HTTP_AAI_CACHE_HIT);
         return;
@@ -1193,7 +1225,9 @@ ngx_http_aai_cache_on_entry(ngx_http_request_t *r,
 
     alcf = ngx_http_get_module_loc_conf(r, ngx_http_aai_cache_module);
 
-    if (alcf->lock || ngx_http_aai_cache_updating_ok(alcf, e)) {
+    if ((alcf->lock || ngx_http_aai_cache_updating_ok(alcf, e))
+        && ngx_http_aai_cache_own_request(r) == NULL)
+    {
         if (ngx_http_aai_cache_try_lock(r, ctx) == NGX_AGAIN) {
             return;
         }
@@ -1211,7 +1245,10 @@ ngx_http_aai_cache_on_absent(ngx_http_request_t *r,
 
     alcf = ngx_http_get_module_loc_conf(r, ngx_http_aai_cache_module);
 
-    if (alcf->lock && ngx_http_aai_cache_try_lock(r, ctx) == NGX_AGAIN) {
+    if (alcf->lock
+        && ngx_http_aai_cache_own_request(r) == NULL
+        && ngx_http_aai_cache_try_lock(r, ctx) == NGX_AGAIN)
+    {
         return;
     }
 
@@ -1383,9 +1420,166 @@ ngx_http_aai_cache_entry_from(ngx_http_request_t *r,
         return NGX_DECLINED;
     }
 
+    if (e->type == NGX_AAI_CACHE_TYPE_ENTRY
+        && ngx_http_aai_cache_headers_ok(e) != NGX_OK)
+    {
+        ngx_http_aai_cache_log_bad(r->connection->log, "bad header", key);
+        return NGX_DECLINED;
+    }
+
     *ep = e;
 
     return NGX_OK;
+}
+
+
+/*
+ * The headers of an entry are sent as they are: a name must be a token
+ * (RFC 9110, 5.1), a value must hold no CR, LF, NUL or other control but
+ * HTAB (5.5), whatever wrote the entry.
+ */
+
+static ngx_int_t
+ngx_http_aai_cache_headers_ok(ngx_aai_cache_entry_t *e)
+{
+    u_char      *p, *name, *value;
+    size_t       nlen, vlen, j;
+    ngx_uint_t   i;
+
+    static uint32_t  tchar[] = {
+        0x00000000, /* 0000 0000 0000 0000  0000 0000 0000 0000 */
+
+                    /* ?>=< ;:98 7654 3210  /.-, +*)( '&%$ #"!  */
+        0x03ff6cfa, /* 0000 0011 1111 1111  0110 1100 1111 1010 */
+
+                    /* _^]\ [ZYX WVUT SRQP  ONML KJIH GFED CBA@ */
+        0xc7fffffe, /* 1100 0111 1111 1111  1111 1111 1111 1110 */
+
+                    /*  ~}| {zyx wvut srqp  onml kjih gfed cba` */
+        0x57ffffff, /* 0101 0111 1111 1111  1111 1111 1111 1111 */
+
+        0x00000000, 0x00000000, 0x00000000, 0x00000000
+    };
+
+    p = e->headers;
+
+    for (i = 0; i < e->nheaders; i++) {
+
+        nlen = ngx_aai_cache_get16(p);
+        name = p + 2;
+        p = name + nlen + 1;
+
+        vlen = ngx_aai_cache_get32(p);
+        value = p + 4;
+        p = value + vlen + 1;
+
+        if (nlen == 0) {
+            return NGX_ERROR;
+        }
+
+        for (j = 0; j < nlen; j++) {
+            if (!(tchar[name[j] >> 5] & (1U << (name[j] & 0x1f)))) {
+                return NGX_ERROR;
+            }
+        }
+
+        for (j = 0; j < vlen; j++) {
+            if ((value[j] < 0x20 && value[j] != '\t') || value[j] == 0x7f) {
+                return NGX_ERROR;
+            }
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * Whether the request carries a credential: a variable of
+ * aai_cache_credentials is not empty.
+ */
+
+static ngx_uint_t
+ngx_http_aai_cache_credentialed(ngx_http_request_t *r,
+    ngx_http_aai_cache_loc_conf_t *alcf)
+{
+    ngx_int_t                  *index;
+    ngx_uint_t                  i;
+    ngx_http_variable_value_t  *vv;
+
+    if (alcf->credentials == NULL) {
+        return 0;
+    }
+
+    index = alcf->credentials->elts;
+
+    for (i = 0; i < alcf->credentials->nelts; i++) {
+        vv = ngx_http_get_indexed_variable(r, index[i]);
+
+        if (vv && !vv->not_found && vv->len) {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+/* whether the entry may be served to a request with a credential */
+
+static ngx_uint_t
+ngx_http_aai_cache_shareable(ngx_aai_cache_entry_t *e)
+{
+    u_char                   *p, *name;
+    size_t                    nlen;
+    ngx_str_t                 value;
+    ngx_uint_t                i;
+    ngx_http_aai_cache_cc_t   cc;
+
+    ngx_http_aai_cache_cc_init(&cc);
+
+    p = e->headers;
+
+    for (i = 0; i < e->nheaders; i++) {
+
+        nlen = ngx_aai_cache_get16(p);
+        name = p + 2;
+        p = name + nlen + 1;
+
+        value.len = ngx_aai_cache_get32(p);
+        value.data = p + 4;
+        p = value.data + value.len + 1;
+
+        if (nlen == 13
+            && ngx_strncasecmp(name, (u_char *) "Cache-Control", 13) == 0)
+        {
+            ngx_http_aai_cache_cc_parse(&value, &cc);
+        }
+    }
+
+    return ngx_http_aai_cache_cc_shareable(&cc);
+}
+
+
+/*
+ * A request whose response may be the client's own (a part, or an answer
+ * to its preconditions) takes no lock: others would wait for a response
+ * that is not stored.  If-Modified-Since and If-None-Match are removed
+ * instead (see ngx_http_aai_cache_unconditional()).
+ */
+
+static const char *
+ngx_http_aai_cache_own_request(ngx_http_request_t *r)
+{
+    if (r->headers_in.range || r->headers_in.if_range) {
+        return "range";
+    }
+
+    if (r->headers_in.if_match || r->headers_in.if_unmodified_since) {
+        return "precondition";
+    }
+
+    return NULL;
 }
 
 
@@ -1724,6 +1918,7 @@ ngx_http_aai_cache_background(ngx_http_request_t *r,
     sctx->vkey = ctx->vkey;
     sctx->vary = ctx->vary;
     sctx->lock_key = ctx->lock_key;
+    sctx->credentialed = ctx->credentialed;
 
     /* the subrequest holds the lock now */
 
@@ -2081,14 +2276,14 @@ static const char *
 ngx_http_aai_cache_decide(ngx_http_request_t *r,
     ngx_http_aai_cache_ctx_t *ctx, ngx_http_aai_cache_loc_conf_t *alcf)
 {
-    time_t                           t;
-    uint64_t                         now, fresh;
-    ngx_int_t                        valid, n, age;
     ngx_str_t                        names;
+    ngx_uint_t                       n;
     ngx_list_t                      *raw;
+    const char                      *reason;
     ngx_table_elt_t                 *h;
-    ngx_aai_cache_cc_t               cc;
     ngx_http_aai_cache_main_conf_t  *amcf;
+    ngx_http_aai_cache_freshness_t   f;
+    ngx_str_t                        cc[NGX_HTTP_AAI_CACHE_MAX_CC];
 
     amcf = ngx_http_get_module_main_conf(r, ngx_http_aai_cache_module);
 
@@ -2098,10 +2293,14 @@ ngx_http_aai_cache_decide(ngx_http_request_t *r,
         return "error";
     }
 
-    valid = ngx_http_aai_cache_valid_time(alcf, r->headers_out.status);
+    /*
+     * The answer to a precondition is the client's own; a response to a
+     * range request is stored if it is the whole representation (200: 206
+     * and 416 never are).
+     */
 
-    if (valid == NGX_HTTP_AAI_CACHE_NOT_VALID) {
-        return "status";
+    if (r->headers_in.if_match || r->headers_in.if_unmodified_since) {
+        return "precondition";
     }
 
     if (ngx_aai_cache_find_header(&r->headers_out.headers, "Set-Cookie", 10,
@@ -2121,37 +2320,36 @@ ngx_http_aai_cache_decide(ngx_http_request_t *r,
         return "no-memory";
     }
 
-    ngx_memzero(&cc, sizeof(ngx_aai_cache_cc_t));
-    cc.s_maxage = -1;
-    cc.max_age = -1;
-    cc.swr = -1;
-    cc.sie = -1;
+    ngx_memzero(&f, sizeof(ngx_http_aai_cache_freshness_t));
 
+    f.now = ngx_http_aai_cache_now();
+    f.status = r->headers_out.status;
+    f.valid = ngx_http_aai_cache_valid_time(alcf, r->headers_out.status);
+    f.credentialed = ctx->credentialed;
+
+    n = 0;
     h = NULL;
 
     while ((h = ngx_aai_cache_find_header(&r->headers_out.headers,
                                         "Cache-Control", 13, h))
            != NULL)
     {
-        ngx_aai_cache_cc_parse(&h->value, &cc);
+        if (n == NGX_HTTP_AAI_CACHE_MAX_CC) {
+            return "cache-control";
+        }
+
+        cc[n++] = h->value;
     }
 
-    if (cc.no_store) {
-        return "no-store";
-    }
+    f.cache_control = cc;
+    f.ncache_control = n;
 
-    if (cc.private) {
-        return "private";
-    }
+    h = ngx_aai_cache_find_header(&r->headers_out.headers, "Expires", 7,
+                                  NULL);
+    f.expires = h ? &h->value : NULL;
 
-    if (r->headers_in.authorization
-        && !cc.public && cc.s_maxage < 0 && !cc.must_revalidate)
-    {
-        return "authorization";
-    }
-
-    now = ngx_http_aai_cache_now();
-    fresh = 0;
+    h = ngx_aai_cache_find_header(&r->headers_out.headers, "Age", 3, NULL);
+    f.age = h ? &h->value : NULL;
 
     /* X-Accel-Expires, which the proxy module hides from the client */
 
@@ -2159,80 +2357,12 @@ ngx_http_aai_cache_decide(ngx_http_request_t *r,
                       : &r->headers_out.headers;
 
     h = ngx_aai_cache_find_header(raw, "X-Accel-Expires", 15, NULL);
+    f.x_accel_expires = h ? &h->value : NULL;
 
-    if (h && h->value.len) {
-        if (h->value.data[0] == '@') {
-            t = ngx_atotm(h->value.data + 1, h->value.len - 1);
+    reason = ngx_http_aai_cache_freshness(&f);
 
-            if (t != NGX_ERROR) {
-                if ((uint64_t) t * 1000 <= now) {
-                    return "expired";
-                }
-
-                fresh = (uint64_t) t * 1000;
-            }
-
-        } else {
-            n = ngx_atoi(h->value.data, h->value.len);
-
-            if (n == 0) {
-                return "zero-ttl";
-            }
-
-            if (n != NGX_ERROR) {
-                fresh = now + (uint64_t) n * 1000;
-            }
-        }
-    }
-
-    if (fresh == 0) {
-
-        if (cc.no_cache) {
-            return "no-cache";
-        }
-
-        if (cc.invalid) {
-            return "cache-control";
-        }
-
-        n = cc.s_maxage >= 0 ? cc.s_maxage : cc.max_age;
-
-        if (n >= 0) {
-            h = ngx_aai_cache_find_header(&r->headers_out.headers, "Age", 3,
-                                        NULL);
-            age = h ? ngx_atoi(h->value.data, h->value.len) : 0;
-
-            if (age > 0) {
-                n -= age;
-            }
-
-            if (n <= 0) {
-                return "zero-ttl";
-            }
-
-            fresh = now + (uint64_t) n * 1000;
-
-        } else if ((h = ngx_aai_cache_find_header(&r->headers_out.headers,
-                                                "Expires", 7, NULL))
-                   != NULL)
-        {
-            t = ngx_parse_http_time(h->value.data, h->value.len);
-
-            if (t == NGX_ERROR || (uint64_t) t * 1000 <= now) {
-                return "expired";
-            }
-
-            fresh = (uint64_t) t * 1000;
-
-        } else if (valid > 0) {
-            fresh = now + (uint64_t) valid * 1000;
-
-        } else if (valid == 0) {
-            return "zero-ttl";
-
-        } else {
-            return "no-ttl";
-        }
+    if (reason) {
+        return reason;
     }
 
     if (alcf->no_store) {
@@ -2254,9 +2384,9 @@ ngx_http_aai_cache_decide(ngx_http_request_t *r,
         return "redis-unavailable";
     }
 
-    ctx->fresh_until = fresh;
-    ctx->swr = cc.swr > 0 ? (uint32_t) cc.swr : 0;
-    ctx->sie = cc.sie > 0 ? (uint32_t) cc.sie : 0;
+    ctx->fresh_until = f.fresh_until;
+    ctx->swr = f.swr;
+    ctx->sie = f.sie;
 
     /* where it goes */
 
@@ -2790,6 +2920,11 @@ ngx_http_aai_cache_store(ngx_http_request_t *r, ngx_http_aai_cache_ctx_t *ctx)
     }
 
     px = ctx->fresh_until - now + extra * 1000;
+
+    if (ctx->len + NGX_AAI_CACHE_CRC > NGX_HTTP_AAI_CACHE_REDIS_MAX) {
+        ngx_http_aai_cache_abandon(r, ctx, "too large for redis");
+        return;
+    }
 
     ngx_aai_cache_entry_seal(ctx->buf, ctx->len, body);
     ctx->len += NGX_AAI_CACHE_CRC;
@@ -3570,6 +3705,7 @@ ngx_http_aai_cache_create_loc_conf(ngx_conf_t *cf)
     conf->use_stale = NGX_CONF_UNSET_UINT;
     conf->background_update = NGX_CONF_UNSET;
     conf->stale_ttl = NGX_CONF_UNSET;
+    conf->credentials = NGX_CONF_UNSET_PTR;
     conf->purge = NGX_CONF_UNSET;
 
     return conf;
@@ -3582,6 +3718,7 @@ ngx_http_aai_cache_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_aai_cache_loc_conf_t *prev = parent;
     ngx_http_aai_cache_loc_conf_t *conf = child;
 
+    ngx_str_t                        name;
     ngx_http_aai_cache_main_conf_t  *amcf;
 
     ngx_conf_merge_value(conf->enable, prev->enable, 0);
@@ -3608,13 +3745,48 @@ ngx_http_aai_cache_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                          0);
     ngx_conf_merge_sec_value(conf->stale_ttl, prev->stale_ttl, 600);
 
+    amcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_aai_cache_module);
+
+    if (conf->credentials == NGX_CONF_UNSET_PTR) {
+        conf->credentials = prev->credentials;
+    }
+
+    if (conf->credentials == NGX_CONF_UNSET_PTR) {
+
+        /* the default: aai_cache_credentials Authorization Cookie; */
+
+        if (amcf->credentials == NULL) {
+            amcf->credentials = ngx_array_create(cf->pool, 2,
+                                                 sizeof(ngx_int_t));
+            if (amcf->credentials == NULL) {
+                return NGX_CONF_ERROR;
+            }
+
+            ngx_str_set(&name, "Authorization");
+
+            if (ngx_http_aai_cache_credential(cf, amcf->credentials, &name)
+                != NGX_OK)
+            {
+                return NGX_CONF_ERROR;
+            }
+
+            ngx_str_set(&name, "Cookie");
+
+            if (ngx_http_aai_cache_credential(cf, amcf->credentials, &name)
+                != NGX_OK)
+            {
+                return NGX_CONF_ERROR;
+            }
+        }
+
+        conf->credentials = amcf->credentials;
+    }
+
     /* aai_cache_purge is not inherited */
 
     if (conf->purge == NGX_CONF_UNSET) {
         conf->purge = 0;
     }
-
-    amcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_aai_cache_module);
 
     if (conf->enable || conf->purge) {
         amcf->used = 1;
@@ -3885,8 +4057,10 @@ ngx_http_aai_cache_size(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     if (size > NGX_HTTP_AAI_CACHE_MAX_SIZE) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "size \"%V\" in \"%V\" is over 512m, the "
-                           "largest value Redis stores", &value[1], &cmd->name);
+                           "size \"%V\" in \"%V\" is over 512m less 1m "
+                           "for the entry's headers: Redis stores values of "
+                           "512m at most (proto-max-bulk-len)",
+                           &value[1], &cmd->name);
         return NGX_CONF_ERROR;
     }
 
@@ -3998,6 +4172,117 @@ ngx_http_aai_cache_purge(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     clcf->handler = ngx_http_aai_cache_purge_handler;
 
     return NGX_CONF_OK;
+}
+
+
+/*
+ * aai_cache_credentials off | credential ...;  a credential is a request
+ * header name or a $variable; the request carries a credential when one
+ * of them is not empty.
+ */
+
+static char *
+ngx_http_aai_cache_credentials(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_aai_cache_loc_conf_t *alcf = conf;
+
+    ngx_str_t   *value;
+    ngx_uint_t   i;
+
+    if (alcf->credentials != NGX_CONF_UNSET_PTR) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (cf->args->nelts == 2
+        && value[1].len == 3
+        && ngx_strncmp(value[1].data, "off", 3) == 0)
+    {
+        alcf->credentials = NULL;
+        return NGX_CONF_OK;
+    }
+
+    alcf->credentials = ngx_array_create(cf->pool, cf->args->nelts - 1,
+                                         sizeof(ngx_int_t));
+    if (alcf->credentials == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    for (i = 1; i < cf->args->nelts; i++) {
+        if (ngx_http_aai_cache_credential(cf, alcf->credentials, &value[i])
+            != NGX_OK)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid credential \"%V\" in \"%V\": a "
+                               "request header name or a $variable",
+                               &value[i], &cmd->name);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* "Name" is the variable $http_name, "$name" the variable $name */
+
+static ngx_int_t
+ngx_http_aai_cache_credential(ngx_conf_t *cf, ngx_array_t *a,
+    ngx_str_t *value)
+{
+    u_char     *p;
+    ngx_int_t  *index;
+    ngx_str_t   name;
+    ngx_uint_t  i;
+
+    if (value->len > 1 && value->data[0] == '$') {
+        name.data = value->data + 1;
+        name.len = value->len - 1;
+
+    } else {
+        if (value->len == 0 || value->len > 256) {
+            return NGX_ERROR;
+        }
+
+        name.len = sizeof("http_") - 1 + value->len;
+        name.data = ngx_pnalloc(cf->pool, name.len);
+        if (name.data == NULL) {
+            return NGX_ERROR;
+        }
+
+        p = ngx_cpymem(name.data, "http_", sizeof("http_") - 1);
+
+        for (i = 0; i < value->len; i++) {
+            if (value->data[i] == '-') {
+                *p++ = '_';
+
+            } else if ((value->data[i] >= 'a' && value->data[i] <= 'z')
+                       || (value->data[i] >= 'A' && value->data[i] <= 'Z')
+                       || (value->data[i] >= '0' && value->data[i] <= '9')
+                       || value->data[i] == '_')
+            {
+                *p++ = ngx_tolower(value->data[i]);
+
+            } else {
+                return NGX_ERROR;
+            }
+        }
+    }
+
+    index = ngx_array_push(a);
+    if (index == NULL) {
+        return NGX_ERROR;
+    }
+
+    *index = ngx_http_get_variable_index(cf, &name);
+
+    if (*index == NGX_ERROR) {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
 }
 
 

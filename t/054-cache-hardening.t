@@ -1,0 +1,320 @@
+# ngx_http_aai_cache_module against a hostile client and a broken Redis
+# (issue 9): credentialed requests (RFC 9111, 3.5) with the shipped
+# nginx.conf.example policy, poisoning through the client's own headers,
+# entries whose headers would split the response, large entries, orphaned
+# stampede locks.  Real redis of t/run-tests.
+
+use Test::Nginx::Socket 'no_plan';
+use lib 't/lib';
+use AaiTest;
+use AaiJwt;
+use Compress::Zlib ();
+use Digest::SHA qw( sha256 sha256_hex );
+use Time::HiRes qw( sleep time );
+
+$ENV{TEST_NGINX_REDIS_PORT} ||= 6379;
+$ENV{TEST_NGINX_APP_PORT} = free_port();
+$ENV{AAI_JWT_TEST_SECRET} = $AaiJwt::Secret;
+
+sub key_of {
+    return 'aai:c:' . sha256_hex(shift);
+}
+
+sub session {
+    my $sub = shift;
+    return 'Cookie: session=' . jwt(alg => 'HS256', claims => { sub => $sub });
+}
+
+# an entry as the module writes it (format: ngx_aai_cache_entry.h)
+sub entry {
+    my (%o) = @_;
+    my $now = int(time * 1000);
+    my $headers = '';
+    my @h = @{ $o{headers} || [] };
+    while (my ($n, $v) = splice(@h, 0, 2)) {
+        $headers .= pack('n', length $n) . "$n\0" . pack('N', length $v)
+                    . "$v\0";
+    }
+    my $body = $o{body} // '';
+    my $e = 'AAIC' . pack('C', 1) . 'E' . pack('n', 0)
+            . pack('Q>', $now) . pack('Q>', $now + 60 * 1000)
+            . pack('N', 0) . pack('N', 0)
+            . pack('n', $o{status} // 200)
+            . pack('n', scalar(@{ $o{headers} || [] }) / 2)
+            . pack('N', length $headers)
+            . pack('Q>', length $body)
+            . pack('q>', -1)
+            . substr(sha256($o{key}), 0, 8)
+            . $headers . $body;
+    return $e . pack('N', Compress::Zlib::crc32($e));
+}
+
+# The cache policy of nginx.conf.example as written: its
+# aai_cache_credentials lines, and the aai_cache_* lines of location /api/.
+sub example_policy {
+    open(my $fh, '<', 'nginx.conf.example') or die "nginx.conf.example: $!";
+    my $text = do { local $/; <$fh> };
+    close $fh;
+    $text =~ s/#[^\n]*//g;
+
+    my ($head) = ($text =~ /^(.*?)\n\s*server\s*\{/s);
+    my @http = ($head =~ /^\s*(aai_cache_credentials\b[^;]*;)/mg);
+    my ($api) = ($text =~ /location \/api\/ \{(.*?)\n\s*\}/s);
+    die "no location /api/ in nginx.conf.example" unless $api;
+    my @loc = ($api =~ /^\s*(aai_cache\w*\b[^;]*;)/mg);
+    die "no aai_cache in location /api/" unless grep { /^aai_cache on/ } @loc;
+
+    s/\s+/ /g for @http, @loc;
+    return (join("\n    ", @http), join("\n        ", @loc));
+}
+
+our ($ExampleHttp, $ExampleApi) = example_policy();
+
+our $App = <<'_EOC_';
+    aai_cache_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    aai_jwt_key hs256 env:AAI_JWT_TEST_SECRET;
+    aai_jwt_token $http_authorization;
+    aai_jwt_token $cookie_session;
+
+    server {
+        listen 127.0.0.1:$TEST_NGINX_APP_PORT;
+
+        # answers per user and sends no cache headers, as most apps do
+        location /api/ {
+            return 200 "hello [$aai_user]\n";
+        }
+
+        location /public/ {
+            add_header Cache-Control "public, max-age=60";
+            return 200 "public for [$aai_user]\n";
+        }
+
+        location /files/ {
+            alias html/;
+        }
+
+        location /bad {
+            return 400 "bad\n";
+        }
+    }
+_EOC_
+
+add_block_preprocessor(sub {
+    my $block = shift;
+    redis_flushdb();
+    $block->set_value('main_config', "env AAI_JWT_TEST_SECRET;\n"
+                      . ($block->main_config // ''));
+});
+
+no_shuffle();
+run_tests();
+
+__DATA__
+
+=== TEST 1: the example's policy: alice's answer is never served to bob
+--- http_config eval
+$::App . "    $::ExampleHttp\n"
+--- config eval
+"    location /api/ {
+        $::ExampleApi
+        proxy_pass http://127.0.0.1:\$TEST_NGINX_APP_PORT;
+    }"
+--- request eval
+["GET /api/profile", "GET /api/profile", "GET /api/profile",
+ "GET /api/profile", "GET /api/profile", "GET /api/profile"]
+--- more_headers eval
+[::session('alice'), ::session('bob'), ::session('alice'),
+ "", "", ::session('bob')]
+--- response_body eval
+["hello [alice]\n", "hello [bob]\n", "hello [alice]\n",
+ "hello []\n", "hello []\n", "hello [bob]\n"]
+--- response_headers_like eval
+["Cache-Status: aai; fwd=miss; fwd-status=200; detail=credentials",
+ "Cache-Status: aai; fwd=miss; fwd-status=200; detail=credentials",
+ "Cache-Status: aai; fwd=miss; fwd-status=200; detail=credentials",
+ "Cache-Status: aai; fwd=miss; fwd-status=200; stored",
+ "Cache-Status: aai; hit; ttl=\\d+",
+ "Cache-Status: aai; fwd=bypass; fwd-status=200; detail=credentials"]
+--- no_error_log
+[error]
+
+
+
+=== TEST 2: aai_cache_valid never overrides it; public answers are shared
+--- http_config eval: $::App
+--- config
+    location /t/ {
+        aai_cache on;
+        aai_cache_valid any 1m;
+        proxy_pass http://127.0.0.1:$TEST_NGINX_APP_PORT/;
+    }
+--- request eval
+["GET /t/api/x", "GET /t/api/x", "GET /t/public/x", "GET /t/public/x",
+ "GET /t/public/x"]
+--- more_headers eval
+["Authorization: Bearer " . ::jwt(claims => { sub => 'alice' }),
+ "Authorization: Bearer " . ::jwt(claims => { sub => 'bob' }),
+ "Authorization: Bearer " . ::jwt(claims => { sub => 'alice' }),
+ "Authorization: Bearer " . ::jwt(claims => { sub => 'bob' }),
+ ""]
+--- response_body eval
+["hello [alice]\n", "hello [bob]\n", "public for [alice]\n",
+ "public for [alice]\n", "public for [alice]\n"]
+--- aai_after
+is(redis_cmd('EXISTS', ::key_of('httpGETlocalhost/t/api/x')), 0,
+   'the per-user answer is not in redis');
+
+
+
+=== TEST 3: aai_cache_credentials names headers and variables; off
+--- http_config eval: $::App
+--- config
+    location /k/ {
+        aai_cache on;
+        aai_cache_valid 200 1m;
+        aai_cache_credentials X-Api-Key $cookie_sid;
+        proxy_pass http://127.0.0.1:$TEST_NGINX_APP_PORT/api/;
+    }
+    location /off/ {
+        aai_cache on;
+        aai_cache_valid 200 1m;
+        aai_cache_credentials off;
+        proxy_pass http://127.0.0.1:$TEST_NGINX_APP_PORT/api/;
+    }
+--- request eval
+["GET /k/a", "GET /k/b", "GET /k/c", "GET /k/c", "GET /off/a", "GET /off/a"]
+--- more_headers eval
+["X-Api-Key: k1", "Cookie: sid=s1", "Authorization: Basic eDp5", "",
+ "Authorization: Basic eDp5", "Authorization: Basic eDp5"]
+--- response_headers_like eval
+["Cache-Status: aai; fwd=miss; fwd-status=200; detail=credentials",
+ "Cache-Status: aai; fwd=miss; fwd-status=200; detail=credentials",
+ "Cache-Status: aai; fwd=miss; fwd-status=200; stored",
+ "Cache-Status: aai; hit; ttl=\\d+",
+ "Cache-Status: aai; fwd=miss; fwd-status=200; stored",
+ "Cache-Status: aai; hit; ttl=\\d+"]
+
+
+
+=== TEST 4: aai_cache_credentials: a bad name fails nginx -t
+--- http_config eval: $::App
+--- config
+    location / {
+        aai_cache_credentials "X Api";
+    }
+--- must_die
+--- error_log
+invalid credential "X Api" in "aai_cache_credentials"
+
+
+
+=== TEST 5: 416 and 412 caused by the client's headers are not served to a plain GET
+--- http_config eval: $::App
+--- config
+    location /c/ {
+        aai_cache on;
+        aai_cache_valid any 1m;
+        proxy_pass http://127.0.0.1:$TEST_NGINX_APP_PORT/files/;
+    }
+--- user_files
+>>> f.txt
+0123456789
+--- request eval
+["GET /c/f.txt", "GET /c/f.txt", "GET /c/f.txt", "GET /c/f.txt",
+ "GET /c/f.txt"]
+--- more_headers eval
+["Range: bytes=999999-", "If-Match: \"x\"",
+ "If-Unmodified-Since: Thu, 01 Jan 1970 00:00:01 GMT", "", ""]
+--- error_code eval
+[416, 412, 412, 200, 200]
+--- response_body_like eval
+[".*", ".*", ".*", "^0123456789\n\$", "^0123456789\n\$"]
+--- response_headers_like eval
+["Cache-Status: aai; fwd=miss; fwd-status=416; detail=status",
+ "Cache-Status: aai; fwd=miss; fwd-status=412; detail=precondition",
+ "Cache-Status: aai; fwd=miss; fwd-status=412; detail=precondition",
+ "Cache-Status: aai; fwd=miss; fwd-status=200; stored",
+ "Cache-Status: aai; hit; ttl=\\d+"]
+
+
+
+=== TEST 6: 400 and friends are never stored, even with aai_cache_valid any
+--- http_config eval: $::App
+--- config
+    location /c/ {
+        aai_cache on;
+        aai_cache_valid any 1m;
+        proxy_pass http://127.0.0.1:$TEST_NGINX_APP_PORT/;
+    }
+--- request eval
+["GET /c/bad", "GET /c/bad"]
+--- error_code eval
+[400, 400]
+--- response_headers_like eval
+["Cache-Status: aai; fwd=miss; fwd-status=400; detail=status",
+ "Cache-Status: aai; fwd=miss; fwd-status=400; detail=status"]
+
+
+
+=== TEST 7: a stored entry whose header value holds CR LF is a miss, logged
+--- http_config eval: $::App
+--- config
+    location /c/ {
+        aai_cache on;
+        proxy_pass http://127.0.0.1:$TEST_NGINX_APP_PORT/public/;
+    }
+--- aai_before
+redis_cmd('SET', ::key_of('httpGETlocalhost/c/crlf'),
+          ::entry(key => 'httpGETlocalhost/c/crlf',
+                  headers => ['X-A' => "a\r\nSet-Cookie: evil=1"],
+                  body => "evil\n"));
+--- request
+GET /c/crlf
+--- response_body
+public for []
+--- raw_response_headers_unlike: evil
+--- error_log
+bad header entry
+
+
+
+=== TEST 8: a stored entry with a header name that is not a token is a miss
+--- http_config eval: $::App
+--- config
+    location /c/ {
+        aai_cache on;
+        proxy_pass http://127.0.0.1:$TEST_NGINX_APP_PORT/public/;
+    }
+--- aai_before
+redis_cmd('SET', ::key_of('httpGETlocalhost/c/name'),
+          ::entry(key => 'httpGETlocalhost/c/name',
+                  headers => ["X-B: c\r\nX-D" => "1"], body => "evil\n"));
+--- request
+GET /c/name
+--- response_body
+public for []
+--- raw_response_headers_unlike: X-D
+--- error_log
+bad header entry
+
+
+
+=== TEST 9: a stored header value with a tab is served
+--- http_config eval: $::App
+--- config
+    location /c/ {
+        aai_cache on;
+        proxy_pass http://127.0.0.1:$TEST_NGINX_APP_PORT/public/;
+    }
+--- aai_before
+redis_cmd('SET', ::key_of('httpGETlocalhost/c/ok'),
+          ::entry(key => 'httpGETlocalhost/c/ok',
+                  headers => ['X-Ok' => "a\tb"], body => "good\n"));
+--- request
+GET /c/ok
+--- response_body
+good
+--- response_headers
+X-Ok: a	b
+--- no_error_log
+[warn]
