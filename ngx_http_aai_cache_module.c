@@ -57,6 +57,17 @@
 #define NGX_HTTP_AAI_CACHE_MAX_SIZE       (511 * 1024 * 1024)
 #define NGX_HTTP_AAI_CACHE_CHUNK          16384
 
+/*
+ * The stampede lock is a lease: taken for NGX_HTTP_AAI_CACHE_LEASE ms (or
+ * aai_cache_lock_timeout if shorter), renewed by its holder every third of
+ * it, so that a lock nobody holds any more (its holder killed, or its SET
+ * run by Redis after the module gave up on it) is gone within a lease.
+ */
+#define NGX_HTTP_AAI_CACHE_LEASE          1000
+#define NGX_HTTP_AAI_CACHE_ORPHANS        32
+#define NGX_HTTP_AAI_CACHE_ORPHAN_KEY     320
+#define NGX_HTTP_AAI_CACHE_ORPHAN_RETRY   50
+
 /* $aai_cache_status */
 #define NGX_HTTP_AAI_CACHE_NONE           0
 #define NGX_HTTP_AAI_CACHE_MISS           1
@@ -158,6 +169,8 @@ typedef struct {
     ngx_aai_cache_entry_t        *stale;       /* expired entry at hand */
 
     ngx_event_t                   wait_ev;
+    ngx_event_t                   lease_ev;    /* renews the lock held */
+    ngx_msec_t                    lock_until;  /* no renewal after */
     ngx_queue_t                   queue;       /* in a waiters bucket */
     ngx_msec_t                    deadline;
     ngx_uint_t                    lock_seq;    /* notes before the SET */
@@ -216,6 +229,15 @@ typedef struct {
     ngx_uint_t                    seq;
     ngx_uint_t                    stored;      /* 0: empty, 1: yes, 2: no */
 } ngx_http_aai_cache_note_t;
+
+
+/* a lock whose SET had no reply: maybe taken, by nobody */
+typedef struct {
+    ngx_msec_t                    until;       /* its lease is over */
+    size_t                        len;         /* of "0 " K ":l"; 0: free */
+    u_char                        token[16];
+    u_char                        msg[NGX_HTTP_AAI_CACHE_ORPHAN_KEY];
+} ngx_http_aai_cache_orphan_t;
 
 
 static ngx_int_t ngx_http_aai_cache_handler(ngx_http_request_t *r);
@@ -278,6 +300,11 @@ static void ngx_http_aai_cache_message(ngx_str_t *channel,
     ngx_str_t *message, void *data);
 static void ngx_http_aai_cache_release(ngx_http_aai_cache_ctx_t *ctx,
     ngx_uint_t stored, ngx_log_t *log);
+static ngx_msec_t ngx_http_aai_cache_lease_time(ngx_http_request_t *r);
+static void ngx_http_aai_cache_lease(ngx_http_aai_cache_ctx_t *ctx);
+static void ngx_http_aai_cache_renew(ngx_event_t *ev);
+static void ngx_http_aai_cache_orphan(ngx_http_aai_cache_ctx_t *ctx);
+static void ngx_http_aai_cache_orphans_handler(ngx_event_t *ev);
 
 static ngx_int_t ngx_http_aai_cache_header_filter(ngx_http_request_t *r);
 static const char *ngx_http_aai_cache_decide(ngx_http_request_t *r,
@@ -617,6 +644,13 @@ static ngx_str_t  ngx_http_aai_cache_store_script = ngx_string(
     "return 1");
 
 
+/* KEYS: lock key; ARGV: token, px */
+static ngx_str_t  ngx_http_aai_cache_renew_script = ngx_string(
+    "if redis.call('get', KEYS[1]) == ARGV[1] then "
+    "return redis.call('pexpire', KEYS[1], ARGV[2]) end "
+    "return 0");
+
+
 /* KEYS: lock key; ARGV: token, channel, message */
 static ngx_str_t  ngx_http_aai_cache_release_script = ngx_string(
     "if redis.call('get', KEYS[1]) == ARGV[1] then "
@@ -654,6 +688,10 @@ static ngx_http_aai_cache_vary_slot_t   ngx_http_aai_cache_vary_map[
 static ngx_uint_t                       ngx_http_aai_cache_lock_seq;
 static EVP_MD_CTX                      *ngx_http_aai_cache_md_ctx;
 static EVP_MD                          *ngx_http_aai_cache_md;
+static ngx_http_aai_cache_orphan_t      ngx_http_aai_cache_orphans[
+                                            NGX_HTTP_AAI_CACHE_ORPHANS];
+static ngx_event_t                      ngx_http_aai_cache_orphans_ev;
+static ngx_connection_t                 ngx_http_aai_cache_dummy;
 
 
 
@@ -777,6 +815,10 @@ ngx_http_aai_cache_cleanup(void *data)
     }
 
     ngx_http_aai_cache_unwait(ctx);
+
+    if (ctx->lease_ev.timer_set) {
+        ngx_del_timer(&ctx->lease_ev);
+    }
 
     /* the request is going away: its pool is no place to log to */
 
@@ -1035,6 +1077,11 @@ ngx_http_aai_cache_reply(ngx_aai_redis_result_t *res, void *data)
                        "aai cache redis failed: %s",
                        res->reply ? res->reply->str : res->error);
 
+        if (ctx->state == NGX_HTTP_AAI_CACHE_ST_LOCK) {
+            /* Redis may run the SET yet: the lock would be nobody's */
+            ngx_http_aai_cache_orphan(ctx);
+        }
+
         ctx->detail = "redis-error";
         ngx_http_aai_cache_forward(r, ctx,
                                    ctx->stale ? NGX_HTTP_AAI_CACHE_EXPIRED
@@ -1264,11 +1311,9 @@ ngx_http_aai_cache_try_lock(ngx_http_request_t *r,
 {
     u_char                          *p;
     ngx_str_t                       *k, argv[6];
-    ngx_http_aai_cache_loc_conf_t   *alcf;
     ngx_http_aai_cache_main_conf_t  *amcf;
     u_char                           px[NGX_INT_T_LEN];
 
-    alcf = ngx_http_get_module_loc_conf(r, ngx_http_aai_cache_module);
     amcf = ngx_http_get_module_main_conf(r, ngx_http_aai_cache_module);
 
     k = ctx->vkey.len ? &ctx->vkey : &ctx->key;
@@ -1301,7 +1346,8 @@ ngx_http_aai_cache_try_lock(ngx_http_request_t *r,
     ngx_str_set(&argv[3], "NX");
     ngx_str_set(&argv[4], "PX");
     argv[5].data = px;
-    argv[5].len = ngx_sprintf(px, "%M", alcf->lock_timeout) - px;
+    argv[5].len = ngx_sprintf(px, "%M", ngx_http_aai_cache_lease_time(r))
+                  - px;
 
     ctx->cmd = ngx_aai_redis_send(amcf->redis, r->connection->log, 6, argv,
                                   ngx_http_aai_cache_reply, ctx);
@@ -1329,6 +1375,8 @@ ngx_http_aai_cache_on_lock(ngx_http_request_t *r,
         /* this request updates the entry */
 
         ctx->lock_held = 1;
+        ctx->lock_until = ngx_current_msec + alcf->lock_timeout;
+        ngx_http_aai_cache_lease(ctx);
 
         if (ctx->stale
             && alcf->background_update
@@ -1923,7 +1971,10 @@ ngx_http_aai_cache_background(ngx_http_request_t *r,
     /* the subrequest holds the lock now */
 
     sctx->lock_held = 1;
+    sctx->lock_until = ctx->lock_until;
     ctx->lock_held = 0;
+
+    ngx_http_aai_cache_lease(sctx);
 
     sctx->bg = 1;
     sctx->status = NGX_HTTP_AAI_CACHE_EXPIRED;
@@ -2200,6 +2251,177 @@ ngx_http_aai_cache_release(ngx_http_aai_cache_ctx_t *ctx, ngx_uint_t stored,
 
     (void) ngx_aai_redis_send(amcf->redis, log, 7, argv,
                               ngx_http_aai_cache_release_handler, NULL);
+}
+
+
+static ngx_msec_t
+ngx_http_aai_cache_lease_time(ngx_http_request_t *r)
+{
+    ngx_http_aai_cache_loc_conf_t  *alcf;
+
+    alcf = ngx_http_get_module_loc_conf(r, ngx_http_aai_cache_module);
+
+    return ngx_min(alcf->lock_timeout, NGX_HTTP_AAI_CACHE_LEASE);
+}
+
+
+static void
+ngx_http_aai_cache_lease(ngx_http_aai_cache_ctx_t *ctx)
+{
+    ngx_msec_t  lease;
+
+    lease = ngx_http_aai_cache_lease_time(ctx->request);
+
+    ctx->lease_ev.handler = ngx_http_aai_cache_renew;
+    ctx->lease_ev.data = ctx;
+    ctx->lease_ev.log = ctx->request->connection->log;
+    ctx->lease_ev.cancelable = 1;
+
+    ngx_add_timer(&ctx->lease_ev, ngx_max(lease / 3, 1));
+}
+
+
+/* the holder renews its lease until it lets go or lock_timeout is over */
+
+static void
+ngx_http_aai_cache_renew(ngx_event_t *ev)
+{
+    ngx_str_t                        argv[6];
+    ngx_msec_t                       lease;
+    ngx_http_aai_cache_ctx_t        *ctx;
+    ngx_http_aai_cache_main_conf_t  *amcf;
+    u_char                           px[NGX_INT_T_LEN];
+
+    ctx = ev->data;
+    amcf = ngx_http_aai_cache_worker;
+
+    if (!ctx->lock_held
+        || amcf == NULL
+        || (ngx_msec_int_t) (ctx->lock_until - ngx_current_msec) <= 0)
+    {
+        return;
+    }
+
+    lease = ngx_http_aai_cache_lease_time(ctx->request);
+
+    ngx_str_set(&argv[0], "EVAL");
+    argv[1] = ngx_http_aai_cache_renew_script;
+    ngx_str_set(&argv[2], "1");
+    argv[3] = ctx->lock_key;
+    argv[4].data = ctx->token;
+    argv[4].len = sizeof(ctx->token);
+    argv[5].data = px;
+    argv[5].len = ngx_sprintf(px, "%M", lease) - px;
+
+    (void) ngx_aai_redis_send(amcf->redis, ev->log, 6, argv,
+                              ngx_http_aai_cache_release_handler, NULL);
+
+    ngx_add_timer(ev, ngx_max(lease / 3, 1));
+}
+
+
+/*
+ * The SET of ctx's lock had no reply (a timeout, the connection lost): it
+ * may still run.  The lock is deleted if it is still ctx's (compare and
+ * delete with its token), as soon as Redis takes a command again, and its
+ * waiters are woken; the lease bounds it in any case.
+ */
+
+static void
+ngx_http_aai_cache_orphan(ngx_http_aai_cache_ctx_t *ctx)
+{
+    ngx_uint_t                    i;
+    ngx_http_aai_cache_orphan_t  *o;
+
+    if (ctx->lock_key.len + 2 > NGX_HTTP_AAI_CACHE_ORPHAN_KEY) {
+        return;
+    }
+
+    for (i = 0; i < NGX_HTTP_AAI_CACHE_ORPHANS; i++) {
+        o = &ngx_http_aai_cache_orphans[i];
+
+        if (o->len == 0) {
+            goto found;
+        }
+    }
+
+    /* all taken: the lease alone bounds this one */
+
+    return;
+
+found:
+
+    o->until = ngx_current_msec + ngx_http_aai_cache_lease_time(ctx->request);
+    o->len = ctx->lock_key.len + 2;
+    o->msg[0] = '0';
+    o->msg[1] = ' ';
+    ngx_memcpy(o->msg + 2, ctx->lock_key.data, ctx->lock_key.len);
+    ngx_memcpy(o->token, ctx->token, sizeof(ctx->token));
+
+    if (!ngx_http_aai_cache_orphans_ev.timer_set) {
+        ngx_add_timer(&ngx_http_aai_cache_orphans_ev,
+                      NGX_HTTP_AAI_CACHE_ORPHAN_RETRY);
+    }
+}
+
+
+static void
+ngx_http_aai_cache_orphans_handler(ngx_event_t *ev)
+{
+    ngx_str_t                        argv[7];
+    ngx_uint_t                       i, left;
+    ngx_http_aai_cache_orphan_t     *o;
+    ngx_http_aai_cache_main_conf_t  *amcf;
+
+    amcf = ngx_http_aai_cache_worker;
+
+    if (amcf == NULL) {
+        return;
+    }
+
+    left = 0;
+
+    for (i = 0; i < NGX_HTTP_AAI_CACHE_ORPHANS; i++) {
+        o = &ngx_http_aai_cache_orphans[i];
+
+        if (o->len == 0) {
+            continue;
+        }
+
+        if ((ngx_msec_int_t) (o->until - ngx_current_msec) <= 0) {
+            o->len = 0;
+            continue;
+        }
+
+        ngx_str_set(&argv[0], "EVAL");
+        argv[1] = ngx_http_aai_cache_release_script;
+        ngx_str_set(&argv[2], "1");
+        argv[3].data = o->msg + 2;
+        argv[3].len = o->len - 2;
+        argv[4].data = o->token;
+        argv[4].len = sizeof(o->token);
+        ngx_str_set(&argv[5], NGX_HTTP_AAI_CACHE_CHANNEL);
+        argv[6].data = o->msg;
+        argv[6].len = o->len;
+
+        if (ngx_aai_redis_send(amcf->redis, ev->log, 7, argv,
+                               ngx_http_aai_cache_release_handler, NULL)
+            == NULL)
+        {
+            left++;
+            continue;
+        }
+
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ev->log, 0,
+                       "aai cache orphaned lock released: %*s",
+                       o->len - 2, o->msg + 2);
+
+        o->len = 0;
+    }
+
+    if (left) {
+        ngx_add_timer(ev, NGX_HTTP_AAI_CACHE_ORPHAN_RETRY);
+    }
 }
 
 
@@ -4453,6 +4675,12 @@ ngx_http_aai_cache_init_process(ngx_cycle_t *cycle)
     }
 
     ngx_http_aai_cache_worker = amcf;
+
+    ngx_http_aai_cache_dummy.fd = (ngx_socket_t) -1;
+    ngx_http_aai_cache_orphans_ev.data = &ngx_http_aai_cache_dummy;
+    ngx_http_aai_cache_orphans_ev.handler = ngx_http_aai_cache_orphans_handler;
+    ngx_http_aai_cache_orphans_ev.log = cycle->log;
+    ngx_http_aai_cache_orphans_ev.cancelable = 1;
 
 #if (OPENSSL_VERSION_NUMBER >= 0x30000000L)
     ngx_http_aai_cache_md = EVP_MD_fetch(NULL, "SHA256", NULL);

@@ -318,3 +318,114 @@ good
 X-Ok: a	b
 --- no_error_log
 [warn]
+
+
+
+=== TEST 10: a lock SET that timed out leaves no lock that others wait for
+--- http_config eval: $::App
+--- config
+    location /t { return 200 "ok\n"; }
+--- request
+GET /t
+--- aai_after
+my $conf = <<'_EOC_';
+    aai_cache_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT timeout=100ms;
+    server {
+        listen 127.0.0.1:$TEST_NGINX_INSTANCE_PORT;
+        location /app/ {
+            add_header Cache-Control "max-age=60";
+            return 200 "app\n";
+        }
+        location /l/ {
+            aai_cache on;
+            aai_cache_lock on;
+            aai_cache_lock_timeout 10s;
+            proxy_pass http://127.0.0.1:$TEST_NGINX_INSTANCE_PORT/app/;
+        }
+    }
+_EOC_
+my ($port, $stop) = start_nginx_instance('c054lock', $conf);
+local $AaiTest::HttpTimeout = 15;
+my $lock = ::key_of('httpGETlocalhost/l/x') . ':l';
+
+# writes wait, reads do not: the lookup is answered, the lock's SET waits
+# at Redis past the module's timeout, then runs
+redis_cmd('CLIENT', 'PAUSE', 600, 'WRITE');
+my ($st) = http_get($port, '/l/x', {});
+is($st, 200, 'the request whose lock SET timed out is answered');
+redis_cmd('SET', 'c054:probe', 1);      # waits for the pause to end
+
+my $t0 = time;
+my ($st2, $h2) = http_get($port, '/l/x', {});
+my $took = time - $t0;
+is($st2, 200, 'the next request is answered');
+cmp_ok($took, '<', 3, "it did not wait for the orphaned lock ($took s)");
+my $ttl = redis_cmd('PTTL', $lock);
+ok($ttl < 1100, "no lock left for longer than a lease (pttl $ttl)");
+$stop->();
+
+
+
+=== TEST 11: a worker killed while holding a lock stalls nobody for long
+--- http_config eval: $::App
+--- config
+    location /t { return 200 "ok\n"; }
+--- request
+GET /t
+--- aai_after
+$ENV{TEST_NGINX_HUNG_PORT} = hung_listener();
+my $conf = <<'_EOC_';
+    aai_cache_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    server {
+        listen 127.0.0.1:$TEST_NGINX_INSTANCE_PORT;
+        location /app/ {
+            add_header Cache-Control "max-age=60";
+            return 200 "app\n";
+        }
+        location /hung/ {
+            aai_cache on;
+            aai_cache_key killed;
+            aai_cache_lock on;
+            aai_cache_lock_timeout 10s;
+            proxy_read_timeout 30s;
+            proxy_pass http://127.0.0.1:$TEST_NGINX_HUNG_PORT;
+        }
+        location /fine/ {
+            aai_cache on;
+            aai_cache_key killed;
+            aai_cache_lock on;
+            aai_cache_lock_timeout 10s;
+            proxy_pass http://127.0.0.1:$TEST_NGINX_INSTANCE_PORT/app/;
+        }
+    }
+_EOC_
+my ($port, $stop, $prefix) = start_nginx_instance('c054kill', $conf);
+local $AaiTest::HttpTimeout = 15;
+my $lock = ::key_of('killed') . ':l';
+
+my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port,
+                              Timeout => 3) or die "connect: $!";
+syswrite($s, "GET /hung/x HTTP/1.1\r\nHost: localhost\r\n\r\n");
+my $deadline = time + 3;
+sleep 0.02 while !redis_cmd('EXISTS', $lock) && time < $deadline;
+ok(redis_cmd('EXISTS', $lock), 'the hung request holds the lock');
+
+my ($master) = file_lines("$prefix/logs/nginx.pid");
+chomp $master;
+my ($worker) = split ' ', `pgrep -P $master`;
+ok($worker, "worker $worker of master $master");
+kill 'KILL', $worker;
+$deadline = time + 5;
+while (time < $deadline) {
+    my ($w) = split ' ', `pgrep -P $master`;
+    last if $w && $w != $worker;
+    sleep 0.02;
+}
+close $s;
+
+my $t0 = time;
+my ($st) = http_get($port, '/fine/x', {});
+my $took = time - $t0;
+is($st, 200, 'the next request is answered');
+cmp_ok($took, '<', 3, "it did not wait for the dead worker's lock ($took s)");
+$stop->();
