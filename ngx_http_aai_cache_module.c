@@ -64,6 +64,16 @@
  * run by Redis after the module gave up on it) is gone within a lease.
  */
 #define NGX_HTTP_AAI_CACHE_LEASE          1000
+
+/*
+ * An entry larger than this is written in pieces of this size, one command
+ * at a time (SET, then APPEND, to a temporary key renamed at the end): no
+ * command carries more than a piece, so none runs past the per-command
+ * timeout because of the entry's size, and the other requests' commands
+ * pass between the pieces.
+ */
+#define NGX_HTTP_AAI_CACHE_PIECE          (512 * 1024)
+#define NGX_HTTP_AAI_CACHE_PIECE_TTL      "60000"
 #define NGX_HTTP_AAI_CACHE_ORPHANS        32
 #define NGX_HTTP_AAI_CACHE_ORPHAN_KEY     320
 #define NGX_HTTP_AAI_CACHE_ORPHAN_RETRY   50
@@ -231,6 +241,16 @@ typedef struct {
 } ngx_http_aai_cache_note_t;
 
 
+/* the store of an entry in pieces: lives past its request */
+typedef struct {
+    u_char                       *buf;         /* the entry */
+    size_t                        len;
+    size_t                        off;         /* sent so far */
+    ngx_uint_t                    final;       /* the last command sent */
+    ngx_str_t                     argv[14];    /* the last command */
+} ngx_http_aai_cache_job_t;
+
+
 /* a lock whose SET had no reply: maybe taken, by nobody */
 typedef struct {
     ngx_msec_t                    until;       /* its lease is over */
@@ -332,6 +352,13 @@ static void ngx_http_aai_cache_store(ngx_http_request_t *r,
     ngx_http_aai_cache_ctx_t *ctx);
 static void ngx_http_aai_cache_store_handler(ngx_aai_redis_result_t *res,
     void *data);
+static void ngx_http_aai_cache_store_large(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx, ngx_str_t *argv);
+static ngx_int_t ngx_http_aai_cache_job_next(ngx_http_aai_cache_job_t *job);
+static void ngx_http_aai_cache_job_handler(ngx_aai_redis_result_t *res,
+    void *data);
+static void ngx_http_aai_cache_job_fail(ngx_http_aai_cache_job_t *job,
+    const char *why);
 static void ngx_http_aai_cache_release_handler(ngx_aai_redis_result_t *res,
     void *data);
 static ngx_int_t ngx_http_aai_cache_status_header(ngx_http_request_t *r,
@@ -642,6 +669,38 @@ static ngx_str_t  ngx_http_aai_cache_store_script = ngx_string(
     "redis.call('publish', ARGV[5], ARGV[6]) "
     "end "
     "return 1");
+
+
+/*
+ * The end of a store in pieces.
+ * KEYS: entry key, base key, variants set, lock key, temporary key
+ * ARGV: entry length, px, vary record or "", lock token or "", channel,
+ *       message
+ */
+static ngx_str_t  ngx_http_aai_cache_pieces_script = ngx_string(
+    "local ok = redis.call('strlen', KEYS[5]) == tonumber(ARGV[1]) "
+    "if ok then "
+    "redis.call('rename', KEYS[5], KEYS[1]) "
+    "redis.call('pexpire', KEYS[1], ARGV[2]) "
+    "if ARGV[3] ~= '' then "
+    "local px = tonumber(ARGV[2]) "
+    "local t = redis.call('pttl', KEYS[2]) "
+    "if t < px then t = px end "
+    "redis.call('set', KEYS[2], ARGV[3], 'px', t) "
+    "redis.call('sadd', KEYS[3], KEYS[1]) "
+    "if redis.call('pttl', KEYS[3]) < px then "
+    "redis.call('pexpire', KEYS[3], px) end "
+    "end "
+    "else redis.call('del', KEYS[5]) end "
+    "if ARGV[4] ~= '' then "
+    "if redis.call('get', KEYS[4]) == ARGV[4] then "
+    "redis.call('del', KEYS[4]) end "
+    "local m = ARGV[6] "
+    "if not ok then m = '0' .. string.sub(m, 2) end "
+    "redis.call('publish', ARGV[5], m) "
+    "end "
+    "if ok then return 1 end "
+    "return 0");
 
 
 /* KEYS: lock key; ARGV: token, px */
@@ -3154,7 +3213,10 @@ ngx_http_aai_cache_store(ngx_http_request_t *r, ngx_http_aai_cache_ctx_t *ctx)
     argv[2].data = ctx->buf;
     argv[2].len = ctx->len;
 
-    if (ctx->store_vary.len == 0 && !ctx->lock_held) {
+    if (ctx->store_vary.len == 0
+        && !ctx->lock_held
+        && ctx->len <= NGX_HTTP_AAI_CACHE_PIECE)
+    {
         ngx_str_set(&argv[0], "SET");
         argv[1] = ctx->store_key;
         ngx_str_set(&argv[3], "PX");
@@ -3226,6 +3288,11 @@ ngx_http_aai_cache_store(ngx_http_request_t *r, ngx_http_aai_cache_ctx_t *ctx)
         /* the script releases the lock and wakes up the waiters */
 
         ctx->lock_held = 0;
+
+        if (ctx->len > NGX_HTTP_AAI_CACHE_PIECE) {
+            ngx_http_aai_cache_store_large(r, ctx, argv);
+            return;
+        }
     }
 
     cmd = ngx_aai_redis_send(amcf->redis, r->connection->log, argc, argv,
@@ -3241,6 +3308,248 @@ ngx_http_aai_cache_store(ngx_http_request_t *r, ngx_http_aai_cache_ctx_t *ctx)
 
     ngx_free(ctx->buf);
     ctx->buf = NULL;
+}
+
+
+/*
+ * argv: the store script's command as ngx_http_aai_cache_store() made it;
+ * the job takes the entry and the lock.
+ */
+
+static void
+ngx_http_aai_cache_store_large(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx, ngx_str_t *argv)
+{
+    u_char                          *p;
+    size_t                           size;
+    ngx_uint_t                       i;
+    ngx_http_aai_cache_job_t        *job;
+    ngx_http_aai_cache_main_conf_t  *amcf;
+    ngx_str_t                        tmp, len;
+    u_char                           lens[NGX_SIZE_T_LEN];
+    u_char                           tmps[sizeof(":w") + 16];
+
+    amcf = ngx_http_get_module_main_conf(r, ngx_http_aai_cache_module);
+
+    len.data = lens;
+    len.len = ngx_sprintf(lens, "%uz", ctx->len) - lens;
+
+    tmp.data = tmps;
+    tmp.len = ngx_sprintf(tmps, ":w%08xi%08xi",
+                          (ngx_uint_t) ngx_random() & 0xffffffff,
+                          ++ngx_http_aai_cache_lock_seq & 0xffffffff)
+              - tmps;
+
+    /* the strings of the last command, copied after the job */
+
+    size = sizeof(ngx_http_aai_cache_job_t)
+           + argv[3].len + argv[4].len + argv[5].len + argv[6].len
+           + argv[3].len + tmp.len + len.len + argv[8].len + argv[9].len
+           + argv[10].len + argv[12].len;
+
+    job = ngx_alloc(size, r->connection->log);
+    if (job == NULL) {
+        ctx->lock_held = (argv[10].len != 0);
+        ngx_http_aai_cache_abandon(r, ctx, "no memory");
+        return;
+    }
+
+    ngx_str_set(&job->argv[0], "EVAL");
+    job->argv[1] = ngx_http_aai_cache_pieces_script;
+    ngx_str_set(&job->argv[2], "5");
+    job->argv[12] = argv[11];                  /* the channel, static */
+
+    p = (u_char *) (job + 1);
+
+    for (i = 3; i < 14; i++) {
+        if (i == 12) {
+            continue;
+        }
+
+        job->argv[i].data = p;
+
+        switch (i) {
+        case 7:                                /* the temporary key */
+            p = ngx_cpymem(p, argv[3].data, argv[3].len);
+            p = ngx_cpymem(p, tmp.data, tmp.len);
+            break;
+        case 8:                                /* the entry's length */
+            p = ngx_cpymem(p, len.data, len.len);
+            break;
+        default:                               /* 3-6 as they are */
+            if (i < 7) {
+                p = ngx_cpymem(p, argv[i].data, argv[i].len);
+
+            } else {                           /* 9, 10, 11, 13 */
+                p = ngx_cpymem(p, argv[i - 1].data, argv[i - 1].len);
+            }
+        }
+
+        job->argv[i].len = p - job->argv[i].data;
+    }
+
+    job->buf = ctx->buf;
+    job->len = ctx->len;
+    job->off = 0;
+    job->final = 0;
+
+    ctx->buf = NULL;
+
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "aai cache store \"%V\" in pieces, %uz bytes via %V",
+                   &ctx->store_key, job->len, &job->argv[7]);
+
+    if (ngx_http_aai_cache_job_next(job) != NGX_OK) {
+        ngx_aai_metrics_inc(amcf->metrics, amcf->m_store_failures, 1);
+        ngx_http_aai_cache_job_fail(job, NULL);
+    }
+}
+
+
+static ngx_int_t
+ngx_http_aai_cache_job_next(ngx_http_aai_cache_job_t *job)
+{
+    size_t                           n;
+    ngx_str_t                        argv[5];
+    ngx_uint_t                       argc;
+    ngx_http_aai_cache_main_conf_t  *amcf;
+
+    amcf = ngx_http_aai_cache_worker;
+
+    if (amcf == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (job->off == job->len) {
+        job->final = 1;
+
+        return ngx_aai_redis_send(amcf->redis, ngx_cycle->log, 14, job->argv,
+                                  ngx_http_aai_cache_job_handler, job)
+               ? NGX_OK : NGX_ERROR;
+    }
+
+    n = ngx_min(job->len - job->off, NGX_HTTP_AAI_CACHE_PIECE);
+
+    argv[1] = job->argv[7];
+    argv[2].data = job->buf + job->off;
+    argv[2].len = n;
+
+    if (job->off == 0) {
+        ngx_str_set(&argv[0], "SET");
+        ngx_str_set(&argv[3], "PX");
+        ngx_str_set(&argv[4], NGX_HTTP_AAI_CACHE_PIECE_TTL);
+        argc = 5;
+
+    } else {
+        ngx_str_set(&argv[0], "APPEND");
+        argc = 3;
+    }
+
+    if (ngx_aai_redis_send(amcf->redis, ngx_cycle->log, argc, argv,
+                           ngx_http_aai_cache_job_handler, job)
+        == NULL)
+    {
+        return NGX_ERROR;
+    }
+
+    job->off += n;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_aai_cache_job_handler(ngx_aai_redis_result_t *res, void *data)
+{
+    ngx_http_aai_cache_job_t *job = data;
+
+    ngx_http_aai_cache_main_conf_t  *amcf;
+
+    amcf = ngx_http_aai_cache_worker;
+
+    if (amcf == NULL) {
+        ngx_free(job->buf);
+        ngx_free(job);
+        return;
+    }
+
+    ngx_aai_metrics_observe(amcf->metrics, amcf->m_latency, res->latency_us);
+
+    if (res->reply == NULL || res->reply->type == REDIS_REPLY_ERROR) {
+        ngx_aai_metrics_inc(amcf->metrics, amcf->m_store_failures, 1);
+        ngx_http_aai_cache_job_fail(job, res->reply ? res->reply->str
+                                                    : res->error);
+        return;
+    }
+
+    if (job->final) {
+        if (res->reply->type == REDIS_REPLY_INTEGER
+            && res->reply->integer == 1)
+        {
+            ngx_aai_metrics_inc(amcf->metrics, amcf->m_stored, 1);
+
+        } else {
+            ngx_aai_metrics_inc(amcf->metrics, amcf->m_store_failures, 1);
+            ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                          "aai_cache: storing in redis failed: "
+                          "a piece of %V was lost", &job->argv[3]);
+        }
+
+        ngx_free(job->buf);
+        ngx_free(job);
+        return;
+    }
+
+    if (ngx_http_aai_cache_job_next(job) != NGX_OK) {
+        ngx_aai_metrics_inc(amcf->metrics, amcf->m_store_failures, 1);
+        ngx_http_aai_cache_job_fail(job, NULL);
+    }
+}
+
+
+/* the temporary key goes, the lock is let go, the waiters are woken */
+
+static void
+ngx_http_aai_cache_job_fail(ngx_http_aai_cache_job_t *job, const char *why)
+{
+    ngx_str_t                        argv[7];
+    ngx_http_aai_cache_main_conf_t  *amcf;
+
+    static time_t  logged;
+
+    if (why && logged != ngx_time()) {
+        logged = ngx_time();
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "aai_cache: storing in redis failed: %s", why);
+    }
+
+    amcf = ngx_http_aai_cache_worker;
+
+    if (amcf && amcf->redis) {
+        ngx_str_set(&argv[0], "DEL");
+        argv[1] = job->argv[7];
+
+        (void) ngx_aai_redis_send(amcf->redis, ngx_cycle->log, 2, argv,
+                                  ngx_http_aai_cache_release_handler, NULL);
+
+        if (job->argv[11].len) {
+            ngx_str_set(&argv[0], "EVAL");
+            argv[1] = ngx_http_aai_cache_release_script;
+            ngx_str_set(&argv[2], "1");
+            argv[3] = job->argv[6];
+            argv[4] = job->argv[11];
+            argv[5] = job->argv[12];
+            argv[6] = job->argv[13];
+            argv[6].data[0] = '0';
+
+            (void) ngx_aai_redis_send(amcf->redis, ngx_cycle->log, 7, argv,
+                                      ngx_http_aai_cache_release_handler,
+                                      NULL);
+        }
+    }
+
+    ngx_free(job->buf);
+    ngx_free(job);
 }
 
 
@@ -4718,11 +5027,13 @@ ngx_http_aai_cache_exit_process(ngx_cycle_t *cycle)
 
     amcf = ngx_http_aai_cache_worker;
 
+    /* the handlers called now (with an error) send nothing more */
+
+    ngx_http_aai_cache_worker = NULL;
+
     if (amcf && amcf->redis) {
         ngx_aai_redis_exit_worker(amcf->redis);
     }
-
-    ngx_http_aai_cache_worker = NULL;
 
     if (ngx_http_aai_cache_md_ctx) {
         EVP_MD_CTX_free(ngx_http_aai_cache_md_ctx);
