@@ -67,10 +67,13 @@
 
 /*
  * An entry larger than this is written in pieces of this size, one command
- * at a time (SET, then APPEND, to a temporary key renamed at the end): no
+ * at a time, to a temporary key renamed at the end: SET of the first piece,
+ * SETRANGE of the last byte (Redis allocates the whole value once, where
+ * APPEND would copy it again and again), SETRANGE of each other piece.  No
  * command carries more than a piece, so none runs past the per-command
  * timeout because of the entry's size, and the other requests' commands
- * pass between the pieces.
+ * pass between the pieces.  A piece lost on the way would fail the entry's
+ * checksum: the entry would be a miss.
  */
 #define NGX_HTTP_AAI_CACHE_PIECE          (512 * 1024)
 #define NGX_HTTP_AAI_CACHE_PIECE_TTL      "60000"
@@ -127,6 +130,11 @@ typedef struct {
 typedef struct {
     ngx_aai_redis_conf_t          redis_conf;
     ngx_aai_redis_t              *redis;
+
+    /* the stores: a connection of their own, aai_cache_store_timeout */
+    ngx_aai_redis_conf_t          store_conf;
+    ngx_aai_redis_t              *store;
+    ngx_msec_t                    store_timeout;
 
     ngx_http_complex_value_t      default_key;
 
@@ -246,7 +254,8 @@ typedef struct {
     u_char                       *buf;         /* the entry */
     size_t                        len;
     size_t                        off;         /* sent so far */
-    ngx_uint_t                    final;       /* the last command sent */
+    unsigned                      grown:1;     /* the whole length set */
+    unsigned                      final:1;     /* the last command sent */
     ngx_str_t                     argv[14];    /* the last command */
 } ngx_http_aai_cache_job_t;
 
@@ -446,6 +455,13 @@ static ngx_command_t  ngx_http_aai_cache_commands[] = {
       ngx_http_aai_cache_redis,
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
+      NULL },
+
+    { ngx_string("aai_cache_store_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_aai_cache_main_conf_t, store_timeout),
       NULL },
 
     { ngx_string("aai_cache"),
@@ -3295,7 +3311,7 @@ ngx_http_aai_cache_store(ngx_http_request_t *r, ngx_http_aai_cache_ctx_t *ctx)
         }
     }
 
-    cmd = ngx_aai_redis_send(amcf->redis, r->connection->log, argc, argv,
+    cmd = ngx_aai_redis_send(amcf->store, r->connection->log, argc, argv,
                              ngx_http_aai_cache_store_handler, NULL);
 
     if (cmd == NULL) {
@@ -3391,6 +3407,7 @@ ngx_http_aai_cache_store_large(ngx_http_request_t *r,
     job->buf = ctx->buf;
     job->len = ctx->len;
     job->off = 0;
+    job->grown = 0;
     job->final = 0;
 
     ctx->buf = NULL;
@@ -3409,10 +3426,11 @@ ngx_http_aai_cache_store_large(ngx_http_request_t *r,
 static ngx_int_t
 ngx_http_aai_cache_job_next(ngx_http_aai_cache_job_t *job)
 {
-    size_t                           n;
+    size_t                           n, off;
     ngx_str_t                        argv[5];
     ngx_uint_t                       argc;
     ngx_http_aai_cache_main_conf_t  *amcf;
+    u_char                           offs[NGX_SIZE_T_LEN];
 
     amcf = ngx_http_aai_cache_worker;
 
@@ -3423,33 +3441,50 @@ ngx_http_aai_cache_job_next(ngx_http_aai_cache_job_t *job)
     if (job->off == job->len) {
         job->final = 1;
 
-        return ngx_aai_redis_send(amcf->redis, ngx_cycle->log, 14, job->argv,
+        return ngx_aai_redis_send(amcf->store, ngx_cycle->log, 14, job->argv,
                                   ngx_http_aai_cache_job_handler, job)
                ? NGX_OK : NGX_ERROR;
     }
 
-    n = ngx_min(job->len - job->off, NGX_HTTP_AAI_CACHE_PIECE);
-
     argv[1] = job->argv[7];
-    argv[2].data = job->buf + job->off;
-    argv[2].len = n;
 
     if (job->off == 0) {
+        n = NGX_HTTP_AAI_CACHE_PIECE;
+
         ngx_str_set(&argv[0], "SET");
+        argv[2].data = job->buf;
+        argv[2].len = n;
         ngx_str_set(&argv[3], "PX");
         ngx_str_set(&argv[4], NGX_HTTP_AAI_CACHE_PIECE_TTL);
         argc = 5;
 
     } else {
-        ngx_str_set(&argv[0], "APPEND");
-        argc = 3;
+        if (job->grown) {
+            off = job->off;
+            n = ngx_min(job->len - job->off, NGX_HTTP_AAI_CACHE_PIECE);
+
+        } else {
+            off = job->len - 1;
+            n = 0;
+        }
+
+        ngx_str_set(&argv[0], "SETRANGE");
+        argv[2].data = offs;
+        argv[2].len = ngx_sprintf(offs, "%uz", off) - offs;
+        argv[3].data = job->buf + off;
+        argv[3].len = n ? n : 1;
+        argc = 4;
     }
 
-    if (ngx_aai_redis_send(amcf->redis, ngx_cycle->log, argc, argv,
+    if (ngx_aai_redis_send(amcf->store, ngx_cycle->log, argc, argv,
                            ngx_http_aai_cache_job_handler, job)
         == NULL)
     {
         return NGX_ERROR;
+    }
+
+    if (job->off && !job->grown) {
+        job->grown = 1;
     }
 
     job->off += n;
@@ -3529,7 +3564,7 @@ ngx_http_aai_cache_job_fail(ngx_http_aai_cache_job_t *job, const char *why)
         ngx_str_set(&argv[0], "DEL");
         argv[1] = job->argv[7];
 
-        (void) ngx_aai_redis_send(amcf->redis, ngx_cycle->log, 2, argv,
+        (void) ngx_aai_redis_send(amcf->store, ngx_cycle->log, 2, argv,
                                   ngx_http_aai_cache_release_handler, NULL);
 
         if (job->argv[11].len) {
@@ -4177,7 +4212,10 @@ ngx_http_aai_cache_create_main_conf(ngx_conf_t *cf)
      *     amcf->redis_conf = { 0 };
      *     amcf->redis = NULL;
      *     amcf->metrics = NULL;
+     *     amcf->store = NULL;
      */
+
+    amcf->store_timeout = NGX_CONF_UNSET_MSEC;
 
     return amcf;
 }
@@ -4200,6 +4238,28 @@ ngx_http_aai_cache_init_main_conf(ngx_conf_t *cf, void *conf)
     ccv.complex_value = &amcf->default_key;
 
     if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_conf_init_msec_value(amcf->store_timeout, 10000);
+
+    if (amcf->redis == NULL) {
+        return NGX_CONF_OK;
+    }
+
+    /*
+     * Stores go on a connection of their own: a large entry never holds up
+     * a lookup on the same connection, and its store failing never fails
+     * the lookups in flight with it.
+     */
+
+    amcf->store_conf = amcf->redis_conf;
+    amcf->store_conf.timeout = ngx_max(amcf->store_timeout,
+                                       amcf->redis_conf.timeout);
+    amcf->store_conf.connections = 1;
+
+    amcf->store = ngx_aai_redis_create(cf, &amcf->store_conf);
+    if (amcf->store == NULL) {
         return NGX_CONF_ERROR;
     }
 
@@ -5016,6 +5076,10 @@ ngx_http_aai_cache_init_process(ngx_cycle_t *cycle)
         }
     }
 
+    if (ngx_aai_redis_init_worker(amcf->store, cycle) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     return ngx_aai_redis_init_worker(amcf->redis, cycle);
 }
 
@@ -5032,6 +5096,7 @@ ngx_http_aai_cache_exit_process(ngx_cycle_t *cycle)
     ngx_http_aai_cache_worker = NULL;
 
     if (amcf && amcf->redis) {
+        ngx_aai_redis_exit_worker(amcf->store);
         ngx_aai_redis_exit_worker(amcf->redis);
     }
 

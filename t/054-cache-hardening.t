@@ -126,6 +126,19 @@ sub example_policy {
 
 our ($ExampleHttp, $ExampleApi) = example_policy();
 
+# a large body the app serves from a file
+my $data = server_root() . '-data054';
+mkdir $data;
+$ENV{TEST_NGINX_DATA_DIR} = $data;
+our $BigLen = 40 * 1024 * 1024;
+{
+    open my $out, '>', "$data/big.bin" or die "$data/big.bin: $!";
+    binmode $out;
+    my $block = join '', map { sha256("big$_") } 0 .. 32767;   # 1 MB
+    print $out $block for 1 .. $BigLen / length $block;
+    close $out;
+}
+
 our $App = <<'_EOC_';
     aai_cache_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
     aai_jwt_key hs256 env:AAI_JWT_TEST_SECRET;
@@ -487,4 +500,51 @@ my ($st) = http_get($port, '/fine/x', {});
 my $took = time - $t0;
 is($st, 200, 'the next request is answered');
 cmp_ok($took, '<', 3, "it did not wait for the dead worker's lock ($took s)");
+$stop->();
+
+
+
+=== TEST 12: a 40 MB entry is stored without a command past the timeout
+--- http_config eval: $::App
+--- config
+    location /t { return 200 "ok\n"; }
+--- request
+GET /t
+--- aai_after
+my $conf = <<'_EOC_';
+    aai_cache_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT timeout=100ms;
+    # the requests' debug lines would take more time than the 40 MB
+    error_log logs/error.log warn;
+    server {
+        listen 127.0.0.1:$TEST_NGINX_INSTANCE_PORT;
+        location /files/ {
+            alias $TEST_NGINX_DATA_DIR/;
+        }
+        location /c/ {
+            aai_cache on;
+            aai_cache_valid 200 1m;
+            aai_cache_max_size 64m;
+            proxy_pass http://127.0.0.1:$TEST_NGINX_INSTANCE_PORT/files/;
+        }
+    }
+_EOC_
+my ($port, $stop, $prefix) = start_nginx_instance('c054big', $conf);
+local $AaiTest::HttpTimeout = 30;
+my $key = ::key_of('httpGETlocalhost/c/big.bin');
+
+my $t0 = time;
+my ($st, $h, $body) = http_get($port, '/c/big.bin', {});
+is($st, 200, 'the large response is served');
+is(length($body // ''), $::BigLen, 'whole');
+like($h->{'cache-status'} // '', qr/stored/, 'it is being stored');
+my $deadline = time + 20;
+sleep 0.05 while !redis_cmd('EXISTS', $key) && time < $deadline;
+my $len = redis_cmd('STRLEN', $key);
+ok($len > $::BigLen, "the entry is in redis ($len bytes, "
+                     . sprintf('%.2f s', time - $t0) . ")");
+is(scalar(grep { /timed out|storing in redis failed/ }
+           file_lines("$prefix/logs/error.log")), 0,
+   'no command timed out');
+is(scalar(@{ redis_cmd('KEYS', 'aai:c:*:w*') }), 0,
+   'no temporary key left');
 $stop->();
