@@ -159,12 +159,16 @@ ngx_http_aai_cache_lifetime(ngx_http_aai_cache_freshness_t *f,
     if (f->expires) {
         t = ngx_parse_http_time(f->expires->data, f->expires->len);
 
-        if (t == NGX_ERROR || t < 0 || (uint64_t) t * 1000 <= f->now) {
+        if (t == NGX_ERROR || t < 0) {
             return "expired";
         }
 
         if ((uint64_t) t > f->now / 1000 + NGX_HTTP_AAI_CACHE_MAX_LIFETIME) {
             t = f->now / 1000 + NGX_HTTP_AAI_CACHE_MAX_LIFETIME;
+        }
+
+        if ((uint64_t) t * 1000 <= f->now) {
+            return "expired";
         }
 
         *fresh = (uint64_t) t * 1000;
