@@ -64,6 +64,9 @@ sub slow_lock_proxy {
     my $pid = fork // die "fork: $!";
     return ($port, $pid) if $pid;
 
+    # not the test's handlers (they stop the test's nginx)
+    $SIG{$_} = 'DEFAULT' for qw( TERM INT HUP );
+
     my (%peer, @held, $done);
     my $sel = IO::Select->new($l);
     my $end = time + 60;
@@ -105,6 +108,29 @@ sub slow_lock_proxy {
     POSIX::_exit(0);
 }
 
+# Waits (at most 10 s) until an instance's cache has its Redis connection:
+# its location /w/ (WARM below) answers without detail=redis-unavailable.
+our $Warm = <<'_EOC_';
+        location /w/ {
+            aai_cache on;
+            proxy_pass http://127.0.0.1:$TEST_NGINX_INSTANCE_PORT/ok;
+        }
+        location = /ok {
+            return 200 "ok\n";
+        }
+_EOC_
+
+sub warm {
+    my $port = shift;
+    my $deadline = time + 10;
+    while (time < $deadline) {
+        my ($st, $h) = http_get($port, '/w/', {});
+        return 1 if $st && ($h->{'cache-status'} // '') !~ /unavailable/;
+        sleep 0.05;
+    }
+    return 0;
+}
+
 # The cache policy of nginx.conf.example as written: its
 # aai_cache_credentials lines, and the aai_cache_* lines of location /api/.
 sub example_policy {
@@ -140,7 +166,7 @@ our $BigLen = 40 * 1024 * 1024;
 }
 
 our $App = <<'_EOC_';
-    aai_cache_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    aai_cache_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT connect_timeout=2s;
     aai_jwt_key hs256 env:AAI_JWT_TEST_SECRET;
     aai_jwt_token $http_authorization;
     aai_jwt_token $cookie_session;
@@ -402,9 +428,11 @@ GET /t
 my ($pport, $ppid) = ::slow_lock_proxy(0.4);
 $ENV{TEST_NGINX_PROXY_PORT} = $pport;
 my $conf = <<'_EOC_';
-    aai_cache_redis 127.0.0.1:$TEST_NGINX_PROXY_PORT timeout=100ms;
+    aai_cache_redis 127.0.0.1:$TEST_NGINX_PROXY_PORT connect_timeout=2s
+                    timeout=100ms;
     server {
         listen 127.0.0.1:$TEST_NGINX_INSTANCE_PORT;
+WARM
         location /app/ {
             add_header Cache-Control "no-store";
             return 200 "app\n";
@@ -417,7 +445,9 @@ my $conf = <<'_EOC_';
         }
     }
 _EOC_
+$conf =~ s/WARM\n/$::Warm/;
 my ($port, $stop) = start_nginx_instance('c054lock', $conf);
+ok(::warm($port), 'the instance is connected to redis');
 local $AaiTest::HttpTimeout = 15;
 my $lock = ::key_of('httpGETlocalhost/l/x') . ':l';
 
@@ -426,6 +456,7 @@ is($st, 200, 'the request whose lock SET timed out is answered');
 my $deadline = time + 3;
 sleep 0.02 while !redis_cmd('EXISTS', $lock) && time < $deadline;
 ok(redis_cmd('EXISTS', $lock), 'Redis ran the SET after the module gave up');
+ok(::warm($port), 'connected again');
 
 my $t0 = time;
 my ($st2) = http_get($port, '/l/x', {});
@@ -433,7 +464,7 @@ my $took = time - $t0;
 is($st2, 200, 'the next request is answered');
 cmp_ok($took, '<', 3, "it did not wait for the orphaned lock ($took s)");
 $stop->();
-kill 'TERM', $ppid;
+kill 'KILL', $ppid;
 waitpid($ppid, 0);
 
 
@@ -447,9 +478,11 @@ GET /t
 --- aai_after
 $ENV{TEST_NGINX_HUNG_PORT} = hung_listener();
 my $conf = <<'_EOC_';
-    aai_cache_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    aai_cache_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT connect_timeout=2s
+                    timeout=1s;
     server {
         listen 127.0.0.1:$TEST_NGINX_INSTANCE_PORT;
+WARM
         location /app/ {
             add_header Cache-Control "max-age=60";
             return 200 "app\n";
@@ -471,7 +504,9 @@ my $conf = <<'_EOC_';
         }
     }
 _EOC_
+$conf =~ s/WARM\n/$::Warm/;
 my ($port, $stop, $prefix) = start_nginx_instance('c054kill', $conf);
+ok(::warm($port), 'the instance is connected to redis');
 local $AaiTest::HttpTimeout = 15;
 my $lock = ::key_of('killed') . ':l';
 
@@ -494,6 +529,7 @@ while (time < $deadline) {
     sleep 0.02;
 }
 close $s;
+ok(::warm($port), 'the new worker is connected to redis');
 
 my $t0 = time;
 my ($st) = http_get($port, '/fine/x', {});
@@ -512,11 +548,13 @@ $stop->();
 GET /t
 --- aai_after
 my $conf = <<'_EOC_';
-    aai_cache_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT timeout=100ms;
+    aai_cache_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT connect_timeout=2s
+                    timeout=100ms;
     # the requests' debug lines would take more time than the 40 MB
     error_log logs/error.log warn;
     server {
         listen 127.0.0.1:$TEST_NGINX_INSTANCE_PORT;
+WARM
         location /files/ {
             alias $TEST_NGINX_DATA_DIR/;
         }
@@ -528,7 +566,9 @@ my $conf = <<'_EOC_';
         }
     }
 _EOC_
+$conf =~ s/WARM\n/$::Warm/;
 my ($port, $stop, $prefix) = start_nginx_instance('c054big', $conf);
+ok(::warm($port), 'the instance is connected to redis');
 local $AaiTest::HttpTimeout = 30;
 my $key = ::key_of('httpGETlocalhost/c/big.bin');
 
@@ -548,3 +588,15 @@ is(scalar(grep { /timed out|storing in redis failed/ }
 is(scalar(@{ redis_cmd('KEYS', 'aai:c:*:w*') }), 0,
    'no temporary key left');
 $stop->();
+
+
+
+=== TEST 13: aai_cache_max_size: 512m leaves no room for the headers in Redis
+--- http_config eval: $::App
+--- config
+    location / {
+        aai_cache_max_size 512m;
+    }
+--- must_die
+--- error_log
+size "512m" in "aai_cache_max_size" is over 512m less 1m
