@@ -3,8 +3,8 @@
  * Copyright (C) aai-nginx authors
  *
  * ngx_aai_cache_entry: the format of the entries ngx_http_aai_cache_module
- * keeps in Redis, and the parsing of the response headers that decide
- * whether and how long a response is stored (RFC 9111).
+ * keeps in Redis (the freshness of a response is decided in
+ * ngx_http_aai_cache_freshness.c).
  *
  * Entry format, version 1, integers big-endian:
  *
@@ -71,21 +71,6 @@ typedef struct {
 } ngx_aai_cache_entry_t;
 
 
-/* Cache-Control of a response */
-typedef struct {
-    ngx_int_t                     s_maxage;    /* -1: absent */
-    ngx_int_t                     max_age;
-    ngx_int_t                     swr;
-    ngx_int_t                     sie;
-    unsigned                      no_store:1;
-    unsigned                      no_cache:1;
-    unsigned                      private:1;
-    unsigned                      public:1;
-    unsigned                      must_revalidate:1;
-    unsigned                      invalid:1;
-} ngx_aai_cache_cc_t;
-
-
 #define ngx_aai_cache_get16(p)                                                \
     (((uint32_t) (p)[0] << 8) | (p)[1])
 
@@ -117,9 +102,6 @@ void ngx_aai_cache_entry_seal(u_char *buf, size_t len, size_t body);
 
 void ngx_aai_cache_crc32_init(void);
 uint32_t ngx_aai_cache_crc32(u_char *p, size_t len);
-
-/* adds one Cache-Control header value to cc (set all fields to -1 first) */
-void ngx_aai_cache_cc_parse(ngx_str_t *v, ngx_aai_cache_cc_t *cc);
 
 /*
  * The names of the Vary headers in headers: lowercase, unique, sorted,

@@ -40,6 +40,7 @@
 #include "ngx_aai_redis.h"
 #include "ngx_aai_metrics.h"
 #include "ngx_aai_cache_entry.h"
+#include "ngx_http_aai_cache_freshness.h"
 
 
 #define NGX_HTTP_AAI_CACHE_CHANNEL        "aai:cache:unlock"
@@ -51,8 +52,34 @@
 #define NGX_HTTP_AAI_CACHE_BUCKETS        64
 #define NGX_HTTP_AAI_CACHE_NOTES          64
 #define NGX_HTTP_AAI_CACHE_POLL           500
-#define NGX_HTTP_AAI_CACHE_MAX_SIZE       (512 * 1024 * 1024)
+/* Redis' proto-max-bulk-len, less room for the entry's status and headers */
+#define NGX_HTTP_AAI_CACHE_REDIS_MAX      (512 * 1024 * 1024)
+#define NGX_HTTP_AAI_CACHE_MAX_SIZE       (511 * 1024 * 1024)
 #define NGX_HTTP_AAI_CACHE_CHUNK          16384
+
+/*
+ * The stampede lock is a lease: taken for NGX_HTTP_AAI_CACHE_LEASE ms (or
+ * aai_cache_lock_timeout if shorter), renewed by its holder every third of
+ * it, so that a lock nobody holds any more (its holder killed, or its SET
+ * run by Redis after the module gave up on it) is gone within a lease.
+ */
+#define NGX_HTTP_AAI_CACHE_LEASE          1000
+
+/*
+ * An entry larger than this is written in pieces of this size, one command
+ * at a time, to a temporary key renamed at the end: SET of the first piece,
+ * SETRANGE of the last byte (Redis allocates the whole value once, where
+ * APPEND would copy it again and again), SETRANGE of each other piece.  No
+ * command carries more than a piece, so none runs past the per-command
+ * timeout because of the entry's size, and the other requests' commands
+ * pass between the pieces.  A piece lost on the way would fail the entry's
+ * checksum: the entry would be a miss.
+ */
+#define NGX_HTTP_AAI_CACHE_PIECE          (512 * 1024)
+#define NGX_HTTP_AAI_CACHE_PIECE_TTL      "60000"
+#define NGX_HTTP_AAI_CACHE_ORPHANS        32
+#define NGX_HTTP_AAI_CACHE_ORPHAN_KEY     320
+#define NGX_HTTP_AAI_CACHE_ORPHAN_RETRY   50
 
 /* $aai_cache_status */
 #define NGX_HTTP_AAI_CACHE_NONE           0
@@ -73,9 +100,8 @@
 #define NGX_HTTP_AAI_CACHE_STALE_503      0x0040
 #define NGX_HTTP_AAI_CACHE_STALE_504      0x0080
 
-/* aai_cache_valid: the status is not cacheable / has no default time */
-#define NGX_HTTP_AAI_CACHE_NOT_VALID      -2
-#define NGX_HTTP_AAI_CACHE_NO_TIME        -1
+/* Cache-Control values of a response looked at, at most */
+#define NGX_HTTP_AAI_CACHE_MAX_CC         16
 
 
 typedef enum {
@@ -105,6 +131,11 @@ typedef struct {
     ngx_aai_redis_conf_t          redis_conf;
     ngx_aai_redis_t              *redis;
 
+    /* the stores: a connection of their own, aai_cache_store_timeout */
+    ngx_aai_redis_conf_t          store_conf;
+    ngx_aai_redis_t              *store;
+    ngx_msec_t                    store_timeout;
+
     ngx_http_complex_value_t      default_key;
 
     ngx_aai_metrics_t            *metrics;
@@ -113,6 +144,8 @@ typedef struct {
     ngx_int_t                     m_store_failures;
     ngx_int_t                     m_bytes;
     ngx_int_t                     m_latency;
+
+    ngx_array_t                  *credentials; /* the default one */
 
     ngx_uint_t                    used;        /* aai_cache or purge */
     ngx_uint_t                    lock_used;
@@ -133,6 +166,7 @@ typedef struct {
     ngx_uint_t                    use_stale;
     ngx_flag_t                    background_update;
     time_t                        stale_ttl;
+    ngx_array_t                  *credentials; /* variable indexes */
 
     ngx_flag_t                    purge;
     ngx_http_complex_value_t     *purge_key;
@@ -153,6 +187,8 @@ typedef struct {
     ngx_aai_cache_entry_t        *stale;       /* expired entry at hand */
 
     ngx_event_t                   wait_ev;
+    ngx_event_t                   lease_ev;    /* renews the lock held */
+    ngx_msec_t                    lock_until;  /* no renewal after */
     ngx_queue_t                   queue;       /* in a waiters bucket */
     ngx_msec_t                    deadline;
     ngx_uint_t                    lock_seq;    /* notes before the SET */
@@ -189,6 +225,7 @@ typedef struct {
     unsigned                      header_only:1;
     unsigned                      vary_miss:1;
     unsigned                      last:1;      /* the last buffer seen */
+    unsigned                      credentialed:1;
 } ngx_http_aai_cache_ctx_t;
 
 
@@ -210,6 +247,26 @@ typedef struct {
     ngx_uint_t                    seq;
     ngx_uint_t                    stored;      /* 0: empty, 1: yes, 2: no */
 } ngx_http_aai_cache_note_t;
+
+
+/* the store of an entry in pieces: lives past its request */
+typedef struct {
+    u_char                       *buf;         /* the entry */
+    size_t                        len;
+    size_t                        off;         /* sent so far */
+    unsigned                      grown:1;     /* the whole length set */
+    unsigned                      final:1;     /* the last command sent */
+    ngx_str_t                     argv[14];    /* the last command */
+} ngx_http_aai_cache_job_t;
+
+
+/* a lock whose SET had no reply: maybe taken, by nobody */
+typedef struct {
+    ngx_msec_t                    until;       /* its lease is over */
+    size_t                        len;         /* of "0 " K ":l"; 0: free */
+    u_char                        token[16];
+    u_char                        msg[NGX_HTTP_AAI_CACHE_ORPHAN_KEY];
+} ngx_http_aai_cache_orphan_t;
 
 
 static ngx_int_t ngx_http_aai_cache_handler(ngx_http_request_t *r);
@@ -240,6 +297,11 @@ static ngx_int_t ngx_http_aai_cache_try_lock(ngx_http_request_t *r,
 static ngx_int_t ngx_http_aai_cache_entry_from(ngx_http_request_t *r,
     ngx_http_aai_cache_ctx_t *ctx, redisReply *reply,
     ngx_aai_cache_entry_t **ep);
+static ngx_int_t ngx_http_aai_cache_headers_ok(ngx_aai_cache_entry_t *e);
+static ngx_uint_t ngx_http_aai_cache_credentialed(ngx_http_request_t *r,
+    ngx_http_aai_cache_loc_conf_t *alcf);
+static ngx_uint_t ngx_http_aai_cache_shareable(ngx_aai_cache_entry_t *e);
+static const char *ngx_http_aai_cache_own_request(ngx_http_request_t *r);
 static ngx_uint_t ngx_http_aai_cache_updating_ok(
     ngx_http_aai_cache_loc_conf_t *alcf, ngx_aai_cache_entry_t *e);
 static void ngx_http_aai_cache_forward(ngx_http_request_t *r,
@@ -267,6 +329,11 @@ static void ngx_http_aai_cache_message(ngx_str_t *channel,
     ngx_str_t *message, void *data);
 static void ngx_http_aai_cache_release(ngx_http_aai_cache_ctx_t *ctx,
     ngx_uint_t stored, ngx_log_t *log);
+static ngx_msec_t ngx_http_aai_cache_lease_time(ngx_http_request_t *r);
+static void ngx_http_aai_cache_lease(ngx_http_aai_cache_ctx_t *ctx);
+static void ngx_http_aai_cache_renew(ngx_event_t *ev);
+static void ngx_http_aai_cache_orphan(ngx_http_aai_cache_ctx_t *ctx);
+static void ngx_http_aai_cache_orphans_handler(ngx_event_t *ev);
 
 static ngx_int_t ngx_http_aai_cache_header_filter(ngx_http_request_t *r);
 static const char *ngx_http_aai_cache_decide(ngx_http_request_t *r,
@@ -294,6 +361,13 @@ static void ngx_http_aai_cache_store(ngx_http_request_t *r,
     ngx_http_aai_cache_ctx_t *ctx);
 static void ngx_http_aai_cache_store_handler(ngx_aai_redis_result_t *res,
     void *data);
+static void ngx_http_aai_cache_store_large(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx, ngx_str_t *argv);
+static ngx_int_t ngx_http_aai_cache_job_next(ngx_http_aai_cache_job_t *job);
+static void ngx_http_aai_cache_job_handler(ngx_aai_redis_result_t *res,
+    void *data);
+static void ngx_http_aai_cache_job_fail(ngx_http_aai_cache_job_t *job,
+    const char *why);
 static void ngx_http_aai_cache_release_handler(ngx_aai_redis_result_t *res,
     void *data);
 static ngx_int_t ngx_http_aai_cache_status_header(ngx_http_request_t *r,
@@ -346,6 +420,10 @@ static char *ngx_http_aai_cache_sec(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_aai_cache_purge(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_aai_cache_credentials(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+static ngx_int_t ngx_http_aai_cache_credential(ngx_conf_t *cf,
+    ngx_array_t *a, ngx_str_t *value);
 static ngx_int_t ngx_http_aai_cache_add_variables(ngx_conf_t *cf);
 static ngx_int_t ngx_http_aai_cache_add_metrics(ngx_conf_t *cf,
     ngx_http_aai_cache_main_conf_t *amcf);
@@ -377,6 +455,13 @@ static ngx_command_t  ngx_http_aai_cache_commands[] = {
       ngx_http_aai_cache_redis,
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
+      NULL },
+
+    { ngx_string("aai_cache_store_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_aai_cache_main_conf_t, store_timeout),
       NULL },
 
     { ngx_string("aai_cache"),
@@ -468,6 +553,13 @@ static ngx_command_t  ngx_http_aai_cache_commands[] = {
       ngx_http_aai_cache_sec,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_aai_cache_loc_conf_t, stale_ttl),
+      NULL },
+
+    { ngx_string("aai_cache_credentials"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
+      ngx_http_aai_cache_credentials,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_aai_cache_loc_conf_t, credentials),
       NULL },
 
     { ngx_string("aai_cache_purge"),
@@ -595,6 +687,45 @@ static ngx_str_t  ngx_http_aai_cache_store_script = ngx_string(
     "return 1");
 
 
+/*
+ * The end of a store in pieces.
+ * KEYS: entry key, base key, variants set, lock key, temporary key
+ * ARGV: entry length, px, vary record or "", lock token or "", channel,
+ *       message
+ */
+static ngx_str_t  ngx_http_aai_cache_pieces_script = ngx_string(
+    "local ok = redis.call('strlen', KEYS[5]) == tonumber(ARGV[1]) "
+    "if ok then "
+    "redis.call('rename', KEYS[5], KEYS[1]) "
+    "redis.call('pexpire', KEYS[1], ARGV[2]) "
+    "if ARGV[3] ~= '' then "
+    "local px = tonumber(ARGV[2]) "
+    "local t = redis.call('pttl', KEYS[2]) "
+    "if t < px then t = px end "
+    "redis.call('set', KEYS[2], ARGV[3], 'px', t) "
+    "redis.call('sadd', KEYS[3], KEYS[1]) "
+    "if redis.call('pttl', KEYS[3]) < px then "
+    "redis.call('pexpire', KEYS[3], px) end "
+    "end "
+    "else redis.call('del', KEYS[5]) end "
+    "if ARGV[4] ~= '' then "
+    "if redis.call('get', KEYS[4]) == ARGV[4] then "
+    "redis.call('del', KEYS[4]) end "
+    "local m = ARGV[6] "
+    "if not ok then m = '0' .. string.sub(m, 2) end "
+    "redis.call('publish', ARGV[5], m) "
+    "end "
+    "if ok then return 1 end "
+    "return 0");
+
+
+/* KEYS: lock key; ARGV: token, px */
+static ngx_str_t  ngx_http_aai_cache_renew_script = ngx_string(
+    "if redis.call('get', KEYS[1]) == ARGV[1] then "
+    "return redis.call('pexpire', KEYS[1], ARGV[2]) end "
+    "return 0");
+
+
 /* KEYS: lock key; ARGV: token, channel, message */
 static ngx_str_t  ngx_http_aai_cache_release_script = ngx_string(
     "if redis.call('get', KEYS[1]) == ARGV[1] then "
@@ -632,6 +763,10 @@ static ngx_http_aai_cache_vary_slot_t   ngx_http_aai_cache_vary_map[
 static ngx_uint_t                       ngx_http_aai_cache_lock_seq;
 static EVP_MD_CTX                      *ngx_http_aai_cache_md_ctx;
 static EVP_MD                          *ngx_http_aai_cache_md;
+static ngx_http_aai_cache_orphan_t      ngx_http_aai_cache_orphans[
+                                            NGX_HTTP_AAI_CACHE_ORPHANS];
+static ngx_event_t                      ngx_http_aai_cache_orphans_ev;
+static ngx_connection_t                 ngx_http_aai_cache_dummy;
 
 
 
@@ -674,6 +809,8 @@ ngx_http_aai_cache_handler(ngx_http_request_t *r)
     if (ctx == NULL) {
         return NGX_ERROR;
     }
+
+    ctx->credentialed = ngx_http_aai_cache_credentialed(r, alcf);
 
     if (ngx_http_aai_cache_make_key(r, alcf, &ctx->key, ctx->digest)
         != NGX_OK)
@@ -753,6 +890,10 @@ ngx_http_aai_cache_cleanup(void *data)
     }
 
     ngx_http_aai_cache_unwait(ctx);
+
+    if (ctx->lease_ev.timer_set) {
+        ngx_del_timer(&ctx->lease_ev);
+    }
 
     /* the request is going away: its pool is no place to log to */
 
@@ -1011,6 +1152,11 @@ ngx_http_aai_cache_reply(ngx_aai_redis_result_t *res, void *data)
                        "aai cache redis failed: %s",
                        res->reply ? res->reply->str : res->error);
 
+        if (ctx->state == NGX_HTTP_AAI_CACHE_ST_LOCK) {
+            /* Redis may run the SET yet: the lock would be nobody's */
+            ngx_http_aai_cache_orphan(ctx);
+        }
+
         ctx->detail = "redis-error";
         ngx_http_aai_cache_forward(r, ctx,
                                    ctx->stale ? NGX_HTTP_AAI_CACHE_EXPIRED
@@ -1182,6 +1328,14 @@ ngx_http_aai_cache_on_entry(ngx_http_request_t *r,
         return;
     }
 
+    /* RFC 9111, 3.5: neither served nor served stale, nor waited for */
+
+    if (ctx->credentialed && !ngx_http_aai_cache_shareable(e)) {
+        ctx->detail = "credentials";
+        ngx_http_aai_cache_forward(r, ctx, NGX_HTTP_AAI_CACHE_BYPASS);
+        return;
+    }
+
     if (ngx_http_aai_cache_now() < e->fresh_until) {
         ngx_http_aai_cache_serve(r, ctx, e, NGX_HTTP_AAI_CACHE_HIT);
         return;
@@ -1193,7 +1347,9 @@ ngx_http_aai_cache_on_entry(ngx_http_request_t *r,
 
     alcf = ngx_http_get_module_loc_conf(r, ngx_http_aai_cache_module);
 
-    if (alcf->lock || ngx_http_aai_cache_updating_ok(alcf, e)) {
+    if ((alcf->lock || ngx_http_aai_cache_updating_ok(alcf, e))
+        && ngx_http_aai_cache_own_request(r) == NULL)
+    {
         if (ngx_http_aai_cache_try_lock(r, ctx) == NGX_AGAIN) {
             return;
         }
@@ -1211,7 +1367,10 @@ ngx_http_aai_cache_on_absent(ngx_http_request_t *r,
 
     alcf = ngx_http_get_module_loc_conf(r, ngx_http_aai_cache_module);
 
-    if (alcf->lock && ngx_http_aai_cache_try_lock(r, ctx) == NGX_AGAIN) {
+    if (alcf->lock
+        && ngx_http_aai_cache_own_request(r) == NULL
+        && ngx_http_aai_cache_try_lock(r, ctx) == NGX_AGAIN)
+    {
         return;
     }
 
@@ -1227,11 +1386,9 @@ ngx_http_aai_cache_try_lock(ngx_http_request_t *r,
 {
     u_char                          *p;
     ngx_str_t                       *k, argv[6];
-    ngx_http_aai_cache_loc_conf_t   *alcf;
     ngx_http_aai_cache_main_conf_t  *amcf;
     u_char                           px[NGX_INT_T_LEN];
 
-    alcf = ngx_http_get_module_loc_conf(r, ngx_http_aai_cache_module);
     amcf = ngx_http_get_module_main_conf(r, ngx_http_aai_cache_module);
 
     k = ctx->vkey.len ? &ctx->vkey : &ctx->key;
@@ -1264,7 +1421,8 @@ ngx_http_aai_cache_try_lock(ngx_http_request_t *r,
     ngx_str_set(&argv[3], "NX");
     ngx_str_set(&argv[4], "PX");
     argv[5].data = px;
-    argv[5].len = ngx_sprintf(px, "%M", alcf->lock_timeout) - px;
+    argv[5].len = ngx_sprintf(px, "%M", ngx_http_aai_cache_lease_time(r))
+                  - px;
 
     ctx->cmd = ngx_aai_redis_send(amcf->redis, r->connection->log, 6, argv,
                                   ngx_http_aai_cache_reply, ctx);
@@ -1292,6 +1450,8 @@ ngx_http_aai_cache_on_lock(ngx_http_request_t *r,
         /* this request updates the entry */
 
         ctx->lock_held = 1;
+        ctx->lock_until = ngx_current_msec + alcf->lock_timeout;
+        ngx_http_aai_cache_lease(ctx);
 
         if (ctx->stale
             && alcf->background_update
@@ -1383,9 +1543,166 @@ ngx_http_aai_cache_entry_from(ngx_http_request_t *r,
         return NGX_DECLINED;
     }
 
+    if (e->type == NGX_AAI_CACHE_TYPE_ENTRY
+        && ngx_http_aai_cache_headers_ok(e) != NGX_OK)
+    {
+        ngx_http_aai_cache_log_bad(r->connection->log, "bad header", key);
+        return NGX_DECLINED;
+    }
+
     *ep = e;
 
     return NGX_OK;
+}
+
+
+/*
+ * The headers of an entry are sent as they are: a name must be a token
+ * (RFC 9110, 5.1), a value must hold no CR, LF, NUL or other control but
+ * HTAB (5.5), whatever wrote the entry.
+ */
+
+static ngx_int_t
+ngx_http_aai_cache_headers_ok(ngx_aai_cache_entry_t *e)
+{
+    u_char      *p, *name, *value;
+    size_t       nlen, vlen, j;
+    ngx_uint_t   i;
+
+    static uint32_t  tchar[] = {
+        0x00000000, /* 0000 0000 0000 0000  0000 0000 0000 0000 */
+
+                    /* ?>=< ;:98 7654 3210  /.-, +*)( '&%$ #"!  */
+        0x03ff6cfa, /* 0000 0011 1111 1111  0110 1100 1111 1010 */
+
+                    /* _^]\ [ZYX WVUT SRQP  ONML KJIH GFED CBA@ */
+        0xc7fffffe, /* 1100 0111 1111 1111  1111 1111 1111 1110 */
+
+                    /*  ~}| {zyx wvut srqp  onml kjih gfed cba` */
+        0x57ffffff, /* 0101 0111 1111 1111  1111 1111 1111 1111 */
+
+        0x00000000, 0x00000000, 0x00000000, 0x00000000
+    };
+
+    p = e->headers;
+
+    for (i = 0; i < e->nheaders; i++) {
+
+        nlen = ngx_aai_cache_get16(p);
+        name = p + 2;
+        p = name + nlen + 1;
+
+        vlen = ngx_aai_cache_get32(p);
+        value = p + 4;
+        p = value + vlen + 1;
+
+        if (nlen == 0) {
+            return NGX_ERROR;
+        }
+
+        for (j = 0; j < nlen; j++) {
+            if (!(tchar[name[j] >> 5] & (1U << (name[j] & 0x1f)))) {
+                return NGX_ERROR;
+            }
+        }
+
+        for (j = 0; j < vlen; j++) {
+            if ((value[j] < 0x20 && value[j] != '\t') || value[j] == 0x7f) {
+                return NGX_ERROR;
+            }
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * Whether the request carries a credential: a variable of
+ * aai_cache_credentials is not empty.
+ */
+
+static ngx_uint_t
+ngx_http_aai_cache_credentialed(ngx_http_request_t *r,
+    ngx_http_aai_cache_loc_conf_t *alcf)
+{
+    ngx_int_t                  *index;
+    ngx_uint_t                  i;
+    ngx_http_variable_value_t  *vv;
+
+    if (alcf->credentials == NULL) {
+        return 0;
+    }
+
+    index = alcf->credentials->elts;
+
+    for (i = 0; i < alcf->credentials->nelts; i++) {
+        vv = ngx_http_get_indexed_variable(r, index[i]);
+
+        if (vv && !vv->not_found && vv->len) {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+/* whether the entry may be served to a request with a credential */
+
+static ngx_uint_t
+ngx_http_aai_cache_shareable(ngx_aai_cache_entry_t *e)
+{
+    u_char                   *p, *name;
+    size_t                    nlen;
+    ngx_str_t                 value;
+    ngx_uint_t                i;
+    ngx_http_aai_cache_cc_t   cc;
+
+    ngx_http_aai_cache_cc_init(&cc);
+
+    p = e->headers;
+
+    for (i = 0; i < e->nheaders; i++) {
+
+        nlen = ngx_aai_cache_get16(p);
+        name = p + 2;
+        p = name + nlen + 1;
+
+        value.len = ngx_aai_cache_get32(p);
+        value.data = p + 4;
+        p = value.data + value.len + 1;
+
+        if (nlen == 13
+            && ngx_strncasecmp(name, (u_char *) "Cache-Control", 13) == 0)
+        {
+            ngx_http_aai_cache_cc_parse(&value, &cc);
+        }
+    }
+
+    return ngx_http_aai_cache_cc_shareable(&cc);
+}
+
+
+/*
+ * A request whose response may be the client's own (a part, or an answer
+ * to its preconditions) takes no lock: others would wait for a response
+ * that is not stored.  If-Modified-Since and If-None-Match are removed
+ * instead (see ngx_http_aai_cache_unconditional()).
+ */
+
+static const char *
+ngx_http_aai_cache_own_request(ngx_http_request_t *r)
+{
+    if (r->headers_in.range || r->headers_in.if_range) {
+        return "range";
+    }
+
+    if (r->headers_in.if_match || r->headers_in.if_unmodified_since) {
+        return "precondition";
+    }
+
+    return NULL;
 }
 
 
@@ -1724,11 +2041,15 @@ ngx_http_aai_cache_background(ngx_http_request_t *r,
     sctx->vkey = ctx->vkey;
     sctx->vary = ctx->vary;
     sctx->lock_key = ctx->lock_key;
+    sctx->credentialed = ctx->credentialed;
 
     /* the subrequest holds the lock now */
 
     sctx->lock_held = 1;
+    sctx->lock_until = ctx->lock_until;
     ctx->lock_held = 0;
+
+    ngx_http_aai_cache_lease(sctx);
 
     sctx->bg = 1;
     sctx->status = NGX_HTTP_AAI_CACHE_EXPIRED;
@@ -2008,6 +2329,177 @@ ngx_http_aai_cache_release(ngx_http_aai_cache_ctx_t *ctx, ngx_uint_t stored,
 }
 
 
+static ngx_msec_t
+ngx_http_aai_cache_lease_time(ngx_http_request_t *r)
+{
+    ngx_http_aai_cache_loc_conf_t  *alcf;
+
+    alcf = ngx_http_get_module_loc_conf(r, ngx_http_aai_cache_module);
+
+    return ngx_min(alcf->lock_timeout, NGX_HTTP_AAI_CACHE_LEASE);
+}
+
+
+static void
+ngx_http_aai_cache_lease(ngx_http_aai_cache_ctx_t *ctx)
+{
+    ngx_msec_t  lease;
+
+    lease = ngx_http_aai_cache_lease_time(ctx->request);
+
+    ctx->lease_ev.handler = ngx_http_aai_cache_renew;
+    ctx->lease_ev.data = ctx;
+    ctx->lease_ev.log = ctx->request->connection->log;
+    ctx->lease_ev.cancelable = 1;
+
+    ngx_add_timer(&ctx->lease_ev, ngx_max(lease / 3, 1));
+}
+
+
+/* the holder renews its lease until it lets go or lock_timeout is over */
+
+static void
+ngx_http_aai_cache_renew(ngx_event_t *ev)
+{
+    ngx_str_t                        argv[6];
+    ngx_msec_t                       lease;
+    ngx_http_aai_cache_ctx_t        *ctx;
+    ngx_http_aai_cache_main_conf_t  *amcf;
+    u_char                           px[NGX_INT_T_LEN];
+
+    ctx = ev->data;
+    amcf = ngx_http_aai_cache_worker;
+
+    if (!ctx->lock_held
+        || amcf == NULL
+        || (ngx_msec_int_t) (ctx->lock_until - ngx_current_msec) <= 0)
+    {
+        return;
+    }
+
+    lease = ngx_http_aai_cache_lease_time(ctx->request);
+
+    ngx_str_set(&argv[0], "EVAL");
+    argv[1] = ngx_http_aai_cache_renew_script;
+    ngx_str_set(&argv[2], "1");
+    argv[3] = ctx->lock_key;
+    argv[4].data = ctx->token;
+    argv[4].len = sizeof(ctx->token);
+    argv[5].data = px;
+    argv[5].len = ngx_sprintf(px, "%M", lease) - px;
+
+    (void) ngx_aai_redis_send(amcf->redis, ev->log, 6, argv,
+                              ngx_http_aai_cache_release_handler, NULL);
+
+    ngx_add_timer(ev, ngx_max(lease / 3, 1));
+}
+
+
+/*
+ * The SET of ctx's lock had no reply (a timeout, the connection lost): it
+ * may still run.  The lock is deleted if it is still ctx's (compare and
+ * delete with its token), as soon as Redis takes a command again, and its
+ * waiters are woken; the lease bounds it in any case.
+ */
+
+static void
+ngx_http_aai_cache_orphan(ngx_http_aai_cache_ctx_t *ctx)
+{
+    ngx_uint_t                    i;
+    ngx_http_aai_cache_orphan_t  *o;
+
+    if (ctx->lock_key.len + 2 > NGX_HTTP_AAI_CACHE_ORPHAN_KEY) {
+        return;
+    }
+
+    for (i = 0; i < NGX_HTTP_AAI_CACHE_ORPHANS; i++) {
+        o = &ngx_http_aai_cache_orphans[i];
+
+        if (o->len == 0) {
+            goto found;
+        }
+    }
+
+    /* all taken: the lease alone bounds this one */
+
+    return;
+
+found:
+
+    o->until = ngx_current_msec + ngx_http_aai_cache_lease_time(ctx->request);
+    o->len = ctx->lock_key.len + 2;
+    o->msg[0] = '0';
+    o->msg[1] = ' ';
+    ngx_memcpy(o->msg + 2, ctx->lock_key.data, ctx->lock_key.len);
+    ngx_memcpy(o->token, ctx->token, sizeof(ctx->token));
+
+    if (!ngx_http_aai_cache_orphans_ev.timer_set) {
+        ngx_add_timer(&ngx_http_aai_cache_orphans_ev,
+                      NGX_HTTP_AAI_CACHE_ORPHAN_RETRY);
+    }
+}
+
+
+static void
+ngx_http_aai_cache_orphans_handler(ngx_event_t *ev)
+{
+    ngx_str_t                        argv[7];
+    ngx_uint_t                       i, left;
+    ngx_http_aai_cache_orphan_t     *o;
+    ngx_http_aai_cache_main_conf_t  *amcf;
+
+    amcf = ngx_http_aai_cache_worker;
+
+    if (amcf == NULL) {
+        return;
+    }
+
+    left = 0;
+
+    for (i = 0; i < NGX_HTTP_AAI_CACHE_ORPHANS; i++) {
+        o = &ngx_http_aai_cache_orphans[i];
+
+        if (o->len == 0) {
+            continue;
+        }
+
+        if ((ngx_msec_int_t) (o->until - ngx_current_msec) <= 0) {
+            o->len = 0;
+            continue;
+        }
+
+        ngx_str_set(&argv[0], "EVAL");
+        argv[1] = ngx_http_aai_cache_release_script;
+        ngx_str_set(&argv[2], "1");
+        argv[3].data = o->msg + 2;
+        argv[3].len = o->len - 2;
+        argv[4].data = o->token;
+        argv[4].len = sizeof(o->token);
+        ngx_str_set(&argv[5], NGX_HTTP_AAI_CACHE_CHANNEL);
+        argv[6].data = o->msg;
+        argv[6].len = o->len;
+
+        if (ngx_aai_redis_send(amcf->redis, ev->log, 7, argv,
+                               ngx_http_aai_cache_release_handler, NULL)
+            == NULL)
+        {
+            left++;
+            continue;
+        }
+
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ev->log, 0,
+                       "aai cache orphaned lock released: %*s",
+                       o->len - 2, o->msg + 2);
+
+        o->len = 0;
+    }
+
+    if (left) {
+        ngx_add_timer(ev, NGX_HTTP_AAI_CACHE_ORPHAN_RETRY);
+    }
+}
+
+
 static ngx_int_t
 ngx_http_aai_cache_header_filter(ngx_http_request_t *r)
 {
@@ -2081,14 +2573,14 @@ static const char *
 ngx_http_aai_cache_decide(ngx_http_request_t *r,
     ngx_http_aai_cache_ctx_t *ctx, ngx_http_aai_cache_loc_conf_t *alcf)
 {
-    time_t                           t;
-    uint64_t                         now, fresh;
-    ngx_int_t                        valid, n, age;
     ngx_str_t                        names;
+    ngx_uint_t                       n;
     ngx_list_t                      *raw;
+    const char                      *reason;
     ngx_table_elt_t                 *h;
-    ngx_aai_cache_cc_t               cc;
     ngx_http_aai_cache_main_conf_t  *amcf;
+    ngx_http_aai_cache_freshness_t   f;
+    ngx_str_t                        cc[NGX_HTTP_AAI_CACHE_MAX_CC];
 
     amcf = ngx_http_get_module_main_conf(r, ngx_http_aai_cache_module);
 
@@ -2098,10 +2590,14 @@ ngx_http_aai_cache_decide(ngx_http_request_t *r,
         return "error";
     }
 
-    valid = ngx_http_aai_cache_valid_time(alcf, r->headers_out.status);
+    /*
+     * The answer to a precondition is the client's own; a response to a
+     * range request is stored if it is the whole representation (200: 206
+     * and 416 never are).
+     */
 
-    if (valid == NGX_HTTP_AAI_CACHE_NOT_VALID) {
-        return "status";
+    if (r->headers_in.if_match || r->headers_in.if_unmodified_since) {
+        return "precondition";
     }
 
     if (ngx_aai_cache_find_header(&r->headers_out.headers, "Set-Cookie", 10,
@@ -2121,37 +2617,36 @@ ngx_http_aai_cache_decide(ngx_http_request_t *r,
         return "no-memory";
     }
 
-    ngx_memzero(&cc, sizeof(ngx_aai_cache_cc_t));
-    cc.s_maxage = -1;
-    cc.max_age = -1;
-    cc.swr = -1;
-    cc.sie = -1;
+    ngx_memzero(&f, sizeof(ngx_http_aai_cache_freshness_t));
 
+    f.now = ngx_http_aai_cache_now();
+    f.status = r->headers_out.status;
+    f.valid = ngx_http_aai_cache_valid_time(alcf, r->headers_out.status);
+    f.credentialed = ctx->credentialed;
+
+    n = 0;
     h = NULL;
 
     while ((h = ngx_aai_cache_find_header(&r->headers_out.headers,
                                         "Cache-Control", 13, h))
            != NULL)
     {
-        ngx_aai_cache_cc_parse(&h->value, &cc);
+        if (n == NGX_HTTP_AAI_CACHE_MAX_CC) {
+            return "cache-control";
+        }
+
+        cc[n++] = h->value;
     }
 
-    if (cc.no_store) {
-        return "no-store";
-    }
+    f.cache_control = cc;
+    f.ncache_control = n;
 
-    if (cc.private) {
-        return "private";
-    }
+    h = ngx_aai_cache_find_header(&r->headers_out.headers, "Expires", 7,
+                                  NULL);
+    f.expires = h ? &h->value : NULL;
 
-    if (r->headers_in.authorization
-        && !cc.public && cc.s_maxage < 0 && !cc.must_revalidate)
-    {
-        return "authorization";
-    }
-
-    now = ngx_http_aai_cache_now();
-    fresh = 0;
+    h = ngx_aai_cache_find_header(&r->headers_out.headers, "Age", 3, NULL);
+    f.age = h ? &h->value : NULL;
 
     /* X-Accel-Expires, which the proxy module hides from the client */
 
@@ -2159,80 +2654,12 @@ ngx_http_aai_cache_decide(ngx_http_request_t *r,
                       : &r->headers_out.headers;
 
     h = ngx_aai_cache_find_header(raw, "X-Accel-Expires", 15, NULL);
+    f.x_accel_expires = h ? &h->value : NULL;
 
-    if (h && h->value.len) {
-        if (h->value.data[0] == '@') {
-            t = ngx_atotm(h->value.data + 1, h->value.len - 1);
+    reason = ngx_http_aai_cache_freshness(&f);
 
-            if (t != NGX_ERROR) {
-                if ((uint64_t) t * 1000 <= now) {
-                    return "expired";
-                }
-
-                fresh = (uint64_t) t * 1000;
-            }
-
-        } else {
-            n = ngx_atoi(h->value.data, h->value.len);
-
-            if (n == 0) {
-                return "zero-ttl";
-            }
-
-            if (n != NGX_ERROR) {
-                fresh = now + (uint64_t) n * 1000;
-            }
-        }
-    }
-
-    if (fresh == 0) {
-
-        if (cc.no_cache) {
-            return "no-cache";
-        }
-
-        if (cc.invalid) {
-            return "cache-control";
-        }
-
-        n = cc.s_maxage >= 0 ? cc.s_maxage : cc.max_age;
-
-        if (n >= 0) {
-            h = ngx_aai_cache_find_header(&r->headers_out.headers, "Age", 3,
-                                        NULL);
-            age = h ? ngx_atoi(h->value.data, h->value.len) : 0;
-
-            if (age > 0) {
-                n -= age;
-            }
-
-            if (n <= 0) {
-                return "zero-ttl";
-            }
-
-            fresh = now + (uint64_t) n * 1000;
-
-        } else if ((h = ngx_aai_cache_find_header(&r->headers_out.headers,
-                                                "Expires", 7, NULL))
-                   != NULL)
-        {
-            t = ngx_parse_http_time(h->value.data, h->value.len);
-
-            if (t == NGX_ERROR || (uint64_t) t * 1000 <= now) {
-                return "expired";
-            }
-
-            fresh = (uint64_t) t * 1000;
-
-        } else if (valid > 0) {
-            fresh = now + (uint64_t) valid * 1000;
-
-        } else if (valid == 0) {
-            return "zero-ttl";
-
-        } else {
-            return "no-ttl";
-        }
+    if (reason) {
+        return reason;
     }
 
     if (alcf->no_store) {
@@ -2254,9 +2681,9 @@ ngx_http_aai_cache_decide(ngx_http_request_t *r,
         return "redis-unavailable";
     }
 
-    ctx->fresh_until = fresh;
-    ctx->swr = cc.swr > 0 ? (uint32_t) cc.swr : 0;
-    ctx->sie = cc.sie > 0 ? (uint32_t) cc.sie : 0;
+    ctx->fresh_until = f.fresh_until;
+    ctx->swr = f.swr;
+    ctx->sie = f.sie;
 
     /* where it goes */
 
@@ -2791,13 +3218,21 @@ ngx_http_aai_cache_store(ngx_http_request_t *r, ngx_http_aai_cache_ctx_t *ctx)
 
     px = ctx->fresh_until - now + extra * 1000;
 
+    if (ctx->len + NGX_AAI_CACHE_CRC > NGX_HTTP_AAI_CACHE_REDIS_MAX) {
+        ngx_http_aai_cache_abandon(r, ctx, "too large for redis");
+        return;
+    }
+
     ngx_aai_cache_entry_seal(ctx->buf, ctx->len, body);
     ctx->len += NGX_AAI_CACHE_CRC;
 
     argv[2].data = ctx->buf;
     argv[2].len = ctx->len;
 
-    if (ctx->store_vary.len == 0 && !ctx->lock_held) {
+    if (ctx->store_vary.len == 0
+        && !ctx->lock_held
+        && ctx->len <= NGX_HTTP_AAI_CACHE_PIECE)
+    {
         ngx_str_set(&argv[0], "SET");
         argv[1] = ctx->store_key;
         ngx_str_set(&argv[3], "PX");
@@ -2869,9 +3304,14 @@ ngx_http_aai_cache_store(ngx_http_request_t *r, ngx_http_aai_cache_ctx_t *ctx)
         /* the script releases the lock and wakes up the waiters */
 
         ctx->lock_held = 0;
+
+        if (ctx->len > NGX_HTTP_AAI_CACHE_PIECE) {
+            ngx_http_aai_cache_store_large(r, ctx, argv);
+            return;
+        }
     }
 
-    cmd = ngx_aai_redis_send(amcf->redis, r->connection->log, argc, argv,
+    cmd = ngx_aai_redis_send(amcf->store, r->connection->log, argc, argv,
                              ngx_http_aai_cache_store_handler, NULL);
 
     if (cmd == NULL) {
@@ -2884,6 +3324,267 @@ ngx_http_aai_cache_store(ngx_http_request_t *r, ngx_http_aai_cache_ctx_t *ctx)
 
     ngx_free(ctx->buf);
     ctx->buf = NULL;
+}
+
+
+/*
+ * argv: the store script's command as ngx_http_aai_cache_store() made it;
+ * the job takes the entry and the lock.
+ */
+
+static void
+ngx_http_aai_cache_store_large(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx, ngx_str_t *argv)
+{
+    u_char                          *p;
+    size_t                           size;
+    ngx_uint_t                       i;
+    ngx_http_aai_cache_job_t        *job;
+    ngx_http_aai_cache_main_conf_t  *amcf;
+    ngx_str_t                        tmp, len;
+    u_char                           lens[NGX_SIZE_T_LEN];
+    u_char                           tmps[sizeof(":w") + 16];
+
+    amcf = ngx_http_get_module_main_conf(r, ngx_http_aai_cache_module);
+
+    len.data = lens;
+    len.len = ngx_sprintf(lens, "%uz", ctx->len) - lens;
+
+    tmp.data = tmps;
+    tmp.len = ngx_sprintf(tmps, ":w%08xi%08xi",
+                          (ngx_uint_t) ngx_random() & 0xffffffff,
+                          ++ngx_http_aai_cache_lock_seq & 0xffffffff)
+              - tmps;
+
+    /* the strings of the last command, copied after the job */
+
+    size = sizeof(ngx_http_aai_cache_job_t)
+           + argv[3].len + argv[4].len + argv[5].len + argv[6].len
+           + argv[3].len + tmp.len + len.len + argv[8].len + argv[9].len
+           + argv[10].len + argv[12].len;
+
+    job = ngx_alloc(size, r->connection->log);
+    if (job == NULL) {
+        ctx->lock_held = (argv[10].len != 0);
+        ngx_http_aai_cache_abandon(r, ctx, "no memory");
+        return;
+    }
+
+    ngx_str_set(&job->argv[0], "EVAL");
+    job->argv[1] = ngx_http_aai_cache_pieces_script;
+    ngx_str_set(&job->argv[2], "5");
+    job->argv[12] = argv[11];                  /* the channel, static */
+
+    p = (u_char *) (job + 1);
+
+    for (i = 3; i < 14; i++) {
+        if (i == 12) {
+            continue;
+        }
+
+        job->argv[i].data = p;
+
+        switch (i) {
+        case 7:                                /* the temporary key */
+            p = ngx_cpymem(p, argv[3].data, argv[3].len);
+            p = ngx_cpymem(p, tmp.data, tmp.len);
+            break;
+        case 8:                                /* the entry's length */
+            p = ngx_cpymem(p, len.data, len.len);
+            break;
+        default:                               /* 3-6 as they are */
+            if (i < 7) {
+                p = ngx_cpymem(p, argv[i].data, argv[i].len);
+
+            } else {                           /* 9, 10, 11, 13 */
+                p = ngx_cpymem(p, argv[i - 1].data, argv[i - 1].len);
+            }
+        }
+
+        job->argv[i].len = p - job->argv[i].data;
+    }
+
+    job->buf = ctx->buf;
+    job->len = ctx->len;
+    job->off = 0;
+    job->grown = 0;
+    job->final = 0;
+
+    ctx->buf = NULL;
+
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "aai cache store \"%V\" in pieces, %uz bytes via %V",
+                   &ctx->store_key, job->len, &job->argv[7]);
+
+    if (ngx_http_aai_cache_job_next(job) != NGX_OK) {
+        ngx_aai_metrics_inc(amcf->metrics, amcf->m_store_failures, 1);
+        ngx_http_aai_cache_job_fail(job, NULL);
+    }
+}
+
+
+static ngx_int_t
+ngx_http_aai_cache_job_next(ngx_http_aai_cache_job_t *job)
+{
+    size_t                           n, off;
+    ngx_str_t                        argv[5];
+    ngx_uint_t                       argc;
+    ngx_http_aai_cache_main_conf_t  *amcf;
+    u_char                           offs[NGX_SIZE_T_LEN];
+
+    amcf = ngx_http_aai_cache_worker;
+
+    if (amcf == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (job->off == job->len) {
+        job->final = 1;
+
+        return ngx_aai_redis_send(amcf->store, ngx_cycle->log, 14, job->argv,
+                                  ngx_http_aai_cache_job_handler, job)
+               ? NGX_OK : NGX_ERROR;
+    }
+
+    argv[1] = job->argv[7];
+
+    if (job->off == 0) {
+        n = NGX_HTTP_AAI_CACHE_PIECE;
+
+        ngx_str_set(&argv[0], "SET");
+        argv[2].data = job->buf;
+        argv[2].len = n;
+        ngx_str_set(&argv[3], "PX");
+        ngx_str_set(&argv[4], NGX_HTTP_AAI_CACHE_PIECE_TTL);
+        argc = 5;
+
+    } else {
+        if (job->grown) {
+            off = job->off;
+            n = ngx_min(job->len - job->off, NGX_HTTP_AAI_CACHE_PIECE);
+
+        } else {
+            off = job->len - 1;
+            n = 0;
+        }
+
+        ngx_str_set(&argv[0], "SETRANGE");
+        argv[2].data = offs;
+        argv[2].len = ngx_sprintf(offs, "%uz", off) - offs;
+        argv[3].data = job->buf + off;
+        argv[3].len = n ? n : 1;
+        argc = 4;
+    }
+
+    if (ngx_aai_redis_send(amcf->store, ngx_cycle->log, argc, argv,
+                           ngx_http_aai_cache_job_handler, job)
+        == NULL)
+    {
+        return NGX_ERROR;
+    }
+
+    if (job->off && !job->grown) {
+        job->grown = 1;
+    }
+
+    job->off += n;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_aai_cache_job_handler(ngx_aai_redis_result_t *res, void *data)
+{
+    ngx_http_aai_cache_job_t *job = data;
+
+    ngx_http_aai_cache_main_conf_t  *amcf;
+
+    amcf = ngx_http_aai_cache_worker;
+
+    if (amcf == NULL) {
+        ngx_free(job->buf);
+        ngx_free(job);
+        return;
+    }
+
+    ngx_aai_metrics_observe(amcf->metrics, amcf->m_latency, res->latency_us);
+
+    if (res->reply == NULL || res->reply->type == REDIS_REPLY_ERROR) {
+        ngx_aai_metrics_inc(amcf->metrics, amcf->m_store_failures, 1);
+        ngx_http_aai_cache_job_fail(job, res->reply ? res->reply->str
+                                                    : res->error);
+        return;
+    }
+
+    if (job->final) {
+        if (res->reply->type == REDIS_REPLY_INTEGER
+            && res->reply->integer == 1)
+        {
+            ngx_aai_metrics_inc(amcf->metrics, amcf->m_stored, 1);
+
+        } else {
+            ngx_aai_metrics_inc(amcf->metrics, amcf->m_store_failures, 1);
+            ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                          "aai_cache: storing in redis failed: "
+                          "a piece of %V was lost", &job->argv[3]);
+        }
+
+        ngx_free(job->buf);
+        ngx_free(job);
+        return;
+    }
+
+    if (ngx_http_aai_cache_job_next(job) != NGX_OK) {
+        ngx_aai_metrics_inc(amcf->metrics, amcf->m_store_failures, 1);
+        ngx_http_aai_cache_job_fail(job, NULL);
+    }
+}
+
+
+/* the temporary key goes, the lock is let go, the waiters are woken */
+
+static void
+ngx_http_aai_cache_job_fail(ngx_http_aai_cache_job_t *job, const char *why)
+{
+    ngx_str_t                        argv[7];
+    ngx_http_aai_cache_main_conf_t  *amcf;
+
+    static time_t  logged;
+
+    if (why && logged != ngx_time()) {
+        logged = ngx_time();
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "aai_cache: storing in redis failed: %s", why);
+    }
+
+    amcf = ngx_http_aai_cache_worker;
+
+    if (amcf && amcf->redis) {
+        ngx_str_set(&argv[0], "DEL");
+        argv[1] = job->argv[7];
+
+        (void) ngx_aai_redis_send(amcf->store, ngx_cycle->log, 2, argv,
+                                  ngx_http_aai_cache_release_handler, NULL);
+
+        if (job->argv[11].len) {
+            ngx_str_set(&argv[0], "EVAL");
+            argv[1] = ngx_http_aai_cache_release_script;
+            ngx_str_set(&argv[2], "1");
+            argv[3] = job->argv[6];
+            argv[4] = job->argv[11];
+            argv[5] = job->argv[12];
+            argv[6] = job->argv[13];
+            argv[6].data[0] = '0';
+
+            (void) ngx_aai_redis_send(amcf->redis, ngx_cycle->log, 7, argv,
+                                      ngx_http_aai_cache_release_handler,
+                                      NULL);
+        }
+    }
+
+    ngx_free(job->buf);
+    ngx_free(job);
 }
 
 
@@ -3511,7 +4212,10 @@ ngx_http_aai_cache_create_main_conf(ngx_conf_t *cf)
      *     amcf->redis_conf = { 0 };
      *     amcf->redis = NULL;
      *     amcf->metrics = NULL;
+     *     amcf->store = NULL;
      */
+
+    amcf->store_timeout = NGX_CONF_UNSET_MSEC;
 
     return amcf;
 }
@@ -3534,6 +4238,28 @@ ngx_http_aai_cache_init_main_conf(ngx_conf_t *cf, void *conf)
     ccv.complex_value = &amcf->default_key;
 
     if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_conf_init_msec_value(amcf->store_timeout, 10000);
+
+    if (amcf->redis == NULL) {
+        return NGX_CONF_OK;
+    }
+
+    /*
+     * Stores go on a connection of their own: a large entry never holds up
+     * a lookup on the same connection, and its store failing never fails
+     * the lookups in flight with it.
+     */
+
+    amcf->store_conf = amcf->redis_conf;
+    amcf->store_conf.timeout = ngx_max(amcf->store_timeout,
+                                       amcf->redis_conf.timeout);
+    amcf->store_conf.connections = 1;
+
+    amcf->store = ngx_aai_redis_create(cf, &amcf->store_conf);
+    if (amcf->store == NULL) {
         return NGX_CONF_ERROR;
     }
 
@@ -3570,6 +4296,7 @@ ngx_http_aai_cache_create_loc_conf(ngx_conf_t *cf)
     conf->use_stale = NGX_CONF_UNSET_UINT;
     conf->background_update = NGX_CONF_UNSET;
     conf->stale_ttl = NGX_CONF_UNSET;
+    conf->credentials = NGX_CONF_UNSET_PTR;
     conf->purge = NGX_CONF_UNSET;
 
     return conf;
@@ -3582,6 +4309,7 @@ ngx_http_aai_cache_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_aai_cache_loc_conf_t *prev = parent;
     ngx_http_aai_cache_loc_conf_t *conf = child;
 
+    ngx_str_t                        name;
     ngx_http_aai_cache_main_conf_t  *amcf;
 
     ngx_conf_merge_value(conf->enable, prev->enable, 0);
@@ -3608,13 +4336,48 @@ ngx_http_aai_cache_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                          0);
     ngx_conf_merge_sec_value(conf->stale_ttl, prev->stale_ttl, 600);
 
+    amcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_aai_cache_module);
+
+    if (conf->credentials == NGX_CONF_UNSET_PTR) {
+        conf->credentials = prev->credentials;
+    }
+
+    if (conf->credentials == NGX_CONF_UNSET_PTR) {
+
+        /* the default: aai_cache_credentials Authorization Cookie; */
+
+        if (amcf->credentials == NULL) {
+            amcf->credentials = ngx_array_create(cf->pool, 2,
+                                                 sizeof(ngx_int_t));
+            if (amcf->credentials == NULL) {
+                return NGX_CONF_ERROR;
+            }
+
+            ngx_str_set(&name, "Authorization");
+
+            if (ngx_http_aai_cache_credential(cf, amcf->credentials, &name)
+                != NGX_OK)
+            {
+                return NGX_CONF_ERROR;
+            }
+
+            ngx_str_set(&name, "Cookie");
+
+            if (ngx_http_aai_cache_credential(cf, amcf->credentials, &name)
+                != NGX_OK)
+            {
+                return NGX_CONF_ERROR;
+            }
+        }
+
+        conf->credentials = amcf->credentials;
+    }
+
     /* aai_cache_purge is not inherited */
 
     if (conf->purge == NGX_CONF_UNSET) {
         conf->purge = 0;
     }
-
-    amcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_aai_cache_module);
 
     if (conf->enable || conf->purge) {
         amcf->used = 1;
@@ -3885,8 +4648,10 @@ ngx_http_aai_cache_size(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     if (size > NGX_HTTP_AAI_CACHE_MAX_SIZE) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "size \"%V\" in \"%V\" is over 512m, the "
-                           "largest value Redis stores", &value[1], &cmd->name);
+                           "size \"%V\" in \"%V\" is over 512m less 1m "
+                           "for the entry's headers: Redis stores values of "
+                           "512m at most (proto-max-bulk-len)",
+                           &value[1], &cmd->name);
         return NGX_CONF_ERROR;
     }
 
@@ -3998,6 +4763,117 @@ ngx_http_aai_cache_purge(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     clcf->handler = ngx_http_aai_cache_purge_handler;
 
     return NGX_CONF_OK;
+}
+
+
+/*
+ * aai_cache_credentials off | credential ...;  a credential is a request
+ * header name or a $variable; the request carries a credential when one
+ * of them is not empty.
+ */
+
+static char *
+ngx_http_aai_cache_credentials(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_aai_cache_loc_conf_t *alcf = conf;
+
+    ngx_str_t   *value;
+    ngx_uint_t   i;
+
+    if (alcf->credentials != NGX_CONF_UNSET_PTR) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (cf->args->nelts == 2
+        && value[1].len == 3
+        && ngx_strncmp(value[1].data, "off", 3) == 0)
+    {
+        alcf->credentials = NULL;
+        return NGX_CONF_OK;
+    }
+
+    alcf->credentials = ngx_array_create(cf->pool, cf->args->nelts - 1,
+                                         sizeof(ngx_int_t));
+    if (alcf->credentials == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    for (i = 1; i < cf->args->nelts; i++) {
+        if (ngx_http_aai_cache_credential(cf, alcf->credentials, &value[i])
+            != NGX_OK)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid credential \"%V\" in \"%V\": a "
+                               "request header name or a $variable",
+                               &value[i], &cmd->name);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* "Name" is the variable $http_name, "$name" the variable $name */
+
+static ngx_int_t
+ngx_http_aai_cache_credential(ngx_conf_t *cf, ngx_array_t *a,
+    ngx_str_t *value)
+{
+    u_char     *p;
+    ngx_int_t  *index;
+    ngx_str_t   name;
+    ngx_uint_t  i;
+
+    if (value->len > 1 && value->data[0] == '$') {
+        name.data = value->data + 1;
+        name.len = value->len - 1;
+
+    } else {
+        if (value->len == 0 || value->len > 256) {
+            return NGX_ERROR;
+        }
+
+        name.len = sizeof("http_") - 1 + value->len;
+        name.data = ngx_pnalloc(cf->pool, name.len);
+        if (name.data == NULL) {
+            return NGX_ERROR;
+        }
+
+        p = ngx_cpymem(name.data, "http_", sizeof("http_") - 1);
+
+        for (i = 0; i < value->len; i++) {
+            if (value->data[i] == '-') {
+                *p++ = '_';
+
+            } else if ((value->data[i] >= 'a' && value->data[i] <= 'z')
+                       || (value->data[i] >= 'A' && value->data[i] <= 'Z')
+                       || (value->data[i] >= '0' && value->data[i] <= '9')
+                       || value->data[i] == '_')
+            {
+                *p++ = ngx_tolower(value->data[i]);
+
+            } else {
+                return NGX_ERROR;
+            }
+        }
+    }
+
+    index = ngx_array_push(a);
+    if (index == NULL) {
+        return NGX_ERROR;
+    }
+
+    *index = ngx_http_get_variable_index(cf, &name);
+
+    if (*index == NGX_ERROR) {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
 }
 
 
@@ -4169,6 +5045,12 @@ ngx_http_aai_cache_init_process(ngx_cycle_t *cycle)
 
     ngx_http_aai_cache_worker = amcf;
 
+    ngx_http_aai_cache_dummy.fd = (ngx_socket_t) -1;
+    ngx_http_aai_cache_orphans_ev.data = &ngx_http_aai_cache_dummy;
+    ngx_http_aai_cache_orphans_ev.handler = ngx_http_aai_cache_orphans_handler;
+    ngx_http_aai_cache_orphans_ev.log = cycle->log;
+    ngx_http_aai_cache_orphans_ev.cancelable = 1;
+
 #if (OPENSSL_VERSION_NUMBER >= 0x30000000L)
     ngx_http_aai_cache_md = EVP_MD_fetch(NULL, "SHA256", NULL);
 #else
@@ -4194,6 +5076,10 @@ ngx_http_aai_cache_init_process(ngx_cycle_t *cycle)
         }
     }
 
+    if (ngx_aai_redis_init_worker(amcf->store, cycle) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     return ngx_aai_redis_init_worker(amcf->redis, cycle);
 }
 
@@ -4205,11 +5091,14 @@ ngx_http_aai_cache_exit_process(ngx_cycle_t *cycle)
 
     amcf = ngx_http_aai_cache_worker;
 
-    if (amcf && amcf->redis) {
-        ngx_aai_redis_exit_worker(amcf->redis);
-    }
+    /* the handlers called now (with an error) send nothing more */
 
     ngx_http_aai_cache_worker = NULL;
+
+    if (amcf && amcf->redis) {
+        ngx_aai_redis_exit_worker(amcf->store);
+        ngx_aai_redis_exit_worker(amcf->redis);
+    }
 
     if (ngx_http_aai_cache_md_ctx) {
         EVP_MD_CTX_free(ngx_http_aai_cache_md_ctx);

@@ -470,8 +470,8 @@ Authorization: Bearer abc
  "GET /c/s-maxage", "GET /c/s-maxage",
  "GET /c/revalidate", "GET /c/revalidate"]
 --- response_headers_like eval
-["Cache-Status: aai; fwd=miss; fwd-status=200; detail=authorization",
- "Cache-Status: aai; fwd=miss; fwd-status=200; detail=authorization",
+["Cache-Status: aai; fwd=miss; fwd-status=200; detail=credentials",
+ "Cache-Status: aai; fwd=miss; fwd-status=200; detail=credentials",
  "Cache-Status: aai; fwd=miss; fwd-status=200; stored",
  "Cache-Status: aai; hit; ttl=\\d+",
  "Cache-Status: aai; fwd=miss; fwd-status=200; stored",

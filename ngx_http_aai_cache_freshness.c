@@ -1,0 +1,374 @@
+
+/*
+ * Copyright (C) aai-nginx authors
+ *
+ * ngx_http_aai_cache_freshness: the Cache-Control parser and the freshness
+ * decision of ngx_http_aai_cache_module, on a response's status and header
+ * values alone.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+
+#include "ngx_http_aai_cache_freshness.h"
+
+
+/* no lifetime is taken past 2^31 s (RFC 9111, 1.2.2) */
+#define NGX_HTTP_AAI_CACHE_MAX_LIFETIME   0x80000000LL
+
+
+static void ngx_http_aai_cache_cc_directive(ngx_http_aai_cache_cc_t *cc,
+    u_char *name, size_t nlen, u_char *val, size_t vlen);
+static ngx_int_t ngx_http_aai_cache_cc_number(u_char *val, size_t vlen);
+static const char *ngx_http_aai_cache_lifetime(
+    ngx_http_aai_cache_freshness_t *f, ngx_http_aai_cache_cc_t *cc,
+    uint64_t *fresh);
+
+
+const char *
+ngx_http_aai_cache_freshness(ngx_http_aai_cache_freshness_t *f)
+{
+    uint64_t                  fresh;
+    ngx_uint_t                i;
+    const char               *reason;
+    ngx_http_aai_cache_cc_t   cc;
+
+    /* statuses the client's own request caused, whatever aai_cache_valid */
+
+    switch (f->status) {
+    case 400:
+    case 406:
+    case 412:
+    case 416:
+    case 417:
+    case 431:
+        return "status";
+    }
+
+    if (f->valid == NGX_HTTP_AAI_CACHE_NOT_VALID) {
+        return "status";
+    }
+
+    ngx_http_aai_cache_cc_init(&cc);
+
+    for (i = 0; i < f->ncache_control; i++) {
+        ngx_http_aai_cache_cc_parse(&f->cache_control[i], &cc);
+    }
+
+    if (cc.no_store) {
+        return "no-store";
+    }
+
+    if (cc.private) {
+        return "private";
+    }
+
+    if (f->credentialed && !ngx_http_aai_cache_cc_shareable(&cc)) {
+        return "credentials";
+    }
+
+    reason = ngx_http_aai_cache_lifetime(f, &cc, &fresh);
+
+    if (reason) {
+        return reason;
+    }
+
+    f->fresh_until = fresh;
+    f->swr = cc.swr > 0 ? (uint32_t) cc.swr : 0;
+    f->sie = cc.sie > 0 ? (uint32_t) cc.sie : 0;
+
+    return NULL;
+}
+
+
+/*
+ * X-Accel-Expires first (as the proxy module), then s-maxage, max-age
+ * (less Age), Expires, and the aai_cache_valid time last.
+ */
+
+static const char *
+ngx_http_aai_cache_lifetime(ngx_http_aai_cache_freshness_t *f,
+    ngx_http_aai_cache_cc_t *cc, uint64_t *fresh)
+{
+    time_t      t;
+    int64_t     n, age;
+    ngx_str_t  *v;
+
+    v = f->x_accel_expires;
+
+    if (v && v->len) {
+        if (v->data[0] == '@') {
+            t = ngx_atotm(v->data + 1, v->len - 1);
+
+            if (t != NGX_ERROR) {
+                if ((uint64_t) t
+                    > f->now / 1000 + NGX_HTTP_AAI_CACHE_MAX_LIFETIME)
+                {
+                    t = f->now / 1000 + NGX_HTTP_AAI_CACHE_MAX_LIFETIME;
+                }
+
+                if ((uint64_t) t * 1000 <= f->now) {
+                    return "expired";
+                }
+
+                *fresh = (uint64_t) t * 1000;
+                return NULL;
+            }
+
+        } else {
+            n = ngx_atoi(v->data, v->len);
+
+            if (n == 0) {
+                return "zero-ttl";
+            }
+
+            if (n != NGX_ERROR) {
+                n = ngx_min(n, NGX_HTTP_AAI_CACHE_MAX_LIFETIME);
+                *fresh = f->now + (uint64_t) n * 1000;
+                return NULL;
+            }
+        }
+    }
+
+    if (cc->no_cache) {
+        return "no-cache";
+    }
+
+    if (cc->invalid) {
+        return "cache-control";
+    }
+
+    n = cc->s_maxage >= 0 ? cc->s_maxage : cc->max_age;
+
+    if (n >= 0) {
+        age = (f->age && f->age->len) ? ngx_atoi(f->age->data, f->age->len)
+                                      : 0;
+        if (age > 0) {
+            n -= age;
+        }
+
+        if (n <= 0) {
+            return "zero-ttl";
+        }
+
+        *fresh = f->now + (uint64_t) n * 1000;
+        return NULL;
+    }
+
+    if (f->expires) {
+        t = ngx_parse_http_time(f->expires->data, f->expires->len);
+
+        if (t == NGX_ERROR || t < 0) {
+            return "expired";
+        }
+
+        if ((uint64_t) t > f->now / 1000 + NGX_HTTP_AAI_CACHE_MAX_LIFETIME) {
+            t = f->now / 1000 + NGX_HTTP_AAI_CACHE_MAX_LIFETIME;
+        }
+
+        if ((uint64_t) t * 1000 <= f->now) {
+            return "expired";
+        }
+
+        *fresh = (uint64_t) t * 1000;
+        return NULL;
+    }
+
+    if (f->valid > 0) {
+        n = ngx_min(f->valid, NGX_HTTP_AAI_CACHE_MAX_LIFETIME);
+        *fresh = f->now + (uint64_t) n * 1000;
+        return NULL;
+    }
+
+    if (f->valid == 0) {
+        return "zero-ttl";
+    }
+
+    return "no-ttl";
+}
+
+
+void
+ngx_http_aai_cache_cc_init(ngx_http_aai_cache_cc_t *cc)
+{
+    ngx_memzero(cc, sizeof(ngx_http_aai_cache_cc_t));
+
+    cc->s_maxage = -1;
+    cc->max_age = -1;
+    cc->swr = -1;
+    cc->sie = -1;
+}
+
+
+void
+ngx_http_aai_cache_cc_parse(ngx_str_t *v, ngx_http_aai_cache_cc_t *cc)
+{
+    u_char  *p, *last, *name, *val;
+    size_t   nlen, vlen;
+
+    p = v->data;
+    last = p + v->len;
+
+    while (p < last) {
+
+        while (p < last && (*p == ' ' || *p == '\t' || *p == ',')) {
+            p++;
+        }
+
+        if (p == last) {
+            break;
+        }
+
+        name = p;
+
+        while (p < last
+               && *p != '=' && *p != ',' && *p != ' ' && *p != '\t')
+        {
+            p++;
+        }
+
+        nlen = p - name;
+
+        while (p < last && (*p == ' ' || *p == '\t')) {
+            p++;
+        }
+
+        val = NULL;
+        vlen = 0;
+
+        if (p < last && *p == '=') {
+            p++;
+
+            while (p < last && (*p == ' ' || *p == '\t')) {
+                p++;
+            }
+
+            if (p < last && *p == '"') {
+                val = ++p;
+
+                while (p < last && *p != '"') {
+                    if (*p == '\\' && p + 1 < last) {
+                        p++;
+                    }
+
+                    p++;
+                }
+
+                vlen = p - val;
+
+                if (p < last) {
+                    p++;
+                }
+
+            } else {
+                val = p;
+
+                while (p < last && *p != ',' && *p != ' ' && *p != '\t') {
+                    p++;
+                }
+
+                vlen = p - val;
+            }
+        }
+
+        while (p < last && *p != ',') {
+            p++;
+        }
+
+        ngx_http_aai_cache_cc_directive(cc, name, nlen, val, vlen);
+    }
+}
+
+
+static void
+ngx_http_aai_cache_cc_directive(ngx_http_aai_cache_cc_t *cc, u_char *name,
+    size_t nlen, u_char *val, size_t vlen)
+{
+    ngx_int_t  n;
+
+#define ngx_http_aai_cache_is(s)                                              \
+    (nlen == sizeof(s) - 1 && ngx_strncasecmp(name, (u_char *) s, nlen) == 0)
+
+    if (ngx_http_aai_cache_is("no-store")) {
+        cc->no_store = 1;
+
+    } else if (ngx_http_aai_cache_is("no-cache")) {
+        cc->no_cache = 1;
+
+    } else if (ngx_http_aai_cache_is("private")) {
+        cc->private = 1;
+
+    } else if (ngx_http_aai_cache_is("public")) {
+        cc->public = 1;
+
+    } else if (ngx_http_aai_cache_is("must-revalidate")) {
+        cc->must_revalidate = 1;
+
+    } else if (ngx_http_aai_cache_is("s-maxage")) {
+        n = ngx_http_aai_cache_cc_number(val, vlen);
+
+        if (n == NGX_ERROR) {
+            cc->invalid = 1;
+
+        } else if (cc->s_maxage < 0) {
+            cc->s_maxage = n;
+        }
+
+    } else if (ngx_http_aai_cache_is("max-age")) {
+        n = ngx_http_aai_cache_cc_number(val, vlen);
+
+        if (n == NGX_ERROR) {
+            cc->invalid = 1;
+
+        } else if (cc->max_age < 0) {
+            cc->max_age = n;
+        }
+
+    } else if (ngx_http_aai_cache_is("stale-while-revalidate")) {
+        n = ngx_http_aai_cache_cc_number(val, vlen);
+
+        if (n != NGX_ERROR) {
+            cc->swr = n;
+        }
+
+    } else if (ngx_http_aai_cache_is("stale-if-error")) {
+        n = ngx_http_aai_cache_cc_number(val, vlen);
+
+        if (n != NGX_ERROR) {
+            cc->sie = n;
+        }
+    }
+
+#undef ngx_http_aai_cache_is
+}
+
+
+/* delta-seconds (RFC 9111, 1.2.2): too large a value is 2^31 */
+
+static ngx_int_t
+ngx_http_aai_cache_cc_number(u_char *val, size_t vlen)
+{
+    ngx_int_t  n;
+
+    if (val == NULL || vlen == 0) {
+        return NGX_ERROR;
+    }
+
+    n = 0;
+
+    while (vlen--) {
+        if (*val < '0' || *val > '9') {
+            return NGX_ERROR;
+        }
+
+        if (n < 0x80000000) {
+            n = n * 10 + (*val - '0');
+        }
+
+        val++;
+    }
+
+    return ngx_min(n, 0x80000000);
+}
+
