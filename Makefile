@@ -10,6 +10,11 @@
 #                         that nginx is instrumented too)
 #   make bench            benchmarks (bench/README.md)
 #   make fuzz             fuzz the JWT parser for FUZZ_SECONDS seconds
+#   make deb              Debian packages of the three modules (in DEB_DIR,
+#                         default build-deb), built with dh_nginx
+#   make deb-test         installs them into this machine, nginx -t, removes
+#   make ops-test         the Prometheus rules and Grafana dashboard against
+#                         a real Prometheus scraping the modules, and deb-test
 
 SHELL      := /bin/bash
 NGINX_SRC  ?= /usr/share/nginx/src
@@ -61,7 +66,8 @@ endif
 
 SOURCES := config ngx_aai.map $(wildcard $(TOP)/*.c $(TOP)/*.h)
 
-.PHONY: all build deps test run asan bench fuzz clean check-deps FORCE
+.PHONY: all build deps test run asan bench fuzz clean check-deps FORCE \
+        deb deb-test ops-test
 
 all: build
 
@@ -123,5 +129,13 @@ fuzz:
 	scripts/install-deps --fuzz
 	$(MAKE) -C fuzz FUZZ_SECONDS=$(or $(FUZZ_SECONDS),60)
 
+DEB_DIR    ?= build-deb
+
+deb:
+	scripts/deb $(DEB_DIR)
+
+deb-test: deb
+	scripts/deb-test $(DEB_DIR)
+
 clean:
-	rm -rf $(B) $(ASAN_BUILD) t/servroot* t/tmp
+	rm -rf $(B) $(ASAN_BUILD) $(DEB_DIR) t/servroot* t/tmp
