@@ -137,5 +137,17 @@ deb:
 deb-test: deb
 	scripts/deb-test $(DEB_DIR)
 
+# deploy/monitoring: promtool checks and unit tests, then t/ops (a real
+# Prometheus scraping nginx during traffic), then the Debian packages
+MON        := deploy/monitoring
+
+ops-test: build
+	scripts/install-deps --ops
+	promtool check config $(MON)/prometheus.yml
+	promtool check rules $(MON)/alerts.yml
+	promtool test rules $(MON)/alerts.test.yml
+	$(MAKE) test TEST_FILES=t/ops
+	$(MAKE) deb-test
+
 clean:
 	rm -rf $(B) $(ASAN_BUILD) $(DEB_DIR) t/servroot* t/tmp
