@@ -183,7 +183,8 @@ my ($port) = start_nginx_instance('ops', <<"_EOC_", workers => 2);
             aai_cache_use_stale error http_500;
             aai_cache_bypass \$arg_nocache;
             aai_kafka_event $topic;
-            proxy_pass http://127.0.0.1:\$TEST_NGINX_INSTANCE_PORT/app\$uri?mode=\$arg_mode;
+            set \$app http://127.0.0.1:\$TEST_NGINX_INSTANCE_PORT;
+            proxy_pass \$app/app\$uri?\$args;
         }
 
         location /e/ {
@@ -318,7 +319,8 @@ for my $k ('aai_kafka_events_total{outcome="failed"}',
 my $T;
 wait_for('a queued event scraped', 20, sub {
     get("/api?u=queue$_") for 1 .. 5;
-    my $r = prom('/api/v1/query', query => 'timestamp(sum(aai_kafka_queue_depth) > 0)');
+    my $r = prom('/api/v1/query',
+                 query => 'timestamp(sum(aai_kafka_queue_depth) > 0)');
     return 0 unless $r->{status} eq 'success' && @{ $r->{data}{result} };
     $T = $r->{data}{result}[0]{value}[1];
     return 1;
@@ -382,13 +384,13 @@ for my $q (@queries) {
             or diag($e);
     }
 }
-diag("state     query                                                        values at T");
+diag(sprintf('%-9s %-60s %s', 'state', 'query', 'values at T'));
 diag($_) for @table;
 
 # the template variables (label_values(selector, label) in Grafana)
 for my $v (@{ $dash->{templating}{list} }) {
-    my ($sel, $label) = $v->{definition} =~ /^label_values\((.*),\s*(\w+)\)$/
-        or next;
+    my ($sel, $label) = ($v->{definition} // '')
+                        =~ /^label_values\((.*),\s*(\w+)\)$/ or next;
     $sel =~ s/\$(instance|zone)\b/.*/g;
     my $r = prom("/api/v1/label/$label/values", 'match[]' => $sel);
     ok(@{ $r->{data} || [] }, "variable \$$v->{name} finds values")
