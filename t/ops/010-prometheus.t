@@ -258,10 +258,10 @@ is(get('/e/expiring'), 200, 'an entry to expire');
 
 for my $round (1 .. 6) {
     get("/api?u=a$round") for 1 .. 5;
-    get('/strict?u=hammer') for 1 .. 60;
+    get('/strict?u=hammer') for 1 .. 80;
     get('/dry?u=dry') for 1 .. 2;
     get('/burst?u=b') for 1 .. 4;
-    get("/c/miss-$round-$_") for 1 .. 110;
+    get("/c/miss-$round-$_") for 1 .. 150;
     get('/c/hot') for 1 .. 2;
     get('/c/hot?nocache=1');
     sleep 0.5;
