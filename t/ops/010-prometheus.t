@@ -1,8 +1,9 @@
 # The monitoring of deploy/monitoring proven on a real Prometheus (Debian's
 # prometheus package): a Prometheus on a free loopback port, with its own
-# data directory, scrapes a real nginx with the three modules every second
-# and evaluates deploy/monitoring/alerts.yml while traffic goes through
-# three phases:
+# data directory and deploy/monitoring/prometheus.yml (this nginx as the
+# target, 1 s intervals), scrapes a real nginx with the three modules and
+# evaluates deploy/monitoring/alerts.yml while traffic goes through two
+# phases:
 #
 #   1. healthy: passes, rejections (and the blocklist), dry-run
 #      rejections, delayed requests, cache misses, hits, bypasses, bytes
@@ -199,20 +200,22 @@ _EOC_
 # --- Prometheus ----------------------------------------------------------
 
 my $pport = free_port();
+
+# deploy/monitoring/prometheus.yml itself, with this nginx as the target,
+# its alerts.yml by absolute path, and 1 s intervals for a short test
+open my $in, '<', "$Mon/prometheus.yml" or die "$Mon/prometheus.yml: $!\n";
+my $pconf = do { local $/; <$in> };
+close $in;
+for ([qr/scrape_interval: 15s/, "scrape_interval: 1s\n  scrape_timeout: 1s"],
+     [qr/evaluation_interval: 15s/, 'evaluation_interval: 1s'],
+     [qr/- alerts\.yml/, "- $Mon/alerts.yml"],
+     [qr/'front:80'/, "'127.0.0.1:$port'"])
+{
+    $pconf =~ s/$_->[0]/$_->[1]/
+        or BAIL_OUT("prometheus.yml has no $_->[0]");
+}
 open my $cf, '>', "$tmp/prometheus.yml" or die "$!\n";
-print $cf <<"_EOC_";
-global:
-  scrape_interval: 1s
-  scrape_timeout: 1s
-  evaluation_interval: 1s
-rule_files:
-  - $Mon/alerts.yml
-scrape_configs:
-  - job_name: aai-nginx
-    metrics_path: /metrics
-    static_configs:
-      - targets: ['127.0.0.1:$port']
-_EOC_
+print $cf $pconf;
 close $cf;
 
 spawn("$tmp/prometheus.log", $Prometheus,
