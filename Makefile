@@ -10,6 +10,8 @@
 #                         that nginx is instrumented too)
 #   make bench            benchmarks (bench/README.md)
 #   make fuzz             fuzz the JWT parser for FUZZ_SECONDS seconds
+#   make conformance      the public HTTP cache test suite against aai_cache
+#                         and proxy_cache (CACHE_TESTS=/path/to/cache-tests)
 #   make deb              Debian packages of the three modules (in DEB_DIR,
 #                         default build-deb), built with dh_nginx
 #   make deb-test         installs them into this machine, nginx -t, removes
@@ -66,8 +68,8 @@ endif
 
 SOURCES := config ngx_aai.map $(wildcard $(TOP)/*.c $(TOP)/*.h)
 
-.PHONY: all build deps test run asan bench fuzz clean check-deps FORCE \
-        deb deb-test ops-test
+.PHONY: all build deps test run asan bench fuzz conformance clean check-deps \
+        FORCE deb deb-test ops-test
 
 all: build
 
@@ -124,6 +126,9 @@ asan:
 bench: build
 	scripts/install-deps --bench
 	AAI_BUILD=$(B) NGINX_BIN=$(NGINX_BIN) bench/run
+
+conformance: build
+	AAI_BUILD=$(B) NGINX_BIN=$(NGINX_BIN) bench/conformance/run
 
 fuzz:
 	scripts/install-deps --fuzz

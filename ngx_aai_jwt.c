@@ -208,6 +208,14 @@ ngx_aai_jwt_conf_secret(ngx_conf_t *cf, ngx_str_t *source,
     ngx_pool_cleanup_t  *cln;
 
     if (ngx_strncmp(source->data, "env:", 4) == 0) {
+
+        if (source->len == 4) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "no variable name in \"%V\" "
+                               "in \"aai_jwt_key\"", source);
+            return NGX_CONF_ERROR;
+        }
+
         env = (u_char *) getenv((char *) source->data + 4);
 
         if (env == NULL || *env == '\0') {
@@ -561,6 +569,17 @@ ngx_aai_jwt_conf_check(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     value = cf->args->elts;
+
+    /* an empty value would switch the check off: refused */
+
+    if (value[1].len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "empty value \"\" in \"%V\": it would accept "
+                           "a token with any \"%s\" claim; "
+                           "omit the directive instead",
+                           &cmd->name, (char *) cmd->post);
+        return NGX_CONF_ERROR;
+    }
 
     *field = value[1];
 

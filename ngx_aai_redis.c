@@ -32,6 +32,12 @@
 #define NGX_AAI_REDIS_OBUF_KEEP         65536
 #define NGX_AAI_REDIS_MAX_FREE          4096
 
+/* the circuit state shared by every client of the suite, per endpoint */
+#define NGX_AAI_REDIS_CIRCUIT_ZONE      "aai_redis_circuit"
+#define NGX_AAI_REDIS_CIRCUIT_MAGIC     0x52494141    /* "AAIR" */
+#define NGX_AAI_REDIS_CIRCUIT_SLOTS     64
+#define NGX_AAI_REDIS_CIRCUIT_NAME      128
+
 
 typedef enum {
     NGX_AAI_REDIS_CLOSED = 0,
@@ -89,6 +95,30 @@ typedef struct {
 } ngx_aai_redis_conn_t;
 
 
+/*
+ * One endpoint (the first address of a client's configuration, as text)
+ * in the shared zone: while "until" (ngx_current_msec, a system-wide
+ * monotonic clock) is ahead, a command to the endpoint timed out in the
+ * client "owner" of process "pid", and every other client, of any module
+ * and any worker, fails its commands at once instead of waiting for its
+ * own timeout.
+ */
+typedef struct {
+    ngx_atomic_t                until;      /* 0: closed */
+    ngx_atomic_t                pid;
+    ngx_atomic_t                owner;
+    uint32_t                    len;
+    u_char                      name[NGX_AAI_REDIS_CIRCUIT_NAME];
+} ngx_aai_redis_circuit_t;
+
+
+typedef struct {
+    uint32_t                    magic;
+    uint32_t                    nslots;
+    ngx_aai_redis_circuit_t     slots[NGX_AAI_REDIS_CIRCUIT_SLOTS];
+} ngx_aai_redis_circuit_shm_t;
+
+
 typedef struct {
     ngx_str_t                   name;
     ngx_uint_t                  pattern;
@@ -121,9 +151,15 @@ struct ngx_aai_redis_s {
     u_char                     *rbuf;
     ngx_uint_t                  nfailing;   /* connections failing */
 
+    ngx_shm_zone_t             *circuit_zone;
+    ngx_aai_redis_circuit_t    *circuit;    /* NULL: not shared */
+
     unsigned                    healthy:1;
     unsigned                    initialized:1;
 };
+
+
+static const char  ngx_aai_redis_timeout[] = "timeout";
 
 
 #define ngx_aai_redis_conn_of(ev, field)                                      \
@@ -137,6 +173,14 @@ static char *ngx_aai_redis_conf_msec(ngx_conf_t *cf,
     ngx_aai_redis_conf_t *rcf, ngx_str_t *name, ngx_str_t *v,
     ngx_msec_t *ms);
 
+static ngx_int_t ngx_aai_redis_circuit_add(ngx_conf_t *cf,
+    ngx_aai_redis_t *rs);
+static ngx_int_t ngx_aai_redis_circuit_init_zone(ngx_shm_zone_t *shm_zone,
+    void *data);
+static void ngx_aai_redis_circuit_find(ngx_aai_redis_t *rs);
+static void ngx_aai_redis_circuit_open(ngx_aai_redis_conn_t *conn);
+static void ngx_aai_redis_circuit_close(ngx_aai_redis_t *rs);
+static ngx_uint_t ngx_aai_redis_circuit_blocked(ngx_aai_redis_t *rs);
 static ngx_int_t ngx_aai_redis_handshake_init(ngx_aai_redis_t *rs);
 static void ngx_aai_redis_conn_init(ngx_aai_redis_t *rs,
     ngx_aai_redis_conn_t *conn, ngx_cycle_t *cycle, ngx_uint_t n);
@@ -276,7 +320,14 @@ ngx_aai_redis_conf_param(ngx_conf_t *cf, ngx_aai_redis_conf_t *rcf,
 
     if (name.len == 8 && ngx_strncmp(name.data, "password", 8) == 0) {
 
-        if (v.len > 4 && ngx_strncmp(v.data, "env:", 4) == 0) {
+        if (v.len >= 4 && ngx_strncmp(v.data, "env:", 4) == 0) {
+
+            if (v.len == 4) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "no variable name in \"%V\" in \"%V\"",
+                                   param, &rcf->directive);
+                return NGX_CONF_ERROR;
+            }
 
             /* the argument is null-terminated: so is the variable name */
 
@@ -439,7 +490,207 @@ ngx_aai_redis_create(ngx_conf_t *cf, ngx_aai_redis_conf_t *rcf)
     rs->dummy.fd = (ngx_socket_t) -1;
     ngx_queue_init(&rs->free);
 
+    if (ngx_aai_redis_circuit_add(cf, rs) != NGX_OK) {
+        return NULL;
+    }
+
     return rs;
+}
+
+
+/*
+ * The shared circuit state.  The modules are separate .so files that share
+ * no symbols: each asks for the same zone by name.  nginx gives the same
+ * zone to callers with the same name, size and tag; the tag is the address
+ * of ngx_core_module, which is the same in every module (the .so files
+ * each have their own copy of any static of this file).
+ */
+
+static ngx_int_t
+ngx_aai_redis_circuit_add(ngx_conf_t *cf, ngx_aai_redis_t *rs)
+{
+    ngx_str_t        name = ngx_string(NGX_AAI_REDIS_CIRCUIT_ZONE);
+    ngx_shm_zone_t  *zone;
+
+    zone = ngx_shared_memory_add(cf, &name, 16 * ngx_pagesize,
+                                 &ngx_core_module);
+    if (zone == NULL) {
+        return NGX_ERROR;
+    }
+
+    /* any module's init will do: they are the same code */
+
+    zone->init = ngx_aai_redis_circuit_init_zone;
+    zone->data = zone;
+
+    rs->circuit_zone = zone;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_aai_redis_circuit_init_zone(ngx_shm_zone_t *shm_zone, void *data)
+{
+    ngx_slab_pool_t              *shpool;
+    ngx_aai_redis_circuit_shm_t  *shm;
+
+    shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
+
+    /* a zone kept across a reload keeps its state */
+
+    shm = shpool->data;
+
+    if (data && shm && shm->magic == NGX_AAI_REDIS_CIRCUIT_MAGIC) {
+        return NGX_OK;
+    }
+
+    shm = ngx_slab_calloc(shpool, sizeof(ngx_aai_redis_circuit_shm_t));
+    if (shm == NULL) {
+        return NGX_ERROR;
+    }
+
+    shm->magic = NGX_AAI_REDIS_CIRCUIT_MAGIC;
+    shpool->data = shm;
+
+    return NGX_OK;
+}
+
+
+/* init_process: the endpoint's slot, taken if new; none if all are taken */
+
+static void
+ngx_aai_redis_circuit_find(ngx_aai_redis_t *rs)
+{
+    ngx_str_t                    *name;
+    ngx_uint_t                    i;
+    ngx_slab_pool_t              *shpool;
+    ngx_aai_redis_circuit_t      *c;
+    ngx_aai_redis_circuit_shm_t  *shm;
+
+    if (rs->circuit_zone == NULL || rs->circuit_zone->shm.addr == NULL) {
+        return;
+    }
+
+    name = &rs->conf->addrs[0].name;
+
+    if (name->len == 0 || name->len > NGX_AAI_REDIS_CIRCUIT_NAME) {
+        return;
+    }
+
+    shpool = (ngx_slab_pool_t *) rs->circuit_zone->shm.addr;
+    shm = shpool->data;
+
+    if (shm == NULL || shm->magic != NGX_AAI_REDIS_CIRCUIT_MAGIC) {
+        return;
+    }
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    for (i = 0; i < shm->nslots; i++) {
+        c = &shm->slots[i];
+
+        if (c->len == name->len
+            && ngx_memcmp(c->name, name->data, name->len) == 0)
+        {
+            rs->circuit = c;
+            break;
+        }
+    }
+
+    if (rs->circuit == NULL && shm->nslots < NGX_AAI_REDIS_CIRCUIT_SLOTS) {
+        c = &shm->slots[shm->nslots];
+
+        ngx_memcpy(c->name, name->data, name->len);
+        c->len = (uint32_t) name->len;
+        c->until = 0;
+
+        ngx_memory_barrier();
+
+        shm->nslots++;
+        rs->circuit = c;
+    }
+
+    ngx_shmtx_unlock(&shpool->mutex);
+}
+
+
+/*
+ * Commands to the endpoint timed out: the others fail at once until this
+ * connection has reconnected (its backoff, then its connect and
+ * handshake), or someone's handshake is answered.
+ */
+
+static void
+ngx_aai_redis_circuit_open(ngx_aai_redis_conn_t *conn)
+{
+    ngx_msec_t                until;
+    ngx_aai_redis_t          *rs;
+    ngx_aai_redis_circuit_t  *c;
+
+    rs = conn->rs;
+    c = rs->circuit;
+
+    if (c == NULL || conn->sub) {
+        return;
+    }
+
+    until = ngx_current_msec + conn->backoff + rs->conf->connect_timeout;
+
+    if (until == 0) {
+        until = 1;
+    }
+
+    c->pid = (ngx_atomic_uint_t) ngx_pid;
+    c->owner = (ngx_atomic_uint_t) (uintptr_t) rs;
+
+    ngx_memory_barrier();
+
+    c->until = (ngx_atomic_uint_t) until;
+
+    ngx_log_debug2(NGX_LOG_DEBUG_EVENT, rs->log, 0,
+                   "aai redis %V: shared circuit open for %M ms",
+                   &rs->conf->url, until - ngx_current_msec);
+}
+
+
+/* the endpoint answered a handshake */
+
+static void
+ngx_aai_redis_circuit_close(ngx_aai_redis_t *rs)
+{
+    if (rs->circuit && rs->circuit->until) {
+        rs->circuit->until = 0;
+    }
+}
+
+
+/* 1 while another client saw the endpoint time out */
+
+static ngx_uint_t
+ngx_aai_redis_circuit_blocked(ngx_aai_redis_t *rs)
+{
+    ngx_msec_t                until;
+    ngx_aai_redis_circuit_t  *c;
+
+    c = rs->circuit;
+
+    if (c == NULL) {
+        return 0;
+    }
+
+    until = (ngx_msec_t) c->until;
+
+    if (until == 0 || (ngx_msec_int_t) (until - ngx_current_msec) <= 0) {
+        return 0;
+    }
+
+    ngx_memory_barrier();
+
+    /* its own timeouts a client handles with its own connections */
+
+    return !(c->pid == (ngx_atomic_uint_t) ngx_pid
+             && c->owner == (ngx_atomic_uint_t) (uintptr_t) rs);
 }
 
 
@@ -484,6 +735,8 @@ ngx_aai_redis_init_worker(ngx_aai_redis_t *rs, ngx_cycle_t *cycle)
     for (i = 0; i < rs->nconns; i++) {
         ngx_aai_redis_conn_init(rs, &rs->conns[i], cycle, i);
     }
+
+    ngx_aai_redis_circuit_find(rs);
 
     rs->healthy = 1;
     rs->initialized = 1;
@@ -850,6 +1103,8 @@ ngx_aai_redis_ready(ngx_aai_redis_conn_t *conn)
     conn->state = NGX_AAI_REDIS_READY;
     conn->backoff = 0;
 
+    ngx_aai_redis_circuit_close(rs);
+
     if (conn->failures) {
         rs->nfailing--;
         level = (rs->nfailing == 0) ? NGX_LOG_WARN : NGX_LOG_INFO;
@@ -982,6 +1237,15 @@ ngx_aai_redis_fail(ngx_aai_redis_conn_t *conn, ngx_err_t err,
         rs->healthy = 0;
     }
 
+    /*
+     * Shared only when requests waited: a handshake alone that timed out
+     * (a worker slow to start) costs no request anything.
+     */
+
+    if (error == ngx_aai_redis_timeout && n) {
+        ngx_aai_redis_circuit_open(conn);
+    }
+
     ngx_log_error(level, rs->log, 0,
                   "aai redis %V: %s%*s, %ui command%s failed, "
                   "reconnecting in %Mms", conn->name,
@@ -1103,6 +1367,12 @@ ngx_aai_redis_send(ngx_aai_redis_t *rs, ngx_log_t *log, ngx_uint_t argc,
         return NULL;
     }
 
+    if (ngx_aai_redis_circuit_blocked(rs)) {
+        ngx_log_debug1(NGX_LOG_DEBUG_EVENT, log, 0,
+                       "aai redis %V: shared circuit open", &rs->conf->url);
+        return NULL;
+    }
+
     conn = ngx_aai_redis_pick(rs);
     if (conn == NULL) {
         ngx_log_debug1(NGX_LOG_DEBUG_EVENT, log, 0,
@@ -1162,7 +1432,7 @@ ngx_aai_redis_available(ngx_aai_redis_t *rs)
 {
     ngx_uint_t  i;
 
-    if (!rs->initialized) {
+    if (!rs->initialized || ngx_aai_redis_circuit_blocked(rs)) {
         return 0;
     }
 
@@ -1270,7 +1540,8 @@ ngx_aai_redis_write_handler(ngx_event_t *wev)
 
     if (wev->timedout) {
         wev->timedout = 0;
-        ngx_aai_redis_fail(conn, 0, "timeout", "connect() timed out");
+        ngx_aai_redis_fail(conn, 0, ngx_aai_redis_timeout,
+                           "connect() timed out");
         return;
     }
 
@@ -1649,7 +1920,7 @@ ngx_aai_redis_timer_handler(ngx_event_t *ev)
         return;
     }
 
-    ngx_aai_redis_fail(conn, 0, "timeout", "%s timed out",
+    ngx_aai_redis_fail(conn, 0, ngx_aai_redis_timeout, "%s timed out",
                        conn->state == NGX_AAI_REDIS_READY
                        ? "command" : "handshake");
 }

@@ -41,6 +41,24 @@
 /* a bound on the time a fast shutdown (SIGTERM) flushes: the master kills */
 #define NGX_HTTP_AAI_KAFKA_TERMINATE  1000
 
+/* rd_kafka_flush() takes an int: at most 24.8 days */
+#define NGX_HTTP_AAI_KAFKA_FLUSH_MAX  0x7fffffff
+
+/* why an event was dropped (never queued): the reason label */
+#define NGX_HTTP_AAI_KAFKA_QUEUE_FULL   0
+#define NGX_HTTP_AAI_KAFKA_TOO_LARGE    1
+#define NGX_HTTP_AAI_KAFKA_NO_PRODUCER  2
+#define NGX_HTTP_AAI_KAFKA_FORMAT       3
+#define NGX_HTTP_AAI_KAFKA_FATAL        4
+#define NGX_HTTP_AAI_KAFKA_OTHER        5
+#define NGX_HTTP_AAI_KAFKA_REASONS      6
+
+/* producers a worker may have being destroyed at a time */
+#define NGX_HTTP_AAI_KAFKA_DESTROYING  4
+
+/* the shares of the queue depth: one per worker alive at a time */
+#define NGX_HTTP_AAI_KAFKA_SLOTS      NGX_MAX_PROCESSES
+
 
 typedef struct {
     char                             *name;       /* null-terminated */
@@ -82,9 +100,13 @@ typedef struct {
     ngx_int_t                         delivered;
     ngx_int_t                         failed;
     ngx_int_t                         dropped;
+    ngx_int_t                         lost;
+    ngx_int_t                         reasons[NGX_HTTP_AAI_KAFKA_REASONS];
     ngx_int_t                         depth;
     ngx_int_t                         rtt;
     ngx_int_t                         restarts;
+
+    ngx_shm_zone_t                   *workers;    /* slot_t[SLOTS] */
 
     unsigned                          enabled:1;
     unsigned                          used:1;
@@ -104,6 +126,18 @@ typedef struct {
 } ngx_http_aai_kafka_limit_t;
 
 
+/*
+ * A worker's share of the queue depth, in shared memory: what a worker
+ * that dies without exiting (SIGKILL, a crash) had queued is counted as
+ * lost by the next worker that finds its process gone.
+ */
+
+typedef struct {
+    ngx_atomic_t                      pid;        /* 0: free */
+    ngx_atomic_t                      outstanding;
+} ngx_http_aai_kafka_slot_t;
+
+
 /* per worker state: the producer and what serves it */
 
 typedef struct {
@@ -119,7 +153,10 @@ typedef struct {
     ngx_connection_t                  dummy;
 
     ngx_uint_t                        outstanding;
+    ngx_http_aai_kafka_slot_t        *slot;
+    time_t                            checked;    /* the slots, last */
     ngx_msec_t                        restarted;
+    pthread_t                         thread;     /* the worker's */
 
     u_char                           *buf;        /* the event's text */
     size_t                            buf_size;
@@ -147,6 +184,9 @@ typedef struct {
 
 
 static ngx_int_t ngx_http_aai_kafka_log_handler(ngx_http_request_t *r);
+static void ngx_http_aai_kafka_drop(ngx_http_aai_kafka_main_conf_t *kmcf,
+    ngx_uint_t reason);
+static ngx_uint_t ngx_http_aai_kafka_reason(rd_kafka_resp_err_t err);
 static void ngx_http_aai_kafka_produce(ngx_http_request_t *r,
     ngx_http_aai_kafka_main_conf_t *kmcf, ngx_http_aai_kafka_event_t *ev,
     ngx_str_t *payload);
@@ -196,11 +236,22 @@ static rd_kafka_conf_t *ngx_http_aai_kafka_conf_build(
     size_t size);
 static ngx_int_t ngx_http_aai_kafka_producer_start(ngx_cycle_t *cycle,
     ngx_http_aai_kafka_main_conf_t *kmcf);
-static void ngx_http_aai_kafka_producer_stop(ngx_msec_t timeout);
+static void ngx_http_aai_kafka_producer_stop(ngx_msec_t timeout,
+    ngx_uint_t detach);
+static void ngx_http_aai_kafka_destroy(rd_kafka_t *rk, ngx_uint_t detach);
+static ngx_int_t ngx_http_aai_kafka_destroy_detached(rd_kafka_t *rk);
+static void *ngx_http_aai_kafka_destroy_thread(void *data);
 static ngx_int_t ngx_http_aai_kafka_recover(void);
 static void ngx_http_aai_kafka_producer_restart(void);
 static ngx_int_t ngx_http_aai_kafka_notify_init(ngx_cycle_t *cycle);
 static void ngx_http_aai_kafka_notify_close(void);
+static void ngx_http_aai_kafka_account(ngx_http_aai_kafka_worker_t *w);
+static void ngx_http_aai_kafka_slots_check(
+    ngx_http_aai_kafka_main_conf_t *kmcf);
+static ngx_http_aai_kafka_slot_t *ngx_http_aai_kafka_slot_claim(
+    ngx_http_aai_kafka_main_conf_t *kmcf);
+static ngx_int_t ngx_http_aai_kafka_init_workers(ngx_shm_zone_t *shm_zone,
+    void *data);
 static ngx_int_t ngx_http_aai_kafka_init_process(ngx_cycle_t *cycle);
 static void ngx_http_aai_kafka_exit_process(ngx_cycle_t *cycle);
 
@@ -211,6 +262,8 @@ static char *ngx_http_aai_kafka_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child);
 static char *ngx_http_aai_kafka_brokers(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_aai_kafka_flush_timeout(ngx_conf_t *cf, void *post,
+    void *data);
 static char *ngx_http_aai_kafka_property(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static ngx_int_t ngx_http_aai_kafka_scratch_set(ngx_conf_t *cf,
@@ -243,13 +296,23 @@ static ngx_int_t ngx_http_aai_kafka_check_conf(ngx_conf_t *cf,
 
 static ngx_http_aai_kafka_worker_t  ngx_http_aai_kafka_worker;
 
+/* producers being destroyed by threads of their own */
+static ngx_atomic_t  ngx_http_aai_kafka_destroying;
+
+
+static ngx_conf_post_handler_pt  ngx_http_aai_kafka_flush_timeout_p =
+    ngx_http_aai_kafka_flush_timeout;
+
 
 /*
  * The seed deployment's producer settings; aai_kafka_property overrides any.
  * queue.buffering.max.* and message.timeout.ms bound what a worker keeps
- * while the brokers are away.  gzip at level 1: events compress nearly as
+ * while the brokers are away: by count and by bytes (librdkafka's own byte
+ * bound is 1 GiB per worker).  gzip at level 1: events compress nearly as
  * well as at zlib's default (6) for half the CPU of the producer's thread,
- * which shares the machine with the worker.
+ * which shares the machine with the worker.  reconnect.backoff.*: a broker
+ * that comes back is used again within a second (librdkafka's 10 s maximum
+ * backoff dropped events for up to 9 s after the brokers returned).
  */
 
 static ngx_http_aai_kafka_property_t  ngx_http_aai_kafka_defaults[] = {
@@ -260,6 +323,9 @@ static ngx_http_aai_kafka_property_t  ngx_http_aai_kafka_defaults[] = {
     { "linger.ms", "10" },
     { "enable.idempotence", "true" },
     { "queue.buffering.max.messages", "100000" },
+    { "queue.buffering.max.kbytes", "32768" },
+    { "reconnect.backoff.ms", "100" },
+    { "reconnect.backoff.max.ms", "1000" },
     { "message.timeout.ms", "30000" },
     { "statistics.interval.ms", "10000" },
     { "log.connection.close", "false" },
@@ -319,7 +385,7 @@ static ngx_command_t  ngx_http_aai_kafka_commands[] = {
       ngx_aai_conf_set_msec_slot,
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_aai_kafka_main_conf_t, flush_timeout),
-      NULL },
+      &ngx_http_aai_kafka_flush_timeout_p },
 
     NGX_AAI_METRICS_COMMAND,
 
@@ -399,7 +465,7 @@ ngx_http_aai_kafka_log_handler(ngx_http_request_t *r)
             if (ngx_http_aai_kafka_json(r, fmt, &payload) != NGX_OK) {
                 ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                               "aai_kafka: could not build the event");
-                ngx_aai_metrics_inc(kmcf->metrics, kmcf->dropped, 1);
+                ngx_http_aai_kafka_drop(kmcf, NGX_HTTP_AAI_KAFKA_FORMAT);
                 last = NULL;
                 continue;
             }
@@ -455,6 +521,7 @@ ngx_http_aai_kafka_produce(ngx_http_request_t *r,
 
     if (err == RD_KAFKA_RESP_ERR_NO_ERROR) {
         w->outstanding++;
+        ngx_http_aai_kafka_account(w);
         ngx_aai_metrics_inc(kmcf->metrics, kmcf->produced, 1);
         ngx_aai_metrics_inc(kmcf->metrics, kmcf->depth, 1);
         return;
@@ -462,12 +529,44 @@ ngx_http_aai_kafka_produce(ngx_http_request_t *r,
 
 dropped:
 
-    ngx_aai_metrics_inc(kmcf->metrics, kmcf->dropped, 1);
+    ngx_http_aai_kafka_drop(kmcf, ngx_http_aai_kafka_reason(err));
 
     w->drops.count++;
     w->drops.reason = rd_kafka_err2str(err);
 
     ngx_http_aai_kafka_report(&w->drops, "dropped", 0);
+}
+
+
+static void
+ngx_http_aai_kafka_drop(ngx_http_aai_kafka_main_conf_t *kmcf,
+    ngx_uint_t reason)
+{
+    ngx_aai_metrics_inc(kmcf->metrics, kmcf->dropped, 1);
+    ngx_aai_metrics_inc(kmcf->metrics, kmcf->reasons[reason], 1);
+}
+
+
+static ngx_uint_t
+ngx_http_aai_kafka_reason(rd_kafka_resp_err_t err)
+{
+    switch (err) {
+
+    case RD_KAFKA_RESP_ERR__QUEUE_FULL:
+        return NGX_HTTP_AAI_KAFKA_QUEUE_FULL;
+
+    case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:
+        return NGX_HTTP_AAI_KAFKA_TOO_LARGE;
+
+    case RD_KAFKA_RESP_ERR__STATE:
+        return NGX_HTTP_AAI_KAFKA_NO_PRODUCER;
+
+    case RD_KAFKA_RESP_ERR__FATAL:
+        return NGX_HTTP_AAI_KAFKA_FATAL;
+
+    default:
+        return NGX_HTTP_AAI_KAFKA_OTHER;
+    }
 }
 
 
@@ -1071,6 +1170,13 @@ ngx_http_aai_kafka_timer_handler(ngx_event_t *ev)
 {
     ngx_http_aai_kafka_poll();
 
+    if (ngx_http_aai_kafka_worker.checked != ngx_time()
+        && ngx_http_aai_kafka_worker.kmcf)
+    {
+        ngx_http_aai_kafka_worker.checked = ngx_time();
+        ngx_http_aai_kafka_slots_check(ngx_http_aai_kafka_worker.kmcf);
+    }
+
     ngx_http_aai_kafka_report(&ngx_http_aai_kafka_worker.drops, "dropped", 0);
     ngx_http_aai_kafka_report(&ngx_http_aai_kafka_worker.failures,
                               "not delivered", 0);
@@ -1136,6 +1242,7 @@ ngx_http_aai_kafka_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *msg,
 
     if (w->outstanding) {
         w->outstanding--;
+        ngx_http_aai_kafka_account(w);
     }
 
     ngx_aai_metrics_inc(kmcf->metrics, kmcf->depth, -1);
@@ -1198,6 +1305,12 @@ ngx_http_aai_kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac,
 {
     ngx_uint_t                   lvl;
     ngx_http_aai_kafka_limit_t  *limit;
+
+    /* a producer destroyed by a thread of its own says nothing more */
+
+    if (!pthread_equal(pthread_self(), ngx_http_aai_kafka_worker.thread)) {
+        return;
+    }
 
     limit = &ngx_http_aai_kafka_worker.logs;
 
@@ -1401,7 +1514,7 @@ ngx_http_aai_kafka_producer_start(ngx_cycle_t *cycle,
         w->topics = ngx_alloc(kmcf->topics.nelts * sizeof(rd_kafka_topic_t *),
                               cycle->log);
         if (w->topics == NULL) {
-            ngx_http_aai_kafka_producer_stop(0);
+            ngx_http_aai_kafka_producer_stop(0, 0);
             return NGX_ERROR;
         }
     }
@@ -1415,7 +1528,7 @@ ngx_http_aai_kafka_producer_start(ngx_cycle_t *cycle,
             ngx_log_error(NGX_LOG_ALERT, cycle->log, 0,
                           "aai_kafka: topic \"%V\": %s", &topic[i],
                           rd_kafka_err2str(rd_kafka_last_error()));
-            ngx_http_aai_kafka_producer_stop(0);
+            ngx_http_aai_kafka_producer_stop(0, 0);
             return NGX_ERROR;
         }
 
@@ -1436,13 +1549,18 @@ failed:
 
 /*
  * Bounded: flush for at most "timeout", then give up what is left and count
- * it as failed.  rd_kafka_destroy() may serve delivery reports itself, so
- * the leftovers are counted after it.
+ * it as failed.  rd_kafka_destroy() serves no delivery report (it purges the
+ * main queue), so what was not reported by the last poll is counted here.
+ * With "detach" (a rebuild while the worker serves requests) nothing waits
+ * for librdkafka's threads: the purge does not wait for the brokers' threads
+ * and the handle is destroyed by a thread of its own, as joining the
+ * brokers' threads may take long (a name being resolved, a plugin).
  */
 
 static void
-ngx_http_aai_kafka_producer_stop(ngx_msec_t timeout)
+ngx_http_aai_kafka_producer_stop(ngx_msec_t timeout, ngx_uint_t detach)
 {
+    int                              purge;
     ngx_uint_t                       i, left;
     ngx_http_aai_kafka_worker_t     *w;
     ngx_http_aai_kafka_main_conf_t  *kmcf;
@@ -1462,8 +1580,13 @@ ngx_http_aai_kafka_producer_stop(ngx_msec_t timeout)
         (void) rd_kafka_flush(w->rk, (int) timeout);
     }
 
-    (void) rd_kafka_purge(w->rk,
-                          RD_KAFKA_PURGE_F_QUEUE|RD_KAFKA_PURGE_F_INFLIGHT);
+    purge = RD_KAFKA_PURGE_F_QUEUE|RD_KAFKA_PURGE_F_INFLIGHT;
+
+    if (detach) {
+        purge |= RD_KAFKA_PURGE_F_NON_BLOCKING;
+    }
+
+    (void) rd_kafka_purge(w->rk, purge);
 
     rd_kafka_poll(w->rk, 0);
 
@@ -1483,11 +1606,12 @@ ngx_http_aai_kafka_producer_stop(ngx_msec_t timeout)
         w->queue = NULL;
     }
 
-    rd_kafka_destroy(w->rk);
+    ngx_http_aai_kafka_destroy(w->rk, detach);
     w->rk = NULL;
 
     left = w->outstanding;
     w->outstanding = 0;
+    ngx_http_aai_kafka_account(w);
 
     if (left) {
         ngx_aai_metrics_inc(kmcf->metrics, kmcf->failed, left);
@@ -1503,7 +1627,76 @@ ngx_http_aai_kafka_producer_stop(ngx_msec_t timeout)
 }
 
 
-/* at most one rebuild a second: a fatal error may come back at once */
+static void
+ngx_http_aai_kafka_destroy(rd_kafka_t *rk, ngx_uint_t detach)
+{
+    if (detach && ngx_http_aai_kafka_destroy_detached(rk) == NGX_OK) {
+        return;
+    }
+
+    rd_kafka_destroy(rk);
+}
+
+
+static ngx_int_t
+ngx_http_aai_kafka_destroy_detached(rd_kafka_t *rk)
+{
+    int             err;
+    sigset_t        set, old;
+    pthread_t       tid;
+    pthread_attr_t  attr;
+
+    err = pthread_attr_init(&attr);
+
+    if (err == 0) {
+        (void) pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+
+        /* the thread inherits a mask that blocks every signal */
+
+        (void) sigfillset(&set);
+        (void) pthread_sigmask(SIG_SETMASK, &set, &old);
+
+        (void) ngx_atomic_fetch_add(&ngx_http_aai_kafka_destroying, 1);
+
+        err = pthread_create(&tid, &attr, ngx_http_aai_kafka_destroy_thread,
+                             rk);
+
+        if (err != 0) {
+            (void) ngx_atomic_fetch_add(&ngx_http_aai_kafka_destroying, -1);
+        }
+
+        (void) pthread_sigmask(SIG_SETMASK, &old, NULL);
+        (void) pthread_attr_destroy(&attr);
+    }
+
+    if (err != 0) {
+        ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, err,
+                      "aai_kafka: could not start a thread to destroy "
+                      "the producer, destroying it in the worker");
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+static void *
+ngx_http_aai_kafka_destroy_thread(void *data)
+{
+    rd_kafka_destroy(data);
+
+    (void) ngx_atomic_fetch_add(&ngx_http_aai_kafka_destroying, -1);
+
+    return NULL;
+}
+
+
+/*
+ * At most one rebuild a second: a fatal error may come back at once.  And
+ * at most a few producers being destroyed at a time: should their threads
+ * hang, the producer in error stays (its events dropped as "fatal") rather
+ * than threads piling up.
+ */
 
 static ngx_int_t
 ngx_http_aai_kafka_recover(void)
@@ -1512,8 +1705,9 @@ ngx_http_aai_kafka_recover(void)
 
     w = &ngx_http_aai_kafka_worker;
 
-    if (w->restarted
-        && ngx_current_msec - w->restarted < NGX_HTTP_AAI_KAFKA_RESTART)
+    if ((w->restarted
+         && ngx_current_msec - w->restarted < NGX_HTTP_AAI_KAFKA_RESTART)
+        || ngx_http_aai_kafka_destroying >= NGX_HTTP_AAI_KAFKA_DESTROYING)
     {
         /* the timer tries again */
         return NGX_DECLINED;
@@ -1536,7 +1730,7 @@ ngx_http_aai_kafka_producer_restart(void)
     w = &ngx_http_aai_kafka_worker;
     kmcf = w->kmcf;
 
-    ngx_http_aai_kafka_producer_stop(0);
+    ngx_http_aai_kafka_producer_stop(0, 1);
 
     ngx_aai_metrics_inc(kmcf->metrics, kmcf->restarts, 1);
 
@@ -1628,6 +1822,133 @@ ngx_http_aai_kafka_notify_close(void)
 }
 
 
+static void
+ngx_http_aai_kafka_account(ngx_http_aai_kafka_worker_t *w)
+{
+    if (w->slot) {
+        w->slot->outstanding = w->outstanding;
+    }
+}
+
+
+/*
+ * The share of every worker whose process is gone (killed, crashed) is
+ * taken off the queue depth and counted as lost: its events were in its
+ * memory.  A worker that exits normally has given its share back.
+ */
+
+static void
+ngx_http_aai_kafka_slots_check(ngx_http_aai_kafka_main_conf_t *kmcf)
+{
+    ngx_pid_t                   pid;
+    ngx_uint_t                  i;
+    ngx_atomic_int_t            n;
+    ngx_http_aai_kafka_slot_t  *slots;
+
+    slots = kmcf->workers ? kmcf->workers->data : NULL;
+
+    if (slots == NULL) {
+        return;
+    }
+
+    for (i = 0; i < NGX_HTTP_AAI_KAFKA_SLOTS; i++) {
+        pid = (ngx_pid_t) slots[i].pid;
+
+        if (pid == 0 || pid == ngx_pid
+            || kill(pid, 0) == 0 || ngx_errno != NGX_ESRCH)
+        {
+            continue;
+        }
+
+        /* one worker takes the slot over, the others leave it */
+
+        if (!ngx_atomic_cmp_set(&slots[i].pid, (ngx_atomic_uint_t) pid,
+                                (ngx_atomic_uint_t) ngx_pid))
+        {
+            continue;
+        }
+
+        n = (ngx_atomic_int_t) slots[i].outstanding;
+        slots[i].outstanding = 0;
+
+        if (n) {
+            ngx_aai_metrics_inc(kmcf->metrics, kmcf->lost, n);
+            ngx_aai_metrics_inc(kmcf->metrics, kmcf->depth, -n);
+
+            ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                          "aai_kafka: %A events lost: worker %P exited "
+                          "without delivering them", n, pid);
+        }
+
+        ngx_memory_barrier();
+
+        slots[i].pid = 0;
+    }
+}
+
+
+static ngx_http_aai_kafka_slot_t *
+ngx_http_aai_kafka_slot_claim(ngx_http_aai_kafka_main_conf_t *kmcf)
+{
+    ngx_uint_t                  i;
+    ngx_http_aai_kafka_slot_t  *slots;
+
+    slots = kmcf->workers ? kmcf->workers->data : NULL;
+
+    if (slots == NULL) {
+        return NULL;
+    }
+
+    for (i = 0; i < NGX_HTTP_AAI_KAFKA_SLOTS; i++) {
+        if (slots[i].pid == 0
+            && ngx_atomic_cmp_set(&slots[i].pid, 0,
+                                  (ngx_atomic_uint_t) ngx_pid))
+        {
+            slots[i].outstanding = 0;
+            return &slots[i];
+        }
+    }
+
+    ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                  "aai_kafka: no free slot for the worker's queue depth");
+
+    return NULL;
+}
+
+
+static ngx_int_t
+ngx_http_aai_kafka_init_workers(ngx_shm_zone_t *shm_zone, void *data)
+{
+    ngx_slab_pool_t            *shpool;
+    ngx_http_aai_kafka_slot_t  *slots;
+
+    /* kept across reloads: the old workers still write to it */
+
+    if (data) {
+        shm_zone->data = data;
+        return NGX_OK;
+    }
+
+    shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
+
+    if (shm_zone->shm.exists) {
+        shm_zone->data = shpool->data;
+        return NGX_OK;
+    }
+
+    slots = ngx_slab_calloc(shpool, NGX_HTTP_AAI_KAFKA_SLOTS
+                                    * sizeof(ngx_http_aai_kafka_slot_t));
+    if (slots == NULL) {
+        return NGX_ERROR;
+    }
+
+    shpool->data = slots;
+    shm_zone->data = slots;
+
+    return NGX_OK;
+}
+
+
 static ngx_int_t
 ngx_http_aai_kafka_init_process(ngx_cycle_t *cycle)
 {
@@ -1652,6 +1973,13 @@ ngx_http_aai_kafka_init_process(ngx_cycle_t *cycle)
     w = &ngx_http_aai_kafka_worker;
 
     w->notify_fd = (ngx_socket_t) -1;
+    w->thread = pthread_self();
+
+    /* a worker that died in this slot (or any other) is accounted for */
+
+    ngx_http_aai_kafka_slots_check(kmcf);
+    w->slot = ngx_http_aai_kafka_slot_claim(kmcf);
+    w->checked = ngx_time();
 
     /* a worker without a producer still serves requests */
 
@@ -1693,8 +2021,16 @@ ngx_http_aai_kafka_exit_process(ngx_cycle_t *cycle)
         timeout = NGX_HTTP_AAI_KAFKA_TERMINATE;
     }
 
-    ngx_http_aai_kafka_producer_stop(timeout);
+    ngx_http_aai_kafka_producer_stop(timeout, 0);
     ngx_http_aai_kafka_notify_close();
+
+    if (w->slot) {
+        w->slot->outstanding = 0;
+        ngx_memory_barrier();
+        w->slot->pid = 0;
+        w->slot = NULL;
+    }
+
     ngx_http_aai_kafka_trees_free(w->kmcf);
 
     if (w->buf) {
@@ -1710,6 +2046,7 @@ ngx_http_aai_kafka_exit_process(ngx_cycle_t *cycle)
 static void *
 ngx_http_aai_kafka_create_main_conf(ngx_conf_t *cf)
 {
+    ngx_uint_t                       i;
     ngx_http_aai_kafka_main_conf_t  *kmcf;
 
     kmcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_aai_kafka_main_conf_t));
@@ -1726,6 +2063,7 @@ ngx_http_aai_kafka_create_main_conf(ngx_conf_t *cf)
      *     kmcf->default_format = NULL;
      *     kmcf->scratch = NULL;
      *     kmcf->metrics = NULL;
+     *     kmcf->workers = NULL;
      *     kmcf->enabled = 0;
      *     kmcf->used = 0;
      *     kmcf->no_idempotence = 0;
@@ -1743,9 +2081,14 @@ ngx_http_aai_kafka_create_main_conf(ngx_conf_t *cf)
     kmcf->delivered = NGX_ERROR;
     kmcf->failed = NGX_ERROR;
     kmcf->dropped = NGX_ERROR;
+    kmcf->lost = NGX_ERROR;
     kmcf->depth = NGX_ERROR;
     kmcf->rtt = NGX_ERROR;
     kmcf->restarts = NGX_ERROR;
+
+    for (i = 0; i < NGX_HTTP_AAI_KAFKA_REASONS; i++) {
+        kmcf->reasons[i] = NGX_ERROR;
+    }
 
     return kmcf;
 }
@@ -1897,6 +2240,29 @@ ngx_http_aai_kafka_brokers(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     kmcf->enabled = 1;
 
     return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_aai_kafka_flush_timeout(ngx_conf_t *cf, void *post, void *data)
+{
+    ngx_msec_t  *timeout = data;
+
+    ngx_str_t  *value;
+
+    if (*timeout <= NGX_HTTP_AAI_KAFKA_FLUSH_MAX) {
+        return NGX_CONF_OK;
+    }
+
+    value = cf->args->elts;
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid value \"%V\" in \"%V\" directive, "
+                       "it must not be more than %M ms (24.8 days)",
+                       &value[1], &value[0],
+                       (ngx_msec_t) NGX_HTTP_AAI_KAFKA_FLUSH_MAX);
+
+    return NGX_CONF_ERROR;
 }
 
 
@@ -2461,9 +2827,12 @@ ngx_http_aai_kafka_complex(ngx_conf_t *cf, ngx_str_t *value)
 static ngx_int_t
 ngx_http_aai_kafka_init(ngx_conf_t *cf)
 {
+    size_t                           size;
     ngx_http_handler_pt             *h;
     ngx_http_core_main_conf_t       *cmcf;
     ngx_http_aai_kafka_main_conf_t  *kmcf;
+
+    static ngx_str_t  workers = ngx_string("aai_kafka_workers");
 
     kmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_aai_kafka_module);
 
@@ -2478,6 +2847,19 @@ ngx_http_aai_kafka_init(ngx_conf_t *cf)
     if (ngx_http_aai_kafka_init_metrics(cf, kmcf) != NGX_OK) {
         return NGX_ERROR;
     }
+
+    /* the slab pool's own pages, plus the slots */
+
+    size = NGX_HTTP_AAI_KAFKA_SLOTS * sizeof(ngx_http_aai_kafka_slot_t);
+    size = ngx_align(size, ngx_pagesize) + 8 * ngx_pagesize;
+
+    kmcf->workers = ngx_shared_memory_add(cf, &workers, size,
+                                          &ngx_http_aai_kafka_module);
+    if (kmcf->workers == NULL) {
+        return NGX_ERROR;
+    }
+
+    kmcf->workers->init = ngx_http_aai_kafka_init_workers;
 
     if (ngx_test_config && ngx_http_aai_kafka_check_conf(cf, kmcf) != NGX_OK)
     {
@@ -2593,12 +2975,24 @@ static ngx_int_t
 ngx_http_aai_kafka_init_metrics(ngx_conf_t *cf,
     ngx_http_aai_kafka_main_conf_t *kmcf)
 {
+    ngx_uint_t          i;
     ngx_aai_metrics_t  *m;
 
     static ngx_str_t  produced = ngx_string("outcome=\"produced\"");
     static ngx_str_t  delivered = ngx_string("outcome=\"delivered\"");
     static ngx_str_t  failed = ngx_string("outcome=\"failed\"");
     static ngx_str_t  dropped = ngx_string("outcome=\"dropped\"");
+    static ngx_str_t  lost = ngx_string("outcome=\"lost\"");
+
+    /* in the order of NGX_HTTP_AAI_KAFKA_QUEUE_FULL ... _OTHER */
+    static ngx_str_t  reasons[] = {
+        ngx_string("reason=\"queue_full\""),
+        ngx_string("reason=\"too_large\""),
+        ngx_string("reason=\"no_producer\""),
+        ngx_string("reason=\"format\""),
+        ngx_string("reason=\"fatal\""),
+        ngx_string("reason=\"other\"")
+    };
 
     /* microseconds */
     static const ngx_uint_t  rtt[] = {
@@ -2614,15 +3008,28 @@ ngx_http_aai_kafka_init_metrics(ngx_conf_t *cf,
 #define ngx_http_aai_kafka_events(label)                                      \
     ngx_aai_metrics_add(m, NGX_AAI_METRIC_COUNTER, "aai_kafka_events_total", \
                         "Kafka events by outcome: produced (accepted into "  \
-                        "the local queue) = delivered + failed + queued; "   \
-                        "dropped (never queued)", label)
+                        "the local queue) = delivered + failed + lost + "    \
+                        "queued; dropped (never queued); lost (queued by a " \
+                        "worker that died)", label)
 
     kmcf->produced = ngx_http_aai_kafka_events(&produced);
     kmcf->delivered = ngx_http_aai_kafka_events(&delivered);
     kmcf->failed = ngx_http_aai_kafka_events(&failed);
     kmcf->dropped = ngx_http_aai_kafka_events(&dropped);
+    kmcf->lost = ngx_http_aai_kafka_events(&lost);
 
 #undef ngx_http_aai_kafka_events
+
+    for (i = 0; i < NGX_HTTP_AAI_KAFKA_REASONS; i++) {
+        kmcf->reasons[i] = ngx_aai_metrics_add(m, NGX_AAI_METRIC_COUNTER,
+                                      "aai_kafka_dropped_total",
+                                      "Kafka events dropped (never queued) "
+                                      "by reason", &reasons[i]);
+
+        if (kmcf->reasons[i] == NGX_ERROR) {
+            return NGX_ERROR;
+        }
+    }
 
     kmcf->depth = ngx_aai_metrics_add(m, NGX_AAI_METRIC_GAUGE,
                                       "aai_kafka_queue_depth",
@@ -2645,8 +3052,8 @@ ngx_http_aai_kafka_init_metrics(ngx_conf_t *cf,
 
     if (kmcf->produced == NGX_ERROR || kmcf->delivered == NGX_ERROR
         || kmcf->failed == NGX_ERROR || kmcf->dropped == NGX_ERROR
-        || kmcf->depth == NGX_ERROR || kmcf->rtt == NGX_ERROR
-        || kmcf->restarts == NGX_ERROR)
+        || kmcf->lost == NGX_ERROR || kmcf->depth == NGX_ERROR
+        || kmcf->rtt == NGX_ERROR || kmcf->restarts == NGX_ERROR)
     {
         return NGX_ERROR;
     }

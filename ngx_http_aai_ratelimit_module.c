@@ -67,6 +67,14 @@
 
 #define NGX_HTTP_AAI_RL_MAX_LIMIT          1000000000
 #define NGX_HTTP_AAI_RL_MAX_WINDOW         (366 * 86400)
+
+/*
+ * How far ahead of now a key's state may run (us): burst times the time
+ * per request.  100 years keeps every time of the local fallback within
+ * uint64_t and every time of the script exact in a Lua number (2^53 us).
+ */
+#define NGX_HTTP_AAI_RL_MAX_AHEAD          (100ULL * 365 * 86400 * 1000000)
+
 #define NGX_HTTP_AAI_RL_ZONE_ARGS          5
 
 /*
@@ -107,6 +115,7 @@ typedef struct {
     ngx_uint_t                         algorithm;
     ngx_uint_t                         limit;     /* requests per window */
     uint64_t                           window;    /* us */
+    ngx_str_t                          rate;      /* as written */
     uint64_t                           period;    /* window / limit, us */
     ngx_uint_t                         burst;
     ngx_uint_t                         delay;     /* excess not delayed */
@@ -226,6 +235,8 @@ static ngx_http_aai_ratelimit_ctx_t *ngx_http_aai_ratelimit_create_ctx(
 static void ngx_http_aai_ratelimit_cleanup(void *data);
 static ngx_int_t ngx_http_aai_ratelimit_keys(ngx_http_request_t *r,
     ngx_http_aai_ratelimit_ctx_t *ctx);
+static ngx_int_t ngx_http_aai_ratelimit_long_key(ngx_http_request_t *r,
+    ngx_http_aai_ratelimit_zone_t *zone, ngx_str_t *key, ngx_str_t *out);
 static ngx_int_t ngx_http_aai_ratelimit_enqueue(ngx_http_request_t *r,
     ngx_http_aai_ratelimit_ctx_t *ctx);
 static ngx_int_t ngx_http_aai_ratelimit_wait(ngx_http_request_t *r);
@@ -1019,10 +1030,14 @@ ngx_http_aai_ratelimit_keys(ngx_http_request_t *r,
         }
 
         if (key.len > 65535 - zone->name.len - 1) {
-            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                          "the value of the \"%V\" key of aai_ratelimit zone "
-                          "\"%V\" is more than 65535 bytes",
-                          &zone->key->value, &zone->name);
+            if (ngx_http_aai_ratelimit_long_key(r, zone, &key,
+                                                &ctx->keys[ctx->nzones])
+                != NGX_OK)
+            {
+                return NGX_ERROR;
+            }
+
+            ctx->zones[ctx->nzones++] = zone;
             continue;
         }
 
@@ -1038,6 +1053,38 @@ ngx_http_aai_ratelimit_keys(ngx_http_request_t *r,
 
         ctx->zones[ctx->nzones++] = zone;
     }
+
+    return NGX_OK;
+}
+
+
+/*
+ * A key too long for the local state (its node keeps the length in 16
+ * bits) is limited under its SHA-256: prefix, zone name, "#", 64 hex
+ * digits.  A zone name has no "#" and every other key has ":" there, so
+ * no key of any zone can name the same counter.  Shorter keys are used as
+ * they are.
+ */
+
+static ngx_int_t
+ngx_http_aai_ratelimit_long_key(ngx_http_request_t *r,
+    ngx_http_aai_ratelimit_zone_t *zone, ngx_str_t *key, ngx_str_t *out)
+{
+    u_char  *p;
+    u_char   md[SHA256_DIGEST_LENGTH];
+
+    p = ngx_pnalloc(r->pool, zone->prefix.len + 2 * SHA256_DIGEST_LENGTH);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    SHA256(key->data, key->len, md);
+
+    out->data = p;
+    p = ngx_cpymem(p, zone->prefix.data, zone->prefix.len - 1);
+    *p++ = '#';
+    p = ngx_hex_dump(p, md, SHA256_DIGEST_LENGTH);
+    out->len = p - out->data;
 
     return NGX_OK;
 }
@@ -2956,6 +3003,24 @@ ngx_http_aai_ratelimit_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         zone->delay = zone->burst;
     }
 
+    /*
+     * GCRA keeps its state in whole microseconds: above 10^6 requests per
+     * second the next allowed time would not move, and nothing would be
+     * limited.
+     */
+
+    if (zone->algorithm == NGX_HTTP_AAI_RL_GCRA
+        && zone->window < zone->limit)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "rate \"%V\" of zone \"%V\" in \"%V\" is more "
+                           "than 1000000 requests per second, the most "
+                           "\"algorithm=gcra\" can count (one microsecond "
+                           "per request)", &zone->rate, &value[1],
+                           &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
     zone->period = ngx_max(zone->window / zone->limit, 1);
     zone->window_ms = (ngx_msec_t) ((zone->window + 999) / 1000);
     zone->fast = (zone->algorithm == NGX_HTTP_AAI_RL_SLIDING
@@ -2969,6 +3034,15 @@ ngx_http_aai_ratelimit_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     if (zone->algorithm == NGX_HTTP_AAI_RL_SLIDING) {
         zone->local_burst += zone->limit - 1;
         zone->local_delay += zone->limit - 1;
+    }
+
+    if (zone->local_burst > NGX_HTTP_AAI_RL_MAX_AHEAD / zone->period) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "burst=%ui with rate \"%V\" of zone \"%V\" in "
+                           "\"%V\" lets a key run more than 100 years "
+                           "ahead: lower the burst or raise the rate",
+                           zone->burst, &zone->rate, &value[1], &cmd->name);
+        return NGX_CONF_ERROR;
     }
 
     rv = ngx_http_aai_ratelimit_zone_args(cf, zone);
@@ -3021,6 +3095,9 @@ ngx_http_aai_ratelimit_zone_param(ngx_conf_t *cf, ngx_command_t *cmd,
         if (ngx_http_aai_ratelimit_parse_rate(value, zone) != NGX_OK) {
             goto invalid;
         }
+
+        zone->rate.data = value->data + 5;
+        zone->rate.len = value->len - 5;
 
         return NGX_CONF_OK;
     }
