@@ -12,6 +12,11 @@
 #   make fuzz             fuzz the JWT parser for FUZZ_SECONDS seconds
 #   make conformance      the public HTTP cache test suite against aai_cache
 #                         and proxy_cache (CACHE_TESTS=/path/to/cache-tests)
+#   make deb              Debian packages of the three modules (in DEB_DIR,
+#                         default build-deb), built with dh_nginx
+#   make deb-test         installs them into this machine, nginx -t, removes
+#   make ops-test         the Prometheus rules and Grafana dashboard against
+#                         a real Prometheus scraping the modules, and deb-test
 
 SHELL      := /bin/bash
 NGINX_SRC  ?= /usr/share/nginx/src
@@ -64,7 +69,7 @@ endif
 SOURCES := config ngx_aai.map $(wildcard $(TOP)/*.c $(TOP)/*.h)
 
 .PHONY: all build deps test run asan bench fuzz conformance clean check-deps \
-        FORCE
+        FORCE deb deb-test ops-test
 
 all: build
 
@@ -129,5 +134,25 @@ fuzz:
 	scripts/install-deps --fuzz
 	$(MAKE) -C fuzz FUZZ_SECONDS=$(or $(FUZZ_SECONDS),60)
 
+DEB_DIR    ?= build-deb
+
+deb:
+	scripts/deb $(DEB_DIR)
+
+deb-test: deb
+	scripts/deb-test $(DEB_DIR)
+
+# deploy/monitoring: promtool checks and unit tests, then t/ops (a real
+# Prometheus scraping nginx during traffic), then the Debian packages
+MON        := deploy/monitoring
+
+ops-test: build
+	scripts/install-deps --ops
+	promtool check config $(MON)/prometheus.yml
+	promtool check rules $(MON)/alerts.yml
+	promtool test rules $(MON)/alerts.test.yml
+	$(MAKE) test TEST_FILES=t/ops
+	$(MAKE) deb-test
+
 clean:
-	rm -rf $(B) $(ASAN_BUILD) t/servroot* t/tmp
+	rm -rf $(B) $(ASAN_BUILD) $(DEB_DIR) t/servroot* t/tmp
