@@ -148,13 +148,16 @@ sub nginx_clients {
 {
     my $hung = hung_listener();
     my ($port, $stop, $prefix) = start_nginx_instance('rc010h',
-        "aai_redis_test_server 127.0.0.1:$hung timeout=100ms "
-        . "connect_timeout=1s;\n$Location");
+        "aai_redis_test_server 127.0.0.1:$hung timeout=300ms "
+        . "connect_timeout=2s;\n$Location");
 
+    # the handshake waits for the connect timeout (2 s), the command for its
+    # own (300 ms), whichever ends first: the command's, with 250 ms to spare
+    # for a loaded machine
     my ($st, $body, $took) = timed_get($port, '/redis?cmd=PING');
     is("$st $body", "502 error: timeout\n", 'hung: the command times out');
-    cmp_ok($took, '>=', 0.09, "hung: after the timeout ($took s)");
-    cmp_ok($took, '<', 0.6, "hung: not much later ($took s)");
+    cmp_ok($took, '>=', 0.29, "hung: after the timeout ($took s)");
+    cmp_ok($took, '<', 0.3 + 0.25, "hung: not much later ($took s)");
 
     my $t0 = time;
     my @r = map { [timed_get($port, '/redis?cmd=PING')] } 1 .. 10;
@@ -183,11 +186,11 @@ sub nginx_clients {
     my ($st, $body) = timed_get($port, '/redis?cmd=SET&a=k&a=v');
     is("$st $body", "200 +OK\n", 'restart: Redis up');
 
-    redis_cmd_port($rp, 'CLIENT', 'PAUSE', 400, 'ALL');
+    redis_cmd_port($rp, 'CLIENT', 'PAUSE', 800, 'ALL');
     my $took;
     ($st, $body, $took) = timed_get($port, '/redis?cmd=GET&a=k');
     is("$st $body", "502 error: timeout\n", 'pause: the command times out');
-    cmp_ok($took, '<', 0.6, "pause: within the timeout ($took s)");
+    cmp_ok($took, '<', 0.1 + 0.25, "pause: within the timeout ($took s)");
 
     ($st, $body, $took) = timed_get($port, '/redis?cmd=GET&a=k');
     is($st, 503, 'pause: then the circuit is open');
@@ -294,7 +297,7 @@ SKIP: {
     mkdir $dir;
     my $sock = "$dir/redis.sock";
     my $pid = fork();
-    skip 'fork failed', 3 unless defined $pid;
+    skip 'fork failed', 5 unless defined $pid;
     if ($pid == 0) {
         open STDOUT, '>', '/dev/null';
         open STDERR, '>', '/dev/null';
@@ -306,21 +309,31 @@ SKIP: {
     if (!wait_for(5, sub { -S $sock })) {
         kill 'KILL', $pid;
         waitpid $pid, 0;
-        skip 'redis-server on a unix socket did not start', 3;
+        skip 'redis-server on a unix socket did not start', 5;
     }
     chmod 0755, $dir;
 
-    my ($port, $stop) = start_nginx_instance('rc010x',
-        "aai_redis_test_server unix:$sock;\n$Location");
+    my ($port, $stop, $prefix) = start_nginx_instance('rc010x',
+        "aai_redis_test_server unix:$sock timeout=300ms;\n$Location");
     my ($st, $body) = timed_get($port, '/redis?cmd=SET&a=u&a=unixval');
     is("$st $body", "200 +OK\n", 'unix socket: SET');
     ($st, $body) = timed_get($port, '/redis?cmd=GET&a=u');
     is("$st $body", "200 unixval\n", 'unix socket: GET');
-    $stop->();
 
+    # Redis stopped: the requests fail at once, the log names the socket
     kill 'TERM', $pid;
     waitpid $pid, 0;
-    ok(1, 'unix socket: redis stopped');
+    my $t0 = time;
+    my @r = map { [timed_get($port, '/redis?cmd=GET&a=u')] } 1 .. 5;
+    my $all = time - $t0;
+    like(join(',', map { $_->[0] } @r), qr/^(?:502|503)(?:,503){4}$/,
+         'unix socket: redis stopped, the requests fail');
+    cmp_ok($all, '<', 0.3 + 0.25,
+           "unix socket: at most one waits for the timeout ($all s)");
+    ok(wait_for(2, sub { log_lines($prefix,
+                                   qr/\[error\].*aai redis unix:\Q$sock\E: /) }),
+       'unix socket: the failure is logged with the socket path');
+    $stop->();
     system('rm', '-rf', $dir);
 }
 
