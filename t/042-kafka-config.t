@@ -13,6 +13,9 @@ $ENV{TEST_NGINX_KAFKA_BROKERS} ||= '127.0.0.1:9092';
 $ENV{AAI_KAFKA_TEST_BAD_LINGER} = 'secret-abc';
 delete $ENV{AAI_KAFKA_TEST_UNSET};
 
+# the topic of this run (TEST 23 sends an event to it)
+$ENV{TEST_NGINX_K042} = "k042x$$" . int(rand(1e6));
+
 # "nginx -t" on a configuration of ours; returns (exit code, output)
 sub nginx_t {
     my ($http) = @_;
@@ -347,14 +350,33 @@ invalid broker list "127.0.0.1:9092,,127.0.0.1:9093" in "aai_kafka_brokers"
     aai_kafka_flush_timeout 500ms;
     aai_kafka_format f a=$uri:string b=$status:number c=$arg_c:bool;
 --- config
-    aai_kafka_event events format=f key=$arg_k if=$arg_send;
+    aai_kafka_event $TEST_NGINX_K042 format=f key=$arg_k if=$arg_send;
     location = /t {
         return 200 "ok\n";
     }
+    location = /metrics {
+        aai_metrics;
+    }
+--- init
+# runs in the runner's package: qualify names.  if= off, then on
+my $port = $ENV{TEST_NGINX_SERVER_PORT};
+for my $q ('/t?k=no&c=1', '/t?send=0&k=zero&c=1', '/t?send=1&k=yes&c=1') {
+    my ($st) = AaiTest::http_get($port, $q);
+    Test::More::is($st, 200, "request $q");
+}
+AaiTest::metrics_wait($port, '/metrics', sub {
+    ($_[0]{'aai_kafka_events_total{outcome="delivered"}'} // 0) >= 1
+});
 --- request
-GET /t
---- response_body
-ok
+GET /metrics
+--- response_body_like
+aai_kafka_events_total\{outcome="produced"\} 1
+--- aai_after
+my @e = kafka_events($ENV{TEST_NGINX_K042}, 1);
+is(scalar @e, 1, 'if=: one event, of the request that set it');
+is($e[0]{key}, 'yes', 'if=: the event of /t?send=1');
+is(join(' ', map { $e[0]{event}{$_} // 'undef' } qw(a b)), '/t 200',
+   'if=: the fields of the format');
 --- no_error_log
 [emerg]
 [alert]
