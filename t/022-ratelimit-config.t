@@ -57,7 +57,8 @@ is(scalar(grep { /\[notice\] .*limiting requests by aai_ratelimit zone "b"/ }
           file_lines($log)), 1, 'the rejection is logged at notice');
 is(scalar @{ redis_cmd('KEYS', 'cfg:c:*') }, 1, 'zone c counted too');
 is(redis_cmd('LLEN', 'cfg:b:full'), 15, 'the rejection recorded nothing');
-is(scalar @{ redis_cmd('KEYS', 'aai:rl:*') }, 0, 'nothing under the default');
+is(scalar(map { @{ redis_cmd('KEYS', "aai:rl:$_:*") } } qw(a b c)), 0,
+   'nothing under the default prefix');
 --- no_error_log
 [error]
 [emerg]

@@ -98,6 +98,7 @@ our $RedisErrorsDie = 1;
 our $RedisTimeout   = 3;
 our $HttpTimeout    = 5;
 our $HooksInstalled = 0;
+our $NoLogRecheck  = 0;      # 1: no whole-log check after each block
 
 my %RedisConn;       # port => socket
 my %RedisProcs;      # port => { pid, dir }
@@ -674,6 +675,29 @@ sub _run_hook {
     }
 }
 
+# Once the block is over (nginx stopped, so every late asynchronous line
+# is written: a failed store, a failed delivery, an exit), its whole error
+# log is read once more: its no_error_log patterns (a plain list) must match
+# no line of it, and no worker may have crashed.
+sub _recheck_log {
+    my $block = shift;
+    return if $block->can('must_die') && defined $block->must_die;
+    my $log = _servroot() . '/logs/error.log';
+    my @lines = file_lines($log) or return;
+    my $name = $block->name;
+    my @crash = grep { /exited on signal|AddressSanitizer/ } @lines;
+    Test::More::is(scalar @crash, 0, "$name - no crash in the whole log")
+        or Test::More::diag(@crash[0 .. ($#crash > 4 ? 4 : $#crash)]);
+    my $no = $block->can('no_error_log') ? $block->no_error_log : undef;
+    return unless defined $no && !ref $no;
+    for my $pat (grep { /\S/ } split /\n/, $no) {
+        my @hit = grep { index($_, $pat) >= 0 } @lines;
+        Test::More::is(scalar @hit, 0,
+                       "$name - \"$pat\" in no line of the whole log")
+            or Test::More::diag(@hit[0 .. ($#hit > 4 ? 4 : $#hit)]);
+    }
+}
+
 sub import {
     my $pkg = shift;
     if (Test::Nginx::Socket->can('add_test_cleanup_handler')
@@ -684,6 +708,7 @@ sub import {
         });
         Test::Nginx::Socket::add_test_cleanup_handler(sub {
             _run_hook($_[0], 'aai_after');
+            _recheck_log($_[0]) unless $AaiTest::NoLogRecheck;
         });
     }
     our @ISA = ('Exporter') unless @ISA;
