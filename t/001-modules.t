@@ -137,7 +137,8 @@ SKIP: {
     my $user = "nchan-$$-" . time;
 
     write_conf($dir, conf_with($dir, [$nchan, $rl], <<"_EOC_"));
-    aai_ratelimit_redis 127.0.0.1:$ENV{TEST_NGINX_REDIS_PORT};
+    aai_ratelimit_redis 127.0.0.1:$ENV{TEST_NGINX_REDIS_PORT}
+                        connect_timeout=2s timeout=2s;
     aai_ratelimit_zone nchan_order key=\$http_x_user rate=2r/m;
     server {
         listen 127.0.0.1:$port;

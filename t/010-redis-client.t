@@ -7,7 +7,7 @@
 
 use Test::Nginx::Socket 'no_plan';
 use lib 't/lib';
-use AaiTest;
+use AaiTest qw( :DEFAULT wait_until );
 use Time::HiRes qw( time sleep );
 use IO::Socket::INET ();
 use IO::Select ();
@@ -39,15 +39,6 @@ sub log_lines {
     return grep { /$re/ } file_lines("$prefix/logs/error.log");
 }
 
-sub wait_for {
-    my ($secs, $cond) = @_;
-    my $deadline = time + $secs;
-    while (time < $deadline) {
-        return 1 if $cond->();
-        sleep 0.02;
-    }
-    return $cond->();
-}
 
 # $n requests at once, each on its own connection; returns the statuses
 sub concurrent_get {
@@ -88,12 +79,17 @@ sub nginx_clients {
 
 # --- concurrent requests share one pipelined connection per worker ---------
 
+# where the timeouts are not what a test is about: a loaded machine may take
+# longer than the defaults (200 ms to connect, 100 ms a command)
+our $Slack = 'connect_timeout=2s timeout=2s';
+
 {
     my $rp = start_redis();
     my ($port, $stop, $prefix) = start_nginx_instance('rc010a',
-        "aai_redis_test_server 127.0.0.1:$rp;\n$Location", workers => 2);
+        "aai_redis_test_server 127.0.0.1:$rp $Slack;\n$Location",
+        workers => 2);
 
-    ok(wait_for(3, sub { nginx_clients($rp) == 2 }),
+    ok(wait_until(3, sub { nginx_clients($rp) == 2 }),
        'concurrency: each worker connected at start');
     my $conns0 = (redis_cmd_port($rp, 'INFO', 'stats')
                   =~ /total_connections_received:(\d+)/)[0];
@@ -120,7 +116,7 @@ sub nginx_clients {
     my ($port, $stop, $prefix) = start_nginx_instance('rc010r',
         "aai_redis_test_server 127.0.0.1:$dead backoff=200ms;\n$Location");
 
-    ok(wait_for(2, sub { log_lines($prefix, qr/Connection refused/) }),
+    ok(wait_until(2, sub { log_lines($prefix, qr/Connection refused/) }),
        'refused: the connect failure is logged');
 
     my $t0 = time;
@@ -196,7 +192,7 @@ sub nginx_clients {
     is($st, 503, 'pause: then the circuit is open');
     cmp_ok($took, '<', 0.1, "pause: answered at once ($took s)");
 
-    ok(wait_for(3, sub { (timed_get($port, '/redis?cmd=GET&a=k'))[0] == 200 }),
+    ok(wait_until(3, sub { (timed_get($port, '/redis?cmd=GET&a=k'))[0] == 200 }),
        'pause: recovers by itself');
 
     stop_redis($rp);
@@ -210,7 +206,7 @@ sub nginx_clients {
 
     start_redis(port => $rp);
     $t0 = time;
-    ok(wait_for(3, sub {
+    ok(wait_until(3, sub {
            (timed_get($port, '/redis?cmd=PING'))[1] eq "+PONG\n" }),
        'restarted: recovers by itself');
     my $rec = time - $t0;
@@ -232,7 +228,7 @@ sub nginx_clients {
     my ($port, $stop, $prefix) = start_nginx_instance('rc010i',
         "aai_redis_test_server 127.0.0.1:$rp;\n$Location");
 
-    ok(wait_for(5, sub { log_lines($prefix, qr/closed an idle connection/) }),
+    ok(wait_until(5, sub { log_lines($prefix, qr/closed an idle connection/) }),
        'idle: Redis closed the idle connection');
 
     my ($st, $body) = timed_get($port, '/redis?cmd=PING');
@@ -256,7 +252,8 @@ sub nginx_clients {
     redis_cmd_port($rp, 'CONFIG', 'SET', 'requirepass', 'secret');
 
     my ($port, $stop) = start_nginx_instance('rc010p',
-        "aai_redis_test_server 127.0.0.1:$rp password=secret;\n$Location");
+        "aai_redis_test_server 127.0.0.1:$rp password=secret $Slack;\n"
+        . $Location);
     my ($st, $body) = timed_get($port, '/redis?cmd=ACL&a=WHOAMI');
     is("$st $body", "200 default\n", 'auth: password');
     $stop->();
@@ -264,7 +261,7 @@ sub nginx_clients {
     $ENV{AAI_T010_PW} = 'alicepw';
     ($port, $stop) = start_nginx_instance('rc010u',
         "aai_redis_test_server 127.0.0.1:$rp user=alice "
-        . "password=env:AAI_T010_PW;\n$Location");
+        . "password=env:AAI_T010_PW $Slack;\n$Location");
     ($st, $body) = timed_get($port, '/redis?cmd=ACL&a=WHOAMI');
     is("$st $body", "200 alice\n", 'auth: ACL user, password from env');
     $stop->();
@@ -273,7 +270,7 @@ sub nginx_clients {
     ($port, $stop, $prefix) = start_nginx_instance('rc010w',
         "aai_redis_test_server 127.0.0.1:$rp password=wrong "
         . "backoff=100ms;\n$Location");
-    ok(wait_for(2, sub { log_lines($prefix, qr/WRONGPASS/) }),
+    ok(wait_until(2, sub { log_lines($prefix, qr/WRONGPASS/) }),
        'wrong password: logged');
     ($st, $body) = timed_get($port, '/redis?cmd=PING');
     is("$st $body", "503 unavailable\n", 'wrong password: circuit open');
@@ -306,7 +303,7 @@ SKIP: {
                '--unixsocketperm', '777', '--save', '', '--dir', $dir; }
         POSIX::_exit(127);
     }
-    if (!wait_for(5, sub { -S $sock })) {
+    if (!wait_until(5, sub { -S $sock })) {
         kill 'KILL', $pid;
         waitpid $pid, 0;
         skip 'redis-server on a unix socket did not start', 5;
@@ -330,7 +327,7 @@ SKIP: {
          'unix socket: redis stopped, the requests fail');
     cmp_ok($all, '<', 0.3 + 0.25,
            "unix socket: at most one waits for the timeout ($all s)");
-    ok(wait_for(2, sub { log_lines($prefix,
+    ok(wait_until(2, sub { log_lines($prefix,
                                    qr/\[error\].*aai redis unix:\Q$sock\E: /) }),
        'unix socket: the failure is logged with the socket path');
     $stop->();

@@ -3,7 +3,7 @@
 
 use Test::Nginx::Socket 'no_plan';
 use lib 't/lib';
-use AaiTest;
+use AaiTest qw( :DEFAULT :util );   # nginx_t: "nginx -t" on a text
 
 use File::Path qw( make_path remove_tree );
 
@@ -16,35 +16,6 @@ delete $ENV{AAI_KAFKA_TEST_UNSET};
 # the topic of this run (TEST 23 sends an event to it)
 $ENV{TEST_NGINX_K042} = "k042x$$" . int(rand(1e6));
 
-# "nginx -t" on a configuration of ours; returns (exit code, output)
-sub nginx_t {
-    my ($http) = @_;
-    my $prefix = ($ENV{TEST_NGINX_SERVROOT} || 't/servroot') . '-kafka-t';
-    $prefix = File::Spec->rel2abs($prefix);
-    remove_tree($prefix);
-    make_path("$prefix/conf", "$prefix/logs");
-    my $mods = join '', map { "load_module $_;\n" }
-               grep { $_ } split /\s+/, ($ENV{TEST_NGINX_LOAD_MODULES} || '');
-    open my $out, '>', "$prefix/conf/nginx.conf" or die "$!";
-    print $out "${mods}error_log $prefix/logs/error.log;\n"
-               . "pid $prefix/logs/nginx.pid;\n"
-               . "events { worker_connections 64; }\n"
-               . "http {\n$http\n}\n";
-    close $out;
-    my $bin = $ENV{TEST_NGINX_BINARY} || 'nginx';
-    # under "make asan" the modules need the runtime preloaded
-    local $ENV{LD_PRELOAD} = $ENV{AAI_ASAN} if $ENV{AAI_ASAN};
-    local $ENV{ASAN_OPTIONS} = 'detect_leaks=0:log_path=' . $prefix
-                               . '-asan' if $ENV{AAI_ASAN};
-    my $res = `$bin -t -p $prefix/ -c $prefix/conf/nginx.conf -e $prefix/logs/error.log 2>&1`;
-    my $code = $? >> 8;
-    remove_tree($prefix);
-    for my $f (glob("$prefix-asan*")) {
-        fail("nginx -t: AddressSanitizer report $f");
-        diag(join '', file_lines($f));
-    }
-    return ($code, $res);
-}
 
 # "nginx -t" also checks the properties as a whole, as librdkafka does
 # when it creates the producer (the master never creates one)

@@ -9,7 +9,7 @@
 
 use Test::Nginx::Socket 'no_plan';
 use lib 't/lib';
-use AaiTest;
+use AaiTest qw( :DEFAULT no_log_problems );
 use Compress::Zlib ();
 use Digest::SHA qw( sha256 sha256_hex );
 use Time::HiRes qw( sleep time );
@@ -117,12 +117,6 @@ sub front {
 _EOC_
 }
 
-sub no_alert {
-    my ($prefix, $what) = @_;
-    my @bad = grep { /\[(?:alert|crit|emerg)\]|exited on signal/ }
-              file_lines("$prefix/logs/error.log");
-    is(scalar @bad, 0, "$what: no alert, no crash") or diag(@bad);
-}
 
 {
     my $dead = free_port();
@@ -137,7 +131,7 @@ sub no_alert {
     cmp_ok($all, '<', 1, "refused: 10 requests in $all s");
     like($r[-1][2], qr/detail=redis-unavailable/,
          'refused: Cache-Status says why');
-    no_alert($prefix, 'refused');
+    no_log_problems("$prefix/logs/error.log", 'refused: no alert, no crash');
     $stop->();
 }
 
@@ -154,7 +148,7 @@ sub no_alert {
     my $all = time - $t0;
     is(scalar(grep { $_->[0] == 200 } @r), 10, 'hung: all answered');
     cmp_ok($all, '<', 1.5, "hung: the circuit breaker answers fast ($all s)");
-    no_alert($prefix, 'hung');
+    no_log_problems("$prefix/logs/error.log", 'hung: no alert, no crash');
     $stop->();
 }
 
@@ -183,7 +177,7 @@ sub no_alert {
     sleep 0.6;    # the lookup times out: its handler must not run
     my @r = timed_get($port, '/after');
     is("$r[0] $r[3]", "200 app /after\n", 'client gone: nginx still serves');
-    no_alert($prefix, 'client gone');
+    no_log_problems("$prefix/logs/error.log", 'client gone: no alert, no crash');
     $stop->();
 }
 
@@ -211,7 +205,7 @@ sub no_alert {
     like($up[2], qr/^aai; fwd=miss; fwd-status=200; stored$/,
          'restart: stores again once redis is back');
     is((timed_get($port, '/s'))[1], 'HIT', 'restart: and hits');
-    no_alert($prefix, 'restart');
+    no_log_problems("$prefix/logs/error.log", 'restart: no alert, no crash');
     $stop->();
 }
 
@@ -291,7 +285,7 @@ sub no_alert {
        'lock waiter (not stored): goes upstream');
     cmp_ok($took, '<', 0.45, "lock waiter (not stored): at once ($took s)");
 
-    no_alert($prefix, 'lock waiters');
+    no_log_problems("$prefix/logs/error.log", 'lock waiters: no alert, no crash');
     $stop->();
 }
 

@@ -1007,9 +1007,17 @@ sub nginx_t {
     close $out;
     my $cmd = join ' ', map { "'$_'" } $bin, '-t', '-q', '-p', "$prefix/",
               '-c', "$prefix/conf/nginx.conf", '-e', "$prefix/logs/error.log";
+    # under "make asan" the modules need the runtime preloaded
+    local $ENV{LD_PRELOAD} = $ENV{AAI_ASAN} if $ENV{AAI_ASAN};
+    local $ENV{ASAN_OPTIONS} = "detect_leaks=0:log_path=$prefix-asan"
+        if $ENV{AAI_ASAN};
     my $output = `$cmd 2>&1`;
     my $rc = $? >> 8;
     remove_tree($prefix);
+    for my $f (glob("$prefix-asan*")) {
+        Test::More::fail("nginx -t: AddressSanitizer report $f");
+        Test::More::diag(join '', file_lines($f));
+    }
     return ($rc, $output);
 }
 
