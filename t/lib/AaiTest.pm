@@ -698,6 +698,26 @@ sub _recheck_log {
     }
 }
 
+# Between the requests of a block (our runner only): a response the cache
+# said it stores is in Redis before the next request is sent, so that a
+# block expecting a hit next does not depend on the runner's pause.  Only
+# for the default key and prefix; bounded (3 s); gives up silently.
+sub _wait_stored {
+    my ($block, $req, $res) = @_;
+    return unless $res && ($res->header('Cache-Status') // '') =~ /\bstored\b/;
+    my $conf = ($block->http_config // '') . ($block->config // '');
+    return if $conf =~ /aai_cache_key|aai_cache_redis\s+\S+\s[^;]*\bdb=/;
+    my ($method, $uri) = $req =~ /^\s*(\S+)\s+(\S+)/ or return;
+    require Digest::SHA;
+    my $key = 'aai:c:' . Digest::SHA::sha256_hex("http${method}localhost$uri");
+    eval {
+        wait_until(3, sub {
+            redis_cmd('EXISTS', $key)
+            || @{ redis_cmd('KEYS', "$key:*") } > 1
+        });
+    };
+}
+
 sub import {
     my $pkg = shift;
     if (Test::Nginx::Socket->can('add_test_cleanup_handler')
@@ -710,6 +730,8 @@ sub import {
             _run_hook($_[0], 'aai_after');
             _recheck_log($_[0]) unless $AaiTest::NoLogRecheck;
         });
+        no warnings 'once';
+        push @Test::Nginx::Socket::AfterRequestHandlers, \&_wait_stored;
     }
     our @ISA = ('Exporter') unless @ISA;
     $pkg->export_to_level(1, $pkg, @_);
