@@ -103,6 +103,18 @@ our $Slack = 'connect_timeout=2s timeout=2s';
                   =~ /total_connections_received:(\d+)/)[0];
     is($conns1 - $conns0, 0, 'concurrency: no new connection to Redis');
     is(scalar(nginx_clients($rp)), 2, 'concurrency: one connection per worker');
+    $stop->();
+
+    # connections=3: three per worker, kept under load
+    ($port, $stop) = start_nginx_instance('rc010n',
+        "aai_redis_test_server 127.0.0.1:$rp connections=3 $Slack;\n"
+        . $Location, workers => 2);
+    ok(wait_until(3, sub { nginx_clients($rp) == 6 }),
+       'connections=3: three connections per worker');
+    @st = concurrent_get($port, '/redis?cmd=INCR&a=n', 60);
+    is(scalar(grep { $_ == 200 } @st), 60, 'connections=3: 60 requests OK');
+    is(redis_cmd_port($rp, 'GET', 'n'), 60, 'connections=3: 60 INCR');
+    is(scalar(nginx_clients($rp)), 6, 'connections=3: still six');
 
     $stop->();
     stop_redis($rp);

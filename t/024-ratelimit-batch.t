@@ -202,6 +202,20 @@ _EOC_
 
     no_log_problems("$mprefix/logs/error.log", 'batch counts: no alert');
     $mstop->();
+
+    # a location names at most 255 zones
+    my ($rc, $out) = nginx_t(<<_EOC_);
+    aai_ratelimit_redis 127.0.0.1:\$TEST_NGINX_REDIS_PORT;
+$zones    aai_ratelimit_zone m256 key=\$arg_u rate=1000r/m;
+    server {
+        listen 127.0.0.1:\$TEST_NGINX_INSTANCE_PORT;
+        location /over { @{[ $use->(1 .. 255) ]} aai_ratelimit m256;
+                         empty_gif; }
+    }
+_EOC_
+    isnt($rc, 0, '256 zones in a location: nginx -t fails');
+    like($out, qr/too many zones in "aai_ratelimit", at most 255/,
+         '256 zones: the message names the directive and the limit');
 }
 
 # clients that go away while their batch waits in Redis (writes paused)
