@@ -9,7 +9,7 @@
 
 use Test::Nginx::Socket 'no_plan';
 use lib 't/lib';
-use AaiTest qw( :DEFAULT no_log_problems );
+use AaiTest qw( :DEFAULT no_log_problems wait_redis_key );
 use Compress::Zlib ();
 use Digest::SHA qw( sha256 sha256_hex );
 use Time::HiRes qw( sleep time );
@@ -113,6 +113,9 @@ sub front {
             add_header X-Status \$aai_cache_status;
             proxy_pass http://127.0.0.1:$app_port;
         }
+        location ~ ^/purge(/.*)\$ {
+            aai_cache_purge \$scheme\$request_method\$host\$1;
+        }
     }
 _EOC_
 }
@@ -131,6 +134,8 @@ _EOC_
     cmp_ok($all, '<', 1, "refused: 10 requests in $all s");
     like($r[-1][2], qr/detail=redis-unavailable/,
          'refused: Cache-Status says why');
+    my ($pst) = timed_get($port, '/purge/r1');
+    is($pst, 503, 'refused: purge answers 503');
     no_log_problems("$prefix/logs/error.log", 'refused: no alert, no crash');
     $stop->();
 }
@@ -185,8 +190,11 @@ _EOC_
     my $rport = start_redis();
     my ($port, $stop, $prefix) = front('c052s',
         "127.0.0.1:$rport timeout=200ms backoff=200ms");
+    my $skey = key_of('httpGETlocalhost/s');
     my @s;
-    push @s, (timed_get($port, '/s'))[1] for 1 .. 2;
+    push @s, (timed_get($port, '/s'))[1];
+    wait_redis_key($skey, 5, $rport);
+    push @s, (timed_get($port, '/s'))[1];
     is("@s", 'MISS HIT', 'restart: stored while redis is up');
 
     stop_redis($rport);
@@ -199,11 +207,12 @@ _EOC_
     my @up;
     while (time < $deadline) {
         @up = timed_get($port, '/s');
-        last if $up[2] =~ /stored/;
+        last if $up[2] =~ /; stored$/;    # not one looked up while down
         sleep 0.1;
     }
     like($up[2], qr/^aai; fwd=miss; fwd-status=200; stored$/,
          'restart: stores again once redis is back');
+    wait_redis_key($skey, 5, $rport);
     is((timed_get($port, '/s'))[1], 'HIT', 'restart: and hits');
     no_log_problems("$prefix/logs/error.log", 'restart: no alert, no crash');
     $stop->();
