@@ -138,7 +138,9 @@ our $Slack = 'connect_timeout=2s timeout=2s';
        join(',', ("503 unavailable\n") x 10), 'refused: circuit open');
     cmp_ok($all, '<', 0.5, "refused: 10 requests answered at once ($all s)");
 
-    sleep 0.7;      # several probes fail meanwhile
+    # several probes fail meanwhile (logged at info)
+    wait_until(3, sub { log_lines($prefix, qr/\[info\].*aai redis.*refused/)
+                        >= 2 });
     my @err = log_lines($prefix, qr/\[error\].*aai redis/);
     is(scalar @err, 1, 'refused: one error line') or diag(@err);
     like($err[0] // '', qr/aai\ redis\ 127\.0\.0\.1:$dead:\ connect\(\)\ failed
@@ -286,7 +288,8 @@ our $Slack = 'connect_timeout=2s timeout=2s';
        'wrong password: logged');
     ($st, $body) = timed_get($port, '/redis?cmd=PING');
     is("$st $body", "503 unavailable\n", 'wrong password: circuit open');
-    sleep 0.5;
+    # and fails again after its backoff: once more in the log
+    wait_until(3, sub { log_lines($prefix, qr/WRONGPASS/) >= 2 });
     my @err = log_lines($prefix, qr/\[error\].*aai redis/);
     is(scalar @err, 1, 'wrong password: one error line') or diag(@err);
     like($err[0] // '', qr/aai redis 127\.0\.0\.1:$rp: AUTH failed: WRONGPASS/,
