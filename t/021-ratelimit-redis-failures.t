@@ -47,7 +47,7 @@ _EOC_
 
     my ($st, $rl, $took) = get_status($port, '/t?u=a');
     is("$st $rl", '200 ERROR', 'hung redis: fallback allow decides');
-    cmp_ok($took, '>=', 0.29, "hung redis: after the timeout ($took s)");
+    # (the handshake began when the worker started: sooner is possible)
     cmp_ok($took, '<', 0.3 + 0.25, "hung redis: answered within the timeout "
            . "($took s)");
 
@@ -296,12 +296,12 @@ GET /t?u=a
         empty_gif;
     }
 --- init
-# the first request waits for the timeout; then the circuit is open
+# the first request waits at most for the timeout (the handshake began
+# when the worker started, so it may end sooner); then the circuit is open
 my ($st, $h, undef, $took) =
     AaiTest::timed_get($ENV{TEST_NGINX_SERVER_PORT}, '/t?u=a');
 Test::More::is(($st // 0) . ' ' . ($h->{'x-rl'} // ''), '429 ERROR',
                'hung: fallback deny decides');
-Test::More::cmp_ok($took, '>=', 0.19, "hung: after the timeout ($took s)");
 Test::More::cmp_ok($took, '<', 0.2 + 0.25, "hung: within it ($took s)");
 --- request
 GET /t?u=a
