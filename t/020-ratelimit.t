@@ -19,7 +19,8 @@ add_block_preprocessor(sub {
 
     if ($http !~ /aai_ratelimit_redis/) {
         $block->set_value('http_config',
-            "    aai_ratelimit_redis 127.0.0.1:\$TEST_NGINX_REDIS_PORT;\n"
+            "    aai_ratelimit_redis 127.0.0.1:\$TEST_NGINX_REDIS_PORT"
+            . " connect_timeout=2s timeout=2s;\n"
             . $http);
     }
 });
