@@ -59,7 +59,7 @@ chaos_start() {
     BROKERS=$(head -1 "$RUN/bootstrap")
     KCTL=$(head -1 "$RUN/control")
 
-    python3 "$HERE/slow-app.py" "$SLOW_PORT" 2> "$RUN/slow-app.log" &
+    "$PYTHON" "$HERE/slow-app.py" "$SLOW_PORT" 2> "$RUN/slow-app.log" &
     track slow $!
 
     local pad
@@ -108,6 +108,7 @@ stop_pid() {  # kind pid
 
 chaos_stop() {
     [ -n "${WRK_PID:-}" ] && pid_alive "$WRK_PID" && kill "$WRK_PID" 2>/dev/null
+    [ -n "${PROBE_PID:-}" ] && pid_alive "$PROBE_PID" && kill "$PROBE_PID" 2>/dev/null
     [ -f "$RUN/pids" ] || return 0
     # nginx first (its workers flush to Kafka and close Redis), then the rest
     local kind pid
@@ -137,7 +138,16 @@ rss_kb() {  # summed VmRSS of the given pids
 
 workers_rss_kb() { rss_kb $(worker_pids); }
 
-redis_clients() { rcli info clients | awk -F: '/^connected_clients/ {print $2+0}'; }
+redis_clients1() { rcli info clients | awk -F: '/^connected_clients/ {print $2+0}'; }
+
+# Redis clients, the largest (min) of 5 samples over 0.5 s: a connection
+# that reconnects after a timeout is missing for a moment, a leaked one
+# stays
+redis_clients() {
+    local i
+    for i in 1 2 3 4 5; do redis_clients1; sleep 0.1; done \
+        | sort -n | { [ "${1:-max}" = max ] && tail -1 || head -1; }
+}
 
 redis_mem() { rcli info memory | awk -F: '/^used_memory:/ {print $2+0}'; }
 
@@ -165,9 +175,51 @@ wrk_start() {
             -s "$HERE/load.lua" "http://127.0.0.1:$PORT" \
             > "$RUN/wrk${2:-}.out" 2>&1 &
     WRK_PID=$!
+    rm -f "$RUN/probe.lines"
+    "$PYTHON" "$HERE/probe.py" "$PORT" "$1" "$RUN/probe.lines" \
+        "$CHAOS_PROBE_CONNS" "$CHAOS_DELAY_MS" > "$RUN/probe.out" 2>&1 &
+    PROBE_PID=$!
+    # the probe is running when its file appears
+    local i
+    for i in $(seq 200); do
+        [ -e "$RUN/probe.lines" ] && break
+        sleep 0.05
+    done
+}
+
+probe_wait() {
+    wait "$PROBE_PID" || true
+    PROBE_PID=
+    pf() { sed -n "s/.*chaos-probe.* $1=\([^ ]*\).*/\1/p" "$RUN/probe.out"; }
+    P_REQ=$(sed -n 's/.*chaos-probe requests=\([0-9]*\).*/\1/p' "$RUN/probe.out")
+    P_FAIL=$(pf failed) P_NON2XX=$(pf non2xx) P_RETRIED=$(pf retried)
+    P_MAX=$(pf max_ms) P_P99=$(pf p99_ms) P_REASONS=$(pf reasons)
+    P_SLOW=$(pf over1s)
+    if [ -z "$P_REQ" ]; then
+        echo "chaos: the probe printed no summary:" >&2
+        cat "$RUN/probe.out" >&2
+        P_REQ=0 P_FAIL=unknown P_NON2XX=unknown
+        return 1
+    fi
+}
+
+probe_summary() {
+    echo "probe: $P_REQ requests, failed $P_FAIL, non-2xx $P_NON2XX," \
+         "retried after an idle keepalive close $P_RETRIED, max $P_MAX ms" \
+         "p99 $P_P99 ms, over 1 s $P_SLOW"
+}
+
+# the slowest probe request (ms) that ended (or "start": started) in
+# [from, to] ms
+probe_max_ms() {
+    awk -v f="$1" -v t="$2" -v s="${3:-}" '{ m = $1 }
+        s != "" { m -= $2 }
+        m >= f && m <= t && $2 > x { x = $2 } END { printf "%d", x }' \
+        "$RUN/probe.lines"
 }
 
 wrk_wait() {
+    probe_wait || true
     wait "$WRK_PID" || true
     WRK_PID=
     wrk_field() { sed -n "s/.*chaos-wrk.* $1=\([0-9]*\).*/\1/p" "$RUN/wrk${2:-}.out"; }
@@ -233,17 +285,21 @@ log_statuses() {
     awk '{c[$4]++} END {for (s in c) printf "%s=%d ", s, c[s]}' "$RUN/access.log"
 }
 
-log_non2xx() { awk '$4 !~ /^2/' "$RUN/access.log" | wc -l; }
+# non-2xx but 499: wrk closes its connections when its time is up
+log_non2xx() { awk '$4 !~ /^2/ && $4 != 499' "$RUN/access.log" | wc -l; }
 
-# the largest $request_time (ms) of the requests that ended in [from, to] ms
+# the largest $request_time (ms) of the requests that ended (or with
+# "start": started) in [from, to] ms
 log_max_ms() {
-    awk -v f="$1" -v t="$2" '{ m = $1 * 1000 }
+    awk -v f="$1" -v t="$2" -v s="${3:-}" '{ m = $1 * 1000 }
+        s != "" { m -= $5 * 1000 }
         m >= f && m <= t { if ($5 > x) x = $5 } END { printf "%d", x * 1000 }' \
         "$RUN/access.log"
 }
 
-log_count_over() {  # from to ms: requests in the window that took > ms
-    awk -v f="$1" -v t="$2" -v ms="$3" '{ m = $1 * 1000 }
+log_count_over() {  # from to ms [start]: requests in the window over ms
+    awk -v f="$1" -v t="$2" -v ms="$3" -v s="${4:-}" '{ m = $1 * 1000 }
+        s != "" { m -= $5 * 1000 }
         m >= f && m <= t && $5 * 1000 > ms { n++ } END { print n+0 }' \
         "$RUN/access.log"
 }
