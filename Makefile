@@ -9,6 +9,9 @@
 #                         (in ASAN_BUILD, default build-asan; with NGINX_SRC
 #                         that nginx is instrumented too)
 #   make bench            benchmarks (bench/README.md)
+#   make chaos            failures under load: reloads, binary upgrade,
+#                         Redis, a worker and Kafka killed (bench/chaos/run)
+#   make soak             steady load for CHAOS_SOAK_MINUTES (default 30)
 #   make fuzz             fuzz the JWT parser for FUZZ_SECONDS seconds
 
 SHELL      := /bin/bash
@@ -61,7 +64,8 @@ endif
 
 SOURCES := config ngx_aai.map $(wildcard $(TOP)/*.c $(TOP)/*.h)
 
-.PHONY: all build deps test run asan bench fuzz clean check-deps FORCE
+.PHONY: all build deps test run asan bench chaos soak fuzz clean check-deps \
+        FORCE
 
 all: build
 
@@ -118,6 +122,14 @@ asan:
 bench: build
 	scripts/install-deps --bench
 	AAI_BUILD=$(B) NGINX_BIN=$(NGINX_BIN) bench/run
+
+chaos: build
+	scripts/install-deps --bench
+	AAI_BUILD=$(B) NGINX_BIN=$(NGINX_BIN) bench/chaos/run
+
+soak: build
+	scripts/install-deps --bench
+	AAI_BUILD=$(B) NGINX_BIN=$(NGINX_BIN) bench/chaos/run soak
 
 fuzz:
 	scripts/install-deps --fuzz
