@@ -87,14 +87,6 @@ chaos_start() {
     done
 }
 
-# when a process started, in ms since the epoch (10 ms resolution)
-proc_start_ms() {
-    local bt st
-    bt=$(awk '/^btime/ {print $2}' /proc/stat)
-    st=$(sed 's/.*) //' "/proc/$1/stat" | awk '{print $20}')
-    echo $(( bt * 1000 + st * 1000 / $(getconf CLK_TCK) ))
-}
-
 pid_alive() { kill -0 "$1" 2>/dev/null; }
 
 stop_pid() {  # kind pid
