@@ -75,6 +75,15 @@ chaos_start() {
         -e "s|@TIMEOUT@|${CHAOS_REDIS_TIMEOUT_MS}ms|g" \
         -e "s|@CACHE_VALID@|$CHAOS_CACHE_VALID|g" \
         "$HERE/front.conf" > "$RUN/nginx.conf"
+    # CHAOS_KAFKA_PROPS="name value, name value": extra producer properties
+    if [ -n "${CHAOS_KAFKA_PROPS:-}" ]; then
+        local props
+        props=$(tr ',' '\n' <<< "$CHAOS_KAFKA_PROPS" | sed -n \
+            's/^ *\([^ ]*\) *\([^ ]*\) *$/    aai_kafka_property \1 \2;/p')
+        awk -v p="$props" '{print} /aai_kafka_brokers/ {print p}' \
+            "$RUN/nginx.conf" > "$RUN/nginx.conf.tmp"
+        mv "$RUN/nginx.conf.tmp" "$RUN/nginx.conf"
+    fi
     "$NGINX" -p "$RUN" -c "$RUN/nginx.conf"
     track nginx "$(cat "$RUN/nginx.pid")"
 
