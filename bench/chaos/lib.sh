@@ -277,7 +277,8 @@ kafka_account() {
         K_DUP=? K_EXTRA=?
         K_LOST=$((K_LOGGED - K_ARRIVED))
     else
-        kcat -b "$BROKERS" -C -t chaos -o beginning -e -q -f '%s\n' \
+        timeout "${CHAOS_READBACK_SECS:-180}" \
+            kcat -b "$BROKERS" -C -t chaos -o beginning -e -q -f '%s\n' \
                 2>/dev/null \
             | sed -n 's/.*"id":"\([0-9a-f]*\)".*/\1/p' > "$RUN/ids.topic.all"
         sort -u "$RUN/ids.topic.all" > "$RUN/ids.topic"
