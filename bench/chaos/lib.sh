@@ -280,7 +280,8 @@ kafka_account() {
         timeout "${CHAOS_READBACK_SECS:-180}" \
             kcat -b "$BROKERS" -C -t chaos -o beginning -e -q -f '%s\n' \
                 2>/dev/null \
-            | sed -n 's/.*"id":"\([0-9a-f]*\)".*/\1/p' > "$RUN/ids.topic.all"
+            | sed -n 's/.*"id":"\([0-9a-f]*\)".*/\1/p' > "$RUN/ids.topic.all" \
+            || true
         sort -u "$RUN/ids.topic.all" > "$RUN/ids.topic"
         K_ARRIVED=$(wc -l < "$RUN/ids.topic")
         K_DUP=$(( $(wc -l < "$RUN/ids.topic.all") - K_ARRIVED ))
