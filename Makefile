@@ -9,6 +9,9 @@
 #                         (in ASAN_BUILD, default build-asan; with NGINX_SRC
 #                         that nginx is instrumented too)
 #   make bench            benchmarks (bench/README.md)
+#   make chaos            failures under load: reloads, binary upgrade,
+#                         Redis, a worker and Kafka killed (bench/chaos/run)
+#   make soak             steady load for CHAOS_SOAK_MINUTES (default 30)
 #   make fuzz             fuzz the JWT parser for FUZZ_SECONDS seconds
 #   make conformance      the public HTTP cache test suite against aai_cache
 #                         and proxy_cache (CACHE_TESTS=/path/to/cache-tests)
@@ -68,8 +71,8 @@ endif
 
 SOURCES := config ngx_aai.map $(wildcard $(TOP)/*.c $(TOP)/*.h)
 
-.PHONY: all build deps test run asan bench fuzz conformance clean check-deps \
-        FORCE deb deb-test ops-test
+.PHONY: all build deps test run asan bench chaos soak fuzz conformance clean \
+        check-deps FORCE deb deb-test ops-test
 
 all: build
 
@@ -129,6 +132,14 @@ bench: build
 
 conformance: build
 	AAI_BUILD=$(B) NGINX_BIN=$(NGINX_BIN) bench/conformance/run
+
+chaos: build
+	scripts/install-deps --bench
+	AAI_BUILD=$(B) NGINX_BIN=$(NGINX_BIN) bench/chaos/run
+
+soak: build
+	scripts/install-deps --bench
+	AAI_BUILD=$(B) NGINX_BIN=$(NGINX_BIN) bench/chaos/run soak
 
 fuzz:
 	scripts/install-deps --fuzz

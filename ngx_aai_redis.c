@@ -741,6 +741,14 @@ ngx_aai_redis_init_worker(ngx_aai_redis_t *rs, ngx_cycle_t *cycle)
     rs->healthy = 1;
     rs->initialized = 1;
 
+    /*
+     * A new worker has the time the master cached when it began to read
+     * the configuration: the connect timers would be behind by as long as
+     * that took, and could expire before the first event loop iteration.
+     */
+
+    ngx_time_update();
+
     /* connect now, so that the first requests find the connections ready */
 
     for (i = 0; i < rs->nconns; i++) {
@@ -1504,6 +1512,8 @@ ngx_aai_redis_subscribe(ngx_aai_redis_t *rs, ngx_str_t *channel,
         ngx_aai_redis_conn_init(rs, rs->subconn, (ngx_cycle_t *) ngx_cycle,
                                 0);
         rs->subconn->sub = 1;
+
+        ngx_time_update();      /* in init_process: as above */
 
         (void) ngx_aai_redis_connect(rs->subconn);
 
