@@ -10,6 +10,10 @@
 #                         that nginx is instrumented too)
 #   make bench            benchmarks (bench/README.md)
 #   make fuzz             fuzz the JWT parser for FUZZ_SECONDS seconds
+#   make image            the container image aai-nginx:<nginx version> and
+#                         aai-nginx:latest (Dockerfile, scripts/image-build)
+#   make image-test       build the image and test it against Redis and the
+#                         Kafka mock (t/image-test)
 
 SHELL      := /bin/bash
 NGINX_SRC  ?= /usr/share/nginx/src
@@ -61,7 +65,8 @@ endif
 
 SOURCES := config ngx_aai.map $(wildcard $(TOP)/*.c $(TOP)/*.h)
 
-.PHONY: all build deps test run asan bench fuzz clean check-deps FORCE
+.PHONY: all build deps test run asan bench fuzz clean check-deps FORCE \
+        image image-test
 
 all: build
 
@@ -122,6 +127,13 @@ bench: build
 fuzz:
 	scripts/install-deps --fuzz
 	$(MAKE) -C fuzz FUZZ_SECONDS=$(or $(FUZZ_SECONDS),60)
+
+# NGINX_VERSION=1.x.y, NGINX_TARBALL=FILE: scripts/image-build
+image:
+	scripts/image-build
+
+image-test:
+	t/image-test
 
 clean:
 	rm -rf $(B) $(ASAN_BUILD) t/servroot* t/tmp
