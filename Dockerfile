@@ -33,7 +33,7 @@ COPY Makefile config ngx_aai.map *.c *.h /src/aai/
 COPY scripts/ /src/aai/scripts/
 WORKDIR /src/aai
 # the packages are there: skip the Makefile's install step (check-deps)
-RUN make -o check-deps NGINX_SRC=/src/nginx-${NGINX_VERSION} \
+RUN make -j"$(nproc)" -o check-deps NGINX_SRC=/src/nginx-${NGINX_VERSION} \
         TEST_MODULES= BUILD=/src/build \
     && mkdir /out \
     && cp /src/build/ngx_http_aai_*_module.so /out/ \
