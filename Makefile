@@ -20,6 +20,10 @@
 #   make deb-test         installs them into this machine, nginx -t, removes
 #   make ops-test         the Prometheus rules and Grafana dashboard against
 #                         a real Prometheus scraping the modules, and deb-test
+#   make image            the container image aai-nginx:<nginx version> and
+#                         aai-nginx:latest (Dockerfile, scripts/image-build)
+#   make image-test       build the image and test it against Redis and the
+#                         Kafka mock (t/image-test)
 
 SHELL      := /bin/bash
 NGINX_SRC  ?= /usr/share/nginx/src
@@ -72,7 +76,7 @@ endif
 SOURCES := config ngx_aai.map $(wildcard $(TOP)/*.c $(TOP)/*.h)
 
 .PHONY: all build deps test run asan bench chaos soak fuzz conformance clean \
-        check-deps FORCE deb deb-test ops-test
+        check-deps FORCE deb deb-test ops-test image image-test
 
 all: build
 
@@ -164,6 +168,13 @@ ops-test: build
 	promtool test rules $(MON)/alerts.test.yml
 	$(MAKE) test TEST_FILES=t/ops
 	$(MAKE) deb-test
+
+# NGINX_VERSION=1.x.y, NGINX_TARBALL=FILE: scripts/image-build
+image:
+	scripts/image-build
+
+image-test:
+	t/image-test
 
 clean:
 	rm -rf $(B) $(ASAN_BUILD) $(DEB_DIR) t/servroot* t/tmp
