@@ -6,6 +6,7 @@
 #   make test             run the whole suite (starts Redis and Kafka mock)
 #   make run              the demo: Redis, Kafka mock, upstream and nginx
 #   make asan             build and run the suite under AddressSanitizer
+#                         and UndefinedBehaviorSanitizer
 #                         (in ASAN_BUILD, default build-asan; with NGINX_SRC
 #                         that nginx is instrumented too)
 #   make bench            benchmarks (bench/README.md)
@@ -108,12 +109,18 @@ run: build
 # so that an overrun inside a pool block is caught as well.
 ASAN_LIB   = $(shell gcc -print-file-name=libasan.so)
 ASAN_BUILD ?= build-asan
-ASAN_CC_OPT = -O1 -g -fsanitize=address -fno-omit-frame-pointer \
+#
+# UndefinedBehaviorSanitizer is on in the same build: -fno-sanitize-recover
+# makes its first report end the process, and t/compat and AaiTest send its
+# reports to the same asan.<pid> files (UBSAN_OPTIONS), so they fail the
+# block and the run as ASan's do.
+ASAN_CC_OPT = -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all \
+              -fno-omit-frame-pointer \
               $(if $(wildcard $(SRC)/conf_flags),,-DNGX_DEBUG_PALLOC=1)
 
 asan:
 	$(MAKE) test BUILD=$(ASAN_BUILD) CC_OPT="$(strip $(ASAN_CC_OPT))" \
-	    LD_OPT="-fsanitize=address" AAI_ASAN=$(ASAN_LIB)
+	    LD_OPT="-fsanitize=address,undefined" AAI_ASAN=$(ASAN_LIB)
 
 bench: build
 	scripts/install-deps --bench

@@ -376,6 +376,8 @@ _EOC_
             $ENV{LD_PRELOAD} = $ENV{AAI_ASAN};
             $ENV{ASAN_OPTIONS} = "detect_leaks=0:log_path=" . _servroot()
                                  . "/asan";
+            $ENV{UBSAN_OPTIONS} = "print_stacktrace=1:halt_on_error=1"
+                                  . ":log_path=" . _servroot() . "/asan";
         }
         open STDIN, '<', '/dev/null';
         open STDOUT, '>', '/dev/null';

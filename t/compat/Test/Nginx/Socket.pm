@@ -510,6 +510,10 @@ sub run_nginx_cmd {
             $ENV{LD_PRELOAD} = $AsanLib
                 . (defined $ENV{LD_PRELOAD} ? " $ENV{LD_PRELOAD}" : '');
             $ENV{ASAN_OPTIONS} = "detect_leaks=0:log_path=$ServRoot/asan";
+            # UndefinedBehaviorSanitizer (make asan): its reports go to the
+            # same files, so they fail the block as ASan's do
+            $ENV{UBSAN_OPTIONS} = "print_stacktrace=1:halt_on_error=1"
+                                  . ":log_path=$ServRoot/asan";
         }
         open STDIN, '<', '/dev/null';
         open STDOUT, '>', '/dev/null';
