@@ -1005,6 +1005,14 @@ ngx_fuzz_conf(ngx_pool_t *pool, ngx_str_t *args, ngx_uint_t nelts)
     cf->cycle = &ngx_fuzz_cycle;
     cf->log = &ngx_fuzz_log;
 
+    cf->conf_file = ngx_pcalloc(pool, sizeof(ngx_conf_file_t));
+    if (cf->conf_file == NULL) {
+        return NULL;
+    }
+
+    ngx_str_set(&cf->conf_file->file.name, "fuzz.conf");
+    cf->conf_file->line = 1;
+
     cf->args = ngx_array_create(pool, nelts ? nelts : 1, sizeof(ngx_str_t));
     if (cf->args == NULL) {
         return NULL;
