@@ -10,7 +10,8 @@
 #                         (in ASAN_BUILD, default build-asan; with NGINX_SRC
 #                         that nginx is instrumented too)
 #   make bench            benchmarks (bench/README.md)
-#   make fuzz             fuzz the JWT parser for FUZZ_SECONDS seconds
+#   make fuzz             build the fuzz targets (fuzz/) and run each for
+#                         FUZZ_SECONDS seconds (default 60); fails on a crash
 
 SHELL      := /bin/bash
 NGINX_SRC  ?= /usr/share/nginx/src
@@ -126,9 +127,12 @@ bench: build
 	scripts/install-deps --bench
 	AAI_BUILD=$(B) NGINX_BIN=$(NGINX_BIN) bench/run
 
-fuzz:
+# the targets that run module code need nginx's headers and the configured
+# build's ngx_auto_config.h (fuzz/Makefile)
+fuzz: $(B)/Makefile
 	scripts/install-deps --fuzz
-	$(MAKE) -C fuzz FUZZ_SECONDS=$(or $(FUZZ_SECONDS),60)
+	$(MAKE) -C fuzz FUZZ_SECONDS=$(or $(FUZZ_SECONDS),60) NGX_SRC=$(SRC) \
+	    NGX_BUILD=$(B)
 
 clean:
 	rm -rf $(B) $(ASAN_BUILD) t/servroot* t/tmp
