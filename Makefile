@@ -112,9 +112,9 @@ ASAN_LIB   = $(shell gcc -print-file-name=libasan.so)
 ASAN_BUILD ?= build-asan
 #
 # UndefinedBehaviorSanitizer is on in the same build: -fno-sanitize-recover
-# makes its first report end the process, and t/compat and AaiTest send its
-# reports to the same asan.<pid> files (UBSAN_OPTIONS), so they fail the
-# block and the run as ASan's do.
+# makes its first report end the process; the report goes to nginx's error
+# log, where t/compat (and AaiTest, for its own instances) find it and fail
+# the block and the run as for ASan's.
 ASAN_CC_OPT = -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all \
               -fno-omit-frame-pointer \
               $(if $(wildcard $(SRC)/conf_flags),,-DNGX_DEBUG_PALLOC=1)

@@ -510,10 +510,6 @@ sub run_nginx_cmd {
             $ENV{LD_PRELOAD} = $AsanLib
                 . (defined $ENV{LD_PRELOAD} ? " $ENV{LD_PRELOAD}" : '');
             $ENV{ASAN_OPTIONS} = "detect_leaks=0:log_path=$ServRoot/asan";
-            # UndefinedBehaviorSanitizer (make asan): its reports go to the
-            # same files, so they fail the block as ASan's do
-            $ENV{UBSAN_OPTIONS} = "print_stacktrace=1:halt_on_error=1"
-                                  . ":log_path=$ServRoot/asan";
         }
         open STDIN, '<', '/dev/null';
         open STDOUT, '>', '/dev/null';
@@ -791,6 +787,16 @@ sub check_asan {
         my $n = @l > 60 ? 60 : scalar @l;
         fail("$name - AddressSanitizer report in $f");
         diag(join '', @l[0 .. $n - 1]);
+    }
+    # UndefinedBehaviorSanitizer reports go to stderr, i.e. to these logs
+    # (AaiTest does the same for its own instances)
+    for my $f ($ErrLogFile, "$LogDir/stderr.log") {
+        open my $in, '<', $f or next;
+        my @ub = grep { /: runtime error: / } <$in>;
+        close $in;
+        next unless @ub;
+        fail("$name - UndefinedBehaviorSanitizer report in $f");
+        diag(join '', @ub[0 .. ($#ub < 9 ? $#ub : 9)]);
     }
 }
 
