@@ -1891,7 +1891,13 @@ ngx_aai_redis_resp(u_char *p, ngx_uint_t argc, ngx_str_t *argv)
 
     for (i = 0; i < argc; i++) {
         p = ngx_sprintf(p, "$%uz\r\n", argv[i].len);
-        p = ngx_cpymem(p, argv[i].data, argv[i].len);
+
+        /* an empty argument may have no data: memcpy() must not see it */
+
+        if (argv[i].len) {
+            p = ngx_cpymem(p, argv[i].data, argv[i].len);
+        }
+
         *p++ = CR; *p++ = LF;
     }
 
