@@ -11,8 +11,10 @@
  *
  * Input: byte 0 the client (bit 0 password, bit 1 user, bit 2 db, bit 3
  * two connections, bit 4 a pub/sub subscription, bit 5 connect in
- * progress), byte 1 the number of user commands sent at once (0-15), then
- * records: a length byte L and L bytes the server sends in one read;
+ * progress), byte 1 the number of user commands sent at once (0-15; GET
+ * key, and every other one SET key with an empty value), then
+ * records: a length byte L and L bytes the server sends in one read
+ * (then a byte: bit 7 the pub/sub connection, else which connection);
  * L = 0 closes the connection, L = 255 lets 1 s pass and fires the
  * timers, L = 254 sends one more command, L = 253 fires the reconnect.
  *
@@ -240,19 +242,26 @@ fuzz_message(ngx_str_t *channel, ngx_str_t *message, void *data)
 static void
 fuzz_send(ngx_aai_redis_t *rs)
 {
-    ngx_str_t  argv[2];
+    ngx_str_t  argv[3];
 
     if (fuzz_ncmds == FUZZ_MAX_CMDS) {
         return;
     }
 
-    ngx_str_set(&argv[0], "GET");
+    /* every other command ends with an empty argument, as nginx has them */
+
+    ngx_str_set(&argv[0], "SET");
     ngx_str_set(&argv[1], "key");
+    ngx_str_null(&argv[2]);
+
+    if (fuzz_ncmds % 2 == 0) {
+        ngx_str_set(&argv[0], "GET");
+    }
 
     fuzz_cmds[fuzz_ncmds].called = 0;
 
-    if (ngx_aai_redis_send(rs, &ngx_fuzz_log, 2, argv, fuzz_handler,
-                           &fuzz_cmds[fuzz_ncmds])
+    if (ngx_aai_redis_send(rs, &ngx_fuzz_log, 2 + fuzz_ncmds % 2, argv,
+                           fuzz_handler, &fuzz_cmds[fuzz_ncmds])
         != NULL)
     {
         fuzz_ncmds++;
