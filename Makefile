@@ -6,13 +6,15 @@
 #   make test             run the whole suite (starts Redis and Kafka mock)
 #   make run              the demo: Redis, Kafka mock, upstream and nginx
 #   make asan             build and run the suite under AddressSanitizer
+#                         and UndefinedBehaviorSanitizer
 #                         (in ASAN_BUILD, default build-asan; with NGINX_SRC
 #                         that nginx is instrumented too)
 #   make bench            benchmarks (bench/README.md)
 #   make chaos            failures under load: reloads, binary upgrade,
 #                         Redis, a worker and Kafka killed (bench/chaos/run)
 #   make soak             steady load for CHAOS_SOAK_MINUTES (default 30)
-#   make fuzz             fuzz the JWT parser for FUZZ_SECONDS seconds
+#   make fuzz             build the fuzz targets (fuzz/) and run each for
+#                         FUZZ_SECONDS seconds (default 60); fails on a crash
 #   make conformance      the public HTTP cache test suite against aai_cache
 #                         and proxy_cache (CACHE_TESTS=/path/to/cache-tests)
 #   make deb              Debian packages of the three modules (in DEB_DIR,
@@ -123,12 +125,18 @@ run: build
 # so that an overrun inside a pool block is caught as well.
 ASAN_LIB   = $(shell gcc -print-file-name=libasan.so)
 ASAN_BUILD ?= build-asan
-ASAN_CC_OPT = -O1 -g -fsanitize=address -fno-omit-frame-pointer \
+#
+# UndefinedBehaviorSanitizer is on in the same build: -fno-sanitize-recover
+# makes its first report end the process; the report goes to nginx's error
+# log, where t/compat (and AaiTest, for its own instances) find it and fail
+# the block and the run as for ASan's.
+ASAN_CC_OPT = -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all \
+              -fno-omit-frame-pointer \
               $(if $(wildcard $(SRC)/conf_flags),,-DNGX_DEBUG_PALLOC=1)
 
 asan:
 	$(MAKE) test BUILD=$(ASAN_BUILD) CC_OPT="$(strip $(ASAN_CC_OPT))" \
-	    LD_OPT="-fsanitize=address" AAI_ASAN=$(ASAN_LIB)
+	    LD_OPT="-fsanitize=address,undefined" AAI_ASAN=$(ASAN_LIB)
 
 bench: build
 	scripts/install-deps --bench
@@ -145,9 +153,12 @@ soak: build
 	scripts/install-deps --bench
 	AAI_BUILD=$(B) NGINX_BIN=$(NGINX_BIN) bench/chaos/run soak
 
-fuzz:
+# the targets that run module code need nginx's headers and the configured
+# build's ngx_auto_config.h (fuzz/Makefile)
+fuzz: $(B)/Makefile
 	scripts/install-deps --fuzz
-	$(MAKE) -C fuzz FUZZ_SECONDS=$(or $(FUZZ_SECONDS),60)
+	$(MAKE) -C fuzz FUZZ_SECONDS=$(or $(FUZZ_SECONDS),60) NGX_SRC=$(SRC) \
+	    NGX_BUILD=$(B)
 
 DEB_DIR    ?= build-deb
 

@@ -1376,10 +1376,15 @@ ngx_http_aai_kafka_stats_cb(rd_kafka_t *rk, char *json, size_t len,
         avg = cJSON_GetObjectItemCaseSensitive(rtt, "avg");
         cnt = cJSON_GetObjectItemCaseSensitive(rtt, "cnt");
 
-        /* bootstrap entries (nodeid -1) and idle brokers say nothing */
+        /*
+         * bootstrap entries (nodeid -1) and idle brokers say nothing; an
+         * average past 10^12 us is no RTT (and one past 2^64 would make the
+         * conversion below undefined)
+         */
 
         if (!cJSON_IsNumber(id) || id->valuedouble < 0
             || !cJSON_IsNumber(avg) || avg->valuedouble < 0
+            || avg->valuedouble > 1e12
             || !cJSON_IsNumber(cnt) || cnt->valuedouble <= 0)
         {
             continue;

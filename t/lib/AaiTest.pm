@@ -446,6 +446,24 @@ sub _stop_instance {
     for my $p ($pid, @kids) {
         kill SIGKILL, $p if _alive($p);
     }
+    _ubsan_reports($prefix) if $ENV{AAI_ASAN};
+}
+
+# UndefinedBehaviorSanitizer (make asan) writes its reports to stderr, which
+# nginx sends to its error log (the runtime loaded by a module ignores
+# UBSAN_OPTIONS' log_path when ASan's is preloaded): they are copied to an
+# asan.* file of the servroot, which fails the block (t/compat) and the run
+# (t/run-tests) as an AddressSanitizer report does.
+sub _ubsan_reports {
+    my $prefix = shift;
+    my @ub = grep { /: runtime error: / }
+             map { file_lines("$prefix/logs/$_") } qw(error.log stderr.log);
+    return unless @ub;
+    splice @ub, 20;
+    (my $name = $prefix) =~ s{.*/}{};
+    open my $out, '>>', _servroot() . "/asan.ubsan-$name" or return;
+    print $out "UndefinedBehaviorSanitizer in nginx \"$name\":\n", @ub;
+    close $out;
 }
 
 

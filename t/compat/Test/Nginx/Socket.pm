@@ -792,6 +792,16 @@ sub check_asan {
         fail("$name - AddressSanitizer report in $f");
         diag(join '', @l[0 .. $n - 1]);
     }
+    # UndefinedBehaviorSanitizer reports go to stderr, i.e. to these logs
+    # (AaiTest does the same for its own instances)
+    for my $f ($ErrLogFile, "$LogDir/stderr.log") {
+        open my $in, '<', $f or next;
+        my @ub = grep { /: runtime error: / } <$in>;
+        close $in;
+        next unless @ub;
+        fail("$name - UndefinedBehaviorSanitizer report in $f");
+        diag(join '', @ub[0 .. ($#ub < 9 ? $#ub : 9)]);
+    }
 }
 
 
