@@ -118,14 +118,6 @@ ngx_http_add_variable(ngx_conf_t *cf, ngx_str_t *name, ngx_uint_t flags)
 }
 
 
-ngx_shm_zone_t *
-ngx_shared_memory_add(ngx_conf_t *cf, ngx_str_t *name, size_t size,
-    void *tag)
-{
-    return ngx_pcalloc(cf->pool, sizeof(ngx_shm_zone_t));
-}
-
-
 char *
 ngx_conf_set_flag_slot(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {

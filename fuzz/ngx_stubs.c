@@ -1123,6 +1123,38 @@ ngx_handle_write_event(ngx_event_t *wev, size_t lowat)
 }
 
 
+/* time: the fuzz clock moves only when a target moves it */
+
+void
+ngx_time_update(void)
+{
+}
+
+
+/*
+ * shared memory: a zone that nginx never mapped (shm.addr NULL), as in
+ * "nginx -t"; the clients then keep their state to themselves
+ */
+
+ngx_shm_zone_t *
+ngx_shared_memory_add(ngx_conf_t *cf, ngx_str_t *name, size_t size,
+    void *tag)
+{
+    ngx_shm_zone_t  *zone;
+
+    zone = ngx_pcalloc(cf->pool, sizeof(ngx_shm_zone_t));
+    if (zone == NULL) {
+        return NULL;
+    }
+
+    zone->shm.size = size;
+    zone->shm.name = *name;
+    zone->tag = tag;
+
+    return zone;
+}
+
+
 void
 ngx_fuzz_trap(const char *name)
 {
