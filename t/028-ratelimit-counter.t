@@ -25,6 +25,7 @@ my $conf = <<'_EOC_';
     aai_ratelimit_zone c_ip   key=$binary_remote_addr rate=15r/m
                               algorithm=counter;
     aai_ratelimit_zone s_ip   key=$binary_remote_addr rate=15r/m;
+    aai_ratelimit_zone s_two  key=$arg_u rate=10r/2s;
 
     server {
         listen 127.0.0.1:$TEST_NGINX_INSTANCE_PORT;
@@ -35,6 +36,7 @@ my $conf = <<'_EOC_';
                          empty_gif; }
         location /mix  { aai_ratelimit c_user; aai_ratelimit s_ip;
                          empty_gif; }
+        location /s2   { aai_ratelimit s_two; empty_gif; }
     }
 _EOC_
 
@@ -174,6 +176,43 @@ http_get($pa, '/one?u=warm', {});    # the script is loaded
     is(statuses(@r), '200=15 429=15', 'mixed: 15 admitted by the IP');
     my @ip = @{ redis_cmd('KEYS', 'aai:rl:s_ip:*') };
     is(redis_cmd('LLEN', $ip[0]), 15, 'mixed: the sliding zone recorded 15');
+}
+
+# the exact sliding window skips the PEXPIRE of an admission while its
+# oldest entry is less than half a window old and none was dropped; the
+# key then still outlives its newest entry by a window (1.5 windows from
+# the last PEXPIRE)
+
+sub pexpires {
+    my ($n) = redis_cmd('INFO', 'commandstats')
+              =~ /^cmdstat_pexpire:calls=(\d+)/m;
+    return $n // 0;
+}
+
+{
+    my $p0 = pexpires();
+    my $t0 = redis_now();
+    my @st = map { status_of($pa, '/s2?u=ttl') } 1 .. 3;
+    is(join(',', @st), '200,200,200', 'ttl: 3 admitted');
+    my $ttl = redis_cmd('PTTL', 'aai:rl:s_two:ttl');
+    ok($ttl > 2000 && $ttl <= 3001, "ttl: 1.5 windows from the first ($ttl)");
+    is(pexpires() - $p0, 1, 'ttl: the 2nd and 3rd set no TTL')
+        if redis_now() - $t0 < 0.9;
+
+    # the oldest entry more than half a window old: the TTL is set again
+    sleep(0.02) while redis_now() < $t0 + 1.1;
+    my $p1 = pexpires();
+    is(status_of($pa, '/s2?u=ttl'), 200, 'ttl: 4th admitted');
+    is(pexpires() - $p1, 1, 'ttl: the 4th sets the TTL');
+    $ttl = redis_cmd('PTTL', 'aai:rl:s_two:ttl');
+    ok($ttl > 2500 && $ttl <= 3001, "ttl: 1.5 windows from the 4th ($ttl)");
+
+    # the first three expired: the 5th drops them and sets the TTL
+    sleep(0.02) while redis_now() < $t0 + 2.3;
+    $p1 = pexpires();
+    is(status_of($pa, '/s2?u=ttl'), 200, 'ttl: 5th admitted');
+    is(pexpires() - $p1, 1, 'ttl: the 5th, dropping entries, sets the TTL');
+    is(redis_cmd('LLEN', 'aai:rl:s_two:ttl'), 2, 'ttl: the 4th and 5th left');
 }
 
 my @bad = grep { /\[(?:alert|crit|emerg|error)\]|exited on signal/
