@@ -17,6 +17,7 @@
 
 #include "ngx_aai_conf.h"
 #include "ngx_aai_metrics.h"
+#include "ngx_http_aai_kafka_spool.h"
 
 
 #define NGX_HTTP_AAI_KAFKA_STRING     0
@@ -51,7 +52,13 @@
 #define NGX_HTTP_AAI_KAFKA_FORMAT       3
 #define NGX_HTTP_AAI_KAFKA_FATAL        4
 #define NGX_HTTP_AAI_KAFKA_OTHER        5
-#define NGX_HTTP_AAI_KAFKA_REASONS      6
+#define NGX_HTTP_AAI_KAFKA_SPOOL_FULL   6
+#define NGX_HTTP_AAI_KAFKA_SPOOL_ERROR  7
+#define NGX_HTTP_AAI_KAFKA_SPOOL_BAD    8
+#define NGX_HTTP_AAI_KAFKA_REASONS      9
+
+/* a delivery failure newer than this stops the replay of the spool */
+#define NGX_HTTP_AAI_KAFKA_CALM       1000
 
 /* producers a worker may have being destroyed at a time */
 #define NGX_HTTP_AAI_KAFKA_DESTROYING  4
@@ -106,7 +113,9 @@ typedef struct {
     ngx_int_t                         rtt;
     ngx_int_t                         restarts;
 
-    ngx_shm_zone_t                   *workers;    /* slot_t[SLOTS] */
+    ngx_http_aai_kafka_spool_t       *spool;      /* NULL: none */
+
+    ngx_shm_zone_t                   *workers;    /* shared_t */
 
     unsigned                          enabled:1;
     unsigned                          used:1;
@@ -138,6 +147,12 @@ typedef struct {
 } ngx_http_aai_kafka_slot_t;
 
 
+typedef struct {
+    ngx_http_aai_kafka_slot_t         slots[NGX_HTTP_AAI_KAFKA_SLOTS];
+    ngx_http_aai_kafka_spool_shm_t    spool;
+} ngx_http_aai_kafka_shared_t;
+
+
 /* per worker state: the producer and what serves it */
 
 typedef struct {
@@ -156,6 +171,7 @@ typedef struct {
     ngx_http_aai_kafka_slot_t        *slot;
     time_t                            checked;    /* the slots, last */
     ngx_msec_t                        restarted;
+    ngx_msec_t                        failed;     /* the last failure */
     pthread_t                         thread;     /* the worker's */
 
     u_char                           *buf;        /* the event's text */
@@ -193,6 +209,11 @@ static void ngx_http_aai_kafka_produce(ngx_http_request_t *r,
 static rd_kafka_resp_err_t ngx_http_aai_kafka_producev(
     ngx_http_aai_kafka_worker_t *w, ngx_uint_t topic, ngx_str_t *payload,
     ngx_str_t *key);
+static void ngx_http_aai_kafka_spool(ngx_http_aai_kafka_worker_t *w,
+    ngx_http_aai_kafka_main_conf_t *kmcf, rd_kafka_resp_err_t err,
+    const char *topic, ngx_str_t *key, ngx_str_t *payload);
+static int ngx_http_aai_kafka_replay(ngx_str_t *topic, ngx_str_t *key,
+    ngx_str_t *value, void *opaque);
 static ngx_int_t ngx_http_aai_kafka_json(ngx_http_request_t *r,
     ngx_http_aai_kafka_format_t *fmt, ngx_str_t *out);
 static u_char *ngx_http_aai_kafka_buffer(size_t size);
@@ -264,6 +285,8 @@ static char *ngx_http_aai_kafka_brokers(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_aai_kafka_flush_timeout(ngx_conf_t *cf, void *post,
     void *data);
+static char *ngx_http_aai_kafka_spool_directive(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
 static char *ngx_http_aai_kafka_property(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static ngx_int_t ngx_http_aai_kafka_scratch_set(ngx_conf_t *cf,
@@ -290,6 +313,8 @@ static ngx_uint_t ngx_http_aai_kafka_variable_exists(ngx_conf_t *cf,
     char *name);
 static ngx_int_t ngx_http_aai_kafka_init_metrics(ngx_conf_t *cf,
     ngx_http_aai_kafka_main_conf_t *kmcf);
+static ngx_int_t ngx_http_aai_kafka_spool_metrics(
+    ngx_http_aai_kafka_main_conf_t *kmcf, ngx_aai_metrics_t *m);
 static ngx_int_t ngx_http_aai_kafka_check_conf(ngx_conf_t *cf,
     ngx_http_aai_kafka_main_conf_t *kmcf);
 
@@ -386,6 +411,13 @@ static ngx_command_t  ngx_http_aai_kafka_commands[] = {
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_aai_kafka_main_conf_t, flush_timeout),
       &ngx_http_aai_kafka_flush_timeout_p },
+
+    { ngx_string("aai_kafka_spool"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_aai_kafka_spool_directive,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
 
     NGX_AAI_METRICS_COMMAND,
 
@@ -485,7 +517,7 @@ ngx_http_aai_kafka_produce(ngx_http_request_t *r,
     ngx_http_aai_kafka_main_conf_t *kmcf, ngx_http_aai_kafka_event_t *ev,
     ngx_str_t *payload)
 {
-    ngx_str_t                     key;
+    ngx_str_t                    *topic, key;
     rd_kafka_resp_err_t           err;
     ngx_http_aai_kafka_worker_t  *w;
 
@@ -496,15 +528,15 @@ ngx_http_aai_kafka_produce(ngx_http_request_t *r,
      * reloaded without a master process (no init_process for it).
      */
 
-    if (w->rk == NULL || w->kmcf != kmcf) {
-        err = RD_KAFKA_RESP_ERR__STATE;
-        goto dropped;
-    }
-
     ngx_str_null(&key);
 
     if (ev->key && ngx_http_complex_value(r, ev->key, &key) != NGX_OK) {
         ngx_str_null(&key);
+    }
+
+    if (w->rk == NULL || w->kmcf != kmcf) {
+        err = RD_KAFKA_RESP_ERR__STATE;
+        goto dropped;
     }
 
     err = ngx_http_aai_kafka_producev(w, ev->topic, payload, &key);
@@ -529,12 +561,99 @@ ngx_http_aai_kafka_produce(ngx_http_request_t *r,
 
 dropped:
 
+    if (kmcf->spool && w->kmcf == kmcf) {
+        topic = kmcf->topics.elts;
+
+        ngx_http_aai_kafka_spool(w, kmcf, err, (char *) topic[ev->topic].data,
+                                 &key, payload);
+        return;
+    }
+
     ngx_http_aai_kafka_drop(kmcf, ngx_http_aai_kafka_reason(err));
 
     w->drops.count++;
     w->drops.reason = rd_kafka_err2str(err);
 
     ngx_http_aai_kafka_report(&w->drops, "dropped", 0);
+}
+
+
+/*
+ * An event Kafka did not take or finally refused goes to the spool, unless
+ * it can never be taken (too large); the spool counts what it drops.
+ */
+
+static void
+ngx_http_aai_kafka_spool(ngx_http_aai_kafka_worker_t *w,
+    ngx_http_aai_kafka_main_conf_t *kmcf, rd_kafka_resp_err_t err,
+    const char *topic, ngx_str_t *key, ngx_str_t *payload)
+{
+    ngx_str_t  name;
+
+    if (topic == NULL || err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE
+        || err == RD_KAFKA_RESP_ERR_INVALID_MSG_SIZE)
+    {
+        ngx_http_aai_kafka_drop(kmcf, ngx_http_aai_kafka_reason(err));
+
+        w->drops.count++;
+        w->drops.reason = rd_kafka_err2str(err);
+
+        ngx_http_aai_kafka_report(&w->drops, "dropped", 0);
+        return;
+    }
+
+    name.data = (u_char *) topic;
+    name.len = ngx_strlen(topic);
+
+    if (ngx_http_aai_kafka_spool_append(&name, key, payload) != NGX_OK) {
+        w->drops.count++;
+        w->drops.reason = "the spool is full";
+
+        ngx_http_aai_kafka_report(&w->drops, "dropped", 0);
+    }
+}
+
+
+/* an event of the spool, with its replay as opaque */
+
+static int
+ngx_http_aai_kafka_replay(ngx_str_t *topic, ngx_str_t *key, ngx_str_t *value,
+    void *opaque)
+{
+    u_char                           name[256];
+    rd_kafka_resp_err_t              err;
+    ngx_http_aai_kafka_worker_t     *w;
+    ngx_http_aai_kafka_main_conf_t  *kmcf;
+
+    w = &ngx_http_aai_kafka_worker;
+    kmcf = w->kmcf;
+
+    if (w->rk == NULL || w->fatal || topic->len >= sizeof(name)) {
+        return RD_KAFKA_RESP_ERR__STATE;
+    }
+
+    /* any topic, also one of an older configuration: librdkafka keeps one
+     * handle per name */
+
+    ngx_memcpy(name, topic->data, topic->len);
+    name[topic->len] = '\0';
+
+    err = rd_kafka_producev(w->rk,
+                            RD_KAFKA_V_TOPIC((char *) name),
+                            RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                            RD_KAFKA_V_VALUE(value->data, value->len),
+                            RD_KAFKA_V_KEY(key->data, key->len),
+                            RD_KAFKA_V_OPAQUE(opaque),
+                            RD_KAFKA_V_END);
+
+    if (err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        w->outstanding++;
+        ngx_http_aai_kafka_account(w);
+        ngx_aai_metrics_inc(kmcf->metrics, kmcf->produced, 1);
+        ngx_aai_metrics_inc(kmcf->metrics, kmcf->depth, 1);
+    }
+
+    return err;
 }
 
 
@@ -1181,6 +1300,16 @@ ngx_http_aai_kafka_timer_handler(ngx_event_t *ev)
     ngx_http_aai_kafka_report(&ngx_http_aai_kafka_worker.failures,
                               "not delivered", 0);
 
+    if (ngx_http_aai_kafka_worker.kmcf
+        && ngx_http_aai_kafka_worker.kmcf->spool)
+    {
+        ngx_http_aai_kafka_spool_tick(ngx_http_aai_kafka_worker.rk != NULL
+                                      && !ngx_http_aai_kafka_worker.fatal
+                                      && ngx_current_msec
+                                         - ngx_http_aai_kafka_worker.failed
+                                         >= NGX_HTTP_AAI_KAFKA_CALM);
+    }
+
     if (ngx_http_aai_kafka_worker.kmcf) {
         ngx_add_timer(ev, NGX_HTTP_AAI_KAFKA_POLL);
     }
@@ -1234,6 +1363,7 @@ static void
 ngx_http_aai_kafka_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *msg,
     void *opaque)
 {
+    ngx_str_t                        key, value;
     ngx_http_aai_kafka_worker_t     *w;
     ngx_http_aai_kafka_main_conf_t  *kmcf;
 
@@ -1247,12 +1377,32 @@ ngx_http_aai_kafka_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *msg,
 
     ngx_aai_metrics_inc(kmcf->metrics, kmcf->depth, -1);
 
+    if (msg->_private) {
+        /* replayed from the spool, which still has it */
+        ngx_http_aai_kafka_spool_report(msg->_private,
+                                     msg->err == RD_KAFKA_RESP_ERR_NO_ERROR);
+    }
+
     if (msg->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
         ngx_aai_metrics_inc(kmcf->metrics, kmcf->delivered, 1);
         return;
     }
 
     ngx_aai_metrics_inc(kmcf->metrics, kmcf->failed, 1);
+
+    w->failed = ngx_current_msec;
+
+    if (kmcf->spool && msg->_private == NULL) {
+        key.data = msg->key;
+        key.len = msg->key_len;
+
+        value.data = msg->payload;
+        value.len = msg->len;
+
+        ngx_http_aai_kafka_spool(w, kmcf, msg->err,
+                                 rd_kafka_topic_name(msg->rkt), &key,
+                                 &value);
+    }
 
     w->failures.count++;
     w->failures.reason = rd_kafka_err2str(msg->err);
@@ -1731,6 +1881,7 @@ ngx_http_aai_kafka_producer_restart(void)
     kmcf = w->kmcf;
 
     ngx_http_aai_kafka_producer_stop(0, 1);
+    ngx_http_aai_kafka_spool_abort();
 
     ngx_aai_metrics_inc(kmcf->metrics, kmcf->restarts, 1);
 
@@ -1936,8 +2087,7 @@ ngx_http_aai_kafka_init_workers(ngx_shm_zone_t *shm_zone, void *data)
         return NGX_OK;
     }
 
-    slots = ngx_slab_calloc(shpool, NGX_HTTP_AAI_KAFKA_SLOTS
-                                    * sizeof(ngx_http_aai_kafka_slot_t));
+    slots = ngx_slab_calloc(shpool, sizeof(ngx_http_aai_kafka_shared_t));
     if (slots == NULL) {
         return NGX_ERROR;
     }
@@ -1986,6 +2136,21 @@ ngx_http_aai_kafka_init_process(ngx_cycle_t *cycle)
     (void) ngx_http_aai_kafka_notify_init(cycle);
     (void) ngx_http_aai_kafka_producer_start(cycle, kmcf);
 
+    if (kmcf->spool) {
+        kmcf->spool->shm = kmcf->workers->data
+                           ? &((ngx_http_aai_kafka_shared_t *)
+                               kmcf->workers->data)->spool
+                           : NULL;
+
+        if (ngx_http_aai_kafka_spool_init_process(kmcf->spool, cycle)
+            != NGX_OK)
+        {
+            ngx_log_error(NGX_LOG_ALERT, cycle->log, 0,
+                          "aai_kafka: the spool could not be set up, "
+                          "events Kafka does not take will be dropped");
+        }
+    }
+
     w->dummy.fd = (ngx_socket_t) -1;
 
     w->timer.handler = ngx_http_aai_kafka_timer_handler;
@@ -2023,6 +2188,9 @@ ngx_http_aai_kafka_exit_process(ngx_cycle_t *cycle)
 
     ngx_http_aai_kafka_producer_stop(timeout, 0);
     ngx_http_aai_kafka_notify_close();
+
+    /* what the producer gave up is in the spool's memory: to the disk */
+    ngx_http_aai_kafka_spool_exit_process();
 
     if (w->slot) {
         w->slot->outstanding = 0;
@@ -2263,6 +2431,24 @@ ngx_http_aai_kafka_flush_timeout(ngx_conf_t *cf, void *post, void *data)
                        (ngx_msec_t) NGX_HTTP_AAI_KAFKA_FLUSH_MAX);
 
     return NGX_CONF_ERROR;
+}
+
+
+static char *
+ngx_http_aai_kafka_spool_directive(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_aai_kafka_main_conf_t *kmcf = conf;
+
+    char  *rv;
+
+    rv = ngx_http_aai_kafka_spool_conf(cf, &kmcf->spool);
+
+    if (rv == NGX_CONF_OK) {
+        kmcf->spool->produce = ngx_http_aai_kafka_replay;
+    }
+
+    return rv;
 }
 
 
@@ -2850,7 +3036,7 @@ ngx_http_aai_kafka_init(ngx_conf_t *cf)
 
     /* the slab pool's own pages, plus the slots */
 
-    size = NGX_HTTP_AAI_KAFKA_SLOTS * sizeof(ngx_http_aai_kafka_slot_t);
+    size = sizeof(ngx_http_aai_kafka_shared_t);
     size = ngx_align(size, ngx_pagesize) + 8 * ngx_pagesize;
 
     kmcf->workers = ngx_shared_memory_add(cf, &workers, size,
@@ -2983,6 +3169,8 @@ ngx_http_aai_kafka_init_metrics(ngx_conf_t *cf,
     static ngx_str_t  failed = ngx_string("outcome=\"failed\"");
     static ngx_str_t  dropped = ngx_string("outcome=\"dropped\"");
     static ngx_str_t  lost = ngx_string("outcome=\"lost\"");
+    static ngx_str_t  spooled = ngx_string("outcome=\"spooled\"");
+    static ngx_str_t  replayed = ngx_string("outcome=\"replayed\"");
 
     /* in the order of NGX_HTTP_AAI_KAFKA_QUEUE_FULL ... _OTHER */
     static ngx_str_t  reasons[] = {
@@ -2991,7 +3179,10 @@ ngx_http_aai_kafka_init_metrics(ngx_conf_t *cf,
         ngx_string("reason=\"no_producer\""),
         ngx_string("reason=\"format\""),
         ngx_string("reason=\"fatal\""),
-        ngx_string("reason=\"other\"")
+        ngx_string("reason=\"other\""),
+        ngx_string("reason=\"spool_full\""),
+        ngx_string("reason=\"spool_error\""),
+        ngx_string("reason=\"spool_corrupt\"")
     };
 
     /* microseconds */
@@ -3017,6 +3208,11 @@ ngx_http_aai_kafka_init_metrics(ngx_conf_t *cf,
     kmcf->failed = ngx_http_aai_kafka_events(&failed);
     kmcf->dropped = ngx_http_aai_kafka_events(&dropped);
     kmcf->lost = ngx_http_aai_kafka_events(&lost);
+
+    if (kmcf->spool) {
+        kmcf->spool->spooled = ngx_http_aai_kafka_events(&spooled);
+        kmcf->spool->replayed = ngx_http_aai_kafka_events(&replayed);
+    }
 
 #undef ngx_http_aai_kafka_events
 
@@ -3058,11 +3254,56 @@ ngx_http_aai_kafka_init_metrics(ngx_conf_t *cf,
         return NGX_ERROR;
     }
 
+    if (kmcf->spool
+        && ngx_http_aai_kafka_spool_metrics(kmcf, m) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
     if (ngx_aai_metrics_zone(cf, m) != NGX_OK) {
         return NGX_ERROR;
     }
 
     kmcf->metrics = m;
+
+    if (kmcf->spool) {
+        kmcf->spool->metrics = m;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_aai_kafka_spool_metrics(ngx_http_aai_kafka_main_conf_t *kmcf,
+    ngx_aai_metrics_t *m)
+{
+    ngx_http_aai_kafka_spool_t  *spool;
+
+    spool = kmcf->spool;
+
+    spool->dropped = kmcf->dropped;
+    spool->full = kmcf->reasons[NGX_HTTP_AAI_KAFKA_SPOOL_FULL];
+    spool->error = kmcf->reasons[NGX_HTTP_AAI_KAFKA_SPOOL_ERROR];
+    spool->corrupt = kmcf->reasons[NGX_HTTP_AAI_KAFKA_SPOOL_BAD];
+
+    spool->bytes = ngx_aai_metrics_add(m, NGX_AAI_METRIC_GAUGE,
+                                       "aai_kafka_spool_bytes",
+                                       "Bytes of events in the spool, on "
+                                       "disk or being written, all workers",
+                                       NULL);
+
+    spool->age = ngx_aai_metrics_add(m, NGX_AAI_METRIC_GAUGE,
+                                     "aai_kafka_spool_oldest_seconds",
+                                     "Age of the oldest spool file not yet "
+                                     "replayed, 0 when the spool is empty",
+                                     NULL);
+
+    if (spool->spooled == NGX_ERROR || spool->replayed == NGX_ERROR
+        || spool->bytes == NGX_ERROR || spool->age == NGX_ERROR)
+    {
+        return NGX_ERROR;
+    }
 
     return NGX_OK;
 }

@@ -1,0 +1,332 @@
+# ngx_http_aai_kafka_module's disk spool (issue 13): events Kafka did not
+# take or finally refused are written to aai_kafka_spool's directory by a
+# thread pool and replayed once the brokers are back, also by the next
+# start after a stop; bounded by max_size; corrupt records are skipped and
+# counted; nothing is written while Kafka keeps up.
+#
+# Events are counted by their number n (the request's id in production:
+# see the README).  The Kafka mock is shared by the whole run: every block
+# that takes brokers down brings them up again in --- aai_after.
+
+use Test::Nginx::Socket 'no_plan';
+use lib 't/lib';
+use AaiTest;
+
+use File::Temp ();
+
+$ENV{TEST_NGINX_KAFKA_BROKERS} ||= '127.0.0.1:9092';
+$ENV{TEST_NGINX_KRUN} = "k044x$$" . int(rand(1e6));
+
+our $Run = $ENV{TEST_NGINX_KRUN};
+
+our $Tmp = File::Temp::tempdir('aai-spool-XXXXXX', TMPDIR => 1,
+                               CLEANUP => 1);
+chmod 0777, $Tmp;
+$ENV{TEST_NGINX_SPOOL} = $Tmp;
+
+our $Magic = "\xffAK\xfe";
+
+sub all_brokers_down {
+    kafka_broker_down($_) for 1 .. 3;
+}
+
+sub port {
+    return $ENV{TEST_NGINX_SERVER_PORT};
+}
+
+sub metric {
+    my ($m, $name) = @_;
+    my $k = $name =~ /^(spool_bytes|spool_oldest_seconds)$/
+            ? "aai_kafka_$name"
+            : $name =~ /^spool_/ ? "aai_kafka_dropped_total{reason=\"$name\"}"
+            : "aai_kafka_events_total{outcome=\"$name\"}";
+    return $m->{$k} // 0;
+}
+
+sub counts {
+    my $m = shift;
+    return join ' ', map { "$_=" . metric($m, $_) }
+                     qw(spooled replayed dropped spool_full spool_corrupt);
+}
+
+sub counts_are {
+    my ($want, $name, $timeout, $port) = @_;
+    my $m = metrics_wait($port // port(), '/metrics',
+                         sub { counts($_[0]) eq $want }, $timeout // 15);
+    is(counts($m), $want, $name);
+    return $m;
+}
+
+# requests /t?n=N for each N; each must answer 204
+sub requests {
+    my ($port, @n) = @_;
+    my $ok = 0;
+    for my $n (@n) {
+        my ($st) = http_get($port, "/t?n=$n");
+        $ok++ if defined $st && $st == 204;
+    }
+    is($ok, scalar @n, scalar(@n) . ' requests answered');
+}
+
+# the distinct numbers that arrived, and how many events in all
+sub arrived {
+    my ($suffix, $count, $timeout) = @_;
+    my @e = kafka_events("$Run-$suffix", $count, $timeout // 15);
+    my %seen;
+    $seen{ $_->{event}{n} // 'undef' }++ for @e;
+    return (join(',', sort { $a <=> $b } keys %seen), scalar @e);
+}
+
+sub spool_files {
+    my $dir = shift;
+    return grep { -s $_ } glob("$Tmp/$dir/*.spool");
+}
+
+sub wait_for {
+    my ($cond, $timeout) = @_;
+    my $deadline = Time::HiRes::time() + ($timeout // 10);
+    while (Time::HiRes::time() < $deadline) {
+        return 1 if $cond->();
+        select(undef, undef, undef, 0.1);
+    }
+    return $cond->();
+}
+
+sub instance_conf {
+    my ($dir, $suffix) = @_;
+    return <<"_EOC_";
+    aai_kafka_brokers \$TEST_NGINX_KAFKA_BROKERS;
+    aai_kafka_flush_timeout 300ms;
+    aai_kafka_spool \$TEST_NGINX_SPOOL/$dir max_size=1m;
+    aai_kafka_format n n=\$arg_n:number id=\$request_id;
+    server {
+        listen 127.0.0.1:\$TEST_NGINX_INSTANCE_PORT;
+        location = /t {
+            aai_kafka_event \$TEST_NGINX_KRUN-$suffix format=n;
+            return 204;
+        }
+        location = /metrics {
+            aai_metrics;
+        }
+    }
+_EOC_
+}
+
+master_on();
+workers(1);
+no_shuffle();
+run_tests();
+
+__DATA__
+
+=== TEST 1: a bad max_size fails, naming the directive and the value
+--- http_config
+    aai_kafka_brokers $TEST_NGINX_KAFKA_BROKERS;
+    aai_kafka_spool $TEST_NGINX_SPOOL/bad max_size=lots;
+--- config
+--- must_die
+--- error_log
+invalid max_size "max_size=lots" in "aai_kafka_spool", it must be a size of at least 4k
+
+
+
+=== TEST 2: a bad rate fails, naming the directive and the value
+--- http_config
+    aai_kafka_brokers $TEST_NGINX_KAFKA_BROKERS;
+    aai_kafka_spool $TEST_NGINX_SPOOL/bad rate=0;
+--- config
+--- must_die
+--- error_log
+invalid rate "rate=0" in "aai_kafka_spool", it must be 1 to 1000000 events per second
+
+
+
+=== TEST 3: the happy path writes nothing to disk
+--- http_config
+    aai_kafka_brokers $TEST_NGINX_KAFKA_BROKERS;
+    aai_kafka_spool $TEST_NGINX_SPOOL/happy;
+    aai_kafka_format n n=$arg_n:number;
+--- config
+    location = /t {
+        aai_kafka_event $TEST_NGINX_KRUN-happy format=n;
+        return 204;
+    }
+    location = /metrics {
+        aai_metrics;
+    }
+--- init
+main::requests(main::port(), 1 .. 20);
+my $m = AaiTest::metrics_wait(main::port(), '/metrics', sub {
+    ($_[0]->{'aai_kafka_events_total{outcome="delivered"}'} // 0) == 20 });
+Test::More::is(main::metric($m, 'delivered'), 20, 'all delivered');
+main::counts_are('spooled=0 replayed=0 dropped=0 spool_full=0 '
+                 . 'spool_corrupt=0', 'nothing spooled');
+my @f = glob("$main::Tmp/happy/*");
+Test::More::is(scalar @f, 0, 'no file in the spool directory');
+--- request
+GET /metrics
+--- response_body_like
+aai_kafka_spool_bytes 0
+--- no_error_log
+[error]
+
+
+
+=== TEST 4: brokers down for longer than message.timeout.ms under traffic, then up: every event delivered from the spool
+--- http_config
+    aai_kafka_brokers $TEST_NGINX_KAFKA_BROKERS;
+    aai_kafka_property message.timeout.ms 1000;
+    aai_kafka_spool $TEST_NGINX_SPOOL/outage;
+    aai_kafka_format n n=$arg_n:number;
+--- config
+    location = /t {
+        aai_kafka_event $TEST_NGINX_KRUN-outage format=n key=$arg_n;
+        return 204;
+    }
+    location = /metrics {
+        aai_metrics;
+    }
+--- init
+main::all_brokers_down();
+for my $i (0 .. 5) {
+    main::requests(main::port(), $i * 5 + 1 .. $i * 5 + 5);
+    select(undef, undef, undef, 0.25);
+}
+main::counts_are('spooled=30 replayed=0 dropped=0 spool_full=0 '
+                 . 'spool_corrupt=0', 'every event timed out, spooled', 10);
+Test::More::ok(main::wait_for(sub { main::spool_files('outage') >= 1 }),
+               'written to a spool file');
+AaiTest::kafka_all_brokers_up();
+main::counts_are('spooled=30 replayed=30 dropped=0 spool_full=0 '
+                 . 'spool_corrupt=0', 'replayed once the brokers are back',
+                 20);
+my ($n, $all) = main::arrived('outage', 30);
+Test::More::is($n, join(',', 1 .. 30), 'every event arrived');
+Test::More::diag("$all events arrived for 30 requests");
+Test::More::ok(main::wait_for(sub { main::spool_files('outage') == 0 }),
+               'the replayed file is removed');
+my $m = AaiTest::metrics_wait(main::port(), '/metrics', sub {
+    ($_[0]->{aai_kafka_spool_bytes} // -1) == 0 }, 5);
+Test::More::is($m->{aai_kafka_spool_bytes}, 0, 'spool bytes back to 0');
+--- request
+GET /metrics
+--- response_body_like
+aai_kafka_spool_bytes 0
+--- aai_after
+kafka_all_brokers_up();
+
+
+
+=== TEST 5: a stop (QUIT) while the brokers are down, then a start after they are back: the spooled events arrive
+--- config
+    location = /t {
+        return 204;
+    }
+--- init
+my $conf = main::instance_conf('stop', 'stop');
+my ($port, $stop) = AaiTest::start_nginx_instance('spool044', $conf);
+main::all_brokers_down();
+main::requests($port, 1 .. 20);
+$stop->();
+my @f = main::spool_files('stop');
+Test::More::is(scalar @f, 1, 'the exiting worker wrote its events to disk');
+AaiTest::kafka_all_brokers_up();
+($port, $stop) = AaiTest::start_nginx_instance('spool044', $conf);
+my ($n) = main::arrived('stop', 20);
+Test::More::is($n, join(',', 1 .. 20), 'the spooled events arrived');
+main::counts_are('spooled=0 replayed=20 dropped=0 spool_full=0 '
+                 . 'spool_corrupt=0', 'replayed by the new start', 10,
+                 $port);
+Test::More::ok(main::wait_for(sub { main::spool_files('stop') == 0 }),
+               'the replayed file is removed');
+$stop->();
+--- request
+GET /t
+--- error_code: 204
+--- aai_after
+kafka_all_brokers_up();
+
+
+
+=== TEST 6: a corrupt record and a record cut short are skipped and counted, the rest replayed
+--- config
+    location = /t {
+        return 204;
+    }
+--- init
+my $conf = main::instance_conf('bad', 'bad');
+my ($port, $stop) = AaiTest::start_nginx_instance('spool044', $conf);
+main::all_brokers_down();
+main::requests($port, 1 .. 20);
+$stop->();
+my ($f) = main::spool_files('bad');
+open my $fh, '+<', $f or die "$f: $!";
+binmode $fh;
+local $/;
+my $data = <$fh>;
+my @at;
+my $p = -1;
+push @at, $p while ($p = index($data, $main::Magic, $p + 1)) >= 0;
+Test::More::is(scalar @at, 20, '20 records on disk');
+# a byte of the 10th record's event flipped; the 20th cut short
+substr($data, $at[9] + 30, 1) ^= "\x01";
+$data = substr($data, 0, length($data) - 5);
+seek $fh, 0, 0;
+truncate $fh, 0;
+print $fh $data;
+close $fh;
+AaiTest::kafka_all_brokers_up();
+($port, $stop) = AaiTest::start_nginx_instance('spool044', $conf);
+main::counts_are('spooled=0 replayed=18 dropped=2 spool_full=0 '
+                 . 'spool_corrupt=2', 'two skipped and counted', 10, $port);
+my ($n) = main::arrived('bad', 18);
+Test::More::is($n, join(',', 1 .. 9, 11 .. 19), 'the others arrived');
+$stop->();
+--- request
+GET /t
+--- error_code: 204
+--- aai_after
+kafka_all_brokers_up();
+
+
+
+=== TEST 7: a full spool drops and counts exactly
+--- http_config eval
+# one event queued (queue.buffering.max.messages 1), the next 20 for the
+# spool, which holds 10.5 records of 20 + topic + 408 bytes
+my $rec = 20 + length("$main::Run-full") + 408;
+'    aai_kafka_brokers $TEST_NGINX_KAFKA_BROKERS;
+    aai_kafka_property queue.buffering.max.messages 1;
+    aai_kafka_spool $TEST_NGINX_SPOOL/full max_size=' . int($rec * 10.5) . ';
+    aai_kafka_format p p=$arg_p;
+'
+--- config
+    location = /t {
+        aai_kafka_event $TEST_NGINX_KRUN-full format=p;
+        return 204;
+    }
+    location = /metrics {
+        aai_metrics;
+    }
+--- init
+main::all_brokers_down();
+my $p = 'a' x 400;
+my $ok = 0;
+for my $i (1 .. 21) {
+    my ($st) = AaiTest::http_get(main::port(), "/t?p=$p");
+    $ok++ if $st == 204;
+}
+Test::More::is($ok, 21, 'answered');
+main::counts_are('spooled=10 replayed=0 dropped=10 spool_full=10 '
+                 . 'spool_corrupt=0', '10 spooled, 10 dropped as spool_full');
+AaiTest::kafka_all_brokers_up();
+main::counts_are('spooled=10 replayed=10 dropped=10 spool_full=10 '
+                 . 'spool_corrupt=0', 'the 10 replayed', 20);
+my @e = AaiTest::kafka_events("$main::Run-full", 11, 10);
+Test::More::is(scalar @e, 11, 'the queued one and the 10 spooled arrived');
+--- request
+GET /metrics
+--- response_body_like
+aai_kafka_dropped_total\{reason="spool_full"\} 10
+--- aai_after
+kafka_all_brokers_up();
