@@ -212,8 +212,8 @@ static rd_kafka_resp_err_t ngx_http_aai_kafka_producev(
 static void ngx_http_aai_kafka_spool(ngx_http_aai_kafka_worker_t *w,
     ngx_http_aai_kafka_main_conf_t *kmcf, rd_kafka_resp_err_t err,
     const char *topic, ngx_str_t *key, ngx_str_t *payload);
-static int ngx_http_aai_kafka_replay(ngx_str_t *topic, ngx_str_t *key,
-    ngx_str_t *value, void *opaque);
+static ngx_int_t ngx_http_aai_kafka_replay(ngx_str_t *topic,
+    ngx_str_t *key, ngx_str_t *value, void *opaque);
 static ngx_int_t ngx_http_aai_kafka_json(ngx_http_request_t *r,
     ngx_http_aai_kafka_format_t *fmt, ngx_str_t *out);
 static u_char *ngx_http_aai_kafka_buffer(size_t size);
@@ -616,7 +616,7 @@ ngx_http_aai_kafka_spool(ngx_http_aai_kafka_worker_t *w,
 
 /* an event of the spool, with its replay as opaque */
 
-static int
+static ngx_int_t
 ngx_http_aai_kafka_replay(ngx_str_t *topic, ngx_str_t *key, ngx_str_t *value,
     void *opaque)
 {
@@ -629,7 +629,7 @@ ngx_http_aai_kafka_replay(ngx_str_t *topic, ngx_str_t *key, ngx_str_t *value,
     kmcf = w->kmcf;
 
     if (w->rk == NULL || w->fatal || topic->len >= sizeof(name)) {
-        return RD_KAFKA_RESP_ERR__STATE;
+        return NGX_ERROR;
     }
 
     /* any topic, also one of an older configuration: librdkafka keeps one
@@ -646,14 +646,20 @@ ngx_http_aai_kafka_replay(ngx_str_t *topic, ngx_str_t *key, ngx_str_t *value,
                             RD_KAFKA_V_OPAQUE(opaque),
                             RD_KAFKA_V_END);
 
-    if (err == RD_KAFKA_RESP_ERR_NO_ERROR) {
-        w->outstanding++;
-        ngx_http_aai_kafka_account(w);
-        ngx_aai_metrics_inc(kmcf->metrics, kmcf->produced, 1);
-        ngx_aai_metrics_inc(kmcf->metrics, kmcf->depth, 1);
+    if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
+        return NGX_AGAIN;
     }
 
-    return err;
+    if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        return NGX_ERROR;
+    }
+
+    w->outstanding++;
+    ngx_http_aai_kafka_account(w);
+    ngx_aai_metrics_inc(kmcf->metrics, kmcf->produced, 1);
+    ngx_aai_metrics_inc(kmcf->metrics, kmcf->depth, 1);
+
+    return NGX_OK;
 }
 
 

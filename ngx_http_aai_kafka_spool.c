@@ -861,7 +861,7 @@ ngx_http_aai_kafka_spool_chunk(void)
     size_t                              avail, need;
     uint16_t                            tlen;
     uint32_t                            n, crc, klen;
-    ngx_int_t                           eof;
+    ngx_int_t                           eof, rc;
     ngx_str_t                           topic, key, value;
     ngx_http_aai_kafka_spool_t         *spool;
     ngx_http_aai_kafka_spool_worker_t  *sw;
@@ -926,7 +926,14 @@ ngx_http_aai_kafka_spool_chunk(void)
         value.data = topic.data + tlen + key.len;
         value.len = n - NGX_HTTP_AAI_KAFKA_SPOOL_BODY - tlen - key.len;
 
-        if (spool->produce(&topic, &key, &value, (void *) sw->gen) != 0) {
+        rc = spool->produce(&topic, &key, &value, (void *) sw->gen);
+
+        if (rc == NGX_AGAIN) {
+            /* the queue is full: the rest of the step after the reports */
+            return;
+        }
+
+        if (rc != NGX_OK) {
             /* not taken: the file is kept, tried again later */
             sw->rfailed = 1;
             ngx_http_aai_kafka_spool_next();

@@ -29,9 +29,12 @@ typedef struct {
 } ngx_http_aai_kafka_spool_shm_t;
 
 
-/* hands a spooled event to Kafka: an rd_kafka_resp_err_t, 0 when taken */
+/*
+ * Hands a spooled event to Kafka: NGX_OK when taken, NGX_AGAIN when the
+ * queue is full (tried again after delivery reports), NGX_ERROR otherwise.
+ */
 
-typedef int (*ngx_http_aai_kafka_spool_produce_pt)(ngx_str_t *topic,
+typedef ngx_int_t (*ngx_http_aai_kafka_spool_produce_pt)(ngx_str_t *topic,
     ngx_str_t *key, ngx_str_t *value, void *opaque);
 
 

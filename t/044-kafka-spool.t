@@ -330,3 +330,41 @@ GET /metrics
 aai_kafka_dropped_total\{reason="spool_full"\} 10
 --- aai_after
 kafka_all_brokers_up();
+
+
+
+=== TEST 8: five reloads under traffic while the brokers are down, then up: no event lost
+--- http_config
+    aai_kafka_brokers $TEST_NGINX_KAFKA_BROKERS;
+    aai_kafka_flush_timeout 200ms;
+    aai_kafka_spool $TEST_NGINX_SPOOL/reload;
+    aai_kafka_format n n=$arg_n:number;
+--- config
+    location = /t {
+        aai_kafka_event $TEST_NGINX_KRUN-reload format=n key=$arg_n;
+        return 204;
+    }
+    location = /metrics {
+        aai_metrics;
+    }
+--- init
+my $root = $ENV{TEST_NGINX_SERVROOT} || 't/servroot';
+my ($l) = AaiTest::file_lines("$root/logs/nginx.pid");
+my ($master) = $l =~ /^(\d+)/;
+main::all_brokers_down();
+for my $i (0 .. 5) {
+    main::requests(main::port(), $i * 10 + 1 .. $i * 10 + 10);
+    kill 'HUP', $master if $i < 5;
+    select(undef, undef, undef, 0.3);
+}
+AaiTest::kafka_all_brokers_up();
+my ($n, $all) = main::arrived('reload', 60, 30);
+Test::More::is($n, join(',', 1 .. 60), 'every event arrived');
+Test::More::diag("$all events arrived for 60 requests");
+Test::More::ok(main::wait_for(sub { main::spool_files('reload') == 0 }, 15),
+               'every spool file replayed and removed');
+--- request
+GET /t
+--- error_code: 204
+--- aai_after
+kafka_all_brokers_up();
