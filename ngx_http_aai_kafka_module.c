@@ -85,10 +85,17 @@ typedef struct {
 
 
 typedef struct {
+    ngx_str_t                         name;       /* null-terminated */
+    ngx_http_complex_value_t         *value;
+} ngx_http_aai_kafka_header_t;
+
+
+typedef struct {
     ngx_uint_t                        topic;      /* index in main topics */
     ngx_http_aai_kafka_format_t      *format;     /* NULL: the default */
     ngx_http_complex_value_t         *key;
     ngx_http_complex_value_t         *filter;
+    ngx_array_t                      *headers;    /* header_t */
 } ngx_http_aai_kafka_event_t;
 
 
@@ -176,6 +183,8 @@ typedef struct {
 
     u_char                           *buf;        /* the event's text */
     size_t                            buf_size;
+    u_char                           *hbuf;       /* headers, packed */
+    size_t                            hbuf_size;
 
     ngx_http_aai_kafka_limit_t        drops;
     ngx_http_aai_kafka_limit_t        failures;
@@ -208,12 +217,18 @@ static void ngx_http_aai_kafka_produce(ngx_http_request_t *r,
     ngx_str_t *payload);
 static rd_kafka_resp_err_t ngx_http_aai_kafka_producev(
     ngx_http_aai_kafka_worker_t *w, ngx_uint_t topic, ngx_str_t *payload,
-    ngx_str_t *key);
+    ngx_str_t *key, rd_kafka_headers_t *hdrs);
+static rd_kafka_headers_t *ngx_http_aai_kafka_headers(ngx_http_request_t *r,
+    ngx_array_t *headers);
 static void ngx_http_aai_kafka_spool(ngx_http_aai_kafka_worker_t *w,
     ngx_http_aai_kafka_main_conf_t *kmcf, rd_kafka_resp_err_t err,
-    const char *topic, ngx_str_t *key, ngx_str_t *payload);
+    const char *topic, ngx_str_t *key, ngx_str_t *payload,
+    rd_kafka_headers_t *hdrs);
+static ngx_int_t ngx_http_aai_kafka_pack(rd_kafka_headers_t *hdrs,
+    ngx_str_t *out);
+static rd_kafka_headers_t *ngx_http_aai_kafka_unpack(ngx_str_t *in);
 static ngx_int_t ngx_http_aai_kafka_replay(ngx_str_t *topic,
-    ngx_str_t *key, ngx_str_t *value, void *opaque);
+    ngx_str_t *key, ngx_str_t *value, ngx_str_t *headers, void *opaque);
 static ngx_int_t ngx_http_aai_kafka_json(ngx_http_request_t *r,
     ngx_http_aai_kafka_format_t *fmt, ngx_str_t *out);
 static u_char *ngx_http_aai_kafka_buffer(size_t size);
@@ -303,6 +318,8 @@ static char *ngx_http_aai_kafka_event(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static ngx_int_t ngx_http_aai_kafka_topic(ngx_conf_t *cf,
     ngx_http_aai_kafka_main_conf_t *kmcf, ngx_str_t *name);
+static ngx_int_t ngx_http_aai_kafka_header_conf(ngx_conf_t *cf,
+    ngx_http_aai_kafka_event_t *ev, ngx_str_t *arg);
 static ngx_http_complex_value_t *ngx_http_aai_kafka_complex(ngx_conf_t *cf,
     ngx_str_t *value);
 
@@ -518,6 +535,7 @@ ngx_http_aai_kafka_produce(ngx_http_request_t *r,
     ngx_str_t *payload)
 {
     ngx_str_t                    *topic, key;
+    rd_kafka_headers_t           *hdrs;
     rd_kafka_resp_err_t           err;
     ngx_http_aai_kafka_worker_t  *w;
 
@@ -534,12 +552,15 @@ ngx_http_aai_kafka_produce(ngx_http_request_t *r,
         ngx_str_null(&key);
     }
 
+    /* the event goes without headers rather than not at all */
+    hdrs = ev->headers ? ngx_http_aai_kafka_headers(r, ev->headers) : NULL;
+
     if (w->rk == NULL || w->kmcf != kmcf) {
         err = RD_KAFKA_RESP_ERR__STATE;
         goto dropped;
     }
 
-    err = ngx_http_aai_kafka_producev(w, ev->topic, payload, &key);
+    err = ngx_http_aai_kafka_producev(w, ev->topic, payload, &key, hdrs);
 
     if (err == RD_KAFKA_RESP_ERR__FATAL) {
         /* before the error callback is served: rebuild now, try again */
@@ -547,7 +568,8 @@ ngx_http_aai_kafka_produce(ngx_http_request_t *r,
         w->fatal = 1;
 
         if (ngx_http_aai_kafka_recover() == NGX_OK) {
-            err = ngx_http_aai_kafka_producev(w, ev->topic, payload, &key);
+            err = ngx_http_aai_kafka_producev(w, ev->topic, payload, &key,
+                                              hdrs);
         }
     }
 
@@ -565,16 +587,60 @@ dropped:
         topic = kmcf->topics.elts;
 
         ngx_http_aai_kafka_spool(w, kmcf, err, (char *) topic[ev->topic].data,
-                                 &key, payload);
-        return;
+                                 &key, payload, hdrs);
+
+    } else {
+        ngx_http_aai_kafka_drop(kmcf, ngx_http_aai_kafka_reason(err));
+
+        w->drops.count++;
+        w->drops.reason = rd_kafka_err2str(err);
+
+        ngx_http_aai_kafka_report(&w->drops, "dropped", 0);
     }
 
-    ngx_http_aai_kafka_drop(kmcf, ngx_http_aai_kafka_reason(err));
+    /* not taken: still ours */
 
-    w->drops.count++;
-    w->drops.reason = rd_kafka_err2str(err);
+    if (hdrs) {
+        rd_kafka_headers_destroy(hdrs);
+    }
+}
 
-    ngx_http_aai_kafka_report(&w->drops, "dropped", 0);
+
+/* the headers of an event; NULL when there are none or memory ran out */
+
+static rd_kafka_headers_t *
+ngx_http_aai_kafka_headers(ngx_http_request_t *r, ngx_array_t *headers)
+{
+    ngx_str_t                     v;
+    ngx_uint_t                    i;
+    rd_kafka_headers_t           *hdrs;
+    ngx_http_aai_kafka_header_t  *h;
+
+    hdrs = rd_kafka_headers_new(headers->nelts);
+    if (hdrs == NULL) {
+        return NULL;
+    }
+
+    h = headers->elts;
+
+    for (i = 0; i < headers->nelts; i++) {
+        if (ngx_http_complex_value(r, h[i].value, &v) != NGX_OK) {
+            ngx_str_null(&v);
+        }
+
+        /* copied: nothing of the request is referenced */
+
+        if (rd_kafka_header_add(hdrs, (char *) h[i].name.data,
+                                (ssize_t) h[i].name.len, v.data,
+                                (ssize_t) v.len)
+            != RD_KAFKA_RESP_ERR_NO_ERROR)
+        {
+            rd_kafka_headers_destroy(hdrs);
+            return NULL;
+        }
+    }
+
+    return hdrs;
 }
 
 
@@ -586,9 +652,10 @@ dropped:
 static void
 ngx_http_aai_kafka_spool(ngx_http_aai_kafka_worker_t *w,
     ngx_http_aai_kafka_main_conf_t *kmcf, rd_kafka_resp_err_t err,
-    const char *topic, ngx_str_t *key, ngx_str_t *payload)
+    const char *topic, ngx_str_t *key, ngx_str_t *payload,
+    rd_kafka_headers_t *hdrs)
 {
-    ngx_str_t  name;
+    ngx_str_t  name, packed;
 
     if (topic == NULL || err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE
         || err == RD_KAFKA_RESP_ERR_INVALID_MSG_SIZE)
@@ -605,7 +672,13 @@ ngx_http_aai_kafka_spool(ngx_http_aai_kafka_worker_t *w,
     name.data = (u_char *) topic;
     name.len = ngx_strlen(topic);
 
-    if (ngx_http_aai_kafka_spool_append(&name, key, payload) != NGX_OK) {
+    if (ngx_http_aai_kafka_pack(hdrs, &packed) != NGX_OK) {
+        ngx_str_null(&packed);
+    }
+
+    if (ngx_http_aai_kafka_spool_append(&name, key, payload, &packed)
+        != NGX_OK)
+    {
         w->drops.count++;
         w->drops.reason = "the spool is full";
 
@@ -614,13 +687,148 @@ ngx_http_aai_kafka_spool(ngx_http_aai_kafka_worker_t *w,
 }
 
 
+/*
+ * Headers in a record of the spool: for each, the name's length (2), the
+ * value's length (4, 0xffffffff: null), the name, the value.
+ */
+
+static ngx_int_t
+ngx_http_aai_kafka_pack(rd_kafka_headers_t *hdrs, ngx_str_t *out)
+{
+    u_char                       *p;
+    size_t                        size, nlen, vlen;
+    uint16_t                      u16;
+    uint32_t                      u32;
+    ngx_uint_t                    i;
+    const char                   *name;
+    const void                   *value;
+    ngx_http_aai_kafka_worker_t  *w;
+
+    ngx_str_null(out);
+
+    if (hdrs == NULL || rd_kafka_header_cnt(hdrs) == 0) {
+        return NGX_OK;
+    }
+
+    w = &ngx_http_aai_kafka_worker;
+
+    size = 0;
+
+    for (i = 0; rd_kafka_header_get_all(hdrs, i, &name, &value, &vlen)
+                == RD_KAFKA_RESP_ERR_NO_ERROR; i++)
+    {
+        nlen = ngx_strlen(name);
+
+        if (nlen > 0xffff || vlen >= 0xffffffff) {
+            return NGX_ERROR;
+        }
+
+        size += 6 + nlen + vlen;
+    }
+
+    if (w->hbuf_size < size) {
+        p = ngx_alloc(ngx_max(size, 256), ngx_cycle->log);
+        if (p == NULL) {
+            return NGX_ERROR;
+        }
+
+        if (w->hbuf) {
+            ngx_free(w->hbuf);
+        }
+
+        w->hbuf = p;
+        w->hbuf_size = ngx_max(size, 256);
+    }
+
+    p = w->hbuf;
+
+    for (i = 0; rd_kafka_header_get_all(hdrs, i, &name, &value, &vlen)
+                == RD_KAFKA_RESP_ERR_NO_ERROR; i++)
+    {
+        nlen = ngx_strlen(name);
+
+        u16 = (uint16_t) nlen;
+        u32 = value ? (uint32_t) vlen : 0xffffffff;
+
+        p = ngx_cpymem(p, &u16, 2);
+        p = ngx_cpymem(p, &u32, 4);
+        p = ngx_cpymem(p, name, nlen);
+        p = ngx_cpymem(p, value, value ? vlen : 0);
+    }
+
+    out->data = w->hbuf;
+    out->len = p - w->hbuf;
+
+    return NGX_OK;
+}
+
+
+/* NULL when there are none, or they do not parse: the event goes without */
+
+static rd_kafka_headers_t *
+ngx_http_aai_kafka_unpack(ngx_str_t *in)
+{
+    u_char              *p, *last;
+    uint16_t             nlen;
+    uint32_t             vlen;
+    rd_kafka_headers_t  *hdrs;
+
+    if (in->len == 0) {
+        return NULL;
+    }
+
+    hdrs = rd_kafka_headers_new(4);
+    if (hdrs == NULL) {
+        return NULL;
+    }
+
+    p = in->data;
+    last = in->data + in->len;
+
+    while (p < last) {
+        if (last - p < 6) {
+            goto invalid;
+        }
+
+        ngx_memcpy(&nlen, p, 2);
+        ngx_memcpy(&vlen, p + 2, 4);
+        p += 6;
+
+        if ((size_t) (last - p) < nlen
+            || (vlen != 0xffffffff && (size_t) (last - p) - nlen < vlen))
+        {
+            goto invalid;
+        }
+
+        if (rd_kafka_header_add(hdrs, (char *) p, nlen,
+                                vlen == 0xffffffff ? NULL : p + nlen,
+                                vlen == 0xffffffff ? 0 : (ssize_t) vlen)
+            != RD_KAFKA_RESP_ERR_NO_ERROR)
+        {
+            goto invalid;
+        }
+
+        p += nlen + ((vlen == 0xffffffff) ? 0 : vlen);
+    }
+
+    return hdrs;
+
+invalid:
+
+    rd_kafka_headers_destroy(hdrs);
+
+    return NULL;
+}
+
+
 /* an event of the spool, with its replay as opaque */
 
 static ngx_int_t
 ngx_http_aai_kafka_replay(ngx_str_t *topic, ngx_str_t *key, ngx_str_t *value,
-    void *opaque)
+    ngx_str_t *headers, void *opaque)
 {
     u_char                           name[256];
+    rd_kafka_headers_t              *hdrs;
     rd_kafka_resp_err_t              err;
     ngx_http_aai_kafka_worker_t     *w;
     ngx_http_aai_kafka_main_conf_t  *kmcf;
@@ -638,13 +846,31 @@ ngx_http_aai_kafka_replay(ngx_str_t *topic, ngx_str_t *key, ngx_str_t *value,
     ngx_memcpy(name, topic->data, topic->len);
     name[topic->len] = '\0';
 
-    err = rd_kafka_producev(w->rk,
-                            RD_KAFKA_V_TOPIC((char *) name),
-                            RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                            RD_KAFKA_V_VALUE(value->data, value->len),
-                            RD_KAFKA_V_KEY(key->data, key->len),
-                            RD_KAFKA_V_OPAQUE(opaque),
-                            RD_KAFKA_V_END);
+    hdrs = ngx_http_aai_kafka_unpack(headers);
+
+    if (hdrs) {
+        err = rd_kafka_producev(w->rk,
+                                RD_KAFKA_V_TOPIC((char *) name),
+                                RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                                RD_KAFKA_V_VALUE(value->data, value->len),
+                                RD_KAFKA_V_KEY(key->data, key->len),
+                                RD_KAFKA_V_HEADERS(hdrs),
+                                RD_KAFKA_V_OPAQUE(opaque),
+                                RD_KAFKA_V_END);
+
+        if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+            rd_kafka_headers_destroy(hdrs);
+        }
+
+    } else {
+        err = rd_kafka_producev(w->rk,
+                                RD_KAFKA_V_TOPIC((char *) name),
+                                RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                                RD_KAFKA_V_VALUE(value->data, value->len),
+                                RD_KAFKA_V_KEY(key->data, key->len),
+                                RD_KAFKA_V_OPAQUE(opaque),
+                                RD_KAFKA_V_END);
+    }
 
     if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
         return NGX_AGAIN;
@@ -699,8 +925,20 @@ ngx_http_aai_kafka_reason(rd_kafka_resp_err_t err)
 
 static rd_kafka_resp_err_t
 ngx_http_aai_kafka_producev(ngx_http_aai_kafka_worker_t *w, ngx_uint_t topic,
-    ngx_str_t *payload, ngx_str_t *key)
+    ngx_str_t *payload, ngx_str_t *key, rd_kafka_headers_t *hdrs)
 {
+    if (hdrs) {
+        /* taken: librdkafka owns the headers */
+        return rd_kafka_producev(w->rk,
+                                 RD_KAFKA_V_RKT(w->topics[topic]),
+                                 RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                                 RD_KAFKA_V_VALUE(payload->data, payload->len),
+                                 RD_KAFKA_V_KEY(key->len ? key->data : NULL,
+                                                key->len),
+                                 RD_KAFKA_V_HEADERS(hdrs),
+                                 RD_KAFKA_V_END);
+    }
+
     return rd_kafka_producev(w->rk,
                              RD_KAFKA_V_RKT(w->topics[topic]),
                              RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
@@ -1370,6 +1608,7 @@ ngx_http_aai_kafka_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *msg,
     void *opaque)
 {
     ngx_str_t                        key, value;
+    rd_kafka_headers_t              *hdrs;
     ngx_http_aai_kafka_worker_t     *w;
     ngx_http_aai_kafka_main_conf_t  *kmcf;
 
@@ -1405,9 +1644,15 @@ ngx_http_aai_kafka_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *msg,
         value.data = msg->payload;
         value.len = msg->len;
 
+        if (rd_kafka_message_headers(msg, &hdrs)
+            != RD_KAFKA_RESP_ERR_NO_ERROR)
+        {
+            hdrs = NULL;
+        }
+
         ngx_http_aai_kafka_spool(w, kmcf, msg->err,
                                  rd_kafka_topic_name(msg->rkt), &key,
-                                 &value);
+                                 &value, hdrs);
     }
 
     w->failures.count++;
@@ -2213,6 +2458,12 @@ ngx_http_aai_kafka_exit_process(ngx_cycle_t *cycle)
         w->buf_size = 0;
     }
 
+    if (w->hbuf) {
+        ngx_free(w->hbuf);
+        w->hbuf = NULL;
+        w->hbuf_size = 0;
+    }
+
     w->kmcf = NULL;
 }
 
@@ -2905,6 +3156,15 @@ ngx_http_aai_kafka_event(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             continue;
         }
 
+        if (ngx_strncmp(value[i].data, "header=", 7) == 0) {
+            if (ngx_http_aai_kafka_header_conf(cf, ev, &value[i]) != NGX_OK)
+            {
+                goto invalid;
+            }
+
+            continue;
+        }
+
         if (ngx_strncmp(value[i].data, "if=", 3) == 0) {
             s.data = value[i].data + 3;
             s.len = value[i].len - 3;
@@ -2931,6 +3191,66 @@ invalid:
                        &value[i], &cmd->name);
 
     return NGX_CONF_ERROR;
+}
+
+
+/* header=name:expression */
+
+static ngx_int_t
+ngx_http_aai_kafka_header_conf(ngx_conf_t *cf, ngx_http_aai_kafka_event_t *ev,
+    ngx_str_t *arg)
+{
+    u_char                       *p, *colon, *last;
+    ngx_str_t                     v;
+    ngx_http_aai_kafka_header_t  *h;
+
+    p = arg->data + sizeof("header=") - 1;
+    last = arg->data + arg->len;
+
+    colon = ngx_strlchr(p, last, ':');
+
+    if (colon == NULL || colon == p || colon + 1 == last) {
+        return NGX_ERROR;
+    }
+
+    if (ev->headers == NULL) {
+        ev->headers = ngx_array_create(cf->pool, 2,
+                                       sizeof(ngx_http_aai_kafka_header_t));
+        if (ev->headers == NULL) {
+            return NGX_ERROR;
+        }
+    }
+
+    h = ngx_array_push(ev->headers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    for (h->name.data = p; p < colon; p++) {
+        if (!ngx_http_aai_kafka_name_char(*p)) {
+            return NGX_ERROR;
+        }
+    }
+
+    h->name.len = colon - h->name.data;
+
+    /* null-terminated for librdkafka: the colon's place in a copy */
+
+    p = ngx_pnalloc(cf->pool, h->name.len + 1);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(p, h->name.data, h->name.len);
+    p[h->name.len] = '\0';
+    h->name.data = p;
+
+    v.data = colon + 1;
+    v.len = last - v.data;
+
+    h->value = ngx_http_aai_kafka_complex(cf, &v);
+
+    return (h->value == NULL) ? NGX_ERROR : NGX_OK;
 }
 
 

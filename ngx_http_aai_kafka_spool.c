@@ -15,7 +15,8 @@
  * A record: magic (4 bytes, 0xff 'A' 'K' 0xfe: 0xff never occurs in
  * UTF-8), the body's length (4), the CRC-32 of the body (4); the body: the
  * topic's length (2), zero (2), the key's length (4, 0xffffffff: none), the
- * topic, the key, the value.  Integers in the host's byte order.
+ * headers' length (4), the topic, the key, the headers (packed by the
+ * module), the value.  Integers in the host's byte order.
  */
 
 
@@ -30,7 +31,7 @@
 
 
 #define NGX_HTTP_AAI_KAFKA_SPOOL_HDR      12
-#define NGX_HTTP_AAI_KAFKA_SPOOL_BODY     8
+#define NGX_HTTP_AAI_KAFKA_SPOOL_BODY     12
 #define NGX_HTTP_AAI_KAFKA_SPOOL_NO_KEY   0xffffffff
 
 /* the largest record read back: anything larger is corrupt */
@@ -316,7 +317,7 @@ ngx_http_aai_kafka_spool_init_process(ngx_http_aai_kafka_spool_t *spool,
 
 ngx_int_t
 ngx_http_aai_kafka_spool_append(ngx_str_t *topic, ngx_str_t *key,
-    ngx_str_t *value)
+    ngx_str_t *value, ngx_str_t *headers)
 {
     u_char                             *p, *body;
     size_t                              size, n;
@@ -333,7 +334,8 @@ ngx_http_aai_kafka_spool_append(ngx_str_t *topic, ngx_str_t *key,
         return NGX_DECLINED;
     }
 
-    n = NGX_HTTP_AAI_KAFKA_SPOOL_BODY + topic->len + key->len + value->len;
+    n = NGX_HTTP_AAI_KAFKA_SPOOL_BODY + topic->len + key->len + headers->len
+        + value->len;
     size = NGX_HTTP_AAI_KAFKA_SPOOL_HDR + n;
 
     if (topic->len > 0xffff || n > NGX_HTTP_AAI_KAFKA_SPOOL_RECORD
@@ -383,10 +385,13 @@ ngx_http_aai_kafka_spool_append(ngx_str_t *topic, ngx_str_t *key,
     ngx_memcpy(body + 2, &u16, 2);
     u32 = key->data ? (uint32_t) key->len : NGX_HTTP_AAI_KAFKA_SPOOL_NO_KEY;
     ngx_memcpy(body + 4, &u32, 4);
+    u32 = (uint32_t) headers->len;
+    ngx_memcpy(body + 8, &u32, 4);
 
     n = NGX_HTTP_AAI_KAFKA_SPOOL_BODY;
     n += ngx_cpymem(body + n, topic->data, topic->len) - (body + n);
     n += ngx_cpymem(body + n, key->data, key->len) - (body + n);
+    n += ngx_cpymem(body + n, headers->data, headers->len) - (body + n);
     n += ngx_cpymem(body + n, value->data, value->len) - (body + n);
 
     ngx_memcpy(p, ngx_http_aai_kafka_spool_magic, 4);
@@ -664,8 +669,8 @@ ngx_http_aai_kafka_spool_post(ngx_uint_t op, ngx_uint_t flag)
         sw->pcount = 0;
 
         if (sw->wfd == NGX_INVALID_FILE && sw->wlen) {
-            (void) ngx_sprintf((u_char *) sw->wname, "%V/%013uL-%P-%ui.spool%Z",
-                               &sw->spool->path,
+            (void) ngx_sprintf((u_char *) sw->wname,
+                               "%V/%013uL-%P-%ui.spool%Z", &sw->spool->path,
                                ngx_http_aai_kafka_spool_now(), ngx_pid,
                                sw->seq++);
             sw->wsize = 0;
@@ -860,9 +865,9 @@ ngx_http_aai_kafka_spool_chunk(void)
     u_char                             *p, *body, *buf;
     size_t                              avail, need;
     uint16_t                            tlen;
-    uint32_t                            n, crc, klen;
+    uint32_t                            n, crc, klen, hlen;
     ngx_int_t                           eof, rc;
-    ngx_str_t                           topic, key, value;
+    ngx_str_t                           topic, key, value, headers;
     ngx_http_aai_kafka_spool_t         *spool;
     ngx_http_aai_kafka_spool_worker_t  *sw;
 
@@ -901,11 +906,12 @@ ngx_http_aai_kafka_spool_chunk(void)
         ngx_memcpy(&crc, p + 8, 4);
         ngx_memcpy(&tlen, body, 2);
         ngx_memcpy(&klen, body + 4, 4);
+        ngx_memcpy(&hlen, body + 8, 4);
 
         if (crc != ngx_crc32_long(body, n) || tlen == 0
-            || (klen != NGX_HTTP_AAI_KAFKA_SPOOL_NO_KEY
-                && (size_t) tlen + klen > n - NGX_HTTP_AAI_KAFKA_SPOOL_BODY)
-            || (size_t) tlen > n - NGX_HTTP_AAI_KAFKA_SPOOL_BODY)
+            || (uint64_t) tlen + hlen
+               + (klen == NGX_HTTP_AAI_KAFKA_SPOOL_NO_KEY ? 0 : klen)
+               > n - NGX_HTTP_AAI_KAFKA_SPOOL_BODY)
         {
             ngx_http_aai_kafka_spool_resync(eof);
             continue;
@@ -923,10 +929,14 @@ ngx_http_aai_kafka_spool_chunk(void)
             key.len = klen;
         }
 
-        value.data = topic.data + tlen + key.len;
-        value.len = n - NGX_HTTP_AAI_KAFKA_SPOOL_BODY - tlen - key.len;
+        headers.data = topic.data + tlen + key.len;
+        headers.len = hlen;
 
-        rc = spool->produce(&topic, &key, &value, (void *) sw->gen);
+        value.data = headers.data + hlen;
+        value.len = n - NGX_HTTP_AAI_KAFKA_SPOOL_BODY - tlen - key.len - hlen;
+
+        rc = spool->produce(&topic, &key, &value, &headers,
+                            (void *) sw->gen);
 
         if (rc == NGX_AGAIN) {
             /* the queue is full: the rest of the step after the reports */

@@ -35,7 +35,7 @@ typedef struct {
  */
 
 typedef ngx_int_t (*ngx_http_aai_kafka_spool_produce_pt)(ngx_str_t *topic,
-    ngx_str_t *key, ngx_str_t *value, void *opaque);
+    ngx_str_t *key, ngx_str_t *value, ngx_str_t *headers, void *opaque);
 
 
 typedef struct {
@@ -68,7 +68,7 @@ void ngx_http_aai_kafka_spool_exit_process(void);
 
 /* NGX_OK: spooled; NGX_DECLINED: dropped and counted */
 ngx_int_t ngx_http_aai_kafka_spool_append(ngx_str_t *topic, ngx_str_t *key,
-    ngx_str_t *value);
+    ngx_str_t *value, ngx_str_t *headers);
 
 /* every 100 ms; "ready": the producer takes events and none failed lately */
 void ngx_http_aai_kafka_spool_tick(ngx_uint_t ready);

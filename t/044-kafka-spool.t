@@ -368,3 +368,58 @@ GET /t
 --- error_code: 204
 --- aai_after
 kafka_all_brokers_up();
+
+
+
+=== TEST 9: header=name:expression: an invalid one fails, naming it
+--- http_config
+    aai_kafka_brokers $TEST_NGINX_KAFKA_BROKERS;
+--- config
+    location = /t {
+        aai_kafka_event t header=trace;
+        return 204;
+    }
+--- must_die
+--- error_log
+invalid parameter "header=trace" in "aai_kafka_event"
+
+
+
+=== TEST 10: record headers, delivered at once and through the spool
+--- http_config
+    aai_kafka_brokers $TEST_NGINX_KAFKA_BROKERS;
+    aai_kafka_property message.timeout.ms 1000;
+    aai_kafka_spool $TEST_NGINX_SPOOL/headers;
+    aai_kafka_format n n=$arg_n:number;
+--- config
+    location = /t {
+        aai_kafka_event $TEST_NGINX_KRUN-headers format=n
+                        header=trace:t-$arg_n header=schema:v1;
+        return 204;
+    }
+    location = /metrics {
+        aai_metrics;
+    }
+--- init
+main::requests(main::port(), 1);
+my @e = AaiTest::kafka_events("$main::Run-headers", 1, 10);
+Test::More::is_deeply($e[0]{headers}, ['trace', 't-1', 'schema', 'v1'],
+                      'the headers of an event delivered at once');
+main::all_brokers_down();
+main::requests(main::port(), 2, 3);
+main::counts_are('spooled=2 replayed=0 dropped=0 spool_full=0 '
+                 . 'spool_corrupt=0', 'timed out, spooled', 10);
+AaiTest::kafka_all_brokers_up();
+main::counts_are('spooled=2 replayed=2 dropped=0 spool_full=0 '
+                 . 'spool_corrupt=0', 'replayed', 20);
+@e = sort { $a->{event}{n} <=> $b->{event}{n} }
+     AaiTest::kafka_events("$main::Run-headers", 3, 10);
+Test::More::is_deeply([ map { $_->{headers} } @e[1, 2] ],
+                      [ ['trace', 't-2', 'schema', 'v1'],
+                        ['trace', 't-3', 'schema', 'v1'] ],
+                      'the headers of the replayed events');
+--- request
+GET /t?n=0
+--- error_code: 204
+--- aai_after
+kafka_all_brokers_up();
