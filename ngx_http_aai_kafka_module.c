@@ -55,7 +55,8 @@
 #define NGX_HTTP_AAI_KAFKA_SPOOL_FULL   6
 #define NGX_HTTP_AAI_KAFKA_SPOOL_ERROR  7
 #define NGX_HTTP_AAI_KAFKA_SPOOL_BAD    8
-#define NGX_HTTP_AAI_KAFKA_REASONS      9
+#define NGX_HTTP_AAI_KAFKA_TOPIC        9
+#define NGX_HTTP_AAI_KAFKA_REASONS      10
 
 /* a delivery failure newer than this stops the replay of the spool */
 #define NGX_HTTP_AAI_KAFKA_CALM       1000
@@ -96,6 +97,8 @@ typedef struct {
     ngx_http_complex_value_t         *key;
     ngx_http_complex_value_t         *filter;
     ngx_array_t                      *headers;    /* header_t */
+    ngx_http_complex_value_t         *topic_value;
+    ngx_array_t                      *topics;     /* ngx_uint_t: topic */
 } ngx_http_aai_kafka_event_t;
 
 
@@ -220,6 +223,9 @@ static rd_kafka_resp_err_t ngx_http_aai_kafka_producev(
     ngx_str_t *key, rd_kafka_headers_t *hdrs);
 static rd_kafka_headers_t *ngx_http_aai_kafka_headers(ngx_http_request_t *r,
     ngx_array_t *headers);
+static ngx_int_t ngx_http_aai_kafka_pick(ngx_http_request_t *r,
+    ngx_http_aai_kafka_main_conf_t *kmcf, ngx_http_aai_kafka_event_t *ev,
+    ngx_uint_t *t);
 static void ngx_http_aai_kafka_spool(ngx_http_aai_kafka_worker_t *w,
     ngx_http_aai_kafka_main_conf_t *kmcf, rd_kafka_resp_err_t err,
     const char *topic, ngx_str_t *key, ngx_str_t *payload,
@@ -320,6 +326,9 @@ static ngx_int_t ngx_http_aai_kafka_topic(ngx_conf_t *cf,
     ngx_http_aai_kafka_main_conf_t *kmcf, ngx_str_t *name);
 static ngx_int_t ngx_http_aai_kafka_header_conf(ngx_conf_t *cf,
     ngx_http_aai_kafka_event_t *ev, ngx_str_t *arg);
+static ngx_int_t ngx_http_aai_kafka_topics_conf(ngx_conf_t *cf,
+    ngx_http_aai_kafka_main_conf_t *kmcf, ngx_http_aai_kafka_event_t *ev,
+    ngx_str_t *arg);
 static ngx_http_complex_value_t *ngx_http_aai_kafka_complex(ngx_conf_t *cf,
     ngx_str_t *value);
 
@@ -535,16 +544,25 @@ ngx_http_aai_kafka_produce(ngx_http_request_t *r,
     ngx_str_t *payload)
 {
     ngx_str_t                    *topic, key;
+    ngx_uint_t                    t;
     rd_kafka_headers_t           *hdrs;
     rd_kafka_resp_err_t           err;
     ngx_http_aai_kafka_worker_t  *w;
 
     w = &ngx_http_aai_kafka_worker;
 
-    /*
-     * No producer: it could not be created, or this is a configuration
-     * reloaded without a master process (no init_process for it).
-     */
+    t = ev->topic;
+
+    if (ev->topic_value && ngx_http_aai_kafka_pick(r, kmcf, ev, &t) != NGX_OK)
+    {
+        ngx_http_aai_kafka_drop(kmcf, NGX_HTTP_AAI_KAFKA_TOPIC);
+
+        w->drops.count++;
+        w->drops.reason = "the topic is not among topics=";
+
+        ngx_http_aai_kafka_report(&w->drops, "dropped", 0);
+        return;
+    }
 
     ngx_str_null(&key);
 
@@ -555,12 +573,17 @@ ngx_http_aai_kafka_produce(ngx_http_request_t *r,
     /* the event goes without headers rather than not at all */
     hdrs = ev->headers ? ngx_http_aai_kafka_headers(r, ev->headers) : NULL;
 
+    /*
+     * No producer: it could not be created, or this is a configuration
+     * reloaded without a master process (no init_process for it).
+     */
+
     if (w->rk == NULL || w->kmcf != kmcf) {
         err = RD_KAFKA_RESP_ERR__STATE;
         goto dropped;
     }
 
-    err = ngx_http_aai_kafka_producev(w, ev->topic, payload, &key, hdrs);
+    err = ngx_http_aai_kafka_producev(w, t, payload, &key, hdrs);
 
     if (err == RD_KAFKA_RESP_ERR__FATAL) {
         /* before the error callback is served: rebuild now, try again */
@@ -568,8 +591,7 @@ ngx_http_aai_kafka_produce(ngx_http_request_t *r,
         w->fatal = 1;
 
         if (ngx_http_aai_kafka_recover() == NGX_OK) {
-            err = ngx_http_aai_kafka_producev(w, ev->topic, payload, &key,
-                                              hdrs);
+            err = ngx_http_aai_kafka_producev(w, t, payload, &key, hdrs);
         }
     }
 
@@ -586,8 +608,8 @@ dropped:
     if (kmcf->spool && w->kmcf == kmcf) {
         topic = kmcf->topics.elts;
 
-        ngx_http_aai_kafka_spool(w, kmcf, err, (char *) topic[ev->topic].data,
-                                 &key, payload, hdrs);
+        ngx_http_aai_kafka_spool(w, kmcf, err, (char *) topic[t].data, &key,
+                                 payload, hdrs);
 
     } else {
         ngx_http_aai_kafka_drop(kmcf, ngx_http_aai_kafka_reason(err));
@@ -603,6 +625,36 @@ dropped:
     if (hdrs) {
         rd_kafka_headers_destroy(hdrs);
     }
+}
+
+
+/* the topic a variable names, one of those declared by topics= */
+
+static ngx_int_t
+ngx_http_aai_kafka_pick(ngx_http_request_t *r,
+    ngx_http_aai_kafka_main_conf_t *kmcf, ngx_http_aai_kafka_event_t *ev,
+    ngx_uint_t *t)
+{
+    ngx_str_t    v, *names;
+    ngx_uint_t   i, *idx;
+
+    if (ngx_http_complex_value(r, ev->topic_value, &v) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    names = kmcf->topics.elts;
+    idx = ev->topics->elts;
+
+    for (i = 0; i < ev->topics->nelts; i++) {
+        if (names[idx[i]].len == v.len
+            && ngx_strncmp(names[idx[i]].data, v.data, v.len) == 0)
+        {
+            *t = idx[i];
+            return NGX_OK;
+        }
+    }
+
+    return NGX_DECLINED;
 }
 
 
@@ -3110,12 +3162,22 @@ ngx_http_aai_kafka_event(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     ngx_memzero(ev, sizeof(ngx_http_aai_kafka_event_t));
 
-    topic = ngx_http_aai_kafka_topic(cf, kmcf, &value[1]);
-    if (topic == NGX_ERROR) {
-        return NGX_CONF_ERROR;
-    }
+    if (ngx_strlchr(value[1].data, value[1].data + value[1].len, '$')) {
+        /* one of the topics= at run time */
 
-    ev->topic = topic;
+        ev->topic_value = ngx_http_aai_kafka_complex(cf, &value[1]);
+        if (ev->topic_value == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+    } else {
+        topic = ngx_http_aai_kafka_topic(cf, kmcf, &value[1]);
+        if (topic == NGX_ERROR) {
+            return NGX_CONF_ERROR;
+        }
+
+        ev->topic = topic;
+    }
 
     for (i = 2; i < cf->args->nelts; i++) {
 
@@ -3156,6 +3218,17 @@ ngx_http_aai_kafka_event(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             continue;
         }
 
+        if (ngx_strncmp(value[i].data, "topics=", 7) == 0) {
+            if (ev->topics
+                || ngx_http_aai_kafka_topics_conf(cf, kmcf, ev, &value[i])
+                   != NGX_OK)
+            {
+                goto invalid;
+            }
+
+            continue;
+        }
+
         if (ngx_strncmp(value[i].data, "header=", 7) == 0) {
             if (ngx_http_aai_kafka_header_conf(cf, ev, &value[i]) != NGX_OK)
             {
@@ -3180,6 +3253,14 @@ ngx_http_aai_kafka_event(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         goto invalid;
     }
 
+    if ((ev->topic_value == NULL) != (ev->topics == NULL)) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "a topic from variables requires topics=, "
+                           "and topics= a topic from variables, in \"%V\"",
+                           &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
     kmcf->used = 1;
 
     return NGX_CONF_OK;
@@ -3191,6 +3272,61 @@ invalid:
                        &value[i], &cmd->name);
 
     return NGX_CONF_ERROR;
+}
+
+
+/* topics=name[,name...]: the topics a topic from variables may name */
+
+static ngx_int_t
+ngx_http_aai_kafka_topics_conf(ngx_conf_t *cf,
+    ngx_http_aai_kafka_main_conf_t *kmcf, ngx_http_aai_kafka_event_t *ev,
+    ngx_str_t *arg)
+{
+    u_char      *p, *last, *comma;
+    ngx_int_t    t;
+    ngx_str_t    name;
+    ngx_uint_t  *idx;
+
+    p = arg->data + sizeof("topics=") - 1;
+    last = arg->data + arg->len;
+
+    ev->topics = ngx_array_create(cf->pool, 4, sizeof(ngx_uint_t));
+    if (ev->topics == NULL) {
+        return NGX_ERROR;
+    }
+
+    while (p < last) {
+        comma = ngx_strlchr(p, last, ',');
+
+        name.data = p;
+        name.len = (comma ? comma : last) - p;
+
+        /* a name of its own, null-terminated: the topic handle's */
+
+        name.data = ngx_pnalloc(cf->pool, name.len + 1);
+        if (name.data == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_memcpy(name.data, p, name.len);
+        name.data[name.len] = '\0';
+
+        t = ngx_http_aai_kafka_topic(cf, kmcf, &name);
+        if (t == NGX_ERROR) {
+            return NGX_ERROR;
+        }
+
+        idx = ngx_array_push(ev->topics);
+        if (idx == NULL) {
+            return NGX_ERROR;
+        }
+
+        *idx = t;
+
+        p = comma ? comma + 1 : last;
+    }
+
+    return ev->topics->nelts ? NGX_OK : NGX_ERROR;
 }
 
 
@@ -3508,7 +3644,8 @@ ngx_http_aai_kafka_init_metrics(ngx_conf_t *cf,
         ngx_string("reason=\"other\""),
         ngx_string("reason=\"spool_full\""),
         ngx_string("reason=\"spool_error\""),
-        ngx_string("reason=\"spool_corrupt\"")
+        ngx_string("reason=\"spool_corrupt\""),
+        ngx_string("reason=\"unknown_topic\"")
     };
 
     /* microseconds */

@@ -423,3 +423,51 @@ GET /t?n=0
 --- error_code: 204
 --- aai_after
 kafka_all_brokers_up();
+
+
+
+=== TEST 11: a topic from variables without topics= fails
+--- http_config
+    aai_kafka_brokers $TEST_NGINX_KAFKA_BROKERS;
+--- config
+    location = /t {
+        aai_kafka_event $arg_topic;
+        return 204;
+    }
+--- must_die
+--- error_log
+a topic from variables requires topics=, and topics= a topic from variables, in "aai_kafka_event"
+
+
+
+=== TEST 12: a topic from a variable goes to the topic it names among topics=; any other is dropped and counted
+--- http_config
+    aai_kafka_brokers $TEST_NGINX_KAFKA_BROKERS;
+    aai_kafka_format n n=$arg_n:number;
+--- config
+    location = /t {
+        aai_kafka_event $TEST_NGINX_KRUN-$arg_t format=n
+                        topics=$TEST_NGINX_KRUN-ta,$TEST_NGINX_KRUN-tb;
+        return 204;
+    }
+    location = /metrics {
+        aai_metrics;
+    }
+--- init
+for my $q ('n=1&t=ta', 'n=2&t=tb', 'n=3&t=tc', 'n=4&t=ta') {
+    my ($st) = AaiTest::http_get(main::port(), "/t?$q");
+    Test::More::is($st, 204, "request $q answered");
+}
+my $m = AaiTest::metrics_wait(main::port(), '/metrics', sub {
+    ($_[0]->{'aai_kafka_events_total{outcome="delivered"}'} // 0) == 3 });
+Test::More::is(
+    $m->{'aai_kafka_dropped_total{reason="unknown_topic"}'}, 1,
+    'the unknown topic dropped and counted');
+my @a = AaiTest::kafka_events("$main::Run-ta", 2, 10);
+Test::More::is(join(',', sort map { $_->{event}{n} } @a), '1,4', 'ta');
+my @b = AaiTest::kafka_events("$main::Run-tb", 1, 10);
+Test::More::is(join(',', map { $_->{event}{n} } @b), '2', 'tb');
+--- request
+GET /metrics
+--- response_body_like
+aai_kafka_events_total\{outcome="delivered"\} 3
