@@ -79,6 +79,7 @@ typedef struct {
     off_t                             size;
     off_t                             total;
     uint64_t                          oldest;
+    uint64_t                          started;    /* count: before this */
     ngx_uint_t                        count;
     ngx_uint_t                        close;
     ngx_uint_t                        unlink;
@@ -95,6 +96,7 @@ typedef struct {
     ngx_uint_t                        busy;
     ngx_uint_t                        ready;
     ngx_uint_t                        count;      /* the files found */
+    uint64_t                          started;
 
     /* appending */
     ngx_fd_t                          wfd;
@@ -270,6 +272,7 @@ ngx_int_t
 ngx_http_aai_kafka_spool_init_process(ngx_http_aai_kafka_spool_t *spool,
     ngx_cycle_t *cycle)
 {
+    struct timeval                      tv;
     ngx_thread_task_t                  *task;
     ngx_http_aai_kafka_spool_worker_t  *sw;
 
@@ -310,6 +313,17 @@ ngx_http_aai_kafka_spool_init_process(ngx_http_aai_kafka_spool_t *spool,
     /* the first worker after a start counts the files left there */
 
     sw->count = ngx_atomic_cmp_set(&spool->shm->counted, 0, 1);
+
+    /*
+     * Only the files of earlier instances: what the workers of this one
+     * write is reserved as it is spooled, and their files' names begin
+     * with a later time.
+     */
+
+    if (sw->count) {
+        ngx_gettimeofday(&tv);
+        sw->started = (uint64_t) tv.tv_sec * 1000 + tv.tv_usec / 1000;
+    }
 
     return NGX_OK;
 }
@@ -688,6 +702,7 @@ ngx_http_aai_kafka_spool_post(ngx_uint_t op, ngx_uint_t flag)
         io->len = sw->name_size;
         io->skip = (sw->wfd != NGX_INVALID_FILE) ? sw->wname : NULL;
         io->count = flag;
+        io->started = sw->started;
         break;
 
     case NGX_HTTP_AAI_KAFKA_SPOOL_READ_OP:
@@ -1267,7 +1282,9 @@ ngx_http_aai_kafka_spool_scan(ngx_http_aai_kafka_spool_io_t *io)
     for (i = 0; i < n; i++) {
         (void) sprintf(file, "%s/%s", io->dir, names[i]);
 
-        if (io->count && stat(file, &st) == 0) {
+        if (io->count && strtoull(names[i], NULL, 10) < io->started
+            && stat(file, &st) == 0)
+        {
             io->total += st.st_size;
         }
 

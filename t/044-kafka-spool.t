@@ -293,8 +293,8 @@ kafka_all_brokers_up();
 === TEST 7: a full spool drops and counts exactly
 --- http_config eval
 # one event queued (queue.buffering.max.messages 1), the next 20 for the
-# spool, which holds 10.5 records of 20 + topic + 408 bytes
-my $rec = 20 + length("$main::Run-full") + 408;
+# spool, which holds 10.5 records of 24 + topic + 408 bytes
+my $rec = 24 + length("$main::Run-full") + 408;
 '    aai_kafka_brokers $TEST_NGINX_KAFKA_BROKERS;
     aai_kafka_property queue.buffering.max.messages 1;
     aai_kafka_spool $TEST_NGINX_SPOOL/full max_size=' . int($rec * 10.5) . ';
@@ -324,6 +324,11 @@ main::counts_are('spooled=10 replayed=10 dropped=10 spool_full=10 '
                  . 'spool_corrupt=0', 'the 10 replayed', 20);
 my @e = AaiTest::kafka_events("$main::Run-full", 11, 10);
 Test::More::is(scalar @e, 11, 'the queued one and the 10 spooled arrived');
+# the first spooled event was written before the first worker counted the
+# files already there: counted once
+my $m = AaiTest::metrics_wait(main::port(), '/metrics', sub {
+    ($_[0]->{aai_kafka_spool_bytes} // -1) == 0 }, 5);
+Test::More::is($m->{aai_kafka_spool_bytes}, 0, 'spool bytes back to 0');
 --- request
 GET /metrics
 --- response_body_like
@@ -471,3 +476,37 @@ Test::More::is(join(',', map { $_->{event}{n} } @b), '2', 'tb');
 GET /metrics
 --- response_body_like
 aai_kafka_events_total\{outcome="delivered"\} 3
+
+
+
+=== TEST 13: a worker killed (a crash) after it spooled: the worker that replaces it replays its file
+--- config
+    location = /t {
+        return 204;
+    }
+--- init
+my $conf = main::instance_conf('crash', 'crash');
+$conf =~ s/(aai_kafka_flush_timeout 300ms;)/$1
+    aai_kafka_property message.timeout.ms 1000;/;
+my ($port, $stop, $prefix) = AaiTest::start_nginx_instance('spool044', $conf);
+main::all_brokers_down();
+main::requests($port, 1 .. 10);
+main::counts_are('spooled=10 replayed=0 dropped=0 spool_full=0 '
+                 . 'spool_corrupt=0', 'timed out, spooled', 10, $port);
+Test::More::ok(main::wait_for(sub { main::spool_files('crash') == 1 }),
+               'written to disk');
+my ($l) = AaiTest::file_lines("$prefix/logs/nginx.pid");
+my ($master) = $l =~ /^(\d+)/;
+my @old = AaiTest::_children($master);
+kill 'KILL', @old;
+AaiTest::kafka_all_brokers_up();
+my ($n) = main::arrived('crash', 10);
+Test::More::is($n, join(',', 1 .. 10), 'the killed worker\'s events arrived');
+Test::More::ok(main::wait_for(sub { main::spool_files('crash') == 0 }),
+               'its file is removed');
+$stop->();
+--- request
+GET /t
+--- error_code: 204
+--- aai_after
+kafka_all_brokers_up();
