@@ -510,3 +510,39 @@ GET /t
 --- error_code: 204
 --- aai_after
 kafka_all_brokers_up();
+
+
+
+=== TEST 14: two workers at a start find the same files: each file is replayed by one of them only (its lock), no event twice
+--- config
+    location = /t {
+        return 204;
+    }
+--- init
+# rate=10: a replay lasts seconds, the other worker looks meanwhile
+my $conf = main::instance_conf('two', 'two');
+$conf =~ s/max_size=1m;/max_size=1m rate=10;/ or die;
+my ($port, $stop) = AaiTest::start_nginx_instance('spool044', $conf,
+                                                  workers => 2);
+main::all_brokers_down();
+main::requests($port, 1 .. 40);
+$stop->();
+Test::More::cmp_ok(scalar(main::spool_files('two')), '>=', 1, 'spooled');
+AaiTest::kafka_all_brokers_up();
+($port, $stop) = AaiTest::start_nginx_instance('spool044', $conf,
+                                               workers => 2);
+main::counts_are('spooled=0 replayed=40 dropped=0 spool_full=0 '
+                 . 'spool_corrupt=0', 'replayed once each', 15, $port);
+# anything replayed twice would be there by now
+select(undef, undef, undef, 1);
+my ($n, $all) = main::arrived('two', 40);
+Test::More::is($n, join(',', 1 .. 40), 'every event arrived');
+Test::More::is($all, 40, 'none twice');
+Test::More::ok(main::wait_for(sub { main::spool_files('two') == 0 }),
+               'the files are removed');
+$stop->();
+--- request
+GET /t
+--- error_code: 204
+--- aai_after
+kafka_all_brokers_up();
