@@ -32,6 +32,7 @@
 #include "../ngx_http_aai_ratelimit_module.c"
 #include "../ngx_http_aai_cache_module.c"
 #include "../ngx_http_aai_kafka_module.c"
+#include "../ngx_http_aai_kafka_spool.c"
 
 
 #define FUZZ_MODULES  3

@@ -1155,6 +1155,23 @@ ngx_shared_memory_add(ngx_conf_t *cf, ngx_str_t *name, size_t size,
 }
 
 
+/* thread pools are names only: no task is run */
+
+#if (NGX_THREADS)
+
+#include <ngx_thread_pool.h>
+
+static u_char  ngx_fuzz_thread_pool[64];
+
+ngx_thread_pool_t *
+ngx_thread_pool_add(ngx_conf_t *cf, ngx_str_t *name)
+{
+    return (ngx_thread_pool_t *) ngx_fuzz_thread_pool;
+}
+
+#endif
+
+
 void
 ngx_fuzz_trap(const char *name)
 {
