@@ -3338,6 +3338,7 @@ ngx_http_aai_cache_store_large(ngx_http_request_t *r,
 {
     u_char                          *p;
     size_t                           size;
+    ngx_str_t                       *a;
     ngx_uint_t                       i;
     ngx_http_aai_cache_job_t        *job;
     ngx_http_aai_cache_main_conf_t  *amcf;
@@ -3386,18 +3387,20 @@ ngx_http_aai_cache_store_large(ngx_http_request_t *r,
 
         switch (i) {
         case 7:                                /* the temporary key */
-            p = ngx_cpymem(p, argv[3].data, argv[3].len);
+            if (argv[3].len) {
+                p = ngx_cpymem(p, argv[3].data, argv[3].len);
+            }
+
             p = ngx_cpymem(p, tmp.data, tmp.len);
             break;
         case 8:                                /* the entry's length */
             p = ngx_cpymem(p, len.data, len.len);
             break;
-        default:                               /* 3-6 as they are */
-            if (i < 7) {
-                p = ngx_cpymem(p, argv[i].data, argv[i].len);
+        default:                 /* 3-6 as they are, then 9, 10, 11, 13 */
+            a = (i < 7) ? &argv[i] : &argv[i - 1];
 
-            } else {                           /* 9, 10, 11, 13 */
-                p = ngx_cpymem(p, argv[i - 1].data, argv[i - 1].len);
+            if (a->len) {                      /* an empty one may be NULL */
+                p = ngx_cpymem(p, a->data, a->len);
             }
         }
 

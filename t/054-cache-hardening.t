@@ -14,6 +14,7 @@ use Time::HiRes qw( sleep time );
 use IO::Socket::INET;
 use IO::Select;
 use POSIX ();
+use File::Path qw( make_path );
 
 $ENV{TEST_NGINX_REDIS_PORT} ||= 6379;
 $ENV{TEST_NGINX_APP_PORT} = free_port();
@@ -154,7 +155,7 @@ our ($ExampleHttp, $ExampleApi) = example_policy();
 
 # a large body the app serves from a file
 my $data = server_root() . '-data054';
-mkdir $data;
+make_path($data);                 # the run's servroot may not exist yet
 $ENV{TEST_NGINX_DATA_DIR} = $data;
 our $BigLen = 40 * 1024 * 1024;
 {
