@@ -44,7 +44,8 @@ typedef enum {
     NGX_AAI_REDIS_CONNECTING,
     NGX_AAI_REDIS_HANDSHAKE,
     NGX_AAI_REDIS_READY,
-    NGX_AAI_REDIS_BACKOFF
+    NGX_AAI_REDIS_BACKOFF,
+    NGX_AAI_REDIS_TLS               /* connected, TLS handshake */
 } ngx_aai_redis_state_e;
 
 
@@ -90,6 +91,12 @@ typedef struct {
     ngx_msec_t                  backoff;
     ngx_uint_t                  failures;   /* since last READY */
     ngx_uint_t                  addr;       /* next address to try */
+
+#if (NGX_SSL)
+    ngx_ssl_session_t          *ssl_session;   /* reused on reconnect */
+    size_t                      tls_error_len;
+    u_char                      tls_error[160]; /* OpenSSL's last word */
+#endif
 
     unsigned                    sub:1;      /* pub/sub connection */
 } ngx_aai_redis_conn_t;
@@ -154,6 +161,10 @@ struct ngx_aai_redis_s {
     ngx_shm_zone_t             *circuit_zone;
     ngx_aai_redis_circuit_t    *circuit;    /* NULL: not shared */
 
+#if (NGX_SSL)
+    ngx_ssl_t                  *ssl;        /* NULL: plain TCP */
+#endif
+
     unsigned                    healthy:1;
     unsigned                    initialized:1;
 };
@@ -172,6 +183,27 @@ static char *ngx_aai_redis_conf_param(ngx_conf_t *cf,
 static char *ngx_aai_redis_conf_msec(ngx_conf_t *cf,
     ngx_aai_redis_conf_t *rcf, ngx_str_t *name, ngx_str_t *v,
     ngx_msec_t *ms);
+static char *ngx_aai_redis_conf_flag(ngx_conf_t *cf,
+    ngx_aai_redis_conf_t *rcf, ngx_str_t *name, ngx_str_t *v,
+    ngx_flag_t *flag);
+static char *ngx_aai_redis_conf_file(ngx_conf_t *cf,
+    ngx_aai_redis_conf_t *rcf, ngx_str_t *name, ngx_str_t *v,
+    ngx_str_t *file);
+static char *ngx_aai_redis_conf_tls(ngx_conf_t *cf,
+    ngx_aai_redis_conf_t *rcf);
+#if (NGX_SSL)
+static ngx_int_t ngx_aai_redis_ssl_create(ngx_conf_t *cf,
+    ngx_aai_redis_t *rs);
+static ngx_int_t ngx_aai_redis_tls_start(ngx_aai_redis_conn_t *conn);
+static void ngx_aai_redis_tls_handshake_handler(ngx_connection_t *c);
+static ngx_int_t ngx_aai_redis_tls_verify(ngx_aai_redis_conn_t *conn);
+static void ngx_aai_redis_tls_save_session(ngx_connection_t *c);
+static ngx_uint_t ngx_aai_redis_is_ip(ngx_str_t *name);
+static void ngx_aai_redis_tls_log_writer(ngx_log_t *log, ngx_uint_t level,
+    u_char *buf, size_t len);
+static ngx_int_t ngx_aai_redis_tls_send(ngx_aai_redis_conn_t *conn,
+    u_char *p, size_t size);
+#endif
 
 static ngx_int_t ngx_aai_redis_circuit_add(ngx_conf_t *cf,
     ngx_aai_redis_t *rs);
@@ -258,6 +290,12 @@ ngx_aai_redis_conf_parse(ngx_conf_t *cf, ngx_aai_redis_conf_t *rcf)
     rcf->timeout = NGX_CONF_UNSET_MSEC;
     rcf->backoff = NGX_CONF_UNSET_MSEC;
     rcf->connections = NGX_CONF_UNSET_UINT;
+    rcf->tls = 0;
+    rcf->tls_verify = NGX_CONF_UNSET;
+    ngx_str_null(&rcf->tls_ca);
+    ngx_str_null(&rcf->tls_cert);
+    ngx_str_null(&rcf->tls_key);
+    ngx_str_null(&rcf->tls_name);
 
     ngx_memzero(&u, sizeof(ngx_url_t));
 
@@ -275,6 +313,7 @@ ngx_aai_redis_conf_parse(ngx_conf_t *cf, ngx_aai_redis_conf_t *rcf)
     rcf->addrs = u.addrs;
     rcf->naddrs = u.naddrs;
     rcf->url = value[1];
+    rcf->host = u.host;
 
     for (i = 2; i < cf->args->nelts; i++) {
         rv = ngx_aai_redis_conf_param(cf, rcf, &value[i]);
@@ -290,9 +329,93 @@ ngx_aai_redis_conf_parse(ngx_conf_t *cf, ngx_aai_redis_conf_t *rcf)
         return NGX_CONF_ERROR;
     }
 
+    if (ngx_aai_redis_conf_tls(cf, rcf) != NGX_CONF_OK) {
+        return NGX_CONF_ERROR;
+    }
+
     ngx_aai_redis_conf_init(rcf);
 
     return NGX_CONF_OK;
+}
+
+
+/* the TLS parameters together; the files are loaded by create() */
+
+static char *
+ngx_aai_redis_conf_tls(ngx_conf_t *cf, ngx_aai_redis_conf_t *rcf)
+{
+    u_char  *p;
+
+    if (!rcf->tls) {
+        if (rcf->tls_ca.len || rcf->tls_cert.len || rcf->tls_key.len
+            || rcf->tls_name.len || rcf->tls_verify != NGX_CONF_UNSET)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "TLS parameters need \"tls=on\" in \"%V\"",
+                               &rcf->directive);
+            return NGX_CONF_ERROR;
+        }
+
+        return NGX_CONF_OK;
+    }
+
+#if !(NGX_SSL)
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "\"tls=on\" in \"%V\" needs nginx built with "
+                       "OpenSSL", &rcf->directive);
+    return NGX_CONF_ERROR;
+
+#else
+
+    if (rcf->tls_cert.len && rcf->tls_key.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"tls_cert\" needs \"tls_key\" in \"%V\"",
+                           &rcf->directive);
+        return NGX_CONF_ERROR;
+    }
+
+    if (rcf->tls_key.len && rcf->tls_cert.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"tls_key\" needs \"tls_cert\" in \"%V\"",
+                           &rcf->directive);
+        return NGX_CONF_ERROR;
+    }
+
+    if (rcf->tls_verify == NGX_CONF_UNSET) {
+        rcf->tls_verify = 1;
+    }
+
+    if (rcf->tls_name.len == 0) {
+        if (rcf->host.len == 0) {
+            if (rcf->tls_verify) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "\"tls_verify=on\" needs \"tls_name\" "
+                                   "for \"%V\" in \"%V\"",
+                                   &rcf->url, &rcf->directive);
+                return NGX_CONF_ERROR;
+            }
+
+            return NGX_CONF_OK;
+        }
+
+        /* null-terminated for SSL_set_tlsext_host_name() */
+
+        p = ngx_pnalloc(cf->pool, rcf->host.len + 1);
+        if (p == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        ngx_memcpy(p, rcf->host.data, rcf->host.len);
+        p[rcf->host.len] = '\0';
+
+        rcf->tls_name.data = p;
+        rcf->tls_name.len = rcf->host.len;
+    }
+
+    return NGX_CONF_OK;
+
+#endif
 }
 
 
@@ -404,6 +527,37 @@ ngx_aai_redis_conf_param(ngx_conf_t *cf, ngx_aai_redis_conf_t *rcf,
         return NGX_CONF_OK;
     }
 
+    if (name.len == 3 && ngx_strncmp(name.data, "tls", 3) == 0) {
+        return ngx_aai_redis_conf_flag(cf, rcf, &name, &v, &rcf->tls);
+    }
+
+    if (name.len == 10 && ngx_strncmp(name.data, "tls_verify", 10) == 0) {
+        return ngx_aai_redis_conf_flag(cf, rcf, &name, &v, &rcf->tls_verify);
+    }
+
+    if (name.len == 6 && ngx_strncmp(name.data, "tls_ca", 6) == 0) {
+        return ngx_aai_redis_conf_file(cf, rcf, &name, &v, &rcf->tls_ca);
+    }
+
+    if (name.len == 8 && ngx_strncmp(name.data, "tls_cert", 8) == 0) {
+        return ngx_aai_redis_conf_file(cf, rcf, &name, &v, &rcf->tls_cert);
+    }
+
+    if (name.len == 7 && ngx_strncmp(name.data, "tls_key", 7) == 0) {
+        return ngx_aai_redis_conf_file(cf, rcf, &name, &v, &rcf->tls_key);
+    }
+
+    if (name.len == 8 && ngx_strncmp(name.data, "tls_name", 8) == 0) {
+        if (v.len == 0 || v.len > 253) {
+            goto invalid;
+        }
+
+        /* the argument is null-terminated: so is the value */
+
+        rcf->tls_name = v;
+        return NGX_CONF_OK;
+    }
+
     /* the value is not shown: it may be a misspelt password */
 
     ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
@@ -441,6 +595,61 @@ ngx_aai_redis_conf_msec(ngx_conf_t *cf, ngx_aai_redis_conf_t *rcf,
 }
 
 
+static char *
+ngx_aai_redis_conf_flag(ngx_conf_t *cf, ngx_aai_redis_conf_t *rcf,
+    ngx_str_t *name, ngx_str_t *v, ngx_flag_t *flag)
+{
+    if (v->len == 2 && ngx_strncasecmp(v->data, (u_char *) "on", 2) == 0) {
+        *flag = 1;
+        return NGX_CONF_OK;
+    }
+
+    if (v->len == 3 && ngx_strncasecmp(v->data, (u_char *) "off", 3) == 0) {
+        *flag = 0;
+        return NGX_CONF_OK;
+    }
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid value \"%V\" of \"%V\" in \"%V\", "
+                       "must be \"on\" or \"off\"",
+                       v, name, &rcf->directive);
+    return NGX_CONF_ERROR;
+}
+
+
+/* a file that must exist and be readable: checked here, for nginx -t */
+
+static char *
+ngx_aai_redis_conf_file(ngx_conf_t *cf, ngx_aai_redis_conf_t *rcf,
+    ngx_str_t *name, ngx_str_t *v, ngx_str_t *file)
+{
+    ngx_str_t  full;
+
+    if (v->len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "empty \"%V\" in \"%V\"", name, &rcf->directive);
+        return NGX_CONF_ERROR;
+    }
+
+    full = *v;
+
+    if (ngx_conf_full_name(cf->cycle, &full, 1) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (access((char *) full.data, R_OK) != 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                           "cannot read %V file \"%V\" in \"%V\"",
+                           name, &full, &rcf->directive);
+        return NGX_CONF_ERROR;
+    }
+
+    *file = full;
+
+    return NGX_CONF_OK;
+}
+
+
 void
 ngx_aai_redis_conf_init(ngx_aai_redis_conf_t *rcf)
 {
@@ -464,6 +673,10 @@ ngx_aai_redis_conf_init(ngx_aai_redis_conf_t *rcf)
 
     if (rcf->db < 0) {
         rcf->db = -1;
+    }
+
+    if (rcf->tls_verify == NGX_CONF_UNSET) {
+        rcf->tls_verify = rcf->tls ? 1 : 0;
     }
 }
 
@@ -494,8 +707,98 @@ ngx_aai_redis_create(ngx_conf_t *cf, ngx_aai_redis_conf_t *rcf)
         return NULL;
     }
 
+#if (NGX_SSL)
+
+    if (rcf->tls && ngx_aai_redis_ssl_create(cf, rs) != NGX_OK) {
+        return NULL;
+    }
+
+#endif
+
     return rs;
 }
+
+
+#if (NGX_SSL)
+
+/*
+ * One SSL_CTX per client, as the upstream module has per location: the
+ * client certificate, the trusted CAs (verification is done after the
+ * handshake, by ngx_aai_redis_tls_verify()), and a client session cache
+ * whose new sessions each connection keeps for its next connect.
+ */
+
+static ngx_int_t
+ngx_aai_redis_ssl_create(ngx_conf_t *cf, ngx_aai_redis_t *rs)
+{
+    ngx_ssl_t             *ssl;
+    ngx_pool_cleanup_t    *cln;
+    ngx_aai_redis_conf_t  *rcf;
+
+    rcf = rs->conf;
+
+    ssl = ngx_pcalloc(cf->pool, sizeof(ngx_ssl_t));
+    if (ssl == NULL) {
+        return NGX_ERROR;
+    }
+
+    ssl->log = cf->log;
+
+    if (ngx_ssl_create(ssl, NGX_SSL_TLSv1_2|NGX_SSL_TLSv1_3, NULL)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    cln = ngx_pool_cleanup_add(cf->pool, 0);
+    if (cln == NULL) {
+        ngx_ssl_cleanup_ctx(ssl);
+        return NGX_ERROR;
+    }
+
+    cln->handler = ngx_ssl_cleanup_ctx;
+    cln->data = ssl;
+
+    if (rcf->tls_cert.len
+        && ngx_ssl_certificate(cf, ssl, &rcf->tls_cert, &rcf->tls_key, NULL)
+           != NGX_OK)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "cannot load \"tls_cert\" \"%V\" or \"tls_key\" "
+                           "\"%V\" in \"%V\"", &rcf->tls_cert, &rcf->tls_key,
+                           &rcf->directive);
+        return NGX_ERROR;
+    }
+
+    if (rcf->tls_verify) {
+        if (rcf->tls_ca.len) {
+            if (ngx_ssl_trusted_certificate(cf, ssl, &rcf->tls_ca, 4)
+                != NGX_OK)
+            {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "cannot load \"tls_ca\" \"%V\" in \"%V\"",
+                                   &rcf->tls_ca, &rcf->directive);
+                return NGX_ERROR;
+            }
+
+        } else if (SSL_CTX_set_default_verify_paths(ssl->ctx) != 1) {
+            ngx_ssl_error(NGX_LOG_EMERG, cf->log, 0,
+                          "SSL_CTX_set_default_verify_paths() failed "
+                          "in \"%V\"", &rcf->directive);
+            return NGX_ERROR;
+        }
+    }
+
+    if (ngx_ssl_client_session_cache(cf, ssl, 1) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    rs->ssl = ssl;
+
+    return NGX_OK;
+}
+
+#endif
 
 
 /*
@@ -915,6 +1218,24 @@ ngx_aai_redis_conn_init(ngx_aai_redis_t *rs, ngx_aai_redis_conn_t *conn,
         conn->log.log_level = NGX_LOG_CRIT;
     }
 
+#if (NGX_SSL)
+
+    /*
+     * With TLS, OpenSSL's reasons (an alert from the server, a protocol
+     * error) come as core's messages, some at "crit" on every attempt:
+     * they are kept, not written, and the failure's own rate-limited
+     * message carries the last one.
+     */
+
+    if (rs->ssl) {
+        conn->log.log_level = NGX_LOG_INFO;
+        conn->log.writer = ngx_aai_redis_tls_log_writer;
+        conn->log.wdata = conn;
+        conn->log.next = NULL;
+    }
+
+#endif
+
     conn->timer.handler = ngx_aai_redis_timer_handler;
     conn->timer.data = &rs->dummy;
     conn->timer.log = rs->log;
@@ -951,6 +1272,13 @@ ngx_aai_redis_conn_destroy(ngx_aai_redis_conn_t *conn)
         ngx_free(conn->out);
         conn->out = NULL;
     }
+
+#if (NGX_SSL)
+    if (conn->ssl_session) {
+        ngx_ssl_free_session(conn->ssl_session);
+        conn->ssl_session = NULL;
+    }
+#endif
 
     conn->state = NGX_AAI_REDIS_CLOSED;
 }
@@ -1044,15 +1372,22 @@ ngx_aai_redis_connect(ngx_aai_redis_conn_t *conn)
 
     (void) ngx_tcp_nodelay(c);
 
+    ngx_aai_redis_arm_timer(conn);
+
     if (rc == NGX_AGAIN) {
         ngx_add_timer(c->write, rcf->connect_timeout);
+
+#if (NGX_SSL)
+    } else if (rs->ssl) {
+        if (ngx_aai_redis_tls_start(conn) != NGX_OK) {
+            return NGX_ERROR;
+        }
+#endif
 
     } else {
         conn->state = NGX_AAI_REDIS_HANDSHAKE;
         ngx_post_event(c->write, &ngx_posted_events);
     }
-
-    ngx_aai_redis_arm_timer(conn);
 
     ngx_log_debug2(NGX_LOG_DEBUG_EVENT, rs->log, 0,
                    "aai redis %V: connecting, rc:%i", conn->name, rc);
@@ -1086,10 +1421,263 @@ ngx_aai_redis_test_connect(ngx_aai_redis_conn_t *conn)
         ngx_del_timer(c->write);
     }
 
+#if (NGX_SSL)
+    if (conn->rs->ssl) {
+        return ngx_aai_redis_tls_start(conn);
+    }
+#endif
+
     conn->state = NGX_AAI_REDIS_HANDSHAKE;
 
     return NGX_OK;
 }
+
+
+#if (NGX_SSL)
+
+/*
+ * TCP is connected: the TLS handshake, with nginx's own non-blocking
+ * OpenSSL layer.  Its events belong to ngx_ssl_handshake() until it calls
+ * ngx_aai_redis_tls_handshake_handler(); the handshake commands' deadline
+ * (connect_timeout + timeout) guards it.
+ */
+
+static ngx_int_t
+ngx_aai_redis_tls_start(ngx_aai_redis_conn_t *conn)
+{
+    ngx_int_t              rc;
+    ngx_aai_redis_t       *rs;
+    ngx_connection_t      *c;
+    ngx_aai_redis_conf_t  *rcf;
+
+    rs = conn->rs;
+    rcf = rs->conf;
+    c = conn->pc.connection;
+
+    conn->state = NGX_AAI_REDIS_TLS;
+
+    /* a peer connection has no pool: ngx_ssl_create_connection() needs one */
+
+    c->pool = ngx_create_pool(512, c->log);
+    if (c->pool == NULL) {
+        ngx_aai_redis_fail(conn, 0, "no memory", "no memory");
+        return NGX_ERROR;
+    }
+
+    if (ngx_ssl_create_connection(rs->ssl, c, NGX_SSL_CLIENT) != NGX_OK) {
+        ngx_aai_redis_fail(conn, 0, "connection lost",
+                           "TLS: cannot create a connection");
+        return NGX_ERROR;
+    }
+
+    /* SNI: a host name, not an address */
+
+    if (rcf->tls_name.len
+        && !ngx_aai_redis_is_ip(&rcf->tls_name)
+        && SSL_set_tlsext_host_name(c->ssl->connection,
+                                    (char *) rcf->tls_name.data) != 1)
+    {
+        ngx_aai_redis_fail(conn, 0, "connection lost",
+                           "TLS: SSL_set_tlsext_host_name(\"%V\") failed",
+                           &rcf->tls_name);
+        return NGX_ERROR;
+    }
+
+    if (conn->ssl_session
+        && ngx_ssl_set_session(c, conn->ssl_session) != NGX_OK)
+    {
+        ngx_aai_redis_fail(conn, 0, "connection lost",
+                           "TLS: cannot set the session");
+        return NGX_ERROR;
+    }
+
+    c->ssl->save_session = ngx_aai_redis_tls_save_session;
+
+    rc = ngx_ssl_handshake(c);
+
+    if (rc == NGX_AGAIN) {
+        c->ssl->handler = ngx_aai_redis_tls_handshake_handler;
+        return NGX_OK;
+    }
+
+    ngx_aai_redis_tls_handshake_handler(c);
+
+    return (conn->pc.connection == c
+            && conn->state == NGX_AAI_REDIS_HANDSHAKE) ? NGX_OK : NGX_ERROR;
+}
+
+
+static void
+ngx_aai_redis_tls_handshake_handler(ngx_connection_t *c)
+{
+    ngx_aai_redis_conn_t  *conn;
+
+    conn = c->data;
+
+    if (!c->ssl->handshaked) {
+        ngx_aai_redis_fail(conn, 0, "connection lost",
+                           "TLS handshake failed");
+        return;
+    }
+
+    if (ngx_aai_redis_tls_verify(conn) != NGX_OK) {
+        return;
+    }
+
+    ngx_log_debug2(NGX_LOG_DEBUG_EVENT, conn->rs->log, 0,
+                   "aai redis %V: TLS handshake done, session reused: %d",
+                   conn->name, SSL_session_reused(c->ssl->connection));
+
+    /* c->recv and c->send are ngx_ssl_recv() and ngx_ssl_write() now */
+
+    c->read->handler = ngx_aai_redis_read_handler;
+    c->write->handler = ngx_aai_redis_write_handler;
+
+    conn->state = NGX_AAI_REDIS_HANDSHAKE;
+
+    ngx_post_event(c->write, &ngx_posted_events);
+    ngx_post_event(c->read, &ngx_posted_events);
+}
+
+
+/* the certificate and the name, logged with the reason they are refused */
+
+static ngx_int_t
+ngx_aai_redis_tls_verify(ngx_aai_redis_conn_t *conn)
+{
+    long                   rc;
+    X509                  *cert;
+    ngx_connection_t      *c;
+    ngx_aai_redis_conf_t  *rcf;
+
+    rcf = conn->rs->conf;
+    c = conn->pc.connection;
+
+    if (!rcf->tls_verify) {
+        return NGX_OK;
+    }
+
+    rc = SSL_get_verify_result(c->ssl->connection);
+
+    if (rc != X509_V_OK) {
+        ngx_aai_redis_fail(conn, 0, "connection lost",
+                           "TLS: server certificate verify failed: "
+                           "(%l: %s)", rc, X509_verify_cert_error_string(rc));
+        return NGX_ERROR;
+    }
+
+    cert = SSL_get_peer_certificate(c->ssl->connection);
+
+    if (cert == NULL) {
+        ngx_aai_redis_fail(conn, 0, "connection lost",
+                           "TLS: the server sent no certificate");
+        return NGX_ERROR;
+    }
+
+    /* an address (the default name of "127.0.0.1:6380") is an IP SAN */
+
+    if (ngx_aai_redis_is_ip(&rcf->tls_name)) {
+        rc = X509_check_ip_asc(cert, (char *) rcf->tls_name.data, 0);
+        X509_free(cert);
+
+        if (rc == 1) {
+            return NGX_OK;
+        }
+
+        ngx_aai_redis_fail(conn, 0, "connection lost",
+                           "TLS: server certificate does not match "
+                           "tls_name \"%V\"", &rcf->tls_name);
+        return NGX_ERROR;
+    }
+
+    X509_free(cert);
+
+    if (ngx_ssl_check_host(c, &rcf->tls_name) != NGX_OK) {
+        ngx_aai_redis_fail(conn, 0, "connection lost",
+                           "TLS: server certificate does not match "
+                           "tls_name \"%V\"", &rcf->tls_name);
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_uint_t
+ngx_aai_redis_is_ip(ngx_str_t *name)
+{
+    return ngx_inet_addr(name->data, name->len) != INADDR_NONE
+           || ngx_strlchr(name->data, name->data + name->len, ':') != NULL;
+}
+
+
+/*
+ * conn->log's writer: keeps the text of core's last message (after the
+ * "time [level] pid#tid: " prefix, before the ", aai redis: " context).
+ */
+
+static void
+ngx_aai_redis_tls_log_writer(ngx_log_t *log, ngx_uint_t level, u_char *buf,
+    size_t len)
+{
+    u_char                *p, *last, *ctx;
+    size_t                 n;
+    ngx_aai_redis_conn_t  *conn;
+
+    conn = log->wdata;
+    last = buf + len;
+
+    p = ngx_strlchr(buf, last, ']');
+    if (p == NULL) {
+        return;
+    }
+
+    while (p < last - 1 && !(p[0] == ':' && p[1] == ' ')) {
+        p++;
+    }
+
+    p += 2;
+
+    if (p >= last) {
+        return;
+    }
+
+    ctx = ngx_strlcasestrn(p, last, (u_char *) ", aai redis:",
+                           sizeof(", aai redis:") - 2);
+    if (ctx) {
+        last = ctx;
+    }
+
+    n = ngx_min((size_t) (last - p), sizeof(conn->tls_error));
+
+    ngx_memcpy(conn->tls_error, p, n);
+    conn->tls_error_len = n;
+}
+
+
+/* a new session (TLS 1.3: a ticket after the handshake) for reconnects */
+
+static void
+ngx_aai_redis_tls_save_session(ngx_connection_t *c)
+{
+    ngx_ssl_session_t     *session;
+    ngx_aai_redis_conn_t  *conn;
+
+    conn = c->data;
+
+    session = ngx_ssl_get_session(c);
+    if (session == NULL) {
+        return;
+    }
+
+    if (conn->ssl_session) {
+        ngx_ssl_free_session(conn->ssl_session);
+    }
+
+    conn->ssl_session = session;
+}
+
+#endif
 
 
 static void
@@ -1140,10 +1728,33 @@ ngx_aai_redis_ready(ngx_aai_redis_conn_t *conn)
 static void
 ngx_aai_redis_close(ngx_aai_redis_conn_t *conn)
 {
+#if (NGX_SSL)
+    ngx_pool_t        *pool;
+    ngx_connection_t  *c;
+
+    c = conn->pc.connection;
+    pool = c ? c->pool : NULL;
+
+    if (c && c->ssl) {
+
+        /* no close_notify, and no wait for the peer's */
+
+        c->ssl->no_wait_shutdown = 1;
+        c->ssl->no_send_shutdown = 1;
+        (void) ngx_ssl_shutdown(c);
+    }
+#endif
+
     if (conn->pc.connection) {
         ngx_close_connection(conn->pc.connection);
         conn->pc.connection = NULL;
     }
+
+#if (NGX_SSL)
+    if (pool) {
+        ngx_destroy_pool(pool);
+    }
+#endif
 
     if (conn->reader) {
         redisReaderFree(conn->reader);
@@ -1192,6 +1803,14 @@ ngx_aai_redis_fail(ngx_aai_redis_conn_t *conn, ngx_err_t err,
         p = ngx_strerror(err, p, last - p);
         p = ngx_slprintf(p, last, ")");
     }
+
+#if (NGX_SSL)
+    if (conn->tls_error_len) {
+        p = ngx_slprintf(p, last, ": %*s", conn->tls_error_len,
+                         conn->tls_error);
+        conn->tls_error_len = 0;
+    }
+#endif
 
     ngx_queue_init(&failed);
 
@@ -1313,6 +1932,7 @@ ngx_aai_redis_pick(ngx_aai_redis_t *rs)
             break;
 
         case NGX_AAI_REDIS_CONNECTING:
+        case NGX_AAI_REDIS_TLS:
         case NGX_AAI_REDIS_HANDSHAKE:
             if (waiting == NULL || conn->npending < waiting->npending) {
                 waiting = conn;
@@ -1551,6 +2171,10 @@ ngx_aai_redis_write_handler(ngx_event_t *wev)
         return;
     }
 
+    if (conn->state == NGX_AAI_REDIS_TLS) {
+        return;     /* the TLS handshake has the events */
+    }
+
     ngx_aai_redis_flush(conn);
 }
 
@@ -1587,6 +2211,16 @@ ngx_aai_redis_flush(ngx_aai_redis_conn_t *conn)
         if (size == 0) {
             break;
         }
+
+#if (NGX_SSL)
+        if (c->ssl) {
+            if (ngx_aai_redis_tls_send(conn, p, size) != NGX_OK) {
+                return;
+            }
+
+            continue;
+        }
+#endif
 
         n = send(c->fd, p, size, 0);
 
@@ -1633,6 +2267,57 @@ ngx_aai_redis_flush(ngx_aai_redis_conn_t *conn)
 }
 
 
+#if (NGX_SSL)
+
+/*
+ * One write through c->send (ngx_ssl_write): NGX_OK when bytes were
+ * taken (the caller loops), NGX_AGAIN when the write waits for an event
+ * (ngx_ssl_write() armed it, for a read or a write), NGX_ERROR when the
+ * connection failed.
+ */
+
+static ngx_int_t
+ngx_aai_redis_tls_send(ngx_aai_redis_conn_t *conn, u_char *p, size_t size)
+{
+    ssize_t            n;
+    ngx_connection_t  *c;
+
+    c = conn->pc.connection;
+
+    n = c->send(c, p, size);
+
+    ngx_log_debug3(NGX_LOG_DEBUG_EVENT, conn->rs->log, 0,
+                   "aai redis %V: TLS send: %z of %uz", conn->name, n, size);
+
+    if (n > 0) {
+        if (conn->state == NGX_AAI_REDIS_HANDSHAKE) {
+            conn->hs_sent += n;
+
+        } else {
+            conn->out_pos += n;
+        }
+
+        return NGX_OK;
+    }
+
+    if (n == NGX_AGAIN) {
+        if (ngx_handle_write_event(c->write, 0) != NGX_OK) {
+            ngx_aai_redis_fail(conn, 0, "connection lost",
+                               "cannot arm the write event");
+            return NGX_ERROR;
+        }
+
+        return NGX_AGAIN;
+    }
+
+    ngx_aai_redis_fail(conn, 0, "connection lost", "TLS write failed");
+
+    return NGX_ERROR;
+}
+
+#endif
+
+
 static void
 ngx_aai_redis_read_handler(ngx_event_t *rev)
 {
@@ -1652,6 +2337,10 @@ ngx_aai_redis_read_handler(ngx_event_t *rev)
         }
 
         ngx_aai_redis_post_write(conn);
+    }
+
+    if (conn->state == NGX_AAI_REDIS_TLS) {
+        return;     /* the TLS handshake has the events */
     }
 
     /*
@@ -1700,6 +2389,13 @@ ngx_aai_redis_read_handler(ngx_event_t *rev)
         }
 
         err = ngx_socket_errno;
+
+#if (NGX_SSL)
+        if (c->ssl) {
+            ngx_aai_redis_fail(conn, 0, "connection lost", "TLS read failed");
+            return;
+        }
+#endif
 
         ngx_aai_redis_fail(conn, err, "connection lost", "recv() failed");
         return;
@@ -1922,7 +2618,9 @@ ngx_aai_redis_timer_handler(ngx_event_t *ev)
 
     ngx_aai_redis_fail(conn, 0, ngx_aai_redis_timeout, "%s timed out",
                        conn->state == NGX_AAI_REDIS_READY
-                       ? "command" : "handshake");
+                       ? "command"
+                       : conn->state == NGX_AAI_REDIS_TLS
+                         ? "TLS handshake" : "handshake");
 }
 
 
