@@ -53,8 +53,18 @@ typedef enum {
     NGX_AAI_REDIS_CMD_USER = 0,
     NGX_AAI_REDIS_CMD_AUTH,
     NGX_AAI_REDIS_CMD_SELECT,
+    NGX_AAI_REDIS_CMD_ROLE,         /* with sentinel=: a primary? */
     NGX_AAI_REDIS_CMD_PING
 } ngx_aai_redis_step_e;
+
+
+/* the connection to a sentinel */
+typedef enum {
+    NGX_AAI_REDIS_SENTINEL_IDLE = 0,    /* waiting to (re)connect */
+    NGX_AAI_REDIS_SENTINEL_CONNECTING,
+    NGX_AAI_REDIS_SENTINEL_ASKED,       /* replies expected */
+    NGX_AAI_REDIS_SENTINEL_SUBSCRIBED   /* +switch-master messages */
+} ngx_aai_redis_sentinel_state_e;
 
 
 struct ngx_aai_redis_cmd_s {
@@ -134,6 +144,30 @@ typedef struct {
 } ngx_aai_redis_sub_t;
 
 
+/*
+ * One per client and worker with sentinel=: one connection to one sentinel
+ * at a time, which sends [AUTH], SENTINEL get-master-addr-by-name and
+ * SUBSCRIBE +switch-master in one write, then listens.  On any failure it
+ * tries the next sentinel after a backoff.
+ */
+typedef struct {
+    ngx_aai_redis_t            *rs;
+    ngx_peer_connection_t       pc;
+    ngx_log_t                   log;
+    redisReader                *reader;
+    ngx_event_t                 timer;      /* reply deadline, or retry */
+    ngx_uint_t                  state;      /* sentinel_state_e */
+    ngx_uint_t                  next;       /* the sentinel to ask */
+    ngx_uint_t                  expect;     /* replies before SUBSCRIBE's */
+    ngx_uint_t                  failures;
+    ngx_msec_t                  backoff;
+    ngx_msec_t                  asked;      /* when last connected */
+    u_char                     *out;
+    size_t                      out_len;
+    size_t                      out_sent;
+} ngx_aai_redis_sentinel_t;
+
+
 struct ngx_aai_redis_s {
     ngx_aai_redis_conf_t       *conf;
     ngx_log_t                  *log;
@@ -165,6 +199,15 @@ struct ngx_aai_redis_s {
     ngx_ssl_t                  *ssl;        /* NULL: plain TCP */
 #endif
 
+    /* sentinel=: the primary as the sentinels last said */
+    ngx_aai_redis_sentinel_t   *sentinel;
+    ngx_addr_t                  primary;
+    ngx_sockaddr_t              primary_sa;
+    u_char                      primary_name[NGX_SOCKADDR_STRLEN];
+    ngx_uint_t                  failovers;  /* primary changes followed */
+    unsigned                    primary_known:1;
+    unsigned                    switching:1;
+
     unsigned                    healthy:1;
     unsigned                    initialized:1;
 };
@@ -191,6 +234,8 @@ static char *ngx_aai_redis_conf_file(ngx_conf_t *cf,
     ngx_str_t *file);
 static char *ngx_aai_redis_conf_tls(ngx_conf_t *cf,
     ngx_aai_redis_conf_t *rcf);
+static char *ngx_aai_redis_conf_sentinels(ngx_conf_t *cf,
+    ngx_aai_redis_conf_t *rcf, ngx_str_t *arg);
 #if (NGX_SSL)
 static ngx_int_t ngx_aai_redis_ssl_create(ngx_conf_t *cf,
     ngx_aai_redis_t *rs);
@@ -235,6 +280,22 @@ static ngx_int_t ngx_aai_redis_handshake_reply(ngx_aai_redis_conn_t *conn,
 static void ngx_aai_redis_message(ngx_aai_redis_conn_t *conn,
     redisReply *reply);
 static void ngx_aai_redis_timer_handler(ngx_event_t *ev);
+
+static ngx_int_t ngx_aai_redis_sentinel_init(ngx_aai_redis_t *rs,
+    ngx_cycle_t *cycle);
+static void ngx_aai_redis_sentinel_destroy(ngx_aai_redis_t *rs);
+static void ngx_aai_redis_sentinel_connect(ngx_aai_redis_sentinel_t *st);
+static void ngx_aai_redis_sentinel_close(ngx_aai_redis_sentinel_t *st);
+static void ngx_aai_redis_sentinel_fail(ngx_aai_redis_sentinel_t *st,
+    const char *fmt, ...);
+static void ngx_aai_redis_sentinel_write(ngx_event_t *wev);
+static void ngx_aai_redis_sentinel_read(ngx_event_t *rev);
+static ngx_int_t ngx_aai_redis_sentinel_reply(ngx_aai_redis_sentinel_t *st,
+    redisReply *reply);
+static void ngx_aai_redis_sentinel_timer(ngx_event_t *ev);
+static void ngx_aai_redis_sentinel_reask(ngx_aai_redis_t *rs);
+static ngx_int_t ngx_aai_redis_set_primary(ngx_aai_redis_t *rs,
+    ngx_str_t *host, ngx_str_t *port);
 static void ngx_aai_redis_backoff_handler(ngx_event_t *ev);
 static ngx_uint_t ngx_aai_redis_next_deadline(ngx_aai_redis_conn_t *conn,
     ngx_msec_t *deadline);
@@ -297,29 +358,59 @@ ngx_aai_redis_conf_parse(ngx_conf_t *cf, ngx_aai_redis_conf_t *rcf)
     ngx_str_null(&rcf->tls_key);
     ngx_str_null(&rcf->tls_name);
 
+    rcf->sentinels = NULL;
+    rcf->nsentinels = 0;
+    ngx_str_null(&rcf->master);
+    ngx_str_null(&rcf->sentinel_password);
+
     ngx_memzero(&u, sizeof(ngx_url_t));
 
-    u.url = value[1];
-    u.default_port = NGX_AAI_REDIS_DEFAULT_PORT;
+    if (value[1].len > 9 && ngx_strncmp(value[1].data, "sentinel=", 9) == 0) {
+        if (ngx_aai_redis_conf_sentinels(cf, rcf, &value[1]) != NGX_CONF_OK)
+        {
+            return NGX_CONF_ERROR;
+        }
 
-    if (ngx_parse_url(cf->pool, &u) != NGX_OK || u.naddrs == 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid address \"%V\" in \"%V\": %s",
-                           &value[1], &rcf->directive,
-                           u.err ? u.err : "host not found");
-        return NGX_CONF_ERROR;
+    } else {
+        u.url = value[1];
+        u.default_port = NGX_AAI_REDIS_DEFAULT_PORT;
+
+        if (ngx_parse_url(cf->pool, &u) != NGX_OK || u.naddrs == 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid address \"%V\" in \"%V\": %s",
+                               &value[1], &rcf->directive,
+                               u.err ? u.err : "host not found");
+            return NGX_CONF_ERROR;
+        }
+
+        rcf->addrs = u.addrs;
+        rcf->naddrs = u.naddrs;
+        rcf->host = u.host;
     }
 
-    rcf->addrs = u.addrs;
-    rcf->naddrs = u.naddrs;
     rcf->url = value[1];
-    rcf->host = u.host;
 
     for (i = 2; i < cf->args->nelts; i++) {
         rv = ngx_aai_redis_conf_param(cf, rcf, &value[i]);
         if (rv != NGX_CONF_OK) {
             return rv;
         }
+    }
+
+    if (rcf->nsentinels && rcf->master.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"sentinel\" needs \"master\" in \"%V\"",
+                           &rcf->directive);
+        return NGX_CONF_ERROR;
+    }
+
+    if (rcf->nsentinels == 0
+        && (rcf->master.len || rcf->sentinel_password.len))
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"master\" and \"sentinel_password\" need "
+                           "\"sentinel=\" in \"%V\"", &rcf->directive);
+        return NGX_CONF_ERROR;
     }
 
     if (rcf->user.len && rcf->password.len == 0) {
@@ -334,6 +425,85 @@ ngx_aai_redis_conf_parse(ngx_conf_t *cf, ngx_aai_redis_conf_t *rcf)
     }
 
     ngx_aai_redis_conf_init(rcf);
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * sentinel=host:port,...: the sentinels, resolved here.  The client's one
+ * address is a placeholder named "sentinel:..." (the key of its shared
+ * circuit state); the primary's address is learnt in each worker.
+ */
+
+static char *
+ngx_aai_redis_conf_sentinels(ngx_conf_t *cf, ngx_aai_redis_conf_t *rcf,
+    ngx_str_t *arg)
+{
+    u_char      *p, *last, *comma;
+    ngx_url_t    u;
+    ngx_uint_t   n;
+    ngx_addr_t  *addrs;
+
+    p = arg->data + 9;
+    last = arg->data + arg->len;
+
+    n = 1;
+    for (comma = p; comma < last; comma++) {
+        n += (*comma == ',');
+    }
+
+    addrs = ngx_pcalloc(cf->pool, n * sizeof(ngx_addr_t));
+    if (addrs == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    rcf->sentinels = addrs;
+    rcf->nsentinels = 0;
+
+    while (p < last) {
+        comma = ngx_strlchr(p, last, ',');
+        if (comma == NULL) {
+            comma = last;
+        }
+
+        ngx_memzero(&u, sizeof(ngx_url_t));
+        u.url.data = p;
+        u.url.len = comma - p;
+        u.default_port = 26379;
+        u.no_resolve = 0;
+
+        if (u.url.len == 0
+            || ngx_parse_url(cf->pool, &u) != NGX_OK || u.naddrs == 0
+            || u.family == AF_UNIX)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid sentinel address \"%V\" in \"%V\"%s%s",
+                               &u.url, &rcf->directive,
+                               u.err ? ": " : "", u.err ? u.err : "");
+            return NGX_CONF_ERROR;
+        }
+
+        addrs[rcf->nsentinels++] = u.addrs[0];
+        p = comma + 1;
+    }
+
+    if (rcf->nsentinels == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "no sentinel address in \"%V\"", &rcf->directive);
+        return NGX_CONF_ERROR;
+    }
+
+    /* the placeholder: the first sentinel's address, another name */
+
+    rcf->addrs = ngx_pcalloc(cf->pool, sizeof(ngx_addr_t));
+    if (rcf->addrs == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    *rcf->addrs = addrs[0];
+    rcf->addrs->name = *arg;
+    rcf->naddrs = 1;
 
     return NGX_CONF_OK;
 }
@@ -441,8 +611,19 @@ ngx_aai_redis_conf_param(ngx_conf_t *cf, ngx_aai_redis_conf_t *rcf,
     v.data = p + 1;
     v.len = param->data + param->len - v.data;
 
-    if (name.len == 8 && ngx_strncmp(name.data, "password", 8) == 0) {
+    if (name.len == 6 && ngx_strncmp(name.data, "master", 6) == 0) {
+        if (v.len == 0) {
+            goto invalid;
+        }
 
+        rcf->master = v;
+        return NGX_CONF_OK;
+    }
+
+    if ((name.len == 8 && ngx_strncmp(name.data, "password", 8) == 0)
+        || (name.len == 17
+            && ngx_strncmp(name.data, "sentinel_password", 17) == 0))
+    {
         if (v.len >= 4 && ngx_strncmp(v.data, "env:", 4) == 0) {
 
             if (v.len == 4) {
@@ -476,7 +657,13 @@ ngx_aai_redis_conf_param(ngx_conf_t *cf, ngx_aai_redis_conf_t *rcf,
             goto invalid;
         }
 
-        rcf->password = v;
+        if (name.len == 8) {
+            rcf->password = v;
+
+        } else {
+            rcf->sentinel_password = v;
+        }
+
         return NGX_CONF_OK;
     }
 
@@ -1044,6 +1231,12 @@ ngx_aai_redis_init_worker(ngx_aai_redis_t *rs, ngx_cycle_t *cycle)
     rs->healthy = 1;
     rs->initialized = 1;
 
+    if (rs->conf->nsentinels
+        && ngx_aai_redis_sentinel_init(rs, cycle) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
     /* connect now, so that the first requests find the connections ready */
 
     for (i = 0; i < rs->nconns; i++) {
@@ -1093,6 +1286,8 @@ ngx_aai_redis_exit_worker(ngx_aai_redis_t *rs)
         rs->subconn = NULL;
     }
 
+    ngx_aai_redis_sentinel_destroy(rs);
+
     for (i = 0; i < rs->nsubs; i++) {
         ngx_free(rs->subs[i].name.data);
     }
@@ -1133,7 +1328,7 @@ ngx_aai_redis_handshake_init(ngx_aai_redis_t *rs)
 {
     u_char                *p;
     size_t                 size;
-    ngx_str_t              auth[3], select[2], ping;
+    ngx_str_t              auth[3], select[2], ping, role;
     ngx_uint_t             nauth;
     ngx_aai_redis_conf_t  *rcf;
     u_char                 db[NGX_INT_T_LEN];
@@ -1162,6 +1357,12 @@ ngx_aai_redis_handshake_init(ngx_aai_redis_t *rs)
         size += ngx_aai_redis_resp_size(2, select);
     }
 
+    ngx_str_set(&role, "ROLE");
+
+    if (rcf->nsentinels) {
+        size += ngx_aai_redis_resp_size(1, &role);
+    }
+
     ngx_str_set(&ping, "PING");
     size += ngx_aai_redis_resp_size(1, &ping);
 
@@ -1178,6 +1379,10 @@ ngx_aai_redis_handshake_init(ngx_aai_redis_t *rs)
 
     if (rcf->db >= 0) {
         p = ngx_aai_redis_resp(p, 2, select);
+    }
+
+    if (rcf->nsentinels) {
+        p = ngx_aai_redis_resp(p, 1, &role);
     }
 
     p = ngx_aai_redis_resp(p, 1, &ping);
@@ -1302,7 +1507,21 @@ ngx_aai_redis_connect(ngx_aai_redis_conn_t *conn)
     rs = conn->rs;
     rcf = rs->conf;
 
-    addr = &rcf->addrs[conn->addr % rcf->naddrs];
+    if (rs->sentinel) {
+
+        /* connected once the sentinels have named the primary */
+
+        if (!rs->primary_known) {
+            conn->state = NGX_AAI_REDIS_CLOSED;
+            return NGX_ERROR;
+        }
+
+        addr = &rs->primary;
+
+    } else {
+        addr = &rcf->addrs[conn->addr % rcf->naddrs];
+    }
+
     conn->name = &addr->name;
     conn->state = NGX_AAI_REDIS_CONNECTING;
 
@@ -1319,7 +1538,8 @@ ngx_aai_redis_connect(ngx_aai_redis_conn_t *conn)
          step++)
     {
         if ((step == NGX_AAI_REDIS_CMD_AUTH && rcf->password.len == 0)
-            || (step == NGX_AAI_REDIS_CMD_SELECT && rcf->db < 0))
+            || (step == NGX_AAI_REDIS_CMD_SELECT && rcf->db < 0)
+            || (step == NGX_AAI_REDIS_CMD_ROLE && rcf->nsentinels == 0))
         {
             continue;
         }
@@ -1864,6 +2084,10 @@ ngx_aai_redis_fail(ngx_aai_redis_conn_t *conn, ngx_err_t err,
     if (error == ngx_aai_redis_timeout && n) {
         ngx_aai_redis_circuit_open(conn);
     }
+
+    /* the primary may have moved: ask again at once */
+
+    ngx_aai_redis_sentinel_reask(rs);
 
     ngx_log_error(level, rs->log, 0,
                   "aai redis %V: %s%*s, %ui command%s failed, "
@@ -2504,7 +2728,7 @@ ngx_aai_redis_handshake_reply(ngx_aai_redis_conn_t *conn,
     u_char            text[256];
     size_t            len;
 
-    static const char  *names[] = { "", "AUTH", "SELECT", "PING" };
+    static const char  *names[] = { "", "AUTH", "SELECT", "ROLE", "PING" };
 
     rs = conn->rs;
     step = cmd->step;
@@ -2518,6 +2742,19 @@ ngx_aai_redis_handshake_reply(ngx_aai_redis_conn_t *conn,
 
         ngx_aai_redis_fail(conn, 0, "connection lost", "%s failed: %*s",
                            names[step], len, text);
+        return NGX_ERROR;
+    }
+
+    if (step == NGX_AAI_REDIS_CMD_ROLE
+        && (reply->type != REDIS_REPLY_ARRAY || reply->elements == 0
+            || reply->element[0]->type != REDIS_REPLY_STRING
+            || reply->element[0]->len != 6
+            || ngx_strncmp(reply->element[0]->str, "master", 6) != 0))
+    {
+        freeReplyObject(reply);
+
+        ngx_aai_redis_fail(conn, 0, "connection lost",
+                           "ROLE: not a primary");
         return NGX_ERROR;
     }
 
@@ -2723,6 +2960,648 @@ ngx_aai_redis_post_write(ngx_aai_redis_conn_t *conn)
     if (c != NULL && !c->write->posted) {
         ngx_post_event(c->write, &ngx_posted_events);
     }
+}
+
+
+/* Sentinel */
+
+
+static ngx_int_t
+ngx_aai_redis_sentinel_init(ngx_aai_redis_t *rs, ngx_cycle_t *cycle)
+{
+    u_char                    *p;
+    size_t                     size;
+    ngx_str_t                  auth[2], ask[3], sub[2];
+    ngx_aai_redis_conf_t      *rcf;
+    ngx_aai_redis_sentinel_t  *st;
+
+    rcf = rs->conf;
+
+    st = ngx_calloc(sizeof(ngx_aai_redis_sentinel_t), rs->log);
+    if (st == NULL) {
+        return NGX_ERROR;
+    }
+
+    st->rs = rs;
+    st->next = ngx_pid % rcf->nsentinels;  /* spread the workers */
+
+    ngx_str_set(&auth[0], "AUTH");
+    auth[1] = rcf->sentinel_password;
+    ngx_str_set(&ask[0], "SENTINEL");
+    ngx_str_set(&ask[1], "get-master-addr-by-name");
+    ask[2] = rcf->master;
+    ngx_str_set(&sub[0], "SUBSCRIBE");
+    ngx_str_set(&sub[1], "+switch-master");
+
+    size = ngx_aai_redis_resp_size(2, auth) + ngx_aai_redis_resp_size(3, ask)
+           + ngx_aai_redis_resp_size(2, sub);
+
+    st->out = ngx_alloc(size, rs->log);
+    if (st->out == NULL) {
+        ngx_free(st);
+        return NGX_ERROR;
+    }
+
+    p = st->out;
+
+    if (rcf->sentinel_password.len) {
+        p = ngx_aai_redis_resp(p, 2, auth);
+    }
+
+    p = ngx_aai_redis_resp(p, 3, ask);
+    p = ngx_aai_redis_resp(p, 2, sub);
+    st->out_len = p - st->out;
+
+    /* as for the Redis connections: core's messages below "crit" kept out */
+
+    st->log = *cycle->log;
+    st->log.handler = NULL;
+    st->log.action = NULL;
+
+    if (st->log.log_level > NGX_LOG_CRIT) {
+        st->log.log_level = NGX_LOG_CRIT;
+    }
+
+    st->timer.handler = ngx_aai_redis_sentinel_timer;
+    st->timer.data = &rs->dummy;
+    st->timer.log = rs->log;
+    st->timer.cancelable = 1;
+
+    rs->primary.sockaddr = &rs->primary_sa.sockaddr;
+    rs->primary.name.data = rs->primary_name;
+    rs->primary.name.len = 0;
+
+    rs->sentinel = st;
+
+    ngx_aai_redis_sentinel_connect(st);
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_aai_redis_sentinel_destroy(ngx_aai_redis_t *rs)
+{
+    ngx_aai_redis_sentinel_t  *st;
+
+    st = rs->sentinel;
+
+    if (st == NULL) {
+        return;
+    }
+
+    ngx_aai_redis_sentinel_close(st);
+
+    if (st->timer.timer_set) {
+        ngx_del_timer(&st->timer);
+    }
+
+    ngx_free(st->out);
+    ngx_free(st);
+
+    rs->sentinel = NULL;
+}
+
+
+static void
+ngx_aai_redis_sentinel_connect(ngx_aai_redis_sentinel_t *st)
+{
+    ngx_int_t              rc;
+    ngx_addr_t            *addr;
+    ngx_aai_redis_t       *rs;
+    ngx_connection_t      *c;
+    ngx_aai_redis_conf_t  *rcf;
+
+    rs = st->rs;
+    rcf = rs->conf;
+
+    addr = &rcf->sentinels[st->next % rcf->nsentinels];
+
+    st->reader = redisReaderCreate();
+    if (st->reader == NULL) {
+        ngx_aai_redis_sentinel_fail(st, "redisReaderCreate() failed");
+        return;
+    }
+
+    ngx_memzero(&st->pc, sizeof(ngx_peer_connection_t));
+
+    st->pc.sockaddr = addr->sockaddr;
+    st->pc.socklen = addr->socklen;
+    st->pc.name = &addr->name;
+    st->pc.get = ngx_event_get_peer;
+    st->pc.log = &st->log;
+    st->pc.log_error = NGX_ERROR_ERR;
+    st->pc.so_keepalive = 1;
+
+    st->state = NGX_AAI_REDIS_SENTINEL_CONNECTING;
+    st->out_sent = 0;
+    st->expect = 1 + (rcf->sentinel_password.len != 0);
+    st->asked = ngx_current_msec;
+
+    rc = ngx_event_connect_peer(&st->pc);
+
+    if (rc == NGX_ERROR || rc == NGX_DECLINED || rc == NGX_BUSY) {
+        st->pc.connection = NULL;
+        ngx_aai_redis_sentinel_fail(st, "connect() failed");
+        return;
+    }
+
+    c = st->pc.connection;
+    c->data = st;
+    c->read->handler = ngx_aai_redis_sentinel_read;
+    c->write->handler = ngx_aai_redis_sentinel_write;
+
+    /* connect, and the replies up to SUBSCRIBE's */
+
+    if (st->timer.timer_set) {
+        ngx_del_timer(&st->timer);
+    }
+
+    ngx_add_timer(&st->timer, rcf->connect_timeout + rcf->timeout);
+
+    if (rc == NGX_OK) {
+        st->state = NGX_AAI_REDIS_SENTINEL_ASKED;
+        ngx_post_event(c->write, &ngx_posted_events);
+    }
+}
+
+
+static void
+ngx_aai_redis_sentinel_close(ngx_aai_redis_sentinel_t *st)
+{
+    if (st->pc.connection) {
+        ngx_close_connection(st->pc.connection);
+        st->pc.connection = NULL;
+    }
+
+    if (st->reader) {
+        redisReaderFree(st->reader);
+        st->reader = NULL;
+    }
+
+    st->state = NGX_AAI_REDIS_SENTINEL_IDLE;
+}
+
+
+static void
+ngx_aai_redis_sentinel_fail(ngx_aai_redis_sentinel_t *st, const char *fmt,
+    ...)
+{
+    u_char                *p;
+    va_list                args;
+    ngx_str_t             *name;
+    ngx_uint_t             level;
+    ngx_aai_redis_conf_t  *rcf;
+    u_char                 text[NGX_MAX_ERROR_STR];
+
+    rcf = st->rs->conf;
+    name = &rcf->sentinels[st->next % rcf->nsentinels].name;
+
+    va_start(args, fmt);
+    p = ngx_vslprintf(text, text + sizeof(text), fmt, args);
+    va_end(args);
+
+    ngx_aai_redis_sentinel_close(st);
+
+    st->next++;
+
+    if (st->backoff == 0) {
+        st->backoff = ngx_min(NGX_AAI_REDIS_BACKOFF_MIN, rcf->backoff);
+
+    } else {
+        st->backoff = ngx_min(st->backoff * 2, rcf->backoff);
+    }
+
+    level = (st->failures++ == 0) ? NGX_LOG_ERR : NGX_LOG_INFO;
+
+    ngx_log_error(level, st->rs->log, 0,
+                  "aai redis master \"%V\": sentinel %V: %*s, "
+                  "asking the next in %Mms", &rcf->master, name,
+                  (size_t) (p - text), text, st->backoff);
+
+    if (st->timer.timer_set) {
+        ngx_del_timer(&st->timer);
+    }
+
+    if (!ngx_exiting && !ngx_terminate && !ngx_quit) {
+        ngx_add_timer(&st->timer, st->backoff);
+    }
+}
+
+
+static void
+ngx_aai_redis_sentinel_timer(ngx_event_t *ev)
+{
+    ngx_aai_redis_sentinel_t  *st;
+
+    st = (ngx_aai_redis_sentinel_t *)
+             ((u_char *) ev - offsetof(ngx_aai_redis_sentinel_t, timer));
+
+    if (st->state == NGX_AAI_REDIS_SENTINEL_IDLE) {
+        if (!ngx_exiting && !ngx_terminate && !ngx_quit) {
+            ngx_aai_redis_sentinel_connect(st);
+        }
+
+        return;
+    }
+
+    ngx_aai_redis_sentinel_fail(st, "timed out");
+}
+
+
+static void
+ngx_aai_redis_sentinel_write(ngx_event_t *wev)
+{
+    int                        err;
+    ssize_t                    n;
+    socklen_t                  len;
+    ngx_connection_t          *c;
+    ngx_aai_redis_sentinel_t  *st;
+
+    c = wev->data;
+    st = c->data;
+
+    if (st->state == NGX_AAI_REDIS_SENTINEL_CONNECTING) {
+        err = 0;
+        len = sizeof(int);
+
+        if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, (void *) &err, &len)
+            == -1)
+        {
+            err = ngx_socket_errno;
+        }
+
+        if (err) {
+            ngx_aai_redis_sentinel_fail(st, "connect() failed (%d)", err);
+            return;
+        }
+
+        st->state = NGX_AAI_REDIS_SENTINEL_ASKED;
+    }
+
+    while (st->out_sent < st->out_len) {
+        n = c->send(c, st->out + st->out_sent, st->out_len - st->out_sent);
+
+        if (n > 0) {
+            st->out_sent += n;
+            continue;
+        }
+
+        if (n == NGX_AGAIN) {
+            if (ngx_handle_write_event(wev, 0) != NGX_OK) {
+                ngx_aai_redis_sentinel_fail(st, "cannot arm an event");
+            }
+
+            return;
+        }
+
+        ngx_aai_redis_sentinel_fail(st, "send() failed");
+        return;
+    }
+}
+
+
+static void
+ngx_aai_redis_sentinel_read(ngx_event_t *rev)
+{
+    void                      *obj;
+    ssize_t                    n;
+    ngx_aai_redis_t           *rs;
+    ngx_connection_t          *c;
+    ngx_aai_redis_sentinel_t  *st;
+
+    c = rev->data;
+    st = c->data;
+    rs = st->rs;
+
+    if (st->state == NGX_AAI_REDIS_SENTINEL_CONNECTING) {
+        ngx_aai_redis_sentinel_write(c->write);
+
+        if (st->pc.connection != c) {
+            return;
+        }
+    }
+
+    for ( ;; ) {
+        n = c->recv(c, rs->rbuf, NGX_AAI_REDIS_RBUF_SIZE);
+
+        if (n == NGX_AGAIN) {
+            if (ngx_handle_read_event(rev, 0) != NGX_OK) {
+                ngx_aai_redis_sentinel_fail(st, "cannot arm an event");
+            }
+
+            return;
+        }
+
+        if (n == 0) {
+            ngx_aai_redis_sentinel_fail(st, "connection closed");
+            return;
+        }
+
+        if (n < 0) {
+            ngx_aai_redis_sentinel_fail(st, "recv() failed");
+            return;
+        }
+
+        if (redisReaderFeed(st->reader, (char *) rs->rbuf, n) != REDIS_OK) {
+            ngx_aai_redis_sentinel_fail(st, "redisReaderFeed() failed");
+            return;
+        }
+
+        for ( ;; ) {
+            obj = NULL;
+
+            if (redisReaderGetReply(st->reader, &obj) != REDIS_OK) {
+                ngx_aai_redis_sentinel_fail(st, "protocol error");
+                return;
+            }
+
+            if (obj == NULL) {
+                break;
+            }
+
+            if (ngx_aai_redis_sentinel_reply(st, obj) != NGX_OK) {
+                freeReplyObject(obj);
+                return;
+            }
+
+            freeReplyObject(obj);
+
+            if (st->pc.connection != c) {
+                return;     /* closed to ask again */
+            }
+        }
+    }
+}
+
+
+/*
+ * In order: AUTH's +OK, the primary's address, SUBSCRIBE's confirmation;
+ * then "+switch-master" messages: "<name> <old ip> <old port> <new ip>
+ * <new port>".
+ */
+
+static ngx_int_t
+ngx_aai_redis_sentinel_reply(ngx_aai_redis_sentinel_t *st, redisReply *r)
+{
+    u_char                *p, *last, *f[5];
+    ngx_str_t              host, port;
+    ngx_uint_t             i;
+    ngx_aai_redis_t       *rs;
+    ngx_aai_redis_conf_t  *rcf;
+
+    rs = st->rs;
+    rcf = rs->conf;
+
+    if (r->type == REDIS_REPLY_ERROR) {
+        ngx_aai_redis_sentinel_fail(st, "error reply: %*s",
+                                    ngx_min(r->len, 200), r->str);
+        return NGX_ERROR;
+    }
+
+    if (st->state == NGX_AAI_REDIS_SENTINEL_ASKED) {
+
+        if (st->expect == 2) {          /* AUTH */
+            st->expect--;
+            return NGX_OK;
+        }
+
+        if (st->expect == 1) {          /* get-master-addr-by-name */
+            st->expect--;
+
+            if (r->type != REDIS_REPLY_ARRAY || r->elements != 2
+                || r->element[0]->type != REDIS_REPLY_STRING
+                || r->element[1]->type != REDIS_REPLY_STRING)
+            {
+                ngx_aai_redis_sentinel_fail(st, "no primary known for "
+                                            "\"%V\"", &rcf->master);
+                return NGX_ERROR;
+            }
+
+            host.data = (u_char *) r->element[0]->str;
+            host.len = r->element[0]->len;
+            port.data = (u_char *) r->element[1]->str;
+            port.len = r->element[1]->len;
+
+            if (ngx_aai_redis_set_primary(rs, &host, &port) != NGX_OK) {
+                ngx_aai_redis_sentinel_fail(st, "bad address \"%V\" \"%V\"",
+                                            &host, &port);
+                return NGX_ERROR;
+            }
+
+            return NGX_OK;
+        }
+
+        /* SUBSCRIBE's confirmation: listening; no deadline any more */
+
+        st->state = NGX_AAI_REDIS_SENTINEL_SUBSCRIBED;
+        st->failures = 0;
+        st->backoff = 0;
+
+        if (st->timer.timer_set) {
+            ngx_del_timer(&st->timer);
+        }
+
+        return NGX_OK;
+    }
+
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 3
+        || r->element[0]->type != REDIS_REPLY_STRING
+        || r->element[2]->type != REDIS_REPLY_STRING
+        || r->element[0]->len != 7
+        || ngx_strncmp(r->element[0]->str, "message", 7) != 0)
+    {
+        return NGX_OK;
+    }
+
+    p = (u_char *) r->element[2]->str;
+    last = p + r->element[2]->len;
+
+    for (i = 0; i < 5; i++) {
+        f[i] = p;
+        p = ngx_strlchr(p, last, ' ');
+
+        if (p == NULL) {
+            p = last;
+        }
+
+        if (i < 4) {
+            if (p == last) {
+                return NGX_OK;
+            }
+
+            p++;
+        }
+    }
+
+    if ((size_t) (f[1] - f[0] - 1) != rcf->master.len
+        || ngx_strncmp(f[0], rcf->master.data, rcf->master.len) != 0)
+    {
+        return NGX_OK;      /* another primary's */
+    }
+
+    host.data = f[3];
+    host.len = f[4] - f[3] - 1;
+    port.data = f[4];
+    port.len = last - f[4];
+
+    ngx_log_error(NGX_LOG_WARN, rs->log, 0,
+                  "aai redis master \"%V\": +switch-master to %V:%V",
+                  &rcf->master, &host, &port);
+
+    if (ngx_aai_redis_set_primary(rs, &host, &port) != NGX_OK) {
+        ngx_aai_redis_sentinel_fail(st, "bad address \"%V\" \"%V\"",
+                                    &host, &port);
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * A connection to the primary was lost (or its ROLE was not "master"):
+ * the sentinel connection is made again, which asks again.  At most one
+ * ask per backoff step of 100 ms.
+ */
+
+static void
+ngx_aai_redis_sentinel_reask(ngx_aai_redis_t *rs)
+{
+    ngx_aai_redis_sentinel_t  *st;
+
+    st = rs->sentinel;
+
+    if (st == NULL || rs->switching
+        || st->state != NGX_AAI_REDIS_SENTINEL_SUBSCRIBED
+        || ngx_current_msec - st->asked < NGX_AAI_REDIS_BACKOFF_MIN)
+    {
+        return;
+    }
+
+    ngx_aai_redis_sentinel_close(st);
+
+    if (st->timer.timer_set) {
+        ngx_del_timer(&st->timer);
+    }
+
+    ngx_add_timer(&st->timer, 1);
+}
+
+
+/*
+ * The sentinels named the primary.  A new one: every connection to the old
+ * one fails its pending commands and connects to the new one at once.
+ */
+
+static ngx_int_t
+ngx_aai_redis_set_primary(ngx_aai_redis_t *rs, ngx_str_t *host,
+    ngx_str_t *port)
+{
+    ngx_int_t              n;
+    ngx_uint_t             i, known, level;
+    ngx_addr_t             addr;
+    ngx_pool_t            *pool;
+    ngx_aai_redis_conn_t  *conn;
+
+    n = ngx_atoi(port->data, port->len);
+
+    if (n < 1 || n > 65535 || host->len == 0) {
+        return NGX_ERROR;
+    }
+
+    pool = ngx_create_pool(512, rs->log);
+    if (pool == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (ngx_parse_addr(pool, &addr, host->data, host->len) != NGX_OK
+        || addr.socklen > sizeof(ngx_sockaddr_t))
+    {
+        ngx_destroy_pool(pool);
+        return NGX_ERROR;
+    }
+
+    ngx_inet_set_port(addr.sockaddr, (in_port_t) n);
+
+    if (rs->primary_known
+        && ngx_cmp_sockaddr(addr.sockaddr, addr.socklen,
+                            rs->primary.sockaddr, rs->primary.socklen, 1)
+           == NGX_OK)
+    {
+        ngx_destroy_pool(pool);
+        return NGX_OK;
+    }
+
+    ngx_memcpy(&rs->primary_sa, addr.sockaddr, addr.socklen);
+    ngx_destroy_pool(pool);
+
+    rs->primary.socklen = addr.socklen;
+    rs->primary.name.len = ngx_sock_ntop(rs->primary.sockaddr,
+                                         rs->primary.socklen,
+                                         rs->primary_name,
+                                         NGX_SOCKADDR_STRLEN, 1);
+
+    known = rs->primary_known;
+    rs->primary_known = 1;
+    level = known ? NGX_LOG_WARN : NGX_LOG_INFO;
+
+    ngx_log_error(level, rs->log, 0,
+                  "aai redis master \"%V\": primary is %V",
+                  &rs->conf->master, &rs->primary.name);
+
+    if (known) {
+        rs->failovers++;
+    }
+
+    /* fail() and the handlers it calls must not ask the sentinel again */
+
+    rs->switching = 1;
+
+    for (i = 0; i <= rs->nconns; i++) {
+        conn = (i < rs->nconns) ? &rs->conns[i] : rs->subconn;
+
+        if (conn == NULL) {
+            continue;
+        }
+
+        if (conn->state != NGX_AAI_REDIS_CLOSED
+            && conn->state != NGX_AAI_REDIS_BACKOFF)
+        {
+            ngx_aai_redis_fail(conn, 0, "connection lost",
+                               "the primary moved to %V",
+                               &rs->primary.name);
+        }
+    }
+
+    for (i = 0; i <= rs->nconns; i++) {
+        conn = (i < rs->nconns) ? &rs->conns[i] : rs->subconn;
+
+        if (conn == NULL) {
+            continue;
+        }
+
+        if (conn->state == NGX_AAI_REDIS_BACKOFF) {
+            if (conn->backoff_ev.timer_set) {
+                ngx_del_timer(&conn->backoff_ev);
+            }
+
+            conn->state = NGX_AAI_REDIS_CLOSED;
+            conn->backoff = 0;
+        }
+
+        if (conn->state == NGX_AAI_REDIS_CLOSED) {
+            (void) ngx_aai_redis_connect(conn);
+        }
+    }
+
+    rs->switching = 0;
+
+    /* the new primary takes requests once a handshake is answered */
+
+    rs->healthy = 1;
+
+    return NGX_OK;
 }
 
 

@@ -80,6 +80,12 @@ typedef struct {
     ngx_str_t                  tls_name;   /* SNI and the name verified */
     ngx_flag_t                 tls;
     ngx_flag_t                 tls_verify;
+
+    /* Sentinel (sentinel=): the primary is asked of these at run time */
+    ngx_addr_t                *sentinels;
+    ngx_uint_t                 nsentinels;
+    ngx_str_t                  master;
+    ngx_str_t                  sentinel_password;
 } ngx_aai_redis_conf_t;
 
 
@@ -95,7 +101,12 @@ typedef struct {
  *               [tls_verify=on|off];
  *
  * address is host:port (default port 6379) or unix:/path.  A host name is
- * resolved here, never at run time.  Errors name the directive and the
+ * resolved here, never at run time.  Or, instead of an address,
+ * sentinel=host:port,host:port,... master=NAME [sentinel_password=P|env:V]:
+ * in each worker the client asks the sentinels for the primary of NAME
+ * (SENTINEL get-master-addr-by-name), checks it with ROLE after
+ * connecting, follows +switch-master (subscribed on a sentinel
+ * connection) and asks again when a connection to the primary is lost.  Errors name the directive and the
  * value.  Defaults: connect_timeout=200ms timeout=100ms backoff=1s
  * connections=1, no SELECT (db -1), tls=off, tls_verify=on, tls_name the
  * address's host.  With tls=on the connection does a non-blocking TLS

@@ -109,7 +109,7 @@ sub stop_tls_redis {
     waitpid($pid, 0);
 }
 
-END { stop_tls_redis($_) for keys %Redis; }
+END { local $?; stop_tls_redis($_) for keys %Redis; }
 
 sub front {
     my ($name, $tls, $params, %o) = @_;
