@@ -106,13 +106,14 @@ typedef struct {
  * in each worker the client asks the sentinels for the primary of NAME
  * (SENTINEL get-master-addr-by-name), checks it with ROLE after
  * connecting, follows +switch-master (subscribed on a sentinel
- * connection) and asks again when a connection to the primary is lost.  Errors name the directive and the
- * value.  Defaults: connect_timeout=200ms timeout=100ms backoff=1s
- * connections=1, no SELECT (db -1), tls=off, tls_verify=on, tls_name the
- * address's host.  With tls=on the connection does a non-blocking TLS
- * handshake (nginx's ngx_ssl_*) before AUTH, verifies the certificate and
- * the name, and reuses the TLS session when it reconnects.  conf_parse() applies them itself;
- * conf_init() applies them to fields left unset (idempotent).
+ * connection) and asks again when a connection to the primary is lost.
+ * Errors name the directive and the value.  Defaults: connect_timeout=200ms
+ * timeout=100ms backoff=1s connections=1, no SELECT (db -1), tls=off,
+ * tls_verify=on, tls_name the address's host.  With tls=on the connection
+ * does a non-blocking TLS handshake (nginx's ngx_ssl_*) before AUTH,
+ * verifies the certificate and the name, and reuses the TLS session when
+ * it reconnects.  conf_parse() applies the defaults itself; conf_init()
+ * applies them to fields left unset (idempotent).
  * ngx_aai_redis_create() makes the per-worker client; call it once
  * per server from the module's configuration callbacks.
  */
