@@ -15,6 +15,8 @@ use AaiTest;
 use Time::HiRes qw( time sleep );
 use File::Temp qw( tempdir );
 use POSIX qw( :sys_wait_h SIGTERM SIGKILL );
+use IO::Socket::INET ();
+use IO::Select ();
 
 my $PW = 'redis-pw-013';
 my $SP = 'sentinel-pw-013';
@@ -236,6 +238,108 @@ my @bad = grep { /\[(?:alert|crit|emerg)\]|exited on signal/ } @lines;
 is(scalar @bad, 0, 'no alert, no crash') or diag(@bad);
 
 $stop->();
+
+# --- ROLE: a sentinel that names a replica ------------------------------------
+
+# a stand-in sentinel that always names a replica of the new primary
+{
+    mkdir "$D/replica2";
+    my $R2 = free_port();
+    spawn('replica2', '--port', $R2, '--bind', '127.0.0.1', '--save', '',
+          '--appendonly', 'no', '--dir', "$D/replica2", '--masterauth', $PW,
+          '--replicaof', '127.0.0.1', $R);
+    ok(wait_for(5, sub {
+           my $r = eval { redis_cmd_port($R2, 'ROLE') };
+           ref $r && $r->[0] eq 'slave';
+       }), 'a replica to be named');
+
+    my $srv = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
+                                    Listen => 16, ReuseAddr => 1) or die;
+    my $fake = $srv->sockport;
+    my $pid = fork();
+    die "fork: $!\n" unless defined $pid;
+    if ($pid == 0) {
+        fake_sentinel($srv, $R2);
+        POSIX::_exit(0);
+    }
+    close $srv;
+    $Procs{fake} = $pid;
+
+    my ($fport, $fstop, $fprefix) = start_nginx_instance('r013role', <<_EOC_);
+    aai_ratelimit_redis sentinel=127.0.0.1:$fake master=fake timeout=300ms;
+    aai_ratelimit_zone z key=\$arg_u rate=3r/m;
+    aai_ratelimit_fallback deny;
+    server {
+        listen 127.0.0.1:\$TEST_NGINX_INSTANCE_PORT;
+        add_header X-RL \$aai_ratelimit_status always;
+        location /rl/ { aai_ratelimit z; empty_gif; }
+    }
+_EOC_
+
+    my $role = wait_for(5, sub {
+        grep { /aai redis 127\.0\.0\.1:$R2: ROLE: not a primary/ }
+             file_lines("$fprefix/logs/error.log");
+    });
+    ok($role, 'a replica named by a sentinel is refused after ROLE');
+    my ($st, $h) = http_get($fport, '/rl/?u=role', {});
+    is(($st // 0) . ' ' . ($h->{'x-rl'} // ''), '429 ERROR',
+       'the limiter falls back (deny) while the sentinel names a replica');
+    $fstop->();
+    stop('fake', SIGKILL);
+}
+
+sub fake_sentinel {
+    my ($srv, $port) = @_;
+    my $sel = IO::Select->new($srv);
+    my %buf;
+    my $end = time + 60;
+    while (time < $end) {
+        for my $s ($sel->can_read(0.2)) {
+            if ($s == $srv) {
+                my $c = $srv->accept or next;
+                $sel->add($c);
+                next;
+            }
+            my $n = sysread($s, my $d, 4096);
+            if (!$n) {
+                $sel->remove($s);
+                delete $buf{$s};
+                close $s;
+                next;
+            }
+            $buf{$s} .= $d;
+            while (my @a = take_command(\$buf{$s})) {
+                my $cmd = uc $a[0];
+                my $out = $cmd eq 'SENTINEL'
+                        ? "*2\r\n\$9\r\n127.0.0.1\r\n\$" . length($port)
+                          . "\r\n$port\r\n"
+                        : $cmd eq 'SUBSCRIBE'
+                        ? "*3\r\n\$9\r\nsubscribe\r\n\$14\r\n+switch-master"
+                          . "\r\n:1\r\n"
+                        : "+OK\r\n";
+                syswrite($s, $out);
+            }
+        }
+    }
+}
+
+# one RESP command off the front of $$b, or () if it is not all there
+sub take_command {
+    my $b = shift;
+    return () unless $$b =~ /^\*(\d+)\r\n/;
+    my ($n, $pos) = ($1, length($&));
+    my @a;
+    for (1 .. $n) {
+        return () unless substr($$b, $pos) =~ /^\$(\d+)\r\n/;
+        my $len = $1;
+        $pos += length($&);
+        return () if length($$b) < $pos + $len + 2;
+        push @a, substr($$b, $pos, $len);
+        $pos += $len + 2;
+    }
+    substr($$b, 0, $pos) = '';
+    return @a;
+}
 
 # --- nginx -t -----------------------------------------------------------------
 
