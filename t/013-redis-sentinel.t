@@ -174,9 +174,17 @@ sub exact {
 
 my $EXACT = '200 PASSED,200 PASSED,200 PASSED,429 REJECTED';
 
-# both workers connect through the sentinels: poll until Redis decides
+# both workers (three clients each: the limiter, the cache's lookups and
+# stores) learn the primary from the sentinels
+ok(wait_for(10, sub {
+       my %w;
+       for (file_lines("$prefix/logs/error.log")) {
+           $w{$1}++ if /(\d+)#\d+: aai redis master "m013": primary is /;
+       }
+       2 == grep { $_ >= 3 } values %w;
+   }), 'the primary is found through the sentinels');
 ok(wait_for(10, sub { get('/rl/?u=probe') eq '200 PASSED' }),
-   'the primary is found through the sentinels');
+   'Redis decides');
 
 is(exact('alice'), $EXACT, 'exact limits on the primary');
 my $keys = cmd($P, $PW, 'KEYS', '*') // [];
