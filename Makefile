@@ -6,12 +6,26 @@
 #   make test             run the whole suite (starts Redis and Kafka mock)
 #   make run              the demo: Redis, Kafka mock, upstream and nginx
 #   make asan             build and run the suite under AddressSanitizer
+#                         and UndefinedBehaviorSanitizer
 #                         (in ASAN_BUILD, default build-asan; with NGINX_SRC
 #                         that nginx is instrumented too)
 #   make bench            benchmarks (bench/README.md)
-#   make fuzz             fuzz the JWT parser for FUZZ_SECONDS seconds
+#   make chaos            failures under load: reloads, binary upgrade,
+#                         Redis, a worker and Kafka killed (bench/chaos/run)
+#   make soak             steady load for CHAOS_SOAK_MINUTES (default 30)
+#   make fuzz             build the fuzz targets (fuzz/) and run each for
+#                         FUZZ_SECONDS seconds (default 60); fails on a crash
 #   make conformance      the public HTTP cache test suite against aai_cache
 #                         and proxy_cache (CACHE_TESTS=/path/to/cache-tests)
+#   make deb              Debian packages of the three modules (in DEB_DIR,
+#                         default build-deb), built with dh_nginx
+#   make deb-test         installs them into this machine, nginx -t, removes
+#   make ops-test         the Prometheus rules and Grafana dashboard against
+#                         a real Prometheus scraping the modules, and deb-test
+#   make image            the container image aai-nginx:<nginx version> and
+#                         aai-nginx:latest (Dockerfile, scripts/image-build)
+#   make image-test       build the image and test it against Redis and the
+#                         Kafka mock (t/image-test)
 
 SHELL      := /bin/bash
 NGINX_SRC  ?= /usr/share/nginx/src
@@ -63,8 +77,8 @@ endif
 
 SOURCES := config ngx_aai.map $(wildcard $(TOP)/*.c $(TOP)/*.h)
 
-.PHONY: all build deps test run asan bench fuzz conformance clean check-deps \
-        FORCE
+.PHONY: all build deps test run asan bench chaos soak fuzz conformance clean \
+        check-deps FORCE deb deb-test ops-test image image-test
 
 all: build
 
@@ -111,12 +125,18 @@ run: build
 # so that an overrun inside a pool block is caught as well.
 ASAN_LIB   = $(shell gcc -print-file-name=libasan.so)
 ASAN_BUILD ?= build-asan
-ASAN_CC_OPT = -O1 -g -fsanitize=address -fno-omit-frame-pointer \
+#
+# UndefinedBehaviorSanitizer is on in the same build: -fno-sanitize-recover
+# makes its first report end the process; the report goes to nginx's error
+# log, where t/compat (and AaiTest, for its own instances) find it and fail
+# the block and the run as for ASan's.
+ASAN_CC_OPT = -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all \
+              -fno-omit-frame-pointer \
               $(if $(wildcard $(SRC)/conf_flags),,-DNGX_DEBUG_PALLOC=1)
 
 asan:
 	$(MAKE) test BUILD=$(ASAN_BUILD) CC_OPT="$(strip $(ASAN_CC_OPT))" \
-	    LD_OPT="-fsanitize=address" AAI_ASAN=$(ASAN_LIB)
+	    LD_OPT="-fsanitize=address,undefined" AAI_ASAN=$(ASAN_LIB)
 
 bench: build
 	scripts/install-deps --bench
@@ -125,9 +145,47 @@ bench: build
 conformance: build
 	AAI_BUILD=$(B) NGINX_BIN=$(NGINX_BIN) bench/conformance/run
 
-fuzz:
+chaos: build
+	scripts/install-deps --bench
+	AAI_BUILD=$(B) NGINX_BIN=$(NGINX_BIN) bench/chaos/run
+
+soak: build
+	scripts/install-deps --bench
+	AAI_BUILD=$(B) NGINX_BIN=$(NGINX_BIN) bench/chaos/run soak
+
+# the targets that run module code need nginx's headers and the configured
+# build's ngx_auto_config.h (fuzz/Makefile)
+fuzz: $(B)/Makefile
 	scripts/install-deps --fuzz
-	$(MAKE) -C fuzz FUZZ_SECONDS=$(or $(FUZZ_SECONDS),60)
+	$(MAKE) -C fuzz FUZZ_SECONDS=$(or $(FUZZ_SECONDS),60) NGX_SRC=$(SRC) \
+	    NGX_BUILD=$(B)
+
+DEB_DIR    ?= build-deb
+
+deb:
+	scripts/deb $(DEB_DIR)
+
+deb-test: deb
+	scripts/deb-test $(DEB_DIR)
+
+# deploy/monitoring: promtool checks and unit tests, then t/ops (a real
+# Prometheus scraping nginx during traffic), then the Debian packages
+MON        := deploy/monitoring
+
+ops-test: build
+	scripts/install-deps --ops
+	promtool check config $(MON)/prometheus.yml
+	promtool check rules $(MON)/alerts.yml
+	promtool test rules $(MON)/alerts.test.yml
+	$(MAKE) test TEST_FILES=t/ops
+	$(MAKE) deb-test
+
+# NGINX_VERSION=1.x.y, NGINX_TARBALL=FILE: scripts/image-build
+image:
+	scripts/image-build
+
+image-test:
+	t/image-test
 
 clean:
-	rm -rf $(B) $(ASAN_BUILD) t/servroot* t/tmp
+	rm -rf $(B) $(ASAN_BUILD) $(DEB_DIR) t/servroot* t/tmp

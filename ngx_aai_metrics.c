@@ -328,7 +328,13 @@ ngx_aai_metrics_build(ngx_aai_metrics_t *m, ngx_aai_metrics_shm_t *shm,
         *p++ = '\0';
 
         s->labels = p - base;
-        p = ngx_cpymem(p, d[i].labels.data, d[i].labels.len);
+
+        /* no labels: data is NULL, which memcpy() must not be given */
+
+        if (d[i].labels.len) {
+            p = ngx_cpymem(p, d[i].labels.data, d[i].labels.len);
+        }
+
         *p++ = '\0';
 
         s->type = d[i].type;

@@ -31,6 +31,12 @@
 #define NGX_AAI_REDIS_OBUF_SIZE         4096
 #define NGX_AAI_REDIS_OBUF_KEEP         65536
 #define NGX_AAI_REDIS_MAX_FREE          4096
+/*
+ * hiredis allocates an array's element pointers on reading its header, so
+ * a reply announcing 2^31 elements would cost 16 GB before any arrives;
+ * the suite's largest reply (a batch of the limiter) has under 2000
+ */
+#define NGX_AAI_REDIS_MAX_ELEMENTS      (1024 * 1024)
 
 /* the circuit state shared by every client of the suite, per endpoint */
 #define NGX_AAI_REDIS_CIRCUIT_ZONE      "aai_redis_circuit"
@@ -318,8 +324,15 @@ static void ngx_aai_redis_cmd_free(ngx_aai_redis_t *rs,
 static void ngx_aai_redis_result(ngx_aai_redis_cmd_t *cmd,
     ngx_aai_redis_result_t *res);
 static uint64_t ngx_aai_redis_now_us(void);
+static void *ngx_aai_redis_create_array(const redisReadTask *task,
+    int elements);
 static u_char *ngx_aai_redis_log_handler(ngx_log_t *log, u_char *buf,
     size_t len);
+
+
+static redisReplyObjectFunctions   ngx_aai_redis_reply_fn;
+static void                      *(*ngx_aai_redis_array_fn)(
+                                      const redisReadTask *task, int elements);
 
 
 /* configuration */
@@ -1231,6 +1244,14 @@ ngx_aai_redis_init_worker(ngx_aai_redis_t *rs, ngx_cycle_t *cycle)
     rs->healthy = 1;
     rs->initialized = 1;
 
+    /*
+     * A new worker has the time the master cached when it began to read
+     * the configuration: the connect timers would be behind by as long as
+     * that took, and could expire before the first event loop iteration.
+     */
+
+    ngx_time_update();
+
     if (rs->conf->nsentinels
         && ngx_aai_redis_sentinel_init(rs, cycle) != NGX_OK)
     {
@@ -1530,6 +1551,16 @@ ngx_aai_redis_connect(ngx_aai_redis_conn_t *conn)
         ngx_aai_redis_fail(conn, 0, "no memory", "redisReaderCreate() failed");
         return NGX_ERROR;
     }
+
+    /* hiredis's functions, but arrays bounded */
+
+    if (ngx_aai_redis_array_fn == NULL) {
+        ngx_aai_redis_reply_fn = *conn->reader->fn;
+        ngx_aai_redis_array_fn = ngx_aai_redis_reply_fn.createArray;
+        ngx_aai_redis_reply_fn.createArray = ngx_aai_redis_create_array;
+    }
+
+    conn->reader->fn = &ngx_aai_redis_reply_fn;
 
     /* the handshake replies come first: queue their commands first */
 
@@ -2348,6 +2379,8 @@ ngx_aai_redis_subscribe(ngx_aai_redis_t *rs, ngx_str_t *channel,
         ngx_aai_redis_conn_init(rs, rs->subconn, (ngx_cycle_t *) ngx_cycle,
                                 0);
         rs->subconn->sub = 1;
+
+        ngx_time_update();      /* in init_process: as above */
 
         (void) ngx_aai_redis_connect(rs->subconn);
 
@@ -3716,7 +3749,13 @@ ngx_aai_redis_resp(u_char *p, ngx_uint_t argc, ngx_str_t *argv)
 
     for (i = 0; i < argc; i++) {
         p = ngx_sprintf(p, "$%uz\r\n", argv[i].len);
-        p = ngx_cpymem(p, argv[i].data, argv[i].len);
+
+        /* an empty argument may have no data: memcpy() must not see it */
+
+        if (argv[i].len) {
+            p = ngx_cpymem(p, argv[i].data, argv[i].len);
+        }
+
         *p++ = CR; *p++ = LF;
     }
 
@@ -3803,6 +3842,19 @@ ngx_aai_redis_now_us(void)
     (void) clock_gettime(CLOCK_MONOTONIC, &ts);
 
     return (uint64_t) ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+
+/* NULL fails the reader ("Out of memory"): a protocol error */
+
+static void *
+ngx_aai_redis_create_array(const redisReadTask *task, int elements)
+{
+    if (elements > NGX_AAI_REDIS_MAX_ELEMENTS) {
+        return NULL;
+    }
+
+    return ngx_aai_redis_array_fn(task, elements);
 }
 
 

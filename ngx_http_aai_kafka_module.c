@@ -17,6 +17,7 @@
 
 #include "ngx_aai_conf.h"
 #include "ngx_aai_metrics.h"
+#include "ngx_http_aai_kafka_spool.h"
 
 
 #define NGX_HTTP_AAI_KAFKA_STRING     0
@@ -51,7 +52,14 @@
 #define NGX_HTTP_AAI_KAFKA_FORMAT       3
 #define NGX_HTTP_AAI_KAFKA_FATAL        4
 #define NGX_HTTP_AAI_KAFKA_OTHER        5
-#define NGX_HTTP_AAI_KAFKA_REASONS      6
+#define NGX_HTTP_AAI_KAFKA_SPOOL_FULL   6
+#define NGX_HTTP_AAI_KAFKA_SPOOL_ERROR  7
+#define NGX_HTTP_AAI_KAFKA_SPOOL_BAD    8
+#define NGX_HTTP_AAI_KAFKA_TOPIC        9
+#define NGX_HTTP_AAI_KAFKA_REASONS      10
+
+/* a delivery failure newer than this stops the replay of the spool */
+#define NGX_HTTP_AAI_KAFKA_CALM       1000
 
 /* producers a worker may have being destroyed at a time */
 #define NGX_HTTP_AAI_KAFKA_DESTROYING  4
@@ -78,10 +86,19 @@ typedef struct {
 
 
 typedef struct {
+    ngx_str_t                         name;       /* null-terminated */
+    ngx_http_complex_value_t         *value;
+} ngx_http_aai_kafka_header_t;
+
+
+typedef struct {
     ngx_uint_t                        topic;      /* index in main topics */
     ngx_http_aai_kafka_format_t      *format;     /* NULL: the default */
     ngx_http_complex_value_t         *key;
     ngx_http_complex_value_t         *filter;
+    ngx_array_t                      *headers;    /* header_t */
+    ngx_http_complex_value_t         *topic_value;
+    ngx_array_t                      *topics;     /* ngx_uint_t: topic */
 } ngx_http_aai_kafka_event_t;
 
 
@@ -106,7 +123,9 @@ typedef struct {
     ngx_int_t                         rtt;
     ngx_int_t                         restarts;
 
-    ngx_shm_zone_t                   *workers;    /* slot_t[SLOTS] */
+    ngx_http_aai_kafka_spool_t       *spool;      /* NULL: none */
+
+    ngx_shm_zone_t                   *workers;    /* shared_t */
 
     unsigned                          enabled:1;
     unsigned                          used:1;
@@ -138,6 +157,12 @@ typedef struct {
 } ngx_http_aai_kafka_slot_t;
 
 
+typedef struct {
+    ngx_http_aai_kafka_slot_t         slots[NGX_HTTP_AAI_KAFKA_SLOTS];
+    ngx_http_aai_kafka_spool_shm_t    spool;
+} ngx_http_aai_kafka_shared_t;
+
+
 /* per worker state: the producer and what serves it */
 
 typedef struct {
@@ -156,10 +181,13 @@ typedef struct {
     ngx_http_aai_kafka_slot_t        *slot;
     time_t                            checked;    /* the slots, last */
     ngx_msec_t                        restarted;
+    ngx_msec_t                        failed;     /* the last failure */
     pthread_t                         thread;     /* the worker's */
 
     u_char                           *buf;        /* the event's text */
     size_t                            buf_size;
+    u_char                           *hbuf;       /* headers, packed */
+    size_t                            hbuf_size;
 
     ngx_http_aai_kafka_limit_t        drops;
     ngx_http_aai_kafka_limit_t        failures;
@@ -192,7 +220,21 @@ static void ngx_http_aai_kafka_produce(ngx_http_request_t *r,
     ngx_str_t *payload);
 static rd_kafka_resp_err_t ngx_http_aai_kafka_producev(
     ngx_http_aai_kafka_worker_t *w, ngx_uint_t topic, ngx_str_t *payload,
-    ngx_str_t *key);
+    ngx_str_t *key, rd_kafka_headers_t *hdrs);
+static rd_kafka_headers_t *ngx_http_aai_kafka_headers(ngx_http_request_t *r,
+    ngx_array_t *headers);
+static ngx_int_t ngx_http_aai_kafka_pick(ngx_http_request_t *r,
+    ngx_http_aai_kafka_main_conf_t *kmcf, ngx_http_aai_kafka_event_t *ev,
+    ngx_uint_t *t);
+static void ngx_http_aai_kafka_spool(ngx_http_aai_kafka_worker_t *w,
+    ngx_http_aai_kafka_main_conf_t *kmcf, rd_kafka_resp_err_t err,
+    const char *topic, ngx_str_t *key, ngx_str_t *payload,
+    rd_kafka_headers_t *hdrs);
+static ngx_int_t ngx_http_aai_kafka_pack(rd_kafka_headers_t *hdrs,
+    ngx_str_t *out);
+static rd_kafka_headers_t *ngx_http_aai_kafka_unpack(ngx_str_t *in);
+static ngx_int_t ngx_http_aai_kafka_replay(ngx_str_t *topic,
+    ngx_str_t *key, ngx_str_t *value, ngx_str_t *headers, void *opaque);
 static ngx_int_t ngx_http_aai_kafka_json(ngx_http_request_t *r,
     ngx_http_aai_kafka_format_t *fmt, ngx_str_t *out);
 static u_char *ngx_http_aai_kafka_buffer(size_t size);
@@ -264,6 +306,8 @@ static char *ngx_http_aai_kafka_brokers(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_aai_kafka_flush_timeout(ngx_conf_t *cf, void *post,
     void *data);
+static char *ngx_http_aai_kafka_spool_directive(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
 static char *ngx_http_aai_kafka_property(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static ngx_int_t ngx_http_aai_kafka_scratch_set(ngx_conf_t *cf,
@@ -280,6 +324,11 @@ static char *ngx_http_aai_kafka_event(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static ngx_int_t ngx_http_aai_kafka_topic(ngx_conf_t *cf,
     ngx_http_aai_kafka_main_conf_t *kmcf, ngx_str_t *name);
+static ngx_int_t ngx_http_aai_kafka_header_conf(ngx_conf_t *cf,
+    ngx_http_aai_kafka_event_t *ev, ngx_str_t *arg);
+static ngx_int_t ngx_http_aai_kafka_topics_conf(ngx_conf_t *cf,
+    ngx_http_aai_kafka_main_conf_t *kmcf, ngx_http_aai_kafka_event_t *ev,
+    ngx_str_t *arg);
 static ngx_http_complex_value_t *ngx_http_aai_kafka_complex(ngx_conf_t *cf,
     ngx_str_t *value);
 
@@ -290,6 +339,8 @@ static ngx_uint_t ngx_http_aai_kafka_variable_exists(ngx_conf_t *cf,
     char *name);
 static ngx_int_t ngx_http_aai_kafka_init_metrics(ngx_conf_t *cf,
     ngx_http_aai_kafka_main_conf_t *kmcf);
+static ngx_int_t ngx_http_aai_kafka_spool_metrics(
+    ngx_http_aai_kafka_main_conf_t *kmcf, ngx_aai_metrics_t *m);
 static ngx_int_t ngx_http_aai_kafka_check_conf(ngx_conf_t *cf,
     ngx_http_aai_kafka_main_conf_t *kmcf);
 
@@ -386,6 +437,13 @@ static ngx_command_t  ngx_http_aai_kafka_commands[] = {
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_aai_kafka_main_conf_t, flush_timeout),
       &ngx_http_aai_kafka_flush_timeout_p },
+
+    { ngx_string("aai_kafka_spool"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_aai_kafka_spool_directive,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
 
     NGX_AAI_METRICS_COMMAND,
 
@@ -485,11 +543,35 @@ ngx_http_aai_kafka_produce(ngx_http_request_t *r,
     ngx_http_aai_kafka_main_conf_t *kmcf, ngx_http_aai_kafka_event_t *ev,
     ngx_str_t *payload)
 {
-    ngx_str_t                     key;
+    ngx_str_t                    *topic, key;
+    ngx_uint_t                    t;
+    rd_kafka_headers_t           *hdrs;
     rd_kafka_resp_err_t           err;
     ngx_http_aai_kafka_worker_t  *w;
 
     w = &ngx_http_aai_kafka_worker;
+
+    t = ev->topic;
+
+    if (ev->topic_value && ngx_http_aai_kafka_pick(r, kmcf, ev, &t) != NGX_OK)
+    {
+        ngx_http_aai_kafka_drop(kmcf, NGX_HTTP_AAI_KAFKA_TOPIC);
+
+        w->drops.count++;
+        w->drops.reason = "the topic is not among topics=";
+
+        ngx_http_aai_kafka_report(&w->drops, "dropped", 0);
+        return;
+    }
+
+    ngx_str_null(&key);
+
+    if (ev->key && ngx_http_complex_value(r, ev->key, &key) != NGX_OK) {
+        ngx_str_null(&key);
+    }
+
+    /* the event goes without headers rather than not at all */
+    hdrs = ev->headers ? ngx_http_aai_kafka_headers(r, ev->headers) : NULL;
 
     /*
      * No producer: it could not be created, or this is a configuration
@@ -501,13 +583,7 @@ ngx_http_aai_kafka_produce(ngx_http_request_t *r,
         goto dropped;
     }
 
-    ngx_str_null(&key);
-
-    if (ev->key && ngx_http_complex_value(r, ev->key, &key) != NGX_OK) {
-        ngx_str_null(&key);
-    }
-
-    err = ngx_http_aai_kafka_producev(w, ev->topic, payload, &key);
+    err = ngx_http_aai_kafka_producev(w, t, payload, &key, hdrs);
 
     if (err == RD_KAFKA_RESP_ERR__FATAL) {
         /* before the error callback is served: rebuild now, try again */
@@ -515,7 +591,7 @@ ngx_http_aai_kafka_produce(ngx_http_request_t *r,
         w->fatal = 1;
 
         if (ngx_http_aai_kafka_recover() == NGX_OK) {
-            err = ngx_http_aai_kafka_producev(w, ev->topic, payload, &key);
+            err = ngx_http_aai_kafka_producev(w, t, payload, &key, hdrs);
         }
     }
 
@@ -529,12 +605,339 @@ ngx_http_aai_kafka_produce(ngx_http_request_t *r,
 
 dropped:
 
-    ngx_http_aai_kafka_drop(kmcf, ngx_http_aai_kafka_reason(err));
+    if (kmcf->spool && w->kmcf == kmcf) {
+        topic = kmcf->topics.elts;
 
-    w->drops.count++;
-    w->drops.reason = rd_kafka_err2str(err);
+        ngx_http_aai_kafka_spool(w, kmcf, err, (char *) topic[t].data, &key,
+                                 payload, hdrs);
 
-    ngx_http_aai_kafka_report(&w->drops, "dropped", 0);
+    } else {
+        ngx_http_aai_kafka_drop(kmcf, ngx_http_aai_kafka_reason(err));
+
+        w->drops.count++;
+        w->drops.reason = rd_kafka_err2str(err);
+
+        ngx_http_aai_kafka_report(&w->drops, "dropped", 0);
+    }
+
+    /* not taken: still ours */
+
+    if (hdrs) {
+        rd_kafka_headers_destroy(hdrs);
+    }
+}
+
+
+/* the topic a variable names, one of those declared by topics= */
+
+static ngx_int_t
+ngx_http_aai_kafka_pick(ngx_http_request_t *r,
+    ngx_http_aai_kafka_main_conf_t *kmcf, ngx_http_aai_kafka_event_t *ev,
+    ngx_uint_t *t)
+{
+    ngx_str_t    v, *names;
+    ngx_uint_t   i, *idx;
+
+    if (ngx_http_complex_value(r, ev->topic_value, &v) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    names = kmcf->topics.elts;
+    idx = ev->topics->elts;
+
+    for (i = 0; i < ev->topics->nelts; i++) {
+        if (names[idx[i]].len == v.len
+            && ngx_strncmp(names[idx[i]].data, v.data, v.len) == 0)
+        {
+            *t = idx[i];
+            return NGX_OK;
+        }
+    }
+
+    return NGX_DECLINED;
+}
+
+
+/* the headers of an event; NULL when there are none or memory ran out */
+
+static rd_kafka_headers_t *
+ngx_http_aai_kafka_headers(ngx_http_request_t *r, ngx_array_t *headers)
+{
+    ngx_str_t                     v;
+    ngx_uint_t                    i;
+    rd_kafka_headers_t           *hdrs;
+    ngx_http_aai_kafka_header_t  *h;
+
+    hdrs = rd_kafka_headers_new(headers->nelts);
+    if (hdrs == NULL) {
+        return NULL;
+    }
+
+    h = headers->elts;
+
+    for (i = 0; i < headers->nelts; i++) {
+        if (ngx_http_complex_value(r, h[i].value, &v) != NGX_OK) {
+            ngx_str_null(&v);
+        }
+
+        /* copied: nothing of the request is referenced */
+
+        if (rd_kafka_header_add(hdrs, (char *) h[i].name.data,
+                                (ssize_t) h[i].name.len, v.data,
+                                (ssize_t) v.len)
+            != RD_KAFKA_RESP_ERR_NO_ERROR)
+        {
+            rd_kafka_headers_destroy(hdrs);
+            return NULL;
+        }
+    }
+
+    return hdrs;
+}
+
+
+/*
+ * An event Kafka did not take or finally refused goes to the spool, unless
+ * it can never be taken (too large); the spool counts what it drops.
+ */
+
+static void
+ngx_http_aai_kafka_spool(ngx_http_aai_kafka_worker_t *w,
+    ngx_http_aai_kafka_main_conf_t *kmcf, rd_kafka_resp_err_t err,
+    const char *topic, ngx_str_t *key, ngx_str_t *payload,
+    rd_kafka_headers_t *hdrs)
+{
+    ngx_str_t  name, packed;
+
+    if (topic == NULL || err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE
+        || err == RD_KAFKA_RESP_ERR_INVALID_MSG_SIZE)
+    {
+        ngx_http_aai_kafka_drop(kmcf, ngx_http_aai_kafka_reason(err));
+
+        w->drops.count++;
+        w->drops.reason = rd_kafka_err2str(err);
+
+        ngx_http_aai_kafka_report(&w->drops, "dropped", 0);
+        return;
+    }
+
+    name.data = (u_char *) topic;
+    name.len = ngx_strlen(topic);
+
+    if (ngx_http_aai_kafka_pack(hdrs, &packed) != NGX_OK) {
+        ngx_str_null(&packed);
+    }
+
+    if (ngx_http_aai_kafka_spool_append(&name, key, payload, &packed)
+        != NGX_OK)
+    {
+        w->drops.count++;
+        w->drops.reason = "the spool is full";
+
+        ngx_http_aai_kafka_report(&w->drops, "dropped", 0);
+    }
+}
+
+
+/*
+ * Headers in a record of the spool: for each, the name's length (2), the
+ * value's length (4, 0xffffffff: null), the name, the value.
+ */
+
+static ngx_int_t
+ngx_http_aai_kafka_pack(rd_kafka_headers_t *hdrs, ngx_str_t *out)
+{
+    u_char                       *p;
+    size_t                        size, nlen, vlen;
+    uint16_t                      u16;
+    uint32_t                      u32;
+    ngx_uint_t                    i;
+    const char                   *name;
+    const void                   *value;
+    ngx_http_aai_kafka_worker_t  *w;
+
+    ngx_str_null(out);
+
+    if (hdrs == NULL || rd_kafka_header_cnt(hdrs) == 0) {
+        return NGX_OK;
+    }
+
+    w = &ngx_http_aai_kafka_worker;
+
+    size = 0;
+
+    for (i = 0; rd_kafka_header_get_all(hdrs, i, &name, &value, &vlen)
+                == RD_KAFKA_RESP_ERR_NO_ERROR; i++)
+    {
+        nlen = ngx_strlen(name);
+
+        if (nlen > 0xffff || vlen >= 0xffffffff) {
+            return NGX_ERROR;
+        }
+
+        size += 6 + nlen + vlen;
+    }
+
+    if (w->hbuf_size < size) {
+        p = ngx_alloc(ngx_max(size, 256), ngx_cycle->log);
+        if (p == NULL) {
+            return NGX_ERROR;
+        }
+
+        if (w->hbuf) {
+            ngx_free(w->hbuf);
+        }
+
+        w->hbuf = p;
+        w->hbuf_size = ngx_max(size, 256);
+    }
+
+    p = w->hbuf;
+
+    for (i = 0; rd_kafka_header_get_all(hdrs, i, &name, &value, &vlen)
+                == RD_KAFKA_RESP_ERR_NO_ERROR; i++)
+    {
+        nlen = ngx_strlen(name);
+
+        u16 = (uint16_t) nlen;
+        u32 = value ? (uint32_t) vlen : 0xffffffff;
+
+        p = ngx_cpymem(p, &u16, 2);
+        p = ngx_cpymem(p, &u32, 4);
+        p = ngx_cpymem(p, name, nlen);
+        p = ngx_cpymem(p, value, value ? vlen : 0);
+    }
+
+    out->data = w->hbuf;
+    out->len = p - w->hbuf;
+
+    return NGX_OK;
+}
+
+
+/* NULL when there are none, or they do not parse: the event goes without */
+
+static rd_kafka_headers_t *
+ngx_http_aai_kafka_unpack(ngx_str_t *in)
+{
+    u_char              *p, *last;
+    uint16_t             nlen;
+    uint32_t             vlen;
+    rd_kafka_headers_t  *hdrs;
+
+    if (in->len == 0) {
+        return NULL;
+    }
+
+    hdrs = rd_kafka_headers_new(4);
+    if (hdrs == NULL) {
+        return NULL;
+    }
+
+    p = in->data;
+    last = in->data + in->len;
+
+    while (p < last) {
+        if (last - p < 6) {
+            goto invalid;
+        }
+
+        ngx_memcpy(&nlen, p, 2);
+        ngx_memcpy(&vlen, p + 2, 4);
+        p += 6;
+
+        if ((size_t) (last - p) < nlen
+            || (vlen != 0xffffffff && (size_t) (last - p) - nlen < vlen))
+        {
+            goto invalid;
+        }
+
+        if (rd_kafka_header_add(hdrs, (char *) p, nlen,
+                                vlen == 0xffffffff ? NULL : p + nlen,
+                                vlen == 0xffffffff ? 0 : (ssize_t) vlen)
+            != RD_KAFKA_RESP_ERR_NO_ERROR)
+        {
+            goto invalid;
+        }
+
+        p += nlen + ((vlen == 0xffffffff) ? 0 : vlen);
+    }
+
+    return hdrs;
+
+invalid:
+
+    rd_kafka_headers_destroy(hdrs);
+
+    return NULL;
+}
+
+
+/* an event of the spool, with its replay as opaque */
+
+static ngx_int_t
+ngx_http_aai_kafka_replay(ngx_str_t *topic, ngx_str_t *key, ngx_str_t *value,
+    ngx_str_t *headers, void *opaque)
+{
+    u_char                           name[256];
+    rd_kafka_headers_t              *hdrs;
+    rd_kafka_resp_err_t              err;
+    ngx_http_aai_kafka_worker_t     *w;
+    ngx_http_aai_kafka_main_conf_t  *kmcf;
+
+    w = &ngx_http_aai_kafka_worker;
+    kmcf = w->kmcf;
+
+    if (w->rk == NULL || w->fatal || topic->len >= sizeof(name)) {
+        return NGX_ERROR;
+    }
+
+    /* any topic, also one of an older configuration: librdkafka keeps one
+     * handle per name */
+
+    ngx_memcpy(name, topic->data, topic->len);
+    name[topic->len] = '\0';
+
+    hdrs = ngx_http_aai_kafka_unpack(headers);
+
+    if (hdrs) {
+        err = rd_kafka_producev(w->rk,
+                                RD_KAFKA_V_TOPIC((char *) name),
+                                RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                                RD_KAFKA_V_VALUE(value->data, value->len),
+                                RD_KAFKA_V_KEY(key->data, key->len),
+                                RD_KAFKA_V_HEADERS(hdrs),
+                                RD_KAFKA_V_OPAQUE(opaque),
+                                RD_KAFKA_V_END);
+
+        if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+            rd_kafka_headers_destroy(hdrs);
+        }
+
+    } else {
+        err = rd_kafka_producev(w->rk,
+                                RD_KAFKA_V_TOPIC((char *) name),
+                                RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                                RD_KAFKA_V_VALUE(value->data, value->len),
+                                RD_KAFKA_V_KEY(key->data, key->len),
+                                RD_KAFKA_V_OPAQUE(opaque),
+                                RD_KAFKA_V_END);
+    }
+
+    if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
+        return NGX_AGAIN;
+    }
+
+    if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        return NGX_ERROR;
+    }
+
+    w->outstanding++;
+    ngx_http_aai_kafka_account(w);
+    ngx_aai_metrics_inc(kmcf->metrics, kmcf->produced, 1);
+    ngx_aai_metrics_inc(kmcf->metrics, kmcf->depth, 1);
+
+    return NGX_OK;
 }
 
 
@@ -574,8 +977,20 @@ ngx_http_aai_kafka_reason(rd_kafka_resp_err_t err)
 
 static rd_kafka_resp_err_t
 ngx_http_aai_kafka_producev(ngx_http_aai_kafka_worker_t *w, ngx_uint_t topic,
-    ngx_str_t *payload, ngx_str_t *key)
+    ngx_str_t *payload, ngx_str_t *key, rd_kafka_headers_t *hdrs)
 {
+    if (hdrs) {
+        /* taken: librdkafka owns the headers */
+        return rd_kafka_producev(w->rk,
+                                 RD_KAFKA_V_RKT(w->topics[topic]),
+                                 RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                                 RD_KAFKA_V_VALUE(payload->data, payload->len),
+                                 RD_KAFKA_V_KEY(key->len ? key->data : NULL,
+                                                key->len),
+                                 RD_KAFKA_V_HEADERS(hdrs),
+                                 RD_KAFKA_V_END);
+    }
+
     return rd_kafka_producev(w->rk,
                              RD_KAFKA_V_RKT(w->topics[topic]),
                              RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
@@ -1181,6 +1596,16 @@ ngx_http_aai_kafka_timer_handler(ngx_event_t *ev)
     ngx_http_aai_kafka_report(&ngx_http_aai_kafka_worker.failures,
                               "not delivered", 0);
 
+    if (ngx_http_aai_kafka_worker.kmcf
+        && ngx_http_aai_kafka_worker.kmcf->spool)
+    {
+        ngx_http_aai_kafka_spool_tick(ngx_http_aai_kafka_worker.rk != NULL
+                                      && !ngx_http_aai_kafka_worker.fatal
+                                      && ngx_current_msec
+                                         - ngx_http_aai_kafka_worker.failed
+                                         >= NGX_HTTP_AAI_KAFKA_CALM);
+    }
+
     if (ngx_http_aai_kafka_worker.kmcf) {
         ngx_add_timer(ev, NGX_HTTP_AAI_KAFKA_POLL);
     }
@@ -1234,6 +1659,8 @@ static void
 ngx_http_aai_kafka_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *msg,
     void *opaque)
 {
+    ngx_str_t                        key, value;
+    rd_kafka_headers_t              *hdrs;
     ngx_http_aai_kafka_worker_t     *w;
     ngx_http_aai_kafka_main_conf_t  *kmcf;
 
@@ -1247,12 +1674,38 @@ ngx_http_aai_kafka_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *msg,
 
     ngx_aai_metrics_inc(kmcf->metrics, kmcf->depth, -1);
 
+    if (msg->_private) {
+        /* replayed from the spool, which still has it */
+        ngx_http_aai_kafka_spool_report(msg->_private,
+                                     msg->err == RD_KAFKA_RESP_ERR_NO_ERROR);
+    }
+
     if (msg->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
         ngx_aai_metrics_inc(kmcf->metrics, kmcf->delivered, 1);
         return;
     }
 
     ngx_aai_metrics_inc(kmcf->metrics, kmcf->failed, 1);
+
+    w->failed = ngx_current_msec;
+
+    if (kmcf->spool && msg->_private == NULL) {
+        key.data = msg->key;
+        key.len = msg->key_len;
+
+        value.data = msg->payload;
+        value.len = msg->len;
+
+        if (rd_kafka_message_headers(msg, &hdrs)
+            != RD_KAFKA_RESP_ERR_NO_ERROR)
+        {
+            hdrs = NULL;
+        }
+
+        ngx_http_aai_kafka_spool(w, kmcf, msg->err,
+                                 rd_kafka_topic_name(msg->rkt), &key,
+                                 &value, hdrs);
+    }
 
     w->failures.count++;
     w->failures.reason = rd_kafka_err2str(msg->err);
@@ -1376,10 +1829,15 @@ ngx_http_aai_kafka_stats_cb(rd_kafka_t *rk, char *json, size_t len,
         avg = cJSON_GetObjectItemCaseSensitive(rtt, "avg");
         cnt = cJSON_GetObjectItemCaseSensitive(rtt, "cnt");
 
-        /* bootstrap entries (nodeid -1) and idle brokers say nothing */
+        /*
+         * bootstrap entries (nodeid -1) and idle brokers say nothing; an
+         * average past 10^12 us is no RTT (and one past 2^64 would make the
+         * conversion below undefined)
+         */
 
         if (!cJSON_IsNumber(id) || id->valuedouble < 0
             || !cJSON_IsNumber(avg) || avg->valuedouble < 0
+            || avg->valuedouble > 1e12
             || !cJSON_IsNumber(cnt) || cnt->valuedouble <= 0)
         {
             continue;
@@ -1731,6 +2189,7 @@ ngx_http_aai_kafka_producer_restart(void)
     kmcf = w->kmcf;
 
     ngx_http_aai_kafka_producer_stop(0, 1);
+    ngx_http_aai_kafka_spool_abort();
 
     ngx_aai_metrics_inc(kmcf->metrics, kmcf->restarts, 1);
 
@@ -1936,8 +2395,7 @@ ngx_http_aai_kafka_init_workers(ngx_shm_zone_t *shm_zone, void *data)
         return NGX_OK;
     }
 
-    slots = ngx_slab_calloc(shpool, NGX_HTTP_AAI_KAFKA_SLOTS
-                                    * sizeof(ngx_http_aai_kafka_slot_t));
+    slots = ngx_slab_calloc(shpool, sizeof(ngx_http_aai_kafka_shared_t));
     if (slots == NULL) {
         return NGX_ERROR;
     }
@@ -1986,6 +2444,21 @@ ngx_http_aai_kafka_init_process(ngx_cycle_t *cycle)
     (void) ngx_http_aai_kafka_notify_init(cycle);
     (void) ngx_http_aai_kafka_producer_start(cycle, kmcf);
 
+    if (kmcf->spool) {
+        kmcf->spool->shm = kmcf->workers->data
+                           ? &((ngx_http_aai_kafka_shared_t *)
+                               kmcf->workers->data)->spool
+                           : NULL;
+
+        if (ngx_http_aai_kafka_spool_init_process(kmcf->spool, cycle)
+            != NGX_OK)
+        {
+            ngx_log_error(NGX_LOG_ALERT, cycle->log, 0,
+                          "aai_kafka: the spool could not be set up, "
+                          "events Kafka does not take will be dropped");
+        }
+    }
+
     w->dummy.fd = (ngx_socket_t) -1;
 
     w->timer.handler = ngx_http_aai_kafka_timer_handler;
@@ -2024,6 +2497,9 @@ ngx_http_aai_kafka_exit_process(ngx_cycle_t *cycle)
     ngx_http_aai_kafka_producer_stop(timeout, 0);
     ngx_http_aai_kafka_notify_close();
 
+    /* what the producer gave up is in the spool's memory: to the disk */
+    ngx_http_aai_kafka_spool_exit_process();
+
     if (w->slot) {
         w->slot->outstanding = 0;
         ngx_memory_barrier();
@@ -2037,6 +2513,12 @@ ngx_http_aai_kafka_exit_process(ngx_cycle_t *cycle)
         ngx_free(w->buf);
         w->buf = NULL;
         w->buf_size = 0;
+    }
+
+    if (w->hbuf) {
+        ngx_free(w->hbuf);
+        w->hbuf = NULL;
+        w->hbuf_size = 0;
     }
 
     w->kmcf = NULL;
@@ -2263,6 +2745,24 @@ ngx_http_aai_kafka_flush_timeout(ngx_conf_t *cf, void *post, void *data)
                        (ngx_msec_t) NGX_HTTP_AAI_KAFKA_FLUSH_MAX);
 
     return NGX_CONF_ERROR;
+}
+
+
+static char *
+ngx_http_aai_kafka_spool_directive(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_aai_kafka_main_conf_t *kmcf = conf;
+
+    char  *rv;
+
+    rv = ngx_http_aai_kafka_spool_conf(cf, &kmcf->spool);
+
+    if (rv == NGX_CONF_OK) {
+        kmcf->spool->produce = ngx_http_aai_kafka_replay;
+    }
+
+    return rv;
 }
 
 
@@ -2667,12 +3167,22 @@ ngx_http_aai_kafka_event(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     ngx_memzero(ev, sizeof(ngx_http_aai_kafka_event_t));
 
-    topic = ngx_http_aai_kafka_topic(cf, kmcf, &value[1]);
-    if (topic == NGX_ERROR) {
-        return NGX_CONF_ERROR;
-    }
+    if (ngx_strlchr(value[1].data, value[1].data + value[1].len, '$')) {
+        /* one of the topics= at run time */
 
-    ev->topic = topic;
+        ev->topic_value = ngx_http_aai_kafka_complex(cf, &value[1]);
+        if (ev->topic_value == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+    } else {
+        topic = ngx_http_aai_kafka_topic(cf, kmcf, &value[1]);
+        if (topic == NGX_ERROR) {
+            return NGX_CONF_ERROR;
+        }
+
+        ev->topic = topic;
+    }
 
     for (i = 2; i < cf->args->nelts; i++) {
 
@@ -2713,6 +3223,26 @@ ngx_http_aai_kafka_event(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             continue;
         }
 
+        if (ngx_strncmp(value[i].data, "topics=", 7) == 0) {
+            if (ev->topics
+                || ngx_http_aai_kafka_topics_conf(cf, kmcf, ev, &value[i])
+                   != NGX_OK)
+            {
+                goto invalid;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "header=", 7) == 0) {
+            if (ngx_http_aai_kafka_header_conf(cf, ev, &value[i]) != NGX_OK)
+            {
+                goto invalid;
+            }
+
+            continue;
+        }
+
         if (ngx_strncmp(value[i].data, "if=", 3) == 0) {
             s.data = value[i].data + 3;
             s.len = value[i].len - 3;
@@ -2728,6 +3258,14 @@ ngx_http_aai_kafka_event(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         goto invalid;
     }
 
+    if ((ev->topic_value == NULL) != (ev->topics == NULL)) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "a topic from variables requires topics=, "
+                           "and topics= a topic from variables, in \"%V\"",
+                           &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
     kmcf->used = 1;
 
     return NGX_CONF_OK;
@@ -2739,6 +3277,121 @@ invalid:
                        &value[i], &cmd->name);
 
     return NGX_CONF_ERROR;
+}
+
+
+/* topics=name[,name...]: the topics a topic from variables may name */
+
+static ngx_int_t
+ngx_http_aai_kafka_topics_conf(ngx_conf_t *cf,
+    ngx_http_aai_kafka_main_conf_t *kmcf, ngx_http_aai_kafka_event_t *ev,
+    ngx_str_t *arg)
+{
+    u_char      *p, *last, *comma;
+    ngx_int_t    t;
+    ngx_str_t    name;
+    ngx_uint_t  *idx;
+
+    p = arg->data + sizeof("topics=") - 1;
+    last = arg->data + arg->len;
+
+    ev->topics = ngx_array_create(cf->pool, 4, sizeof(ngx_uint_t));
+    if (ev->topics == NULL) {
+        return NGX_ERROR;
+    }
+
+    while (p < last) {
+        comma = ngx_strlchr(p, last, ',');
+
+        name.data = p;
+        name.len = (comma ? comma : last) - p;
+
+        /* a name of its own, null-terminated: the topic handle's */
+
+        name.data = ngx_pnalloc(cf->pool, name.len + 1);
+        if (name.data == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_memcpy(name.data, p, name.len);
+        name.data[name.len] = '\0';
+
+        t = ngx_http_aai_kafka_topic(cf, kmcf, &name);
+        if (t == NGX_ERROR) {
+            return NGX_ERROR;
+        }
+
+        idx = ngx_array_push(ev->topics);
+        if (idx == NULL) {
+            return NGX_ERROR;
+        }
+
+        *idx = t;
+
+        p = comma ? comma + 1 : last;
+    }
+
+    return ev->topics->nelts ? NGX_OK : NGX_ERROR;
+}
+
+
+/* header=name:expression */
+
+static ngx_int_t
+ngx_http_aai_kafka_header_conf(ngx_conf_t *cf, ngx_http_aai_kafka_event_t *ev,
+    ngx_str_t *arg)
+{
+    u_char                       *p, *colon, *last;
+    ngx_str_t                     v;
+    ngx_http_aai_kafka_header_t  *h;
+
+    p = arg->data + sizeof("header=") - 1;
+    last = arg->data + arg->len;
+
+    colon = ngx_strlchr(p, last, ':');
+
+    if (colon == NULL || colon == p || colon + 1 == last) {
+        return NGX_ERROR;
+    }
+
+    if (ev->headers == NULL) {
+        ev->headers = ngx_array_create(cf->pool, 2,
+                                       sizeof(ngx_http_aai_kafka_header_t));
+        if (ev->headers == NULL) {
+            return NGX_ERROR;
+        }
+    }
+
+    h = ngx_array_push(ev->headers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    for (h->name.data = p; p < colon; p++) {
+        if (!ngx_http_aai_kafka_name_char(*p)) {
+            return NGX_ERROR;
+        }
+    }
+
+    h->name.len = colon - h->name.data;
+
+    /* null-terminated for librdkafka: the colon's place in a copy */
+
+    p = ngx_pnalloc(cf->pool, h->name.len + 1);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(p, h->name.data, h->name.len);
+    p[h->name.len] = '\0';
+    h->name.data = p;
+
+    v.data = colon + 1;
+    v.len = last - v.data;
+
+    h->value = ngx_http_aai_kafka_complex(cf, &v);
+
+    return (h->value == NULL) ? NGX_ERROR : NGX_OK;
 }
 
 
@@ -2850,7 +3503,7 @@ ngx_http_aai_kafka_init(ngx_conf_t *cf)
 
     /* the slab pool's own pages, plus the slots */
 
-    size = NGX_HTTP_AAI_KAFKA_SLOTS * sizeof(ngx_http_aai_kafka_slot_t);
+    size = sizeof(ngx_http_aai_kafka_shared_t);
     size = ngx_align(size, ngx_pagesize) + 8 * ngx_pagesize;
 
     kmcf->workers = ngx_shared_memory_add(cf, &workers, size,
@@ -2983,6 +3636,8 @@ ngx_http_aai_kafka_init_metrics(ngx_conf_t *cf,
     static ngx_str_t  failed = ngx_string("outcome=\"failed\"");
     static ngx_str_t  dropped = ngx_string("outcome=\"dropped\"");
     static ngx_str_t  lost = ngx_string("outcome=\"lost\"");
+    static ngx_str_t  spooled = ngx_string("outcome=\"spooled\"");
+    static ngx_str_t  replayed = ngx_string("outcome=\"replayed\"");
 
     /* in the order of NGX_HTTP_AAI_KAFKA_QUEUE_FULL ... _OTHER */
     static ngx_str_t  reasons[] = {
@@ -2991,7 +3646,11 @@ ngx_http_aai_kafka_init_metrics(ngx_conf_t *cf,
         ngx_string("reason=\"no_producer\""),
         ngx_string("reason=\"format\""),
         ngx_string("reason=\"fatal\""),
-        ngx_string("reason=\"other\"")
+        ngx_string("reason=\"other\""),
+        ngx_string("reason=\"spool_full\""),
+        ngx_string("reason=\"spool_error\""),
+        ngx_string("reason=\"spool_corrupt\""),
+        ngx_string("reason=\"unknown_topic\"")
     };
 
     /* microseconds */
@@ -3017,6 +3676,11 @@ ngx_http_aai_kafka_init_metrics(ngx_conf_t *cf,
     kmcf->failed = ngx_http_aai_kafka_events(&failed);
     kmcf->dropped = ngx_http_aai_kafka_events(&dropped);
     kmcf->lost = ngx_http_aai_kafka_events(&lost);
+
+    if (kmcf->spool) {
+        kmcf->spool->spooled = ngx_http_aai_kafka_events(&spooled);
+        kmcf->spool->replayed = ngx_http_aai_kafka_events(&replayed);
+    }
 
 #undef ngx_http_aai_kafka_events
 
@@ -3058,11 +3722,56 @@ ngx_http_aai_kafka_init_metrics(ngx_conf_t *cf,
         return NGX_ERROR;
     }
 
+    if (kmcf->spool
+        && ngx_http_aai_kafka_spool_metrics(kmcf, m) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
     if (ngx_aai_metrics_zone(cf, m) != NGX_OK) {
         return NGX_ERROR;
     }
 
     kmcf->metrics = m;
+
+    if (kmcf->spool) {
+        kmcf->spool->metrics = m;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_aai_kafka_spool_metrics(ngx_http_aai_kafka_main_conf_t *kmcf,
+    ngx_aai_metrics_t *m)
+{
+    ngx_http_aai_kafka_spool_t  *spool;
+
+    spool = kmcf->spool;
+
+    spool->dropped = kmcf->dropped;
+    spool->full = kmcf->reasons[NGX_HTTP_AAI_KAFKA_SPOOL_FULL];
+    spool->error = kmcf->reasons[NGX_HTTP_AAI_KAFKA_SPOOL_ERROR];
+    spool->corrupt = kmcf->reasons[NGX_HTTP_AAI_KAFKA_SPOOL_BAD];
+
+    spool->bytes = ngx_aai_metrics_add(m, NGX_AAI_METRIC_GAUGE,
+                                       "aai_kafka_spool_bytes",
+                                       "Bytes of events in the spool, on "
+                                       "disk or being written, all workers",
+                                       NULL);
+
+    spool->age = ngx_aai_metrics_add(m, NGX_AAI_METRIC_GAUGE,
+                                     "aai_kafka_spool_oldest_seconds",
+                                     "Age of the oldest spool file not yet "
+                                     "replayed, 0 when the spool is empty",
+                                     NULL);
+
+    if (spool->spooled == NGX_ERROR || spool->replayed == NGX_ERROR
+        || spool->bytes == NGX_ERROR || spool->age == NGX_ERROR)
+    {
+        return NGX_ERROR;
+    }
 
     return NGX_OK;
 }

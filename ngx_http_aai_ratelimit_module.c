@@ -28,6 +28,7 @@
 
 #define NGX_HTTP_AAI_RL_SLIDING            0
 #define NGX_HTTP_AAI_RL_GCRA               1
+#define NGX_HTTP_AAI_RL_COUNTER            2
 
 #define NGX_HTTP_AAI_RL_FALLBACK_ALLOW     0
 #define NGX_HTTP_AAI_RL_FALLBACK_DENY      1
@@ -361,8 +362,8 @@ static void ngx_http_aai_ratelimit_exit_process(ngx_cycle_t *cycle);
  * string: per request its number of zones, then per zone its definition
  * (1-based, below) and its key (two bytes, 1-based, high bit set when
  * other zones of the batch share the key); ARGV[2]: "1" to drop every
- * expired entry seen; then per definition: algorithm (0 sliding, 1 gcra),
- * limit, window (us), burst, the excess served without delay.
+ * expired entry seen; then per definition: algorithm (0 sliding, 1 gcra,
+ * 2 counter), limit, window (us), burst, the excess served without delay.
  *
  * A sliding window key is a list of admission times (us), oldest first:
  * an admission is never earlier than the last one (it is the batch's TIME,
@@ -375,6 +376,22 @@ static void ngx_http_aai_ratelimit_exit_process(ngx_cycle_t *cycle);
  * and the one whose leaving admits the next request LINDEX -limit.  In a
  * list Redis keeps a few bytes per entry, packed, where a sorted set costs
  * a hash entry and a skip list node.
+ *
+ * A key of a zone without burst lives 1.5 windows from its last PEXPIRE,
+ * which an admission skips when nothing was dropped and the oldest entry
+ * is less than half a window old: the admission that last set the TTL is
+ * then in the list (an entry leaves it only by being dropped, and a key
+ * drops entries without a PEXPIRE only when it rejects by itself, which
+ * needs "limit" entries newer than that one), not older than the oldest,
+ * so the key outlives its newest entry by a window.
+ *
+ * A counter key is a string "c<start>:<count>:<previous>": the start (us)
+ * of the fixed window it counts, its count, and the count of the window
+ * before.  A request is admitted when its count, plus one, plus the
+ * previous count weighted by the part of the previous window still inside
+ * the sliding window, is at most the limit: one GET, and one SET when it
+ * is admitted.  A key of another format (a list, a GCRA number) counts as
+ * empty and is overwritten.
  *
  * A request is decided in every zone first (a rejection records nothing),
  * then recorded.  A key used once in the batch, of a sliding zone without
@@ -401,12 +418,14 @@ static const char  ngx_http_aai_ratelimit_script[] =
 "local call, pcall, byte, fmt = redis.call, redis.pcall, string.byte,\n"
 "                               string.format\n"
 "local ceil, floor, type, tonumber = math.ceil, math.floor, type, tonumber\n"
+"local match = string.match\n"
 "local t = call('TIME')\n"
 "local now = t[1] * 1000000 + t[2]\n"
 "local snow, lay = fmt('%d', now), ARGV[1]\n"
 "local trim = ARGV[2] == '1'\n"
 "local alg, lim, win, bur, dly = {}, {}, {}, {}, {}\n"
-"local cut, sttl, wms = {}, {}, {}\n"
+"local cut, sttl, wttl, wms, half = {}, {}, {}, {}, {}\n"
+"local cws, cwt, cpre, cttl = {}, {}, {}, {}\n"
 "local nd = 0\n"
 "for j = 3, #ARGV, 5 do\n"
 "  nd = nd + 1\n"
@@ -415,7 +434,15 @@ static const char  ngx_http_aai_ratelimit_script[] =
 "  dly[nd] = tonumber(ARGV[j + 4])\n"
 "  cut[nd] = now - win[nd]\n"
 "  wms[nd] = ceil(win[nd] / 1000)\n"
-"  sttl[nd] = fmt('%d', wms[nd] + 1)\n"
+"  wttl[nd] = fmt('%d', wms[nd] + 1)\n"
+"  sttl[nd] = fmt('%d', ceil(win[nd] * 1.5 / 1000) + 1)\n"
+"  half[nd] = now - win[nd] / 2\n"
+"  if alg[nd] == 2 then\n"
+"    cws[nd] = floor(now / win[nd]) * win[nd]\n"
+"    cwt[nd] = (cws[nd] + win[nd] - now) / win[nd]\n"
+"    cpre[nd] = fmt('c%d:', cws[nd])\n"
+"    cttl[nd] = fmt('%d', ceil((cws[nd] + 2 * win[nd] - now) / 1000) + 1)\n"
+"  end\n"
 "end\n"
 "local function old(k, d, n)\n"
 "  local x = cut[d]\n"
@@ -439,7 +466,7 @@ static const char  ngx_http_aai_ratelimit_script[] =
 "  elseif e >= 2 or (trim and e > 0) then\n"
 "    call('LTRIM', k, e, -1)\n"
 "  end\n"
-"  return e\n"
+"  return e, h[1]\n"
 "end\n"
 "local function count(k, d)\n"
 "  if alg[d] == 0 then\n"
@@ -461,20 +488,40 @@ static const char  ngx_http_aai_ratelimit_script[] =
 "    call('DEL', k)\n"
 "    m = call('RPUSH', k, snow)\n"
 "  end\n"
-"  local c = m - 1\n"
-"  if c > 0 then c = c - old(k, d, m) end\n"
-"  if c < lim[d] then return c, true end\n"
+"  local c, f = m - 1, false\n"
+"  if c > 0 then\n"
+"    local e, h = old(k, d, m)\n"
+"    c, f = c - e, e == 0 and tonumber(h) > half[d]\n"
+"  end\n"
+"  if c < lim[d] then return c, true, f end\n"
 "  call('RPOP', k)\n"
-"  return c, false\n"
+"  return c, false, f\n"
 "end\n"
 "local function last(k, c)\n"
 "  if c == 0 then return now end\n"
 "  return tonumber(call('LINDEX', k, -1))\n"
 "end\n"
-"local function expire(k, d, ttl)\n"
-"  call('PEXPIRE', k, ttl == wms[d] + 1 and sttl[d] or ttl)\n"
+"local function cget(k, d)\n"
+"  local v = pcall('GET', k)\n"
+"  if type(v) == 'string' then\n"
+"    local s, c, p = match(v, '^c(%d+):(%d+):(%d+)$')\n"
+"    if s then\n"
+"      s = tonumber(s)\n"
+"      if s == cws[d] then return tonumber(c), tonumber(p) end\n"
+"      if s == cws[d] - win[d] then return 0, tonumber(c) end\n"
+"    end\n"
+"  end\n"
+"  return 0, 0\n"
 "end\n"
-"local kc, kq, kf, kt, kd = {}, {}, {}, {}, {}\n"
+"local function cset(k, d, c, p)\n"
+"  call('SET', k, cpre[d] .. fmt('%d:%d', c, p), 'PX', cttl[d])\n"
+"end\n"
+"local function expire(k, d, ttl)\n"
+"  if bur[d] == 0 then ttl = sttl[d]\n"
+"  elseif ttl == wms[d] + 1 then ttl = wttl[d] end\n"
+"  call('PEXPIRE', k, ttl)\n"
+"end\n"
+"local kc, kq, kf, kt, kd, kp = {}, {}, {}, {}, {}, {}\n"
 "local function push(k)\n"
 "  local q, f = kq[k], kf[k]\n"
 "  local n = q + (f and #f or 0)\n"
@@ -489,17 +536,18 @@ static const char  ngx_http_aai_ratelimit_script[] =
 "  kc[k], kq[k], kf[k] = kc[k] + n, 0, nil\n"
 "end\n"
 "local pos, o, nl, out = 1, 0, #lay, {}\n"
-"local zk, zd, za, zr, zv, zp = {}, {}, {}, {}, {}, {}\n"
+"local zk, zd, za, zr, zv, zp, zc, zo = {}, {}, {}, {}, {}, {}, {}, {}\n"
+"local zf = {}\n"
 "while pos <= nl do\n"
 "  local n, d, hi, lo = byte(lay, pos, pos + 3)\n"
 "  local c\n"
 "  if n == 1 and hi < 128 and alg[d] == 0 and bur[d] == 0 then\n"
-"    local key, added = KEYS[hi * 256 + lo], nil\n"
-"    c, added = add(key, d)\n"
+"    local key, added, fresh = KEYS[hi * 256 + lo], nil, nil\n"
+"    c, added, fresh = add(key, d)\n"
 "    if added then\n"
 "      o = o + 1\n"
 "      out[o] = lim[d] - c - 1\n"
-"      expire(key, d, wms[d] + 1)\n"
+"      if not fresh then expire(key, d, 0) end\n"
 "      pos = pos + 4\n"
 "      n = 0\n"
 "    end\n"
@@ -511,12 +559,17 @@ static const char  ngx_http_aai_ratelimit_script[] =
 "      local d, hi, lo = byte(lay, pos, pos + 2)\n"
 "      pos = pos + 3\n"
 "      local k, key = hi * 256 + lo, nil\n"
-"      zp[i] = false\n"
+"      zp[i], zf[i] = false, false\n"
 "      if hi >= 128 then\n"
 "        k = k - 32768\n"
 "        key = KEYS[k]\n"
 "        if kc[k] == nil then\n"
-"          kc[k], kq[k], kt[k], kd[k] = count(key, d), 0, 0, d\n"
+"          if alg[d] == 2 then\n"
+"            kc[k], kp[k] = cget(key, d)\n"
+"          else\n"
+"            kc[k] = count(key, d)\n"
+"          end\n"
+"          kq[k], kt[k], kd[k] = 0, 0, d\n"
 "        end\n"
 "        c = kc[k]\n"
 "      else\n"
@@ -524,7 +577,9 @@ static const char  ngx_http_aai_ratelimit_script[] =
 "        k = -k\n"
 "        if n > 1 or c == nil then\n"
 "          if alg[d] == 0 and bur[d] == 0 then\n"
-"            c, zp[i] = add(key, d)\n"
+"            c, zp[i], zf[i] = add(key, d)\n"
+"          elseif alg[d] == 2 then\n"
+"            c, zo[i] = cget(key, d)\n"
 "          else\n"
 "            c = count(key, d)\n"
 "          end\n"
@@ -552,6 +607,22 @@ static const char  ngx_http_aai_ratelimit_script[] =
 "              if e > dly[d] then wait = at - now end\n"
 "              reset = (lst > at and lst or at) + w - now\n"
 "            end\n"
+"          end\n"
+"        end\n"
+"      elseif alg[d] == 2 then\n"
+"        local p, s = k > 0 and kp[k] or zo[i], cws[d]\n"
+"        local e = c + p * cwt[d]\n"
+"        zc[i] = c\n"
+"        if e + 1 <= l then\n"
+"          left, reset = floor(l - e - 1), s + 2 * w - now\n"
+"        else\n"
+"          no = 1\n"
+"          if c < l then\n"
+"            retry, reset = s + w - (l - c - 1) * w / p - now, s + w - now\n"
+"            if c > 0 then reset = reset + w end\n"
+"          else\n"
+"            retry = s + 2 * w - (l - 1) * w / c - now\n"
+"            reset = s + 2 * w - now\n"
 "          end\n"
 "        end\n"
 "      else\n"
@@ -598,7 +669,10 @@ static const char  ngx_http_aai_ratelimit_script[] =
 "    end\n"
 "    if rej then\n"
 "      for i = 1, n do\n"
-"        if zp[i] then call('RPOP', KEYS[-zk[i]]) end\n"
+"        if zp[i] then\n"
+"          call('RPOP', KEYS[-zk[i]])\n"
+"          if not zf[i] then expire(KEYS[-zk[i]], zd[i], 0) end\n"
+"        end\n"
 "      end\n"
 "    else\n"
 "      for i = 1, n do\n"
@@ -606,6 +680,8 @@ static const char  ngx_http_aai_ratelimit_script[] =
 "        if k > 0 then\n"
 "          if alg[d] == 1 then\n"
 "            kc[k] = at\n"
+"          elseif alg[d] == 2 then\n"
+"            kc[k] = kc[k] + 1\n"
 "          elseif at == now then\n"
 "            kq[k] = kq[k] + 1\n"
 "          else\n"
@@ -620,7 +696,9 @@ static const char  ngx_http_aai_ratelimit_script[] =
 "            if not zp[i] then\n"
 "              call('RPUSH', key, at == now and snow or fmt('%d', at))\n"
 "            end\n"
-"            expire(key, d, ttl)\n"
+"            if not zf[i] then expire(key, d, ttl) end\n"
+"          elseif alg[d] == 2 then\n"
+"            cset(key, d, zc[i] + 1, zo[i])\n"
 "          else\n"
 "            call('SET', key, fmt('%d', at), 'PX', ttl)\n"
 "          end\n"
@@ -634,9 +712,13 @@ static const char  ngx_http_aai_ratelimit_script[] =
 "    if alg[d] == 0 then\n"
 "      push(k)\n"
 "      expire(KEYS[k], d, kt[k])\n"
+"    elseif alg[d] == 2 then\n"
+"      cset(KEYS[k], d, kc[k], kp[k])\n"
 "    else\n"
 "      call('SET', KEYS[k], fmt('%d', kc[k]), 'PX', kt[k])\n"
 "    end\n"
+"  elseif alg[d] == 0 and bur[d] == 0 then\n"
+"    expire(KEYS[k], d, 0)\n"
 "  end\n"
 "end\n"
 "return out\n";
@@ -2335,9 +2417,9 @@ ngx_http_aai_ratelimit_block(ngx_http_aai_ratelimit_ctx_t *ctx)
 
 /*
  * The "local" fallback: GCRA with the zone's rate in this instance's shared
- * memory.  Its burst is the zone's, plus limit - 1 for a sliding window zone
- * (which admits "limit" requests at once).  As in Redis, a request rejected
- * by one zone spends nothing in the others.
+ * memory.  Its burst is the zone's, plus limit - 1 for a sliding window or
+ * counter zone (which admits "limit" requests at once).  As in Redis, a
+ * request rejected by one zone spends nothing in the others.
  */
 
 static void
@@ -2952,7 +3034,7 @@ ngx_http_aai_ratelimit_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
 /*
  * aai_ratelimit_zone NAME key=EXPR rate=Nr/[K]s|m|h [burst=N]
- *                    [algorithm=sliding|gcra] [nodelay|delay=N];
+ *                    [algorithm=sliding|gcra|counter] [nodelay|delay=N];
  */
 
 static char *
@@ -3021,17 +3103,33 @@ ngx_http_aai_ratelimit_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
+    /*
+     * A window counter keeps no queue of future admissions: a request
+     * over the limit can only be rejected.
+     */
+
+    if (zone->algorithm == NGX_HTTP_AAI_RL_COUNTER && zone->burst) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "burst=%ui of zone \"%V\" in \"%V\": "
+                           "\"algorithm=counter\" has no burst, a request "
+                           "over its limit is rejected (use a higher rate, "
+                           "or \"algorithm=sliding\" or \"algorithm=gcra\" "
+                           "for a burst)", zone->burst, &value[1],
+                           &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
     zone->period = ngx_max(zone->window / zone->limit, 1);
     zone->window_ms = (ngx_msec_t) ((zone->window + 999) / 1000);
     zone->fast = (zone->algorithm == NGX_HTTP_AAI_RL_SLIDING
                   && zone->burst == 0);
 
-    /* the local fallback: a sliding window admits "limit" at once */
+    /* the local fallback: a window admits "limit" at once */
 
     zone->local_burst = zone->burst;
     zone->local_delay = zone->delay;
 
-    if (zone->algorithm == NGX_HTTP_AAI_RL_SLIDING) {
+    if (zone->algorithm != NGX_HTTP_AAI_RL_GCRA) {
         zone->local_burst += zone->limit - 1;
         zone->local_delay += zone->limit - 1;
     }
@@ -3137,6 +3235,11 @@ ngx_http_aai_ratelimit_zone_param(ngx_conf_t *cf, ngx_command_t *cmd,
 
     if (ngx_strcmp(value->data, "algorithm=gcra") == 0) {
         zone->algorithm = NGX_HTTP_AAI_RL_GCRA;
+        return NGX_CONF_OK;
+    }
+
+    if (ngx_strcmp(value->data, "algorithm=counter") == 0) {
+        zone->algorithm = NGX_HTTP_AAI_RL_COUNTER;
         return NGX_CONF_OK;
     }
 

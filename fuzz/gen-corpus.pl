@@ -10,7 +10,7 @@ use FindBin ();
 use lib "$FindBin::Bin/../t/lib";
 use AaiJwt;
 
-my $dir = shift // 'corpus';
+my $dir = shift // 'corpus/jwt';
 mkdir $dir;
 
 my %kid = (HS256 => 'h1', RS256 => 'r1', ES256 => 'e1');

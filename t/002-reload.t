@@ -31,6 +31,13 @@ my $Settle  = $ENV{AAI_ASAN} ? 30 : 15;   # s for a reload to complete
 my %loaded = map { m{ngx_http_aai_(\w+?)_module\.so$} ? ($1 => 1) : () }
              split ' ', ($ENV{TEST_NGINX_LOAD_MODULES} // '');
 
+# every module the build makes is loaded (t/001 says the same), so that
+# no part of the configuration below is left out unnoticed
+my @expect = split ' ', ($ENV{AAI_EXPECT_MODULES}
+                         // 'ratelimit cache kafka redistest');
+is(join(' ', grep { !$loaded{$_} } @expect), '',
+   'every expected module is loaded');
+
 my $jwt = File::Spec->rel2abs('t/jwt');
 my $tag = "$$-" . int(time);
 my $topic = "aai-reload-$tag";
@@ -82,9 +89,12 @@ _EOC_
     push @checks, ['cache', "/cache/$tag-%d", 200, qr{^app /app/$tag-\d+$}];
 }
 
+# the test module answers 503 while its connection is not up: a new
+# worker's handshake on a loaded machine may take longer than the default
+# 200 ms, which is not what this file is about
 if ($loaded{redistest}) {
     $http .= "    aai_redis_test_server 127.0.0.1:"
-             . "$ENV{TEST_NGINX_REDIS_PORT};\n";
+             . "$ENV{TEST_NGINX_REDIS_PORT} connect_timeout=2s timeout=2s;\n";
     $locs .= "        location /redis { aai_redis_test; }\n";
     push @checks, ['redistest', '/redis?cmd=PING', 200, qr/PONG/];
 }

@@ -7,7 +7,7 @@
 
 use Test::Nginx::Socket 'no_plan';
 use lib 't/lib';
-use AaiTest;
+use AaiTest qw( :DEFAULT wait_until );
 use Time::HiRes qw( time sleep );
 use IO::Socket::INET ();
 use IO::Select ();
@@ -39,15 +39,6 @@ sub log_lines {
     return grep { /$re/ } file_lines("$prefix/logs/error.log");
 }
 
-sub wait_for {
-    my ($secs, $cond) = @_;
-    my $deadline = time + $secs;
-    while (time < $deadline) {
-        return 1 if $cond->();
-        sleep 0.02;
-    }
-    return $cond->();
-}
 
 # $n requests at once, each on its own connection; returns the statuses
 sub concurrent_get {
@@ -88,12 +79,17 @@ sub nginx_clients {
 
 # --- concurrent requests share one pipelined connection per worker ---------
 
+# where the timeouts are not what a test is about: a loaded machine may take
+# longer than the defaults (200 ms to connect, 100 ms a command)
+our $Slack = 'connect_timeout=2s timeout=2s';
+
 {
     my $rp = start_redis();
     my ($port, $stop, $prefix) = start_nginx_instance('rc010a',
-        "aai_redis_test_server 127.0.0.1:$rp;\n$Location", workers => 2);
+        "aai_redis_test_server 127.0.0.1:$rp $Slack;\n$Location",
+        workers => 2);
 
-    ok(wait_for(3, sub { nginx_clients($rp) == 2 }),
+    ok(wait_until(3, sub { nginx_clients($rp) == 2 }),
        'concurrency: each worker connected at start');
     my $conns0 = (redis_cmd_port($rp, 'INFO', 'stats')
                   =~ /total_connections_received:(\d+)/)[0];
@@ -107,6 +103,18 @@ sub nginx_clients {
                   =~ /total_connections_received:(\d+)/)[0];
     is($conns1 - $conns0, 0, 'concurrency: no new connection to Redis');
     is(scalar(nginx_clients($rp)), 2, 'concurrency: one connection per worker');
+    $stop->();
+
+    # connections=3: three per worker, kept under load
+    ($port, $stop) = start_nginx_instance('rc010n',
+        "aai_redis_test_server 127.0.0.1:$rp connections=3 $Slack;\n"
+        . $Location, workers => 2);
+    ok(wait_until(3, sub { nginx_clients($rp) == 6 }),
+       'connections=3: three connections per worker');
+    @st = concurrent_get($port, '/redis?cmd=INCR&a=n', 60);
+    is(scalar(grep { $_ == 200 } @st), 60, 'connections=3: 60 requests OK');
+    is(redis_cmd_port($rp, 'GET', 'n'), 60, 'connections=3: 60 INCR');
+    is(scalar(nginx_clients($rp)), 6, 'connections=3: still six');
 
     $stop->();
     stop_redis($rp);
@@ -120,7 +128,7 @@ sub nginx_clients {
     my ($port, $stop, $prefix) = start_nginx_instance('rc010r',
         "aai_redis_test_server 127.0.0.1:$dead backoff=200ms;\n$Location");
 
-    ok(wait_for(2, sub { log_lines($prefix, qr/Connection refused/) }),
+    ok(wait_until(2, sub { log_lines($prefix, qr/Connection refused/) }),
        'refused: the connect failure is logged');
 
     my $t0 = time;
@@ -130,7 +138,9 @@ sub nginx_clients {
        join(',', ("503 unavailable\n") x 10), 'refused: circuit open');
     cmp_ok($all, '<', 0.5, "refused: 10 requests answered at once ($all s)");
 
-    sleep 0.7;      # several probes fail meanwhile
+    # several probes fail meanwhile (logged at info)
+    wait_until(3, sub { log_lines($prefix, qr/\[info\].*aai redis.*refused/)
+                        >= 2 });
     my @err = log_lines($prefix, qr/\[error\].*aai redis/);
     is(scalar @err, 1, 'refused: one error line') or diag(@err);
     like($err[0] // '', qr/aai\ redis\ 127\.0\.0\.1:$dead:\ connect\(\)\ failed
@@ -148,13 +158,16 @@ sub nginx_clients {
 {
     my $hung = hung_listener();
     my ($port, $stop, $prefix) = start_nginx_instance('rc010h',
-        "aai_redis_test_server 127.0.0.1:$hung timeout=100ms "
-        . "connect_timeout=1s;\n$Location");
+        "aai_redis_test_server 127.0.0.1:$hung timeout=300ms "
+        . "connect_timeout=2s;\n$Location");
 
+    # the handshake waits for the connect timeout (2 s), the command for its
+    # own (300 ms), whichever ends first: the command's, with 250 ms to spare
+    # for a loaded machine
     my ($st, $body, $took) = timed_get($port, '/redis?cmd=PING');
     is("$st $body", "502 error: timeout\n", 'hung: the command times out');
-    cmp_ok($took, '>=', 0.09, "hung: after the timeout ($took s)");
-    cmp_ok($took, '<', 0.6, "hung: not much later ($took s)");
+    cmp_ok($took, '>=', 0.29, "hung: after the timeout ($took s)");
+    cmp_ok($took, '<', 0.3 + 0.25, "hung: not much later ($took s)");
 
     my $t0 = time;
     my @r = map { [timed_get($port, '/redis?cmd=PING')] } 1 .. 10;
@@ -183,17 +196,17 @@ sub nginx_clients {
     my ($st, $body) = timed_get($port, '/redis?cmd=SET&a=k&a=v');
     is("$st $body", "200 +OK\n", 'restart: Redis up');
 
-    redis_cmd_port($rp, 'CLIENT', 'PAUSE', 400, 'ALL');
+    redis_cmd_port($rp, 'CLIENT', 'PAUSE', 800, 'ALL');
     my $took;
     ($st, $body, $took) = timed_get($port, '/redis?cmd=GET&a=k');
     is("$st $body", "502 error: timeout\n", 'pause: the command times out');
-    cmp_ok($took, '<', 0.6, "pause: within the timeout ($took s)");
+    cmp_ok($took, '<', 0.1 + 0.25, "pause: within the timeout ($took s)");
 
     ($st, $body, $took) = timed_get($port, '/redis?cmd=GET&a=k');
     is($st, 503, 'pause: then the circuit is open');
     cmp_ok($took, '<', 0.1, "pause: answered at once ($took s)");
 
-    ok(wait_for(3, sub { (timed_get($port, '/redis?cmd=GET&a=k'))[0] == 200 }),
+    ok(wait_until(3, sub { (timed_get($port, '/redis?cmd=GET&a=k'))[0] == 200 }),
        'pause: recovers by itself');
 
     stop_redis($rp);
@@ -207,7 +220,7 @@ sub nginx_clients {
 
     start_redis(port => $rp);
     $t0 = time;
-    ok(wait_for(3, sub {
+    ok(wait_until(3, sub {
            (timed_get($port, '/redis?cmd=PING'))[1] eq "+PONG\n" }),
        'restarted: recovers by itself');
     my $rec = time - $t0;
@@ -229,7 +242,7 @@ sub nginx_clients {
     my ($port, $stop, $prefix) = start_nginx_instance('rc010i',
         "aai_redis_test_server 127.0.0.1:$rp;\n$Location");
 
-    ok(wait_for(5, sub { log_lines($prefix, qr/closed an idle connection/) }),
+    ok(wait_until(5, sub { log_lines($prefix, qr/closed an idle connection/) }),
        'idle: Redis closed the idle connection');
 
     my ($st, $body) = timed_get($port, '/redis?cmd=PING');
@@ -253,7 +266,8 @@ sub nginx_clients {
     redis_cmd_port($rp, 'CONFIG', 'SET', 'requirepass', 'secret');
 
     my ($port, $stop) = start_nginx_instance('rc010p',
-        "aai_redis_test_server 127.0.0.1:$rp password=secret;\n$Location");
+        "aai_redis_test_server 127.0.0.1:$rp password=secret $Slack;\n"
+        . $Location);
     my ($st, $body) = timed_get($port, '/redis?cmd=ACL&a=WHOAMI');
     is("$st $body", "200 default\n", 'auth: password');
     $stop->();
@@ -261,7 +275,7 @@ sub nginx_clients {
     $ENV{AAI_T010_PW} = 'alicepw';
     ($port, $stop) = start_nginx_instance('rc010u',
         "aai_redis_test_server 127.0.0.1:$rp user=alice "
-        . "password=env:AAI_T010_PW;\n$Location");
+        . "password=env:AAI_T010_PW $Slack;\n$Location");
     ($st, $body) = timed_get($port, '/redis?cmd=ACL&a=WHOAMI');
     is("$st $body", "200 alice\n", 'auth: ACL user, password from env');
     $stop->();
@@ -270,11 +284,12 @@ sub nginx_clients {
     ($port, $stop, $prefix) = start_nginx_instance('rc010w',
         "aai_redis_test_server 127.0.0.1:$rp password=wrong "
         . "backoff=100ms;\n$Location");
-    ok(wait_for(2, sub { log_lines($prefix, qr/WRONGPASS/) }),
+    ok(wait_until(2, sub { log_lines($prefix, qr/WRONGPASS/) }),
        'wrong password: logged');
     ($st, $body) = timed_get($port, '/redis?cmd=PING');
     is("$st $body", "503 unavailable\n", 'wrong password: circuit open');
-    sleep 0.5;
+    # and fails again after its backoff: once more in the log
+    wait_until(3, sub { log_lines($prefix, qr/WRONGPASS/) >= 2 });
     my @err = log_lines($prefix, qr/\[error\].*aai redis/);
     is(scalar @err, 1, 'wrong password: one error line') or diag(@err);
     like($err[0] // '', qr/aai redis 127\.0\.0\.1:$rp: AUTH failed: WRONGPASS/,
@@ -294,7 +309,7 @@ SKIP: {
     mkdir $dir;
     my $sock = "$dir/redis.sock";
     my $pid = fork();
-    skip 'fork failed', 3 unless defined $pid;
+    skip 'fork failed', 5 unless defined $pid;
     if ($pid == 0) {
         open STDOUT, '>', '/dev/null';
         open STDERR, '>', '/dev/null';
@@ -303,24 +318,34 @@ SKIP: {
                '--unixsocketperm', '777', '--save', '', '--dir', $dir; }
         POSIX::_exit(127);
     }
-    if (!wait_for(5, sub { -S $sock })) {
+    if (!wait_until(5, sub { -S $sock })) {
         kill 'KILL', $pid;
         waitpid $pid, 0;
-        skip 'redis-server on a unix socket did not start', 3;
+        skip 'redis-server on a unix socket did not start', 5;
     }
     chmod 0755, $dir;
 
-    my ($port, $stop) = start_nginx_instance('rc010x',
-        "aai_redis_test_server unix:$sock;\n$Location");
+    my ($port, $stop, $prefix) = start_nginx_instance('rc010x',
+        "aai_redis_test_server unix:$sock timeout=300ms;\n$Location");
     my ($st, $body) = timed_get($port, '/redis?cmd=SET&a=u&a=unixval');
     is("$st $body", "200 +OK\n", 'unix socket: SET');
     ($st, $body) = timed_get($port, '/redis?cmd=GET&a=u');
     is("$st $body", "200 unixval\n", 'unix socket: GET');
-    $stop->();
 
+    # Redis stopped: the requests fail at once, the log names the socket
     kill 'TERM', $pid;
     waitpid $pid, 0;
-    ok(1, 'unix socket: redis stopped');
+    my $t0 = time;
+    my @r = map { [timed_get($port, '/redis?cmd=GET&a=u')] } 1 .. 5;
+    my $all = time - $t0;
+    like(join(',', map { $_->[0] } @r), qr/^(?:502|503)(?:,503){4}$/,
+         'unix socket: redis stopped, the requests fail');
+    cmp_ok($all, '<', 0.3 + 0.25,
+           "unix socket: at most one waits for the timeout ($all s)");
+    ok(wait_until(2, sub { log_lines($prefix,
+                                   qr/\[error\].*aai redis unix:\Q$sock\E: /) }),
+       'unix socket: the failure is logged with the socket path');
+    $stop->();
     system('rm', '-rf', $dir);
 }
 

@@ -19,7 +19,8 @@ add_block_preprocessor(sub {
 
     if ($http !~ /aai_ratelimit_redis/) {
         $block->set_value('http_config',
-            "    aai_ratelimit_redis 127.0.0.1:\$TEST_NGINX_REDIS_PORT;\n"
+            "    aai_ratelimit_redis 127.0.0.1:\$TEST_NGINX_REDIS_PORT"
+            . " connect_timeout=2s timeout=2s;\n"
             . $http);
     }
 });
@@ -35,6 +36,10 @@ my ($port, $stop) = start_nginx_instance('rl020', <<'_EOC_');
     aai_ratelimit_zone win1    key=$arg_u rate=2r/1s;
     aai_ratelimit_zone gcra1   key=$arg_u rate=2r/s algorithm=gcra;
     aai_ratelimit_zone gcrad   key=$arg_u rate=10r/s burst=5 algorithm=gcra;
+    aai_ratelimit_zone delayn  key=$arg_u rate=2r/1s burst=2 delay=1;
+    aai_ratelimit_zone gcradn  key=$arg_u rate=10r/s burst=3 delay=1
+                               algorithm=gcra;
+    aai_ratelimit_zone dcap    key=$arg_u rate=1r/m burst=2 delay=5;
 
     server {
         listen $TEST_NGINX_INSTANCE_PORT;
@@ -45,6 +50,9 @@ my ($port, $stop) = start_nginx_instance('rl020', <<'_EOC_');
         location /win1   { aai_ratelimit win1;   empty_gif; }
         location /gcra1  { aai_ratelimit gcra1;  empty_gif; }
         location /gcrad  { aai_ratelimit gcrad;  empty_gif; }
+        location /delayn { aai_ratelimit delayn; empty_gif; }
+        location /gcradn { aai_ratelimit gcradn; empty_gif; }
+        location /dcap   { aai_ratelimit dcap;   empty_gif; }
     }
 _EOC_
 
@@ -126,6 +134,40 @@ redis_flushdb();
     cmp_ok($all, '<', 0.8, 'gcra burst: not longer');
 }
 
+{
+    # sliding window, burst=2 delay=1: the first request over the rate
+    # passes at once, the second waits until the first leaves the window
+
+    my @r = map { [timed_get("/delayn?u=a")] } 1 .. 4;
+    is(join(',', map { "$_->[0] $_->[1]" } @r),
+       '200 PASSED,200 PASSED,200 PASSED,200 DELAYED',
+       'sliding delay=1: one excess passes, the next is delayed');
+    cmp_ok($r[2][2], '<', 0.5, 'sliding delay=1: the first excess at once');
+    cmp_ok($r[3][2], '>=', 0.5,
+           'sliding delay=1: the second excess waits for the window');
+}
+
+{
+    # GCRA 10r/s burst=3 delay=1: the second request passes at once, the
+    # third waits about one period
+
+    my @r = map { [timed_get("/gcradn?u=a")] } 1 .. 3;
+    is(join(',', map { "$_->[0] $_->[1]" } @r),
+       '200 PASSED,200 PASSED,200 DELAYED',
+       'gcra delay=1: one excess passes, the next is delayed');
+    cmp_ok($r[1][2], '<', 0.09, 'gcra delay=1: the first excess at once');
+    cmp_ok($r[2][2], '>=', 0.05, 'gcra delay=1: the second excess waits');
+}
+
+{
+    # delay= above burst is capped at burst: the burst passes at once
+
+    my @r = map { [timed_get("/dcap?u=a")] } 1 .. 4;
+    is(join(',', map { "$_->[0] $_->[1]" } @r),
+       '200 PASSED,200 PASSED,200 PASSED,429 REJECTED',
+       'delay=5 with burst=2: the burst passes at once, then rejected');
+}
+
 $stop->();
 
 no_shuffle();
@@ -153,7 +195,7 @@ X-User-Id: alice
 --- aai_after
 is(redis_cmd('LLEN', 'aai:rl:user:alice'), 3, 'three admissions logged');
 my $ttl = redis_cmd('PTTL', 'aai:rl:user:alice');
-ok($ttl > 55000 && $ttl <= 60001, "key expires with the window ($ttl)");
+ok($ttl > 85000 && $ttl <= 90001, "key expires 1.5 windows after ($ttl)");
 
 
 
@@ -222,7 +264,8 @@ RateLimit: "wm";r=0;t=1',
 for (['w1', 1000], ['w10', 10000], ['w5m', 300000], ['wh', 3600000]) {
     my ($z, $w) = @$_;
     my $ttl = redis_cmd('PTTL', "aai:rl:$z:k");
-    ok($ttl > $w - 5000 && $ttl <= $w + 1, "$z: key TTL $ttl within window");
+    ok($ttl > 1.5 * $w - 5000 && $ttl <= 1.5 * $w + 1,
+       "$z: key TTL $ttl: 1.5 windows");
 }
 my $ttl = redis_cmd('PTTL', 'aai:rl:wm:k');
 ok($ttl > 0 && $ttl <= 601, "gcra key TTL $ttl: one period");

@@ -35,9 +35,30 @@ __DATA__
         aai_ratelimit_fallback deny;
         empty_gif;
     }
---- request
-GET /t?u=x
---- error_code: 200
+--- aai_before
+# zone b's key of user "full" holds its 10 and its burst of 5
+my $t = redis_cmd('TIME');
+my $now = $t->[0] * 1000000 + $t->[1];
+redis_cmd('RPUSH', 'cfg:b:full', $now - $_ * 1000) for reverse 1 .. 15;
+redis_cmd('PEXPIRE', 'cfg:b:full', 600000);
+--- request eval
+["GET /t?u=x", "GET /t?u=full"]
+--- error_code eval
+[200, 503]
+--- response_headers_like eval
+['RateLimit-Policy: "\w";q=\d+;w=\d+', 'Retry-After: \d+']
+--- aai_after
+# the prefix; b and c counted the admitted request (the location's list
+# replaces the server's a), b none of the rejected one
+is(join(' ', map { redis_cmd('EXISTS', "cfg:$_:x") } qw(a b)), '0 1',
+   'keys under the prefix "cfg:", zone a not inherited');
+my $log = ($ENV{TEST_NGINX_SERVROOT} || 't/servroot') . '/logs/error.log';
+is(scalar(grep { /\[notice\] .*limiting requests by aai_ratelimit zone "b"/ }
+          file_lines($log)), 1, 'the rejection is logged at notice');
+is(scalar @{ redis_cmd('KEYS', 'cfg:c:*') }, 1, 'zone c counted too');
+is(redis_cmd('LLEN', 'cfg:b:full'), 15, 'the rejection recorded nothing');
+is(scalar(map { @{ redis_cmd('KEYS', "aai:rl:$_:*") } } qw(a b c)), 0,
+   'nothing under the default prefix');
 --- no_error_log
 [error]
 [emerg]

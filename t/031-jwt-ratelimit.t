@@ -22,7 +22,8 @@ add_block_preprocessor(sub {
     redis_flushdb();
 
     $block->set_value('http_config', <<'_EOC_' . ($block->http_config // ''))
-    aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT connect_timeout=2s
+                        timeout=2s;
 
     aai_jwt_key rs256 file=$TEST_NGINX_JWT_DIR/rsa.pub;
     aai_jwt_key es256 file=$TEST_NGINX_JWT_DIR/ec256.pub;

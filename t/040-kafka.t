@@ -238,6 +238,7 @@ is(join(',', map { $_->{event}{n} } @own), '2', 'location level event');
     aai_kafka_brokers $TEST_NGINX_KAFKA_BROKERS;
     aai_kafka_property acks 1;
     aai_kafka_property client.id env:AAI_KAFKA_TEST_CLIENT_ID;
+    aai_kafka_property debug conf;
     aai_kafka_format n n=$arg_n:number;
 --- config
     location = /t {
@@ -268,5 +269,12 @@ aai_kafka_events_total\{outcome="dropped"\} 0
 --- aai_after
 my @e = events_of('acks', 5);
 is(join(',', sort map { $_->{event}{n} } @e), '1,2,3,4,5', 'five events');
+# librdkafka's "debug conf" prints the producer's configuration
+my $log = ($ENV{TEST_NGINX_SERVROOT} || 't/servroot') . '/logs/error.log';
+my $conf = join '', grep { /aai_kafka: librdkafka: CONF/ } file_lines($log);
+like($conf, qr/\bclient\.id = aai-kafka-test\b/, 'client.id from env:');
+# (its first lines only: the module limits librdkafka's lines a second.
+# acks=1 with the default idempotence on would not create a producer at
+# all: the five deliveries show idempotence was turned off)
 --- no_error_log
 [error]

@@ -3,7 +3,7 @@
 
 use Test::Nginx::Socket 'no_plan';
 use lib 't/lib';
-use AaiTest;
+use AaiTest qw( :DEFAULT :util );   # nginx_t: "nginx -t" on a text
 
 use File::Path qw( make_path remove_tree );
 
@@ -13,35 +13,9 @@ $ENV{TEST_NGINX_KAFKA_BROKERS} ||= '127.0.0.1:9092';
 $ENV{AAI_KAFKA_TEST_BAD_LINGER} = 'secret-abc';
 delete $ENV{AAI_KAFKA_TEST_UNSET};
 
-# "nginx -t" on a configuration of ours; returns (exit code, output)
-sub nginx_t {
-    my ($http) = @_;
-    my $prefix = ($ENV{TEST_NGINX_SERVROOT} || 't/servroot') . '-kafka-t';
-    $prefix = File::Spec->rel2abs($prefix);
-    remove_tree($prefix);
-    make_path("$prefix/conf", "$prefix/logs");
-    my $mods = join '', map { "load_module $_;\n" }
-               grep { $_ } split /\s+/, ($ENV{TEST_NGINX_LOAD_MODULES} || '');
-    open my $out, '>', "$prefix/conf/nginx.conf" or die "$!";
-    print $out "${mods}error_log $prefix/logs/error.log;\n"
-               . "pid $prefix/logs/nginx.pid;\n"
-               . "events { worker_connections 64; }\n"
-               . "http {\n$http\n}\n";
-    close $out;
-    my $bin = $ENV{TEST_NGINX_BINARY} || 'nginx';
-    # under "make asan" the modules need the runtime preloaded
-    local $ENV{LD_PRELOAD} = $ENV{AAI_ASAN} if $ENV{AAI_ASAN};
-    local $ENV{ASAN_OPTIONS} = 'detect_leaks=0:log_path=' . $prefix
-                               . '-asan' if $ENV{AAI_ASAN};
-    my $res = `$bin -t -p $prefix/ -c $prefix/conf/nginx.conf -e $prefix/logs/error.log 2>&1`;
-    my $code = $? >> 8;
-    remove_tree($prefix);
-    for my $f (glob("$prefix-asan*")) {
-        fail("nginx -t: AddressSanitizer report $f");
-        diag(join '', file_lines($f));
-    }
-    return ($code, $res);
-}
+# the topic of this run (TEST 23 sends an event to it)
+$ENV{TEST_NGINX_K042} = "k042x$$" . int(rand(1e6));
+
 
 # "nginx -t" also checks the properties as a whole, as librdkafka does
 # when it creates the producer (the master never creates one)
@@ -347,14 +321,33 @@ invalid broker list "127.0.0.1:9092,,127.0.0.1:9093" in "aai_kafka_brokers"
     aai_kafka_flush_timeout 500ms;
     aai_kafka_format f a=$uri:string b=$status:number c=$arg_c:bool;
 --- config
-    aai_kafka_event events format=f key=$arg_k if=$arg_send;
+    aai_kafka_event $TEST_NGINX_K042 format=f key=$arg_k if=$arg_send;
     location = /t {
         return 200 "ok\n";
     }
+    location = /metrics {
+        aai_metrics;
+    }
+--- init
+# runs in the runner's package: qualify names.  if= off, then on
+my $port = $ENV{TEST_NGINX_SERVER_PORT};
+for my $q ('/t?k=no&c=1', '/t?send=0&k=zero&c=1', '/t?send=1&k=yes&c=1') {
+    my ($st) = AaiTest::http_get($port, $q);
+    Test::More::is($st, 200, "request $q");
+}
+AaiTest::metrics_wait($port, '/metrics', sub {
+    ($_[0]{'aai_kafka_events_total{outcome="delivered"}'} // 0) >= 1
+});
 --- request
-GET /t
---- response_body
-ok
+GET /metrics
+--- response_body_like
+aai_kafka_events_total\{outcome="produced"\} 1
+--- aai_after
+my @e = kafka_events($ENV{TEST_NGINX_K042}, 1);
+is(scalar @e, 1, 'if=: one event, of the request that set it');
+is($e[0]{key}, 'yes', 'if=: the event of /t?send=1');
+is(join(' ', map { $e[0]{event}{$_} // 'undef' } qw(a b)), '/t 200',
+   'if=: the fields of the format');
 --- no_error_log
 [emerg]
 [alert]

@@ -8,6 +8,9 @@ use AaiTest;
 
 $ENV{TEST_NGINX_REDIS_PORT} ||= 6379;
 
+# the application TEST 1 caches
+$ENV{TEST_NGINX_APP053} = free_port();
+
 our $Redis = <<'_EOC_';
     aai_cache_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
 _EOC_
@@ -17,12 +20,18 @@ run_tests();
 
 __DATA__
 
-=== TEST 1: every directive, valid values: nginx starts
+=== TEST 1: every directive, valid values: nginx starts and they apply
 --- http_config
-    aai_cache_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT timeout=50ms
-                    connect_timeout=100ms db=1;
+    aai_cache_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT timeout=1s
+                    connect_timeout=1s db=1;
     aai_cache_key_prefix "app:cache:";
     aai_cache_max_size 2m;
+    server {
+        listen 127.0.0.1:$TEST_NGINX_APP053;
+        location / {
+            return 200 "app $request_method $uri\n";
+        }
+    }
 --- config
     location /c/ {
         aai_cache on;
@@ -39,12 +48,15 @@ __DATA__
                             http_503 http_504;
         aai_cache_background_update on;
         aai_cache_stale_ttl 1h;
-        return 200 "ok\n";
+        add_header X-Status $aai_cache_status always;
+        add_header X-Key $aai_cache_key always;
+        proxy_pass http://127.0.0.1:$TEST_NGINX_APP053;
     }
     location /c/off/ {
         aai_cache off;
         aai_cache_use_stale off;
-        return 200 "off\n";
+        add_header X-Status "[$aai_cache_status]" always;
+        proxy_pass http://127.0.0.1:$TEST_NGINX_APP053;
     }
     location /purge/ {
         aai_cache_purge $uri;
@@ -52,10 +64,34 @@ __DATA__
     location /metrics {
         aai_metrics;
     }
---- request
-GET /c/off/
---- response_body
-off
+--- init
+# runs in the runner's package: qualify names.  Stored under the prefix,
+# in db 1, for aai_cache_valid's 5 minutes (the app gives no freshness)
+my $port = $ENV{TEST_NGINX_SERVER_PORT};
+my ($st, $h) = AaiTest::http_get($port, '/c/a');
+Test::More::is("$st $h->{'x-status'}", '200 MISS', 'first request: a miss');
+my $key = $h->{'x-key'} // '';
+Test::More::like($key, qr/^app:cache:/, 'the key has the prefix');
+AaiTest::redis_cmd('SELECT', 1);
+my $ttl = AaiTest::wait_until(5, sub { AaiTest::redis_cmd('TTL', $key) > 0
+                                       && AaiTest::redis_cmd('TTL', $key) });
+my $in0 = AaiTest::redis_cmd('SELECT', 0)
+          && AaiTest::redis_cmd('EXISTS', $key);
+Test::More::ok($ttl > 200 && $ttl <= 300 + 3600,
+               "stored in db 1 for 5 min (+ stale_ttl): TTL $ttl");
+Test::More::is($in0, 0, 'not in db 0');
+# aai_cache_methods POST: a POST is stored, then hit
+($st, $h) = AaiTest::http_get($port, '/c/p', {}, 'POST', 'x');
+Test::More::is("$st $h->{'x-status'}", '200 MISS', 'POST: a miss');
+Test::More::ok(AaiTest::wait_until(5, sub {
+    (AaiTest::http_get($port, '/c/p', {}, 'POST', 'y'))[1]{'x-status'}
+    eq 'HIT' }), 'POST: then a hit');
+--- request eval
+["GET /c/a", "GET /c/a?nocache=1", "GET /c/off/"]
+--- response_body eval
+["app GET /c/a\n", "app GET /c/a\n", "app GET /c/off/\n"]
+--- response_headers eval
+["X-Status: HIT", "X-Status: BYPASS", "X-Status: []"]
 --- no_error_log
 [emerg]
 [alert]

@@ -35,7 +35,8 @@ package AaiTest;
 #                               $TEST_NGINX_INSTANCE_PORT in it is that port,
 #                               other $TEST_NGINX_* are taken from %ENV.
 #                               o: main_config => text (main level),
-#                               workers => N (default 1; master process on).
+#                               workers => N (default 1; master process on),
+#                               events => text (in events { }).
 #                               Returns ($port, $stop_sub, $prefix); its log
 #                               is "$prefix/logs/error.log".
 #   http_get($port, $path, \%headers [, $method, $body])
@@ -45,7 +46,10 @@ package AaiTest;
 #   http_concurrent([[$port, $path, \%headers], ...], abandon => [$i, ...])
 #                               the requests at once (all connected, then
 #                               all written, then read); the abandoned ones
-#                               are closed unanswered.  Returns one
+#                               are closed unanswered; after_write => sub
+#                               runs once all are written, before any is
+#                               read (e.g. to SIGCONT a stopped worker).
+#                               Returns one
 #                               [$status, \%headers, $body] per request.
 #   kafka_consume($topic, $count, $timeout)
 #                               messages of $topic from the beginning via
@@ -94,6 +98,7 @@ our $RedisErrorsDie = 1;
 our $RedisTimeout   = 3;
 our $HttpTimeout    = 5;
 our $HooksInstalled = 0;
+our $NoLogRecheck  = 0;      # 1: no whole-log check after each block
 
 my %RedisConn;       # port => socket
 my %RedisProcs;      # port => { pid, dir }
@@ -342,6 +347,7 @@ sub start_nginx_instance {
     my $main = _expand($o{main_config} // '', $port);
     my $http = _expand($http_conf // '', $port);
     my $workers = $o{workers} || 1;
+    my $events = $o{events} // '';
     my $temp = join ' ', map { "${_}_temp_path $prefix/${_}_temp;" }
                qw(client_body proxy fastcgi scgi uwsgi);
     my $user = $> == 0 ? "user root;\n" : '';
@@ -359,6 +365,7 @@ env ASAN_OPTIONS;
 $user$main
 events {
     worker_connections 256;
+    $events
 }
 http {
     access_log $prefix/logs/access.log;
@@ -439,6 +446,24 @@ sub _stop_instance {
     for my $p ($pid, @kids) {
         kill SIGKILL, $p if _alive($p);
     }
+    _ubsan_reports($prefix) if $ENV{AAI_ASAN};
+}
+
+# UndefinedBehaviorSanitizer (make asan) writes its reports to stderr, which
+# nginx sends to its error log (the runtime loaded by a module ignores
+# UBSAN_OPTIONS' log_path when ASan's is preloaded): they are copied to an
+# asan.* file of the servroot, which fails the block (t/compat) and the run
+# (t/run-tests) as an AddressSanitizer report does.
+sub _ubsan_reports {
+    my $prefix = shift;
+    my @ub = grep { /: runtime error: / }
+             map { file_lines("$prefix/logs/$_") } qw(error.log stderr.log);
+    return unless @ub;
+    splice @ub, 20;
+    (my $name = $prefix) =~ s{.*/}{};
+    open my $out, '>>', _servroot() . "/asan.ubsan-$name" or return;
+    print $out "UndefinedBehaviorSanitizer in nginx \"$name\":\n", @ub;
+    close $out;
 }
 
 
@@ -502,6 +527,7 @@ sub http_concurrent {
         $req .= "$_: $hdrs->{$_}\r\n" for sort keys %{ $hdrs || {} };
         syswrite($socks[$i], "$req\r\n");
     }
+    $o{after_write}->() if $o{after_write};
     my $sel = IO::Select->new();
     for my $i (0 .. $#socks) {
         if ($abandon{$i}) {
@@ -667,6 +693,49 @@ sub _run_hook {
     }
 }
 
+# Once the block is over (nginx stopped, so every late asynchronous line
+# is written: a failed store, a failed delivery, an exit), its whole error
+# log is read once more: its no_error_log patterns (a plain list) must match
+# no line of it, and no worker may have crashed.
+sub _recheck_log {
+    my $block = shift;
+    return if $block->can('must_die') && defined $block->must_die;
+    my $log = _servroot() . '/logs/error.log';
+    my @lines = file_lines($log) or return;
+    my $name = $block->name;
+    my @crash = grep { /exited on signal|AddressSanitizer/ } @lines;
+    Test::More::is(scalar @crash, 0, "$name - no crash in the whole log")
+        or Test::More::diag(@crash[0 .. ($#crash > 4 ? 4 : $#crash)]);
+    my $no = $block->can('no_error_log') ? $block->no_error_log : undef;
+    return unless defined $no && !ref $no;
+    for my $pat (grep { /\S/ } split /\n/, $no) {
+        my @hit = grep { index($_, $pat) >= 0 } @lines;
+        Test::More::is(scalar @hit, 0,
+                       "$name - \"$pat\" in no line of the whole log")
+            or Test::More::diag(@hit[0 .. ($#hit > 4 ? 4 : $#hit)]);
+    }
+}
+
+# Between the requests of a block (our runner only): a response the cache
+# said it stores is in Redis before the next request is sent, so that a
+# block expecting a hit next does not depend on the runner's pause.  Only
+# for the default key and prefix; bounded (3 s); gives up silently.
+sub _wait_stored {
+    my ($block, $req, $res) = @_;
+    return unless $res && ($res->header('Cache-Status') // '') =~ /\bstored\b/;
+    my $conf = ($block->http_config // '') . ($block->config // '');
+    return if $conf =~ /aai_cache_key|aai_cache_redis\s+\S+\s[^;]*\bdb=/;
+    my ($method, $uri) = $req =~ /^\s*(\S+)\s+(\S+)/ or return;
+    require Digest::SHA;
+    my $key = 'aai:c:' . Digest::SHA::sha256_hex("http${method}localhost$uri");
+    eval {
+        wait_until(3, sub {
+            redis_cmd('EXISTS', $key)
+            || @{ redis_cmd('KEYS', "$key:*") } > 1
+        });
+    };
+}
+
 sub import {
     my $pkg = shift;
     if (Test::Nginx::Socket->can('add_test_cleanup_handler')
@@ -677,7 +746,10 @@ sub import {
         });
         Test::Nginx::Socket::add_test_cleanup_handler(sub {
             _run_hook($_[0], 'aai_after');
+            _recheck_log($_[0]) unless $AaiTest::NoLogRecheck;
         });
+        no warnings 'once';
+        push @Test::Nginx::Socket::AfterRequestHandlers, \&_wait_stored;
     }
     our @ISA = ('Exporter') unless @ISA;
     $pkg->export_to_level(1, $pkg, @_);
@@ -789,6 +861,222 @@ sub metrics_wait {
 sub kafka_all_brokers_up {
     eval { kafka_broker_up($_) } for 1 .. 3;
     return 1;
+}
+
+
+# --- shared helpers, on request: use AaiTest qw( :DEFAULT :util ); -------
+#
+#   wait_until($secs, \&cond)   polls cond every 20 ms until true or $secs
+#                               passed; returns its last value.
+#   timed_get($port, $path [, \%headers, $method, $body])
+#                               http_get plus the seconds it took:
+#                               ($status, \%headers, $body, $secs).
+#   log_problems($log [, $re])  lines of an error log that show an alert, a
+#                               crit, an emerg or a crashed worker (or match
+#                               $re); no_log_problems($log, $name) asserts
+#                               there are none.
+#   master_pid($prefix)         the pid in "$prefix/logs/nginx.pid".
+#   worker_pids($master)        its live worker processes (not shutting
+#                               down), sorted.
+#   hup_wait($prefix, $secs)    HUP the master, then waits until every old
+#                               worker exited and new ones run; returns the
+#                               new worker pids (empty on timeout).
+#   redis_time_us([$port])      Redis TIME in microseconds.
+#   redis_monitor(\&code [, $port])
+#                               runs code while a MONITOR connection
+#                               watches Redis; returns the commands others
+#                               sent meanwhile (not this process's
+#                               redis_cmd ones), each a hash {client =>
+#                               "127.0.0.1:N" or "lua", args => [...]},
+#                               in order.  Exact: reads up to a marker.
+#   nginx_t($conf_text)         runs "nginx -t" on a configuration (the
+#                               text of http { }, with TEST_NGINX_* expanded
+#                               as in start_nginx_instance); returns
+#                               ($exit_code, $output).
+#   stop_continue(\@pids, \&code)
+#                               SIGSTOPs the processes, runs code, SIGCONTs
+#                               them (also when code dies): what code sends
+#                               meanwhile reaches them in one go.
+#   wait_redis_key($key [, $secs, $port])
+#                               polls until the key exists (default 5 s);
+#                               true if it does.
+
+our @EXPORT_OK = qw( wait_until timed_get log_problems no_log_problems
+    master_pid worker_pids hup_wait redis_time_us redis_monitor nginx_t
+    stop_continue wait_redis_key );
+our %EXPORT_TAGS = (util => [@EXPORT_OK]);
+
+sub wait_until {
+    my ($secs, $cond) = @_;
+    my $deadline = time + $secs;
+    while (time < $deadline) {
+        my $v = $cond->();
+        return $v if $v;
+        sleep 0.02;
+    }
+    return $cond->();
+}
+
+sub timed_get {
+    my ($port, @rest) = @_;
+    my $t0 = time;
+    my ($st, $h, $body) = http_get($port, @rest);
+    return ($st, $h, $body, time - $t0);
+}
+
+sub log_problems {
+    my ($log, $re) = @_;
+    $re //= qr/\[(?:alert|crit|emerg)\]|exited on signal|AddressSanitizer/;
+    return grep { /$re/ } file_lines($log);
+}
+
+sub no_log_problems {
+    my ($log, $name) = @_;
+    my @bad = log_problems($log);
+    Test::More::is(scalar @bad, 0, $name // "no alert, no crash in $log")
+        or Test::More::diag(@bad[0 .. ($#bad > 9 ? 9 : $#bad)]);
+}
+
+sub master_pid {
+    my $prefix = shift;
+    my ($l) = file_lines("$prefix/logs/nginx.pid");
+    return defined $l && $l =~ /^(\d+)/ ? $1 : undef;
+}
+
+sub worker_pids {
+    my $master = shift;
+    my @w;
+    for my $p (_children($master)) {
+        next unless _alive($p);
+        my ($cmd) = file_lines("/proc/$p/cmdline");
+        next unless defined $cmd;
+        $cmd =~ s/\0+$//;
+        push @w, $p if $cmd =~ /worker process/ && $cmd !~ /shutting down/;
+    }
+    return sort { $a <=> $b } @w;
+}
+
+sub hup_wait {
+    my ($prefix, $secs) = @_;
+    my $master = master_pid($prefix) or return ();
+    my %old = map { $_ => 1 } worker_pids($master);
+    kill 'HUP', $master or return ();
+    my @new;
+    wait_until($secs // 10, sub {
+        return 0 if grep { _alive($_) } keys %old;
+        @new = worker_pids($master);
+        return scalar @new;
+    }) or return ();
+    return @new;
+}
+
+sub redis_time_us {
+    my $port = shift // $ENV{TEST_NGINX_REDIS_PORT};
+    my $t = redis_cmd_port($port, 'TIME');
+    return $t->[0] * 1000000 + $t->[1];
+}
+
+sub _monitor_args {
+    my $s = shift;
+    my @a;
+    while ($s =~ /\G\s*"((?:[^"\\]|\\.)*)"/gc) {
+        my $v = $1;
+        $v =~ s/\\(x[0-9a-fA-F]{2}|.)/
+            my $e = $1;
+            $e =~ m{^x} ? chr(hex substr($e, 1))
+            : $e eq 'n' ? "\n" : $e eq 'r' ? "\r" : $e eq 't' ? "\t"
+            : $e eq 'a' ? "\a" : $e eq 'b' ? "\b" : $e/ge;
+        push @a, $v;
+    }
+    return \@a;
+}
+
+sub redis_monitor {
+    my ($code, $port) = @_;
+    $port //= $ENV{TEST_NGINX_REDIS_PORT};
+    my $m = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port,
+                                  Proto => 'tcp', Timeout => $RedisTimeout)
+        or die "redis_monitor: connect: $!\n";
+    syswrite($m, _resp_encode('MONITOR'));
+    my $buf = '';
+    my $deadline = time + $RedisTimeout;
+    my $ok = _read_line($m, \$buf, $deadline);
+    die "redis_monitor: MONITOR: $ok\n" unless $ok eq '+OK';
+
+    # this process's own connection to that redis is left out
+    redis_cmd_port($port, 'PING');
+    my $self = $RedisConn{$port}->sockport;
+
+    my $err;
+    eval { $code->(); 1 } or $err = $@;
+
+    my $mark = "aai-monitor-mark-$$-" . int(rand(1e9));
+    redis_cmd_port($port, 'ECHO', $mark);
+    my @cmds;
+    $deadline = time + 10;
+    while (1) {
+        my $l = _read_line($m, \$buf, $deadline);
+        next unless $l =~ /^\+\S+ \[\d+ (\S+?)\] (.*)$/;
+        my ($client, $rest) = ($1, $2);
+        my $args = _monitor_args($rest);
+        last if @$args == 2 && $args->[1] eq $mark;
+        next if $client =~ /:(\d+)$/ && $1 == $self;
+        push @cmds, { client => $client, args => $args };
+    }
+    close $m;
+    die $err if defined $err;
+    return @cmds;
+}
+
+sub nginx_t {
+    my ($http_conf, %o) = @_;
+    my $bin = $ENV{TEST_NGINX_BINARY} || 'nginx';
+    my $prefix = _servroot() . "-nginx-t";
+    remove_tree($prefix);
+    make_path("$prefix/logs", "$prefix/conf");
+    my $mods = join '', map { "load_module $_;\n" } grep { $_ }
+               split /\s+/, ($ENV{TEST_NGINX_LOAD_MODULES} || '');
+    my $http = _expand($http_conf // '', free_port());
+    my $main = _expand($o{main_config} // '', 0);
+    open my $out, '>', "$prefix/conf/nginx.conf"
+        or die "nginx_t: $!\n";
+    print $out "${mods}error_log $prefix/logs/error.log;\n"
+             . "pid $prefix/logs/nginx.pid;\n$main\n"
+             . "events { worker_connections 64; }\n"
+             . "http {\n$http\n}\n";
+    close $out;
+    my $cmd = join ' ', map { "'$_'" } $bin, '-t', '-q', '-p', "$prefix/",
+              '-c', "$prefix/conf/nginx.conf", '-e', "$prefix/logs/error.log";
+    # under "make asan" the modules need the runtime preloaded
+    local $ENV{LD_PRELOAD} = $ENV{AAI_ASAN} if $ENV{AAI_ASAN};
+    local $ENV{ASAN_OPTIONS} = "detect_leaks=0:log_path=$prefix-asan"
+        if $ENV{AAI_ASAN};
+    my $output = `$cmd 2>&1`;
+    my $rc = $? >> 8;
+    remove_tree($prefix);
+    for my $f (glob("$prefix-asan*")) {
+        Test::More::fail("nginx -t: AddressSanitizer report $f");
+        Test::More::diag(join '', file_lines($f));
+    }
+    return ($rc, $output);
+}
+
+sub stop_continue {
+    my ($pids, $code) = @_;
+    kill 'STOP', @$pids;
+    my @r;
+    my $ok = eval { @r = $code->(); 1 };
+    my $err = $@;
+    kill 'CONT', @$pids;
+    die $err unless $ok;
+    return wantarray ? @r : $r[0];
+}
+
+sub wait_redis_key {
+    my ($key, $secs, $port) = @_;
+    $port //= $ENV{TEST_NGINX_REDIS_PORT};
+    return wait_until($secs // 5,
+                      sub { redis_cmd_port($port, 'EXISTS', $key) });
 }
 
 

@@ -50,6 +50,10 @@ use Digest::SHA ();
 
 our $VERSION = '0.33';
 
+# aai-nginx extension, not in the real runner: called between the requests
+# of a block with ($block, $request_text, $http_response)
+our @AfterRequestHandlers;
+
 our @EXPORT = qw( env_to_nginx is_str plan run_tests run_test
     repeat_each config_preamble worker_connections master_process_enabled
     no_long_string workers master_on master_off log_level no_shuffle
@@ -788,6 +792,16 @@ sub check_asan {
         fail("$name - AddressSanitizer report in $f");
         diag(join '', @l[0 .. $n - 1]);
     }
+    # UndefinedBehaviorSanitizer reports go to stderr, i.e. to these logs
+    # (AaiTest does the same for its own instances)
+    for my $f ($ErrLogFile, "$LogDir/stderr.log") {
+        open my $in, '<', $f or next;
+        my @ub = grep { /: runtime error: / } <$in>;
+        close $in;
+        next unless @ub;
+        fail("$name - UndefinedBehaviorSanitizer report in $f");
+        diag(join '', @ub[0 .. ($#ub < 9 ? $#ub : 9)]);
+    }
 }
 
 
@@ -1262,6 +1276,10 @@ sub run_requests {
             $raw = $left // '';
             my $more = $k < $n || $idx < $#$reqs;
             if ($more) {
+                # aai-nginx extension: code that waits for a state the next
+                # request needs (the real runner has no such hook)
+                $_->($block, $packets->[0]{value}, $res)
+                    for @AfterRequestHandlers;
                 sleep $wait if $wait;
                 check_error_log($block, $rep);
             }
