@@ -50,7 +50,8 @@ typedef enum {
     NGX_AAI_REDIS_CONNECTING,
     NGX_AAI_REDIS_HANDSHAKE,
     NGX_AAI_REDIS_READY,
-    NGX_AAI_REDIS_BACKOFF
+    NGX_AAI_REDIS_BACKOFF,
+    NGX_AAI_REDIS_TLS               /* connected, TLS handshake */
 } ngx_aai_redis_state_e;
 
 
@@ -58,8 +59,18 @@ typedef enum {
     NGX_AAI_REDIS_CMD_USER = 0,
     NGX_AAI_REDIS_CMD_AUTH,
     NGX_AAI_REDIS_CMD_SELECT,
+    NGX_AAI_REDIS_CMD_ROLE,         /* with sentinel=: a primary? */
     NGX_AAI_REDIS_CMD_PING
 } ngx_aai_redis_step_e;
+
+
+/* the connection to a sentinel */
+typedef enum {
+    NGX_AAI_REDIS_SENTINEL_IDLE = 0,    /* waiting to (re)connect */
+    NGX_AAI_REDIS_SENTINEL_CONNECTING,
+    NGX_AAI_REDIS_SENTINEL_ASKED,       /* replies expected */
+    NGX_AAI_REDIS_SENTINEL_SUBSCRIBED   /* +switch-master messages */
+} ngx_aai_redis_sentinel_state_e;
 
 
 struct ngx_aai_redis_cmd_s {
@@ -97,6 +108,12 @@ typedef struct {
     ngx_uint_t                  failures;   /* since last READY */
     ngx_uint_t                  addr;       /* next address to try */
 
+#if (NGX_SSL)
+    ngx_ssl_session_t          *ssl_session;   /* reused on reconnect */
+    size_t                      tls_error_len;
+    u_char                      tls_error[160]; /* OpenSSL's last word */
+#endif
+
     unsigned                    sub:1;      /* pub/sub connection */
 } ngx_aai_redis_conn_t;
 
@@ -133,6 +150,30 @@ typedef struct {
 } ngx_aai_redis_sub_t;
 
 
+/*
+ * One per client and worker with sentinel=: one connection to one sentinel
+ * at a time, which sends [AUTH], SENTINEL get-master-addr-by-name and
+ * SUBSCRIBE +switch-master in one write, then listens.  On any failure it
+ * tries the next sentinel after a backoff.
+ */
+typedef struct {
+    ngx_aai_redis_t            *rs;
+    ngx_peer_connection_t       pc;
+    ngx_log_t                   log;
+    redisReader                *reader;
+    ngx_event_t                 timer;      /* reply deadline, or retry */
+    ngx_uint_t                  state;      /* sentinel_state_e */
+    ngx_uint_t                  next;       /* the sentinel to ask */
+    ngx_uint_t                  expect;     /* replies before SUBSCRIBE's */
+    ngx_uint_t                  failures;
+    ngx_msec_t                  backoff;
+    ngx_msec_t                  asked;      /* when last connected */
+    u_char                     *out;
+    size_t                      out_len;
+    size_t                      out_sent;
+} ngx_aai_redis_sentinel_t;
+
+
 struct ngx_aai_redis_s {
     ngx_aai_redis_conf_t       *conf;
     ngx_log_t                  *log;
@@ -160,6 +201,19 @@ struct ngx_aai_redis_s {
     ngx_shm_zone_t             *circuit_zone;
     ngx_aai_redis_circuit_t    *circuit;    /* NULL: not shared */
 
+#if (NGX_SSL)
+    ngx_ssl_t                  *ssl;        /* NULL: plain TCP */
+#endif
+
+    /* sentinel=: the primary as the sentinels last said */
+    ngx_aai_redis_sentinel_t   *sentinel;
+    ngx_addr_t                  primary;
+    ngx_sockaddr_t              primary_sa;
+    u_char                      primary_name[NGX_SOCKADDR_STRLEN];
+    ngx_uint_t                  failovers;  /* primary changes followed */
+    unsigned                    primary_known:1;
+    unsigned                    switching:1;
+
     unsigned                    healthy:1;
     unsigned                    initialized:1;
 };
@@ -178,6 +232,29 @@ static char *ngx_aai_redis_conf_param(ngx_conf_t *cf,
 static char *ngx_aai_redis_conf_msec(ngx_conf_t *cf,
     ngx_aai_redis_conf_t *rcf, ngx_str_t *name, ngx_str_t *v,
     ngx_msec_t *ms);
+static char *ngx_aai_redis_conf_flag(ngx_conf_t *cf,
+    ngx_aai_redis_conf_t *rcf, ngx_str_t *name, ngx_str_t *v,
+    ngx_flag_t *flag);
+static char *ngx_aai_redis_conf_file(ngx_conf_t *cf,
+    ngx_aai_redis_conf_t *rcf, ngx_str_t *name, ngx_str_t *v,
+    ngx_str_t *file);
+static char *ngx_aai_redis_conf_tls(ngx_conf_t *cf,
+    ngx_aai_redis_conf_t *rcf);
+static char *ngx_aai_redis_conf_sentinels(ngx_conf_t *cf,
+    ngx_aai_redis_conf_t *rcf, ngx_str_t *arg);
+#if (NGX_SSL)
+static ngx_int_t ngx_aai_redis_ssl_create(ngx_conf_t *cf,
+    ngx_aai_redis_t *rs);
+static ngx_int_t ngx_aai_redis_tls_start(ngx_aai_redis_conn_t *conn);
+static void ngx_aai_redis_tls_handshake_handler(ngx_connection_t *c);
+static ngx_int_t ngx_aai_redis_tls_verify(ngx_aai_redis_conn_t *conn);
+static void ngx_aai_redis_tls_save_session(ngx_connection_t *c);
+static ngx_uint_t ngx_aai_redis_is_ip(ngx_str_t *name);
+static void ngx_aai_redis_tls_log_writer(ngx_log_t *log, ngx_uint_t level,
+    u_char *buf, size_t len);
+static ngx_int_t ngx_aai_redis_tls_send(ngx_aai_redis_conn_t *conn,
+    u_char *p, size_t size);
+#endif
 
 static ngx_int_t ngx_aai_redis_circuit_add(ngx_conf_t *cf,
     ngx_aai_redis_t *rs);
@@ -209,6 +286,22 @@ static ngx_int_t ngx_aai_redis_handshake_reply(ngx_aai_redis_conn_t *conn,
 static void ngx_aai_redis_message(ngx_aai_redis_conn_t *conn,
     redisReply *reply);
 static void ngx_aai_redis_timer_handler(ngx_event_t *ev);
+
+static ngx_int_t ngx_aai_redis_sentinel_init(ngx_aai_redis_t *rs,
+    ngx_cycle_t *cycle);
+static void ngx_aai_redis_sentinel_destroy(ngx_aai_redis_t *rs);
+static void ngx_aai_redis_sentinel_connect(ngx_aai_redis_sentinel_t *st);
+static void ngx_aai_redis_sentinel_close(ngx_aai_redis_sentinel_t *st);
+static void ngx_aai_redis_sentinel_fail(ngx_aai_redis_sentinel_t *st,
+    const char *fmt, ...);
+static void ngx_aai_redis_sentinel_write(ngx_event_t *wev);
+static void ngx_aai_redis_sentinel_read(ngx_event_t *rev);
+static ngx_int_t ngx_aai_redis_sentinel_reply(ngx_aai_redis_sentinel_t *st,
+    redisReply *reply);
+static void ngx_aai_redis_sentinel_timer(ngx_event_t *ev);
+static void ngx_aai_redis_sentinel_reask(ngx_aai_redis_t *rs);
+static ngx_int_t ngx_aai_redis_set_primary(ngx_aai_redis_t *rs,
+    ngx_str_t *host, ngx_str_t *port);
 static void ngx_aai_redis_backoff_handler(ngx_event_t *ev);
 static ngx_uint_t ngx_aai_redis_next_deadline(ngx_aai_redis_conn_t *conn,
     ngx_msec_t *deadline);
@@ -271,22 +364,43 @@ ngx_aai_redis_conf_parse(ngx_conf_t *cf, ngx_aai_redis_conf_t *rcf)
     rcf->timeout = NGX_CONF_UNSET_MSEC;
     rcf->backoff = NGX_CONF_UNSET_MSEC;
     rcf->connections = NGX_CONF_UNSET_UINT;
+    rcf->tls = 0;
+    rcf->tls_verify = NGX_CONF_UNSET;
+    ngx_str_null(&rcf->tls_ca);
+    ngx_str_null(&rcf->tls_cert);
+    ngx_str_null(&rcf->tls_key);
+    ngx_str_null(&rcf->tls_name);
+
+    rcf->sentinels = NULL;
+    rcf->nsentinels = 0;
+    ngx_str_null(&rcf->master);
+    ngx_str_null(&rcf->sentinel_password);
 
     ngx_memzero(&u, sizeof(ngx_url_t));
 
-    u.url = value[1];
-    u.default_port = NGX_AAI_REDIS_DEFAULT_PORT;
+    if (value[1].len > 9 && ngx_strncmp(value[1].data, "sentinel=", 9) == 0) {
+        if (ngx_aai_redis_conf_sentinels(cf, rcf, &value[1]) != NGX_CONF_OK)
+        {
+            return NGX_CONF_ERROR;
+        }
 
-    if (ngx_parse_url(cf->pool, &u) != NGX_OK || u.naddrs == 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid address \"%V\" in \"%V\": %s",
-                           &value[1], &rcf->directive,
-                           u.err ? u.err : "host not found");
-        return NGX_CONF_ERROR;
+    } else {
+        u.url = value[1];
+        u.default_port = NGX_AAI_REDIS_DEFAULT_PORT;
+
+        if (ngx_parse_url(cf->pool, &u) != NGX_OK || u.naddrs == 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid address \"%V\" in \"%V\": %s",
+                               &value[1], &rcf->directive,
+                               u.err ? u.err : "host not found");
+            return NGX_CONF_ERROR;
+        }
+
+        rcf->addrs = u.addrs;
+        rcf->naddrs = u.naddrs;
+        rcf->host = u.host;
     }
 
-    rcf->addrs = u.addrs;
-    rcf->naddrs = u.naddrs;
     rcf->url = value[1];
 
     for (i = 2; i < cf->args->nelts; i++) {
@@ -296,6 +410,22 @@ ngx_aai_redis_conf_parse(ngx_conf_t *cf, ngx_aai_redis_conf_t *rcf)
         }
     }
 
+    if (rcf->nsentinels && rcf->master.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"sentinel\" needs \"master\" in \"%V\"",
+                           &rcf->directive);
+        return NGX_CONF_ERROR;
+    }
+
+    if (rcf->nsentinels == 0
+        && (rcf->master.len || rcf->sentinel_password.len))
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"master\" and \"sentinel_password\" need "
+                           "\"sentinel=\" in \"%V\"", &rcf->directive);
+        return NGX_CONF_ERROR;
+    }
+
     if (rcf->user.len && rcf->password.len == 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"user\" needs \"password\" in \"%V\"",
@@ -303,9 +433,172 @@ ngx_aai_redis_conf_parse(ngx_conf_t *cf, ngx_aai_redis_conf_t *rcf)
         return NGX_CONF_ERROR;
     }
 
+    if (ngx_aai_redis_conf_tls(cf, rcf) != NGX_CONF_OK) {
+        return NGX_CONF_ERROR;
+    }
+
     ngx_aai_redis_conf_init(rcf);
 
     return NGX_CONF_OK;
+}
+
+
+/*
+ * sentinel=host:port,...: the sentinels, resolved here.  The client's one
+ * address is a placeholder named "sentinel:..." (the key of its shared
+ * circuit state); the primary's address is learnt in each worker.
+ */
+
+static char *
+ngx_aai_redis_conf_sentinels(ngx_conf_t *cf, ngx_aai_redis_conf_t *rcf,
+    ngx_str_t *arg)
+{
+    u_char      *p, *last, *comma;
+    ngx_url_t    u;
+    ngx_uint_t   n;
+    ngx_addr_t  *addrs;
+
+    p = arg->data + 9;
+    last = arg->data + arg->len;
+
+    n = 1;
+    for (comma = p; comma < last; comma++) {
+        n += (*comma == ',');
+    }
+
+    addrs = ngx_pcalloc(cf->pool, n * sizeof(ngx_addr_t));
+    if (addrs == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    rcf->sentinels = addrs;
+    rcf->nsentinels = 0;
+
+    while (p < last) {
+        comma = ngx_strlchr(p, last, ',');
+        if (comma == NULL) {
+            comma = last;
+        }
+
+        ngx_memzero(&u, sizeof(ngx_url_t));
+        u.url.data = p;
+        u.url.len = comma - p;
+        u.default_port = 26379;
+        u.no_resolve = 0;
+
+        if (u.url.len == 0
+            || ngx_parse_url(cf->pool, &u) != NGX_OK || u.naddrs == 0
+            || u.family == AF_UNIX)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid sentinel address \"%V\" in \"%V\"%s%s",
+                               &u.url, &rcf->directive,
+                               u.err ? ": " : "", u.err ? u.err : "");
+            return NGX_CONF_ERROR;
+        }
+
+        addrs[rcf->nsentinels++] = u.addrs[0];
+        p = comma + 1;
+    }
+
+    if (rcf->nsentinels == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "no sentinel address in \"%V\"", &rcf->directive);
+        return NGX_CONF_ERROR;
+    }
+
+    /* the placeholder: the first sentinel's address, another name */
+
+    rcf->addrs = ngx_pcalloc(cf->pool, sizeof(ngx_addr_t));
+    if (rcf->addrs == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    *rcf->addrs = addrs[0];
+    rcf->addrs->name = *arg;
+    rcf->naddrs = 1;
+
+    return NGX_CONF_OK;
+}
+
+
+/* the TLS parameters together; the files are loaded by create() */
+
+static char *
+ngx_aai_redis_conf_tls(ngx_conf_t *cf, ngx_aai_redis_conf_t *rcf)
+{
+    u_char  *p;
+
+    if (!rcf->tls) {
+        if (rcf->tls_ca.len || rcf->tls_cert.len || rcf->tls_key.len
+            || rcf->tls_name.len || rcf->tls_verify != NGX_CONF_UNSET)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "TLS parameters need \"tls=on\" in \"%V\"",
+                               &rcf->directive);
+            return NGX_CONF_ERROR;
+        }
+
+        return NGX_CONF_OK;
+    }
+
+#if !(NGX_SSL)
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "\"tls=on\" in \"%V\" needs nginx built with "
+                       "OpenSSL", &rcf->directive);
+    return NGX_CONF_ERROR;
+
+#else
+
+    if (rcf->tls_cert.len && rcf->tls_key.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"tls_cert\" needs \"tls_key\" in \"%V\"",
+                           &rcf->directive);
+        return NGX_CONF_ERROR;
+    }
+
+    if (rcf->tls_key.len && rcf->tls_cert.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"tls_key\" needs \"tls_cert\" in \"%V\"",
+                           &rcf->directive);
+        return NGX_CONF_ERROR;
+    }
+
+    if (rcf->tls_verify == NGX_CONF_UNSET) {
+        rcf->tls_verify = 1;
+    }
+
+    if (rcf->tls_name.len == 0) {
+        if (rcf->host.len == 0) {
+            if (rcf->tls_verify) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "\"tls_verify=on\" needs \"tls_name\" "
+                                   "for \"%V\" in \"%V\"",
+                                   &rcf->url, &rcf->directive);
+                return NGX_CONF_ERROR;
+            }
+
+            return NGX_CONF_OK;
+        }
+
+        /* null-terminated for SSL_set_tlsext_host_name() */
+
+        p = ngx_pnalloc(cf->pool, rcf->host.len + 1);
+        if (p == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        ngx_memcpy(p, rcf->host.data, rcf->host.len);
+        p[rcf->host.len] = '\0';
+
+        rcf->tls_name.data = p;
+        rcf->tls_name.len = rcf->host.len;
+    }
+
+    return NGX_CONF_OK;
+
+#endif
 }
 
 
@@ -331,8 +624,19 @@ ngx_aai_redis_conf_param(ngx_conf_t *cf, ngx_aai_redis_conf_t *rcf,
     v.data = p + 1;
     v.len = param->data + param->len - v.data;
 
-    if (name.len == 8 && ngx_strncmp(name.data, "password", 8) == 0) {
+    if (name.len == 6 && ngx_strncmp(name.data, "master", 6) == 0) {
+        if (v.len == 0) {
+            goto invalid;
+        }
 
+        rcf->master = v;
+        return NGX_CONF_OK;
+    }
+
+    if ((name.len == 8 && ngx_strncmp(name.data, "password", 8) == 0)
+        || (name.len == 17
+            && ngx_strncmp(name.data, "sentinel_password", 17) == 0))
+    {
         if (v.len >= 4 && ngx_strncmp(v.data, "env:", 4) == 0) {
 
             if (v.len == 4) {
@@ -366,7 +670,13 @@ ngx_aai_redis_conf_param(ngx_conf_t *cf, ngx_aai_redis_conf_t *rcf,
             goto invalid;
         }
 
-        rcf->password = v;
+        if (name.len == 8) {
+            rcf->password = v;
+
+        } else {
+            rcf->sentinel_password = v;
+        }
+
         return NGX_CONF_OK;
     }
 
@@ -417,6 +727,37 @@ ngx_aai_redis_conf_param(ngx_conf_t *cf, ngx_aai_redis_conf_t *rcf,
         return NGX_CONF_OK;
     }
 
+    if (name.len == 3 && ngx_strncmp(name.data, "tls", 3) == 0) {
+        return ngx_aai_redis_conf_flag(cf, rcf, &name, &v, &rcf->tls);
+    }
+
+    if (name.len == 10 && ngx_strncmp(name.data, "tls_verify", 10) == 0) {
+        return ngx_aai_redis_conf_flag(cf, rcf, &name, &v, &rcf->tls_verify);
+    }
+
+    if (name.len == 6 && ngx_strncmp(name.data, "tls_ca", 6) == 0) {
+        return ngx_aai_redis_conf_file(cf, rcf, &name, &v, &rcf->tls_ca);
+    }
+
+    if (name.len == 8 && ngx_strncmp(name.data, "tls_cert", 8) == 0) {
+        return ngx_aai_redis_conf_file(cf, rcf, &name, &v, &rcf->tls_cert);
+    }
+
+    if (name.len == 7 && ngx_strncmp(name.data, "tls_key", 7) == 0) {
+        return ngx_aai_redis_conf_file(cf, rcf, &name, &v, &rcf->tls_key);
+    }
+
+    if (name.len == 8 && ngx_strncmp(name.data, "tls_name", 8) == 0) {
+        if (v.len == 0 || v.len > 253) {
+            goto invalid;
+        }
+
+        /* the argument is null-terminated: so is the value */
+
+        rcf->tls_name = v;
+        return NGX_CONF_OK;
+    }
+
     /* the value is not shown: it may be a misspelt password */
 
     ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
@@ -454,6 +795,61 @@ ngx_aai_redis_conf_msec(ngx_conf_t *cf, ngx_aai_redis_conf_t *rcf,
 }
 
 
+static char *
+ngx_aai_redis_conf_flag(ngx_conf_t *cf, ngx_aai_redis_conf_t *rcf,
+    ngx_str_t *name, ngx_str_t *v, ngx_flag_t *flag)
+{
+    if (v->len == 2 && ngx_strncasecmp(v->data, (u_char *) "on", 2) == 0) {
+        *flag = 1;
+        return NGX_CONF_OK;
+    }
+
+    if (v->len == 3 && ngx_strncasecmp(v->data, (u_char *) "off", 3) == 0) {
+        *flag = 0;
+        return NGX_CONF_OK;
+    }
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid value \"%V\" of \"%V\" in \"%V\", "
+                       "must be \"on\" or \"off\"",
+                       v, name, &rcf->directive);
+    return NGX_CONF_ERROR;
+}
+
+
+/* a file that must exist and be readable: checked here, for nginx -t */
+
+static char *
+ngx_aai_redis_conf_file(ngx_conf_t *cf, ngx_aai_redis_conf_t *rcf,
+    ngx_str_t *name, ngx_str_t *v, ngx_str_t *file)
+{
+    ngx_str_t  full;
+
+    if (v->len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "empty \"%V\" in \"%V\"", name, &rcf->directive);
+        return NGX_CONF_ERROR;
+    }
+
+    full = *v;
+
+    if (ngx_conf_full_name(cf->cycle, &full, 1) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (access((char *) full.data, R_OK) != 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                           "cannot read %V file \"%V\" in \"%V\"",
+                           name, &full, &rcf->directive);
+        return NGX_CONF_ERROR;
+    }
+
+    *file = full;
+
+    return NGX_CONF_OK;
+}
+
+
 void
 ngx_aai_redis_conf_init(ngx_aai_redis_conf_t *rcf)
 {
@@ -477,6 +873,10 @@ ngx_aai_redis_conf_init(ngx_aai_redis_conf_t *rcf)
 
     if (rcf->db < 0) {
         rcf->db = -1;
+    }
+
+    if (rcf->tls_verify == NGX_CONF_UNSET) {
+        rcf->tls_verify = rcf->tls ? 1 : 0;
     }
 }
 
@@ -507,8 +907,98 @@ ngx_aai_redis_create(ngx_conf_t *cf, ngx_aai_redis_conf_t *rcf)
         return NULL;
     }
 
+#if (NGX_SSL)
+
+    if (rcf->tls && ngx_aai_redis_ssl_create(cf, rs) != NGX_OK) {
+        return NULL;
+    }
+
+#endif
+
     return rs;
 }
+
+
+#if (NGX_SSL)
+
+/*
+ * One SSL_CTX per client, as the upstream module has per location: the
+ * client certificate, the trusted CAs (verification is done after the
+ * handshake, by ngx_aai_redis_tls_verify()), and a client session cache
+ * whose new sessions each connection keeps for its next connect.
+ */
+
+static ngx_int_t
+ngx_aai_redis_ssl_create(ngx_conf_t *cf, ngx_aai_redis_t *rs)
+{
+    ngx_ssl_t             *ssl;
+    ngx_pool_cleanup_t    *cln;
+    ngx_aai_redis_conf_t  *rcf;
+
+    rcf = rs->conf;
+
+    ssl = ngx_pcalloc(cf->pool, sizeof(ngx_ssl_t));
+    if (ssl == NULL) {
+        return NGX_ERROR;
+    }
+
+    ssl->log = cf->log;
+
+    if (ngx_ssl_create(ssl, NGX_SSL_TLSv1_2|NGX_SSL_TLSv1_3, NULL)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    cln = ngx_pool_cleanup_add(cf->pool, 0);
+    if (cln == NULL) {
+        ngx_ssl_cleanup_ctx(ssl);
+        return NGX_ERROR;
+    }
+
+    cln->handler = ngx_ssl_cleanup_ctx;
+    cln->data = ssl;
+
+    if (rcf->tls_cert.len
+        && ngx_ssl_certificate(cf, ssl, &rcf->tls_cert, &rcf->tls_key, NULL)
+           != NGX_OK)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "cannot load \"tls_cert\" \"%V\" or \"tls_key\" "
+                           "\"%V\" in \"%V\"", &rcf->tls_cert, &rcf->tls_key,
+                           &rcf->directive);
+        return NGX_ERROR;
+    }
+
+    if (rcf->tls_verify) {
+        if (rcf->tls_ca.len) {
+            if (ngx_ssl_trusted_certificate(cf, ssl, &rcf->tls_ca, 4)
+                != NGX_OK)
+            {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "cannot load \"tls_ca\" \"%V\" in \"%V\"",
+                                   &rcf->tls_ca, &rcf->directive);
+                return NGX_ERROR;
+            }
+
+        } else if (SSL_CTX_set_default_verify_paths(ssl->ctx) != 1) {
+            ngx_ssl_error(NGX_LOG_EMERG, cf->log, 0,
+                          "SSL_CTX_set_default_verify_paths() failed "
+                          "in \"%V\"", &rcf->directive);
+            return NGX_ERROR;
+        }
+    }
+
+    if (ngx_ssl_client_session_cache(cf, ssl, 1) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    rs->ssl = ssl;
+
+    return NGX_OK;
+}
+
+#endif
 
 
 /*
@@ -762,6 +1252,12 @@ ngx_aai_redis_init_worker(ngx_aai_redis_t *rs, ngx_cycle_t *cycle)
 
     ngx_time_update();
 
+    if (rs->conf->nsentinels
+        && ngx_aai_redis_sentinel_init(rs, cycle) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
     /* connect now, so that the first requests find the connections ready */
 
     for (i = 0; i < rs->nconns; i++) {
@@ -811,6 +1307,8 @@ ngx_aai_redis_exit_worker(ngx_aai_redis_t *rs)
         rs->subconn = NULL;
     }
 
+    ngx_aai_redis_sentinel_destroy(rs);
+
     for (i = 0; i < rs->nsubs; i++) {
         ngx_free(rs->subs[i].name.data);
     }
@@ -851,7 +1349,7 @@ ngx_aai_redis_handshake_init(ngx_aai_redis_t *rs)
 {
     u_char                *p;
     size_t                 size;
-    ngx_str_t              auth[3], select[2], ping;
+    ngx_str_t              auth[3], select[2], ping, role;
     ngx_uint_t             nauth;
     ngx_aai_redis_conf_t  *rcf;
     u_char                 db[NGX_INT_T_LEN];
@@ -880,6 +1378,12 @@ ngx_aai_redis_handshake_init(ngx_aai_redis_t *rs)
         size += ngx_aai_redis_resp_size(2, select);
     }
 
+    ngx_str_set(&role, "ROLE");
+
+    if (rcf->nsentinels) {
+        size += ngx_aai_redis_resp_size(1, &role);
+    }
+
     ngx_str_set(&ping, "PING");
     size += ngx_aai_redis_resp_size(1, &ping);
 
@@ -896,6 +1400,10 @@ ngx_aai_redis_handshake_init(ngx_aai_redis_t *rs)
 
     if (rcf->db >= 0) {
         p = ngx_aai_redis_resp(p, 2, select);
+    }
+
+    if (rcf->nsentinels) {
+        p = ngx_aai_redis_resp(p, 1, &role);
     }
 
     p = ngx_aai_redis_resp(p, 1, &ping);
@@ -936,6 +1444,24 @@ ngx_aai_redis_conn_init(ngx_aai_redis_t *rs, ngx_aai_redis_conn_t *conn,
         conn->log.log_level = NGX_LOG_CRIT;
     }
 
+#if (NGX_SSL)
+
+    /*
+     * With TLS, OpenSSL's reasons (an alert from the server, a protocol
+     * error) come as core's messages, some at "crit" on every attempt:
+     * they are kept, not written, and the failure's own rate-limited
+     * message carries the last one.
+     */
+
+    if (rs->ssl) {
+        conn->log.log_level = NGX_LOG_INFO;
+        conn->log.writer = ngx_aai_redis_tls_log_writer;
+        conn->log.wdata = conn;
+        conn->log.next = NULL;
+    }
+
+#endif
+
     conn->timer.handler = ngx_aai_redis_timer_handler;
     conn->timer.data = &rs->dummy;
     conn->timer.log = rs->log;
@@ -973,6 +1499,13 @@ ngx_aai_redis_conn_destroy(ngx_aai_redis_conn_t *conn)
         conn->out = NULL;
     }
 
+#if (NGX_SSL)
+    if (conn->ssl_session) {
+        ngx_ssl_free_session(conn->ssl_session);
+        conn->ssl_session = NULL;
+    }
+#endif
+
     conn->state = NGX_AAI_REDIS_CLOSED;
 }
 
@@ -995,7 +1528,21 @@ ngx_aai_redis_connect(ngx_aai_redis_conn_t *conn)
     rs = conn->rs;
     rcf = rs->conf;
 
-    addr = &rcf->addrs[conn->addr % rcf->naddrs];
+    if (rs->sentinel) {
+
+        /* connected once the sentinels have named the primary */
+
+        if (!rs->primary_known) {
+            conn->state = NGX_AAI_REDIS_CLOSED;
+            return NGX_ERROR;
+        }
+
+        addr = &rs->primary;
+
+    } else {
+        addr = &rcf->addrs[conn->addr % rcf->naddrs];
+    }
+
     conn->name = &addr->name;
     conn->state = NGX_AAI_REDIS_CONNECTING;
 
@@ -1022,7 +1569,8 @@ ngx_aai_redis_connect(ngx_aai_redis_conn_t *conn)
          step++)
     {
         if ((step == NGX_AAI_REDIS_CMD_AUTH && rcf->password.len == 0)
-            || (step == NGX_AAI_REDIS_CMD_SELECT && rcf->db < 0))
+            || (step == NGX_AAI_REDIS_CMD_SELECT && rcf->db < 0)
+            || (step == NGX_AAI_REDIS_CMD_ROLE && rcf->nsentinels == 0))
         {
             continue;
         }
@@ -1075,15 +1623,22 @@ ngx_aai_redis_connect(ngx_aai_redis_conn_t *conn)
 
     (void) ngx_tcp_nodelay(c);
 
+    ngx_aai_redis_arm_timer(conn);
+
     if (rc == NGX_AGAIN) {
         ngx_add_timer(c->write, rcf->connect_timeout);
+
+#if (NGX_SSL)
+    } else if (rs->ssl) {
+        if (ngx_aai_redis_tls_start(conn) != NGX_OK) {
+            return NGX_ERROR;
+        }
+#endif
 
     } else {
         conn->state = NGX_AAI_REDIS_HANDSHAKE;
         ngx_post_event(c->write, &ngx_posted_events);
     }
-
-    ngx_aai_redis_arm_timer(conn);
 
     ngx_log_debug2(NGX_LOG_DEBUG_EVENT, rs->log, 0,
                    "aai redis %V: connecting, rc:%i", conn->name, rc);
@@ -1117,10 +1672,263 @@ ngx_aai_redis_test_connect(ngx_aai_redis_conn_t *conn)
         ngx_del_timer(c->write);
     }
 
+#if (NGX_SSL)
+    if (conn->rs->ssl) {
+        return ngx_aai_redis_tls_start(conn);
+    }
+#endif
+
     conn->state = NGX_AAI_REDIS_HANDSHAKE;
 
     return NGX_OK;
 }
+
+
+#if (NGX_SSL)
+
+/*
+ * TCP is connected: the TLS handshake, with nginx's own non-blocking
+ * OpenSSL layer.  Its events belong to ngx_ssl_handshake() until it calls
+ * ngx_aai_redis_tls_handshake_handler(); the handshake commands' deadline
+ * (connect_timeout + timeout) guards it.
+ */
+
+static ngx_int_t
+ngx_aai_redis_tls_start(ngx_aai_redis_conn_t *conn)
+{
+    ngx_int_t              rc;
+    ngx_aai_redis_t       *rs;
+    ngx_connection_t      *c;
+    ngx_aai_redis_conf_t  *rcf;
+
+    rs = conn->rs;
+    rcf = rs->conf;
+    c = conn->pc.connection;
+
+    conn->state = NGX_AAI_REDIS_TLS;
+
+    /* a peer connection has no pool: ngx_ssl_create_connection() needs one */
+
+    c->pool = ngx_create_pool(512, c->log);
+    if (c->pool == NULL) {
+        ngx_aai_redis_fail(conn, 0, "no memory", "no memory");
+        return NGX_ERROR;
+    }
+
+    if (ngx_ssl_create_connection(rs->ssl, c, NGX_SSL_CLIENT) != NGX_OK) {
+        ngx_aai_redis_fail(conn, 0, "connection lost",
+                           "TLS: cannot create a connection");
+        return NGX_ERROR;
+    }
+
+    /* SNI: a host name, not an address */
+
+    if (rcf->tls_name.len
+        && !ngx_aai_redis_is_ip(&rcf->tls_name)
+        && SSL_set_tlsext_host_name(c->ssl->connection,
+                                    (char *) rcf->tls_name.data) != 1)
+    {
+        ngx_aai_redis_fail(conn, 0, "connection lost",
+                           "TLS: SSL_set_tlsext_host_name(\"%V\") failed",
+                           &rcf->tls_name);
+        return NGX_ERROR;
+    }
+
+    if (conn->ssl_session
+        && ngx_ssl_set_session(c, conn->ssl_session) != NGX_OK)
+    {
+        ngx_aai_redis_fail(conn, 0, "connection lost",
+                           "TLS: cannot set the session");
+        return NGX_ERROR;
+    }
+
+    c->ssl->save_session = ngx_aai_redis_tls_save_session;
+
+    rc = ngx_ssl_handshake(c);
+
+    if (rc == NGX_AGAIN) {
+        c->ssl->handler = ngx_aai_redis_tls_handshake_handler;
+        return NGX_OK;
+    }
+
+    ngx_aai_redis_tls_handshake_handler(c);
+
+    return (conn->pc.connection == c
+            && conn->state == NGX_AAI_REDIS_HANDSHAKE) ? NGX_OK : NGX_ERROR;
+}
+
+
+static void
+ngx_aai_redis_tls_handshake_handler(ngx_connection_t *c)
+{
+    ngx_aai_redis_conn_t  *conn;
+
+    conn = c->data;
+
+    if (!c->ssl->handshaked) {
+        ngx_aai_redis_fail(conn, 0, "connection lost",
+                           "TLS handshake failed");
+        return;
+    }
+
+    if (ngx_aai_redis_tls_verify(conn) != NGX_OK) {
+        return;
+    }
+
+    ngx_log_debug2(NGX_LOG_DEBUG_EVENT, conn->rs->log, 0,
+                   "aai redis %V: TLS handshake done, session reused: %d",
+                   conn->name, SSL_session_reused(c->ssl->connection));
+
+    /* c->recv and c->send are ngx_ssl_recv() and ngx_ssl_write() now */
+
+    c->read->handler = ngx_aai_redis_read_handler;
+    c->write->handler = ngx_aai_redis_write_handler;
+
+    conn->state = NGX_AAI_REDIS_HANDSHAKE;
+
+    ngx_post_event(c->write, &ngx_posted_events);
+    ngx_post_event(c->read, &ngx_posted_events);
+}
+
+
+/* the certificate and the name, logged with the reason they are refused */
+
+static ngx_int_t
+ngx_aai_redis_tls_verify(ngx_aai_redis_conn_t *conn)
+{
+    long                   rc;
+    X509                  *cert;
+    ngx_connection_t      *c;
+    ngx_aai_redis_conf_t  *rcf;
+
+    rcf = conn->rs->conf;
+    c = conn->pc.connection;
+
+    if (!rcf->tls_verify) {
+        return NGX_OK;
+    }
+
+    rc = SSL_get_verify_result(c->ssl->connection);
+
+    if (rc != X509_V_OK) {
+        ngx_aai_redis_fail(conn, 0, "connection lost",
+                           "TLS: server certificate verify failed: "
+                           "(%l: %s)", rc, X509_verify_cert_error_string(rc));
+        return NGX_ERROR;
+    }
+
+    cert = SSL_get_peer_certificate(c->ssl->connection);
+
+    if (cert == NULL) {
+        ngx_aai_redis_fail(conn, 0, "connection lost",
+                           "TLS: the server sent no certificate");
+        return NGX_ERROR;
+    }
+
+    /* an address (the default name of "127.0.0.1:6380") is an IP SAN */
+
+    if (ngx_aai_redis_is_ip(&rcf->tls_name)) {
+        rc = X509_check_ip_asc(cert, (char *) rcf->tls_name.data, 0);
+        X509_free(cert);
+
+        if (rc == 1) {
+            return NGX_OK;
+        }
+
+        ngx_aai_redis_fail(conn, 0, "connection lost",
+                           "TLS: server certificate does not match "
+                           "tls_name \"%V\"", &rcf->tls_name);
+        return NGX_ERROR;
+    }
+
+    X509_free(cert);
+
+    if (ngx_ssl_check_host(c, &rcf->tls_name) != NGX_OK) {
+        ngx_aai_redis_fail(conn, 0, "connection lost",
+                           "TLS: server certificate does not match "
+                           "tls_name \"%V\"", &rcf->tls_name);
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_uint_t
+ngx_aai_redis_is_ip(ngx_str_t *name)
+{
+    return ngx_inet_addr(name->data, name->len) != INADDR_NONE
+           || ngx_strlchr(name->data, name->data + name->len, ':') != NULL;
+}
+
+
+/*
+ * conn->log's writer: keeps the text of core's last message (after the
+ * "time [level] pid#tid: " prefix, before the ", aai redis: " context).
+ */
+
+static void
+ngx_aai_redis_tls_log_writer(ngx_log_t *log, ngx_uint_t level, u_char *buf,
+    size_t len)
+{
+    u_char                *p, *last, *ctx;
+    size_t                 n;
+    ngx_aai_redis_conn_t  *conn;
+
+    conn = log->wdata;
+    last = buf + len;
+
+    p = ngx_strlchr(buf, last, ']');
+    if (p == NULL) {
+        return;
+    }
+
+    while (p < last - 1 && !(p[0] == ':' && p[1] == ' ')) {
+        p++;
+    }
+
+    p += 2;
+
+    if (p >= last) {
+        return;
+    }
+
+    ctx = ngx_strlcasestrn(p, last, (u_char *) ", aai redis:",
+                           sizeof(", aai redis:") - 2);
+    if (ctx) {
+        last = ctx;
+    }
+
+    n = ngx_min((size_t) (last - p), sizeof(conn->tls_error));
+
+    ngx_memcpy(conn->tls_error, p, n);
+    conn->tls_error_len = n;
+}
+
+
+/* a new session (TLS 1.3: a ticket after the handshake) for reconnects */
+
+static void
+ngx_aai_redis_tls_save_session(ngx_connection_t *c)
+{
+    ngx_ssl_session_t     *session;
+    ngx_aai_redis_conn_t  *conn;
+
+    conn = c->data;
+
+    session = ngx_ssl_get_session(c);
+    if (session == NULL) {
+        return;
+    }
+
+    if (conn->ssl_session) {
+        ngx_ssl_free_session(conn->ssl_session);
+    }
+
+    conn->ssl_session = session;
+}
+
+#endif
 
 
 static void
@@ -1171,10 +1979,33 @@ ngx_aai_redis_ready(ngx_aai_redis_conn_t *conn)
 static void
 ngx_aai_redis_close(ngx_aai_redis_conn_t *conn)
 {
+#if (NGX_SSL)
+    ngx_pool_t        *pool;
+    ngx_connection_t  *c;
+
+    c = conn->pc.connection;
+    pool = c ? c->pool : NULL;
+
+    if (c && c->ssl) {
+
+        /* no close_notify, and no wait for the peer's */
+
+        c->ssl->no_wait_shutdown = 1;
+        c->ssl->no_send_shutdown = 1;
+        (void) ngx_ssl_shutdown(c);
+    }
+#endif
+
     if (conn->pc.connection) {
         ngx_close_connection(conn->pc.connection);
         conn->pc.connection = NULL;
     }
+
+#if (NGX_SSL)
+    if (pool) {
+        ngx_destroy_pool(pool);
+    }
+#endif
 
     if (conn->reader) {
         redisReaderFree(conn->reader);
@@ -1223,6 +2054,14 @@ ngx_aai_redis_fail(ngx_aai_redis_conn_t *conn, ngx_err_t err,
         p = ngx_strerror(err, p, last - p);
         p = ngx_slprintf(p, last, ")");
     }
+
+#if (NGX_SSL)
+    if (conn->tls_error_len) {
+        p = ngx_slprintf(p, last, ": %*s", conn->tls_error_len,
+                         conn->tls_error);
+        conn->tls_error_len = 0;
+    }
+#endif
 
     ngx_queue_init(&failed);
 
@@ -1276,6 +2115,10 @@ ngx_aai_redis_fail(ngx_aai_redis_conn_t *conn, ngx_err_t err,
     if (error == ngx_aai_redis_timeout && n) {
         ngx_aai_redis_circuit_open(conn);
     }
+
+    /* the primary may have moved: ask again at once */
+
+    ngx_aai_redis_sentinel_reask(rs);
 
     ngx_log_error(level, rs->log, 0,
                   "aai redis %V: %s%*s, %ui command%s failed, "
@@ -1344,6 +2187,7 @@ ngx_aai_redis_pick(ngx_aai_redis_t *rs)
             break;
 
         case NGX_AAI_REDIS_CONNECTING:
+        case NGX_AAI_REDIS_TLS:
         case NGX_AAI_REDIS_HANDSHAKE:
             if (waiting == NULL || conn->npending < waiting->npending) {
                 waiting = conn;
@@ -1584,6 +2428,10 @@ ngx_aai_redis_write_handler(ngx_event_t *wev)
         return;
     }
 
+    if (conn->state == NGX_AAI_REDIS_TLS) {
+        return;     /* the TLS handshake has the events */
+    }
+
     ngx_aai_redis_flush(conn);
 }
 
@@ -1620,6 +2468,16 @@ ngx_aai_redis_flush(ngx_aai_redis_conn_t *conn)
         if (size == 0) {
             break;
         }
+
+#if (NGX_SSL)
+        if (c->ssl) {
+            if (ngx_aai_redis_tls_send(conn, p, size) != NGX_OK) {
+                return;
+            }
+
+            continue;
+        }
+#endif
 
         n = send(c->fd, p, size, 0);
 
@@ -1666,6 +2524,57 @@ ngx_aai_redis_flush(ngx_aai_redis_conn_t *conn)
 }
 
 
+#if (NGX_SSL)
+
+/*
+ * One write through c->send (ngx_ssl_write): NGX_OK when bytes were
+ * taken (the caller loops), NGX_AGAIN when the write waits for an event
+ * (ngx_ssl_write() armed it, for a read or a write), NGX_ERROR when the
+ * connection failed.
+ */
+
+static ngx_int_t
+ngx_aai_redis_tls_send(ngx_aai_redis_conn_t *conn, u_char *p, size_t size)
+{
+    ssize_t            n;
+    ngx_connection_t  *c;
+
+    c = conn->pc.connection;
+
+    n = c->send(c, p, size);
+
+    ngx_log_debug3(NGX_LOG_DEBUG_EVENT, conn->rs->log, 0,
+                   "aai redis %V: TLS send: %z of %uz", conn->name, n, size);
+
+    if (n > 0) {
+        if (conn->state == NGX_AAI_REDIS_HANDSHAKE) {
+            conn->hs_sent += n;
+
+        } else {
+            conn->out_pos += n;
+        }
+
+        return NGX_OK;
+    }
+
+    if (n == NGX_AGAIN) {
+        if (ngx_handle_write_event(c->write, 0) != NGX_OK) {
+            ngx_aai_redis_fail(conn, 0, "connection lost",
+                               "cannot arm the write event");
+            return NGX_ERROR;
+        }
+
+        return NGX_AGAIN;
+    }
+
+    ngx_aai_redis_fail(conn, 0, "connection lost", "TLS write failed");
+
+    return NGX_ERROR;
+}
+
+#endif
+
+
 static void
 ngx_aai_redis_read_handler(ngx_event_t *rev)
 {
@@ -1685,6 +2594,10 @@ ngx_aai_redis_read_handler(ngx_event_t *rev)
         }
 
         ngx_aai_redis_post_write(conn);
+    }
+
+    if (conn->state == NGX_AAI_REDIS_TLS) {
+        return;     /* the TLS handshake has the events */
     }
 
     /*
@@ -1733,6 +2646,13 @@ ngx_aai_redis_read_handler(ngx_event_t *rev)
         }
 
         err = ngx_socket_errno;
+
+#if (NGX_SSL)
+        if (c->ssl) {
+            ngx_aai_redis_fail(conn, 0, "connection lost", "TLS read failed");
+            return;
+        }
+#endif
 
         ngx_aai_redis_fail(conn, err, "connection lost", "recv() failed");
         return;
@@ -1841,7 +2761,7 @@ ngx_aai_redis_handshake_reply(ngx_aai_redis_conn_t *conn,
     u_char            text[256];
     size_t            len;
 
-    static const char  *names[] = { "", "AUTH", "SELECT", "PING" };
+    static const char  *names[] = { "", "AUTH", "SELECT", "ROLE", "PING" };
 
     rs = conn->rs;
     step = cmd->step;
@@ -1855,6 +2775,19 @@ ngx_aai_redis_handshake_reply(ngx_aai_redis_conn_t *conn,
 
         ngx_aai_redis_fail(conn, 0, "connection lost", "%s failed: %*s",
                            names[step], len, text);
+        return NGX_ERROR;
+    }
+
+    if (step == NGX_AAI_REDIS_CMD_ROLE
+        && (reply->type != REDIS_REPLY_ARRAY || reply->elements == 0
+            || reply->element[0]->type != REDIS_REPLY_STRING
+            || reply->element[0]->len != 6
+            || ngx_strncmp(reply->element[0]->str, "master", 6) != 0))
+    {
+        freeReplyObject(reply);
+
+        ngx_aai_redis_fail(conn, 0, "connection lost",
+                           "ROLE: not a primary");
         return NGX_ERROR;
     }
 
@@ -1955,7 +2888,9 @@ ngx_aai_redis_timer_handler(ngx_event_t *ev)
 
     ngx_aai_redis_fail(conn, 0, ngx_aai_redis_timeout, "%s timed out",
                        conn->state == NGX_AAI_REDIS_READY
-                       ? "command" : "handshake");
+                       ? "command"
+                       : conn->state == NGX_AAI_REDIS_TLS
+                         ? "TLS handshake" : "handshake");
 }
 
 
@@ -2058,6 +2993,648 @@ ngx_aai_redis_post_write(ngx_aai_redis_conn_t *conn)
     if (c != NULL && !c->write->posted) {
         ngx_post_event(c->write, &ngx_posted_events);
     }
+}
+
+
+/* Sentinel */
+
+
+static ngx_int_t
+ngx_aai_redis_sentinel_init(ngx_aai_redis_t *rs, ngx_cycle_t *cycle)
+{
+    u_char                    *p;
+    size_t                     size;
+    ngx_str_t                  auth[2], ask[3], sub[2];
+    ngx_aai_redis_conf_t      *rcf;
+    ngx_aai_redis_sentinel_t  *st;
+
+    rcf = rs->conf;
+
+    st = ngx_calloc(sizeof(ngx_aai_redis_sentinel_t), rs->log);
+    if (st == NULL) {
+        return NGX_ERROR;
+    }
+
+    st->rs = rs;
+    st->next = ngx_pid % rcf->nsentinels;  /* spread the workers */
+
+    ngx_str_set(&auth[0], "AUTH");
+    auth[1] = rcf->sentinel_password;
+    ngx_str_set(&ask[0], "SENTINEL");
+    ngx_str_set(&ask[1], "get-master-addr-by-name");
+    ask[2] = rcf->master;
+    ngx_str_set(&sub[0], "SUBSCRIBE");
+    ngx_str_set(&sub[1], "+switch-master");
+
+    size = ngx_aai_redis_resp_size(2, auth) + ngx_aai_redis_resp_size(3, ask)
+           + ngx_aai_redis_resp_size(2, sub);
+
+    st->out = ngx_alloc(size, rs->log);
+    if (st->out == NULL) {
+        ngx_free(st);
+        return NGX_ERROR;
+    }
+
+    p = st->out;
+
+    if (rcf->sentinel_password.len) {
+        p = ngx_aai_redis_resp(p, 2, auth);
+    }
+
+    p = ngx_aai_redis_resp(p, 3, ask);
+    p = ngx_aai_redis_resp(p, 2, sub);
+    st->out_len = p - st->out;
+
+    /* as for the Redis connections: core's messages below "crit" kept out */
+
+    st->log = *cycle->log;
+    st->log.handler = NULL;
+    st->log.action = NULL;
+
+    if (st->log.log_level > NGX_LOG_CRIT) {
+        st->log.log_level = NGX_LOG_CRIT;
+    }
+
+    st->timer.handler = ngx_aai_redis_sentinel_timer;
+    st->timer.data = &rs->dummy;
+    st->timer.log = rs->log;
+    st->timer.cancelable = 1;
+
+    rs->primary.sockaddr = &rs->primary_sa.sockaddr;
+    rs->primary.name.data = rs->primary_name;
+    rs->primary.name.len = 0;
+
+    rs->sentinel = st;
+
+    ngx_aai_redis_sentinel_connect(st);
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_aai_redis_sentinel_destroy(ngx_aai_redis_t *rs)
+{
+    ngx_aai_redis_sentinel_t  *st;
+
+    st = rs->sentinel;
+
+    if (st == NULL) {
+        return;
+    }
+
+    ngx_aai_redis_sentinel_close(st);
+
+    if (st->timer.timer_set) {
+        ngx_del_timer(&st->timer);
+    }
+
+    ngx_free(st->out);
+    ngx_free(st);
+
+    rs->sentinel = NULL;
+}
+
+
+static void
+ngx_aai_redis_sentinel_connect(ngx_aai_redis_sentinel_t *st)
+{
+    ngx_int_t              rc;
+    ngx_addr_t            *addr;
+    ngx_aai_redis_t       *rs;
+    ngx_connection_t      *c;
+    ngx_aai_redis_conf_t  *rcf;
+
+    rs = st->rs;
+    rcf = rs->conf;
+
+    addr = &rcf->sentinels[st->next % rcf->nsentinels];
+
+    st->reader = redisReaderCreate();
+    if (st->reader == NULL) {
+        ngx_aai_redis_sentinel_fail(st, "redisReaderCreate() failed");
+        return;
+    }
+
+    ngx_memzero(&st->pc, sizeof(ngx_peer_connection_t));
+
+    st->pc.sockaddr = addr->sockaddr;
+    st->pc.socklen = addr->socklen;
+    st->pc.name = &addr->name;
+    st->pc.get = ngx_event_get_peer;
+    st->pc.log = &st->log;
+    st->pc.log_error = NGX_ERROR_ERR;
+    st->pc.so_keepalive = 1;
+
+    st->state = NGX_AAI_REDIS_SENTINEL_CONNECTING;
+    st->out_sent = 0;
+    st->expect = 1 + (rcf->sentinel_password.len != 0);
+    st->asked = ngx_current_msec;
+
+    rc = ngx_event_connect_peer(&st->pc);
+
+    if (rc == NGX_ERROR || rc == NGX_DECLINED || rc == NGX_BUSY) {
+        st->pc.connection = NULL;
+        ngx_aai_redis_sentinel_fail(st, "connect() failed");
+        return;
+    }
+
+    c = st->pc.connection;
+    c->data = st;
+    c->read->handler = ngx_aai_redis_sentinel_read;
+    c->write->handler = ngx_aai_redis_sentinel_write;
+
+    /* connect, and the replies up to SUBSCRIBE's */
+
+    if (st->timer.timer_set) {
+        ngx_del_timer(&st->timer);
+    }
+
+    ngx_add_timer(&st->timer, rcf->connect_timeout + rcf->timeout);
+
+    if (rc == NGX_OK) {
+        st->state = NGX_AAI_REDIS_SENTINEL_ASKED;
+        ngx_post_event(c->write, &ngx_posted_events);
+    }
+}
+
+
+static void
+ngx_aai_redis_sentinel_close(ngx_aai_redis_sentinel_t *st)
+{
+    if (st->pc.connection) {
+        ngx_close_connection(st->pc.connection);
+        st->pc.connection = NULL;
+    }
+
+    if (st->reader) {
+        redisReaderFree(st->reader);
+        st->reader = NULL;
+    }
+
+    st->state = NGX_AAI_REDIS_SENTINEL_IDLE;
+}
+
+
+static void
+ngx_aai_redis_sentinel_fail(ngx_aai_redis_sentinel_t *st, const char *fmt,
+    ...)
+{
+    u_char                *p;
+    va_list                args;
+    ngx_str_t             *name;
+    ngx_uint_t             level;
+    ngx_aai_redis_conf_t  *rcf;
+    u_char                 text[NGX_MAX_ERROR_STR];
+
+    rcf = st->rs->conf;
+    name = &rcf->sentinels[st->next % rcf->nsentinels].name;
+
+    va_start(args, fmt);
+    p = ngx_vslprintf(text, text + sizeof(text), fmt, args);
+    va_end(args);
+
+    ngx_aai_redis_sentinel_close(st);
+
+    st->next++;
+
+    if (st->backoff == 0) {
+        st->backoff = ngx_min(NGX_AAI_REDIS_BACKOFF_MIN, rcf->backoff);
+
+    } else {
+        st->backoff = ngx_min(st->backoff * 2, rcf->backoff);
+    }
+
+    level = (st->failures++ == 0) ? NGX_LOG_ERR : NGX_LOG_INFO;
+
+    ngx_log_error(level, st->rs->log, 0,
+                  "aai redis master \"%V\": sentinel %V: %*s, "
+                  "asking the next in %Mms", &rcf->master, name,
+                  (size_t) (p - text), text, st->backoff);
+
+    if (st->timer.timer_set) {
+        ngx_del_timer(&st->timer);
+    }
+
+    if (!ngx_exiting && !ngx_terminate && !ngx_quit) {
+        ngx_add_timer(&st->timer, st->backoff);
+    }
+}
+
+
+static void
+ngx_aai_redis_sentinel_timer(ngx_event_t *ev)
+{
+    ngx_aai_redis_sentinel_t  *st;
+
+    st = (ngx_aai_redis_sentinel_t *)
+             ((u_char *) ev - offsetof(ngx_aai_redis_sentinel_t, timer));
+
+    if (st->state == NGX_AAI_REDIS_SENTINEL_IDLE) {
+        if (!ngx_exiting && !ngx_terminate && !ngx_quit) {
+            ngx_aai_redis_sentinel_connect(st);
+        }
+
+        return;
+    }
+
+    ngx_aai_redis_sentinel_fail(st, "timed out");
+}
+
+
+static void
+ngx_aai_redis_sentinel_write(ngx_event_t *wev)
+{
+    int                        err;
+    ssize_t                    n;
+    socklen_t                  len;
+    ngx_connection_t          *c;
+    ngx_aai_redis_sentinel_t  *st;
+
+    c = wev->data;
+    st = c->data;
+
+    if (st->state == NGX_AAI_REDIS_SENTINEL_CONNECTING) {
+        err = 0;
+        len = sizeof(int);
+
+        if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, (void *) &err, &len)
+            == -1)
+        {
+            err = ngx_socket_errno;
+        }
+
+        if (err) {
+            ngx_aai_redis_sentinel_fail(st, "connect() failed (%d)", err);
+            return;
+        }
+
+        st->state = NGX_AAI_REDIS_SENTINEL_ASKED;
+    }
+
+    while (st->out_sent < st->out_len) {
+        n = c->send(c, st->out + st->out_sent, st->out_len - st->out_sent);
+
+        if (n > 0) {
+            st->out_sent += n;
+            continue;
+        }
+
+        if (n == NGX_AGAIN) {
+            if (ngx_handle_write_event(wev, 0) != NGX_OK) {
+                ngx_aai_redis_sentinel_fail(st, "cannot arm an event");
+            }
+
+            return;
+        }
+
+        ngx_aai_redis_sentinel_fail(st, "send() failed");
+        return;
+    }
+}
+
+
+static void
+ngx_aai_redis_sentinel_read(ngx_event_t *rev)
+{
+    void                      *obj;
+    ssize_t                    n;
+    ngx_aai_redis_t           *rs;
+    ngx_connection_t          *c;
+    ngx_aai_redis_sentinel_t  *st;
+
+    c = rev->data;
+    st = c->data;
+    rs = st->rs;
+
+    if (st->state == NGX_AAI_REDIS_SENTINEL_CONNECTING) {
+        ngx_aai_redis_sentinel_write(c->write);
+
+        if (st->pc.connection != c) {
+            return;
+        }
+    }
+
+    for ( ;; ) {
+        n = c->recv(c, rs->rbuf, NGX_AAI_REDIS_RBUF_SIZE);
+
+        if (n == NGX_AGAIN) {
+            if (ngx_handle_read_event(rev, 0) != NGX_OK) {
+                ngx_aai_redis_sentinel_fail(st, "cannot arm an event");
+            }
+
+            return;
+        }
+
+        if (n == 0) {
+            ngx_aai_redis_sentinel_fail(st, "connection closed");
+            return;
+        }
+
+        if (n < 0) {
+            ngx_aai_redis_sentinel_fail(st, "recv() failed");
+            return;
+        }
+
+        if (redisReaderFeed(st->reader, (char *) rs->rbuf, n) != REDIS_OK) {
+            ngx_aai_redis_sentinel_fail(st, "redisReaderFeed() failed");
+            return;
+        }
+
+        for ( ;; ) {
+            obj = NULL;
+
+            if (redisReaderGetReply(st->reader, &obj) != REDIS_OK) {
+                ngx_aai_redis_sentinel_fail(st, "protocol error");
+                return;
+            }
+
+            if (obj == NULL) {
+                break;
+            }
+
+            if (ngx_aai_redis_sentinel_reply(st, obj) != NGX_OK) {
+                freeReplyObject(obj);
+                return;
+            }
+
+            freeReplyObject(obj);
+
+            if (st->pc.connection != c) {
+                return;     /* closed to ask again */
+            }
+        }
+    }
+}
+
+
+/*
+ * In order: AUTH's +OK, the primary's address, SUBSCRIBE's confirmation;
+ * then "+switch-master" messages: "<name> <old ip> <old port> <new ip>
+ * <new port>".
+ */
+
+static ngx_int_t
+ngx_aai_redis_sentinel_reply(ngx_aai_redis_sentinel_t *st, redisReply *r)
+{
+    u_char                *p, *last, *f[5];
+    ngx_str_t              host, port;
+    ngx_uint_t             i;
+    ngx_aai_redis_t       *rs;
+    ngx_aai_redis_conf_t  *rcf;
+
+    rs = st->rs;
+    rcf = rs->conf;
+
+    if (r->type == REDIS_REPLY_ERROR) {
+        ngx_aai_redis_sentinel_fail(st, "error reply: %*s",
+                                    ngx_min(r->len, 200), r->str);
+        return NGX_ERROR;
+    }
+
+    if (st->state == NGX_AAI_REDIS_SENTINEL_ASKED) {
+
+        if (st->expect == 2) {          /* AUTH */
+            st->expect--;
+            return NGX_OK;
+        }
+
+        if (st->expect == 1) {          /* get-master-addr-by-name */
+            st->expect--;
+
+            if (r->type != REDIS_REPLY_ARRAY || r->elements != 2
+                || r->element[0]->type != REDIS_REPLY_STRING
+                || r->element[1]->type != REDIS_REPLY_STRING)
+            {
+                ngx_aai_redis_sentinel_fail(st, "no primary known for "
+                                            "\"%V\"", &rcf->master);
+                return NGX_ERROR;
+            }
+
+            host.data = (u_char *) r->element[0]->str;
+            host.len = r->element[0]->len;
+            port.data = (u_char *) r->element[1]->str;
+            port.len = r->element[1]->len;
+
+            if (ngx_aai_redis_set_primary(rs, &host, &port) != NGX_OK) {
+                ngx_aai_redis_sentinel_fail(st, "bad address \"%V\" \"%V\"",
+                                            &host, &port);
+                return NGX_ERROR;
+            }
+
+            return NGX_OK;
+        }
+
+        /* SUBSCRIBE's confirmation: listening; no deadline any more */
+
+        st->state = NGX_AAI_REDIS_SENTINEL_SUBSCRIBED;
+        st->failures = 0;
+        st->backoff = 0;
+
+        if (st->timer.timer_set) {
+            ngx_del_timer(&st->timer);
+        }
+
+        return NGX_OK;
+    }
+
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 3
+        || r->element[0]->type != REDIS_REPLY_STRING
+        || r->element[2]->type != REDIS_REPLY_STRING
+        || r->element[0]->len != 7
+        || ngx_strncmp(r->element[0]->str, "message", 7) != 0)
+    {
+        return NGX_OK;
+    }
+
+    p = (u_char *) r->element[2]->str;
+    last = p + r->element[2]->len;
+
+    for (i = 0; i < 5; i++) {
+        f[i] = p;
+        p = ngx_strlchr(p, last, ' ');
+
+        if (p == NULL) {
+            p = last;
+        }
+
+        if (i < 4) {
+            if (p == last) {
+                return NGX_OK;
+            }
+
+            p++;
+        }
+    }
+
+    if ((size_t) (f[1] - f[0] - 1) != rcf->master.len
+        || ngx_strncmp(f[0], rcf->master.data, rcf->master.len) != 0)
+    {
+        return NGX_OK;      /* another primary's */
+    }
+
+    host.data = f[3];
+    host.len = f[4] - f[3] - 1;
+    port.data = f[4];
+    port.len = last - f[4];
+
+    ngx_log_error(NGX_LOG_WARN, rs->log, 0,
+                  "aai redis master \"%V\": +switch-master to %V:%V",
+                  &rcf->master, &host, &port);
+
+    if (ngx_aai_redis_set_primary(rs, &host, &port) != NGX_OK) {
+        ngx_aai_redis_sentinel_fail(st, "bad address \"%V\" \"%V\"",
+                                    &host, &port);
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * A connection to the primary was lost (or its ROLE was not "master"):
+ * the sentinel connection is made again, which asks again.  At most one
+ * ask per backoff step of 100 ms.
+ */
+
+static void
+ngx_aai_redis_sentinel_reask(ngx_aai_redis_t *rs)
+{
+    ngx_aai_redis_sentinel_t  *st;
+
+    st = rs->sentinel;
+
+    if (st == NULL || rs->switching
+        || st->state != NGX_AAI_REDIS_SENTINEL_SUBSCRIBED
+        || ngx_current_msec - st->asked < NGX_AAI_REDIS_BACKOFF_MIN)
+    {
+        return;
+    }
+
+    ngx_aai_redis_sentinel_close(st);
+
+    if (st->timer.timer_set) {
+        ngx_del_timer(&st->timer);
+    }
+
+    ngx_add_timer(&st->timer, 1);
+}
+
+
+/*
+ * The sentinels named the primary.  A new one: every connection to the old
+ * one fails its pending commands and connects to the new one at once.
+ */
+
+static ngx_int_t
+ngx_aai_redis_set_primary(ngx_aai_redis_t *rs, ngx_str_t *host,
+    ngx_str_t *port)
+{
+    ngx_int_t              n;
+    ngx_uint_t             i, known, level;
+    ngx_addr_t             addr;
+    ngx_pool_t            *pool;
+    ngx_aai_redis_conn_t  *conn;
+
+    n = ngx_atoi(port->data, port->len);
+
+    if (n < 1 || n > 65535 || host->len == 0) {
+        return NGX_ERROR;
+    }
+
+    pool = ngx_create_pool(512, rs->log);
+    if (pool == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (ngx_parse_addr(pool, &addr, host->data, host->len) != NGX_OK
+        || addr.socklen > sizeof(ngx_sockaddr_t))
+    {
+        ngx_destroy_pool(pool);
+        return NGX_ERROR;
+    }
+
+    ngx_inet_set_port(addr.sockaddr, (in_port_t) n);
+
+    if (rs->primary_known
+        && ngx_cmp_sockaddr(addr.sockaddr, addr.socklen,
+                            rs->primary.sockaddr, rs->primary.socklen, 1)
+           == NGX_OK)
+    {
+        ngx_destroy_pool(pool);
+        return NGX_OK;
+    }
+
+    ngx_memcpy(&rs->primary_sa, addr.sockaddr, addr.socklen);
+    ngx_destroy_pool(pool);
+
+    rs->primary.socklen = addr.socklen;
+    rs->primary.name.len = ngx_sock_ntop(rs->primary.sockaddr,
+                                         rs->primary.socklen,
+                                         rs->primary_name,
+                                         NGX_SOCKADDR_STRLEN, 1);
+
+    known = rs->primary_known;
+    rs->primary_known = 1;
+    level = known ? NGX_LOG_WARN : NGX_LOG_INFO;
+
+    ngx_log_error(level, rs->log, 0,
+                  "aai redis master \"%V\": primary is %V",
+                  &rs->conf->master, &rs->primary.name);
+
+    if (known) {
+        rs->failovers++;
+    }
+
+    /* fail() and the handlers it calls must not ask the sentinel again */
+
+    rs->switching = 1;
+
+    for (i = 0; i <= rs->nconns; i++) {
+        conn = (i < rs->nconns) ? &rs->conns[i] : rs->subconn;
+
+        if (conn == NULL) {
+            continue;
+        }
+
+        if (conn->state != NGX_AAI_REDIS_CLOSED
+            && conn->state != NGX_AAI_REDIS_BACKOFF)
+        {
+            ngx_aai_redis_fail(conn, 0, "connection lost",
+                               "the primary moved to %V",
+                               &rs->primary.name);
+        }
+    }
+
+    for (i = 0; i <= rs->nconns; i++) {
+        conn = (i < rs->nconns) ? &rs->conns[i] : rs->subconn;
+
+        if (conn == NULL) {
+            continue;
+        }
+
+        if (conn->state == NGX_AAI_REDIS_BACKOFF) {
+            if (conn->backoff_ev.timer_set) {
+                ngx_del_timer(&conn->backoff_ev);
+            }
+
+            conn->state = NGX_AAI_REDIS_CLOSED;
+            conn->backoff = 0;
+        }
+
+        if (conn->state == NGX_AAI_REDIS_CLOSED) {
+            (void) ngx_aai_redis_connect(conn);
+        }
+    }
+
+    rs->switching = 0;
+
+    /* the new primary takes requests once a handshake is answered */
+
+    rs->healthy = 1;
+
+    return NGX_OK;
 }
 
 

@@ -71,6 +71,21 @@ typedef struct {
     ngx_msec_t                 backoff;    /* maximum reconnect backoff */
     ngx_uint_t                 connections;/* per worker */
     ngx_str_t                  directive;  /* e.g. "aai_ratelimit_redis" */
+
+    /* TLS (tls=on), checked and loaded by ngx_aai_redis_create() */
+    ngx_str_t                  host;       /* of the address, for tls_name */
+    ngx_str_t                  tls_ca;     /* empty: the system's CAs */
+    ngx_str_t                  tls_cert;   /* client certificate */
+    ngx_str_t                  tls_key;
+    ngx_str_t                  tls_name;   /* SNI and the name verified */
+    ngx_flag_t                 tls;
+    ngx_flag_t                 tls_verify;
+
+    /* Sentinel (sentinel=): the primary is asked of these at run time */
+    ngx_addr_t                *sentinels;
+    ngx_uint_t                 nsentinels;
+    ngx_str_t                  master;
+    ngx_str_t                  sentinel_password;
 } ngx_aai_redis_conf_t;
 
 
@@ -81,13 +96,24 @@ typedef struct {
  *
  *     DIRECTIVE address [password=P|env:VAR] [user=U] [db=N]
  *               [connect_timeout=T] [timeout=T] [backoff=T]
- *               [connections=N];
+ *               [connections=N] [tls=on|off] [tls_ca=FILE]
+ *               [tls_cert=FILE tls_key=FILE] [tls_name=NAME]
+ *               [tls_verify=on|off];
  *
  * address is host:port (default port 6379) or unix:/path.  A host name is
- * resolved here, never at run time.  Errors name the directive and the
- * value.  Defaults: connect_timeout=200ms timeout=100ms backoff=1s
- * connections=1, no SELECT (db -1).  conf_parse() applies them itself;
- * conf_init() applies them to fields left unset (idempotent).
+ * resolved here, never at run time.  Or, instead of an address,
+ * sentinel=host:port,host:port,... master=NAME [sentinel_password=P|env:V]:
+ * in each worker the client asks the sentinels for the primary of NAME
+ * (SENTINEL get-master-addr-by-name), checks it with ROLE after
+ * connecting, follows +switch-master (subscribed on a sentinel
+ * connection) and asks again when a connection to the primary is lost.
+ * Errors name the directive and the value.  Defaults: connect_timeout=200ms
+ * timeout=100ms backoff=1s connections=1, no SELECT (db -1), tls=off,
+ * tls_verify=on, tls_name the address's host.  With tls=on the connection
+ * does a non-blocking TLS handshake (nginx's ngx_ssl_*) before AUTH,
+ * verifies the certificate and the name, and reuses the TLS session when
+ * it reconnects.  conf_parse() applies the defaults itself; conf_init()
+ * applies them to fields left unset (idempotent).
  * ngx_aai_redis_create() makes the per-worker client; call it once
  * per server from the module's configuration callbacks.
  */

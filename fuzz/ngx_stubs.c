@@ -1179,3 +1179,20 @@ ngx_fuzz_trap(const char *name)
             name);
     abort();
 }
+
+
+#if (NGX_SSL)
+
+/*
+ * The Redis client's tls=on: no OpenSSL context is made in the fuzz
+ * targets; ngx_aai_redis_create() then fails as on a context that cannot
+ * be made, which ends the configuration.
+ */
+
+ngx_int_t
+ngx_ssl_create(ngx_ssl_t *ssl, ngx_uint_t protocols, void *data)
+{
+    return NGX_ERROR;
+}
+
+#endif
