@@ -200,6 +200,7 @@ typedef struct {
     size_t                        body_start;
     off_t                         clen;        /* Content-Length, or -1 */
     uint64_t                      fresh_until;
+    uint64_t                      age;         /* s, on arrival */
     uint32_t                      swr;
     uint32_t                      sie;
     ngx_str_t                     store_key;   /* where the entry goes */
@@ -388,6 +389,8 @@ static ngx_int_t ngx_http_aai_cache_key_variable(ngx_http_request_t *r,
 
 static ngx_int_t ngx_http_aai_cache_collect(ngx_http_request_t *r,
     ngx_array_t *headers);
+static ngx_table_elt_t *ngx_http_aai_cache_origin_date(
+    ngx_http_request_t *r);
 static void ngx_http_aai_cache_vary_get(u_char *digest, ngx_str_t *names);
 static void ngx_http_aai_cache_vary_set(u_char *digest, ngx_str_t *names);
 static void ngx_http_aai_cache_vary_forget(u_char *digest);
@@ -1960,6 +1963,12 @@ ngx_http_aai_cache_restore(ngx_http_request_t *r,
         {
             r->headers_out.etag = h;
 
+        } else if (nlen == 4
+                   && ngx_strncmp(h->lowcase_key, "date", 4) == 0)
+        {
+            /* the origin's Date, not the time of the hit (RFC 9110, 6.6.1) */
+            r->headers_out.date = h;
+
         } else if (nlen == 16
                    && ngx_strncmp(h->lowcase_key, "content-encoding", 16)
                       == 0)
@@ -1972,7 +1981,7 @@ ngx_http_aai_cache_restore(ngx_http_request_t *r,
                    (e->flags & NGX_AAI_CACHE_HEADER_ONLY)
                    ? e->content_length : (off_t) e->body_len;
 
-    /* Age (RFC 9111, 5.1) */
+    /* Age (RFC 9111, 5.1): its age on arrival and the time since */
 
     now = ngx_http_aai_cache_now();
     age = now > e->stored ? (now - e->stored) / 1000 : 0;
@@ -2648,6 +2657,9 @@ ngx_http_aai_cache_decide(ngx_http_request_t *r,
     h = ngx_aai_cache_find_header(&r->headers_out.headers, "Age", 3, NULL);
     f.age = h ? &h->value : NULL;
 
+    h = ngx_http_aai_cache_origin_date(r);
+    f.date = h ? &h->value : NULL;
+
     /* X-Accel-Expires, which the proxy module hides from the client */
 
     raw = r->upstream ? &r->upstream->headers_in.headers
@@ -2682,6 +2694,7 @@ ngx_http_aai_cache_decide(ngx_http_request_t *r,
     }
 
     ctx->fresh_until = f.fresh_until;
+    ctx->age = f.initial_age;
     ctx->swr = f.swr;
     ctx->sie = f.sie;
 
@@ -2823,7 +2836,8 @@ ngx_http_aai_cache_begin(ngx_http_request_t *r, ngx_http_aai_cache_ctx_t *ctx,
                                        NGX_AAI_CACHE_TYPE_ENTRY,
                                        ctx->header_only
                                        ? NGX_AAI_CACHE_HEADER_ONLY : 0,
-                                       ngx_http_aai_cache_now(),
+                                       ngx_http_aai_cache_now()
+                                       - ctx->age * 1000,
                                        ctx->fresh_until, ctx->swr, ctx->sie,
                                        r->headers_out.status, headers.nelts,
                                        hlen,
@@ -4078,7 +4092,43 @@ ngx_http_aai_cache_collect(ngx_http_request_t *r, ngx_array_t *headers)
         kv->value = h[i].value;
     }
 
+    /* a hit carries the origin's Date (RFC 9110, 6.6.1) */
+
+    h = ngx_http_aai_cache_origin_date(r);
+
+    if (h) {
+        kv = ngx_array_push(headers);
+        if (kv == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_str_set(&kv->key, "Date");
+        kv->value = h->value;
+    }
+
     return NGX_OK;
+}
+
+
+/* the Date of the response: the proxy module hides the upstream's own */
+
+static ngx_table_elt_t *
+ngx_http_aai_cache_origin_date(ngx_http_request_t *r)
+{
+    ngx_table_elt_t  *h;
+
+    h = r->headers_out.date;
+
+    if (h && h->hash) {
+        return h;
+    }
+
+    if (r->upstream) {
+        return ngx_aai_cache_find_header(&r->upstream->headers_in.headers,
+                                         "Date", 4, NULL);
+    }
+
+    return NULL;
 }
 
 
