@@ -391,6 +391,8 @@ static ngx_int_t ngx_http_aai_cache_collect(ngx_http_request_t *r,
     ngx_array_t *headers);
 static ngx_table_elt_t *ngx_http_aai_cache_origin_date(
     ngx_http_request_t *r);
+static ngx_uint_t ngx_http_aai_cache_connection_listed(ngx_list_t *raw,
+    ngx_str_t *name);
 static void ngx_http_aai_cache_vary_get(u_char *digest, ngx_str_t *names);
 static void ngx_http_aai_cache_vary_set(u_char *digest, ngx_str_t *names);
 static void ngx_http_aai_cache_vary_forget(u_char *digest);
@@ -4083,6 +4085,15 @@ ngx_http_aai_cache_collect(ngx_http_request_t *r, ngx_array_t *headers)
             continue;
         }
 
+        /* hop-by-hop: named in the upstream's Connection (RFC 9111, 3.1) */
+
+        if (r->upstream
+            && ngx_http_aai_cache_connection_listed(
+                   &r->upstream->headers_in.headers, &h[i].key))
+        {
+            continue;
+        }
+
         kv = ngx_array_push(headers);
         if (kv == NULL) {
             return NGX_ERROR;
@@ -4107,6 +4118,50 @@ ngx_http_aai_cache_collect(ngx_http_request_t *r, ngx_array_t *headers)
     }
 
     return NGX_OK;
+}
+
+
+/* whether a Connection header of the list names the header */
+
+static ngx_uint_t
+ngx_http_aai_cache_connection_listed(ngx_list_t *raw, ngx_str_t *name)
+{
+    u_char           *p, *last, *start;
+    ngx_table_elt_t  *h;
+
+    h = NULL;
+
+    while ((h = ngx_aai_cache_find_header(raw, "Connection", 10, h))
+           != NULL)
+    {
+        p = h->value.data;
+        last = p + h->value.len;
+
+        while (p < last) {
+
+            while (p < last && (*p == ' ' || *p == '\t' || *p == ',')) {
+                p++;
+            }
+
+            start = p;
+
+            while (p < last && *p != ',' && *p != ' ' && *p != '\t') {
+                p++;
+            }
+
+            if ((size_t) (p - start) == name->len
+                && ngx_strncasecmp(start, name->data, name->len) == 0)
+            {
+                return 1;
+            }
+
+            while (p < last && *p != ',') {
+                p++;
+            }
+        }
+    }
+
+    return 0;
 }
 
 

@@ -185,6 +185,34 @@ _EOC_
 }
 
 
+# --- headers listed in Connection are never stored (RFC 9111, 3.1) ---------
+
+{
+    local %Routes = (
+        '/hop' => sub {
+            (200, [ 'Cache-Control' => 'max-age=3600',
+                    Connection => 'X-Hop-A, x-hop-b', 'X-Hop-A' => '1',
+                    'X-Hop-B' => '2', 'X-End' => '3' ], "hop\n") },
+    );
+
+    redis_flushdb();
+    my ($oport, $opid) = start_origin();
+    my ($port, $stop) = front('c056hop', $oport);
+
+    my ($s1, $h1) = http_get($port, '/hop');
+    wait_entries(1);
+    my ($s2, $h2, $b2) = http_get($port, '/hop');
+    is("$h2->{'x-status'} $b2", "HIT hop\n", 'Connection: a hit');
+    is($h2->{'x-end'}, '3', 'an end-to-end header is stored');
+    ok(!defined $h2->{'x-hop-a'} && !defined $h2->{'x-hop-b'},
+       'the headers Connection names are not stored');
+
+    $stop->();
+    kill 'TERM', $opid;
+    waitpid $opid, 0;
+}
+
+
 add_block_preprocessor(sub {
     redis_flushdb();
 });
