@@ -54,10 +54,23 @@ ngx_http_aai_cache_freshness(ngx_http_aai_cache_freshness_t *f)
         return "status";
     }
 
+    /*
+     * RFC 9213, 2.1: a targeted field, when valid, is used instead of
+     * Cache-Control; an invalid one is ignored
+     */
+
     ngx_http_aai_cache_cc_init(&cc);
 
-    for (i = 0; i < f->ncache_control; i++) {
-        ngx_http_aai_cache_cc_parse(&f->cache_control[i], &cc);
+    for (i = 0; i < f->ntargeted; i++) {
+        ngx_http_aai_cache_cc_parse(&f->targeted[i], &cc);
+    }
+
+    if (f->ntargeted == 0 || cc.invalid || cc.sf_invalid) {
+        ngx_http_aai_cache_cc_init(&cc);
+
+        for (i = 0; i < f->ncache_control; i++) {
+            ngx_http_aai_cache_cc_parse(&f->cache_control[i], &cc);
+        }
     }
 
     if (cc.no_store) {
@@ -332,7 +345,7 @@ ngx_http_aai_cache_cc_init(ngx_http_aai_cache_cc_t *cc)
 void
 ngx_http_aai_cache_cc_parse(ngx_str_t *v, ngx_http_aai_cache_cc_t *cc)
 {
-    u_char  *p, *last, *name, *val;
+    u_char  *p, *q, *last, *name, *val;
     size_t   nlen, vlen;
 
     p = v->data;
@@ -358,6 +371,16 @@ ngx_http_aai_cache_cc_parse(ngx_str_t *v, ngx_http_aai_cache_cc_t *cc)
 
         nlen = p - name;
 
+        for (q = name; q < p; q++) {
+            if (!((*q >= 'a' && *q <= 'z') || (*q >= 'A' && *q <= 'Z')
+                  || (*q >= '0' && *q <= '9')
+                  || *q == '-' || *q == '_' || *q == '.' || *q == '*'))
+            {
+                cc->sf_invalid = 1;
+                break;
+            }
+        }
+
         while (p < last && (*p == ' ' || *p == '\t')) {
             p++;
         }
@@ -373,6 +396,18 @@ ngx_http_aai_cache_cc_parse(ngx_str_t *v, ngx_http_aai_cache_cc_t *cc)
             }
 
             if (p < last && *p == '"') {
+
+                /* a string where a Structured Field has an integer */
+
+                if ((nlen == 7
+                     && ngx_strncasecmp(name, (u_char *) "max-age", 7) == 0)
+                    || (nlen == 8
+                        && ngx_strncasecmp(name, (u_char *) "s-maxage", 8)
+                           == 0))
+                {
+                    cc->sf_invalid = 1;
+                }
+
                 val = ++p;
 
                 while (p < last && *p != '"') {

@@ -34,6 +34,8 @@ typedef struct {
     unsigned                      public:1;
     unsigned                      must_revalidate:1;
     unsigned                      invalid:1;
+    unsigned                      sf_invalid:1;  /* not a Structured Field
+                                                    Dictionary, RFC 9213 */
 } ngx_http_aai_cache_cc_t;
 
 
@@ -45,6 +47,11 @@ typedef struct {
                                                   or NGX_HTTP_AAI_CACHE_* */
     ngx_str_t                    *cache_control;  /* each header's value */
     ngx_uint_t                    ncache_control;
+    ngx_str_t                    *targeted;    /* a targeted field's values,
+                                                  RFC 9213 (CDN-Cache-
+                                                  Control): they replace
+                                                  Cache-Control if valid */
+    ngx_uint_t                    ntargeted;
     ngx_str_t                    *expires;     /* NULL: no such header */
     ngx_str_t                    *age;         /* the first Age line */
     ngx_str_t                    *date;

@@ -167,6 +167,7 @@ typedef struct {
     ngx_flag_t                    background_update;
     time_t                        stale_ttl;
     ngx_array_t                  *credentials; /* variable indexes */
+    ngx_array_t                  *control_fields; /* ngx_str_t, or NULL */
 
     ngx_flag_t                    purge;
     ngx_http_complex_value_t     *purge_key;
@@ -427,6 +428,8 @@ static char *ngx_http_aai_cache_purge(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_aai_cache_credentials(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
+static char *ngx_http_aai_cache_control_field(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
 static ngx_int_t ngx_http_aai_cache_credential(ngx_conf_t *cf,
     ngx_array_t *a, ngx_str_t *value);
 static ngx_int_t ngx_http_aai_cache_add_variables(ngx_conf_t *cf);
@@ -565,6 +568,13 @@ static ngx_command_t  ngx_http_aai_cache_commands[] = {
       ngx_http_aai_cache_credentials,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_aai_cache_loc_conf_t, credentials),
+      NULL },
+
+    { ngx_string("aai_cache_control_field"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
+      ngx_http_aai_cache_control_field,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_aai_cache_loc_conf_t, control_fields),
       NULL },
 
     { ngx_string("aai_cache_purge"),
@@ -2590,8 +2600,11 @@ ngx_http_aai_cache_decide(ngx_http_request_t *r,
     const char                      *reason;
     ngx_table_elt_t                 *h;
     ngx_http_aai_cache_main_conf_t  *amcf;
+    ngx_uint_t                       i;
+    ngx_str_t                       *fname;
     ngx_http_aai_cache_freshness_t   f;
     ngx_str_t                        cc[NGX_HTTP_AAI_CACHE_MAX_CC];
+    ngx_str_t                        targeted[NGX_HTTP_AAI_CACHE_MAX_CC];
 
     amcf = ngx_http_get_module_main_conf(r, ngx_http_aai_cache_module);
 
@@ -2651,6 +2664,36 @@ ngx_http_aai_cache_decide(ngx_http_request_t *r,
 
     f.cache_control = cc;
     f.ncache_control = n;
+
+    /* the first targeted field present (RFC 9213) */
+
+    fname = alcf->control_fields ? alcf->control_fields->elts : NULL;
+    n = 0;
+
+    for (i = 0; alcf->control_fields && i < alcf->control_fields->nelts;
+         i++)
+    {
+        h = NULL;
+
+        while ((h = ngx_aai_cache_find_header(&r->headers_out.headers,
+                                             (char *) fname[i].data,
+                                             fname[i].len, h))
+               != NULL)
+        {
+            if (n == NGX_HTTP_AAI_CACHE_MAX_CC) {
+                return "cache-control";
+            }
+
+            targeted[n++] = h->value;
+        }
+
+        if (n) {
+            break;
+        }
+    }
+
+    f.targeted = targeted;
+    f.ntargeted = n;
 
     h = ngx_aai_cache_find_header(&r->headers_out.headers, "Expires", 7,
                                   NULL);
@@ -4402,6 +4445,7 @@ ngx_http_aai_cache_create_loc_conf(ngx_conf_t *cf)
     conf->background_update = NGX_CONF_UNSET;
     conf->stale_ttl = NGX_CONF_UNSET;
     conf->credentials = NGX_CONF_UNSET_PTR;
+    conf->control_fields = NGX_CONF_UNSET_PTR;
     conf->purge = NGX_CONF_UNSET;
 
     return conf;
@@ -4414,7 +4458,7 @@ ngx_http_aai_cache_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_aai_cache_loc_conf_t *prev = parent;
     ngx_http_aai_cache_loc_conf_t *conf = child;
 
-    ngx_str_t                        name;
+    ngx_str_t                        name, *fname;
     ngx_http_aai_cache_main_conf_t  *amcf;
 
     ngx_conf_merge_value(conf->enable, prev->enable, 0);
@@ -4476,6 +4520,28 @@ ngx_http_aai_cache_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         }
 
         conf->credentials = amcf->credentials;
+    }
+
+    if (conf->control_fields == NGX_CONF_UNSET_PTR) {
+        conf->control_fields = prev->control_fields;
+    }
+
+    if (conf->control_fields == NGX_CONF_UNSET_PTR) {
+
+        /* the default: aai_cache_control_field CDN-Cache-Control; */
+
+        conf->control_fields = ngx_array_create(cf->pool, 1,
+                                                sizeof(ngx_str_t));
+        if (conf->control_fields == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        fname = ngx_array_push(conf->control_fields);
+        if (fname == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        ngx_str_set(fname, "CDN-Cache-Control");
     }
 
     /* aai_cache_purge is not inherited */
@@ -4916,6 +4982,73 @@ ngx_http_aai_cache_credentials(ngx_conf_t *cf, ngx_command_t *cmd,
                                &value[i], &cmd->name);
             return NGX_CONF_ERROR;
         }
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* aai_cache_control_field Name... | off: targeted fields, RFC 9213 */
+
+static char *
+ngx_http_aai_cache_control_field(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_aai_cache_loc_conf_t *alcf = conf;
+
+    u_char      *p;
+    ngx_str_t   *value, *name;
+    ngx_uint_t   i;
+
+    if (alcf->control_fields != NGX_CONF_UNSET_PTR) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (cf->args->nelts == 2
+        && value[1].len == 3
+        && ngx_strncmp(value[1].data, "off", 3) == 0)
+    {
+        alcf->control_fields = NULL;
+        return NGX_CONF_OK;
+    }
+
+    alcf->control_fields = ngx_array_create(cf->pool, cf->args->nelts - 1,
+                                            sizeof(ngx_str_t));
+    if (alcf->control_fields == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    for (i = 1; i < cf->args->nelts; i++) {
+
+        /* a field name: a token (RFC 9110, 5.1) */
+
+        for (p = value[i].data; p < value[i].data + value[i].len; p++) {
+            if (!((*p >= '0' && *p <= '9')
+                  || ((*p | 0x20) >= 'a' && (*p | 0x20) <= 'z')
+                  || *p == '-' || *p == '_' || *p == '.'))
+            {
+                break;
+            }
+        }
+
+        if (value[i].len == 0 || value[i].len > 256
+            || p != value[i].data + value[i].len)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid field \"%V\" in \"%V\": a "
+                               "response header name", &value[i],
+                               &cmd->name);
+            return NGX_CONF_ERROR;
+        }
+
+        name = ngx_array_push(alcf->control_fields);
+        if (name == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        *name = value[i];
     }
 
     return NGX_CONF_OK;

@@ -25,6 +25,11 @@ unlink $origin_log;
 
 # path (without the query) => sub returning (status, [headers], body)
 our %Routes;
+my @Origins;
+
+END {
+    kill 'TERM', @Origins if @Origins;
+}
 
 sub start_origin {
     my $l = IO::Socket::INET->new(Listen => 64, LocalAddr => '127.0.0.1',
@@ -34,9 +39,13 @@ sub start_origin {
     my $pid = fork // die "origin: fork: $!";
     if ($pid) {
         close $l;
+        push @Origins, $pid;
         return ($port, $pid);
     }
+    # not the test's handlers, nor its output (prove waits for that)
     $SIG{$_} = 'DEFAULT' for qw( TERM INT HUP );
+    open STDOUT, '>', '/dev/null';
+    open STDERR, '>', '/dev/null';
     my $end = time + 300;
     while (time < $end) {
         my $c = $l->accept or next;
@@ -213,6 +222,89 @@ _EOC_
 }
 
 
+# --- CDN-Cache-Control and aai_cache_control_field (RFC 9213) --------------
+
+{
+    my $exp = sub { time2str(time + 3600) };
+    local %Routes = (
+        '/cdn-private' => sub {
+            (200, [ 'CDN-Cache-Control' => 'private',
+                    'Cache-Control' => 'max-age=10000', Expires => $exp->() ],
+             "p\n") },
+        '/cdn-no-cache' => sub {
+            (200, [ 'CDN-Cache-Control' => 'no-cache',
+                    'Cache-Control' => 'max-age=10000' ], "nc\n") },
+        '/cdn-no-store' => sub {
+            (200, [ 'Cache-Control' => 'max-age=10000',
+                    'CDN-Cache-Control' => 'no-store' ], "ns\n") },
+        '/cdn-short' => sub {
+            (200, [ 'Cache-Control' => 'max-age=3600',
+                    'CDN-Cache-Control' => 'max-age=0' ], "short\n") },
+        '/cdn-over-no-store' => sub {
+            (200, [ 'Cache-Control' => 'no-store',
+                    'CDN-Cache-Control' => 'max-age=10000' ], "long\n") },
+        '/cdn-invalid' => sub {
+            (200, [ 'Cache-Control' => 'no-store',
+                    'CDN-Cache-Control' => 'max-age=abc' ], "invalid\n") },
+        '/cdn-not-sf' => sub {
+            (200, [ 'Cache-Control' => 'no-store',
+                    'CDN-Cache-Control' => 'max-age=10000, &&&&&' ], "sf\n") },
+        '/cdn-string' => sub {
+            (200, [ 'Cache-Control' => 'no-store',
+                    'CDN-Cache-Control' => 'max-age="10000"' ], "str\n") },
+        '/own' => sub {
+            (200, [ 'Cache-Control' => 'max-age=3600',
+                    'CDN-Cache-Control' => 'max-age=3600',
+                    'Acme-Cache-Control' => 'no-store' ], "own\n") },
+    );
+
+    redis_flushdb();
+    my ($oport, $opid) = start_origin();
+    my ($port, $stop) = front('c056cdn', $oport);
+
+    for my $p (qw( /cdn-private /cdn-no-cache /cdn-no-store /cdn-short
+                   /cdn-invalid /cdn-not-sf /cdn-string ))
+    {
+        my ($s1, $h1) = http_get($port, $p);
+        my ($s2, $h2) = http_get($port, $p);
+        is("$h1->{'x-status'} $h2->{'x-status'}", 'MISS MISS',
+           "$p: not stored");
+    }
+
+    my ($s1, $h1) = http_get($port, '/cdn-over-no-store');
+    wait_entries(1);
+    my ($s2, $h2, $b2) = http_get($port, '/cdn-over-no-store');
+    is("$h2->{'x-status'} $b2", "HIT long\n",
+       'CDN-Cache-Control max-age wins over Cache-Control no-store');
+    like($h2->{'cache-status'}, qr/ttl=(99\d\d|10000)$/,
+         'its freshness is CDN-Cache-Control max-age');
+
+    # a field of one's own first, then CDN-Cache-Control
+
+    my ($oport2, $stop2) = front('c056own', $oport,
+        'aai_cache_control_field Acme-Cache-Control CDN-Cache-Control;');
+    ($s1, $h1) = http_get($oport2, '/own');
+    ($s2, $h2) = http_get($oport2, '/own');
+    is("$h1->{'x-status'} $h2->{'x-status'}", 'MISS MISS',
+       'aai_cache_control_field: the own field has precedence');
+    like($h1->{'cache-status'}, qr/detail=no-store/, 'its no-store');
+
+    my ($oport3, $stop3) = front('c056off', $oport,
+        'aai_cache_control_field off;');
+    ($s1, $h1) = http_get($oport3, '/cdn-no-store');
+    wait_entries(2);
+    ($s2, $h2) = http_get($oport3, '/cdn-no-store');
+    is("$h1->{'x-status'} $h2->{'x-status'}", 'MISS HIT',
+       'aai_cache_control_field off: Cache-Control alone');
+
+    $stop3->();
+    $stop2->();
+    $stop->();
+    kill 'TERM', $opid;
+    waitpid $opid, 0;
+}
+
+
 add_block_preprocessor(sub {
     redis_flushdb();
 });
@@ -235,3 +327,17 @@ GET /t
 ok
 --- no_error_log
 [error]
+
+
+
+=== TEST 2: aai_cache_control_field takes response header names only
+--- http_config
+    aai_cache_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+--- config
+    location /t {
+        aai_cache on;
+        aai_cache_control_field CDN-Cache-Control "Bad:Name";
+    }
+--- must_die
+--- error_log
+invalid field "Bad:Name" in "aai_cache_control_field": a response header name
