@@ -103,6 +103,13 @@
 /* Cache-Control values of a response looked at, at most */
 #define NGX_HTTP_AAI_CACHE_MAX_CC         16
 
+/* the methods that never invalidate (RFC 9110, 9.2.1) */
+#define NGX_HTTP_AAI_CACHE_SAFE                                               \
+    (NGX_HTTP_GET|NGX_HTTP_HEAD|NGX_HTTP_OPTIONS|NGX_HTTP_TRACE)
+
+/* keys an unsafe request deletes: 3 URIs of 3 cached methods at most */
+#define NGX_HTTP_AAI_CACHE_MAX_INVALIDATE 9
+
 
 typedef enum {
     NGX_HTTP_AAI_CACHE_ST_LOOKUP = 1,   /* GET or MGET sent */
@@ -338,6 +345,11 @@ static void ngx_http_aai_cache_orphan(ngx_http_aai_cache_ctx_t *ctx);
 static void ngx_http_aai_cache_orphans_handler(ngx_event_t *ev);
 
 static ngx_int_t ngx_http_aai_cache_header_filter(ngx_http_request_t *r);
+static void ngx_http_aai_cache_invalidate(ngx_http_request_t *r,
+    ngx_http_aai_cache_loc_conf_t *alcf);
+static ngx_int_t ngx_http_aai_cache_invalidate_uri(ngx_http_request_t *r,
+    ngx_http_aai_cache_loc_conf_t *alcf, ngx_str_t *uri, ngx_str_t *argv,
+    ngx_uint_t *n);
 static const char *ngx_http_aai_cache_decide(ngx_http_request_t *r,
     ngx_http_aai_cache_ctx_t *ctx, ngx_http_aai_cache_loc_conf_t *alcf);
 static ngx_int_t ngx_http_aai_cache_valid_time(
@@ -2531,8 +2543,27 @@ ngx_http_aai_cache_header_filter(ngx_http_request_t *r)
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_aai_cache_module);
 
-    if (ctx == NULL
-        || ctx->request != r
+    if (ctx == NULL) {
+
+        /* a successful unsafe request invalidates (RFC 9111, 4.4) */
+
+        if (r == r->main
+            && !(r->method & NGX_HTTP_AAI_CACHE_SAFE)
+            && r->headers_out.status >= 200
+            && r->headers_out.status < 400
+            && !r->err_status)
+        {
+            alcf = ngx_http_get_module_loc_conf(r, ngx_http_aai_cache_module);
+
+            if (alcf->enable && !(r->method & alcf->methods)) {
+                ngx_http_aai_cache_invalidate(r, alcf);
+            }
+        }
+
+        return ngx_http_next_header_filter(r);
+    }
+
+    if (ctx->request != r
         || ctx->served
         || ctx->state != NGX_HTTP_AAI_CACHE_ST_DONE)
     {
@@ -2580,6 +2611,238 @@ ngx_http_aai_cache_header_filter(ngx_http_request_t *r)
         ctx->header_only = 1;
         ngx_http_aai_cache_store(r, ctx);
     }
+
+    return rc;
+}
+
+
+/*
+ * After a successful unsafe request, the entries of its URI and of the
+ * Location and Content-Location on the same host (RFC 9111, 4.4), with all
+ * their Vary variants, are deleted from Redis: from every instance.  The
+ * keys are made as for the request with its method and URI replaced
+ * (GET, HEAD, ... as aai_cache_methods; $request_uri, $uri, $args).
+ */
+
+static void
+ngx_http_aai_cache_invalidate(ngx_http_request_t *r,
+    ngx_http_aai_cache_loc_conf_t *alcf)
+{
+    u_char                          *num;
+    size_t                           hlen;
+    ngx_str_t                        uri, *argv, *host;
+    ngx_uint_t                       n, i;
+    ngx_table_elt_t                 *h;
+    ngx_http_aai_cache_main_conf_t  *amcf;
+
+    amcf = ngx_http_get_module_main_conf(r, ngx_http_aai_cache_module);
+
+    if (amcf->redis == NULL) {
+        return;
+    }
+
+    argv = ngx_palloc(r->pool,
+                      (3 + NGX_HTTP_AAI_CACHE_MAX_INVALIDATE)
+                      * sizeof(ngx_str_t));
+    num = ngx_pnalloc(r->pool, 1);
+    if (argv == NULL || num == NULL) {
+        return;
+    }
+
+    ngx_str_set(&argv[0], "EVAL");
+    argv[1] = ngx_http_aai_cache_purge_script;
+    n = 0;
+
+    if (ngx_http_aai_cache_invalidate_uri(r, alcf, &r->unparsed_uri, argv,
+                                          &n)
+        != NGX_OK)
+    {
+        return;
+    }
+
+    host = r->headers_in.server.len ? &r->headers_in.server : NULL;
+
+    for (i = 0; i < 2; i++) {
+
+        /* a relative Location is not r->headers_out.location */
+
+        h = (i == 0) ? ngx_aai_cache_find_header(&r->headers_out.headers,
+                                                 "Location", 8, NULL)
+                     : ngx_aai_cache_find_header(&r->headers_out.headers,
+                                                 "Content-Location", 16,
+                                                 NULL);
+        if (h == NULL || h->value.len == 0) {
+            continue;
+        }
+
+        uri = h->value;
+
+        if (uri.data[0] != '/') {
+
+            /* absolute: the same host only */
+
+            if (host == NULL) {
+                continue;
+            }
+
+            if (uri.len > 7 && ngx_strncasecmp(uri.data, (u_char *) "http://",
+                                               7) == 0)
+            {
+                uri.data += 7;
+                uri.len -= 7;
+
+            } else if (uri.len > 8
+                       && ngx_strncasecmp(uri.data, (u_char *) "https://", 8)
+                          == 0)
+            {
+                uri.data += 8;
+                uri.len -= 8;
+
+            } else {
+                continue;
+            }
+
+            hlen = 0;
+
+            while (hlen < uri.len && uri.data[hlen] != '/'
+                   && uri.data[hlen] != ':')
+            {
+                hlen++;
+            }
+
+            if (hlen != host->len
+                || ngx_strncasecmp(uri.data, host->data, hlen) != 0)
+            {
+                continue;
+            }
+
+            while (hlen < uri.len && uri.data[hlen] != '/') {
+                hlen++;
+            }
+
+            uri.data += hlen;
+            uri.len -= hlen;
+
+            if (uri.len == 0) {
+                continue;
+            }
+
+        } else if (uri.len > 1 && uri.data[1] == '/') {
+            continue;
+        }
+
+        if (ngx_http_aai_cache_invalidate_uri(r, alcf, &uri, argv, &n)
+            != NGX_OK)
+        {
+            return;
+        }
+    }
+
+    *num = (u_char) ('0' + n);
+    argv[2].data = num;
+    argv[2].len = 1;
+
+    for (i = 0; i < n; i++) {
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "aai cache invalidate \"%V\"", &argv[3 + i]);
+    }
+
+    /* nobody waits for it: the reply may come after the request is gone */
+
+    (void) ngx_aai_redis_send(amcf->redis, ngx_cycle->log, 3 + n, argv,
+                              ngx_http_aai_cache_release_handler, NULL);
+}
+
+
+/* the keys of one URI (path and query) for each cached method, to argv */
+
+static ngx_int_t
+ngx_http_aai_cache_invalidate_uri(ngx_http_request_t *r,
+    ngx_http_aai_cache_loc_conf_t *alcf, ngx_str_t *uri, ngx_str_t *argv,
+    ngx_uint_t *n)
+{
+    u_char                     *q;
+    size_t                      vsize;
+    ngx_int_t                   rc;
+    ngx_str_t                   key, method, unparsed, path, args;
+    ngx_uint_t                  i, j;
+    ngx_conf_bitmask_t         *m;
+    ngx_http_variable_value_t  *saved;
+    ngx_http_core_main_conf_t  *cmcf;
+    u_char                      digest[SHA256_DIGEST_LENGTH];
+
+    /*
+     * $request_uri and the like keep their first value: the request's
+     * are put aside, and restored when the keys are made
+     */
+
+    cmcf = ngx_http_get_module_main_conf(r, ngx_http_core_module);
+    vsize = cmcf->variables.nelts * sizeof(ngx_http_variable_value_t);
+
+    saved = ngx_palloc(r->pool, vsize ? vsize : 1);
+    if (saved == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(saved, r->variables, vsize);
+
+    for (i = 0; i < cmcf->variables.nelts; i++) {
+        r->variables[i].valid = 0;
+        r->variables[i].not_found = 0;
+    }
+
+    method = r->main->method_name;
+    unparsed = r->unparsed_uri;
+    path = r->uri;
+    args = r->args;
+
+    r->unparsed_uri = *uri;
+    r->uri = *uri;
+    ngx_str_null(&r->args);
+
+    q = ngx_strlchr(uri->data, uri->data + uri->len, '?');
+
+    if (q) {
+        r->uri.len = q - uri->data;
+        r->args.data = q + 1;
+        r->args.len = uri->data + uri->len - (q + 1);
+    }
+
+    rc = NGX_OK;
+
+    for (m = ngx_http_aai_cache_method_masks; m->name.len; m++) {
+
+        if (!(alcf->methods & m->mask)) {
+            continue;
+        }
+
+        r->main->method_name = m->name;
+
+        rc = ngx_http_aai_cache_make_key(r, alcf, &key, digest);
+
+        if (rc != NGX_OK) {
+            break;
+        }
+
+        for (j = 0; j < *n; j++) {
+            if (argv[3 + j].len == key.len
+                && ngx_memcmp(argv[3 + j].data, key.data, key.len) == 0)
+            {
+                break;
+            }
+        }
+
+        if (j == *n && *n < NGX_HTTP_AAI_CACHE_MAX_INVALIDATE) {
+            argv[3 + (*n)++] = key;
+        }
+    }
+
+    r->main->method_name = method;
+    r->unparsed_uri = unparsed;
+    r->uri = path;
+    r->args = args;
+
+    ngx_memcpy(r->variables, saved, vsize);
 
     return rc;
 }

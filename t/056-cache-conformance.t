@@ -92,7 +92,7 @@ sub origin_count {
 # an entry is stored after its response has gone: wait for it in Redis
 sub wait_entries {
     my $want = shift;
-    for (1 .. 150) {
+    for (1 .. 250) {
         my $n = scalar @{ redis_cmd('KEYS', 'aai:c:*') };
         return $n if $n >= $want;
         sleep 0.02;
@@ -299,6 +299,94 @@ _EOC_
 
     $stop3->();
     $stop2->();
+    $stop->();
+    kill 'TERM', $opid;
+    waitpid $opid, 0;
+}
+
+
+# --- invalidation by unsafe methods (RFC 9111, 4.4) ------------------------
+
+{
+    my $n = 0;
+    my $res = sub {
+        my ($method, $target, $head) = @_;
+        $n++;
+        return (200, [ 'Cache-Control' => 'max-age=3600',
+                       Vary => 'Accept-Language' ], "v$n\n")
+            if $method eq 'GET';
+        return (500, [], "failed\n") if $target =~ /fail/;
+        return (201, [ Location => '/loc',
+                       'Content-Location' => "http://localhost/cl" ],
+                "made\n") if $target =~ /make/;
+        return (201, [ Location => 'http://elsewhere.example/other' ],
+                "made\n") if $target =~ /away/;
+        return (200, [], "done\n");
+    };
+    local %Routes = map { $_ => $res } qw( /inv /loc /cl /other );
+
+    redis_flushdb();
+    my ($oport, $opid) = start_origin();
+    my ($port, $stop) = front('c056inv', $oport);
+
+    my $prime = sub {
+        my ($path, @langs) = @_;
+        for my $l (@langs) {
+            http_get($port, $path, { 'Accept-Language' => $l });
+        }
+    };
+    my $cached = sub {
+        my ($path, $lang) = @_;
+        my ($s, $h) = http_get($port, $path, { 'Accept-Language' => $lang });
+        return $h->{'x-status'};
+    };
+    my $entries = sub { scalar @{ redis_cmd('KEYS', 'aai:c:*') } };
+
+    for my $m (qw( POST PUT DELETE M-SEARCH )) {
+        redis_flushdb();
+        $prime->("/inv?$m", 'en', 'fr');
+        is(wait_entries(4), 4, "$m: two variants, their vary record, set");
+        is($cached->("/inv?$m", 'fr'), 'HIT', "$m: stored first");
+
+        my ($s) = http_get($port, "/inv?$m", {}, $m, 'x');
+        is($s, 200, "$m: done upstream");
+        my $left = -1;
+        for (1 .. 100) {
+            $left = $entries->();
+            last if $left == 0;
+            sleep 0.02;
+        }
+        is($left, 0, "$m: every variant deleted from redis");
+        is($cached->("/inv?$m", 'en') . ' ' . $cached->("/inv?$m", 'fr'),
+           'MISS MISS', "$m: the next GETs go upstream");
+    }
+
+    # a failed unsafe request invalidates nothing
+    redis_flushdb();
+    $prime->('/inv?fail', 'en');
+    wait_entries(3);
+    my ($s) = http_get($port, '/inv?fail', {}, 'POST', 'x');
+    is($s, 500, 'failed POST');
+    sleep 0.2;
+    is($cached->('/inv?fail', 'en'), 'HIT', 'a failed POST keeps the entry');
+
+    # Location and Content-Location on the same host; not another host's
+    redis_flushdb();
+    $prime->($_, 'en') for qw( /loc /cl /other );
+    wait_entries(9);
+    ($s) = http_get($port, '/inv?make', {}, 'POST', 'x');
+    is($s, 201, 'POST that makes a resource');
+    ($s) = http_get($port, '/inv?away', {}, 'POST', 'x');
+    my $left = -1;
+    for (1 .. 100) {
+        $left = $entries->();
+        last if $left == 3;
+        sleep 0.02;
+    }
+    is($left, 3, 'Location and Content-Location entries deleted');
+    is(join(' ', map { $cached->($_, 'en') } qw( /loc /cl /other )),
+       'MISS MISS HIT', 'only the same host is invalidated');
+
     $stop->();
     kill 'TERM', $opid;
     waitpid $opid, 0;
