@@ -1890,6 +1890,15 @@ ngx_http_aai_cache_send(ngx_http_request_t *r, ngx_http_aai_cache_ctx_t *ctx,
         r->allow_ranges = 1;
     }
 
+    /*
+     * RFC 9110, 13.2.2: If-Modified-Since is evaluated only without
+     * If-None-Match (nginx's not modified filter would test it first)
+     */
+
+    if (r->headers_in.if_none_match) {
+        r->headers_in.if_modified_since = NULL;
+    }
+
     rc = ngx_http_send_header(r);
 
     if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {

@@ -394,6 +394,46 @@ _EOC_
 }
 
 
+# --- conditional requests answered from a stored entry (RFC 9110, 13.2.2) -
+
+{
+    local %Routes = (
+        '/cond' => sub {
+            (200, [ 'Cache-Control' => 'max-age=3600', ETag => '"abcdef"',
+                    'Last-Modified' => time2str(time - 5000) ], "cond\n") },
+    );
+
+    redis_flushdb();
+    my ($oport, $opid) = start_origin();
+    my ($port, $stop) = front('c056cond', $oport);
+
+    my (undef, $h0) = http_get($port, '/cond');
+    wait_entries(1);
+
+    my ($s, $h) = http_get($port, '/cond', {
+        'If-None-Match' => '"abcdef"',
+        'If-Modified-Since' => time2str(time - 10000) });
+    is("$s $h->{'x-status'}", '304 HIT',
+       'a matching If-None-Match wins over a failing If-Modified-Since');
+
+    ($s, $h) = http_get($port, '/cond', {
+        'If-None-Match' => '"other"',
+        'If-Modified-Since' => time2str(time) });
+    is("$s $h->{'x-status'}", '200 HIT',
+       'a failing If-None-Match wins over a matching If-Modified-Since');
+
+    # (if_modified_since exact, nginx's default)
+    ($s, $h) = http_get($port, '/cond', {
+        'If-Modified-Since' => $h0->{'last-modified'} });
+    is("$s $h->{'x-status'}", '304 HIT', 'If-Modified-Since alone');
+    is(origin_count(qr{^GET /cond}), 1, 'all from the cache');
+
+    $stop->();
+    kill 'TERM', $opid;
+    waitpid $opid, 0;
+}
+
+
 add_block_preprocessor(sub {
     redis_flushdb();
 });
