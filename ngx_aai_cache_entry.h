@@ -12,7 +12,7 @@
  *      4  1  version
  *      5  1  type: 'E' entry, 'V' vary record
  *      6  2  flags (1: header only, the response to a HEAD)
- *      8  8  time stored, ms since the epoch
+ *      8  8  time stored less the age on arrival, ms since the epoch
  *     16  8  fresh until, ms since the epoch
  *     24  4  stale-while-revalidate, s
  *     28  4  stale-if-error, s

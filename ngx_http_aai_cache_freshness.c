@@ -24,6 +24,10 @@ static ngx_int_t ngx_http_aai_cache_cc_number(u_char *val, size_t vlen);
 static const char *ngx_http_aai_cache_lifetime(
     ngx_http_aai_cache_freshness_t *f, ngx_http_aai_cache_cc_t *cc,
     uint64_t *fresh);
+static time_t ngx_http_aai_cache_date(ngx_str_t *v);
+static uint64_t ngx_http_aai_cache_initial_age(
+    ngx_http_aai_cache_freshness_t *f, time_t date);
+static int64_t ngx_http_aai_cache_age_value(ngx_str_t *v);
 
 
 const char *
@@ -50,10 +54,23 @@ ngx_http_aai_cache_freshness(ngx_http_aai_cache_freshness_t *f)
         return "status";
     }
 
+    /*
+     * RFC 9213, 2.1: a targeted field, when valid, is used instead of
+     * Cache-Control; an invalid one is ignored
+     */
+
     ngx_http_aai_cache_cc_init(&cc);
 
-    for (i = 0; i < f->ncache_control; i++) {
-        ngx_http_aai_cache_cc_parse(&f->cache_control[i], &cc);
+    for (i = 0; i < f->ntargeted; i++) {
+        ngx_http_aai_cache_cc_parse(&f->targeted[i], &cc);
+    }
+
+    if (f->ntargeted == 0 || cc.invalid || cc.sf_invalid) {
+        ngx_http_aai_cache_cc_init(&cc);
+
+        for (i = 0; i < f->ncache_control; i++) {
+            ngx_http_aai_cache_cc_parse(&f->cache_control[i], &cc);
+        }
     }
 
     if (cc.no_store) {
@@ -83,17 +100,27 @@ ngx_http_aai_cache_freshness(ngx_http_aai_cache_freshness_t *f)
 
 
 /*
- * X-Accel-Expires first (as the proxy module), then s-maxage, max-age
- * (less Age), Expires, and the aai_cache_valid time last.
+ * X-Accel-Expires first (as the proxy module), then s-maxage, max-age,
+ * Expires less Date, and the aai_cache_valid time last; the age the
+ * response already has (RFC 9111, 4.2.3) is taken off the lifetime of
+ * s-maxage, max-age and Expires.
  */
 
 static const char *
 ngx_http_aai_cache_lifetime(ngx_http_aai_cache_freshness_t *f,
     ngx_http_aai_cache_cc_t *cc, uint64_t *fresh)
 {
-    time_t      t;
-    int64_t     n, age;
+    time_t      t, date;
+    int64_t     n;
     ngx_str_t  *v;
+
+    date = ngx_http_aai_cache_date(f->date);
+
+    if (date == NGX_ERROR) {
+        date = (time_t) (f->now / 1000);
+    }
+
+    f->initial_age = ngx_http_aai_cache_initial_age(f, date);
 
     v = f->x_accel_expires;
 
@@ -142,11 +169,7 @@ ngx_http_aai_cache_lifetime(ngx_http_aai_cache_freshness_t *f,
     n = cc->s_maxage >= 0 ? cc->s_maxage : cc->max_age;
 
     if (n >= 0) {
-        age = (f->age && f->age->len) ? ngx_atoi(f->age->data, f->age->len)
-                                      : 0;
-        if (age > 0) {
-            n -= age;
-        }
+        n -= (int64_t) f->initial_age;
 
         if (n <= 0) {
             return "zero-ttl";
@@ -157,21 +180,23 @@ ngx_http_aai_cache_lifetime(ngx_http_aai_cache_freshness_t *f,
     }
 
     if (f->expires) {
-        t = ngx_parse_http_time(f->expires->data, f->expires->len);
 
-        if (t == NGX_ERROR || t < 0) {
+        /* an invalid Expires is a time in the past (RFC 9111, 5.3) */
+
+        t = ngx_http_aai_cache_date(f->expires);
+
+        if (t == NGX_ERROR) {
             return "expired";
         }
 
-        if ((uint64_t) t > f->now / 1000 + NGX_HTTP_AAI_CACHE_MAX_LIFETIME) {
-            t = f->now / 1000 + NGX_HTTP_AAI_CACHE_MAX_LIFETIME;
-        }
+        n = (int64_t) t - (int64_t) date - (int64_t) f->initial_age;
 
-        if ((uint64_t) t * 1000 <= f->now) {
+        if (n <= 0) {
             return "expired";
         }
 
-        *fresh = (uint64_t) t * 1000;
+        n = ngx_min(n, NGX_HTTP_AAI_CACHE_MAX_LIFETIME);
+        *fresh = f->now + (uint64_t) n * 1000;
         return NULL;
     }
 
@@ -186,6 +211,122 @@ ngx_http_aai_cache_lifetime(ngx_http_aai_cache_freshness_t *f,
     }
 
     return "no-ttl";
+}
+
+
+/*
+ * An HTTP-date (RFC 9110, 5.6.7): the IMF-fixdate and rfc850 forms end in
+ * "GMT", asctime has no zone and no comma; any other zone is invalid.
+ */
+
+static time_t
+ngx_http_aai_cache_date(ngx_str_t *v)
+{
+    u_char  *p, *last;
+    time_t   t;
+
+    if (v == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = v->data;
+    last = p + v->len;
+
+    while (last > p && (last[-1] == ' ' || last[-1] == '\t')) {
+        last--;
+    }
+
+    if (ngx_strlchr(p, last, ',') != NULL
+        && (last - p < 4
+            || ngx_strncasecmp(last - 4, (u_char *) " GMT", 4) != 0))
+    {
+        return NGX_ERROR;
+    }
+
+    t = ngx_parse_http_time(p, last - p);
+
+    if (t < 0) {
+        return NGX_ERROR;
+    }
+
+    return t;
+}
+
+
+/*
+ * The corrected initial age (RFC 9111, 4.2.3), s: the larger of the Age
+ * value and the apparent age, now less Date; Date has a resolution of a
+ * second, so one second of apparent age is rounding, not age.
+ */
+
+static uint64_t
+ngx_http_aai_cache_initial_age(ngx_http_aai_cache_freshness_t *f,
+    time_t date)
+{
+    int64_t  age, apparent;
+
+    age = ngx_http_aai_cache_age_value(f->age);
+
+    apparent = (int64_t) (f->now / 1000) - (int64_t) date;
+
+    if (apparent > 1 && apparent > age) {
+        age = apparent;
+    }
+
+    if (age < 0) {
+        return 0;
+    }
+
+    return (uint64_t) ngx_min(age, NGX_HTTP_AAI_CACHE_MAX_LIFETIME);
+}
+
+
+/*
+ * The Age value (RFC 9111, 5.1): the first member of the field (a list
+ * may arrive), a non-negative integer; -1 if absent or invalid (ignored).
+ */
+
+static int64_t
+ngx_http_aai_cache_age_value(ngx_str_t *v)
+{
+    u_char   *p, *last, *start;
+    int64_t   n;
+
+    if (v == NULL) {
+        return -1;
+    }
+
+    p = v->data;
+    last = p + v->len;
+
+    while (p < last && (*p == ' ' || *p == '\t')) {
+        p++;
+    }
+
+    start = p;
+    n = 0;
+
+    while (p < last && *p >= '0' && *p <= '9') {
+        if (n < NGX_HTTP_AAI_CACHE_MAX_LIFETIME) {
+            n = n * 10 + (*p - '0');
+        }
+
+        p++;
+    }
+
+    if (p == start) {
+        return -1;
+    }
+
+    while (p < last && (*p == ' ' || *p == '\t')) {
+        p++;
+    }
+
+    if (p < last && *p != ',') {
+        return -1;
+    }
+
+    return ngx_min(n, NGX_HTTP_AAI_CACHE_MAX_LIFETIME);
 }
 
 
@@ -204,7 +345,7 @@ ngx_http_aai_cache_cc_init(ngx_http_aai_cache_cc_t *cc)
 void
 ngx_http_aai_cache_cc_parse(ngx_str_t *v, ngx_http_aai_cache_cc_t *cc)
 {
-    u_char  *p, *last, *name, *val;
+    u_char  *p, *q, *last, *name, *val;
     size_t   nlen, vlen;
 
     p = v->data;
@@ -230,6 +371,16 @@ ngx_http_aai_cache_cc_parse(ngx_str_t *v, ngx_http_aai_cache_cc_t *cc)
 
         nlen = p - name;
 
+        for (q = name; q < p; q++) {
+            if (!((*q >= 'a' && *q <= 'z') || (*q >= 'A' && *q <= 'Z')
+                  || (*q >= '0' && *q <= '9')
+                  || *q == '-' || *q == '_' || *q == '.' || *q == '*'))
+            {
+                cc->sf_invalid = 1;
+                break;
+            }
+        }
+
         while (p < last && (*p == ' ' || *p == '\t')) {
             p++;
         }
@@ -245,6 +396,18 @@ ngx_http_aai_cache_cc_parse(ngx_str_t *v, ngx_http_aai_cache_cc_t *cc)
             }
 
             if (p < last && *p == '"') {
+
+                /* a string where a Structured Field has an integer */
+
+                if ((nlen == 7
+                     && ngx_strncasecmp(name, (u_char *) "max-age", 7) == 0)
+                    || (nlen == 8
+                        && ngx_strncasecmp(name, (u_char *) "s-maxage", 8)
+                           == 0))
+                {
+                    cc->sf_invalid = 1;
+                }
+
                 val = ++p;
 
                 while (p < last && *p != '"') {

@@ -34,6 +34,8 @@ typedef struct {
     unsigned                      public:1;
     unsigned                      must_revalidate:1;
     unsigned                      invalid:1;
+    unsigned                      sf_invalid:1;  /* not a Structured Field
+                                                    Dictionary, RFC 9213 */
 } ngx_http_aai_cache_cc_t;
 
 
@@ -45,14 +47,22 @@ typedef struct {
                                                   or NGX_HTTP_AAI_CACHE_* */
     ngx_str_t                    *cache_control;  /* each header's value */
     ngx_uint_t                    ncache_control;
+    ngx_str_t                    *targeted;    /* a targeted field's values,
+                                                  RFC 9213 (CDN-Cache-
+                                                  Control): they replace
+                                                  Cache-Control if valid */
+    ngx_uint_t                    ntargeted;
     ngx_str_t                    *expires;     /* NULL: no such header */
-    ngx_str_t                    *age;
+    ngx_str_t                    *age;         /* the first Age line */
+    ngx_str_t                    *date;
     ngx_str_t                    *x_accel_expires;
     unsigned                      credentialed:1;  /* the request carries
                                                       a credential */
 
     /* out, when stored */
     uint64_t                      fresh_until; /* ms since the epoch */
+    uint64_t                      initial_age; /* s: its age on arrival,
+                                                  RFC 9111, 4.2.3 */
     uint32_t                      swr;         /* s */
     uint32_t                      sie;
 } ngx_http_aai_cache_freshness_t;
@@ -73,8 +83,8 @@ void ngx_http_aai_cache_cc_parse(ngx_str_t *v, ngx_http_aai_cache_cc_t *cc);
 
 /*
  * NULL if the response may be stored, with f->fresh_until (> f->now),
- * f->swr and f->sie set; else why not, a short token for Cache-Status
- * ("status", "no-store", "private", "credentials", "no-cache",
+ * f->initial_age, f->swr and f->sie set; else why not, a short token for
+ * Cache-Status ("status", "no-store", "private", "credentials", "no-cache",
  * "cache-control", "expired", "zero-ttl", "no-ttl").
  */
 const char *ngx_http_aai_cache_freshness(ngx_http_aai_cache_freshness_t *f);

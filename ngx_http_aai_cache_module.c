@@ -103,6 +103,13 @@
 /* Cache-Control values of a response looked at, at most */
 #define NGX_HTTP_AAI_CACHE_MAX_CC         16
 
+/* the methods that never invalidate (RFC 9110, 9.2.1) */
+#define NGX_HTTP_AAI_CACHE_SAFE                                               \
+    (NGX_HTTP_GET|NGX_HTTP_HEAD|NGX_HTTP_OPTIONS|NGX_HTTP_TRACE)
+
+/* keys an unsafe request deletes: 3 URIs of 3 cached methods at most */
+#define NGX_HTTP_AAI_CACHE_MAX_INVALIDATE 9
+
 
 typedef enum {
     NGX_HTTP_AAI_CACHE_ST_LOOKUP = 1,   /* GET or MGET sent */
@@ -167,6 +174,7 @@ typedef struct {
     ngx_flag_t                    background_update;
     time_t                        stale_ttl;
     ngx_array_t                  *credentials; /* variable indexes */
+    ngx_array_t                  *control_fields; /* ngx_str_t, or NULL */
 
     ngx_flag_t                    purge;
     ngx_http_complex_value_t     *purge_key;
@@ -200,6 +208,7 @@ typedef struct {
     size_t                        body_start;
     off_t                         clen;        /* Content-Length, or -1 */
     uint64_t                      fresh_until;
+    uint64_t                      age;         /* s, on arrival */
     uint32_t                      swr;
     uint32_t                      sie;
     ngx_str_t                     store_key;   /* where the entry goes */
@@ -336,6 +345,11 @@ static void ngx_http_aai_cache_orphan(ngx_http_aai_cache_ctx_t *ctx);
 static void ngx_http_aai_cache_orphans_handler(ngx_event_t *ev);
 
 static ngx_int_t ngx_http_aai_cache_header_filter(ngx_http_request_t *r);
+static void ngx_http_aai_cache_invalidate(ngx_http_request_t *r,
+    ngx_http_aai_cache_loc_conf_t *alcf);
+static ngx_int_t ngx_http_aai_cache_invalidate_uri(ngx_http_request_t *r,
+    ngx_http_aai_cache_loc_conf_t *alcf, ngx_str_t *uri, ngx_str_t *argv,
+    ngx_uint_t *n);
 static const char *ngx_http_aai_cache_decide(ngx_http_request_t *r,
     ngx_http_aai_cache_ctx_t *ctx, ngx_http_aai_cache_loc_conf_t *alcf);
 static ngx_int_t ngx_http_aai_cache_valid_time(
@@ -388,6 +402,10 @@ static ngx_int_t ngx_http_aai_cache_key_variable(ngx_http_request_t *r,
 
 static ngx_int_t ngx_http_aai_cache_collect(ngx_http_request_t *r,
     ngx_array_t *headers);
+static ngx_table_elt_t *ngx_http_aai_cache_origin_date(
+    ngx_http_request_t *r);
+static ngx_uint_t ngx_http_aai_cache_connection_listed(ngx_list_t *raw,
+    ngx_str_t *name);
 static void ngx_http_aai_cache_vary_get(u_char *digest, ngx_str_t *names);
 static void ngx_http_aai_cache_vary_set(u_char *digest, ngx_str_t *names);
 static void ngx_http_aai_cache_vary_forget(u_char *digest);
@@ -421,6 +439,8 @@ static char *ngx_http_aai_cache_sec(ngx_conf_t *cf, ngx_command_t *cmd,
 static char *ngx_http_aai_cache_purge(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_aai_cache_credentials(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+static char *ngx_http_aai_cache_control_field(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 static ngx_int_t ngx_http_aai_cache_credential(ngx_conf_t *cf,
     ngx_array_t *a, ngx_str_t *value);
@@ -560,6 +580,13 @@ static ngx_command_t  ngx_http_aai_cache_commands[] = {
       ngx_http_aai_cache_credentials,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_aai_cache_loc_conf_t, credentials),
+      NULL },
+
+    { ngx_string("aai_cache_control_field"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
+      ngx_http_aai_cache_control_field,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_aai_cache_loc_conf_t, control_fields),
       NULL },
 
     { ngx_string("aai_cache_purge"),
@@ -1863,6 +1890,15 @@ ngx_http_aai_cache_send(ngx_http_request_t *r, ngx_http_aai_cache_ctx_t *ctx,
         r->allow_ranges = 1;
     }
 
+    /*
+     * RFC 9110, 13.2.2: If-Modified-Since is evaluated only without
+     * If-None-Match (nginx's not modified filter would test it first)
+     */
+
+    if (r->headers_in.if_none_match) {
+        r->headers_in.if_modified_since = NULL;
+    }
+
     rc = ngx_http_send_header(r);
 
     if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
@@ -1960,6 +1996,12 @@ ngx_http_aai_cache_restore(ngx_http_request_t *r,
         {
             r->headers_out.etag = h;
 
+        } else if (nlen == 4
+                   && ngx_strncmp(h->lowcase_key, "date", 4) == 0)
+        {
+            /* the origin's Date, not the time of the hit (RFC 9110, 6.6.1) */
+            r->headers_out.date = h;
+
         } else if (nlen == 16
                    && ngx_strncmp(h->lowcase_key, "content-encoding", 16)
                       == 0)
@@ -1972,7 +2014,7 @@ ngx_http_aai_cache_restore(ngx_http_request_t *r,
                    (e->flags & NGX_AAI_CACHE_HEADER_ONLY)
                    ? e->content_length : (off_t) e->body_len;
 
-    /* Age (RFC 9111, 5.1) */
+    /* Age (RFC 9111, 5.1): its age on arrival and the time since */
 
     now = ngx_http_aai_cache_now();
     age = now > e->stored ? (now - e->stored) / 1000 : 0;
@@ -2510,8 +2552,27 @@ ngx_http_aai_cache_header_filter(ngx_http_request_t *r)
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_aai_cache_module);
 
-    if (ctx == NULL
-        || ctx->request != r
+    if (ctx == NULL) {
+
+        /* a successful unsafe request invalidates (RFC 9111, 4.4) */
+
+        if (r == r->main
+            && !(r->method & NGX_HTTP_AAI_CACHE_SAFE)
+            && r->headers_out.status >= 200
+            && r->headers_out.status < 400
+            && !r->err_status)
+        {
+            alcf = ngx_http_get_module_loc_conf(r, ngx_http_aai_cache_module);
+
+            if (alcf->enable && !(r->method & alcf->methods)) {
+                ngx_http_aai_cache_invalidate(r, alcf);
+            }
+        }
+
+        return ngx_http_next_header_filter(r);
+    }
+
+    if (ctx->request != r
         || ctx->served
         || ctx->state != NGX_HTTP_AAI_CACHE_ST_DONE)
     {
@@ -2565,6 +2626,238 @@ ngx_http_aai_cache_header_filter(ngx_http_request_t *r)
 
 
 /*
+ * After a successful unsafe request, the entries of its URI and of the
+ * Location and Content-Location on the same host (RFC 9111, 4.4), with all
+ * their Vary variants, are deleted from Redis: from every instance.  The
+ * keys are made as for the request with its method and URI replaced
+ * (GET, HEAD, ... as aai_cache_methods; $request_uri, $uri, $args).
+ */
+
+static void
+ngx_http_aai_cache_invalidate(ngx_http_request_t *r,
+    ngx_http_aai_cache_loc_conf_t *alcf)
+{
+    u_char                          *num;
+    size_t                           hlen;
+    ngx_str_t                        uri, *argv, *host;
+    ngx_uint_t                       n, i;
+    ngx_table_elt_t                 *h;
+    ngx_http_aai_cache_main_conf_t  *amcf;
+
+    amcf = ngx_http_get_module_main_conf(r, ngx_http_aai_cache_module);
+
+    if (amcf->redis == NULL) {
+        return;
+    }
+
+    argv = ngx_palloc(r->pool,
+                      (3 + NGX_HTTP_AAI_CACHE_MAX_INVALIDATE)
+                      * sizeof(ngx_str_t));
+    num = ngx_pnalloc(r->pool, 1);
+    if (argv == NULL || num == NULL) {
+        return;
+    }
+
+    ngx_str_set(&argv[0], "EVAL");
+    argv[1] = ngx_http_aai_cache_purge_script;
+    n = 0;
+
+    if (ngx_http_aai_cache_invalidate_uri(r, alcf, &r->unparsed_uri, argv,
+                                          &n)
+        != NGX_OK)
+    {
+        return;
+    }
+
+    host = r->headers_in.server.len ? &r->headers_in.server : NULL;
+
+    for (i = 0; i < 2; i++) {
+
+        /* a relative Location is not r->headers_out.location */
+
+        h = (i == 0) ? ngx_aai_cache_find_header(&r->headers_out.headers,
+                                                 "Location", 8, NULL)
+                     : ngx_aai_cache_find_header(&r->headers_out.headers,
+                                                 "Content-Location", 16,
+                                                 NULL);
+        if (h == NULL || h->value.len == 0) {
+            continue;
+        }
+
+        uri = h->value;
+
+        if (uri.data[0] != '/') {
+
+            /* absolute: the same host only */
+
+            if (host == NULL) {
+                continue;
+            }
+
+            if (uri.len > 7 && ngx_strncasecmp(uri.data, (u_char *) "http://",
+                                               7) == 0)
+            {
+                uri.data += 7;
+                uri.len -= 7;
+
+            } else if (uri.len > 8
+                       && ngx_strncasecmp(uri.data, (u_char *) "https://", 8)
+                          == 0)
+            {
+                uri.data += 8;
+                uri.len -= 8;
+
+            } else {
+                continue;
+            }
+
+            hlen = 0;
+
+            while (hlen < uri.len && uri.data[hlen] != '/'
+                   && uri.data[hlen] != ':')
+            {
+                hlen++;
+            }
+
+            if (hlen != host->len
+                || ngx_strncasecmp(uri.data, host->data, hlen) != 0)
+            {
+                continue;
+            }
+
+            while (hlen < uri.len && uri.data[hlen] != '/') {
+                hlen++;
+            }
+
+            uri.data += hlen;
+            uri.len -= hlen;
+
+            if (uri.len == 0) {
+                continue;
+            }
+
+        } else if (uri.len > 1 && uri.data[1] == '/') {
+            continue;
+        }
+
+        if (ngx_http_aai_cache_invalidate_uri(r, alcf, &uri, argv, &n)
+            != NGX_OK)
+        {
+            return;
+        }
+    }
+
+    *num = (u_char) ('0' + n);
+    argv[2].data = num;
+    argv[2].len = 1;
+
+    for (i = 0; i < n; i++) {
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "aai cache invalidate \"%V\"", &argv[3 + i]);
+    }
+
+    /* nobody waits for it: the reply may come after the request is gone */
+
+    (void) ngx_aai_redis_send(amcf->redis, ngx_cycle->log, 3 + n, argv,
+                              ngx_http_aai_cache_release_handler, NULL);
+}
+
+
+/* the keys of one URI (path and query) for each cached method, to argv */
+
+static ngx_int_t
+ngx_http_aai_cache_invalidate_uri(ngx_http_request_t *r,
+    ngx_http_aai_cache_loc_conf_t *alcf, ngx_str_t *uri, ngx_str_t *argv,
+    ngx_uint_t *n)
+{
+    u_char                     *q;
+    size_t                      vsize;
+    ngx_int_t                   rc;
+    ngx_str_t                   key, method, unparsed, path, args;
+    ngx_uint_t                  i, j;
+    ngx_conf_bitmask_t         *m;
+    ngx_http_variable_value_t  *saved;
+    ngx_http_core_main_conf_t  *cmcf;
+    u_char                      digest[SHA256_DIGEST_LENGTH];
+
+    /*
+     * $request_uri and the like keep their first value: the request's
+     * are put aside, and restored when the keys are made
+     */
+
+    cmcf = ngx_http_get_module_main_conf(r, ngx_http_core_module);
+    vsize = cmcf->variables.nelts * sizeof(ngx_http_variable_value_t);
+
+    saved = ngx_palloc(r->pool, vsize ? vsize : 1);
+    if (saved == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(saved, r->variables, vsize);
+
+    for (i = 0; i < cmcf->variables.nelts; i++) {
+        r->variables[i].valid = 0;
+        r->variables[i].not_found = 0;
+    }
+
+    method = r->main->method_name;
+    unparsed = r->unparsed_uri;
+    path = r->uri;
+    args = r->args;
+
+    r->unparsed_uri = *uri;
+    r->uri = *uri;
+    ngx_str_null(&r->args);
+
+    q = ngx_strlchr(uri->data, uri->data + uri->len, '?');
+
+    if (q) {
+        r->uri.len = q - uri->data;
+        r->args.data = q + 1;
+        r->args.len = uri->data + uri->len - (q + 1);
+    }
+
+    rc = NGX_OK;
+
+    for (m = ngx_http_aai_cache_method_masks; m->name.len; m++) {
+
+        if (!(alcf->methods & m->mask)) {
+            continue;
+        }
+
+        r->main->method_name = m->name;
+
+        rc = ngx_http_aai_cache_make_key(r, alcf, &key, digest);
+
+        if (rc != NGX_OK) {
+            break;
+        }
+
+        for (j = 0; j < *n; j++) {
+            if (argv[3 + j].len == key.len
+                && ngx_memcmp(argv[3 + j].data, key.data, key.len) == 0)
+            {
+                break;
+            }
+        }
+
+        if (j == *n && *n < NGX_HTTP_AAI_CACHE_MAX_INVALIDATE) {
+            argv[3 + (*n)++] = key;
+        }
+    }
+
+    r->main->method_name = method;
+    r->unparsed_uri = unparsed;
+    r->uri = path;
+    r->args = args;
+
+    ngx_memcpy(r->variables, saved, vsize);
+
+    return rc;
+}
+
+
+/*
  * Whether and how long the response may be stored.  NULL if it may (with
  * ctx->fresh_until, swr, sie, store_key, store_vary set), else why not.
  */
@@ -2579,8 +2872,11 @@ ngx_http_aai_cache_decide(ngx_http_request_t *r,
     const char                      *reason;
     ngx_table_elt_t                 *h;
     ngx_http_aai_cache_main_conf_t  *amcf;
+    ngx_uint_t                       i;
+    ngx_str_t                       *fname;
     ngx_http_aai_cache_freshness_t   f;
     ngx_str_t                        cc[NGX_HTTP_AAI_CACHE_MAX_CC];
+    ngx_str_t                        targeted[NGX_HTTP_AAI_CACHE_MAX_CC];
 
     amcf = ngx_http_get_module_main_conf(r, ngx_http_aai_cache_module);
 
@@ -2641,12 +2937,45 @@ ngx_http_aai_cache_decide(ngx_http_request_t *r,
     f.cache_control = cc;
     f.ncache_control = n;
 
+    /* the first targeted field present (RFC 9213) */
+
+    fname = alcf->control_fields ? alcf->control_fields->elts : NULL;
+    n = 0;
+
+    for (i = 0; alcf->control_fields && i < alcf->control_fields->nelts;
+         i++)
+    {
+        h = NULL;
+
+        while ((h = ngx_aai_cache_find_header(&r->headers_out.headers,
+                                             (char *) fname[i].data,
+                                             fname[i].len, h))
+               != NULL)
+        {
+            if (n == NGX_HTTP_AAI_CACHE_MAX_CC) {
+                return "cache-control";
+            }
+
+            targeted[n++] = h->value;
+        }
+
+        if (n) {
+            break;
+        }
+    }
+
+    f.targeted = targeted;
+    f.ntargeted = n;
+
     h = ngx_aai_cache_find_header(&r->headers_out.headers, "Expires", 7,
                                   NULL);
     f.expires = h ? &h->value : NULL;
 
     h = ngx_aai_cache_find_header(&r->headers_out.headers, "Age", 3, NULL);
     f.age = h ? &h->value : NULL;
+
+    h = ngx_http_aai_cache_origin_date(r);
+    f.date = h ? &h->value : NULL;
 
     /* X-Accel-Expires, which the proxy module hides from the client */
 
@@ -2682,6 +3011,7 @@ ngx_http_aai_cache_decide(ngx_http_request_t *r,
     }
 
     ctx->fresh_until = f.fresh_until;
+    ctx->age = f.initial_age;
     ctx->swr = f.swr;
     ctx->sie = f.sie;
 
@@ -2823,7 +3153,8 @@ ngx_http_aai_cache_begin(ngx_http_request_t *r, ngx_http_aai_cache_ctx_t *ctx,
                                        NGX_AAI_CACHE_TYPE_ENTRY,
                                        ctx->header_only
                                        ? NGX_AAI_CACHE_HEADER_ONLY : 0,
-                                       ngx_http_aai_cache_now(),
+                                       ngx_http_aai_cache_now()
+                                       - ctx->age * 1000,
                                        ctx->fresh_until, ctx->swr, ctx->sie,
                                        r->headers_out.status, headers.nelts,
                                        hlen,
@@ -4072,6 +4403,15 @@ ngx_http_aai_cache_collect(ngx_http_request_t *r, ngx_array_t *headers)
             continue;
         }
 
+        /* hop-by-hop: named in the upstream's Connection (RFC 9111, 3.1) */
+
+        if (r->upstream
+            && ngx_http_aai_cache_connection_listed(
+                   &r->upstream->headers_in.headers, &h[i].key))
+        {
+            continue;
+        }
+
         kv = ngx_array_push(headers);
         if (kv == NULL) {
             return NGX_ERROR;
@@ -4081,7 +4421,87 @@ ngx_http_aai_cache_collect(ngx_http_request_t *r, ngx_array_t *headers)
         kv->value = h[i].value;
     }
 
+    /* a hit carries the origin's Date (RFC 9110, 6.6.1) */
+
+    h = ngx_http_aai_cache_origin_date(r);
+
+    if (h) {
+        kv = ngx_array_push(headers);
+        if (kv == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_str_set(&kv->key, "Date");
+        kv->value = h->value;
+    }
+
     return NGX_OK;
+}
+
+
+/* whether a Connection header of the list names the header */
+
+static ngx_uint_t
+ngx_http_aai_cache_connection_listed(ngx_list_t *raw, ngx_str_t *name)
+{
+    u_char           *p, *last, *start;
+    ngx_table_elt_t  *h;
+
+    h = NULL;
+
+    while ((h = ngx_aai_cache_find_header(raw, "Connection", 10, h))
+           != NULL)
+    {
+        p = h->value.data;
+        last = p + h->value.len;
+
+        while (p < last) {
+
+            while (p < last && (*p == ' ' || *p == '\t' || *p == ',')) {
+                p++;
+            }
+
+            start = p;
+
+            while (p < last && *p != ',' && *p != ' ' && *p != '\t') {
+                p++;
+            }
+
+            if ((size_t) (p - start) == name->len
+                && ngx_strncasecmp(start, name->data, name->len) == 0)
+            {
+                return 1;
+            }
+
+            while (p < last && *p != ',') {
+                p++;
+            }
+        }
+    }
+
+    return 0;
+}
+
+
+/* the Date of the response: the proxy module hides the upstream's own */
+
+static ngx_table_elt_t *
+ngx_http_aai_cache_origin_date(ngx_http_request_t *r)
+{
+    ngx_table_elt_t  *h;
+
+    h = r->headers_out.date;
+
+    if (h && h->hash) {
+        return h;
+    }
+
+    if (r->upstream) {
+        return ngx_aai_cache_find_header(&r->upstream->headers_in.headers,
+                                         "Date", 4, NULL);
+    }
+
+    return NULL;
 }
 
 
@@ -4300,6 +4720,7 @@ ngx_http_aai_cache_create_loc_conf(ngx_conf_t *cf)
     conf->background_update = NGX_CONF_UNSET;
     conf->stale_ttl = NGX_CONF_UNSET;
     conf->credentials = NGX_CONF_UNSET_PTR;
+    conf->control_fields = NGX_CONF_UNSET_PTR;
     conf->purge = NGX_CONF_UNSET;
 
     return conf;
@@ -4312,7 +4733,7 @@ ngx_http_aai_cache_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_aai_cache_loc_conf_t *prev = parent;
     ngx_http_aai_cache_loc_conf_t *conf = child;
 
-    ngx_str_t                        name;
+    ngx_str_t                        name, *fname;
     ngx_http_aai_cache_main_conf_t  *amcf;
 
     ngx_conf_merge_value(conf->enable, prev->enable, 0);
@@ -4374,6 +4795,28 @@ ngx_http_aai_cache_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         }
 
         conf->credentials = amcf->credentials;
+    }
+
+    if (conf->control_fields == NGX_CONF_UNSET_PTR) {
+        conf->control_fields = prev->control_fields;
+    }
+
+    if (conf->control_fields == NGX_CONF_UNSET_PTR) {
+
+        /* the default: aai_cache_control_field CDN-Cache-Control; */
+
+        conf->control_fields = ngx_array_create(cf->pool, 1,
+                                                sizeof(ngx_str_t));
+        if (conf->control_fields == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        fname = ngx_array_push(conf->control_fields);
+        if (fname == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        ngx_str_set(fname, "CDN-Cache-Control");
     }
 
     /* aai_cache_purge is not inherited */
@@ -4814,6 +5257,73 @@ ngx_http_aai_cache_credentials(ngx_conf_t *cf, ngx_command_t *cmd,
                                &value[i], &cmd->name);
             return NGX_CONF_ERROR;
         }
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* aai_cache_control_field Name... | off: targeted fields, RFC 9213 */
+
+static char *
+ngx_http_aai_cache_control_field(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_aai_cache_loc_conf_t *alcf = conf;
+
+    u_char      *p;
+    ngx_str_t   *value, *name;
+    ngx_uint_t   i;
+
+    if (alcf->control_fields != NGX_CONF_UNSET_PTR) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (cf->args->nelts == 2
+        && value[1].len == 3
+        && ngx_strncmp(value[1].data, "off", 3) == 0)
+    {
+        alcf->control_fields = NULL;
+        return NGX_CONF_OK;
+    }
+
+    alcf->control_fields = ngx_array_create(cf->pool, cf->args->nelts - 1,
+                                            sizeof(ngx_str_t));
+    if (alcf->control_fields == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    for (i = 1; i < cf->args->nelts; i++) {
+
+        /* a field name: a token (RFC 9110, 5.1) */
+
+        for (p = value[i].data; p < value[i].data + value[i].len; p++) {
+            if (!((*p >= '0' && *p <= '9')
+                  || ((*p | 0x20) >= 'a' && (*p | 0x20) <= 'z')
+                  || *p == '-' || *p == '_' || *p == '.'))
+            {
+                break;
+            }
+        }
+
+        if (value[i].len == 0 || value[i].len > 256
+            || p != value[i].data + value[i].len)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid field \"%V\" in \"%V\": a "
+                               "response header name", &value[i],
+                               &cmd->name);
+            return NGX_CONF_ERROR;
+        }
+
+        name = ngx_array_push(alcf->control_fields);
+        if (name == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        *name = value[i];
     }
 
     return NGX_CONF_OK;
