@@ -150,6 +150,7 @@ static void ngx_http_aai_kafka_spool_scan(ngx_http_aai_kafka_spool_io_t *io);
 static ngx_fd_t ngx_http_aai_kafka_spool_take(
     ngx_http_aai_kafka_spool_io_t *io, char *file, off_t *size);
 static int ngx_http_aai_kafka_spool_cmp(const void *a, const void *b);
+static u_char *ngx_http_aai_kafka_spool_put(u_char *p, ngx_str_t *s);
 static uint64_t ngx_http_aai_kafka_spool_now(void);
 
 
@@ -333,7 +334,7 @@ ngx_int_t
 ngx_http_aai_kafka_spool_append(ngx_str_t *topic, ngx_str_t *key,
     ngx_str_t *value, ngx_str_t *headers)
 {
-    u_char                             *p, *body;
+    u_char                             *p, *q, *body;
     size_t                              size, n;
     uint16_t                            u16;
     uint32_t                            u32;
@@ -402,11 +403,14 @@ ngx_http_aai_kafka_spool_append(ngx_str_t *topic, ngx_str_t *key,
     u32 = (uint32_t) headers->len;
     ngx_memcpy(body + 8, &u32, 4);
 
-    n = NGX_HTTP_AAI_KAFKA_SPOOL_BODY;
-    n += ngx_cpymem(body + n, topic->data, topic->len) - (body + n);
-    n += ngx_cpymem(body + n, key->data, key->len) - (body + n);
-    n += ngx_cpymem(body + n, headers->data, headers->len) - (body + n);
-    n += ngx_cpymem(body + n, value->data, value->len) - (body + n);
+    /* no key and no headers are NULL: nothing is copied from them */
+
+    q = body + NGX_HTTP_AAI_KAFKA_SPOOL_BODY;
+    q = ngx_http_aai_kafka_spool_put(q, topic);
+    q = ngx_http_aai_kafka_spool_put(q, key);
+    q = ngx_http_aai_kafka_spool_put(q, headers);
+    q = ngx_http_aai_kafka_spool_put(q, value);
+    n = q - body;
 
     ngx_memcpy(p, ngx_http_aai_kafka_spool_magic, 4);
     u32 = (uint32_t) n;
@@ -1369,6 +1373,17 @@ skip:
     (void) close(fd);
 
     return NGX_INVALID_FILE;
+}
+
+
+static u_char *
+ngx_http_aai_kafka_spool_put(u_char *p, ngx_str_t *s)
+{
+    if (s->len == 0) {
+        return p;
+    }
+
+    return ngx_cpymem(p, s->data, s->len);
 }
 
 
