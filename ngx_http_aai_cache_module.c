@@ -3170,7 +3170,11 @@ ngx_http_aai_cache_begin(ngx_http_request_t *r, ngx_http_aai_cache_ctx_t *ctx,
         *p++ = (u_char) (kv[i].value.len >> 16);
         *p++ = (u_char) (kv[i].value.len >> 8);
         *p++ = (u_char) kv[i].value.len;
-        p = ngx_cpymem(p, kv[i].value.data, kv[i].value.len);
+
+        if (kv[i].value.len) {                 /* an empty one may be NULL */
+            p = ngx_cpymem(p, kv[i].value.data, kv[i].value.len);
+        }
+
         *p++ = '\0';
     }
 
