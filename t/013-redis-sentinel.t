@@ -230,6 +230,17 @@ diag(sprintf "sentinel failover: primary killed -> sentinels announce "
 cmp_ok($after, '<', 2.0, 'traffic back on Redis within 2 s of the '
        . 'announcement');
 
+# every client of both workers has the new primary before exact counts
+# (one worker may hear the announcement a few milliseconds after the other)
+ok(wait_for(10, sub {
+       my %w;
+       my $new = qr/primary is 127\.0\.0\.1:$R\b/;
+       for (file_lines("$prefix/logs/error.log")) {
+           $w{$1}++ if /(\d+)#\d+: aai redis master "m013": $new/;
+       }
+       2 == grep { $_ >= 3 } values %w;
+   }), 'both workers follow the new primary');
+
 is(exact('bob'), $EXACT, 'exact limits again, on the new primary');
 $keys = cmd($R, $PW, 'KEYS', '*') // [];
 ok(scalar(grep { /bob/ || /^aai:rl:/ } @$keys),
