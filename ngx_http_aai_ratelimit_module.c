@@ -31,6 +31,8 @@ static ngx_http_aai_ratelimit_ctx_t *ngx_http_aai_ratelimit_get_ctx(
     ngx_http_request_t *r);
 static ngx_http_aai_ratelimit_ctx_t *ngx_http_aai_ratelimit_create_ctx(
     ngx_http_request_t *r);
+static ngx_aai_jwt_ctx_t *ngx_http_aai_ratelimit_jwt_ctx(
+    ngx_http_request_t *r);
 static void ngx_http_aai_ratelimit_cleanup(void *data);
 static ngx_int_t ngx_http_aai_ratelimit_keys(ngx_http_request_t *r,
     ngx_http_aai_ratelimit_ctx_t *ctx);
@@ -365,7 +367,9 @@ ngx_http_aai_ratelimit_create_ctx(ngx_http_request_t *r)
 }
 
 
-ngx_aai_jwt_ctx_t *
+/* for ngx_aai_jwt.c, its request state in ours */
+
+static ngx_aai_jwt_ctx_t *
 ngx_http_aai_ratelimit_jwt_ctx(ngx_http_request_t *r)
 {
     ngx_http_aai_ratelimit_ctx_t  *ctx;
@@ -1145,7 +1149,11 @@ ngx_http_aai_ratelimit_add_variables(ngx_conf_t *cf)
         var->data = v->data;
     }
 
-    return ngx_aai_jwt_add_variables(cf);
+    /* ngx_aai_jwt.c: its conf is our "jwt", its request state in our ctx */
+
+    return ngx_aai_jwt_add_variables(cf, &ngx_http_aai_ratelimit_module,
+               offsetof(ngx_http_aai_ratelimit_loc_conf_t, jwt),
+               ngx_http_aai_ratelimit_jwt_ctx);
 }
 
 
