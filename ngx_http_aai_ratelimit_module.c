@@ -255,6 +255,8 @@ ngx_http_aai_ratelimit_handler(ngx_http_request_t *r)
         /* limited once per request, as limit_req */
 
         if (!ctx->resume) {
+            ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                           "aai_ratelimit already decided");
             return NGX_DECLINED;
         }
 
@@ -430,8 +432,15 @@ ngx_http_aai_ratelimit_keys(ngx_http_request_t *r,
         }
 
         if (key.len == 0) {
+            ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                           "aai_ratelimit zone \"%V\": empty key, not limited",
+                           &zone->name);
             continue;
         }
+
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "aai_ratelimit zone \"%V\" key \"%V\"",
+                       &zone->name, &key);
 
         if (key.len > 65535 - zone->name.len - 1) {
             if (ngx_http_aai_ratelimit_long_key(r, zone, &key,
@@ -499,6 +508,9 @@ ngx_http_aai_ratelimit_long_key(ngx_http_request_t *r,
 static ngx_int_t
 ngx_http_aai_ratelimit_wait(ngx_http_request_t *r)
 {
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "aai_ratelimit waiting for Redis");
+
     if (r->connection->read->ready) {
         ngx_post_event(r->connection->read, &ngx_posted_events);
 
@@ -533,6 +545,9 @@ ngx_http_aai_ratelimit_finish(ngx_http_request_t *r,
 
     r->read_event_handler = ngx_http_test_reading;
     r->write_event_handler = ngx_http_aai_ratelimit_delay;
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "aai_ratelimit delaying the request %M ms", ctx->delay);
 
     r->connection->write->delayed = 1;
     ngx_add_timer(r->connection->write, ctx->delay);

@@ -2,7 +2,9 @@
 # header that embeds it is what scripts/lua2c makes of it; the module sends
 # exactly that file (EVAL) under its SHA-1 (EVALSHA); and the script itself,
 # run with EVAL against the real Redis as the module calls it, replies and
-# leaves the keys as lua/ratelimit.lua says, for each algorithm.
+# leaves the keys as lua/ratelimit.lua says, for each algorithm.  Then the
+# debug log (nginx --with-debug, as Debian's) shows each request's path:
+# queued, batch sent, reply, decision, blocklist, fallback, delay.
 
 use Test::Nginx::Socket 'no_plan';
 use lib 't/lib';
@@ -10,6 +12,9 @@ use AaiTest qw( :DEFAULT :util );
 use Digest::SHA qw( sha1_hex );
 
 $ENV{TEST_NGINX_REDIS_PORT} ||= 6379;
+
+# nothing listens there: connections are refused
+$ENV{TEST_NGINX_DEAD_PORT} = free_port();
 
 sub slurp {
     my $path = shift;
@@ -54,8 +59,11 @@ _EOC_
     redis_flushdb();
     redis_cmd('SCRIPT', 'FLUSH');
 
+    # the script's commands (client "lua") and the client's own (PING)
+    # left out
+
     my @st;
-    my @c = grep { $_->{client} ne 'lua' }
+    my @c = grep { $_->{client} ne 'lua' && $_->{args}[0] =~ /^EVAL/ }
             redis_monitor(sub { @st = http_get($port, '/s?u=sha', {}) });
 
     is($st[0], 200, 'module: admitted');
@@ -65,7 +73,7 @@ _EOC_
     ok(defined $c[1]{args}[1] && $c[1]{args}[1] eq $LUA,
        'module: EVAL sends the file byte for byte');
 
-    @c = grep { $_->{client} ne 'lua' }
+    @c = grep { $_->{client} ne 'lua' && $_->{args}[0] =~ /^EVAL/ }
          redis_monitor(sub { @st = http_get($port, '/s?u=sha', {}) });
     is(join(' ', map { $_->{args}[0] } @c), 'EVALSHA',
        'module: then EVALSHA alone');
@@ -233,6 +241,117 @@ sub in_range {
     is(scalar @$r, 8, 'shared: one record per request');
     is(redis_cmd('LLEN', 'b1'), 1, 'shared: one admission recorded');
     in_range(redis_cmd('PTTL', 'b1'), 80_000, 90_001, 'shared: TTL');
+}
+
+# --- the debug log: each request's path ------------------------------------
+
+# the limiter's debug lines a request added to an instance's log, as
+# "what, what, ..." up to each line's first comma
+sub path_of {
+    my ($port, $prefix, $uri) = @_;
+    my $log = "$prefix/logs/error.log";
+    my $n = () = file_lines($log);
+    my ($st) = http_get($port, $uri, {});
+    my @l = file_lines($log);
+    my @path = map { /(?<=[:\d]\ )aai_ratelimit\ ((?:zone|queued|waiting|batch
+                       |reply\ of|decided|resuming|delaying|blocklist|Redis
+                       |already)[^,\n]*)/x ? $1 : () } @l[$n .. $#l];
+    s/ [0-9A-F]{8,} / P /g for @path;        # batch addresses
+    return ($st // 0, join("\n", @path) . "\n");
+}
+
+{
+    my ($port, $stop, $prefix) = start_nginx_instance('rl029d', <<'_EOC_');
+    aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT timeout=3s;
+    aai_ratelimit_zone d_one  key=$arg_u rate=10r/m;
+    aai_ratelimit_zone d_min  key=$arg_u rate=1r/m;
+    aai_ratelimit_zone d_slow key=$arg_u rate=10r/s burst=5 algorithm=gcra;
+
+    server {
+        listen 127.0.0.1:$TEST_NGINX_INSTANCE_PORT;
+        location /one  { aai_ratelimit d_one; empty_gif; }
+        location /min  { aai_ratelimit d_min; empty_gif; }
+        location /slow { aai_ratelimit d_slow; empty_gif; }
+    }
+_EOC_
+
+    redis_flushdb();
+    redis_cmd('SCRIPT', 'LOAD', $LUA);
+
+    my ($st, $path) = path_of($port, $prefix, '/one?u=path');
+    is($st, 200, 'debug: admitted');
+    is($path, <<'_EOP_', 'debug: checked in Redis');
+zone "d_one" key "path"
+queued in batch P as request 1
+waiting for Redis
+batch P sent: EVALSHA
+batch P reply: type 2
+reply of batch P for request 1: 1 values
+decided by Redis: passed
+resuming the request
+_EOP_
+
+    ($st, $path) = path_of($port, $prefix, '/one');
+    is($path, qq{zone "d_one": empty key\n}, 'debug: an empty key');
+
+    path_of($port, $prefix, '/min?u=b');
+    ($st, $path) = path_of($port, $prefix, '/min?u=b');
+    is($st, 429, 'debug: rejected by Redis');
+    like($path, qr{
+        \Azone\ "d_min"\ key\ "b"\n
+        queued\ in\ batch\ P\ as\ request\ 1\n
+        waiting\ for\ Redis\n
+        batch\ P\ sent:\ EVALSHA\n
+        batch\ P\ reply:\ type\ 2\n
+        reply\ of\ batch\ P\ for\ request\ 1:\ 6\ values\n
+        blocklist:\ "d_min:b"\ added\ for\ \d+\ ms\n
+        decided\ by\ Redis:\ rejected\n
+        resuming\ the\ request\n\z}x,
+        'debug: rejected by Redis, added to the blocklist') or diag($path);
+
+    ($st, $path) = path_of($port, $prefix, '/min?u=b');
+    is($st, 429, 'debug: rejected by the blocklist');
+    like($path, qr{\Azone\ "d_min"\ key\ "b"\n
+                   blocklist:\ "d_min:b"\ for\ \d+\ ms\n
+                   decided\ by\ the\ blocklist:\ rejected\n\z}x,
+         'debug: the blocklist decides alone') or diag($path);
+
+    path_of($port, $prefix, '/slow?u=s');
+    ($st, $path) = path_of($port, $prefix, '/slow?u=s');
+    is($st, 200, 'debug: delayed, then served');
+    like($path, qr{reply\ of\ batch\ P\ for\ request\ 1:\ 6\ values\n
+                   decided\ by\ Redis:\ passed\n
+                   resuming\ the\ request\n
+                   delaying\ the\ request\ \d+\ ms\n
+                   already\ decided\n\z}x,
+         'debug: delayed, then the phase runs again') or diag($path);
+
+    $stop->();
+}
+
+{
+    my ($port, $stop, $prefix) = start_nginx_instance('rl029f', <<'_EOC_');
+    aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_DEAD_PORT timeout=3s;
+    aai_ratelimit_zone f_one key=$arg_u rate=10r/m;
+
+    server {
+        listen 127.0.0.1:$TEST_NGINX_INSTANCE_PORT;
+        location /f {
+            aai_ratelimit f_one;
+            aai_ratelimit_fallback local;
+            empty_gif;
+        }
+    }
+_EOC_
+
+    my ($st, $path) = path_of($port, $prefix, '/f?u=down');
+    is($st, 200, 'debug: Redis down, admitted by the local fallback');
+    like($path, qr{\Azone\ "f_one"\ key\ "down"\n(?s:.*)
+                   Redis\ unavailable:\ fallback\ "local"\n
+                   decided\ by\ the\ local\ fallback:\ passed\n}x,
+         'debug: the fallback decides') or diag($path);
+
+    $stop->();
 }
 
 run_tests();
