@@ -31,6 +31,13 @@
 #include "../ngx_aai_redis.c"
 #include "../ngx_http_aai_ratelimit_module.c"
 #include "../ngx_http_aai_cache_module.c"
+#include "../ngx_http_aai_cache_key.c"
+#include "../ngx_http_aai_cache_lookup.c"
+#include "../ngx_http_aai_cache_lock.c"
+#include "../ngx_http_aai_cache_stale.c"
+#include "../ngx_http_aai_cache_store.c"
+#include "../ngx_http_aai_cache_purge.c"
+#include "../ngx_http_aai_cache_metrics.c"
 #include "../ngx_http_aai_kafka_module.c"
 #include "../ngx_http_aai_kafka_spool.c"
 
