@@ -39,6 +39,9 @@
 #include "../ngx_http_aai_cache_purge.c"
 #include "../ngx_http_aai_cache_metrics.c"
 #include "../ngx_http_aai_kafka_module.c"
+#include "../ngx_http_aai_kafka_event.c"
+#include "../ngx_http_aai_kafka_producer.c"
+#include "../ngx_http_aai_kafka_metrics.c"
 #include "../ngx_http_aai_kafka_spool.c"
 
 
