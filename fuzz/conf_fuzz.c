@@ -29,7 +29,7 @@
 #include "../ngx_aai_jwt_token.c"
 #include "../ngx_aai_jwt.c"
 #include "../ngx_aai_redis.c"
-#include "../ngx_http_aai_ratelimit_module.c"
+#include "ngx_http_aai_ratelimit_srcs.h"
 #include "../ngx_http_aai_cache_module.c"
 #include "../ngx_http_aai_cache_key.c"
 #include "../ngx_http_aai_cache_lookup.c"
