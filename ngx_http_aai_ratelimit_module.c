@@ -607,6 +607,10 @@ ngx_http_aai_ratelimit_header_filter(ngx_http_request_t *r)
 
     ctx->headers_sent = 1;
 
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "aai_ratelimit header filter: zone %i, headers %ui",
+                   ctx->top, (ngx_uint_t) ctx->headers);
+
     if (ngx_http_aai_ratelimit_add_headers(r, ctx) != NGX_OK) {
         return NGX_ERROR;
     }

@@ -4,7 +4,7 @@
 # run with EVAL against the real Redis as the module calls it, replies and
 # leaves the keys as lua/ratelimit.lua says, for each algorithm.  Then the
 # debug log (nginx --with-debug, as Debian's) shows each request's path:
-# queued, batch sent, reply, decision, blocklist, fallback, delay.
+# queued, batch sent, reply, decision, blocklist, fallback, delay, headers.
 
 use Test::Nginx::Socket 'no_plan';
 use lib 't/lib';
@@ -253,9 +253,10 @@ sub path_of {
     my $n = () = file_lines($log);
     my ($st) = http_get($port, $uri, {});
     my @l = file_lines($log);
-    my @path = map { /(?<=[:\d]\ )aai_ratelimit\ ((?:zone|queued|waiting|batch
-                       |reply\ of|decided|resuming|delaying|blocklist|Redis
-                       |already)[^,\n]*)/x ? $1 : () } @l[$n .. $#l];
+    my $step = qr/(?<=[:\d]\ )aai_ratelimit\ ((?:zone|queued|waiting|batch
+                  |reply\ of|decided|resuming|delaying|blocklist|Redis
+                  |already|header\ filter)[^,\n]*)/x;
+    my @path = map { /$step/ ? $1 : () } @l[$n .. $#l];
     s/ [0-9A-F]{8,} / P /g for @path;        # batch addresses
     return ($st // 0, join("\n", @path) . "\n");
 }
@@ -289,6 +290,7 @@ batch P reply: type 2
 reply of batch P for request 1: 1 values
 decided by Redis: passed
 resuming the request
+header filter: zone 0
 _EOP_
 
     ($st, $path) = path_of($port, $prefix, '/one');
@@ -306,14 +308,16 @@ _EOP_
         reply\ of\ batch\ P\ for\ request\ 1:\ 6\ values\n
         blocklist:\ "d_min:b"\ added\ for\ \d+\ ms\n
         decided\ by\ Redis:\ rejected\n
-        resuming\ the\ request\n\z}x,
+        resuming\ the\ request\n
+        header\ filter:\ zone\ 0\n\z}x,
         'debug: rejected by Redis, added to the blocklist') or diag($path);
 
     ($st, $path) = path_of($port, $prefix, '/min?u=b');
     is($st, 429, 'debug: rejected by the blocklist');
     like($path, qr{\Azone\ "d_min"\ key\ "b"\n
                    blocklist:\ "d_min:b"\ for\ \d+\ ms\n
-                   decided\ by\ the\ blocklist:\ rejected\n\z}x,
+                   decided\ by\ the\ blocklist:\ rejected\n
+                   header\ filter:\ zone\ 0\n\z}x,
          'debug: the blocklist decides alone') or diag($path);
 
     path_of($port, $prefix, '/slow?u=s');
@@ -323,7 +327,8 @@ _EOP_
                    decided\ by\ Redis:\ passed\n
                    resuming\ the\ request\n
                    delaying\ the\ request\ \d+\ ms\n
-                   already\ decided\n\z}x,
+                   already\ decided\n
+                   header\ filter:\ zone\ 0\n\z}x,
          'debug: delayed, then the phase runs again') or diag($path);
 
     $stop->();
@@ -348,7 +353,8 @@ _EOC_
     is($st, 200, 'debug: Redis down, admitted by the local fallback');
     like($path, qr{\Azone\ "f_one"\ key\ "down"\n(?s:.*)
                    Redis\ unavailable:\ fallback\ "local"\n
-                   decided\ by\ the\ local\ fallback:\ passed\n}x,
+                   decided\ by\ the\ local\ fallback:\ passed\n
+                   header\ filter:\ zone\ 0\n\z}x,
          'debug: the fallback decides') or diag($path);
 
     $stop->();
