@@ -6,7 +6,8 @@
 # "crit" is MALFORMED, "satisfy any" with aai_jwt_require, certificate and
 # private key PEM files, key paths relative to the configuration folder,
 # MALFORMED logged at info and other rejections at warn, the token never
-# logged (not even at debug level).
+# logged (not even at debug level); a request redirected internally is
+# limited once.
 
 use Test::Nginx::Socket 'no_plan';
 use lib 't/lib';
@@ -452,3 +453,29 @@ GET /t
 MALFORMED []
 --- error_log eval
 qr/\[info\] .*aai_jwt: token rejected: MALFORMED/
+
+
+
+=== TEST 2: a request redirected internally (try_files) is limited once
+--- http_config
+    aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    aai_ratelimit_zone once key=$arg_u rate=2r/m;
+--- config
+    location /t {
+        aai_ratelimit once;
+        add_header X-RL $aai_ratelimit_status always;
+        try_files /nonexistent-036 @b;
+    }
+    location @b {
+        aai_ratelimit once;
+        add_header X-RL $aai_ratelimit_status always;
+        empty_gif;
+    }
+--- aai_before
+redis_flushdb();
+--- request eval
+["GET /t?u=once", "GET /t?u=once", "GET /t?u=once"]
+--- error_code eval
+[200, 200, 429]
+--- response_headers eval
+["X-RL: PASSED", "X-RL: PASSED", "X-RL: REJECTED"]
