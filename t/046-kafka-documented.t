@@ -4,7 +4,8 @@
 # idempotence) are what the producer uses, and aai_kafka_property
 # overrides them; on a fast stop (SIGTERM) a worker waits at most 1 s for
 # its queued events whatever aai_kafka_flush_timeout says, counts the rest
-# as failed, and is not killed by the master.
+# as failed, and is not killed by the master; the first statistics (and so
+# the RTT metric) come after the default statistics.interval.ms, 10 s.
 
 use Test::Nginx::Socket 'no_plan';
 use lib 't/lib';
@@ -74,6 +75,7 @@ _EOC_
 # librdkafka's "msg" debug context logs each produce request with the
 # client id, the producer id (idempotence) and the compression codec.
 
+my ($def_port, $def_stop, $def_prefix, $def_t0);
 {
     my ($port, $stop, $prefix) = start_nginx_instance('k046def', <<"_EOC_");
     aai_kafka_brokers \$TEST_NGINX_KAFKA_BROKERS;
@@ -81,8 +83,11 @@ _EOC_
     server {
         listen 127.0.0.1:\$TEST_NGINX_INSTANCE_PORT;
         location / { aai_kafka_event $topic; return 200 "ok\\n"; }
+        location /metrics { aai_metrics; }
     }
 _EOC_
+    $def_t0 = time;
+    ($def_port, $def_stop, $def_prefix) = ($port, $stop, $prefix);
     http_get($port, "/d$_") for 1 .. 2;
     my @p;
     ok(wait_until(10, sub { @p = produce_lines($prefix) }),
@@ -92,8 +97,11 @@ _EOC_
          'defaults: client.id aai-nginx');
     like($p[0] // '', qr/PID\{Id:\d+,Epoch:\d+\}, gzip\)$/,
          'defaults: idempotent (a producer id) and gzip');
-    $stop->();
-    no_log_problems("$prefix/logs/error.log", 'defaults: no alert, no crash');
+    # statistics.interval.ms 10000: no RTT observed in the first seconds
+    my $rtt = metrics_get($port)->{aai_kafka_broker_rtt_seconds_count};
+    my $at = time - $def_t0;
+    ok($at >= 9 || $rtt == 0,
+       sprintf('defaults: no statistics %.1f s after the start', $at));
 
     ($port, $stop, $prefix) = start_nginx_instance('k046set', <<"_EOC_");
     aai_kafka_brokers \$TEST_NGINX_KAFKA_BROKERS;
@@ -116,6 +124,22 @@ _EOC_
          'compression.type none replaces gzip; acks 1 turns idempotence off');
     $stop->();
     no_log_problems("$prefix/logs/error.log", 'overridden: no alert, no crash');
+}
+
+
+# the defaults' instance, still running: its first statistics (the RTT
+# metric) come after statistics.interval.ms, 10 s
+{
+    my $m = metrics_wait($def_port, '/metrics', sub {
+        http_get($def_port, '/stats');
+        ($_[0]{aai_kafka_broker_rtt_seconds_count} // 0) >= 1 }, 20);
+    my $at = time - $def_t0;
+    ok($m->{aai_kafka_broker_rtt_seconds_count} >= 1 && $at > 9.5
+       && $at < 15, sprintf('defaults: the first statistics after %.1f s '
+                            . '(statistics.interval.ms 10000)', $at));
+    $def_stop->();
+    no_log_problems("$def_prefix/logs/error.log",
+                    'defaults: no alert, no crash');
 }
 
 
