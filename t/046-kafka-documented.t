@@ -178,7 +178,8 @@ _EOC_
     kill 'TERM', $worker;
     wait_until(15, sub { !AaiTest::_alive($worker) });
     my $took = time - $t0;
-    ok($took < 2.5, sprintf('SIGTERM: the worker exits in %.2f s, not after '
+    # 1 s and its exit; a loaded machine or ASan may add a second or two
+    ok($took < 5, sprintf('SIGTERM: the worker exits in %.2f s, not after '
                             . 'aai_kafka_flush_timeout 20s', $took));
     ok($took > 0.8, sprintf('having waited for the brokers (%.2f s)', $took));
     my @new;
@@ -198,7 +199,7 @@ _EOC_
     kill 'TERM', $master;
     wait_until(15, sub { !AaiTest::_alive($master) });
     $took = time - $t0;
-    ok($took < 2.5, sprintf('SIGTERM to the master: nginx is gone in %.2f s',
+    ok($took < 10, sprintf('SIGTERM to the master: nginx is gone in %.2f s',
                             $took));
     kafka_all_brokers_up();
     my @killed = grep { /exited on signal 9/ } file_lines("$prefix/logs/error.log");
