@@ -786,6 +786,11 @@ ngx_http_aai_kafka_spool_complete(void)
 
         } else {
             sw->wsize += sw->wlen;
+
+            ngx_log_debug3(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                           "aai_kafka: %ui events written to \"%s\"%s",
+                           sw->wcount, io->name,
+                           io->close ? ", closed" : "");
         }
 
         if (sw->wfd == NGX_INVALID_FILE) {
@@ -865,6 +870,11 @@ ngx_http_aai_kafka_spool_complete(void)
             ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, io->err,
                           "aai_kafka: spool unlink() \"%s\" failed",
                           sw->rname);
+
+        } else {
+            ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                           "aai_kafka: replay of \"%s\" stopped, the file "
+                           "is kept", sw->rname);
         }
 
         sw->replaying = 0;
