@@ -863,6 +863,63 @@ sub kafka_all_brokers_up {
     return 1;
 }
 
+# --- Kafka outages, binary upgrades (t/044, t/045) -------------------------
+#
+#   kafka_all_brokers_down()    takes brokers 1..3 down (bring them up in
+#                               the block's --- aai_after).
+#   kafka_event_numbers($topic, $count [, $timeout])
+#                               waits (default 15 s) for $count events of
+#                               $topic; returns (the distinct values of
+#                               their member "n", sorted and joined by ",";
+#                               how many events arrived in all).
+#   upgrade_instance($prefix [, $secs])
+#                               the binary upgrade nginx documents, first
+#                               step: USR2 to the master of an instance of
+#                               start_nginx_instance, then waits (default
+#                               10 s) for the new master and its workers;
+#                               the instance's stop now stops the new one.
+#                               Returns ($new_master, $old_master): QUIT
+#                               the old one yourself.
+
+push @EXPORT, qw( kafka_all_brokers_down kafka_event_numbers
+    upgrade_instance );
+
+sub kafka_all_brokers_down {
+    kafka_broker_down($_) for 1 .. 3;
+    return 1;
+}
+
+sub kafka_event_numbers {
+    my ($topic, $count, $timeout) = @_;
+    my @e = kafka_events($topic, $count, $timeout // 15);
+    my %seen;
+    $seen{ $_->{event}{n} // 'undef' }++ for @e;
+    return (join(',', sort { $a <=> $b } keys %seen), scalar @e);
+}
+
+sub upgrade_instance {
+    my ($prefix, $secs) = @_;
+    my $old = $Instances{$prefix}
+        or die "upgrade_instance: no instance at \"$prefix\"\n";
+    kill 'USR2', $old or die "upgrade_instance: kill USR2 $old: $!\n";
+    my $new;
+    my $deadline = time + ($secs // 10);
+    while (time < $deadline) {
+        my ($l) = file_lines("$prefix/logs/nginx.pid");
+        if (-e "$prefix/logs/nginx.pid.oldbin" && defined $l
+            && $l =~ /^(\d+)/ && $1 != $old)
+        {
+            $new = $1;
+            last if grep { _alive($_) } _children($new);
+        }
+        sleep 0.05;
+    }
+    die "upgrade_instance: no new master with workers after USR2\n"
+        unless $new && grep { _alive($_) } _children($new);
+    $Instances{$prefix} = $new;
+    return ($new, $old);
+}
+
 
 # --- shared helpers, on request: use AaiTest qw( :DEFAULT :util ); -------
 #
