@@ -22,6 +22,7 @@
 #include <ngx_event_connect.h>
 
 #include "ngx_aai_redis.h"
+#include "ngx_aai_redis_cluster.h"
 
 
 #define NGX_AAI_REDIS_DEFAULT_PORT      6379
@@ -60,7 +61,8 @@ typedef enum {
     NGX_AAI_REDIS_CMD_AUTH,
     NGX_AAI_REDIS_CMD_SELECT,
     NGX_AAI_REDIS_CMD_ROLE,         /* with sentinel=: a primary? */
-    NGX_AAI_REDIS_CMD_PING
+    NGX_AAI_REDIS_CMD_PING,
+    NGX_AAI_REDIS_CMD_CLUSTER       /* what a cluster's caller holds */
 } ngx_aai_redis_step_e;
 
 
@@ -214,6 +216,8 @@ struct ngx_aai_redis_s {
     unsigned                    primary_known:1;
     unsigned                    switching:1;
 
+    ngx_aai_redis_cluster_t    *cluster;    /* cluster= */
+
     unsigned                    healthy:1;
     unsigned                    initialized:1;
 };
@@ -318,6 +322,9 @@ static u_char *ngx_aai_redis_resp(u_char *p, ngx_uint_t argc,
     ngx_str_t *argv);
 static void ngx_aai_redis_out_reset(ngx_aai_redis_conn_t *conn);
 
+static ngx_aai_redis_cmd_t *ngx_aai_redis_send_cmd(ngx_aai_redis_t *rs,
+    ngx_log_t *log, ngx_uint_t argc, ngx_str_t *argv,
+    ngx_aai_redis_handler_pt handler, void *data, ngx_uint_t asking);
 static ngx_aai_redis_cmd_t *ngx_aai_redis_cmd_get(ngx_aai_redis_t *rs);
 static void ngx_aai_redis_cmd_free(ngx_aai_redis_t *rs,
     ngx_aai_redis_cmd_t *cmd);
@@ -375,10 +382,19 @@ ngx_aai_redis_conf_parse(ngx_conf_t *cf, ngx_aai_redis_conf_t *rcf)
     rcf->nsentinels = 0;
     ngx_str_null(&rcf->master);
     ngx_str_null(&rcf->sentinel_password);
+    rcf->cluster = 0;
+    rcf->cluster_node = 0;
 
     ngx_memzero(&u, sizeof(ngx_url_t));
 
-    if (value[1].len > 9 && ngx_strncmp(value[1].data, "sentinel=", 9) == 0) {
+    if (value[1].len > 8 && ngx_strncmp(value[1].data, "cluster=", 8) == 0) {
+        if (ngx_aai_redis_cluster_conf(cf, rcf, &value[1]) != NGX_CONF_OK) {
+            return NGX_CONF_ERROR;
+        }
+
+    } else if (value[1].len > 9
+               && ngx_strncmp(value[1].data, "sentinel=", 9) == 0)
+    {
         if (ngx_aai_redis_conf_sentinels(cf, rcf, &value[1]) != NGX_CONF_OK)
         {
             return NGX_CONF_ERROR;
@@ -903,7 +919,12 @@ ngx_aai_redis_create(ngx_conf_t *cf, ngx_aai_redis_conf_t *rcf)
     rs->dummy.fd = (ngx_socket_t) -1;
     ngx_queue_init(&rs->free);
 
-    if (ngx_aai_redis_circuit_add(cf, rs) != NGX_OK) {
+    if (rcf->cluster) {
+        rs->cluster = ngx_aai_redis_cluster_create(cf, rs, rcf);
+        return rs->cluster ? rs : NULL;
+    }
+
+    if (!rcf->cluster_node && ngx_aai_redis_circuit_add(cf, rs) != NGX_OK) {
         return NULL;
     }
 
@@ -1219,6 +1240,11 @@ ngx_aai_redis_init_worker(ngx_aai_redis_t *rs, ngx_cycle_t *cycle)
 
     rs->log = cycle->log;
 
+    if (rs->cluster) {
+        rs->initialized = 1;
+        return ngx_aai_redis_cluster_init_worker(rs->cluster, cycle);
+    }
+
     if (ngx_aai_redis_handshake_init(rs) != NGX_OK) {
         return NGX_ERROR;
     }
@@ -1291,6 +1317,10 @@ ngx_aai_redis_exit_worker(ngx_aai_redis_t *rs)
      * The handlers of pending commands are not called: their requests are
      * being torn down with the worker.
      */
+
+    if (rs->cluster) {
+        ngx_aai_redis_cluster_exit_worker(rs->cluster);
+    }
 
     if (rs->conns) {
         for (i = 0; i < rs->nconns; i++) {
@@ -1538,6 +1568,9 @@ ngx_aai_redis_connect(ngx_aai_redis_conn_t *conn)
         }
 
         addr = &rs->primary;
+
+    } else if (rs->primary_known) {
+        addr = &rs->primary;            /* a cluster node's, from the map */
 
     } else {
         addr = &rcf->addrs[conn->addr % rcf->naddrs];
@@ -2235,11 +2268,40 @@ ngx_aai_redis_cmd_t *
 ngx_aai_redis_send(ngx_aai_redis_t *rs, ngx_log_t *log, ngx_uint_t argc,
     ngx_str_t *argv, ngx_aai_redis_handler_pt handler, void *data)
 {
-    ngx_aai_redis_cmd_t   *cmd;
+    return ngx_aai_redis_send_cmd(rs, log, argc, argv, handler, data, 0);
+}
+
+
+/*
+ * The cluster's ASK: ASKING and the command on one connection, one after
+ * the other; the reply to ASKING is dropped as a cancelled command's.
+ */
+
+ngx_aai_redis_cmd_t *
+ngx_aai_redis_send_asking(ngx_aai_redis_t *rs, ngx_log_t *log,
+    ngx_uint_t argc, ngx_str_t *argv, ngx_aai_redis_handler_pt handler,
+    void *data)
+{
+    return ngx_aai_redis_send_cmd(rs, log, argc, argv, handler, data, 1);
+}
+
+
+static ngx_aai_redis_cmd_t *
+ngx_aai_redis_send_cmd(ngx_aai_redis_t *rs, ngx_log_t *log, ngx_uint_t argc,
+    ngx_str_t *argv, ngx_aai_redis_handler_pt handler, void *data,
+    ngx_uint_t asking)
+{
+    ngx_str_t              asking_argv;
+    ngx_aai_redis_cmd_t   *cmd, *acmd;
     ngx_aai_redis_conn_t  *conn;
 
     if (!rs->initialized || argc == 0) {
         return NULL;
+    }
+
+    if (rs->cluster) {
+        return ngx_aai_redis_cluster_send(rs->cluster, log, argc, argv,
+                                          handler, data);
     }
 
     if (ngx_aai_redis_circuit_blocked(rs)) {
@@ -2259,6 +2321,28 @@ ngx_aai_redis_send(ngx_aai_redis_t *rs, ngx_log_t *log, ngx_uint_t argc,
         && ngx_aai_redis_connect(conn) != NGX_OK)
     {
         return NULL;
+    }
+
+    if (asking) {
+        acmd = ngx_aai_redis_cmd_get(rs);
+        if (acmd == NULL) {
+            return NULL;
+        }
+
+        ngx_str_set(&asking_argv, "ASKING");
+
+        if (ngx_aai_redis_append(conn, 1, &asking_argv) != NGX_OK) {
+            ngx_aai_redis_cmd_free(rs, acmd);
+            return NULL;
+        }
+
+        acmd->step = NGX_AAI_REDIS_CMD_USER;
+        acmd->cancelled = 1;
+        acmd->deadline = ngx_current_msec + rs->conf->timeout;
+        acmd->start_us = ngx_aai_redis_now_us();
+
+        ngx_queue_insert_tail(&conn->queue, &acmd->queue);
+        conn->npending++;
     }
 
     cmd = ngx_aai_redis_cmd_get(rs);
@@ -2296,6 +2380,11 @@ ngx_aai_redis_send(ngx_aai_redis_t *rs, ngx_log_t *log, ngx_uint_t argc,
 void
 ngx_aai_redis_cancel(ngx_aai_redis_cmd_t *cmd)
 {
+    if (cmd->step == NGX_AAI_REDIS_CMD_CLUSTER) {
+        ngx_aai_redis_cluster_cancel(cmd->data);
+        return;
+    }
+
     cmd->cancelled = 1;
     cmd->handler = NULL;
     cmd->data = NULL;
@@ -2306,6 +2395,10 @@ ngx_uint_t
 ngx_aai_redis_available(ngx_aai_redis_t *rs)
 {
     ngx_uint_t  i;
+
+    if (rs->cluster) {
+        return ngx_aai_redis_cluster_available(rs->cluster);
+    }
 
     if (!rs->initialized || ngx_aai_redis_circuit_blocked(rs)) {
         return 0;
@@ -2332,6 +2425,11 @@ ngx_aai_redis_subscribe(ngx_aai_redis_t *rs, ngx_str_t *channel,
     ngx_uint_t            n;
     ngx_str_t             argv[2];
     ngx_aai_redis_sub_t  *subs, *sub;
+
+    if (rs->cluster) {
+        return ngx_aai_redis_cluster_subscribe(rs->cluster, channel, pattern,
+                                               handler, data);
+    }
 
     if (rs->nsubs == rs->nalloc_subs) {
         n = rs->nalloc_subs ? rs->nalloc_subs * 2 : 4;
@@ -3579,9 +3677,15 @@ ngx_aai_redis_set_primary(ngx_aai_redis_t *rs, ngx_str_t *host,
     rs->primary_known = 1;
     level = known ? NGX_LOG_WARN : NGX_LOG_INFO;
 
-    ngx_log_error(level, rs->log, 0,
-                  "aai redis master \"%V\": primary is %V",
-                  &rs->conf->master, &rs->primary.name);
+    if (rs->conf->cluster_node) {
+        ngx_log_error(NGX_LOG_INFO, rs->log, 0,
+                      "aai redis cluster node: %V", &rs->primary.name);
+
+    } else {
+        ngx_log_error(level, rs->log, 0,
+                      "aai redis master \"%V\": primary is %V",
+                      &rs->conf->master, &rs->primary.name);
+    }
 
     if (known) {
         rs->failovers++;
@@ -3778,6 +3882,54 @@ ngx_aai_redis_out_reset(ngx_aai_redis_conn_t *conn)
         conn->out_last = NULL;
         conn->out_end = NULL;
     }
+}
+
+
+/* for ngx_aai_redis_cluster.c */
+
+
+ngx_aai_redis_cmd_t *
+ngx_aai_redis_cmd_wrap(ngx_aai_redis_t *rs, void *ccmd)
+{
+    ngx_aai_redis_cmd_t  *cmd;
+
+    cmd = ngx_aai_redis_cmd_get(rs);
+    if (cmd == NULL) {
+        return NULL;
+    }
+
+    cmd->step = NGX_AAI_REDIS_CMD_CLUSTER;
+    cmd->data = ccmd;
+
+    return cmd;
+}
+
+
+void
+ngx_aai_redis_cmd_unwrap(ngx_aai_redis_t *rs, ngx_aai_redis_cmd_t *cmd)
+{
+    ngx_aai_redis_cmd_free(rs, cmd);
+}
+
+
+ngx_int_t
+ngx_aai_redis_set_node(ngx_aai_redis_t *rs, ngx_str_t *host,
+    ngx_uint_t port)
+{
+    ngx_str_t  p;
+    u_char     buf[NGX_INT_T_LEN];
+
+    p.data = buf;
+    p.len = ngx_sprintf(buf, "%ui", port) - buf;
+
+    rs->primary.sockaddr = &rs->primary_sa.sockaddr;
+    rs->primary.name.data = rs->primary_name;
+
+    if (rs->log == NULL) {
+        rs->log = ngx_cycle->log;
+    }
+
+    return ngx_aai_redis_set_primary(rs, host, &p);
 }
 
 

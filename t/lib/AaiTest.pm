@@ -90,7 +90,7 @@ use Errno qw( EAGAIN EWOULDBLOCK EINTR );
 use Test::More ();
 
 our @EXPORT = qw( redis_cmd redis_cmd_port redis_flushdb free_port
-    start_redis stop_redis hung_listener start_nginx_instance http_get
+    start_redis stop_redis start_redis_cluster kill_redis hung_listener start_nginx_instance http_get
     http_concurrent
     kafka_consume kafka_broker_down kafka_broker_up file_lines );
 
@@ -305,6 +305,77 @@ sub stop_redis {
         kill SIGKILL, $p->{pid};
         waitpid($p->{pid}, 0);
     }
+    remove_tree($p->{dir});
+}
+
+# A Redis Cluster on loopback: six redis-server in cluster mode (three
+# primaries, three replicas, cluster-node-timeout 1000), made one cluster by
+# "redis-cli --cluster create".  Ports are $base .. $base + 5 (their cluster
+# bus at port + 10000, so $base must stay below 55530).  Returns the ports
+# once every node says cluster_state:ok; stop_redis() stops each, or
+# kill_redis() SIGKILLs one (a primary, to see its replica take over).
+sub start_redis_cluster {
+    my %o = @_;
+    my $base = $o{base} or die "start_redis_cluster: no base port\n";
+    my $n = $o{nodes} || 6;
+    my @ports = map { $base + $_ } 0 .. $n - 1;
+    for my $port (@ports) {
+        my $dir = _servroot() . "-redis-$port";
+        remove_tree($dir);
+        make_path($dir);
+        my $pid = fork();
+        die "start_redis_cluster: fork: $!\n" unless defined $pid;
+        if ($pid == 0) {
+            open STDIN, '<', '/dev/null';
+            open STDOUT, '>', "$dir/redis.log";
+            open STDERR, '>&', \*STDOUT;
+            { no warnings 'exec';
+              exec 'redis-server', '--port', $port, '--bind', '127.0.0.1',
+                   '--save', '', '--appendonly', 'no', '--dir', $dir,
+                   '--cluster-enabled', 'yes',
+                   '--cluster-config-file', "$dir/nodes.conf",
+                   '--cluster-node-timeout', $o{node_timeout} || 1000,
+                   '--daemonize', 'no', '--logfile', ''; }
+            POSIX::_exit(127);
+        }
+        $RedisProcs{$port} = { pid => $pid, dir => $dir };
+    }
+    for my $port (@ports) {
+        my $deadline = time + 5;
+        my $pong;
+        while (time < $deadline) {
+            $pong = eval { redis_cmd_port($port, 'PING') };
+            last if defined $pong && $pong eq 'PONG';
+            sleep 0.05;
+        }
+        die "start_redis_cluster: redis-server on $port did not answer\n"
+            unless defined $pong && $pong eq 'PONG';
+    }
+    my $nodes = join ' ', map { "127.0.0.1:$_" } @ports;
+    my $out = `redis-cli --cluster create $nodes --cluster-replicas 1 --cluster-yes 2>&1`;
+    die "start_redis_cluster: redis-cli --cluster create failed: $out\n"
+        if $?;
+    my $deadline = time + 20;
+    while (time < $deadline) {
+        my $ok = grep {
+            my $i = eval { redis_cmd_port($_, 'CLUSTER', 'INFO') } // '';
+            $i =~ /cluster_state:ok/ && $i =~ /cluster_known_nodes:$n\b/;
+        } @ports;
+        return @ports if $ok == $n;
+        sleep 0.1;
+    }
+    die "start_redis_cluster: the cluster did not become ok\n";
+}
+
+# SIGKILL one Redis started here (the cluster's failover tests)
+sub kill_redis {
+    my $port = shift;
+    my $p = delete $RedisProcs{$port} or return;
+    if (my $s = delete $RedisConn{$port}) {
+        close $s;
+    }
+    kill SIGKILL, $p->{pid};
+    waitpid($p->{pid}, 0);
     remove_tree($p->{dir});
 }
 

@@ -1,0 +1,143 @@
+# The Redis client on a Redis Cluster (cluster=host:port,...): six
+# redis-server in cluster mode on loopback, three primaries and three
+# replicas (cluster-node-timeout 1000).  The limiter and the cache learn
+# the slot map, send each key to its primary, and stay exact with keys
+# spread over every node; a killed primary is replaced by its replica and
+# the time until Redis decides again is measured.
+
+use strict;
+use warnings;
+use Test::More;
+use lib 't/lib';
+use AaiTest;
+use AaiTest qw( wait_until );
+use Time::HiRes qw( time sleep );
+
+# ports of our own (the cluster bus listens at port + 10000)
+my $base = ($ENV{TEST_NGINX_SERVER_PORT} || 21000) + 101;
+my @P = start_redis_cluster(base => $base);
+
+# the primaries now, and where a key lives
+sub primaries {
+    my $slots = redis_cmd_port($P[0], 'CLUSTER', 'SLOTS');
+    my %p = map { $_->[2][1] => 1 } @$slots;
+    return sort keys %p;
+}
+
+sub keys_on {
+    my ($port, $pattern) = @_;
+    my $k = eval { redis_cmd_port($port, 'KEYS', $pattern) } // [];
+    return @$k;
+}
+
+my @PRIMARIES = primaries();
+is(scalar @PRIMARIES, 3, 'three primaries');
+
+my $seeds = join ',', map { "127.0.0.1:$_" } @P[0, 1];
+my $redis = "cluster=$seeds timeout=300ms connect_timeout=300ms";
+my $app = free_port();
+
+my $conf = <<_EOC_;
+    aai_ratelimit_redis $redis;
+    aai_cache_redis $redis;
+    aai_ratelimit_zone user key=\$arg_u rate=3r/m;
+    aai_ratelimit_zone ip key=\$arg_ip rate=5r/m;
+    aai_ratelimit_fallback deny;
+    aai_ratelimit_status 429;
+
+    server {
+        listen 127.0.0.1:$app;
+        location / {
+            add_header Cache-Control "max-age=60";
+            add_header Vary "\$http_x_vary";
+            return 200 "app \$uri \$http_accept_language\\n";
+        }
+    }
+
+    server {
+        listen 127.0.0.1:\$TEST_NGINX_INSTANCE_PORT;
+        add_header X-RL \$aai_ratelimit_status always;
+        add_header X-Cache \$aai_cache_status always;
+
+        location /rl/ {
+            aai_ratelimit user;
+            proxy_pass http://127.0.0.1:$app;
+        }
+        location /both/ {
+            aai_ratelimit user;
+            aai_ratelimit ip;
+            proxy_pass http://127.0.0.1:$app;
+        }
+        location /cache/ {
+            aai_cache on;
+            proxy_pass http://127.0.0.1:$app;
+        }
+    }
+_EOC_
+
+my ($port1, $stop1, $prefix1) = start_nginx_instance('r014a', $conf,
+                                                     workers => 2);
+# the second instance without the application (the first one serves it)
+(my $conf2 = $conf) =~ s/server \{\n        listen 127.0.0.1:$app;.*?\n    \}\n//s;
+my ($port2, $stop2, $prefix2) = start_nginx_instance('r014b', $conf2,
+                                                     workers => 2);
+
+sub rl {
+    my ($port, $path) = @_;
+    my ($st, $h) = http_get($port, $path, {});
+    return ($st // 0) . ' ' . ($h->{'x-rl'} // '');
+}
+
+ok(wait_until(10, sub {
+       rl($port1, '/rl/?u=probe1') eq '200 PASSED'
+       && rl($port2, '/rl/?u=probe2') eq '200 PASSED'
+   }), 'Redis decides through the cluster');
+
+# --- exact limits for many users, across two instances ----------------------
+
+my $users = 30;
+my (%pass, %rej, %other);
+for my $round (1 .. 5) {
+    for my $u (1 .. $users) {
+        my $port = ($round + $u) % 2 ? $port1 : $port2;
+        my $r = rl($port, "/rl/?u=user$u");
+        if ($r eq '200 PASSED') { $pass{$u}++ }
+        elsif ($r eq '429 REJECTED') { $rej{$u}++ }
+        else { $other{$u} = $r }
+    }
+}
+is(scalar(grep { ($pass{$_} // 0) == 3 && ($rej{$_} // 0) == 2 } 1 .. $users),
+   $users, 'every user gets exactly 3 of 5, across two instances')
+    or diag(explain(\%pass, \%other));
+
+my %on;
+for my $p (@PRIMARIES) {
+    $on{$p} = scalar grep { /user\d+/ } keys_on($p, '*');
+}
+is(scalar(grep { $on{$_} > 0 } @PRIMARIES), 3,
+   'the users\' keys are on every primary') or diag(explain(\%on));
+my $total = 0;
+$total += $_ for values %on;
+is($total, $users, 'one key per user, on its slot\'s primary');
+
+# many at once: the batches of one event loop iteration are split by slot
+my @reqs;
+for my $i (1 .. 4) {
+    for my $u (1 .. 20) {
+        push @reqs, [$i % 2 ? $port1 : $port2, "/rl/?u=burst$u"];
+    }
+}
+my @res = http_concurrent(\@reqs);
+my (%bp, $bad);
+for my $i (0 .. $#reqs) {
+    my ($u) = $reqs[$i][1] =~ /u=burst(\d+)/;
+    my $st = $res[$i][0] // 0;
+    my $s = $res[$i][1]{'x-rl'} // '';
+    if ($st == 200 && $s eq 'PASSED') { $bp{$u}++ }
+    elsif (!($st == 429 && $s eq 'REJECTED')) { $bad .= "$u:$st $s " }
+}
+ok(!$bad, 'concurrent requests: no error, no fallback') or diag($bad);
+is(scalar(grep { ($bp{$_} // 0) == 3 } 1 .. 20), 20,
+   'concurrent requests: exactly 3 per user') or diag(explain(\%bp));
+
+done_testing();
