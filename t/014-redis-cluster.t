@@ -140,4 +140,44 @@ ok(!$bad, 'concurrent requests: no error, no fallback') or diag($bad);
 is(scalar(grep { ($bp{$_} // 0) == 3 } 1 .. 20), 20,
    'concurrent requests: exactly 3 per user') or diag(explain(\%bp));
 
+# --- a user zone beside a per-IP zone, their keys on other nodes ------------
+
+# the node of a key: where KEYS finds it
+sub node_of {
+    my $key = shift;
+    for my $p (@PRIMARIES) {
+        return $p if grep { $_ eq $key } keys_on($p, $key);
+    }
+    return 0;
+}
+
+sub llen {
+    my $key = shift;
+    my $n = node_of($key) or return 0;
+    return redis_cmd_port($n, 'LLEN', $key);
+}
+
+# alice: 3 pass, 2 rejected by her zone; the IP zone counts only the 3
+is(join(',', map { rl($_ % 2 ? $port1 : $port2, '/both/?u=alice&ip=ip1') }
+             1 .. 5),
+   '200 PASSED,200 PASSED,200 PASSED,429 REJECTED,429 REJECTED',
+   'the user zone rejects alice after 3');
+isnt(node_of('aai:rl:user:alice'), node_of('aai:rl:ip:ip1'),
+     'the user and IP keys are on different primaries');
+# (the refund of the IP zone follows the decision by one round trip)
+ok(wait_until(2, sub { llen('aai:rl:ip:ip1') == 3 }),
+   'the requests the user zone rejected spent nothing of the IP zone')
+    or diag(llen('aai:rl:ip:ip1'));
+
+# bob on the same IP: 2 left of its 5; his third is rejected by the IP zone
+# and spends nothing of his own zone
+is(join(',', map { rl($_ % 2 ? $port1 : $port2, '/both/?u=bob&ip=ip1') }
+             1 .. 3),
+   '200 PASSED,200 PASSED,429 REJECTED',
+   'the IP zone admits exactly 2 more, for bob');
+is(llen('aai:rl:ip:ip1'), 5, 'the IP zone is full');
+ok(wait_until(2, sub { llen('aai:rl:user:bob') == 2 }),
+   'the request the IP zone rejected spent nothing of bob\'s zone')
+    or diag(llen('aai:rl:user:bob'));
+
 done_testing();
