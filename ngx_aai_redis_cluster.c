@@ -102,6 +102,9 @@ static void ngx_aai_redis_cluster_part_done(ngx_aai_redis_ccmd_t *cc,
 static ngx_aai_redis_cmd_t *ngx_aai_redis_cluster_mget(
     ngx_aai_redis_cluster_t *cl, ngx_log_t *log, ngx_uint_t argc,
     ngx_str_t *argv, ngx_aai_redis_handler_pt handler, void *data);
+static ngx_aai_redis_cmd_t *ngx_aai_redis_cluster_eval(
+    ngx_aai_redis_cluster_t *cl, ngx_log_t *log, ngx_uint_t argc,
+    ngx_str_t *argv, ngx_aai_redis_handler_pt handler, void *data);
 static void ngx_aai_redis_cluster_free(ngx_aai_redis_ccmd_t *cc);
 
 
@@ -900,6 +903,13 @@ ngx_aai_redis_cluster_send(ngx_aai_redis_cluster_t *cl, ngx_log_t *log,
                                               data);
         }
 
+        if (argv[0].len >= 4
+            && ngx_strncasecmp(argv[0].data, (u_char *) "EVAL", 4) == 0)
+        {
+            return ngx_aai_redis_cluster_eval(cl, log, argc, argv, handler,
+                                              data);
+        }
+
         ngx_log_error(NGX_LOG_ERR, log, 0,
                       "aai redis cluster %V: the keys of a %V are in "
                       "different slots", &cl->conf->url, &argv[0]);
@@ -1229,6 +1239,126 @@ failed:
 }
 
 
+/*
+ * EVAL or EVALSHA whose keys are in several slots: once per slot, with that
+ * slot's keys and every argument; the reply is the sum of theirs.  For the
+ * scripts that treat each key alone and count what they did (the cache's
+ * purge).
+ */
+
+static ngx_aai_redis_cmd_t *
+ngx_aai_redis_cluster_eval(ngx_aai_redis_cluster_t *cl, ngx_log_t *log,
+    ngx_uint_t argc, ngx_str_t *argv, ngx_aai_redis_handler_pt handler,
+    void *data)
+{
+    u_char                 num[NGX_INT_T_LEN];
+    ngx_int_t              nkeys;
+    ngx_str_t             *pargv;
+    ngx_uint_t             i, j, k, n, slot, nparts;
+    ngx_aai_redis_ccmd_t  *cc, *part;
+    ngx_uint_t             slots[NGX_AAI_REDIS_CLUSTER_MAX_MGET];
+
+    nkeys = ngx_atoi(argv[2].data, argv[2].len);
+
+    if (nkeys < 2 || nkeys > NGX_AAI_REDIS_CLUSTER_MAX_MGET) {
+        return NULL;
+    }
+
+    nparts = 0;
+
+    for (i = 0; i < (ngx_uint_t) nkeys; i++) {
+        slot = ngx_aai_redis_cluster_slot(argv[3 + i].data, argv[3 + i].len);
+
+        for (j = 0; j < nparts; j++) {
+            if (slots[j] == slot) {
+                break;
+            }
+        }
+
+        if (j == nparts) {
+            slots[nparts++] = slot;
+        }
+    }
+
+    pargv = ngx_alloc(argc * sizeof(ngx_str_t), log);
+    if (pargv == NULL) {
+        return NULL;
+    }
+
+    cc = ngx_aai_redis_cluster_ccmd(cl, log, 0, NULL, handler, data);
+    if (cc == NULL) {
+        ngx_free(pargv);
+        return NULL;
+    }
+
+    cc->parts = ngx_calloc(nparts * sizeof(ngx_aai_redis_ccmd_t *), log);
+    cc->merged = calloc(1, sizeof(redisReply));
+
+    if (cc->parts == NULL || cc->merged == NULL) {
+        goto failed;
+    }
+
+    cc->merged->type = REDIS_REPLY_INTEGER;
+
+    cc->top = ngx_aai_redis_cmd_wrap(cl->rs, cc);
+    if (cc->top == NULL) {
+        goto failed;
+    }
+
+    for (j = 0; j < nparts; j++) {
+        pargv[0] = argv[0];
+        pargv[1] = argv[1];
+        n = 0;
+
+        for (i = 0; i < (ngx_uint_t) nkeys; i++) {
+            if (ngx_aai_redis_cluster_slot(argv[3 + i].data, argv[3 + i].len)
+                == slots[j])
+            {
+                pargv[3 + n++] = argv[3 + i];
+            }
+        }
+
+        k = 3 + n;
+
+        for (i = 3 + nkeys; i < argc; i++) {
+            pargv[k++] = argv[i];
+        }
+
+        pargv[2].data = num;
+        pargv[2].len = ngx_sprintf(num, "%ui", n) - num;
+
+        part = ngx_aai_redis_cluster_ccmd(cl, log, k, pargv, NULL, NULL);
+        if (part == NULL) {
+            goto failed;
+        }
+
+        part->parent = cc;
+        part->index = j;
+        part->slot = slots[j];
+
+        cc->parts[j] = part;
+        cc->index = j + 1;
+
+        if (ngx_aai_redis_cluster_dispatch(part, NULL, 0) != NGX_OK) {
+            goto failed;
+        }
+
+        cc->pending++;
+    }
+
+    ngx_free(pargv);
+
+    return cc->top;
+
+failed:
+
+    ngx_free(pargv);
+    ngx_aai_redis_cluster_cancel(cc);
+
+    return NULL;
+}
+
+
 static void
 ngx_aai_redis_cluster_part_done(ngx_aai_redis_ccmd_t *part,
     ngx_aai_redis_result_t *res)
@@ -1245,6 +1375,15 @@ ngx_aai_redis_cluster_part_done(ngx_aai_redis_ccmd_t *part,
     if (r == NULL) {
         if (cc->error == NULL) {
             cc->error = res->error;
+        }
+
+    } else if (cc->merged->type == REDIS_REPLY_INTEGER) {
+        if (r->type == REDIS_REPLY_INTEGER) {
+            cc->merged->integer += r->integer;
+
+        } else if (cc->error == NULL) {
+            cc->error = (r->type == REDIS_REPLY_ERROR) ? "error reply"
+                                                       : "unexpected reply";
         }
 
     } else if (r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_NIL) {
@@ -1269,7 +1408,9 @@ ngx_aai_redis_cluster_part_done(ngx_aai_redis_ccmd_t *part,
         }
 
         if (copy == NULL) {
-            cc->error = "no memory";
+            if (cc->error == NULL) {
+                cc->error = "no memory";
+            }
 
         } else {
             cc->merged->element[part->index] = copy;

@@ -49,7 +49,11 @@ my $conf = <<_EOC_;
         listen 127.0.0.1:$app;
         location / {
             add_header Cache-Control "max-age=60";
-            add_header Vary "\$http_x_vary";
+            return 200 "app \$uri\\n";
+        }
+        location /cache/vary/ {
+            add_header Cache-Control "max-age=60";
+            add_header Vary Accept-Language;
             return 200 "app \$uri \$http_accept_language\\n";
         }
     }
@@ -70,7 +74,12 @@ my $conf = <<_EOC_;
         }
         location /cache/ {
             aai_cache on;
+            aai_cache_key \$scheme\$request_method\$host\$uri;
+            aai_cache_lock on;
             proxy_pass http://127.0.0.1:$app;
+        }
+        location ~ ^/purge(/.*)\$ {
+            aai_cache_purge \$scheme\$request_method\$host\$1;
         }
     }
 _EOC_
@@ -179,5 +188,61 @@ is(llen('aai:rl:ip:ip1'), 5, 'the IP zone is full');
 ok(wait_until(2, sub { llen('aai:rl:user:bob') == 2 }),
    'the request the IP zone rejected spent nothing of bob\'s zone')
     or diag(llen('aai:rl:user:bob'));
+
+# --- the cache: entries on every node, hits across instances ---------------
+
+sub cget {
+    my ($port, $path, $hdrs, $method) = @_;
+    my ($st, $h, $body) = http_get($port, $path, $hdrs // {}, $method);
+    return (($st // 0) . ' ' . ($h->{'x-cache'} // ''), $body // '');
+}
+
+my $misses = 0;
+for my $i (1 .. 15) {
+    my ($r) = cget($port1, "/cache/k$i");
+    $misses++ if $r eq '200 MISS';
+}
+is($misses, 15, 'fifteen misses on the first instance');
+my $hits = 0;
+for my $i (1 .. 15) {
+    $hits++ if wait_until(3, sub { (cget($port2, "/cache/k$i"))[0]
+                                   eq '200 HIT' });
+}
+is($hits, 15, 'fifteen hits on the second instance');
+my %centries;
+for my $p (@PRIMARIES) {
+    $centries{$p} = scalar grep { /^aai:c:\{[0-9a-f]{64}\}$/ }
+                    keys_on($p, 'aai:c:*');
+}
+is(scalar(grep { $centries{$_} > 0 } @PRIMARIES), 3,
+   'the entries are on every primary') or diag(explain(\%centries));
+
+# Vary: the record and the variants of one resource share its slot; a
+# lookup that knows the resource varies reads both (MGET) at once
+my ($v1, $b1) = cget($port1, '/cache/vary/x', {'Accept-Language' => 'en'});
+is($v1, '200 MISS', 'vary: first variant misses');
+ok(wait_until(3, sub {
+       my ($r, $b) = cget($port2, '/cache/vary/x', {'Accept-Language' => 'en'});
+       $r eq '200 HIT' && $b =~ /en$/;
+   }), 'vary: the en variant hits on the other instance');
+my ($v2) = cget($port2, '/cache/vary/x', {'Accept-Language' => 'fr'});
+is($v2, '200 MISS', 'vary: another variant misses');
+ok(wait_until(3, sub {
+       my ($r, $b) = cget($port1, '/cache/vary/x', {'Accept-Language' => 'fr'});
+       $r eq '200 HIT' && $b =~ /fr$/;
+   }), 'vary: the fr variant hits');
+
+# purge: every method's entry (GET and HEAD, other slots) and the variants
+cget($port1, '/cache/p1');
+ok(wait_until(3, sub { (cget($port2, '/cache/p1'))[0] eq '200 HIT' }),
+   'purge: the entry is there');
+my ($pr, $pb) = cget($port2, '/purge/cache/vary/x', {}, 'PURGE');
+like("$pr $pb", qr/^200 .*"purged":[23]/, 'purge: the variants are deleted')
+    or diag("$pr $pb");
+my ($after) = cget($port1, '/cache/vary/x', {'Accept-Language' => 'en'});
+is($after, '200 MISS', 'purge: the en variant is gone');
+($pr, $pb) = cget($port1, '/purge/cache/p1', {}, 'PURGE');
+like("$pr $pb", qr/^200 .*"purged":1/, 'purge: one entry');
+is((cget($port2, '/cache/p1'))[0], '200 MISS', 'purge: the entry is gone');
 
 done_testing();
