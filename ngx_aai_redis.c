@@ -3888,6 +3888,7 @@ ngx_aai_redis_out_reset(ngx_aai_redis_conn_t *conn)
 /* for ngx_aai_redis_cluster.c */
 
 
+
 ngx_aai_redis_cmd_t *
 ngx_aai_redis_cmd_wrap(ngx_aai_redis_t *rs, void *ccmd)
 {

@@ -17,6 +17,7 @@
 #define NGX_AAI_REDIS_CLUSTER_RANGES      4096
 #define NGX_AAI_REDIS_CLUSTER_REFRESH     100     /* ms between asks */
 #define NGX_AAI_REDIS_CLUSTER_MAX_MGET    64
+#define NGX_AAI_REDIS_CLUSTER_WATCH       200     /* ms */
 
 
 typedef struct {
@@ -64,6 +65,7 @@ struct ngx_aai_redis_cluster_s {
     u_char                     *map;        /* per slot: node + 1, or 0 */
     ngx_connection_t            dummy;
     ngx_event_t                 refresh;
+    ngx_event_t                 watch;      /* a node of the map down? */
     ngx_aai_redis_cmd_t        *asking;     /* CLUSTER SLOTS in flight */
     ngx_uint_t                  next;       /* the node to ask next */
     ngx_msec_t                  asked;
@@ -77,6 +79,7 @@ struct ngx_aai_redis_cluster_s {
 
 static void ngx_aai_redis_cluster_refresh_handler(ngx_event_t *ev);
 static void ngx_aai_redis_cluster_refresh_soon(ngx_aai_redis_cluster_t *cl);
+static void ngx_aai_redis_cluster_watch_handler(ngx_event_t *ev);
 static void ngx_aai_redis_cluster_slots_handler(ngx_aai_redis_result_t *res,
     void *data);
 static ngx_int_t ngx_aai_redis_cluster_apply(ngx_aai_redis_cluster_t *cl,
@@ -499,6 +502,11 @@ ngx_aai_redis_cluster_init_worker(ngx_aai_redis_cluster_t *cl,
     cl->refresh.log = cl->log;
     cl->refresh.cancelable = 1;
 
+    cl->watch.handler = ngx_aai_redis_cluster_watch_handler;
+    cl->watch.data = &cl->dummy;
+    cl->watch.log = cl->log;
+    cl->watch.cancelable = 1;
+
     cl->initialized = 1;
 
     /* the seeds first, as they are written */
@@ -517,6 +525,7 @@ ngx_aai_redis_cluster_init_worker(ngx_aai_redis_cluster_t *cl,
     }
 
     ngx_add_timer(&cl->refresh, 1);
+    ngx_add_timer(&cl->watch, NGX_AAI_REDIS_CLUSTER_WATCH);
 
     return NGX_OK;
 }
@@ -533,6 +542,10 @@ ngx_aai_redis_cluster_exit_worker(ngx_aai_redis_cluster_t *cl)
 
     if (cl->refresh.timer_set) {
         ngx_del_timer(&cl->refresh);
+    }
+
+    if (cl->watch.timer_set) {
+        ngx_del_timer(&cl->watch);
     }
 
     if (cl->asking) {
@@ -594,6 +607,42 @@ ngx_aai_redis_cluster_refresh_soon(ngx_aai_redis_cluster_t *cl)
     }
 
     ngx_add_timer(&cl->refresh, delay);
+}
+
+
+/*
+ * A node that serves slots is down (its connections fail and back off):
+ * the map is asked again until a replica has taken its place, whether
+ * requests come or not.
+ */
+
+static void
+ngx_aai_redis_cluster_watch_handler(ngx_event_t *ev)
+{
+    ngx_uint_t                     i;
+    ngx_aai_redis_cluster_t       *cl;
+    ngx_aai_redis_cluster_node_t  *node;
+
+    cl = (ngx_aai_redis_cluster_t *) ((u_char *) ev
+                                      - offsetof(ngx_aai_redis_cluster_t,
+                                                 watch));
+
+    if (ngx_exiting || ngx_terminate || ngx_quit) {
+        return;
+    }
+
+    for (i = 0; i < cl->nnodes; i++) {
+        node = &cl->nodes[i];
+
+        if (node->started && node->nslots
+            && !ngx_aai_redis_available(node->rs))
+        {
+            ngx_aai_redis_cluster_refresh_soon(cl);
+            break;
+        }
+    }
+
+    ngx_add_timer(&cl->watch, NGX_AAI_REDIS_CLUSTER_WATCH);
 }
 
 
@@ -930,6 +979,10 @@ ngx_aai_redis_cluster_send(ngx_aai_redis_cluster_t *cl, ngx_log_t *log,
     }
 
     if (ngx_aai_redis_cluster_dispatch(cc, NULL, 0) != NGX_OK) {
+
+        /* the slot's node is down: has a replica taken its place? */
+
+        ngx_aai_redis_cluster_refresh_soon(cl);
         ngx_aai_redis_cluster_free(cc);
         return NULL;
     }

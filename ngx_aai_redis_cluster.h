@@ -95,7 +95,6 @@ ngx_aai_redis_cmd_t *ngx_aai_redis_send_asking(ngx_aai_redis_t *rs,
     ngx_aai_redis_handler_pt handler, void *data);
 ngx_int_t ngx_aai_redis_set_node(ngx_aai_redis_t *rs, ngx_str_t *host,
     ngx_uint_t port);
-ngx_uint_t ngx_aai_redis_ready_any(ngx_aai_redis_t *rs);
 
 
 #endif /* _NGX_AAI_REDIS_CLUSTER_H_INCLUDED_ */

@@ -245,4 +245,63 @@ is($after, '200 MISS', 'purge: the en variant is gone');
 like("$pr $pb", qr/^200 .*"purged":1/, 'purge: one entry');
 is((cget($port2, '/cache/p1'))[0], '200 MISS', 'purge: the entry is gone');
 
+# --- a primary SIGKILLed: its replica takes over ----------------------------
+
+# the primary to kill: not a seed; users whose keys are on it
+my ($victim) = grep { $_ != $P[0] && $_ != $P[1] } @PRIMARIES;
+my @range = map { [$_->[0], $_->[1]] } grep { $_->[2][1] == $victim }
+            @{ redis_cmd_port($P[0], 'CLUSTER', 'SLOTS') };
+my @victims;
+for my $i (1 .. 2000) {
+    my $slot = redis_cmd_port($P[0], 'CLUSTER', 'KEYSLOT',
+                              "aai:rl:user:fo$i");
+    push @victims, "fo$i" if grep { $slot >= $_->[0] && $slot <= $_->[1] }
+                                  @range;
+    last if @victims >= 400;
+}
+ok(@victims >= 100, 'users whose keys are on the primary to kill');
+
+my $t_kill = time;
+kill_redis($victim);
+
+# requests meanwhile fall back (deny: 429 ERROR), none waits past the
+# timeout; until a request on a key of the lost slots is decided by Redis
+my ($n, $slow, $t_back) = (0, 0);
+while (time - $t_kill < 20 && $n < @victims) {
+    my $t0 = time;
+    my $r = rl($n % 2 ? $port1 : $port2, "/rl/?u=$victims[$n++]");
+    $slow++ if time - $t0 > 1.0;
+    if ($r eq '200 PASSED') {
+        $t_back = time;
+        last;
+    }
+    sleep 0.02;
+}
+ok($t_back, 'the limiter decides again on the replica that took over');
+is($slow, 0, 'no request waited past the timeout meanwhile');
+$t_back //= time;
+diag(sprintf 'cluster failover: primary SIGKILLed -> the limiter decides '
+     . 'again %.2f s (cluster-node-timeout 1000)', $t_back - $t_kill);
+cmp_ok($t_back - $t_kill, '<', 5, 'Redis decides again within 5 s');
+
+# both instances, both workers: exact again on the new primary
+ok(wait_until(10, sub {
+       my $ok = 1;
+       for (1 .. 4) {
+           $ok &&= rl($_ % 2 ? $port1 : $port2, "/rl/?u=$victims[$n++]")
+                   eq '200 PASSED';
+       }
+       $ok;
+   }), 'every worker uses the new primary');
+my $u = $victims[$n++];
+is(join(',', map { rl($_ % 2 ? $port1 : $port2, "/rl/?u=$u") } 1 .. 4),
+   '200 PASSED,200 PASSED,200 PASSED,429 REJECTED',
+   'exact limits again after the failover, without a reload');
+my $t_cache = time;
+ok(wait_until(10, sub {
+       my ($r) = cget($port1, "/cache/after$n");
+       (cget($port2, "/cache/after$n"))[0] eq '200 HIT'
+       || do { $n++; 0 };
+   }), 'the cache stores and hits again');
+
 done_testing();

@@ -310,8 +310,9 @@ sub stop_redis {
 
 # A Redis Cluster on loopback: six redis-server in cluster mode (three
 # primaries, three replicas, cluster-node-timeout 1000), made one cluster by
-# "redis-cli --cluster create".  Ports are $base .. $base + 5 (their cluster
-# bus at port + 10000, so $base must stay below 55530).  Returns the ports
+# "redis-cli --cluster create".  Ports are $base .. $base + 5, their
+# cluster bus ports 500 above (bus_offset; Redis's default, + 10000, would
+# land in the ephemeral range).  Returns the ports
 # once every node says cluster_state:ok; stop_redis() stops each, or
 # kill_redis() SIGKILLs one (a primary, to see its replica take over).
 sub start_redis_cluster {
@@ -333,6 +334,8 @@ sub start_redis_cluster {
               exec 'redis-server', '--port', $port, '--bind', '127.0.0.1',
                    '--save', '', '--appendonly', 'no', '--dir', $dir,
                    '--cluster-enabled', 'yes',
+                   '--cluster-port', $port + ($o{bus_offset} // 500),
+                   '--repl-diskless-sync-delay', 0,
                    '--cluster-config-file', "$dir/nodes.conf",
                    '--cluster-node-timeout', $o{node_timeout} || 1000,
                    '--daemonize', 'no', '--logfile', ''; }
@@ -361,7 +364,15 @@ sub start_redis_cluster {
             my $i = eval { redis_cmd_port($_, 'CLUSTER', 'INFO') } // '';
             $i =~ /cluster_state:ok/ && $i =~ /cluster_known_nodes:$n\b/;
         } @ports;
-        return @ports if $ok == $n;
+        # and every primary has a replica in sync (else none takes over)
+        my $slots = eval { redis_cmd_port($ports[0], 'CLUSTER', 'SLOTS') };
+        my $synced = grep {
+            my $r = eval { redis_cmd_port($_, 'INFO', 'replication') } // '';
+            $r =~ /role:slave/ && $r =~ /master_link_status:up/;
+        } @ports;
+        return @ports if $ok == $n && ref $slots eq 'ARRAY' && @$slots
+                         && !(grep { ref $_ ne 'ARRAY' || @$_ < 4 } @$slots)
+                         && $synced == $n - @$slots;
         sleep 0.1;
     }
     die "start_redis_cluster: the cluster did not become ok\n";
