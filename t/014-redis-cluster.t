@@ -12,6 +12,7 @@ use lib 't/lib';
 use AaiTest;
 use AaiTest qw( wait_until );
 use Time::HiRes qw( time sleep );
+use POSIX ();
 
 # ports of our own (the cluster bus listens at port + 10000)
 my $base = ($ENV{TEST_NGINX_SERVER_PORT} || 21000) + 101;
@@ -244,6 +245,61 @@ is($after, '200 MISS', 'purge: the en variant is gone');
 ($pr, $pb) = cget($port1, '/purge/cache/p1', {}, 'PURGE');
 like("$pr $pb", qr/^200 .*"purged":1/, 'purge: one entry');
 is((cget($port2, '/cache/p1'))[0], '200 MISS', 'purge: the entry is gone');
+
+# --- a slot migration during traffic (redis-cli --cluster reshard) ---------
+
+{
+    my @prim = primaries();
+    my %ids;
+    for my $line (split /\n/, redis_cmd_port($P[0], 'CLUSTER', 'NODES')) {
+        my ($id, $addr, $flags) = split / /, $line;
+        my ($port) = $addr =~ /:(\d+)@/;
+        $ids{$port} = $id if $port && $flags =~ /master/;
+    }
+    my ($from, $to) = @prim[0, 1];
+    my @src = map { [$_->[0], $_->[1]] } grep { $_->[2][1] == $from }
+              @{ redis_cmd_port($P[0], 'CLUSTER', 'SLOTS') };
+    # users whose keys are in the slots about to move (the source's first)
+    my @movers;
+    for my $i (1 .. 20000) {
+        my $slot = redis_cmd_port($P[0], 'CLUSTER', 'KEYSLOT',
+                                  "aai:rl:user:mv$i");
+        push @movers, "mv$i" if $slot >= $src[0][0] && $slot < $src[0][0] + 60;
+        last if @movers >= 40;
+    }
+    ok(@movers >= 20, 'users whose keys are in the slots to move');
+
+    my $pid = fork();
+    die "fork: $!\n" unless defined $pid;
+    if ($pid == 0) {
+        open STDOUT, '>', '/dev/null';
+        open STDERR, '>', '/dev/null';
+        exec 'redis-cli', '--cluster', 'reshard', "127.0.0.1:$P[0]",
+             '--cluster-from', $ids{$from}, '--cluster-to', $ids{$to},
+             '--cluster-slots', 60, '--cluster-yes',
+             '--cluster-pipeline', 1;
+        POSIX::_exit(127);
+    }
+
+    # four requests per user while the slots move: 3 pass, 1 rejected
+    my (%mp, $bad) = ();
+    my $round = 0;
+    while ($round < 4) {
+        for my $u (@movers) {
+            my $r = rl($round % 2 ? $port1 : $port2, "/rl/?u=$u");
+            if ($r eq '200 PASSED') { $mp{$u}++ }
+            elsif ($r ne '429 REJECTED') { $bad .= "$u:$r " }
+        }
+        $round++;
+    }
+    waitpid($pid, 0);
+    is($?, 0, 'redis-cli --cluster reshard moved the slots');
+    ok(!$bad, 'reshard: no error status, no fallback') or diag($bad);
+    is(scalar(grep { ($mp{$_} // 0) == 3 } @movers), scalar @movers,
+       'reshard: exactly 3 of 4 per user') or diag(explain(\%mp));
+    my $on_to = grep { $_ =~ /mv\d+/ } keys_on($to, 'aai:rl:user:mv*');
+    ok($on_to > 0, 'reshard: keys on the new owner') or diag($on_to);
+}
 
 # --- a primary SIGKILLed: its replica takes over ----------------------------
 
