@@ -37,6 +37,7 @@ is(scalar @PRIMARIES, 3, 'three primaries');
 my $seeds = join ',', map { "127.0.0.1:$_" } @P[0, 1];
 my $redis = "cluster=$seeds timeout=300ms connect_timeout=300ms";
 my $app = free_port();
+my $hung = hung_listener();
 
 my $conf = <<_EOC_;
     aai_ratelimit_redis $redis;
@@ -51,6 +52,15 @@ my $conf = <<_EOC_;
         location / {
             add_header Cache-Control "max-age=60";
             return 200 "app \$uri\\n";
+        }
+        location /cache/slow/ {
+            proxy_read_timeout 300ms;
+            proxy_pass http://127.0.0.1:$hung;
+            error_page 504 =200 \@slow;
+        }
+        location \@slow {
+            add_header Cache-Control "max-age=60";
+            return 200 "slow \$request_id\\n";
         }
         location /cache/vary/ {
             add_header Cache-Control "max-age=60";
@@ -245,6 +255,27 @@ is($after, '200 MISS', 'purge: the en variant is gone');
 ($pr, $pb) = cget($port1, '/purge/cache/p1', {}, 'PURGE');
 like("$pr $pb", qr/^200 .*"purged":1/, 'purge: one entry');
 is((cget($port2, '/cache/p1'))[0], '200 MISS', 'purge: the entry is gone');
+
+# the stampede lock: concurrent misses on both instances, one upstream
+# request; the waiters of the other instance are woken through pub/sub
+{
+    my @r = http_concurrent([map { [$_ % 2 ? $port1 : $port2,
+                                   '/cache/slow/lk1'] } 1 .. 20]);
+    my %c;
+    $c{($_->[0] // 0) . ' ' . ($_->[1]{'x-cache'} // '')}++ for @r;
+    is(join(',', map { "$_=$c{$_}" } sort keys %c), '200 HIT=19,200 MISS=1',
+       'lock: 20 concurrent misses on two instances, 1 miss, 19 hits');
+    my %bodies = map { $_->[2] => 1 } @r;
+    is(scalar keys %bodies, 1, 'lock: all got the same response');
+    my $up = 0;
+    for my $i (1 .. 20) {
+        $up = grep { m{"GET /cache/slow/lk1 HTTP/1.0"} }
+              file_lines("$prefix1/logs/access.log");
+        last if $up;
+        sleep 0.05;
+    }
+    is($up, 1, 'lock: the upstream saw 1 request');
+}
 
 # --- a slot migration during traffic (redis-cli --cluster reshard) ---------
 
