@@ -391,4 +391,25 @@ ok(wait_until(10, sub {
        || do { $n++; 0 };
    }), 'the cache stores and hits again');
 
+# --- nginx -t -----------------------------------------------------------------
+
+sub conf_error_like {
+    my ($args, $re, $what) = @_;
+    my ($p, $s) = eval {
+        start_nginx_instance('r014conf', "aai_ratelimit_redis $args;\n")
+    };
+    $s->() if $s;
+    like($@ // '', $re, "nginx -t: $what");
+}
+
+conf_error_like("cluster=127.0.0.1:$P[0],,127.0.0.1:1",
+    qr/invalid cluster address "" in "aai_ratelimit_redis"/,
+    'an empty cluster address');
+conf_error_like("cluster=no.such.host.invalid:7000",
+    qr/invalid cluster address "no\.such\.host\.invalid:7000" in "aai_ratelimit_redis": host not found/,
+    'a cluster node that does not resolve');
+conf_error_like('cluster=' . join(',', map { "127.0.0.1:$_" } 7001 .. 7017),
+    qr/more than 16 cluster nodes in "aai_ratelimit_redis"/,
+    'too many seed nodes');
+
 done_testing();
