@@ -897,6 +897,18 @@ ngx_aai_redis_out_reset(ngx_aai_redis_conn_t *conn)
 }
 
 
+ngx_int_t
+ngx_aai_redis_metrics(ngx_aai_redis_t *rs, struct ngx_aai_metrics_s *m,
+    const char *client)
+{
+    if (rs->cluster == NULL) {
+        return NGX_OK;
+    }
+
+    return ngx_aai_redis_cluster_metrics(rs->cluster, m, client);
+}
+
+
 /* for ngx_aai_redis_cluster.c */
 
 

@@ -182,4 +182,15 @@ ngx_int_t ngx_aai_redis_subscribe(ngx_aai_redis_t *rs, ngx_str_t *channel,
     ngx_uint_t pattern, ngx_aai_redis_message_pt handler, void *data);
 
 
+/*
+ * Configuration time, before the registry's ngx_aai_metrics_zone(): adds
+ * the client's metrics to a module's registry (cluster=: slot map
+ * refreshes and errors per node; nothing otherwise).  client is the
+ * metrics' "client" label.
+ */
+struct ngx_aai_metrics_s;
+ngx_int_t ngx_aai_redis_metrics(ngx_aai_redis_t *rs,
+    struct ngx_aai_metrics_s *m, const char *client);
+
+
 #endif /* _NGX_AAI_REDIS_H_INCLUDED_ */

@@ -11,6 +11,7 @@
 #include <ngx_event.h>
 
 #include "ngx_aai_redis_cluster.h"
+#include "ngx_aai_metrics.h"
 
 
 #define NGX_AAI_REDIS_CLUSTER_REDIRECTS   5
@@ -19,12 +20,20 @@
 #define NGX_AAI_REDIS_CLUSTER_MAX_MGET    64
 #define NGX_AAI_REDIS_CLUSTER_WATCH       200     /* ms */
 
+/* errors per node, by reason (metrics) */
+#define NGX_AAI_REDIS_CLUSTER_E_MOVED     0
+#define NGX_AAI_REDIS_CLUSTER_E_ASK       1
+#define NGX_AAI_REDIS_CLUSTER_E_TIMEOUT   2
+#define NGX_AAI_REDIS_CLUSTER_E_DOWN      3
+#define NGX_AAI_REDIS_CLUSTER_E_NUMBER    4
+
 
 typedef struct {
     ngx_aai_redis_t            *rs;
     u_char                      name[NGX_SOCKADDR_STRLEN];
     size_t                      len;
     ngx_uint_t                  nslots;     /* in the last map */
+    ngx_int_t                   m_errors[NGX_AAI_REDIS_CLUSTER_E_NUMBER];
     unsigned                    assigned:1;
     unsigned                    started:1;
 } ngx_aai_redis_cluster_node_t;
@@ -36,6 +45,7 @@ struct ngx_aai_redis_ccmd_s {
     ngx_aai_redis_cluster_t    *cl;
     ngx_aai_redis_cmd_t        *top;        /* what the caller holds */
     ngx_aai_redis_cmd_t        *inner;      /* on a node */
+    ngx_aai_redis_cluster_node_t  *node;    /* that node */
     ngx_aai_redis_handler_pt    handler;
     void                       *data;
     ngx_log_t                  *log;
@@ -59,6 +69,8 @@ struct ngx_aai_redis_cluster_s {
     ngx_aai_redis_conf_t       *conf;
     ngx_aai_redis_cluster_node_t  nodes[NGX_AAI_REDIS_CLUSTER_NODES];
     ngx_uint_t                  nnodes;
+    ngx_aai_metrics_t          *metrics;    /* NULL: none */
+    ngx_int_t                   m_refreshes;
 
     /* per worker */
     ngx_log_t                  *log;
@@ -109,6 +121,8 @@ static ngx_aai_redis_cmd_t *ngx_aai_redis_cluster_eval(
     ngx_aai_redis_cluster_t *cl, ngx_log_t *log, ngx_uint_t argc,
     ngx_str_t *argv, ngx_aai_redis_handler_pt handler, void *data);
 static void ngx_aai_redis_cluster_free(ngx_aai_redis_ccmd_t *cc);
+static void ngx_aai_redis_cluster_count(ngx_aai_redis_cluster_t *cl,
+    ngx_aai_redis_cluster_node_t *node, ngx_uint_t reason);
 
 
 /* CRC16-CCITT (XMODEM), polynomial 0x1021, as Redis Cluster's keyHashSlot */
@@ -747,6 +761,10 @@ ngx_aai_redis_cluster_slots_handler(ngx_aai_redis_result_t *res, void *data)
     cl->refreshes++;
     cl->known = 1;
 
+    if (cl->metrics) {
+        ngx_aai_metrics_inc(cl->metrics, cl->m_refreshes, 1);
+    }
+
     return;
 
 again:
@@ -1044,6 +1062,8 @@ ngx_aai_redis_cluster_dispatch(ngx_aai_redis_ccmd_t *cc,
         }
     }
 
+    cc->node = node;
+
     if (asking) {
         cc->inner = ngx_aai_redis_send_asking(node->rs, cc->log, cc->argc,
                                               cc->argv,
@@ -1054,7 +1074,13 @@ ngx_aai_redis_cluster_dispatch(ngx_aai_redis_ccmd_t *cc,
                                        ngx_aai_redis_cluster_handler, cc);
     }
 
-    return cc->inner ? NGX_OK : NGX_ERROR;
+    if (cc->inner == NULL) {
+        ngx_aai_redis_cluster_count(cc->cl, node,
+                                    NGX_AAI_REDIS_CLUSTER_E_DOWN);
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
 }
 
 
@@ -1078,6 +1104,12 @@ ngx_aai_redis_cluster_handler(ngx_aai_redis_result_t *res, void *data)
 
         /* the node timed out or is gone: its slots may have moved */
 
+        ngx_aai_redis_cluster_count(cl, cc->node,
+                                    (res->error
+                                     && ngx_strncmp(res->error, "timeout", 7)
+                                        == 0)
+                                    ? NGX_AAI_REDIS_CLUSTER_E_TIMEOUT
+                                    : NGX_AAI_REDIS_CLUSTER_E_DOWN);
         ngx_aai_redis_cluster_refresh_soon(cl);
         ngx_aai_redis_cluster_deliver(cc, res);
         return;
@@ -1118,6 +1150,10 @@ ngx_aai_redis_cluster_handler(ngx_aai_redis_result_t *res, void *data)
     }
 
     cc->redirects++;
+
+    ngx_aai_redis_cluster_count(cl, cc->node,
+                                ask ? NGX_AAI_REDIS_CLUSTER_E_ASK
+                                    : NGX_AAI_REDIS_CLUSTER_E_MOVED);
 
     node = ngx_aai_redis_cluster_node(cl, &host, port, 1);
 
@@ -1529,4 +1565,79 @@ ngx_aai_redis_cluster_subscribe(ngx_aai_redis_cluster_t *cl,
 {
     return ngx_aai_redis_subscribe(cl->nodes[0].rs, channel, pattern,
                                    handler, data);
+}
+
+
+/*
+ * Metrics, in the owning module's registry (configuration time): the slot
+ * map refreshes of the client, and per node client (node="0" to "15", in
+ * the order the seeds and then the map gave them addresses; the error log
+ * names each node's address when it is given one) the errors by reason:
+ * MOVED and ASK replies, commands timed out, and commands the node could
+ * not take (connection refused or lost, backing off).
+ */
+
+ngx_int_t
+ngx_aai_redis_cluster_metrics(ngx_aai_redis_cluster_t *cl,
+    ngx_aai_metrics_t *m, const char *client)
+{
+    u_char      *p;
+    ngx_str_t    label;
+    ngx_uint_t   i, k;
+
+    static const char  *reasons[] = { "moved", "ask", "timeout", "down" };
+
+    p = ngx_pnalloc(ngx_cycle->pool, 256);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    label.data = p;
+    label.len = ngx_snprintf(p, 256, "client=\"%s\"", client) - p;
+
+    cl->m_refreshes = ngx_aai_metrics_add(m, NGX_AAI_METRIC_COUNTER,
+                                    "aai_redis_cluster_slot_map_refreshes_total",
+                                    "Slot maps a Redis Cluster client learnt.",
+                                    &label);
+    if (cl->m_refreshes == NGX_ERROR) {
+        return NGX_ERROR;
+    }
+
+    for (i = 0; i < cl->nnodes; i++) {
+        for (k = 0; k < NGX_AAI_REDIS_CLUSTER_E_NUMBER; k++) {
+            p = ngx_pnalloc(ngx_cycle->pool, 256);
+            if (p == NULL) {
+                return NGX_ERROR;
+            }
+
+            label.data = p;
+            label.len = ngx_snprintf(p, 256,
+                                     "client=\"%s\",node=\"%ui\","
+                                     "reason=\"%s\"",
+                                     client, i, reasons[k]) - p;
+
+            cl->nodes[i].m_errors[k] = ngx_aai_metrics_add(m,
+                                    NGX_AAI_METRIC_COUNTER,
+                                    "aai_redis_cluster_errors_total",
+                                    "Redis Cluster node errors, by reason.",
+                                    &label);
+            if (cl->nodes[i].m_errors[k] == NGX_ERROR) {
+                return NGX_ERROR;
+            }
+        }
+    }
+
+    cl->metrics = m;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_aai_redis_cluster_count(ngx_aai_redis_cluster_t *cl,
+    ngx_aai_redis_cluster_node_t *node, ngx_uint_t reason)
+{
+    if (cl->metrics && node) {
+        ngx_aai_metrics_inc(cl->metrics, node->m_errors[reason], 1);
+    }
 }

@@ -86,6 +86,10 @@ ngx_int_t ngx_aai_redis_cluster_subscribe(ngx_aai_redis_cluster_t *cl,
     ngx_str_t *channel, ngx_uint_t pattern, ngx_aai_redis_message_pt handler,
     void *data);
 
+typedef struct ngx_aai_metrics_s  ngx_aai_metrics_t;
+ngx_int_t ngx_aai_redis_cluster_metrics(ngx_aai_redis_cluster_t *cl,
+    ngx_aai_metrics_t *m, const char *client);
+
 /* in ngx_aai_redis.c, for the cluster */
 ngx_aai_redis_cmd_t *ngx_aai_redis_cmd_wrap(ngx_aai_redis_t *rs,
     void *ccmd);

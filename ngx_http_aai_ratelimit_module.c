@@ -830,6 +830,12 @@ ngx_http_aai_ratelimit_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
+    if (ngx_aai_redis_metrics(mcf->redis, mcf->metrics, "ratelimit")
+        != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
+
     return NGX_CONF_OK;
 }
 

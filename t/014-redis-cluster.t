@@ -74,6 +74,9 @@ my $conf = <<_EOC_;
         add_header X-RL \$aai_ratelimit_status always;
         add_header X-Cache \$aai_cache_status always;
 
+        location /metrics {
+            aai_metrics;
+        }
         location /rl/ {
             aai_ratelimit user;
             proxy_pass http://127.0.0.1:$app;
@@ -112,6 +115,22 @@ ok(wait_until(10, sub {
        rl($port1, '/rl/?u=probe1') eq '200 PASSED'
        && rl($port2, '/rl/?u=probe2') eq '200 PASSED'
    }), 'Redis decides through the cluster');
+
+# the sum over both instances of a cluster metric of a client
+sub cluster_metric {
+    my ($family, $client, $reason) = @_;
+    my $sum = 0;
+    for my $port ($port1, $port2) {
+        my $m = metrics_get($port);
+        for my $k (keys %$m) {
+            next unless $k =~ /^aai_redis_cluster_\Q$family\E\{/
+                        && $k =~ /client="\Q$client\E"/;
+            next if defined $reason && $k !~ /reason="$reason"/;
+            $sum += $m->{$k};
+        }
+    }
+    return $sum;
+}
 
 # --- exact limits for many users, across two instances ----------------------
 
@@ -330,6 +349,9 @@ is((cget($port2, '/cache/p1'))[0], '200 MISS', 'purge: the entry is gone');
        'reshard: exactly 3 of 4 per user') or diag(explain(\%mp));
     my $on_to = grep { $_ =~ /mv\d+/ } keys_on($to, 'aai:rl:user:mv*');
     ok($on_to > 0, 'reshard: keys on the new owner') or diag($on_to);
+    is(cluster_metric('errors_total', 'ratelimit', 'moved') > 0, 1,
+       'reshard: the MOVED replies followed are counted');
+
 }
 
 # --- a primary SIGKILLed: its replica takes over ----------------------------
@@ -384,6 +406,10 @@ my $u = $victims[$n++];
 is(join(',', map { rl($_ % 2 ? $port1 : $port2, "/rl/?u=$u") } 1 .. 4),
    '200 PASSED,200 PASSED,200 PASSED,429 REJECTED',
    'exact limits again after the failover, without a reload');
+ok(cluster_metric('errors_total', 'ratelimit', 'down') > 0,
+   'the commands the dead node could not take are counted');
+ok(cluster_metric('slot_map_refreshes_total', 'ratelimit') > 4,
+   'the slot map refreshes are counted');
 my $t_cache = time;
 ok(wait_until(10, sub {
        my ($r) = cget($port1, "/cache/after$n");
