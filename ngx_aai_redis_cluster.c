@@ -205,8 +205,7 @@ ngx_aai_redis_cluster_cmd_slot(ngx_uint_t argc, ngx_str_t *argv)
         first = 3;
 
     } else if ((name->len == 4
-                && (ngx_strncasecmp(name->data, (u_char *) "MGET", 4) == 0
-                    || ngx_strncasecmp(name->data, (u_char *) "DEL", 3) == 0))
+                && ngx_strncasecmp(name->data, (u_char *) "MGET", 4) == 0)
                || (name->len == 3
                    && ngx_strncasecmp(name->data, (u_char *) "DEL", 3) == 0)
                || (name->len == 6
@@ -790,6 +789,19 @@ ngx_aai_redis_cluster_apply(ngx_aai_redis_cluster_t *cl,
         cl->nodes[i].nslots = 0;
     }
 
+    /*
+     * The nodes the map keeps first, so that a node client given a new
+     * address is never one the map still names.
+     */
+
+    for (i = 0; i < n; i++) {
+        node = ngx_aai_redis_cluster_node(cl, &ranges[i].host, ranges[i].port,
+                                          0);
+        if (node) {
+            node->nslots += ranges[i].end - ranges[i].start + 1;
+        }
+    }
+
     covered = 0;
 
     for (i = 0; i < n; i++) {
@@ -813,7 +825,10 @@ ngx_aai_redis_cluster_apply(ngx_aai_redis_cluster_t *cl,
             cl->map[s] = (u_char) (node - cl->nodes + 1);
         }
 
-        node->nslots += ranges[i].end - ranges[i].start + 1;
+        if (node->nslots == 0) {
+            node->nslots = ranges[i].end - ranges[i].start + 1;
+        }
+
         covered += ranges[i].end - ranges[i].start + 1;
     }
 
