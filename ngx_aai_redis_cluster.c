@@ -1611,9 +1611,9 @@ ngx_aai_redis_cluster_metrics(ngx_aai_redis_cluster_t *cl,
     label.len = ngx_snprintf(p, 256, "client=\"%s\"", client) - p;
 
     cl->m_refreshes = ngx_aai_metrics_add(m, NGX_AAI_METRIC_COUNTER,
-                                    "aai_redis_cluster_slot_map_refreshes_total",
-                                    "Slot maps a Redis Cluster client learnt.",
-                                    &label);
+                            "aai_redis_cluster_slot_map_refreshes_total",
+                            "Slot maps a Redis Cluster client learnt.",
+                            &label);
     if (cl->m_refreshes == NGX_ERROR) {
         return NGX_ERROR;
     }

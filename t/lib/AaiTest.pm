@@ -25,6 +25,11 @@ package AaiTest;
 #                               reuse a port, e.g. after stop_redis); returns
 #                               its port.
 #   stop_redis($port)           stops it (TERM, bounded, then KILL).
+#   start_redis_cluster(base => P)
+#                               six redis-server in cluster mode on P..P+5,
+#                               three primaries with a replica each, made
+#                               one cluster; returns their ports.
+#   kill_redis($port)           SIGKILLs one (a cluster's failover).
 #   hung_listener()             a port that accepts TCP connections (kernel
 #                               backlog) and never answers; returns port.
 #   start_nginx_instance($name, $http_conf, %o)
@@ -90,7 +95,8 @@ use Errno qw( EAGAIN EWOULDBLOCK EINTR );
 use Test::More ();
 
 our @EXPORT = qw( redis_cmd redis_cmd_port redis_flushdb free_port
-    start_redis stop_redis start_redis_cluster kill_redis hung_listener start_nginx_instance http_get
+    start_redis stop_redis start_redis_cluster kill_redis hung_listener
+    start_nginx_instance http_get
     http_concurrent
     kafka_consume kafka_broker_down kafka_broker_up file_lines );
 
@@ -355,7 +361,8 @@ sub start_redis_cluster {
             unless defined $pong && $pong eq 'PONG';
     }
     my $nodes = join ' ', map { "127.0.0.1:$_" } @ports;
-    my $out = `redis-cli --cluster create $nodes --cluster-replicas 1 --cluster-yes 2>&1`;
+    my $out = `redis-cli --cluster create $nodes --cluster-replicas 1 \
+               --cluster-yes 2>&1`;
     die "start_redis_cluster: redis-cli --cluster create failed: $out\n"
         if $?;
     my $deadline = time + 20;
