@@ -361,8 +361,8 @@ sub start_redis_cluster {
             unless defined $pong && $pong eq 'PONG';
     }
     my $nodes = join ' ', map { "127.0.0.1:$_" } @ports;
-    my $out = `redis-cli --cluster create $nodes --cluster-replicas 1 \
-               --cluster-yes 2>&1`;
+    my $opts = '--cluster-replicas 1 --cluster-yes';
+    my $out = `redis-cli --cluster create $nodes $opts 2>&1`;
     die "start_redis_cluster: redis-cli --cluster create failed: $out\n"
         if $?;
     my $deadline = time + 20;
