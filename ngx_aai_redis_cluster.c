@@ -1059,7 +1059,10 @@ ngx_aai_redis_cluster_ccmd(ngx_aai_redis_cluster_t *cl, ngx_log_t *log,
     for (i = 0; i < argc; i++) {
         cc->argv[i].data = p;
         cc->argv[i].len = argv[i].len;
-        p = ngx_cpymem(p, argv[i].data, argv[i].len);
+
+        if (argv[i].len) {                  /* an empty one may be NULL */
+            p = ngx_cpymem(p, argv[i].data, argv[i].len);
+        }
     }
 
     return cc;
