@@ -74,7 +74,7 @@ static ngx_int_t ngx_aai_jwt_set_result(ngx_http_request_t *r,
     ngx_aai_jwt_ctx_t *ctx, ngx_aai_jwt_str_t *sub,
     ngx_aai_jwt_str_t *claims, ngx_uint_t nclaims);
 static void ngx_aai_jwt_log_rejected(ngx_http_request_t *r,
-    ngx_aai_jwt_verify_t *v);
+    ngx_uint_t status, const char *reason);
 
 static uint32_t ngx_aai_jwt_hash(ngx_str_t *token, uint64_t profile);
 static ngx_int_t ngx_aai_jwt_cache_get(ngx_http_request_t *r,
@@ -827,6 +827,13 @@ ngx_aai_jwt_evaluate(ngx_http_request_t *r)
         return NULL;
     }
 
+    if (ctx->status == NGX_AAI_JWT_EXPIRED) {
+        ngx_aai_jwt_log_rejected(r, ctx->status, "\"exp\" has passed");
+
+    } else if (ctx->status == NGX_AAI_JWT_NOT_YET_VALID) {
+        ngx_aai_jwt_log_rejected(r, ctx->status, "\"nbf\" is ahead");
+    }
+
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "aai_jwt: %s \"%V\"%s",
                    ngx_aai_jwt_status_name(ctx->status), &ctx->sub,
@@ -958,7 +965,11 @@ ngx_aai_jwt_verify_token(ngx_http_request_t *r, ngx_aai_jwt_loc_conf_t *jcf,
 
     if (status != NGX_AAI_JWT_VALID) {
         ctx->status = status;
-        ngx_aai_jwt_log_rejected(r, &v);
+
+        if (status != NGX_AAI_JWT_UNKNOWN_KEY || v.nkeys) {
+            ngx_aai_jwt_log_rejected(r, v.status, v.reason);
+        }
+
         return NGX_DONE;
     }
 
@@ -1036,23 +1047,22 @@ ngx_aai_jwt_set_result(ngx_http_request_t *r, ngx_aai_jwt_ctx_t *ctx,
 
 
 /*
- * Garbage from clients at info, forgery or key trouble at warn, at most
+ * Garbage from clients and expired tokens (a client that has not refreshed
+ * yet) at info; forgery, key trouble and tokens not valid yet (the clocks
+ * of the issuer and of nginx disagree) at warn; at most
  * NGX_AAI_JWT_LOG_RATE lines a second per worker.  Never the token.
  */
 
 static void
-ngx_aai_jwt_log_rejected(ngx_http_request_t *r, ngx_aai_jwt_verify_t *v)
+ngx_aai_jwt_log_rejected(ngx_http_request_t *r, ngx_uint_t status,
+    const char *reason)
 {
     ngx_uint_t         level, skipped;
     static time_t      second;
     static ngx_uint_t  logged, suppressed;
 
-    if (v->status == NGX_AAI_JWT_UNKNOWN_KEY && v->nkeys == 0) {
-        return;
-    }
-
-    level = (v->status == NGX_AAI_JWT_MALFORMED) ? NGX_LOG_INFO
-                                                 : NGX_LOG_WARN;
+    level = (status == NGX_AAI_JWT_MALFORMED || status == NGX_AAI_JWT_EXPIRED)
+            ? NGX_LOG_INFO : NGX_LOG_WARN;
 
     if (r->connection->log->log_level < level) {
         return;
@@ -1076,14 +1086,13 @@ ngx_aai_jwt_log_rejected(ngx_http_request_t *r, ngx_aai_jwt_verify_t *v)
         ngx_log_error(level, r->connection->log, 0,
                       "aai_jwt: token rejected: %s, %s "
                       "(%ui similar messages suppressed)",
-                      ngx_aai_jwt_status_name(v->status), v->reason,
-                      skipped);
+                      ngx_aai_jwt_status_name(status), reason, skipped);
         return;
     }
 
     ngx_log_error(level, r->connection->log, 0,
                   "aai_jwt: token rejected: %s, %s",
-                  ngx_aai_jwt_status_name(v->status), v->reason);
+                  ngx_aai_jwt_status_name(status), reason);
 }
 
 
