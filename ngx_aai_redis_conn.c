@@ -60,6 +60,11 @@ ngx_aai_redis_init_worker(ngx_aai_redis_t *rs, ngx_cycle_t *cycle)
 
     rs->log = cycle->log;
 
+    if (rs->cluster) {
+        rs->initialized = 1;
+        return ngx_aai_redis_cluster_init_worker(rs->cluster, cycle);
+    }
+
     if (ngx_aai_redis_handshake_init(rs) != NGX_OK) {
         return NGX_ERROR;
     }
@@ -132,6 +137,10 @@ ngx_aai_redis_exit_worker(ngx_aai_redis_t *rs)
      * The handlers of pending commands are not called: their requests are
      * being torn down with the worker.
      */
+
+    if (rs->cluster) {
+        ngx_aai_redis_cluster_exit_worker(rs->cluster);
+    }
 
     if (rs->conns) {
         for (i = 0; i < rs->nconns; i++) {
@@ -376,6 +385,9 @@ ngx_aai_redis_connect(ngx_aai_redis_conn_t *conn)
         }
 
         addr = &rs->primary;
+
+    } else if (rs->primary_known) {
+        addr = &rs->primary;            /* a cluster node's, from the map */
 
     } else {
         addr = &rcf->addrs[conn->addr % rcf->naddrs];

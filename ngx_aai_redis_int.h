@@ -20,6 +20,7 @@
 #include <ngx_event_connect.h>
 
 #include "ngx_aai_redis.h"
+#include "ngx_aai_redis_cluster.h"
 
 
 #define NGX_AAI_REDIS_DEFAULT_PORT      6379
@@ -58,7 +59,8 @@ typedef enum {
     NGX_AAI_REDIS_CMD_AUTH,
     NGX_AAI_REDIS_CMD_SELECT,
     NGX_AAI_REDIS_CMD_ROLE,         /* with sentinel=: a primary? */
-    NGX_AAI_REDIS_CMD_PING
+    NGX_AAI_REDIS_CMD_PING,
+    NGX_AAI_REDIS_CMD_CLUSTER       /* what a cluster's caller holds */
 } ngx_aai_redis_step_e;
 
 
@@ -211,6 +213,8 @@ struct ngx_aai_redis_s {
     ngx_uint_t                  failovers;  /* primary changes followed */
     unsigned                    primary_known:1;
     unsigned                    switching:1;
+
+    ngx_aai_redis_cluster_t    *cluster;    /* cluster= */
 
     unsigned                    healthy:1;
     unsigned                    initialized:1;

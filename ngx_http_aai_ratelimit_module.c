@@ -398,6 +398,10 @@ ngx_http_aai_ratelimit_cleanup(void *data)
         ctx->batch->slots[ctx->slot].ctx = NULL;
         ctx->batch = NULL;
     }
+
+    if (ctx->cluster) {
+        ngx_http_aai_ratelimit_cluster_cleanup(ctx);
+    }
 }
 
 
@@ -846,6 +850,12 @@ ngx_http_aai_ratelimit_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     mcf->redis = ngx_aai_redis_create(cf, &mcf->redis_conf);
     if (mcf->redis == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_aai_redis_metrics(mcf->redis, mcf->metrics, "ratelimit")
+        != NGX_OK)
+    {
         return NGX_CONF_ERROR;
     }
 
