@@ -254,6 +254,7 @@ ngx_uint_t ngx_aai_redis_circuit_blocked(ngx_aai_redis_t *rs);
 
 /* ngx_aai_redis_conn.c */
 
+redisReader *ngx_aai_redis_reader_create(void);
 void ngx_aai_redis_conn_init(ngx_aai_redis_t *rs,
     ngx_aai_redis_conn_t *conn, ngx_cycle_t *cycle, ngx_uint_t n);
 ngx_int_t ngx_aai_redis_connect(ngx_aai_redis_conn_t *conn);

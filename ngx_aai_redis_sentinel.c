@@ -141,7 +141,7 @@ ngx_aai_redis_sentinel_connect(ngx_aai_redis_sentinel_t *st)
 
     addr = &rcf->sentinels[st->next % rcf->nsentinels];
 
-    st->reader = redisReaderCreate();
+    st->reader = ngx_aai_redis_reader_create();
     if (st->reader == NULL) {
         ngx_aai_redis_sentinel_fail(st, "redisReaderCreate() failed");
         return;

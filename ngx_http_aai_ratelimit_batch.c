@@ -156,7 +156,7 @@ ngx_http_aai_ratelimit_enqueue_in(ngx_http_aai_ratelimit_main_conf_t *mcf,
 
     b->nzones += ctx->nzones;
 
-    ngx_log_debug4(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+    ngx_log_debug4(NGX_LOG_DEBUG_HTTP, ctx->request->connection->log, 0,
                    "aai_ratelimit queued in batch %p as request %ui, "
                    "%ui zones of %ui",
                    b, ctx->slot + 1, ctx->nzones, b->nzones);

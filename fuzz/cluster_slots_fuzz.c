@@ -23,6 +23,7 @@
 #include "ngx_fuzz.h"
 
 #include "../ngx_aai_redis_cluster.c"
+#include "../ngx_aai_redis_int.h"
 
 
 #define FUZZ_RANGES  64
@@ -57,6 +58,45 @@ fuzz_check_slots(void)
 }
 
 
+/*
+ * In nginx the reply comes through ngx_aai_redis_reader_create()'s reader
+ * (ngx_aai_redis_conn.c), whose arrays are bounded: the same bound here.
+ */
+
+static redisReplyObjectFunctions   fuzz_fn;
+static void                      *(*fuzz_array_fn)(const redisReadTask *task,
+                                                   int elements);
+
+
+static void *
+fuzz_create_array(const redisReadTask *task, int elements)
+{
+    return elements > NGX_AAI_REDIS_MAX_ELEMENTS
+           ? NULL : fuzz_array_fn(task, elements);
+}
+
+
+static redisReader *
+fuzz_reader_create(void)
+{
+    redisReader  *reader;
+
+    reader = redisReaderCreate();
+
+    if (reader != NULL) {
+        if (fuzz_array_fn == NULL) {
+            fuzz_fn = *reader->fn;
+            fuzz_array_fn = fuzz_fn.createArray;
+            fuzz_fn.createArray = fuzz_create_array;
+        }
+
+        reader->fn = &fuzz_fn;
+    }
+
+    return reader;
+}
+
+
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -79,7 +119,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     last = (u_char *) data + size;
 
     if (data[0] < 128) {
-        reader = redisReaderCreate();
+        reader = fuzz_reader_create();
         if (reader == NULL) {
             return 0;
         }
