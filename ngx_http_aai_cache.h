@@ -126,12 +126,6 @@ typedef enum {
 
 
 typedef struct {
-    ngx_uint_t                    status;      /* 0: any */
-    time_t                        valid;
-} ngx_http_aai_cache_valid_t;
-
-
-typedef struct {
     ngx_aai_redis_conf_t          redis_conf;
     ngx_aai_redis_t              *redis;
 

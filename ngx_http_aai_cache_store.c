@@ -23,8 +23,6 @@
 
 static const char *ngx_http_aai_cache_decide(ngx_http_request_t *r,
     ngx_http_aai_cache_ctx_t *ctx, ngx_http_aai_cache_loc_conf_t *alcf);
-static ngx_int_t ngx_http_aai_cache_valid_time(
-    ngx_http_aai_cache_loc_conf_t *alcf, ngx_uint_t status);
 static ngx_int_t ngx_http_aai_cache_begin(ngx_http_request_t *r,
     ngx_http_aai_cache_ctx_t *ctx, ngx_http_aai_cache_loc_conf_t *alcf);
 static ngx_int_t ngx_http_aai_cache_capture(ngx_http_request_t *r,
@@ -50,12 +48,6 @@ static ngx_table_elt_t *ngx_http_aai_cache_origin_date(
     ngx_http_request_t *r);
 static ngx_uint_t ngx_http_aai_cache_connection_listed(ngx_list_t *raw,
     ngx_str_t *name);
-
-
-/* statuses cacheable without aai_cache_valid (RFC 9110, 15.1), but 206 */
-static ngx_uint_t  ngx_http_aai_cache_heuristic[] = {
-    200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501, 0
-};
 
 
 /* response headers that are never stored */
@@ -280,7 +272,12 @@ ngx_http_aai_cache_decide(ngx_http_request_t *r,
 
     f.now = ngx_http_aai_cache_now();
     f.status = r->headers_out.status;
-    f.valid = ngx_http_aai_cache_valid_time(alcf, r->headers_out.status);
+    f.valid = alcf->valid
+              ? ngx_http_aai_cache_valid_time(alcf->valid->elts,
+                                              alcf->valid->nelts,
+                                              r->headers_out.status)
+              : ngx_http_aai_cache_valid_time(NULL, 0,
+                                              r->headers_out.status);
     f.credentialed = ctx->credentialed;
 
     n = 0;
@@ -406,50 +403,6 @@ ngx_http_aai_cache_decide(ngx_http_request_t *r,
     }
 
     return NULL;
-}
-
-
-/* the aai_cache_valid time of the status, or NGX_HTTP_AAI_CACHE_* */
-
-static ngx_int_t
-ngx_http_aai_cache_valid_time(ngx_http_aai_cache_loc_conf_t *alcf,
-    ngx_uint_t status)
-{
-    ngx_uint_t                   i;
-    ngx_http_aai_cache_valid_t  *v;
-
-    if (status == NGX_HTTP_PARTIAL_CONTENT
-        || status == NGX_HTTP_NOT_MODIFIED
-        || status < NGX_HTTP_OK)
-    {
-        return NGX_HTTP_AAI_CACHE_NOT_VALID;
-    }
-
-    if (alcf->valid == NULL) {
-        for (i = 0; ngx_http_aai_cache_heuristic[i]; i++) {
-            if (ngx_http_aai_cache_heuristic[i] == status) {
-                return NGX_HTTP_AAI_CACHE_NO_TIME;
-            }
-        }
-
-        return NGX_HTTP_AAI_CACHE_NOT_VALID;
-    }
-
-    v = alcf->valid->elts;
-
-    for (i = 0; i < alcf->valid->nelts; i++) {
-        if (v[i].status == status) {
-            return v[i].valid;
-        }
-    }
-
-    for (i = 0; i < alcf->valid->nelts; i++) {
-        if (v[i].status == 0) {
-            return v[i].valid;
-        }
-    }
-
-    return NGX_HTTP_AAI_CACHE_NOT_VALID;
 }
 
 
