@@ -272,6 +272,7 @@ typedef struct {
 
 extern ngx_module_t                      ngx_http_aai_cache_module;
 extern ngx_conf_bitmask_t                ngx_http_aai_cache_method_masks[];
+extern ngx_str_t                         ngx_http_aai_cache_status_names[];
 extern ngx_str_t                         ngx_http_aai_cache_release_script;
 
 extern ngx_http_output_header_filter_pt  ngx_http_aai_cache_next_header_filter;

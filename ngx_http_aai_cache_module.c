@@ -80,7 +80,7 @@ static ngx_int_t ngx_http_aai_cache_init_process(ngx_cycle_t *cycle);
 static void ngx_http_aai_cache_exit_process(ngx_cycle_t *cycle);
 
 
-static ngx_str_t  ngx_http_aai_cache_status_names[] = {
+ngx_str_t  ngx_http_aai_cache_status_names[] = {
     ngx_null_string,
     ngx_string("MISS"),
     ngx_string("BYPASS"),

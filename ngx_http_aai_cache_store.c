@@ -499,6 +499,11 @@ ngx_http_aai_cache_begin(ngx_http_request_t *r, ngx_http_aai_cache_ctx_t *ctx,
     ctx->capturing = 1;
     ctx->stored = 1;
 
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "aai cache capture for \"%V\" started, fresh for "
+                   "%uL ms, content length %O", &ctx->store_key,
+                   ctx->fresh_until - ngx_http_aai_cache_now(), ctx->clen);
+
     return NGX_OK;
 }
 
@@ -970,6 +975,10 @@ ngx_http_aai_cache_job_next(ngx_http_aai_cache_job_t *job)
         return NGX_ERROR;
     }
 
+    ngx_log_debug4(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "aai cache store piece of \"%V\" sent: %V at %uz of %uz",
+                   &job->argv[7], &argv[0], job->off, job->len);
+
     if (job->off && !job->grown) {
         job->grown = 1;
     }
@@ -1008,6 +1017,10 @@ ngx_http_aai_cache_job_handler(ngx_aai_redis_result_t *res, void *data)
         if (res->reply->type == REDIS_REPLY_INTEGER
             && res->reply->integer == 1)
         {
+            ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                           "aai cache stored \"%V\" in pieces",
+                           &job->argv[3]);
+
             ngx_aai_metrics_inc(amcf->metrics, amcf->m_stored, 1);
 
         } else {
@@ -1038,6 +1051,10 @@ ngx_http_aai_cache_job_fail(ngx_http_aai_cache_job_t *job, const char *why)
     ngx_http_aai_cache_main_conf_t  *amcf;
 
     static time_t  logged;
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "aai cache store of \"%V\" in pieces failed: %s",
+                   &job->argv[3], why ? why : "not sent");
 
     if (why && logged != ngx_time()) {
         logged = ngx_time();
@@ -1091,9 +1108,16 @@ ngx_http_aai_cache_store_handler(ngx_aai_redis_result_t *res, void *data)
     ngx_aai_metrics_observe(amcf->metrics, amcf->m_latency, res->latency_us);
 
     if (res->reply && res->reply->type != REDIS_REPLY_ERROR) {
+        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                       "aai cache stored");
+
         ngx_aai_metrics_inc(amcf->metrics, amcf->m_stored, 1);
         return;
     }
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "aai cache store failed: %s",
+                   res->reply ? res->reply->str : res->error);
 
     ngx_aai_metrics_inc(amcf->metrics, amcf->m_store_failures, 1);
 
