@@ -236,3 +236,38 @@ GET /purge/x
 --- no_error_log
 [error]
 [alert]
+
+
+
+=== TEST 7: "off | list" directives: aai_cache_credentials twice in one location
+--- config
+    location /c/ {
+        aai_cache_credentials Authorization;
+        aai_cache_credentials off;
+    }
+--- must_die
+--- error_log
+"aai_cache_credentials" directive is duplicate
+
+
+
+=== TEST 8: "off | list" directives: aai_cache_control_field twice in one location
+--- config
+    location /c/ {
+        aai_cache_control_field off;
+        aai_cache_control_field CDN-Cache-Control;
+    }
+--- must_die
+--- error_log
+"aai_cache_control_field" directive is duplicate
+
+
+
+=== TEST 9: "off | list" directives: an empty field name
+--- config
+    location /c/ {
+        aai_cache_control_field CDN-Cache-Control "";
+    }
+--- must_die
+--- error_log
+invalid field "" in "aai_cache_control_field": a response header name
