@@ -39,7 +39,6 @@
 #include "ngx_http_aai_cache_freshness.h"
 
 
-
 #define NGX_HTTP_AAI_CACHE_CHANNEL        "aai:cache:unlock"
 #define NGX_HTTP_AAI_CACHE_DEFAULT_KEY                                        \
     "$scheme$request_method$host$request_uri"
@@ -267,7 +266,6 @@ typedef struct {
     u_char                        token[16];
     u_char                        msg[NGX_HTTP_AAI_CACHE_ORPHAN_KEY];
 } ngx_http_aai_cache_orphan_t;
-
 
 
 extern ngx_module_t                      ngx_http_aai_cache_module;
