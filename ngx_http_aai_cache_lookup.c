@@ -586,10 +586,10 @@ void
 ngx_http_aai_cache_forward(ngx_http_request_t *r,
     ngx_http_aai_cache_ctx_t *ctx, ngx_uint_t status)
 {
-    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
-                   "aai cache %V: forwarded, %s",
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "aai cache %V: forwarded%s%s",
                    &ngx_http_aai_cache_status_names[status],
-                   ctx->detail ? ctx->detail : "");
+                   ctx->detail ? ", " : "", ctx->detail ? ctx->detail : "");
 
     ctx->status = status;
     ctx->fwd = status;
@@ -689,10 +689,10 @@ ngx_http_aai_cache_serve(ngx_http_request_t *r,
 {
     ngx_int_t  rc;
 
-    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
-                   "aai cache %V: served from the cache, status %ui %s",
+    ngx_log_debug4(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "aai cache %V: served from the cache, status %ui%s%s",
                    &ngx_http_aai_cache_status_names[status], e->status,
-                   ctx->detail ? ctx->detail : "");
+                   ctx->detail ? ", " : "", ctx->detail ? ctx->detail : "");
 
     ctx->status = status;
     ctx->state = NGX_HTTP_AAI_CACHE_ST_DONE;
