@@ -39,7 +39,6 @@
 #include "ngx_http_aai_cache_freshness.h"
 
 
-
 #define NGX_HTTP_AAI_CACHE_CHANNEL        "aai:cache:unlock"
 #define NGX_HTTP_AAI_CACHE_DEFAULT_KEY                                        \
     "$scheme$request_method$host$request_uri"
@@ -123,12 +122,6 @@ typedef enum {
     NGX_HTTP_AAI_CACHE_WAKE_POLL,
     NGX_HTTP_AAI_CACHE_WAKE_TIMEOUT
 } ngx_http_aai_cache_wake_e;
-
-
-typedef struct {
-    ngx_uint_t                    status;      /* 0: any */
-    time_t                        valid;
-} ngx_http_aai_cache_valid_t;
 
 
 typedef struct {
@@ -275,9 +268,9 @@ typedef struct {
 } ngx_http_aai_cache_orphan_t;
 
 
-
 extern ngx_module_t                      ngx_http_aai_cache_module;
 extern ngx_conf_bitmask_t                ngx_http_aai_cache_method_masks[];
+extern ngx_str_t                         ngx_http_aai_cache_status_names[];
 extern ngx_str_t                         ngx_http_aai_cache_release_script;
 
 extern ngx_http_output_header_filter_pt  ngx_http_aai_cache_next_header_filter;

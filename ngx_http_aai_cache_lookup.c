@@ -96,8 +96,14 @@ ngx_http_aai_cache_lookup(ngx_http_request_t *r,
     ctx->cmd = ngx_aai_redis_send(amcf->redis, r->connection->log, argc,
                                   argv, ngx_http_aai_cache_reply, ctx);
     if (ctx->cmd == NULL) {
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "aai cache lookup \"%V\" not sent", &ctx->key);
         return NGX_DECLINED;
     }
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "aai cache lookup \"%V\" sent, variant \"%V\"",
+                   &ctx->key, &ctx->vkey);
 
     ctx->state = NGX_HTTP_AAI_CACHE_ST_LOOKUP;
 
@@ -270,6 +276,10 @@ ngx_http_aai_cache_on_vary(ngx_http_request_t *r,
         return;
     }
 
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "aai cache varies on \"%V\": lookup \"%V\" sent",
+                   &ctx->vary, &ctx->vkey);
+
     ctx->state = NGX_HTTP_AAI_CACHE_ST_VARIANT;
 }
 
@@ -318,6 +328,10 @@ ngx_http_aai_cache_on_entry(ngx_http_request_t *r,
 
     /* expired: kept at hand for aai_cache_use_stale */
 
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "aai cache entry expired %uL ms ago",
+                   ngx_http_aai_cache_now() - e->fresh_until);
+
     ctx->stale = e;
 
     alcf = ngx_http_get_module_loc_conf(r, ngx_http_aai_cache_module);
@@ -339,6 +353,10 @@ ngx_http_aai_cache_on_absent(ngx_http_request_t *r,
     ngx_http_aai_cache_ctx_t *ctx)
 {
     ngx_http_aai_cache_loc_conf_t  *alcf;
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "aai cache no entry%s",
+                   ctx->vary_miss ? " for this variant" : "");
 
     alcf = ngx_http_get_module_loc_conf(r, ngx_http_aai_cache_module);
 
@@ -568,6 +586,11 @@ void
 ngx_http_aai_cache_forward(ngx_http_request_t *r,
     ngx_http_aai_cache_ctx_t *ctx, ngx_uint_t status)
 {
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "aai cache %V: forwarded%s%s",
+                   &ngx_http_aai_cache_status_names[status],
+                   ctx->detail ? ", " : "", ctx->detail ? ctx->detail : "");
+
     ctx->status = status;
     ctx->fwd = status;
     ctx->state = NGX_HTTP_AAI_CACHE_ST_DONE;
@@ -665,6 +688,11 @@ ngx_http_aai_cache_serve(ngx_http_request_t *r,
     ngx_uint_t status)
 {
     ngx_int_t  rc;
+
+    ngx_log_debug4(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "aai cache %V: served from the cache, status %ui%s%s",
+                   &ngx_http_aai_cache_status_names[status], e->status,
+                   ctx->detail ? ", " : "", ctx->detail ? ctx->detail : "");
 
     ctx->status = status;
     ctx->state = NGX_HTTP_AAI_CACHE_ST_DONE;

@@ -90,6 +90,10 @@ ngx_http_aai_cache_background(ngx_http_request_t *r,
 
     ngx_http_aai_cache_unconditional(sr);
 
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "aai cache background update of \"%V\" started",
+                   &ctx->key);
+
     return NGX_OK;
 }
 
@@ -149,6 +153,10 @@ ngx_http_aai_cache_swap_header(ngx_http_request_t *r,
     {
         return NGX_ERROR;
     }
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "aai cache STALE: the entry's %ui replaces the "
+                   "upstream's %ui", ctx->stale->status, ho->status);
 
     ho->status = ctx->stale->status;
     ho->status_line.len = 0;
