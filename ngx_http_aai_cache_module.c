@@ -89,7 +89,8 @@
 #define NGX_HTTP_AAI_CACHE_STALE          4
 #define NGX_HTTP_AAI_CACHE_UPDATING       5
 #define NGX_HTTP_AAI_CACHE_HIT            6
-#define NGX_HTTP_AAI_CACHE_NSTATUS        7
+#define NGX_HTTP_AAI_CACHE_REVALIDATED    7
+#define NGX_HTTP_AAI_CACHE_NSTATUS        8
 
 /* aai_cache_use_stale */
 #define NGX_HTTP_AAI_CACHE_STALE_ERROR    0x0002
@@ -173,6 +174,8 @@ typedef struct {
     ngx_uint_t                    use_stale;
     ngx_flag_t                    background_update;
     time_t                        stale_ttl;
+    ngx_flag_t                    revalidate;
+    time_t                        revalidate_ttl;
     ngx_array_t                  *credentials; /* variable indexes */
     ngx_array_t                  *control_fields; /* ngx_str_t, or NULL */
 
@@ -193,6 +196,7 @@ typedef struct {
     u_char                        token[16];
 
     ngx_aai_cache_entry_t        *stale;       /* expired entry at hand */
+    ngx_aai_cache_entry_t        *cond;        /* the entry revalidated */
 
     ngx_event_t                   wait_ev;
     ngx_event_t                   lease_ev;    /* renews the lock held */
@@ -211,6 +215,8 @@ typedef struct {
     uint64_t                      age;         /* s, on arrival */
     uint32_t                      swr;
     uint32_t                      sie;
+    time_t                        keep;        /* s past freshness, to
+                                                  revalidate */
     ngx_str_t                     store_key;   /* where the entry goes */
     ngx_str_t                     store_vary;  /* its vary names */
 
@@ -459,12 +465,13 @@ static ngx_str_t  ngx_http_aai_cache_status_names[] = {
     ngx_string("EXPIRED"),
     ngx_string("STALE"),
     ngx_string("UPDATING"),
-    ngx_string("HIT")
+    ngx_string("HIT"),
+    ngx_string("REVALIDATED")
 };
 
 
 static const char  *ngx_http_aai_cache_fwd_names[] = {
-    "hit", "miss", "bypass", "stale", "stale", "stale", "hit"
+    "hit", "miss", "bypass", "stale", "stale", "stale", "hit", "stale"
 };
 
 
@@ -573,6 +580,20 @@ static ngx_command_t  ngx_http_aai_cache_commands[] = {
       ngx_http_aai_cache_sec,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_aai_cache_loc_conf_t, stale_ttl),
+      NULL },
+
+    { ngx_string("aai_cache_revalidate"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_aai_cache_loc_conf_t, revalidate),
+      NULL },
+
+    { ngx_string("aai_cache_revalidate_ttl"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_aai_cache_sec,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_aai_cache_loc_conf_t, revalidate_ttl),
       NULL },
 
     { ngx_string("aai_cache_credentials"),
@@ -795,6 +816,10 @@ static ngx_http_aai_cache_orphan_t      ngx_http_aai_cache_orphans[
 static ngx_event_t                      ngx_http_aai_cache_orphans_ev;
 static ngx_connection_t                 ngx_http_aai_cache_dummy;
 
+
+
+/* aai_cache_revalidate (until the module's private header exists) */
+#include "ngx_http_aai_cache_revalidate.c"
 
 
 static ngx_int_t
@@ -1737,6 +1762,10 @@ static ngx_uint_t
 ngx_http_aai_cache_updating_ok(ngx_http_aai_cache_loc_conf_t *alcf,
     ngx_aai_cache_entry_t *e)
 {
+    if (ngx_http_aai_cache_no_stale(e)) {
+        return 0;
+    }
+
     if (alcf->use_stale & NGX_HTTP_AAI_CACHE_STALE_UPDATING) {
         return 1;
     }
@@ -1756,6 +1785,10 @@ ngx_http_aai_cache_forward(ngx_http_request_t *r,
     ctx->capture = 1;
 
     ngx_http_aai_cache_unconditional(r);
+
+    if (ctx->stale && status == NGX_HTTP_AAI_CACHE_EXPIRED) {
+        ngx_http_aai_cache_conditional(r, ctx, ctx->stale);
+    }
 
     if (ctx->suspended) {
         ngx_http_aai_cache_resume(r, ctx);
@@ -2100,6 +2133,7 @@ ngx_http_aai_cache_background(ngx_http_request_t *r,
     sctx->capture = 1;
 
     ngx_http_aai_cache_unconditional(sr);
+    ngx_http_aai_cache_conditional(sr, sctx, ctx->stale);
 
     return NGX_OK;
 }
@@ -2583,6 +2617,14 @@ ngx_http_aai_cache_header_filter(ngx_http_request_t *r)
 
     ctx->fwd_status = r->headers_out.status;
 
+    if (ctx->cond) {
+        rc = ngx_http_aai_cache_revalidated(r, ctx, alcf);
+
+        if (rc != NGX_DECLINED) {
+            return rc;
+        }
+    }
+
     if (ctx->stale && ngx_http_aai_cache_stale_on_error(r, ctx, alcf)) {
         return ngx_http_aai_cache_swap_header(r, ctx);
     }
@@ -2987,6 +3029,8 @@ ngx_http_aai_cache_decide(ngx_http_request_t *r,
 
     reason = ngx_http_aai_cache_freshness(&f);
 
+    reason = ngx_http_aai_cache_keep(r, ctx, alcf, &f, reason);
+
     if (reason) {
         return reason;
     }
@@ -3213,6 +3257,10 @@ ngx_http_aai_cache_stale_on_error(ngx_http_request_t *r,
         break;
 
     default:
+        return 0;
+    }
+
+    if (ngx_http_aai_cache_no_stale(ctx->stale)) {
         return 0;
     }
 
@@ -3538,12 +3586,15 @@ ngx_http_aai_cache_store(ngx_http_request_t *r, ngx_http_aai_cache_ctx_t *ctx)
 
     now = ngx_http_aai_cache_now();
 
-    if (ctx->fresh_until <= now) {
+    if (ctx->fresh_until <= now && ctx->keep == 0) {
         ngx_http_aai_cache_abandon(r, ctx, "expired");
         return;
     }
 
-    /* kept past its freshness for as long as it may be served stale */
+    /*
+     * kept past its freshness for as long as it may be served stale, or
+     * revalidated (aai_cache_revalidate_ttl)
+     */
 
     extra = ngx_max(ctx->swr, ctx->sie);
 
@@ -3551,7 +3602,12 @@ ngx_http_aai_cache_store(ngx_http_request_t *r, ngx_http_aai_cache_ctx_t *ctx)
         extra = alcf->stale_ttl;
     }
 
-    px = ctx->fresh_until - now + extra * 1000;
+    if ((uint64_t) ctx->keep > extra) {
+        extra = ctx->keep;
+    }
+
+    px = (ctx->fresh_until > now ? ctx->fresh_until - now : 0)
+         + extra * 1000;
 
     if (ctx->len + NGX_AAI_CACHE_CRC > NGX_HTTP_AAI_CACHE_REDIS_MAX) {
         ngx_http_aai_cache_abandon(r, ctx, "too large for redis");
@@ -4723,6 +4779,8 @@ ngx_http_aai_cache_create_loc_conf(ngx_conf_t *cf)
     conf->use_stale = NGX_CONF_UNSET_UINT;
     conf->background_update = NGX_CONF_UNSET;
     conf->stale_ttl = NGX_CONF_UNSET;
+    conf->revalidate = NGX_CONF_UNSET;
+    conf->revalidate_ttl = NGX_CONF_UNSET;
     conf->credentials = NGX_CONF_UNSET_PTR;
     conf->control_fields = NGX_CONF_UNSET_PTR;
     conf->purge = NGX_CONF_UNSET;
@@ -4763,6 +4821,9 @@ ngx_http_aai_cache_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_value(conf->background_update, prev->background_update,
                          0);
     ngx_conf_merge_sec_value(conf->stale_ttl, prev->stale_ttl, 600);
+    ngx_conf_merge_value(conf->revalidate, prev->revalidate, 0);
+    ngx_conf_merge_sec_value(conf->revalidate_ttl, prev->revalidate_ttl,
+                             600);
 
     amcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_aai_cache_module);
 
@@ -5429,7 +5490,8 @@ ngx_http_aai_cache_add_metrics(ngx_conf_t *cf,
         "status=\"expired\"",
         "status=\"stale\"",
         "status=\"updating\"",
-        "status=\"hit\""
+        "status=\"hit\"",
+        "status=\"revalidated\""
     };
 
     /* Redis latency, in microseconds: 100us to 1s */
