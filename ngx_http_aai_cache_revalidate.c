@@ -669,6 +669,117 @@ ngx_http_aai_cache_reset_headers(ngx_http_request_t *r)
 }
 
 
+/* within the response's stale-while-revalidate (RFC 5861, 3) */
+
+static ngx_uint_t
+ngx_http_aai_cache_swr(ngx_aai_cache_entry_t *e)
+{
+    return e->swr
+           && ngx_http_aai_cache_now() < e->fresh_until + e->swr * 1000ULL
+           && !ngx_http_aai_cache_no_stale(e);
+}
+
+
+/* whether an entity tag of the If-None-Match list v matches etag, weakly */
+
+static ngx_uint_t
+ngx_http_aai_cache_inm_match(ngx_str_t *v, ngx_str_t *etag)
+{
+    u_char  *p, *last, *s;
+    size_t   elen;
+    u_char  *e;
+
+    e = etag->data;
+    elen = etag->len;
+
+    if (elen > 2 && e[0] == 'W' && e[1] == '/') {
+        e += 2;
+        elen -= 2;
+    }
+
+    p = v->data;
+    last = v->data + v->len;
+
+    while (p < last) {
+
+        while (p < last && (*p == ' ' || *p == '\t' || *p == ',')) {
+            p++;
+        }
+
+        s = p;
+
+        while (p < last && *p != ',' && *p != ' ' && *p != '\t') {
+            p++;
+        }
+
+        if (p - s == 1 && *s == '*') {
+            return 1;
+        }
+
+        if (p - s > 2 && s[0] == 'W' && s[1] == '/') {
+            s += 2;
+        }
+
+        if ((size_t) (p - s) == elen && ngx_strncmp(s, e, elen) == 0) {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+/*
+ * The client's own If-None-Match / If-Modified-Since (RFC 9110, 13.1.2,
+ * 13.1.3), against the entry just validated: a 304 if they hold.
+ */
+
+static void
+ngx_http_aai_cache_client_304(ngx_http_request_t *r, ngx_aai_cache_entry_t *e)
+{
+    time_t            ims;
+    ngx_str_t         etag;
+    ngx_uint_t        not_modified;
+    ngx_table_elt_t  *h;
+
+    if (e->status != NGX_HTTP_OK) {
+        return;
+    }
+
+    not_modified = 0;
+    h = r->headers_in.if_none_match;
+
+    if (h) {
+        not_modified =
+            ngx_http_aai_cache_entry_header(e, "ETag", 4, &etag) == NGX_OK
+            && ngx_http_aai_cache_inm_match(&h->value, &etag);
+
+    } else if (r->headers_in.if_modified_since) {
+        h = r->headers_in.if_modified_since;
+        ims = ngx_parse_http_time(h->value.data, h->value.len);
+
+        not_modified = ims != NGX_ERROR
+                       && r->headers_out.last_modified_time != -1
+                       && r->headers_out.last_modified_time <= ims;
+    }
+
+    if (!not_modified) {
+        return;
+    }
+
+    r->headers_out.status = NGX_HTTP_NOT_MODIFIED;
+    r->headers_out.status_line.len = 0;
+    r->headers_out.content_type.len = 0;
+    ngx_http_clear_content_length(r);
+    ngx_http_clear_accept_ranges(r);
+
+    if (r->headers_out.content_encoding) {
+        r->headers_out.content_encoding->hash = 0;
+        r->headers_out.content_encoding = NULL;
+    }
+}
+
+
 /*
  * The header filter of a conditional request made for ctx->cond: a 304
  * is answered with the stored response updated (RFC 9111, 4.3.4), which is
@@ -836,6 +947,8 @@ ngx_http_aai_cache_revalidated(ngx_http_request_t *r,
     if (ngx_http_aai_cache_restore(r, ne) != NGX_OK) {
         return NGX_ERROR;
     }
+
+    ngx_http_aai_cache_client_304(r, ne);
 
     for (i = 0; i < ncookies; i++) {
         nh = ngx_list_push(&r->headers_out.headers);

@@ -163,6 +163,9 @@ sub validated {
             return (200, [ ETag => "\"r$v\"", 'Cache-Control' => 'max-age=0',
                            'X-Version' => $v ], "version $v\n");
         },
+        '/client' => validated('"c1"', 'max-age=0', "client\n", 'max-age=0'),
+        '/swr' => validated('"s1"', 'max-age=1, stale-while-revalidate=60',
+                            "swr\n", 'max-age=3600'),
         '/plain' => sub {
             (200, [ 'Cache-Control' => 'max-age=1' ], "plain\n") },
     );
@@ -181,7 +184,7 @@ sub validated {
     ok($ttl > 500_000 && $ttl <= 600_000,
        "kept for aai_cache_revalidate_ttl (10m by default): $ttl ms");
 
-    my ($s2, $h2, $b2) = http_get($port, '/etag', { 'If-None-Match' => '"e1"' });
+    my ($s2, $h2, $b2) = http_get($port, '/etag', { 'If-None-Match' => '"zz"' });
     is("$s2 $h2->{'x-status'} $b2", "200 REVALIDATED etag body\n",
        'revalidated: the stored body, the client\'s condition not passed on');
     is($h2->{'x-updated'}, 'u1', 'with the headers of the 304');
@@ -212,11 +215,32 @@ sub validated {
     like($l[1], qr/inm=- ims=\Q$lm\E$/, 'with If-Modified-Since');
     is($h4->{'last-modified'}, $lm, 'the stored Last-Modified');
 
-    # an entry that was fresh is kept past its freshness to be revalidated
+    # the client's own conditions, against the entry once validated
+
+    http_get($port, '/client');
+    wait_entries(3);
+    my ($sc, $hc, $bc) = http_get($port, '/client',
+                                  { 'If-None-Match' => 'W/"x", W/"c1"' });
+    is("$sc $hc->{'x-status'} $bc", '304 REVALIDATED ',
+       'If-None-Match of the client: a 304 after validation');
+    is($hc->{etag}, '"c1"', 'with the ETag');
+    like((origin_lines(qr{^GET /client}))[-1], qr/inm="c1" ims=-$/,
+         'the upstream got the stored ETag, not the client\'s list');
+    ($sc, $hc, $bc) = http_get($port, '/client', { 'If-None-Match' => '"zz"' });
+    is("$sc $hc->{'x-status'} $bc", "200 REVALIDATED client\n",
+       'an If-None-Match that does not match: the body');
+    ($sc, $hc, $bc) = http_get($port, '/lm', { 'If-Modified-Since' => $lm });
+    is("$sc $hc->{'x-status'} $bc", '304 HIT ',
+       'If-Modified-Since on a hit: 304 (nginx)');
+    http_get($port, '/replaced');    # v1, stale at once
+
+    # an entry that was fresh is kept past its freshness to be revalidated;
+    # within stale-while-revalidate it is served at once, updated behind
 
     my ($s5, $h5) = http_get($port, '/expiring');
     http_get($port, '/plain');
-    wait_entries(4);
+    http_get($port, '/swr');
+    wait_entries(7);
     ok(redis_cmd('PTTL', entry_of('/expiring')) > 500_000,
        'a fresh entry with a validator is kept longer');
     ok(redis_cmd('PTTL', entry_of('/plain')) <= 1000,
@@ -228,10 +252,20 @@ sub validated {
     like((origin_lines(qr{^GET /expiring}))[-1], qr/inm="x1"/,
          'with its ETag');
 
+    my ($ss, $hs, $bs) = http_get($port, '/swr');
+    is("$hs->{'x-status'} $bs", "STALE swr\n",
+       'stale-while-revalidate: served stale without aai_cache_use_stale');
+    like($hs->{'cache-status'}, qr/detail=background-update/,
+         'and updated in the background');
+    ok(wait_until(5, sub {
+        my (undef, $h) = http_get($port, '/swr');
+        $h->{'x-status'} eq 'HIT' && ($h->{'x-updated'} // '') ne 'u0'
+    }), 'then a hit, updated by a 304');
+    like((origin_lines(qr{^GET /swr}))[-1], qr/inm="s1"/,
+         'the background update was conditional');
+
     # a 200 replaces the entry
 
-    http_get($port, '/replaced');
-    wait_entries(5);
     my ($s6, $h6, $b6) = http_get($port, '/replaced');
     is("$h6->{'x-status'} $b6", "EXPIRED version 2\n",
        'a 200 to the conditional request is sent');
