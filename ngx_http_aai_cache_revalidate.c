@@ -25,6 +25,36 @@
  */
 
 
+#include "ngx_http_aai_cache.h"
+
+
+static ngx_int_t ngx_http_aai_cache_entry_header(ngx_aai_cache_entry_t *e,
+    const char *name, size_t len, ngx_str_t *value);
+static ngx_int_t ngx_http_aai_cache_add_condition(ngx_list_t *headers,
+    const char *name, ngx_str_t *value);
+static ngx_int_t ngx_http_aai_cache_merge(ngx_http_request_t *r,
+    ngx_aai_cache_entry_t *e, ngx_array_t *fresh, ngx_array_t *merged);
+static ngx_uint_t ngx_http_aai_cache_kv_values(ngx_array_t *headers,
+    ngx_str_t *name, ngx_str_t *out, ngx_uint_t max);
+static const char *ngx_http_aai_cache_refresh(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx, ngx_http_aai_cache_loc_conf_t *alcf,
+    ngx_aai_cache_entry_t *e, ngx_array_t *merged,
+    ngx_http_aai_cache_freshness_t *f);
+static ngx_aai_cache_entry_t *ngx_http_aai_cache_rebuild(
+    ngx_http_request_t *r, ngx_http_aai_cache_ctx_t *ctx,
+    ngx_aai_cache_entry_t *e, ngx_array_t *headers,
+    ngx_http_aai_cache_freshness_t *f, size_t *lenp);
+static void ngx_http_aai_cache_restore_entry(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx, ngx_http_aai_cache_loc_conf_t *alcf,
+    ngx_aai_cache_entry_t *ne, size_t len,
+    ngx_http_aai_cache_freshness_t *f);
+static ngx_int_t ngx_http_aai_cache_reset_headers(ngx_http_request_t *r);
+static ngx_uint_t ngx_http_aai_cache_inm_match(ngx_str_t *v,
+    ngx_str_t *etag);
+static void ngx_http_aai_cache_client_304(ngx_http_request_t *r,
+    ngx_aai_cache_entry_t *e);
+
+
 /* why a response is not fresh, though it may be stored to be revalidated */
 static const char  *ngx_http_aai_cache_revalidatable[] = {
     "no-cache", "zero-ttl", "expired", NULL
@@ -64,7 +94,7 @@ ngx_http_aai_cache_entry_header(ngx_aai_cache_entry_t *e, const char *name,
 
 /* must-revalidate, proxy-revalidate or no-cache in the entry */
 
-static ngx_uint_t
+ngx_uint_t
 ngx_http_aai_cache_no_stale(ngx_aai_cache_entry_t *e)
 {
     u_char                   *p, *name;
@@ -133,7 +163,7 @@ ngx_http_aai_cache_add_condition(ngx_list_t *headers, const char *name,
  * the client with a 304 it did not ask for.
  */
 
-static void
+void
 ngx_http_aai_cache_conditional(ngx_http_request_t *r,
     ngx_http_aai_cache_ctx_t *ctx, ngx_aai_cache_entry_t *e)
 {
@@ -238,7 +268,7 @@ ngx_http_aai_cache_conditional(ngx_http_request_t *r,
  * Returns the reason not to store it, or NULL.
  */
 
-static const char *
+const char *
 ngx_http_aai_cache_keep(ngx_http_request_t *r, ngx_http_aai_cache_ctx_t *ctx,
     ngx_http_aai_cache_loc_conf_t *alcf, ngx_http_aai_cache_freshness_t *f,
     const char *reason)
@@ -671,7 +701,7 @@ ngx_http_aai_cache_reset_headers(ngx_http_request_t *r)
 
 /* within the response's stale-while-revalidate (RFC 5861, 3) */
 
-static ngx_uint_t
+ngx_uint_t
 ngx_http_aai_cache_swr(ngx_aai_cache_entry_t *e)
 {
     return e->swr
@@ -786,7 +816,7 @@ ngx_http_aai_cache_client_304(ngx_http_request_t *r, ngx_aai_cache_entry_t *e)
  * stored again.  NGX_DECLINED for any other status: it goes the usual way.
  */
 
-static ngx_int_t
+ngx_int_t
 ngx_http_aai_cache_revalidated(ngx_http_request_t *r,
     ngx_http_aai_cache_ctx_t *ctx, ngx_http_aai_cache_loc_conf_t *alcf)
 {
@@ -968,5 +998,5 @@ ngx_http_aai_cache_revalidated(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
-    return ngx_http_next_header_filter(r);
+    return ngx_http_aai_cache_next_header_filter(r);
 }

@@ -252,7 +252,11 @@ sub validated {
     like((origin_lines(qr{^GET /expiring}))[-1], qr/inm="x1"/,
          'with its ETag');
 
-    my ($ss, $hs, $bs) = http_get($port, '/swr');
+    my ($ss, $hs, $bs);
+    wait_until(3, sub {
+        ($ss, $hs, $bs) = http_get($port, '/swr');
+        $hs->{'x-status'} ne 'HIT'
+    });
     is("$hs->{'x-status'} $bs", "STALE swr\n",
        'stale-while-revalidate: served stale without aai_cache_use_stale');
     like($hs->{'cache-status'}, qr/detail=background-update/,
