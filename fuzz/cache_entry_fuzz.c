@@ -46,6 +46,7 @@
 #include "../ngx_http_aai_cache_purge.c"
 #include "../ngx_http_aai_cache_metrics.c"
 #include "../ngx_http_aai_cache_revalidate.c"
+#include "../ngx_http_aai_cache_freshness.c"
 
 
 #define FUZZ_KEY  "aai:cache:"                                                \
