@@ -184,11 +184,13 @@ sub validated {
     ok($ttl > 500_000 && $ttl <= 600_000,
        "kept for aai_cache_revalidate_ttl (10m by default): $ttl ms");
 
-    my ($s2, $h2, $b2) = http_get($port, '/etag', { 'If-None-Match' => '"zz"' });
+    my ($s2, $h2, $b2) = http_get($port, '/etag',
+                                  { 'If-None-Match' => '"zz"' });
     is("$s2 $h2->{'x-status'} $b2", "200 REVALIDATED etag body\n",
        'revalidated: the stored body, the client\'s condition not passed on');
     is($h2->{'x-updated'}, 'u1', 'with the headers of the 304');
-    like($h2->{'cache-status'}, qr/fwd=stale; fwd-status=304; ttl=3\d\d\d; stored/,
+    like($h2->{'cache-status'},
+         qr/fwd=stale; fwd-status=304; ttl=3\d\d\d; stored/,
          'Cache-Status: forwarded stale, 304, new ttl');
     my @l = origin_lines(qr{^GET /etag});
     is(scalar @l, 2, 'two requests upstream');
