@@ -69,13 +69,14 @@ sub start_origin {
                 if $status != 304;
         $out .= "Connection: close\r\n\r\n";
         $out .= $body if $status != 304;
-        syswrite($c, $out);
-        close $c;
+        # logged before the answer, so that the client finds it there
         if (open my $log, '>>', $origin_log) {
             printf $log "%s %s inm=%s ims=%s\n", $method, $target,
                    $inm // '-', $ims // '-';
             close $log;
         }
+        syswrite($c, $out);
+        close $c;
     }
     POSIX::_exit(0);
 }
