@@ -59,7 +59,7 @@ sub start_origin {
         my ($inm) = $head =~ /^If-None-Match:\s*(.*?)\r$/mi;
         my ($ims) = $head =~ /^If-Modified-Since:\s*(.*?)\r$/mi;
         my $route = $Routes{$path} || sub { (404, [], "no route\n") };
-        my ($status, $hdrs, $body) = $route->($method, $inm, $ims);
+        my ($status, $hdrs, $body) = $route->($method, $inm, $ims, $head);
         my $out = "HTTP/1.1 $status X\r\n";
         my @h = @$hdrs;
         while (my ($k, $v) = splice(@h, 0, 2)) {
@@ -284,6 +284,50 @@ sub validated {
     my ($s7, $h7, $b7) = http_get($port, '/replaced');
     like((origin_lines(qr{^GET /replaced}))[-1], qr/inm="r2"/,
          'the next one is made of its ETag');
+
+    $stop->();
+    kill 'TERM', $opid;
+    waitpid $opid, 0;
+}
+
+
+# --- Vary: each variant is revalidated with its own validator ------------
+
+{
+    local %Routes = (
+        '/vary' => sub {
+            my ($method, $inm, $ims, $head) = @_;
+            my ($lang) = $head =~ /^Accept-Language:\s*(\w+)/mi;
+            $lang //= 'none';
+            return (304, [ 'Cache-Control' => 'max-age=3600',
+                           Vary => 'Accept-Language' ], '')
+                if defined $inm && $inm eq "\"$lang\"";
+            return (200, [ ETag => "\"$lang\"", 'Cache-Control' => 'max-age=0',
+                           Vary => 'Accept-Language' ], "$lang\n");
+        },
+    );
+
+    redis_flushdb();
+    my ($oport, $opid) = start_origin();
+    my ($port, $stop) = front('c057vary', $oport,
+                              'aai_cache_revalidate on;');
+
+    my $get = sub {
+        my ($s, $h, $b) = http_get($port, '/vary',
+                                   { 'Accept-Language' => $_[0] });
+        return "$h->{'x-status'} $b";
+    };
+
+    $get->('en');
+    $get->('fr');
+    wait_entries(4);    # the vary record, two variants, their set
+    is($get->('en'), "REVALIDATED en\n", 'Vary: en revalidated');
+    like((origin_lines(qr{^GET /vary}))[-1], qr/inm="en"/,
+         'Vary: with the ETag of its own variant');
+    is($get->('en'), "HIT en\n", 'Vary: then en is a hit');
+    is($get->('fr'), "REVALIDATED fr\n", 'Vary: fr is still stale');
+    like((origin_lines(qr{^GET /vary}))[-1], qr/inm="fr"/,
+         'Vary: with the ETag of fr');
 
     $stop->();
     kill 'TERM', $opid;
