@@ -468,6 +468,9 @@ ngx_http_aai_cache_cc_directive(ngx_http_aai_cache_cc_t *cc, u_char *name,
     } else if (ngx_http_aai_cache_is("must-revalidate")) {
         cc->must_revalidate = 1;
 
+    } else if (ngx_http_aai_cache_is("proxy-revalidate")) {
+        cc->proxy_revalidate = 1;
+
     } else if (ngx_http_aai_cache_is("s-maxage")) {
         n = ngx_http_aai_cache_cc_number(val, vlen);
 

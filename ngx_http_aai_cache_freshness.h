@@ -33,6 +33,7 @@ typedef struct {
     unsigned                      private:1;
     unsigned                      public:1;
     unsigned                      must_revalidate:1;
+    unsigned                      proxy_revalidate:1;
     unsigned                      invalid:1;
     unsigned                      sf_invalid:1;  /* not a Structured Field
                                                     Dictionary, RFC 9213 */

@@ -135,7 +135,8 @@ ngx_http_aai_cache_on_lock(ngx_http_request_t *r,
         ngx_http_aai_cache_lease(ctx);
 
         if (ctx->stale
-            && alcf->background_update
+            && (alcf->background_update
+                || ngx_http_aai_cache_swr(ctx->stale))
             && ngx_http_aai_cache_updating_ok(alcf, ctx->stale)
             && ngx_http_aai_cache_background(r, ctx) == NGX_OK)
         {

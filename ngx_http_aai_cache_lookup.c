@@ -34,9 +34,7 @@ static void ngx_http_aai_cache_on_absent(ngx_http_request_t *r,
 static ngx_int_t ngx_http_aai_cache_entry_from(ngx_http_request_t *r,
     ngx_http_aai_cache_ctx_t *ctx, redisReply *reply,
     ngx_aai_cache_entry_t **ep);
-static ngx_int_t ngx_http_aai_cache_headers_ok(ngx_aai_cache_entry_t *e);
 static ngx_uint_t ngx_http_aai_cache_shareable(ngx_aai_cache_entry_t *e);
-static const char *ngx_http_aai_cache_own_request(ngx_http_request_t *r);
 static void ngx_http_aai_cache_resume(ngx_http_request_t *r,
     ngx_http_aai_cache_ctx_t *ctx);
 static ngx_int_t ngx_http_aai_cache_send(ngx_http_request_t *r,
@@ -46,7 +44,7 @@ static void ngx_http_aai_cache_log_bad(ngx_log_t *log, const char *what,
 
 
 static const char  *ngx_http_aai_cache_fwd_names[] = {
-    "hit", "miss", "bypass", "stale", "stale", "stale", "hit"
+    "hit", "miss", "bypass", "stale", "stale", "stale", "hit", "stale"
 };
 
 
@@ -438,7 +436,7 @@ ngx_http_aai_cache_entry_from(ngx_http_request_t *r,
  * HTAB (5.5), whatever wrote the entry.
  */
 
-static ngx_int_t
+ngx_int_t
 ngx_http_aai_cache_headers_ok(ngx_aai_cache_entry_t *e)
 {
     u_char      *p, *name, *value;
@@ -567,7 +565,7 @@ ngx_http_aai_cache_shareable(ngx_aai_cache_entry_t *e)
  * instead (see ngx_http_aai_cache_unconditional()).
  */
 
-static const char *
+const char *
 ngx_http_aai_cache_own_request(ngx_http_request_t *r)
 {
     if (r->headers_in.range || r->headers_in.if_range) {
@@ -597,6 +595,10 @@ ngx_http_aai_cache_forward(ngx_http_request_t *r,
     ctx->capture = 1;
 
     ngx_http_aai_cache_unconditional(r);
+
+    if (ctx->stale && status == NGX_HTTP_AAI_CACHE_EXPIRED) {
+        ngx_http_aai_cache_conditional(r, ctx, ctx->stale);
+    }
 
     if (ctx->suspended) {
         ngx_http_aai_cache_resume(r, ctx);

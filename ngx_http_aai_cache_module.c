@@ -87,7 +87,8 @@ ngx_str_t  ngx_http_aai_cache_status_names[] = {
     ngx_string("EXPIRED"),
     ngx_string("STALE"),
     ngx_string("UPDATING"),
-    ngx_string("HIT")
+    ngx_string("HIT"),
+    ngx_string("REVALIDATED")
 };
 
 
@@ -218,6 +219,20 @@ static ngx_command_t  ngx_http_aai_cache_commands[] = {
       ngx_http_aai_cache_sec,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_aai_cache_loc_conf_t, stale_ttl),
+      NULL },
+
+    { ngx_string("aai_cache_revalidate"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_aai_cache_loc_conf_t, revalidate),
+      NULL },
+
+    { ngx_string("aai_cache_revalidate_ttl"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_aai_cache_sec,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_aai_cache_loc_conf_t, revalidate_ttl),
       NULL },
 
     { ngx_string("aai_cache_credentials"),
@@ -625,6 +640,8 @@ ngx_http_aai_cache_create_loc_conf(ngx_conf_t *cf)
     conf->use_stale = NGX_CONF_UNSET_UINT;
     conf->background_update = NGX_CONF_UNSET;
     conf->stale_ttl = NGX_CONF_UNSET;
+    conf->revalidate = NGX_CONF_UNSET;
+    conf->revalidate_ttl = NGX_CONF_UNSET;
     conf->credentials = NGX_CONF_UNSET_PTR;
     conf->control_fields = NGX_CONF_UNSET_PTR;
     conf->purge = NGX_CONF_UNSET;
@@ -665,6 +682,9 @@ ngx_http_aai_cache_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_value(conf->background_update, prev->background_update,
                          0);
     ngx_conf_merge_sec_value(conf->stale_ttl, prev->stale_ttl, 600);
+    ngx_conf_merge_value(conf->revalidate, prev->revalidate, 0);
+    ngx_conf_merge_sec_value(conf->revalidate_ttl, prev->revalidate_ttl,
+                             600);
 
     amcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_aai_cache_module);
 

@@ -31,8 +31,6 @@ static ngx_int_t ngx_http_aai_cache_append(ngx_http_request_t *r,
     ngx_http_aai_cache_ctx_t *ctx, ngx_buf_t *b);
 static void ngx_http_aai_cache_abandon(ngx_http_request_t *r,
     ngx_http_aai_cache_ctx_t *ctx, const char *why);
-static void ngx_http_aai_cache_store(ngx_http_request_t *r,
-    ngx_http_aai_cache_ctx_t *ctx);
 static void ngx_http_aai_cache_store_handler(ngx_aai_redis_result_t *res,
     void *data);
 static void ngx_http_aai_cache_store_large(ngx_http_request_t *r,
@@ -42,8 +40,6 @@ static void ngx_http_aai_cache_job_handler(ngx_aai_redis_result_t *res,
     void *data);
 static void ngx_http_aai_cache_job_fail(ngx_http_aai_cache_job_t *job,
     const char *why);
-static ngx_int_t ngx_http_aai_cache_collect(ngx_http_request_t *r,
-    ngx_array_t *headers);
 static ngx_table_elt_t *ngx_http_aai_cache_origin_date(
     ngx_http_request_t *r);
 static ngx_uint_t ngx_http_aai_cache_connection_listed(ngx_list_t *raw,
@@ -169,6 +165,14 @@ ngx_http_aai_cache_header_filter(ngx_http_request_t *r)
     alcf = ngx_http_get_module_loc_conf(r, ngx_http_aai_cache_module);
 
     ctx->fwd_status = r->headers_out.status;
+
+    if (ctx->cond) {
+        rc = ngx_http_aai_cache_revalidated(r, ctx, alcf);
+
+        if (rc != NGX_DECLINED) {
+            return rc;
+        }
+    }
 
     if (ctx->stale && ngx_http_aai_cache_stale_on_error(r, ctx, alcf)) {
         return ngx_http_aai_cache_swap_header(r, ctx);
@@ -346,6 +350,8 @@ ngx_http_aai_cache_decide(ngx_http_request_t *r,
     f.x_accel_expires = h ? &h->value : NULL;
 
     reason = ngx_http_aai_cache_freshness(&f);
+
+    reason = ngx_http_aai_cache_keep(r, ctx, alcf, &f, reason);
 
     if (reason) {
         return reason;
@@ -665,7 +671,7 @@ ngx_http_aai_cache_abandon(ngx_http_request_t *r,
 }
 
 
-static void
+void
 ngx_http_aai_cache_store(ngx_http_request_t *r, ngx_http_aai_cache_ctx_t *ctx)
 {
     u_char                          *p;
@@ -692,12 +698,15 @@ ngx_http_aai_cache_store(ngx_http_request_t *r, ngx_http_aai_cache_ctx_t *ctx)
 
     now = ngx_http_aai_cache_now();
 
-    if (ctx->fresh_until <= now) {
+    if (ctx->fresh_until <= now && ctx->keep == 0) {
         ngx_http_aai_cache_abandon(r, ctx, "expired");
         return;
     }
 
-    /* kept past its freshness for as long as it may be served stale */
+    /*
+     * kept past its freshness for as long as it may be served stale, or
+     * revalidated (aai_cache_revalidate_ttl)
+     */
 
     extra = ngx_max(ctx->swr, ctx->sie);
 
@@ -705,7 +714,12 @@ ngx_http_aai_cache_store(ngx_http_request_t *r, ngx_http_aai_cache_ctx_t *ctx)
         extra = alcf->stale_ttl;
     }
 
-    px = ctx->fresh_until - now + extra * 1000;
+    if ((uint64_t) ctx->keep > extra) {
+        extra = ctx->keep;
+    }
+
+    px = (ctx->fresh_until > now ? ctx->fresh_until - now : 0)
+         + extra * 1000;
 
     if (ctx->len + NGX_AAI_CACHE_CRC > NGX_HTTP_AAI_CACHE_REDIS_MAX) {
         ngx_http_aai_cache_abandon(r, ctx, "too large for redis");
@@ -1132,7 +1146,7 @@ ngx_http_aai_cache_store_handler(ngx_aai_redis_result_t *res, void *data)
 
 /* the response headers as the client would get them, but hop-by-hop ones */
 
-static ngx_int_t
+ngx_int_t
 ngx_http_aai_cache_collect(ngx_http_request_t *r, ngx_array_t *headers)
 {
     size_t                   len;
