@@ -24,6 +24,7 @@
 #include "ngx_aai_redis.h"
 #include "ngx_aai_metrics.h"
 #include "ngx_aai_jwt.h"
+#include "ngx_http_aai_ratelimit_ai.h"
 
 
 #define NGX_HTTP_AAI_RL_SLIDING            0
@@ -78,6 +79,9 @@
 
 #define NGX_HTTP_AAI_RL_ZONE_ARGS          5
 
+/* a zone's definition in a batch: its arguments and the cost */
+#define NGX_HTTP_AAI_RL_DEF_ARGS           6
+
 /*
  * A batch (one EVALSHA) checks at most this many zones, of all its
  * requests together; so does a location.  Its layout describes each in
@@ -117,6 +121,8 @@ typedef struct {
     ngx_uint_t                         limit;     /* requests per window */
     uint64_t                           window;    /* us */
     ngx_str_t                          rate;      /* as written */
+    ngx_http_complex_value_t          *count;     /* NULL: the limit */
+    ngx_int_t                         *charge_metrics;
     uint64_t                           period;    /* window / limit, us */
     ngx_uint_t                         burst;
     ngx_uint_t                         delay;     /* excess not delayed */
@@ -124,7 +130,7 @@ typedef struct {
     ngx_uint_t                         local_delay;
     ngx_msec_t                         window_ms; /* window, rounded up */
     ngx_uint_t                         fast;      /* sliding, no burst */
-    ngx_str_t                          args[NGX_HTTP_AAI_RL_ZONE_ARGS];
+    ngx_str_t                          args[NGX_HTTP_AAI_RL_DEF_ARGS];
     ngx_uint_t                         stamp;     /* per worker: batch */
     ngx_uint_t                         def;       /* its index there */
     ngx_int_t                          metrics[NGX_HTTP_AAI_RL_M_NUMBER];
@@ -151,6 +157,7 @@ typedef struct {
 
 typedef struct {
     ngx_array_t                       *zones;     /* zone pointers */
+    ngx_array_t                       *opts;      /* per zone, or NULL */
     ngx_uint_t                         status_code;
     ngx_flag_t                         dry_run;
     ngx_uint_t                         limit_log_level;
@@ -182,6 +189,7 @@ typedef struct {
     ngx_uint_t                         nzones;
     ngx_http_aai_ratelimit_zone_t    **zones;
     ngx_str_t                         *keys;      /* Redis keys */
+    ngx_http_aai_ratelimit_zreq_t     *zreq;      /* limits, costs */
     ngx_http_aai_ratelimit_result_t   *results;
     ngx_int_t                          top;       /* zone of the headers */
     ngx_int_t                          rc;
@@ -192,6 +200,7 @@ typedef struct {
     unsigned                           rejected:1;
     unsigned                           headers:1;
     unsigned                           headers_sent:1;
+    unsigned                           charge:1;
     ngx_aai_jwt_ctx_t                  jwt;
 } ngx_http_aai_ratelimit_ctx_t;
 
@@ -213,6 +222,7 @@ struct ngx_http_aai_ratelimit_batch_s {
     ngx_aai_redis_cmd_t               *cmd;
     ngx_uint_t                         nslots;
     ngx_uint_t                         nzones;    /* of all its requests */
+    ngx_queue_t                        charges;   /* charge= usage sent */
     unsigned                           eval:1;
     ngx_http_aai_ratelimit_slot_t      slots[NGX_HTTP_AAI_RL_BATCH];
 };
@@ -248,6 +258,9 @@ static ngx_uint_t ngx_http_aai_ratelimit_batch_keys(
     ngx_http_aai_ratelimit_batch_t *b, ngx_str_t *argv, u_short *occ);
 static ngx_http_aai_ratelimit_bkey_t *ngx_http_aai_ratelimit_batch_key(
     ngx_str_t *key, ngx_uint_t stamp);
+static ngx_uint_t ngx_http_aai_ratelimit_def(void *z,
+    ngx_http_aai_ratelimit_zreq_t *zr, ngx_str_t **a, ngx_uint_t *ndefs);
+static ngx_int_t ngx_http_aai_ratelimit_log_handler(ngx_http_request_t *r);
 static void ngx_http_aai_ratelimit_reply_handler(ngx_aai_redis_result_t *res,
     void *data);
 static ngx_int_t ngx_http_aai_ratelimit_check_reply(
@@ -423,15 +436,15 @@ static const char  ngx_http_aai_ratelimit_script[] =
 "local now = t[1] * 1000000 + t[2]\n"
 "local snow, lay = fmt('%d', now), ARGV[1]\n"
 "local trim = ARGV[2] == '1'\n"
-"local alg, lim, win, bur, dly = {}, {}, {}, {}, {}\n"
+"local alg, lim, win, bur, dly, cst = {}, {}, {}, {}, {}, {}\n"
 "local cut, sttl, wttl, wms, half = {}, {}, {}, {}, {}\n"
 "local cws, cwt, cpre, cttl = {}, {}, {}, {}\n"
 "local nd = 0\n"
-"for j = 3, #ARGV, 5 do\n"
+"for j = 3, #ARGV, 6 do\n"
 "  nd = nd + 1\n"
 "  alg[nd], lim[nd] = tonumber(ARGV[j]), tonumber(ARGV[j + 1])\n"
 "  win[nd], bur[nd] = tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3])\n"
-"  dly[nd] = tonumber(ARGV[j + 4])\n"
+"  dly[nd], cst[nd] = tonumber(ARGV[j + 4]), tonumber(ARGV[j + 5])\n"
 "  cut[nd] = now - win[nd]\n"
 "  wms[nd] = ceil(win[nd] / 1000)\n"
 "  wttl[nd] = fmt('%d', wms[nd] + 1)\n"
@@ -535,13 +548,75 @@ static const char  ngx_http_aai_ratelimit_script[] =
 "  end\n"
 "  kc[k], kq[k], kf[k] = kc[k] + n, 0, nil\n"
 "end\n"
+"local function rpush(key, v, q)\n"
+"  local a = {}\n"
+"  for i = 1, math.min(q, 1000) do a[i] = v end\n"
+"  while q > 0 do\n"
+"    local m = math.min(q, 1000)\n"
+"    call('RPUSH', key, unpack(a, 1, m))\n"
+"    q = q - m\n"
+"  end\n"
+"end\n"
+"local function charge(d, hi, lo)\n"
+"  local q, k, sh = cst[d], hi * 256 + lo, hi >= 128\n"
+"  if sh then k = k - 32768 end\n"
+"  local key = KEYS[k]\n"
+"  if q <= 0 then return end\n"
+"  if sh and kc[k] == nil then\n"
+"    if alg[d] == 2 then kc[k], kp[k] = cget(key, d)\n"
+"    else kc[k] = count(key, d) end\n"
+"    kq[k], kt[k], kd[k] = 0, 0, d\n"
+"  end\n"
+"  if alg[d] == 0 then\n"
+"    if sh then push(k) end\n"
+"    local t, v = now, pcall('LINDEX', key, -1)\n"
+"    if type(v) == 'table' then call('DEL', key)\n"
+"    elseif v then\n"
+"      v = tonumber(v)\n"
+"      if v and v > now then t = v end\n"
+"    end\n"
+"    rpush(key, fmt('%d', t), q)\n"
+"    if sh then kc[k] = kc[k] + q end\n"
+"    expire(key, d, ceil((t - now) / 1000) + wms[d] + 1)\n"
+"  elseif alg[d] == 2 then\n"
+"    if sh then\n"
+"      kc[k] = kc[k] + q\n"
+"      if kt[k] == 0 then kt[k] = 1 end\n"
+"    else\n"
+"      local c, p = cget(key, d)\n"
+"      cset(key, d, c + q, p)\n"
+"    end\n"
+"  else\n"
+"    local tat\n"
+"    if sh then tat = kc[k]\n"
+"    else\n"
+"      local v = pcall('GET', key)\n"
+"      tat = type(v) == 'string' and tonumber(v) or 0\n"
+"    end\n"
+"    if tat < now then tat = now end\n"
+"    tat = tat + q * win[d] / lim[d]\n"
+"    local ttl = ceil((tat - now) / 1000) + 1\n"
+"    if sh then\n"
+"      kc[k] = tat\n"
+"      if ttl > kt[k] then kt[k] = ttl end\n"
+"    else\n"
+"      call('SET', key, fmt('%d', tat), 'PX', ttl)\n"
+"    end\n"
+"  end\n"
+"end\n"
 "local pos, o, nl, out = 1, 0, #lay, {}\n"
 "local zk, zd, za, zr, zv, zp, zc, zo = {}, {}, {}, {}, {}, {}, {}, {}\n"
 "local zf = {}\n"
 "while pos <= nl do\n"
 "  local n, d, hi, lo = byte(lay, pos, pos + 3)\n"
 "  local c\n"
-"  if n == 1 and hi < 128 and alg[d] == 0 and bur[d] == 0 then\n"
+"  if n == 0 then\n"
+"    charge(d, hi, lo)\n"
+"    pos = pos + 4\n"
+"  end\n"
+"  if n == 1 and hi < 128 and alg[d] == 0 and bur[d] == 0\n"
+"     and cst[d] == 1\n"
+"  then\n"
 "    local key, added, fresh = KEYS[hi * 256 + lo], nil, nil\n"
 "    c, added, fresh = add(key, d)\n"
 "    if added then\n"
@@ -576,7 +651,7 @@ static const char  ngx_http_aai_ratelimit_script[] =
 "        key = KEYS[k]\n"
 "        k = -k\n"
 "        if n > 1 or c == nil then\n"
-"          if alg[d] == 0 and bur[d] == 0 then\n"
+"          if alg[d] == 0 and bur[d] == 0 and cst[d] == 1 then\n"
 "            c, zp[i], zf[i] = add(key, d)\n"
 "          elseif alg[d] == 2 then\n"
 "            c, zo[i] = cget(key, d)\n"
@@ -585,21 +660,25 @@ static const char  ngx_http_aai_ratelimit_script[] =
 "          end\n"
 "        end\n"
 "      end\n"
-"      local l, w, b = lim[d], win[d], bur[d]\n"
+"      local l, w, b, q = lim[d], win[d], bur[d], cst[d]\n"
+"      local u = q > 0 and q or 1\n"
 "      local no, wait, left, reset, retry, at = 0, 0, 0, 0, 0, now\n"
 "      if alg[d] == 0 then\n"
 "        if k > 0 then c = c + kq[k] + (kf[k] and #kf[k] or 0) end\n"
-"        if c < l and b == 0 then\n"
-"          left, reset = l - c - 1, w\n"
+"        local cu = c + u - 1\n"
+"        if cu < l and b == 0 then\n"
+"          left, reset = l - cu - 1, w\n"
 "        else\n"
 "          if k > 0 then push(k) end\n"
 "          local lst = last(key, c)\n"
-"          if c < l then\n"
-"            left = l - c - 1\n"
+"          if cu < l then\n"
+"            left = l - cu - 1\n"
 "            reset = (lst > now and lst or now) + w - now\n"
+"          elseif u > l then\n"
+"            no, retry, reset = 1, w, lst + w - now\n"
 "          else\n"
-"            local e = c - l + 1\n"
-"            at = tonumber(call('LINDEX', key, -l)) + w\n"
+"            local e = cu - l + 1\n"
+"            at = tonumber(call('LINDEX', key, u - l - 1)) + w\n"
 "            if e > b then\n"
 "              no, retry = 1, at - now\n"
 "              reset = lst + w - now\n"
@@ -613,29 +692,33 @@ static const char  ngx_http_aai_ratelimit_script[] =
 "        local p, s = k > 0 and kp[k] or zo[i], cws[d]\n"
 "        local e = c + p * cwt[d]\n"
 "        zc[i] = c\n"
-"        if e + 1 <= l then\n"
-"          left, reset = floor(l - e - 1), s + 2 * w - now\n"
+"        if e + u <= l then\n"
+"          left, reset = floor(l - e - u), s + 2 * w - now\n"
 "        else\n"
 "          no = 1\n"
-"          if c < l then\n"
-"            retry, reset = s + w - (l - c - 1) * w / p - now, s + w - now\n"
+"          if u > l then\n"
+"            retry, reset = w, s + 2 * w - now\n"
+"          elseif c + u - 1 < l then\n"
+"            retry = s + w - (l - c - u) * w / p - now\n"
+"            reset = s + w - now\n"
 "            if c > 0 then reset = reset + w end\n"
 "          else\n"
-"            retry = s + 2 * w - (l - 1) * w / c - now\n"
+"            retry = s + 2 * w - (l - u) * w / c - now\n"
 "            reset = s + 2 * w - now\n"
 "          end\n"
 "        end\n"
 "      else\n"
 "        local p = w / l\n"
 "        local tat = c > now and c or now\n"
-"        if tat - now > b * p then\n"
-"          no, retry, reset = 1, tat - now - b * p, tat - now\n"
+"        local tq = tat + (u - 1) * p\n"
+"        if tq - now > b * p then\n"
+"          no, retry, reset = 1, tq - now - b * p, tat - now\n"
 "        else\n"
-"          wait = tat - now - dly[d] * p\n"
+"          wait = tq - now - dly[d] * p\n"
 "          if wait < 0 then wait = 0 end\n"
-"          at = tat + p\n"
+"          at = tat + q * p\n"
 "          reset = at - now\n"
-"          left = floor((b * p + p - reset) / p)\n"
+"          left = floor((b * p - (tq - now)) / p)\n"
 "          if left < 0 then left = 0 end\n"
 "        end\n"
 "      end\n"
@@ -678,27 +761,28 @@ static const char  ngx_http_aai_ratelimit_script[] =
 "      for i = 1, n do\n"
 "        local k, d, at, ttl = zk[i], zd[i], za[i], zr[i] + 1\n"
 "        if k > 0 then\n"
+"          local q = cst[d]\n"
 "          if alg[d] == 1 then\n"
 "            kc[k] = at\n"
 "          elseif alg[d] == 2 then\n"
-"            kc[k] = kc[k] + 1\n"
+"            kc[k] = kc[k] + q\n"
 "          elseif at == now then\n"
-"            kq[k] = kq[k] + 1\n"
-"          else\n"
+"            kq[k] = kq[k] + q\n"
+"          elseif q > 0 then\n"
 "            local f = kf[k]\n"
 "            if f == nil then f = {}; kf[k] = f end\n"
-"            f[#f + 1] = at\n"
+"            for j = 1, q do f[#f + 1] = at end\n"
 "          end\n"
 "          if ttl > kt[k] then kt[k] = ttl end\n"
 "        else\n"
 "          local key = KEYS[-k]\n"
 "          if alg[d] == 0 then\n"
-"            if not zp[i] then\n"
-"              call('RPUSH', key, at == now and snow or fmt('%d', at))\n"
+"            if not zp[i] and cst[d] > 0 then\n"
+"              rpush(key, at == now and snow or fmt('%d', at), cst[d])\n"
 "            end\n"
 "            if not zf[i] then expire(key, d, ttl) end\n"
 "          elseif alg[d] == 2 then\n"
-"            cset(key, d, zc[i] + 1, zo[i])\n"
+"            cset(key, d, zc[i] + cst[d], zo[i])\n"
 "          else\n"
 "            call('SET', key, fmt('%d', at), 'PX', ttl)\n"
 "          end\n"
@@ -758,7 +842,7 @@ static ngx_command_t  ngx_http_aai_ratelimit_commands[] = {
       NULL },
 
     { ngx_string("aai_ratelimit"),
-      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
       ngx_http_aai_ratelimit,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
@@ -908,7 +992,7 @@ static ngx_uint_t                       ngx_http_aai_ratelimit_nspare;
 /* per worker: where a batch's command is built, reused by the next one */
 static ngx_str_t   ngx_http_aai_ratelimit_argv[3 + NGX_HTTP_AAI_RL_BATCH
                                                + 2 + NGX_HTTP_AAI_RL_BATCH
-                                                 * NGX_HTTP_AAI_RL_ZONE_ARGS];
+                                                 * NGX_HTTP_AAI_RL_DEF_ARGS];
 static u_char      ngx_http_aai_ratelimit_layout[NGX_HTTP_AAI_RL_BATCH * 4];
 static ngx_http_aai_ratelimit_bkey_t
                    ngx_http_aai_ratelimit_bkeys[NGX_HTTP_AAI_RL_KEYS_HASH];
@@ -1084,6 +1168,7 @@ ngx_http_aai_ratelimit_keys(ngx_http_request_t *r,
     u_char                         *p;
     ngx_str_t                       key;
     ngx_uint_t                      i, n;
+    ngx_http_aai_ratelimit_opts_t **opts;
     ngx_http_aai_ratelimit_zone_t  *zone, **zones;
 
     zones = ctx->lcf->zones->elts;
@@ -1095,10 +1180,15 @@ ngx_http_aai_ratelimit_keys(ngx_http_request_t *r,
     ctx->keys = ngx_palloc(r->pool, n * sizeof(ngx_str_t));
     ctx->results = ngx_pcalloc(r->pool,
                                n * sizeof(ngx_http_aai_ratelimit_result_t));
+    ctx->zreq = ngx_palloc(r->pool, n * sizeof(ngx_http_aai_ratelimit_zreq_t));
 
-    if (ctx->zones == NULL || ctx->keys == NULL || ctx->results == NULL) {
+    if (ctx->zones == NULL || ctx->keys == NULL || ctx->results == NULL
+        || ctx->zreq == NULL)
+    {
         return NGX_ERROR;
     }
+
+    opts = ctx->lcf->opts ? ctx->lcf->opts->elts : NULL;
 
     for (i = 0; i < n; i++) {
         zone = zones[i];
@@ -1109,6 +1199,14 @@ ngx_http_aai_ratelimit_keys(ngx_http_request_t *r,
 
         if (key.len == 0) {
             continue;
+        }
+
+        ngx_http_aai_ratelimit_zreq(r, zone->count, zone->limit,
+                                    opts ? opts[i] : NULL,
+                                    &ctx->zreq[ctx->nzones]);
+
+        if (opts && opts[i] && opts[i]->charge) {
+            ctx->charge = 1;
         }
 
         if (key.len > 65535 - zone->name.len - 1) {
@@ -1260,6 +1358,9 @@ ngx_http_aai_ratelimit_batch_handler(ngx_event_t *ev)
         ngx_http_aai_ratelimit_open = NULL;
     }
 
+    b->nzones += ngx_http_aai_ratelimit_charge_take(&b->charges,
+                                             NGX_HTTP_AAI_RL_BATCH - b->nzones);
+
     rc = ngx_http_aai_ratelimit_batch_send(b);
 
     if (rc == NGX_DECLINED) {
@@ -1294,7 +1395,10 @@ ngx_http_aai_ratelimit_batch_send(ngx_http_aai_ratelimit_batch_t *b)
     ngx_http_aai_ratelimit_ctx_t        *ctx;
     ngx_http_aai_ratelimit_slot_t       *slot;
     ngx_http_aai_ratelimit_bkey_t       *bk;
+    ngx_queue_t                         *q;
     ngx_http_aai_ratelimit_zone_t       *zone;
+    ngx_http_aai_ratelimit_zreq_t        zr;
+    ngx_http_aai_ratelimit_charge_t     *ch;
     ngx_http_aai_ratelimit_main_conf_t  *mcf;
     u_short                              occ[NGX_HTTP_AAI_RL_BATCH];
 
@@ -1318,6 +1422,25 @@ ngx_http_aai_ratelimit_batch_send(ngx_http_aai_ratelimit_batch_t *b)
     ndefs = 0;
     o = 0;
 
+    /* charges first: a usage spent before these requests */
+
+    for (q = ngx_queue_head(&b->charges);
+         q != ngx_queue_sentinel(&b->charges);
+         q = ngx_queue_next(q))
+    {
+        ch = ngx_queue_data(q, ngx_http_aai_ratelimit_charge_t, queue);
+        bk = &ngx_http_aai_ratelimit_bkeys[occ[o++]];
+
+        zr.limit = ch->limit;
+        zr.cost = ch->amount;
+
+        *p++ = 0;
+        *p++ = (u_char) ngx_http_aai_ratelimit_def(ch->zone, &zr, &a,
+                                                   &ndefs);
+        *p++ = (u_char) ((bk->index >> 8) | (bk->uses > 1 ? 0x80 : 0));
+        *p++ = (u_char) (bk->index & 0xff);
+    }
+
     for (i = 0; i < b->nslots; i++) {
         slot = &b->slots[i];
 
@@ -1332,22 +1455,16 @@ ngx_http_aai_ratelimit_batch_send(ngx_http_aai_ratelimit_batch_t *b)
             zone = ctx->zones[j];
             bk = &ngx_http_aai_ratelimit_bkeys[occ[o++]];
 
-            if (zone->stamp != ngx_http_aai_ratelimit_seq) {
-                zone->stamp = ngx_http_aai_ratelimit_seq;
-                zone->def = ++ndefs;
-
-                for (k = 0; k < NGX_HTTP_AAI_RL_ZONE_ARGS; k++) {
-                    *a++ = zone->args[k];
-                }
-            }
-
             shared = (bk->uses > 1);
 
-            *p++ = (u_char) zone->def;
+            *p++ = (u_char) ngx_http_aai_ratelimit_def(zone,
+                                                       &ctx->zreq[j], &a,
+                                                       &ndefs);
             *p++ = (u_char) ((bk->index >> 8) | (shared ? 0x80 : 0));
             *p++ = (u_char) (bk->index & 0xff);
 
-            slot->fast = (ctx->nzones == 1 && zone->fast && !shared);
+            slot->fast = (ctx->nzones == 1 && zone->fast && !shared
+                          && ctx->zreq[j].cost == 1);
         }
     }
 
@@ -1386,6 +1503,160 @@ ngx_http_aai_ratelimit_batch_send(ngx_http_aai_ratelimit_batch_t *b)
 
 
 /*
+ * The definition (1-based) of a zone in the batch being built, its
+ * arguments added at *a when new: the zone's own for its limit and a cost
+ * of 1, one per other limit and cost (count= and cost=, charge=).
+ */
+
+static ngx_uint_t
+ngx_http_aai_ratelimit_def(void *z, ngx_http_aai_ratelimit_zreq_t *zr,
+    ngx_str_t **a, ngx_uint_t *ndefs)
+{
+    u_char                         *p;
+    ngx_str_t                      *v;
+    ngx_uint_t                      i;
+    ngx_http_aai_ratelimit_zone_t  *zone;
+
+    static ngx_uint_t  stamp, n;
+    static struct {
+        void                       *zone;
+        ngx_uint_t                  limit;
+        ngx_uint_t                  cost;
+        ngx_uint_t                  def;
+        u_char                      num[2 * NGX_INT_T_LEN];
+    }  defs[NGX_HTTP_AAI_RL_BATCH];
+
+    zone = z;
+    v = *a;
+
+    if (zr->limit == zone->limit && zr->cost == 1) {
+
+        if (zone->stamp != ngx_http_aai_ratelimit_seq) {
+            zone->stamp = ngx_http_aai_ratelimit_seq;
+            zone->def = ++*ndefs;
+
+            for (i = 0; i < NGX_HTTP_AAI_RL_DEF_ARGS; i++) {
+                v[i] = zone->args[i];
+            }
+
+            *a = v + NGX_HTTP_AAI_RL_DEF_ARGS;
+        }
+
+        return zone->def;
+    }
+
+    if (stamp != ngx_http_aai_ratelimit_seq) {
+        stamp = ngx_http_aai_ratelimit_seq;
+        n = 0;
+    }
+
+    for (i = 0; i < n; i++) {
+        if (defs[i].zone == z && defs[i].limit == zr->limit
+            && defs[i].cost == zr->cost)
+        {
+            return defs[i].def;
+        }
+    }
+
+    /* never full: a batch has at most as many definitions as zones */
+
+    defs[n].zone = z;
+    defs[n].limit = zr->limit;
+    defs[n].cost = zr->cost;
+    defs[n].def = ++*ndefs;
+
+    for (i = 0; i < NGX_HTTP_AAI_RL_DEF_ARGS; i++) {
+        v[i] = zone->args[i];
+    }
+
+    p = defs[n].num;
+
+    v[1].data = p;
+    p = ngx_sprintf(p, "%ui", zr->limit);
+    v[1].len = p - v[1].data;
+
+    v[5].data = p;
+    p = ngx_sprintf(p, "%ui", zr->cost);
+    v[5].len = p - v[5].data;
+
+    *a = v + NGX_HTTP_AAI_RL_DEF_ARGS;
+
+    return defs[n++].def;
+}
+
+
+/*
+ * The charges waiting in this worker go with a batch of their own (the
+ * timer of ngx_http_aai_ratelimit_ai.c calls it when no request sent one).
+ */
+
+void
+ngx_http_aai_ratelimit_flush(void)
+{
+    ngx_queue_t                          q;
+    ngx_http_aai_ratelimit_batch_t      *b;
+    ngx_http_aai_ratelimit_main_conf_t  *mcf;
+
+    mcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
+                                              ngx_http_aai_ratelimit_module);
+
+    if (mcf == NULL || mcf->redis == NULL || ngx_http_aai_ratelimit_open) {
+        return;
+    }
+
+    if (!ngx_aai_redis_available(mcf->redis)) {
+
+        /* a try each: Redis down for long loses them, counted */
+
+        ngx_queue_init(&q);
+        (void) ngx_http_aai_ratelimit_charge_take(&q, NGX_MAX_UINT32_VALUE);
+        ngx_http_aai_ratelimit_charge_done(&q, NGX_ERROR);
+        return;
+    }
+
+    b = ngx_http_aai_ratelimit_batch_get(mcf);
+    if (b == NULL) {
+        return;
+    }
+
+    ngx_http_aai_ratelimit_open = b;
+    ngx_post_event(&b->event, &ngx_posted_events);
+}
+
+
+/* the log phase: the usage of zones with charge= waits for a batch */
+
+static ngx_int_t
+ngx_http_aai_ratelimit_log_handler(ngx_http_request_t *r)
+{
+    ngx_uint_t                      i;
+    ngx_http_aai_ratelimit_ctx_t   *ctx;
+    ngx_http_aai_ratelimit_zreq_t  *zr;
+
+    ctx = ngx_http_aai_ratelimit_get_ctx(r);
+
+    if (ctx == NULL || !ctx->charge || ctx->state != NGX_HTTP_AAI_RL_DONE) {
+        return NGX_OK;
+    }
+
+    ctx->charge = 0;
+
+    for (i = 0; i < ctx->nzones; i++) {
+        zr = &ctx->zreq[i];
+
+        if (zr->opts == NULL || zr->opts->charge == NULL) {
+            continue;
+        }
+
+        (void) ngx_http_aai_ratelimit_charge_add(r, ctx->zones[i],
+                                                 &ctx->keys[i], zr);
+    }
+
+    return NGX_OK;
+}
+
+
+/*
  * The distinct keys of the requests still there, in argv from argv[3],
  * and where each zone of each request finds its key; returns their number.
  */
@@ -1394,13 +1665,32 @@ static ngx_uint_t
 ngx_http_aai_ratelimit_batch_keys(ngx_http_aai_ratelimit_batch_t *b,
     ngx_str_t *argv, u_short *occ)
 {
-    ngx_uint_t                      i, j, o, nkeys;
-    ngx_http_aai_ratelimit_ctx_t   *ctx;
-    ngx_http_aai_ratelimit_slot_t  *slot;
-    ngx_http_aai_ratelimit_bkey_t  *bk;
+    ngx_uint_t                        i, j, o, nkeys;
+    ngx_queue_t                      *q;
+    ngx_http_aai_ratelimit_ctx_t     *ctx;
+    ngx_http_aai_ratelimit_slot_t    *slot;
+    ngx_http_aai_ratelimit_bkey_t    *bk;
+    ngx_http_aai_ratelimit_charge_t  *ch;
 
     nkeys = 0;
     o = 0;
+
+    for (q = ngx_queue_head(&b->charges);
+         q != ngx_queue_sentinel(&b->charges);
+         q = ngx_queue_next(q))
+    {
+        ch = ngx_queue_data(q, ngx_http_aai_ratelimit_charge_t, queue);
+
+        bk = ngx_http_aai_ratelimit_batch_key(&ch->key,
+                                              ngx_http_aai_ratelimit_seq);
+
+        if (bk->uses++ == 0) {
+            bk->index = ++nkeys;
+            argv[2 + nkeys] = ch->key;
+        }
+
+        occ[o++] = (u_short) (bk - ngx_http_aai_ratelimit_bkeys);
+    }
 
     for (i = 0; i < b->nslots; i++) {
         slot = &b->slots[i];
@@ -1556,6 +1846,8 @@ ngx_http_aai_ratelimit_reply_handler(ngx_aai_redis_result_t *res, void *data)
         e += len;
     }
 
+    ngx_http_aai_ratelimit_charge_done(&b->charges, NGX_OK);
+
     ngx_http_aai_ratelimit_batch_free(b);
 }
 
@@ -1699,6 +1991,12 @@ ngx_http_aai_ratelimit_batch_fail(ngx_http_aai_ratelimit_batch_t *b,
     ngx_http_request_t            *r;
     ngx_http_aai_ratelimit_ctx_t  *ctx;
 
+    /* a reply in error: the script may have run, its charges are not sent */
+
+    ngx_http_aai_ratelimit_charge_done(&b->charges,
+                                       reason == NGX_HTTP_AAI_RL_E_REPLY
+                                       ? NGX_DECLINED : NGX_ERROR);
+
     for (i = 0; i < b->nslots; i++) {
         ctx = b->slots[i].ctx;
 
@@ -1765,6 +2063,7 @@ ngx_http_aai_ratelimit_batch_get(ngx_http_aai_ratelimit_main_conf_t *mcf)
     ngx_memzero(b, offsetof(ngx_http_aai_ratelimit_batch_t, slots));
 
     b->mcf = mcf;
+    ngx_queue_init(&b->charges);
     b->event.handler = ngx_http_aai_ratelimit_batch_handler;
     b->event.data = b;
     b->event.log = ngx_cycle->log;
@@ -1776,6 +2075,8 @@ ngx_http_aai_ratelimit_batch_get(ngx_http_aai_ratelimit_main_conf_t *mcf)
 static void
 ngx_http_aai_ratelimit_batch_free(ngx_http_aai_ratelimit_batch_t *b)
 {
+    ngx_http_aai_ratelimit_charge_done(&b->charges, NGX_ERROR);
+
     if (b->event.posted) {
         ngx_delete_posted_event(&b->event);
     }
@@ -1824,6 +2125,8 @@ ngx_http_aai_ratelimit_batch_exit(void)
                 b->slots[i].ctx->batch = NULL;
             }
         }
+
+        ngx_http_aai_ratelimit_charge_done(&b->charges, NGX_ERROR);
 
         ngx_free(b);
     }
@@ -2260,8 +2563,8 @@ ngx_http_aai_ratelimit_add_headers(ngx_http_request_t *r,
         return NGX_OK;
     }
 
-    last = ngx_sprintf(p, "\"%V\";q=%ui;w=%uL", &zone->name, zone->limit,
-                       zone->window / 1000000);
+    last = ngx_sprintf(p, "\"%V\";q=%ui;w=%uL", &zone->name,
+                       ctx->zreq[ctx->top].limit, zone->window / 1000000);
 
     if (ngx_http_aai_ratelimit_add_header(r, &policy, p, last) != NGX_OK) {
         return NGX_ERROR;
@@ -2387,7 +2690,11 @@ ngx_http_aai_ratelimit_block(ngx_http_aai_ratelimit_ctx_t *ctx)
     for (i = 0; i < ctx->nzones; i++) {
         res = &ctx->results[i];
 
-        if (!res->rejected || res->retry_after == 0) {
+        /* a request costing more may be rejected where one unit is not */
+
+        if (!res->rejected || res->retry_after == 0
+            || ctx->zreq[i].cost > 1)
+        {
             continue;
         }
 
@@ -2981,6 +3288,10 @@ ngx_http_aai_ratelimit_merge_loc_conf(ngx_conf_t *cf, void *parent,
     ngx_http_aai_ratelimit_loc_conf_t *prev = parent;
     ngx_http_aai_ratelimit_loc_conf_t *conf = child;
 
+    if (conf->zones == NGX_CONF_UNSET_PTR) {
+        conf->opts = prev->opts;
+    }
+
     ngx_conf_merge_ptr_value(conf->zones, prev->zones, NULL);
 
     ngx_conf_merge_uint_value(conf->status_code, prev->status_code,
@@ -3200,6 +3511,11 @@ ngx_http_aai_ratelimit_zone_param(ngx_conf_t *cf, ngx_command_t *cmd,
         return NGX_CONF_OK;
     }
 
+    if (ngx_strncmp(value->data, "count=", 6) == 0) {
+        return ngx_http_aai_ratelimit_count_param(cf, cmd, value,
+                                                  &zone->count);
+    }
+
     if (ngx_strncmp(value->data, "burst=", 6) == 0) {
 
         n = ngx_atoi(value->data + 6, value->len - 6);
@@ -3328,7 +3644,7 @@ ngx_http_aai_ratelimit_zone_args(ngx_conf_t *cf,
     u_char      *p;
     ngx_str_t   *a;
 
-    p = ngx_pnalloc(cf->pool, 1 + 3 * NGX_INT_T_LEN + NGX_INT64_LEN);
+    p = ngx_pnalloc(cf->pool, 2 + 3 * NGX_INT_T_LEN + NGX_INT64_LEN);
     if (p == NULL) {
         return NGX_CONF_ERROR;
     }
@@ -3354,6 +3670,10 @@ ngx_http_aai_ratelimit_zone_args(ngx_conf_t *cf,
     a[4].data = p;
     p = ngx_sprintf(p, "%ui", zone->delay);
     a[4].len = p - a[4].data;
+
+    a[5].data = p;
+    *p++ = '1';
+    a[5].len = 1;
 
     return NGX_CONF_OK;
 }
@@ -3474,21 +3794,22 @@ ngx_http_aai_ratelimit_find_zone(ngx_conf_t *cf, ngx_command_t *cmd,
 }
 
 
-/* aai_ratelimit NAME | off */
+/* aai_ratelimit NAME [cost=expression] [charge=expression] | off */
 
 static char *
 ngx_http_aai_ratelimit(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_aai_ratelimit_loc_conf_t *lcf = conf;
 
-    ngx_str_t                       *value;
-    ngx_uint_t                       i;
-    ngx_http_aai_ratelimit_zone_t   *zone, **zones, **zp;
+    ngx_str_t                           *value;
+    ngx_uint_t                           i;
+    ngx_http_aai_ratelimit_zone_t       *zone, **zones, **zp;
+    ngx_http_aai_ratelimit_main_conf_t  *mcf;
 
     value = cf->args->elts;
 
     if (ngx_strcmp(value[1].data, "off") == 0) {
-        if (lcf->zones != NGX_CONF_UNSET_PTR) {
+        if (lcf->zones != NGX_CONF_UNSET_PTR || cf->args->nelts > 2) {
             return "is duplicate";
         }
 
@@ -3541,7 +3862,17 @@ ngx_http_aai_ratelimit(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     *zp = zone;
 
-    return NGX_CONF_OK;
+    if (cf->args->nelts == 2 && lcf->opts == NULL) {
+        return NGX_CONF_OK;
+    }
+
+    mcf = ngx_http_conf_get_module_main_conf(cf,
+                                             ngx_http_aai_ratelimit_module);
+
+    return ngx_http_aai_ratelimit_opts(cf, cmd, &lcf->opts,
+                                       lcf->zones->nelts - 1, &value[2],
+                                       cf->args->nelts - 2, &value[1],
+                                       mcf->metrics, &zone->charge_metrics);
 }
 
 
@@ -3704,6 +4035,13 @@ ngx_http_aai_ratelimit_init(ngx_conf_t *cf)
 
     *h = ngx_http_aai_ratelimit_handler;
 
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_LOG_PHASE].handlers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    *h = ngx_http_aai_ratelimit_log_handler;
+
     ngx_http_next_header_filter = ngx_http_top_header_filter;
     ngx_http_top_header_filter = ngx_http_aai_ratelimit_header_filter;
 
@@ -3726,6 +4064,8 @@ ngx_http_aai_ratelimit_init_process(ngx_cycle_t *cycle)
     ngx_queue_init(&ngx_http_aai_ratelimit_flight);
     ngx_queue_init(&ngx_http_aai_ratelimit_spare);
 
+    ngx_http_aai_ratelimit_charge_init(mcf->metrics, cycle->log);
+
     return ngx_aai_redis_init_worker(mcf->redis, cycle);
 }
 
@@ -3747,4 +4087,6 @@ ngx_http_aai_ratelimit_exit_process(ngx_cycle_t *cycle)
     ngx_aai_redis_exit_worker(mcf->redis);
 
     ngx_http_aai_ratelimit_batch_exit();
+
+    ngx_http_aai_ratelimit_charge_exit();
 }

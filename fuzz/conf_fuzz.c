@@ -30,6 +30,7 @@
 #include "../ngx_aai_jwt.c"
 #include "../ngx_aai_redis.c"
 #include "../ngx_http_aai_ratelimit_module.c"
+#include "../ngx_http_aai_ratelimit_ai.c"
 #include "../ngx_http_aai_cache_module.c"
 #include "../ngx_http_aai_kafka_module.c"
 #include "../ngx_http_aai_kafka_spool.c"

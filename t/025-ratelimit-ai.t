@@ -1,0 +1,311 @@
+# ngx_http_aai_ratelimit_module, limits for an AI product: per-plan counts
+# (count= on a zone), costs known up front (cost=), usage charged from the
+# response (charge=) across two instances sharing one Redis.
+
+use Test::Nginx::Socket 'no_plan';
+use lib 't/lib';
+use AaiTest qw( :DEFAULT :util );
+use Time::HiRes qw( time sleep );
+
+$ENV{TEST_NGINX_REDIS_PORT} ||= 6379;
+
+my $up = free_port();
+
+my $conf = <<'_EOC_';
+    aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT timeout=3s;
+
+    map $arg_plan $chat_count { pro 5; team 7; default ""; }
+
+    aai_ratelimit_zone chat   key=$arg_u rate=2r/m count=$chat_count;
+    aai_ratelimit_zone chatg  key=$arg_u rate=2r/m burst=4 algorithm=gcra
+                              count=$chat_count;
+    aai_ratelimit_zone chatc  key=$arg_u rate=2r/m algorithm=counter
+                              count=$chat_count;
+    aai_ratelimit_zone units  key=$arg_u rate=10r/m;
+    aai_ratelimit_zone unitsc key=$arg_u rate=10r/m algorithm=counter;
+    aai_ratelimit_zone unitsg key=$arg_u rate=10r/m burst=9 nodelay
+                              algorithm=gcra;
+    aai_ratelimit_zone tokens key=$arg_u rate=1000r/m;
+    aai_ratelimit_zone tokc   key=$arg_u rate=1000r/h algorithm=counter;
+
+    upstream llm { server 127.0.0.1:UPSTREAM_PORT; }
+
+    server {
+        listen 127.0.0.1:UPSTREAM_PORT;
+        location / {
+            add_header X-LLM-Tokens $arg_t;
+            return 200 "answer\n";
+        }
+    }
+
+    server {
+        listen 127.0.0.1:$TEST_NGINX_INSTANCE_PORT;
+        add_header X-RL $aai_ratelimit_status always;
+
+        location /chat   { aai_ratelimit chat;  empty_gif; }
+        location /chatg  { aai_ratelimit chatg; empty_gif; }
+        location /chatc  { aai_ratelimit chatc; empty_gif; }
+        location /cost   { aai_ratelimit units cost=$arg_cost; empty_gif; }
+        location /costc  { aai_ratelimit unitsc cost=$arg_cost; empty_gif; }
+        location /costg  { aai_ratelimit unitsg cost=$arg_cost; empty_gif; }
+        location /llm {
+            aai_ratelimit tokens charge=$upstream_http_x_llm_tokens;
+            proxy_pass http://llm;
+        }
+        location /llmc {
+            aai_ratelimit tokc charge=$upstream_http_x_llm_tokens;
+            proxy_pass http://llm;
+        }
+        location /both {
+            aai_ratelimit chat;
+            aai_ratelimit tokens charge=$upstream_http_x_llm_tokens;
+            proxy_pass http://llm;
+        }
+        location /metrics { aai_metrics; }
+    }
+_EOC_
+
+$conf =~ s/UPSTREAM_PORT/$up/g;
+
+redis_flushdb();
+
+my ($pa, $stopa, $prefa) = start_nginx_instance('rl025a', $conf);
+my $upb = free_port();
+(my $confb = $conf) =~ s/127\.0\.0\.1:$up\b/127.0.0.1:$upb/g;
+my ($pb, $stopb, $prefb) = start_nginx_instance('rl025b', $confb);
+
+sub get {
+    my ($port, $path) = @_;
+    my ($st, $h) = http_get($port, $path, {});
+    return ($st // 0, $h);
+}
+
+sub rl_headers {
+    my ($port, $path) = @_;
+    my ($st, $h) = get($port, $path);
+    return join ' ', $st, $h->{'ratelimit-policy'} // '-',
+                     $h->{ratelimit} // '-';
+}
+
+
+# --- per-plan counts ---------------------------------------------------------
+
+{
+    my @free = map { rl_headers($_ % 2 ? $pb : $pa, '/chat?u=free1') } 0 .. 2;
+    is_deeply(\@free, [ '200 "chat";q=2;w=60 "chat";r=1;t=60',
+                        '200 "chat";q=2;w=60 "chat";r=0;t=60',
+                        '429 "chat";q=2;w=60 "chat";r=0;t=60' ],
+              'sliding: a free user gets the zone\'s count, q=2');
+
+    my @pro = map { (get($_ % 2 ? $pb : $pa, '/chat?u=pro1&plan=pro'))[0] }
+              0 .. 5;
+    is(join(',', @pro), '200,200,200,200,200,429',
+       'sliding: a pro user gets the map\'s count (5)');
+
+    my $h = rl_headers($pa, '/chat?u=pro2&plan=pro');
+    is($h, '200 "chat";q=5;w=60 "chat";r=4;t=60',
+       'sliding: q is the count that applied');
+
+    is(rl_headers($pa, '/chat?u=team1&plan=team'),
+       '200 "chat";q=7;w=60 "chat";r=6;t=60', 'sliding: team count 7');
+
+    is(rl_headers($pa, '/chat?u=bad1&plan=nonsense'),
+       '200 "chat";q=2;w=60 "chat";r=1;t=60',
+       'a plan the map does not know: the zone\'s count');
+
+    # GCRA: the count sets the emission interval (60 s / count)
+    is(rl_headers($pa, '/chatg?u=gf'), '200 "chatg";q=2;w=60 "chatg";r=4;t=30',
+       'gcra: free user, interval 30 s');
+    is(rl_headers($pb, '/chatg?u=gp&plan=pro'),
+       '200 "chatg";q=5;w=60 "chatg";r=4;t=12',
+       'gcra: pro user, interval 12 s');
+
+    my @c = map { (get($_ % 2 ? $pb : $pa, '/chatc?u=cf'))[0] } 0 .. 2;
+    is(join(',', @c), '200,200,429', 'counter: free user, count 2');
+    @c = map { (get($_ % 2 ? $pb : $pa, '/chatc?u=cp&plan=pro'))[0] } 0 .. 5;
+    is(join(',', @c), '200,200,200,200,200,429', 'counter: pro user, count 5');
+    like(rl_headers($pa, '/chatc?u=cp2&plan=pro'),
+         qr/^200 "chatc";q=5;w=60 "chatc";r=4;/, 'counter: q=5');
+}
+
+
+# --- costs known up front ----------------------------------------------------
+
+{
+    my @r = map { rl_headers($_->[0], "/cost?u=c1&cost=$_->[1]") }
+            [$pa, 4], [$pb, 4], [$pa, 4], [$pb, 2], [$pa, 1];
+    is_deeply(\@r, [ '200 "units";q=10;w=60 "units";r=6;t=60',
+                     '200 "units";q=10;w=60 "units";r=2;t=60',
+                     '429 "units";q=10;w=60 "units";r=0;t=60',
+                     '200 "units";q=10;w=60 "units";r=0;t=60',
+                     '429 "units";q=10;w=60 "units";r=0;t=60' ],
+              'sliding: cost=4,4 admitted, 4 rejected with 2 left, 2 admitted');
+    is(redis_cmd('LLEN', 'aai:rl:units:c1'), 10,
+       'sliding: 10 units recorded, nothing for the rejected');
+
+    is((get($pa, '/cost?u=c2&cost=11'))[0], 429,
+       'a cost above the count is rejected');
+    is(redis_cmd('EXISTS', 'aai:rl:units:c2'), 0, '... and spends nothing');
+
+    is((get($pa, '/cost?u=c3'))[0] . ',' . redis_cmd('LLEN', 'aai:rl:units:c3'),
+       '200,1', 'no cost: one unit');
+    is((get($pa, '/cost?u=c4&cost=0'))[0] . ','
+       . redis_cmd('EXISTS', 'aai:rl:units:c4'), '200,0',
+       'cost=0: checked, nothing spent');
+    is((get($pa, '/cost?u=c5&cost=x1'))[0] . ','
+       . redis_cmd('LLEN', 'aai:rl:units:c5'), '200,1',
+       'a cost that is not a number counts one');
+
+    my @c = map { (get($_->[0], "/costc?u=k1&cost=$_->[1]"))[0] }
+            [$pa, 6], [$pb, 5], [$pa, 4];
+    is(join(',', @c), '200,429,200', 'counter: 6, then 5 rejected, then 4');
+    like(redis_cmd('GET', 'aai:rl:unitsc:k1'), qr/^c\d+:10:0$/,
+         'counter: the key counts 10');
+
+    # gcra, 6 s per unit, burst 9: 10 units at once
+    @c = map { (get($_->[0], "/costg?u=g1&cost=$_->[1]"))[0] }
+         [$pa, 6], [$pb, 5], [$pa, 4];
+    is(join(',', @c), '200,429,200', 'gcra: 6, then 5 rejected, then 4');
+}
+
+
+# --- usage charged from the response, two instances --------------------------
+
+sub usage { redis_cmd('LLEN', "aai:rl:tokens:$_[0]") }
+
+{
+    my @st;
+    for my $i (1 .. 5) {
+        my $before = usage('alice');
+        my ($st) = get($i % 2 ? $pa : $pb, '/llm?u=alice&t=300');
+        push @st, $st;
+        if ($st == 200) {
+            wait_until(5, sub { usage('alice') == $before + 300 });
+        }
+    }
+    is(join(',', @st), '200,200,200,200,429',
+       '300 tokens a response, 1000 a minute: 4 admitted, the 5th rejected');
+    is(usage('alice'), 1200, 'usage in Redis exactly 4 x 300');
+
+    my $ma = metrics_wait($pa, '/metrics', sub {
+        ($_[0]->{'aai_ratelimit_charged_units_total{zone="tokens"}'} // 0)
+            == 600 });
+    my $mb = metrics_get($pb, '/metrics');
+    is($ma->{'aai_ratelimit_charged_units_total{zone="tokens"}'} . ','
+       . $mb->{'aai_ratelimit_charged_units_total{zone="tokens"}'},
+       '600,600', 'each instance counts the units it charged');
+    is($ma->{'aai_ratelimit_charges_dropped_total{zone="tokens"}'}, 0,
+       'no charge lost');
+
+    my ($st, $h) = get($pa, '/llm?u=bob&t=');
+    is($st, 200, 'a response without the header');
+    sleep 0.3;
+    is(redis_cmd('EXISTS', 'aai:rl:tokens:bob'), 0, '... charges nothing');
+
+    # a charge above the count spends the whole count, no more
+    get($pb, '/llm?u=carol&t=5000');
+    wait_until(5, sub { usage('carol') > 0 });
+    is(usage('carol'), 1000, 'a charge above the count spends the count');
+    is((get($pa, '/llm?u=carol&t=1'))[0], 429, '... and the key is over');
+}
+
+{
+    # counter zones count tokens in one number
+    my @st;
+    for my $i (1 .. 5) {
+        my ($st) = get($i % 2 ? $pa : $pb, '/llmc?u=dave&t=300');
+        push @st, $st;
+        if ($st == 200) {
+            wait_until(5, sub {
+                (redis_cmd('GET', 'aai:rl:tokc:dave') // '')
+                    =~ /^c\d+:${\ (300 * $i)}:/ });
+        }
+    }
+    is(join(',', @st), '200,200,200,200,429', 'counter: 4 admitted');
+    like(redis_cmd('GET', 'aai:rl:tokc:dave'), qr/^c\d+:1200:0$/,
+         'counter: usage exactly 1200');
+}
+
+{
+    # a charge goes with the next batch: two zones on the request
+    my ($st) = get($pa, '/both?u=erin&t=250');
+    wait_until(5, sub { usage('erin') == 250 });
+    is($st . ',' . usage('erin') . ',' . redis_cmd('LLEN', 'aai:rl:chat:erin'),
+       '200,250,1', 'charge zone and request zone together');
+}
+
+$stopa->();
+$stopb->();
+
+
+# --- Redis down: a charge is tried, then counted lost ------------------------
+
+{
+    my $dead = free_port();
+    (my $dconf = $conf) =~ s/127\.0\.0\.1:\$TEST_NGINX_REDIS_PORT/127.0.0.1:$dead/;
+    $dconf =~ s/timeout=3s/timeout=3s connect_timeout=100ms/;
+    my $up3 = free_port();
+    $dconf =~ s/127\.0\.0\.1:$up\b/127.0.0.1:$up3/g;
+    my ($pd, $stopd, $prefd) = start_nginx_instance('rl025d', $dconf);
+
+    my ($st) = get($pd, '/llm?u=frank&t=300');
+    is($st, 200, 'Redis down: fallback allow');
+
+    my $m = metrics_wait($pd, '/metrics', sub {
+        ($_[0]->{'aai_ratelimit_charges_dropped_total{zone="tokens"}'} // 0)
+            >= 1 }, 10);
+    is($m->{'aai_ratelimit_charges_dropped_total{zone="tokens"}'}, 1,
+       'the charge is counted lost after its tries');
+    ok(scalar(grep { /charge of 300 lost/ } file_lines("$prefd/logs/error.log")),
+       'and logged');
+
+    $stopd->();
+}
+
+
+# --- configuration -----------------------------------------------------------
+
+{
+    my $base = "    aai_ratelimit_redis 127.0.0.1:1;\n"
+             . "    aai_ratelimit_zone z key=\$arg_u rate=1r/s;\n";
+
+    my ($rc, $out) = nginx_t($base . "server { location / { aai_ratelimit z bogus=1; } }");
+    isnt($rc, 0, 'unknown parameter: nginx -t fails');
+    like($out, qr/invalid parameter "bogus=1" in "aai_ratelimit z"/,
+         '... naming it');
+
+    ($rc, $out) = nginx_t($base . "server { location / { aai_ratelimit z cost=; } }");
+    like($out, qr/invalid parameter "cost=" in "aai_ratelimit z"/,
+         'empty cost= is refused');
+
+    ($rc, $out) = nginx_t("    aai_ratelimit_redis 127.0.0.1:1;\n"
+                          . "    aai_ratelimit_zone z key=\$arg_u rate=1r/s count=;\n");
+    like($out, qr/invalid count "" in "aai_ratelimit_zone"/,
+         'empty count= is refused');
+
+    ($rc, $out) = nginx_t($base . "server { location / { aai_ratelimit off cost=1; } }");
+    isnt($rc, 0, '"aai_ratelimit off" takes no parameters');
+
+    ($rc, $out) = nginx_t($base . "server { location / { aai_ratelimit z cost=\$arg_c charge=\$arg_t; } }");
+    is($rc, 0, 'cost= and charge= together') or diag($out);
+}
+
+run_tests();
+
+__DATA__
+
+=== TEST 1: the runner's own nginx: a location inherits the zones' parameters
+--- http_config
+    aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    aai_ratelimit_zone inh key=$arg_u rate=5r/m;
+--- config
+    aai_ratelimit inh cost=$arg_c;
+    location /t {
+        empty_gif;
+    }
+--- request eval
+["GET /t?u=i&c=3", "GET /t?u=i&c=3"]
+--- error_code eval
+[200, 429]
+--- aai_before
+redis_flushdb();
