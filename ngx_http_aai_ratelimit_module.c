@@ -201,6 +201,7 @@ typedef struct {
     unsigned                           headers:1;
     unsigned                           headers_sent:1;
     unsigned                           charge:1;
+    unsigned                           costs:1;   /* count= or cost= used */
     ngx_aai_jwt_ctx_t                  jwt;
 } ngx_http_aai_ratelimit_ctx_t;
 
@@ -224,6 +225,7 @@ struct ngx_http_aai_ratelimit_batch_s {
     ngx_uint_t                         nzones;    /* of all its requests */
     ngx_queue_t                        charges;   /* charge= usage sent */
     unsigned                           eval:1;
+    unsigned                           costs:1;   /* definitions with cost */
     ngx_http_aai_ratelimit_slot_t      slots[NGX_HTTP_AAI_RL_BATCH];
 };
 
@@ -259,7 +261,8 @@ static ngx_uint_t ngx_http_aai_ratelimit_batch_keys(
 static ngx_http_aai_ratelimit_bkey_t *ngx_http_aai_ratelimit_batch_key(
     ngx_str_t *key, ngx_uint_t stamp);
 static ngx_uint_t ngx_http_aai_ratelimit_def(void *z,
-    ngx_http_aai_ratelimit_zreq_t *zr, ngx_str_t **a, ngx_uint_t *ndefs);
+    ngx_http_aai_ratelimit_zreq_t *zr, ngx_str_t **a, ngx_uint_t *ndefs,
+    ngx_uint_t costs);
 static ngx_int_t ngx_http_aai_ratelimit_log_handler(ngx_http_request_t *r);
 static void ngx_http_aai_ratelimit_reply_handler(ngx_aai_redis_result_t *res,
     void *data);
@@ -435,16 +438,18 @@ static const char  ngx_http_aai_ratelimit_script[] =
 "local t = call('TIME')\n"
 "local now = t[1] * 1000000 + t[2]\n"
 "local snow, lay = fmt('%d', now), ARGV[1]\n"
-"local trim = ARGV[2] == '1'\n"
+"local trim = ARGV[2] == '1' or ARGV[2] == '3'\n"
+"local na = ARGV[2] >= '2' and 6 or 5\n"
 "local alg, lim, win, bur, dly, cst = {}, {}, {}, {}, {}, {}\n"
 "local cut, sttl, wttl, wms, half = {}, {}, {}, {}, {}\n"
 "local cws, cwt, cpre, cttl = {}, {}, {}, {}\n"
 "local nd = 0\n"
-"for j = 3, #ARGV, 6 do\n"
+"for j = 3, #ARGV, na do\n"
 "  nd = nd + 1\n"
 "  alg[nd], lim[nd] = tonumber(ARGV[j]), tonumber(ARGV[j + 1])\n"
 "  win[nd], bur[nd] = tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3])\n"
-"  dly[nd], cst[nd] = tonumber(ARGV[j + 4]), tonumber(ARGV[j + 5])\n"
+"  dly[nd], cst[nd] = tonumber(ARGV[j + 4]), 1\n"
+"  if na == 6 then cst[nd] = tonumber(ARGV[j + 5]) end\n"
 "  cut[nd] = now - win[nd]\n"
 "  wms[nd] = ceil(win[nd] / 1000)\n"
 "  wttl[nd] = fmt('%d', wms[nd] + 1)\n"
@@ -1209,6 +1214,12 @@ ngx_http_aai_ratelimit_keys(ngx_http_request_t *r,
             ctx->charge = 1;
         }
 
+        if (ctx->zreq[ctx->nzones].limit != zone->limit
+            || ctx->zreq[ctx->nzones].cost != 1)
+        {
+            ctx->costs = 1;
+        }
+
         if (key.len > 65535 - zone->name.len - 1) {
             if (ngx_http_aai_ratelimit_long_key(r, zone, &key,
                                                 &ctx->keys[ctx->nzones])
@@ -1321,6 +1332,7 @@ ngx_http_aai_ratelimit_enqueue(ngx_http_request_t *r,
     ctx->slot = b->nslots++;
 
     b->nzones += ctx->nzones;
+    b->costs |= ctx->costs;
 
     return NGX_OK;
 }
@@ -1360,6 +1372,10 @@ ngx_http_aai_ratelimit_batch_handler(ngx_event_t *ev)
 
     b->nzones += ngx_http_aai_ratelimit_charge_take(&b->charges,
                                              NGX_HTTP_AAI_RL_BATCH - b->nzones);
+
+    if (!ngx_queue_empty(&b->charges)) {
+        b->costs = 1;
+    }
 
     rc = ngx_http_aai_ratelimit_batch_send(b);
 
@@ -1436,7 +1452,7 @@ ngx_http_aai_ratelimit_batch_send(ngx_http_aai_ratelimit_batch_t *b)
 
         *p++ = 0;
         *p++ = (u_char) ngx_http_aai_ratelimit_def(ch->zone, &zr, &a,
-                                                   &ndefs);
+                                                   &ndefs, 1);
         *p++ = (u_char) ((bk->index >> 8) | (bk->uses > 1 ? 0x80 : 0));
         *p++ = (u_char) (bk->index & 0xff);
     }
@@ -1459,7 +1475,7 @@ ngx_http_aai_ratelimit_batch_send(ngx_http_aai_ratelimit_batch_t *b)
 
             *p++ = (u_char) ngx_http_aai_ratelimit_def(zone,
                                                        &ctx->zreq[j], &a,
-                                                       &ndefs);
+                                                       &ndefs, b->costs);
             *p++ = (u_char) ((bk->index >> 8) | (shared ? 0x80 : 0));
             *p++ = (u_char) (bk->index & 0xff);
 
@@ -1486,8 +1502,11 @@ ngx_http_aai_ratelimit_batch_send(ngx_http_aai_ratelimit_batch_t *b)
     argv[k].data = ngx_http_aai_ratelimit_layout;
     argv[k].len = p - ngx_http_aai_ratelimit_layout;
 
-    argv[k + 1].data = (ngx_http_aai_ratelimit_seq % NGX_HTTP_AAI_RL_TRIM)
-                       ? (u_char *) "0" : (u_char *) "1";
+    /* "2" and "3": the definitions have a sixth argument, the cost */
+
+    argv[k + 1].data = (u_char *) &"0123"[b->costs * 2
+                           + !(ngx_http_aai_ratelimit_seq
+                               % NGX_HTTP_AAI_RL_TRIM)];
     argv[k + 1].len = 1;
 
     b->cmd = ngx_aai_redis_send(mcf->redis, ngx_cycle->log, a - argv, argv,
@@ -1505,16 +1524,18 @@ ngx_http_aai_ratelimit_batch_send(ngx_http_aai_ratelimit_batch_t *b)
 /*
  * The definition (1-based) of a zone in the batch being built, its
  * arguments added at *a when new: the zone's own for its limit and a cost
- * of 1, one per other limit and cost (count= and cost=, charge=).
+ * of 1, one per other limit and cost (count= and cost=, charge=).  Only a
+ * batch with costs sends the sixth argument: without count=, cost= and
+ * charge= the command is what it was before them.
  */
 
 static ngx_uint_t
 ngx_http_aai_ratelimit_def(void *z, ngx_http_aai_ratelimit_zreq_t *zr,
-    ngx_str_t **a, ngx_uint_t *ndefs)
+    ngx_str_t **a, ngx_uint_t *ndefs, ngx_uint_t costs)
 {
     u_char                         *p;
     ngx_str_t                      *v;
-    ngx_uint_t                      i;
+    ngx_uint_t                      i, nargs;
     ngx_http_aai_ratelimit_zone_t  *zone;
 
     static ngx_uint_t  stamp, n;
@@ -1535,11 +1556,14 @@ ngx_http_aai_ratelimit_def(void *z, ngx_http_aai_ratelimit_zreq_t *zr,
             zone->stamp = ngx_http_aai_ratelimit_seq;
             zone->def = ++*ndefs;
 
-            for (i = 0; i < NGX_HTTP_AAI_RL_DEF_ARGS; i++) {
+            nargs = costs ? NGX_HTTP_AAI_RL_DEF_ARGS
+                          : NGX_HTTP_AAI_RL_ZONE_ARGS;
+
+            for (i = 0; i < nargs; i++) {
                 v[i] = zone->args[i];
             }
 
-            *a = v + NGX_HTTP_AAI_RL_DEF_ARGS;
+            *a = v + nargs;
         }
 
         return zone->def;
