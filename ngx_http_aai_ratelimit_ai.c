@@ -529,3 +529,172 @@ ngx_http_aai_ratelimit_charge_exit(void)
         ngx_http_aai_ratelimit_charge_drop(ch, "worker exiting");
     }
 }
+
+
+/*
+ * concurrency= leases: a member of the key's sorted set, scored with its
+ * expiry (Redis time, us).  The script adds it; the request's end removes
+ * it (ZREM); a timer renews it every third of the lease while the request
+ * runs.  A member is the worker's token, the batch's number and the
+ * request's place in the batch: unique across instances and restarts.
+ */
+
+static u_char      ngx_http_aai_ratelimit_token[NGX_INT_T_LEN * 2 + 2];
+static size_t      ngx_http_aai_ratelimit_token_len;
+
+static const char  ngx_http_aai_ratelimit_renew_script[] =
+    "if redis.replicate_commands then redis.replicate_commands() end\n"
+    "local t = redis.call('TIME')\n"
+    "local s = t[1] * 1000000 + t[2] + tonumber(ARGV[2])\n"
+    "if redis.call('ZADD', KEYS[1], 'XX', 'CH', string.format('%d', s),\n"
+    "              ARGV[1]) == 1 then\n"
+    "  redis.call('PEXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2]) / 1000)\n"
+    "             + 1)\n"
+    "end\n"
+    "return 1\n";
+
+
+static void ngx_http_aai_ratelimit_lease_handler(ngx_aai_redis_result_t *res,
+    void *data);
+
+
+void
+ngx_http_aai_ratelimit_lease_init(void)
+{
+    ngx_http_aai_ratelimit_token_len =
+        ngx_sprintf(ngx_http_aai_ratelimit_token, "%P-%ui", ngx_pid,
+                    (ngx_uint_t) ngx_random())
+        - ngx_http_aai_ratelimit_token;
+}
+
+
+/* token.seq. (static: valid until the next call) */
+
+void
+ngx_http_aai_ratelimit_lease_prefix(ngx_uint_t seq, ngx_str_t *out)
+{
+    static u_char  buf[sizeof(ngx_http_aai_ratelimit_token) + NGX_INT_T_LEN
+                       + 2];
+
+    out->data = buf;
+    out->len = ngx_sprintf(buf, "%*s.%ui.", ngx_http_aai_ratelimit_token_len,
+                           ngx_http_aai_ratelimit_token, seq)
+               - buf;
+}
+
+
+ngx_int_t
+ngx_http_aai_ratelimit_lease_member(ngx_pool_t *pool, ngx_str_t *prefix,
+    ngx_uint_t index, ngx_str_t *out)
+{
+    u_char  *p;
+
+    p = ngx_pnalloc(pool, prefix->len + NGX_INT_T_LEN);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    out->data = p;
+    out->len = ngx_sprintf(p, "%V%ui", prefix, index) - p;
+
+    return NGX_OK;
+}
+
+
+void
+ngx_http_aai_ratelimit_lease_release(ngx_aai_redis_t *rs, ngx_str_t *key,
+    ngx_str_t *member)
+{
+    ngx_str_t  argv[3];
+
+    ngx_str_set(&argv[0], "ZREM");
+    argv[1] = *key;
+    argv[2] = *member;
+
+    /* Redis down: the lease expires by itself */
+
+    (void) ngx_aai_redis_send(rs, ngx_cycle->log, 3, argv,
+                              ngx_http_aai_ratelimit_lease_handler, NULL);
+}
+
+
+void
+ngx_http_aai_ratelimit_lease_renew(ngx_aai_redis_t *rs, ngx_str_t *key,
+    ngx_str_t *member, uint64_t lease)
+{
+    u_char     num[NGX_INT64_LEN];
+    ngx_str_t  argv[6];
+
+    ngx_str_set(&argv[0], "EVAL");
+    argv[1].data = (u_char *) ngx_http_aai_ratelimit_renew_script;
+    argv[1].len = sizeof(ngx_http_aai_ratelimit_renew_script) - 1;
+    ngx_str_set(&argv[2], "1");
+    argv[3] = *key;
+    argv[4] = *member;
+    argv[5].data = num;
+    argv[5].len = ngx_sprintf(num, "%uL", lease) - num;
+
+    (void) ngx_aai_redis_send(rs, ngx_cycle->log, 6, argv,
+                              ngx_http_aai_ratelimit_lease_handler, NULL);
+}
+
+
+static void
+ngx_http_aai_ratelimit_lease_handler(ngx_aai_redis_result_t *res, void *data)
+{
+    if (res->reply == NULL || res->reply->type == REDIS_REPLY_ERROR) {
+        ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                      "aai_ratelimit: a lease was not released or renewed "
+                      "(%s), it expires by itself",
+                      res->error ? res->error : "error reply");
+    }
+}
+
+
+ngx_int_t
+ngx_http_aai_ratelimit_lease_orphan(ngx_queue_t *q, ngx_str_t *key,
+    ngx_str_t *member)
+{
+    ngx_http_aai_ratelimit_orphan_t  *o;
+
+    o = ngx_alloc(sizeof(ngx_http_aai_ratelimit_orphan_t) + key->len
+                  + member->len, ngx_cycle->log);
+    if (o == NULL) {
+        return NGX_ERROR;
+    }
+
+    o->key.data = (u_char *) (o + 1);
+    o->key.len = key->len;
+    ngx_memcpy(o->key.data, key->data, key->len);
+
+    o->member.data = o->key.data + key->len;
+    o->member.len = member->len;
+    ngx_memcpy(o->member.data, member->data, member->len);
+
+    ngx_queue_insert_tail(q, &o->queue);
+
+    return NGX_OK;
+}
+
+
+/* the batch is answered (or failed): its orphans' leases are released */
+
+void
+ngx_http_aai_ratelimit_lease_orphans(ngx_aai_redis_t *rs, ngx_queue_t *q)
+{
+    ngx_queue_t                      *x;
+    ngx_http_aai_ratelimit_orphan_t  *o;
+
+    while (!ngx_queue_empty(q)) {
+        x = ngx_queue_head(q);
+        ngx_queue_remove(x);
+
+        o = ngx_queue_data(x, ngx_http_aai_ratelimit_orphan_t, queue);
+
+        if (rs) {
+            ngx_http_aai_ratelimit_lease_release(rs, &o->key, &o->member);
+        }
+
+        ngx_free(o);
+    }
+}

@@ -17,6 +17,7 @@
 #include <ngx_http.h>
 
 #include "ngx_aai_metrics.h"
+#include "ngx_aai_redis.h"
 
 
 /* a charge waits at most this long for a batch to go with (ms) */
@@ -79,6 +80,30 @@ void ngx_http_aai_ratelimit_charge_done(ngx_queue_t *q, ngx_int_t rc);
 void ngx_http_aai_ratelimit_charge_init(ngx_aai_metrics_t *metrics,
     ngx_log_t *log);
 void ngx_http_aai_ratelimit_charge_exit(void);
+
+/* a lease of a request that went away while its batch was in Redis */
+typedef struct {
+    ngx_queue_t                        queue;
+    ngx_str_t                          key;
+    ngx_str_t                          member;    /* data follow */
+} ngx_http_aai_ratelimit_orphan_t;
+
+
+/* a concurrency= lease lives this long unless renewed (ms), by default */
+#define NGX_HTTP_AAI_RL_LEASE            30000
+
+void ngx_http_aai_ratelimit_lease_init(void);
+void ngx_http_aai_ratelimit_lease_prefix(ngx_uint_t seq, ngx_str_t *out);
+ngx_int_t ngx_http_aai_ratelimit_lease_member(ngx_pool_t *pool,
+    ngx_str_t *prefix, ngx_uint_t index, ngx_str_t *out);
+void ngx_http_aai_ratelimit_lease_release(ngx_aai_redis_t *rs,
+    ngx_str_t *key, ngx_str_t *member);
+void ngx_http_aai_ratelimit_lease_renew(ngx_aai_redis_t *rs, ngx_str_t *key,
+    ngx_str_t *member, uint64_t lease);
+ngx_int_t ngx_http_aai_ratelimit_lease_orphan(ngx_queue_t *q, ngx_str_t *key,
+    ngx_str_t *member);
+void ngx_http_aai_ratelimit_lease_orphans(ngx_aai_redis_t *rs,
+    ngx_queue_t *q);
 
 /* in the module: sends the waiting charges with a batch of their own */
 void ngx_http_aai_ratelimit_flush(void);

@@ -30,6 +30,7 @@
 #define NGX_HTTP_AAI_RL_SLIDING            0
 #define NGX_HTTP_AAI_RL_GCRA               1
 #define NGX_HTTP_AAI_RL_COUNTER            2
+#define NGX_HTTP_AAI_RL_CONCURRENCY        3
 
 #define NGX_HTTP_AAI_RL_FALLBACK_ALLOW     0
 #define NGX_HTTP_AAI_RL_FALLBACK_DENY      1
@@ -123,6 +124,8 @@ typedef struct {
     ngx_str_t                          rate;      /* as written */
     ngx_http_complex_value_t          *count;     /* NULL: the limit */
     ngx_int_t                         *charge_metrics;
+    ngx_uint_t                         concurrency;
+    ngx_msec_t                         lease;
     uint64_t                           period;    /* window / limit, us */
     ngx_uint_t                         burst;
     ngx_uint_t                         delay;     /* excess not delayed */
@@ -202,6 +205,11 @@ typedef struct {
     unsigned                           headers_sent:1;
     unsigned                           charge:1;
     unsigned                           costs:1;   /* count= or cost= used */
+    unsigned                           conc:1;    /* concurrency= zones */
+    unsigned                           leased:1;
+    ngx_str_t                          lease;     /* its member */
+    ngx_event_t                       *renew;
+    ngx_aai_redis_t                   *redis;
     ngx_aai_jwt_ctx_t                  jwt;
 } ngx_http_aai_ratelimit_ctx_t;
 
@@ -226,6 +234,8 @@ struct ngx_http_aai_ratelimit_batch_s {
     ngx_queue_t                        charges;   /* charge= usage sent */
     unsigned                           eval:1;
     unsigned                           costs:1;   /* definitions with cost */
+    unsigned                           conc:1;    /* leases to take */
+    ngx_queue_t                        orphans;   /* leases of requests gone */
     ngx_http_aai_ratelimit_slot_t      slots[NGX_HTTP_AAI_RL_BATCH];
 };
 
@@ -246,6 +256,11 @@ static ngx_http_aai_ratelimit_ctx_t *ngx_http_aai_ratelimit_get_ctx(
 static ngx_http_aai_ratelimit_ctx_t *ngx_http_aai_ratelimit_create_ctx(
     ngx_http_request_t *r);
 static void ngx_http_aai_ratelimit_cleanup(void *data);
+static void ngx_http_aai_ratelimit_leased(ngx_http_aai_ratelimit_ctx_t *ctx,
+    ngx_http_aai_ratelimit_main_conf_t *mcf);
+static void ngx_http_aai_ratelimit_renew(ngx_event_t *ev);
+static void ngx_http_aai_ratelimit_release(ngx_http_aai_ratelimit_ctx_t *ctx);
+static void ngx_http_aai_ratelimit_orphan(ngx_http_aai_ratelimit_ctx_t *ctx);
 static ngx_int_t ngx_http_aai_ratelimit_keys(ngx_http_request_t *r,
     ngx_http_aai_ratelimit_ctx_t *ctx);
 static ngx_int_t ngx_http_aai_ratelimit_long_key(ngx_http_request_t *r,
@@ -336,6 +351,8 @@ static char *ngx_http_aai_ratelimit_redis(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_aai_ratelimit_zone(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static ngx_int_t ngx_http_aai_ratelimit_zone_concurrency(ngx_conf_t *cf,
+    ngx_command_t *cmd, ngx_http_aai_ratelimit_zone_t *zone);
 static char *ngx_http_aai_ratelimit_zone_param(ngx_conf_t *cf,
     ngx_command_t *cmd, ngx_http_aai_ratelimit_zone_t *zone, ngx_str_t *value,
     ngx_uint_t *nodelay);
@@ -438,8 +455,9 @@ static const char  ngx_http_aai_ratelimit_script[] =
 "local t = call('TIME')\n"
 "local now = t[1] * 1000000 + t[2]\n"
 "local snow, lay = fmt('%d', now), ARGV[1]\n"
-"local trim = ARGV[2] == '1' or ARGV[2] == '3'\n"
-"local na = ARGV[2] >= '2' and 6 or 5\n"
+"local flag, lp = string.sub(ARGV[2], 1, 1), string.sub(ARGV[2], 2)\n"
+"local trim = flag == '1' or flag == '3'\n"
+"local na = flag >= '2' and 6 or 5\n"
 "local alg, lim, win, bur, dly, cst = {}, {}, {}, {}, {}, {}\n"
 "local cut, sttl, wttl, wms, half = {}, {}, {}, {}, {}\n"
 "local cws, cwt, cpre, cttl = {}, {}, {}, {}\n"
@@ -493,6 +511,9 @@ static const char  ngx_http_aai_ratelimit_script[] =
 "      if n == 0 then return 0 end\n"
 "      return n - old(k, d, n)\n"
 "    end\n"
+"  elseif alg[d] == 3 then\n"
+"    local n = pcall('ZREMRANGEBYSCORE', k, '-inf', snow)\n"
+"    if type(n) == 'number' then return call('ZCARD', k) end\n"
 "  else\n"
 "    local v = pcall('GET', k)\n"
 "    if type(v) ~= 'table' then return tonumber(v) or 0 end\n"
@@ -611,10 +632,11 @@ static const char  ngx_http_aai_ratelimit_script[] =
 "end\n"
 "local pos, o, nl, out = 1, 0, #lay, {}\n"
 "local zk, zd, za, zr, zv, zp, zc, zo = {}, {}, {}, {}, {}, {}, {}, {}\n"
-"local zf = {}\n"
+"local zf, ri = {}, 0\n"
 "while pos <= nl do\n"
 "  local n, d, hi, lo = byte(lay, pos, pos + 3)\n"
 "  local c\n"
+"  if n > 0 then ri = ri + 1 end\n"
 "  if n == 0 then\n"
 "    charge(d, hi, lo)\n"
 "    pos = pos + 4\n"
@@ -712,6 +734,15 @@ static const char  ngx_http_aai_ratelimit_script[] =
 "            reset = s + 2 * w - now\n"
 "          end\n"
 "        end\n"
+"      elseif alg[d] == 3 then\n"
+"        if c < l then\n"
+"          left, reset = l - c - 1, w\n"
+"        else\n"
+"          local h = call('ZRANGE', key, 0, 0, 'WITHSCORES')\n"
+"          retry = h[2] and tonumber(h[2]) - now or w\n"
+"          if retry < 1000 then retry = 1000 end\n"
+"          no, reset = 1, retry\n"
+"        end\n"
 "      else\n"
 "        local p = w / l\n"
 "        local tat = c > now and c or now\n"
@@ -765,7 +796,12 @@ static const char  ngx_http_aai_ratelimit_script[] =
 "    else\n"
 "      for i = 1, n do\n"
 "        local k, d, at, ttl = zk[i], zd[i], za[i], zr[i] + 1\n"
-"        if k > 0 then\n"
+"        if alg[d] == 3 then\n"
+"          local key = KEYS[k > 0 and k or -k]\n"
+"          call('ZADD', key, fmt('%d', now + win[d]), lp .. ri)\n"
+"          call('PEXPIRE', key, wttl[d])\n"
+"          if k > 0 then kc[k] = kc[k] + 1 end\n"
+"        elseif k > 0 then\n"
 "          local q = cst[d]\n"
 "          if alg[d] == 1 then\n"
 "            kc[k] = at\n"
@@ -1160,8 +1196,123 @@ ngx_http_aai_ratelimit_cleanup(void *data)
     ngx_http_aai_ratelimit_ctx_t  *ctx = data;
 
     if (ctx->batch) {
+
+        /* its batch is in Redis: the lease is released with the reply */
+
+        if (ctx->conc && ctx->batch->slots[ctx->slot].sent) {
+            ngx_http_aai_ratelimit_orphan(ctx);
+        }
+
         ctx->batch->slots[ctx->slot].ctx = NULL;
         ctx->batch = NULL;
+    }
+
+    if (ctx->leased) {
+        ngx_http_aai_ratelimit_release(ctx);
+    }
+}
+
+
+/* an admitted request holds a lease in its concurrency= zones */
+
+static void
+ngx_http_aai_ratelimit_leased(ngx_http_aai_ratelimit_ctx_t *ctx,
+    ngx_http_aai_ratelimit_main_conf_t *mcf)
+{
+    ngx_uint_t   i;
+    ngx_msec_t   lease;
+    ngx_event_t  *ev;
+
+    ctx->leased = 1;
+    ctx->redis = mcf->redis;
+
+    lease = 0;
+
+    for (i = 0; i < ctx->nzones; i++) {
+        if (ctx->zones[i]->concurrency
+            && (lease == 0 || ctx->zones[i]->lease < lease))
+        {
+            lease = ctx->zones[i]->lease;
+        }
+    }
+
+    ev = ngx_pcalloc(ctx->request->pool, sizeof(ngx_event_t));
+    if (ev == NULL) {
+        return;
+    }
+
+    ev->handler = ngx_http_aai_ratelimit_renew;
+    ev->data = ctx;
+    ev->log = ctx->request->connection->log;
+    ev->cancelable = 1;
+
+    ctx->renew = ev;
+
+    ngx_add_timer(ev, ngx_max(lease / 3, 1));
+}
+
+
+static void
+ngx_http_aai_ratelimit_renew(ngx_event_t *ev)
+{
+    ngx_uint_t                      i;
+    ngx_msec_t                      lease;
+    ngx_http_aai_ratelimit_ctx_t   *ctx;
+    ngx_http_aai_ratelimit_zone_t  *zone;
+
+    ctx = ev->data;
+    lease = 0;
+
+    for (i = 0; i < ctx->nzones; i++) {
+        zone = ctx->zones[i];
+
+        if (!zone->concurrency) {
+            continue;
+        }
+
+        ngx_http_aai_ratelimit_lease_renew(ctx->redis, &ctx->keys[i],
+                                           &ctx->lease, zone->window);
+
+        if (lease == 0 || zone->lease < lease) {
+            lease = zone->lease;
+        }
+    }
+
+    ngx_add_timer(ev, ngx_max(lease / 3, 1));
+}
+
+
+static void
+ngx_http_aai_ratelimit_release(ngx_http_aai_ratelimit_ctx_t *ctx)
+{
+    ngx_uint_t  i;
+
+    ctx->leased = 0;
+
+    if (ctx->renew && ctx->renew->timer_set) {
+        ngx_del_timer(ctx->renew);
+    }
+
+    for (i = 0; i < ctx->nzones; i++) {
+        if (ctx->zones[i]->concurrency) {
+            ngx_http_aai_ratelimit_lease_release(ctx->redis, &ctx->keys[i],
+                                                 &ctx->lease);
+        }
+    }
+}
+
+
+static void
+ngx_http_aai_ratelimit_orphan(ngx_http_aai_ratelimit_ctx_t *ctx)
+{
+    ngx_uint_t  i;
+
+    for (i = 0; i < ctx->nzones; i++) {
+        if (ctx->zones[i]->concurrency) {
+            (void) ngx_http_aai_ratelimit_lease_orphan(&ctx->batch->orphans,
+                                                       &ctx->keys[i],
+                                                       &ctx->lease);
+        }
     }
 }
 
@@ -1218,6 +1369,10 @@ ngx_http_aai_ratelimit_keys(ngx_http_request_t *r,
             || ctx->zreq[ctx->nzones].cost != 1)
         {
             ctx->costs = 1;
+        }
+
+        if (zone->concurrency) {
+            ctx->conc = 1;
         }
 
         if (key.len > 65535 - zone->name.len - 1) {
@@ -1333,6 +1488,7 @@ ngx_http_aai_ratelimit_enqueue(ngx_http_request_t *r,
 
     b->nzones += ctx->nzones;
     b->costs |= ctx->costs;
+    b->conc |= ctx->conc;
 
     return NGX_OK;
 }
@@ -1411,6 +1567,8 @@ ngx_http_aai_ratelimit_batch_send(ngx_http_aai_ratelimit_batch_t *b)
     ngx_http_aai_ratelimit_ctx_t        *ctx;
     ngx_http_aai_ratelimit_slot_t       *slot;
     ngx_http_aai_ratelimit_bkey_t       *bk;
+    ngx_str_t                            lease;
+    ngx_uint_t                           ri;
     ngx_queue_t                         *q;
     ngx_http_aai_ratelimit_zone_t       *zone;
     ngx_http_aai_ratelimit_zreq_t        zr;
@@ -1419,6 +1577,7 @@ ngx_http_aai_ratelimit_batch_send(ngx_http_aai_ratelimit_batch_t *b)
     u_short                              occ[NGX_HTTP_AAI_RL_BATCH];
 
     static u_char  num[NGX_INT_T_LEN];
+    static u_char  flag[1 + NGX_INT_T_LEN * 4 + 4];
 
     mcf = b->mcf;
     argv = ngx_http_aai_ratelimit_argv;
@@ -1437,6 +1596,13 @@ ngx_http_aai_ratelimit_batch_send(ngx_http_aai_ratelimit_batch_t *b)
     a = &argv[3 + nkeys + 2];
     ndefs = 0;
     o = 0;
+
+    if (b->conc) {
+        ngx_http_aai_ratelimit_lease_prefix(ngx_http_aai_ratelimit_seq,
+                                            &lease);
+    }
+
+    ri = 0;
 
     /* charges first: a usage spent before these requests */
 
@@ -1466,6 +1632,16 @@ ngx_http_aai_ratelimit_batch_send(ngx_http_aai_ratelimit_batch_t *b)
 
         ctx = slot->ctx;
         *p++ = slot->nzones;
+
+        ri++;
+
+        if (ctx->conc
+            && ngx_http_aai_ratelimit_lease_member(ctx->request->pool, &lease,
+                                                   ri, &ctx->lease)
+               != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
 
         for (j = 0; j < ctx->nzones; j++) {
             zone = ctx->zones[j];
@@ -1502,12 +1678,20 @@ ngx_http_aai_ratelimit_batch_send(ngx_http_aai_ratelimit_batch_t *b)
     argv[k].data = ngx_http_aai_ratelimit_layout;
     argv[k].len = p - ngx_http_aai_ratelimit_layout;
 
-    /* "2" and "3": the definitions have a sixth argument, the cost */
+    /*
+     * "2" and "3": the definitions have a sixth argument, the cost; then
+     * the prefix of the batch's leases
+     */
 
-    argv[k + 1].data = (u_char *) &"0123"[b->costs * 2
-                           + !(ngx_http_aai_ratelimit_seq
-                               % NGX_HTTP_AAI_RL_TRIM)];
+    flag[0] = "0123"[b->costs * 2
+                     + !(ngx_http_aai_ratelimit_seq % NGX_HTTP_AAI_RL_TRIM)];
+
+    argv[k + 1].data = flag;
     argv[k + 1].len = 1;
+
+    if (b->conc) {
+        argv[k + 1].len = ngx_cpymem(flag + 1, lease.data, lease.len) - flag;
+    }
 
     b->cmd = ngx_aai_redis_send(mcf->redis, ngx_cycle->log, a - argv, argv,
                                 ngx_http_aai_ratelimit_reply_handler, b);
@@ -1864,6 +2048,11 @@ ngx_http_aai_ratelimit_reply_handler(ngx_aai_redis_result_t *res, void *data)
 
             ngx_http_aai_ratelimit_parse(ctx, slot, e);
             ngx_http_aai_ratelimit_decide(r, ctx, NGX_HTTP_AAI_RL_REDIS);
+
+            if (ctx->conc && !ctx->rejected) {
+                ngx_http_aai_ratelimit_leased(ctx, mcf);
+            }
+
             ngx_http_aai_ratelimit_resume(ctx);
         }
 
@@ -1871,6 +2060,8 @@ ngx_http_aai_ratelimit_reply_handler(ngx_aai_redis_result_t *res, void *data)
     }
 
     ngx_http_aai_ratelimit_charge_done(&b->charges, NGX_OK);
+
+    ngx_http_aai_ratelimit_lease_orphans(mcf->redis, &b->orphans);
 
     ngx_http_aai_ratelimit_batch_free(b);
 }
@@ -2088,6 +2279,7 @@ ngx_http_aai_ratelimit_batch_get(ngx_http_aai_ratelimit_main_conf_t *mcf)
 
     b->mcf = mcf;
     ngx_queue_init(&b->charges);
+    ngx_queue_init(&b->orphans);
     b->event.handler = ngx_http_aai_ratelimit_batch_handler;
     b->event.data = b;
     b->event.log = ngx_cycle->log;
@@ -2100,6 +2292,10 @@ static void
 ngx_http_aai_ratelimit_batch_free(ngx_http_aai_ratelimit_batch_t *b)
 {
     ngx_http_aai_ratelimit_charge_done(&b->charges, NGX_ERROR);
+
+    /* a failed batch may have taken its leases too */
+
+    ngx_http_aai_ratelimit_lease_orphans(b->mcf->redis, &b->orphans);
 
     if (b->event.posted) {
         ngx_delete_posted_event(&b->event);
@@ -2151,6 +2347,7 @@ ngx_http_aai_ratelimit_batch_exit(void)
         }
 
         ngx_http_aai_ratelimit_charge_done(&b->charges, NGX_ERROR);
+        ngx_http_aai_ratelimit_lease_orphans(NULL, &b->orphans);
 
         ngx_free(b);
     }
@@ -2717,7 +2914,7 @@ ngx_http_aai_ratelimit_block(ngx_http_aai_ratelimit_ctx_t *ctx)
         /* a request costing more may be rejected where one unit is not */
 
         if (!res->rejected || res->retry_after == 0
-            || ctx->zreq[i].cost > 1)
+            || ctx->zreq[i].cost > 1 || ctx->zones[i]->concurrency)
         {
             continue;
         }
@@ -2795,6 +2992,13 @@ ngx_http_aai_ratelimit_local_check(ngx_http_aai_ratelimit_ctx_t *ctx,
         zone = ctx->zones[i];
         res = &ctx->results[i];
 
+        /* in-flight limits are not kept per instance: not limited */
+
+        if (zone->concurrency) {
+            res->remaining = zone->limit;
+            continue;
+        }
+
         ngx_http_aai_ratelimit_local_key(ctx, i, &key);
 
         node = ngx_http_aai_ratelimit_lookup(mcf, &key, 0);
@@ -2837,6 +3041,10 @@ ngx_http_aai_ratelimit_local_account(ngx_http_aai_ratelimit_ctx_t *ctx,
                                         ngx_http_aai_ratelimit_module);
 
     for (i = 0; i < ctx->nzones; i++) {
+        if (ctx->zones[i]->concurrency) {
+            continue;
+        }
+
         ngx_http_aai_ratelimit_local_key(ctx, i, &key);
 
         node = ngx_http_aai_ratelimit_lookup(mcf, &key, 1);
@@ -3409,6 +3617,12 @@ ngx_http_aai_ratelimit_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         }
     }
 
+    if (zone->concurrency || zone->lease) {
+        if (ngx_http_aai_ratelimit_zone_concurrency(cf, cmd, zone) != NGX_OK) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
     if (zone->key == NULL || zone->limit == 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"%V\" \"%V\" must have \"key=\" and \"rate=\" "
@@ -3487,6 +3701,46 @@ ngx_http_aai_ratelimit_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
+/*
+ * concurrency=N [lease=time]: at most N requests of a key in flight, each
+ * holding a lease that expires after "lease" (30s) unless renewed.
+ */
+
+static ngx_int_t
+ngx_http_aai_ratelimit_zone_concurrency(ngx_conf_t *cf, ngx_command_t *cmd,
+    ngx_http_aai_ratelimit_zone_t *zone)
+{
+    if (zone->concurrency == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"lease=\" of zone \"%V\" in \"%V\" requires "
+                           "\"concurrency=\"", &zone->name, &cmd->name);
+        return NGX_ERROR;
+    }
+
+    if (zone->limit || zone->burst || zone->delay || zone->count
+        || zone->algorithm != NGX_HTTP_AAI_RL_SLIDING)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "zone \"%V\" in \"%V\": \"concurrency=\" takes "
+                           "no \"rate=\", \"burst=\", \"delay=\", "
+                           "\"count=\" or \"algorithm=\"",
+                           &zone->name, &cmd->name);
+        return NGX_ERROR;
+    }
+
+    if (zone->lease == 0) {
+        zone->lease = NGX_HTTP_AAI_RL_LEASE;
+    }
+
+    zone->algorithm = NGX_HTTP_AAI_RL_CONCURRENCY;
+    zone->limit = zone->concurrency;
+    zone->window = (uint64_t) zone->lease * 1000;
+    ngx_str_set(&zone->rate, "concurrency");
+
+    return NGX_OK;
+}
+
+
 static char *
 ngx_http_aai_ratelimit_zone_param(ngx_conf_t *cf, ngx_command_t *cmd,
     ngx_http_aai_ratelimit_zone_t *zone, ngx_str_t *value,
@@ -3532,6 +3786,31 @@ ngx_http_aai_ratelimit_zone_param(ngx_conf_t *cf, ngx_command_t *cmd,
         zone->rate.data = value->data + 5;
         zone->rate.len = value->len - 5;
 
+        return NGX_CONF_OK;
+    }
+
+    if (ngx_strncmp(value->data, "concurrency=", 12) == 0) {
+
+        n = ngx_atoi(value->data + 12, value->len - 12);
+        if (n <= 0 || n > NGX_HTTP_AAI_RL_MAX_LIMIT) {
+            goto invalid;
+        }
+
+        zone->concurrency = n;
+        return NGX_CONF_OK;
+    }
+
+    if (ngx_strncmp(value->data, "lease=", 6) == 0) {
+
+        s.data = value->data + 6;
+        s.len = value->len - 6;
+
+        n = ngx_parse_time(&s, 0);
+        if (n == NGX_ERROR || n < 100 || n > 86400000) {
+            goto invalid;
+        }
+
+        zone->lease = n;
         return NGX_CONF_OK;
     }
 
@@ -4089,6 +4368,7 @@ ngx_http_aai_ratelimit_init_process(ngx_cycle_t *cycle)
     ngx_queue_init(&ngx_http_aai_ratelimit_spare);
 
     ngx_http_aai_ratelimit_charge_init(mcf->metrics, cycle->log);
+    ngx_http_aai_ratelimit_lease_init();
 
     return ngx_aai_redis_init_worker(mcf->redis, cycle);
 }

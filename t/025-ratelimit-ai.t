@@ -6,6 +6,8 @@ use Test::Nginx::Socket 'no_plan';
 use lib 't/lib';
 use AaiTest qw( :DEFAULT :util );
 use Time::HiRes qw( time sleep );
+use IO::Socket::INET;
+use POSIX ();
 
 $ENV{TEST_NGINX_REDIS_PORT} ||= 6379;
 
@@ -27,6 +29,8 @@ my $conf = <<'_EOC_';
                               algorithm=gcra;
     aai_ratelimit_zone tokens key=$arg_u rate=1000r/m;
     aai_ratelimit_zone tokc   key=$arg_u rate=1000r/h algorithm=counter;
+    aai_ratelimit_zone streams key=$arg_u concurrency=2;
+    aai_ratelimit_zone short   key=$arg_u concurrency=1 lease=1s;
 
     upstream llm { server 127.0.0.1:UPSTREAM_PORT; }
 
@@ -35,6 +39,10 @@ my $conf = <<'_EOC_';
         location / {
             add_header X-LLM-Tokens $arg_t;
             return 200 "answer\n";
+        }
+        location /slow {
+            limit_rate $arg_rate;
+            return 200 "PAYLOAD";
         }
     }
 
@@ -61,11 +69,21 @@ my $conf = <<'_EOC_';
             aai_ratelimit tokens charge=$upstream_http_x_llm_tokens;
             proxy_pass http://llm;
         }
+        location /stream {
+            aai_ratelimit streams;
+            proxy_pass http://llm/slow;
+        }
+        location /short {
+            aai_ratelimit short;
+            proxy_pass http://llm/slow;
+        }
         location /metrics { aai_metrics; }
     }
 _EOC_
 
 $conf =~ s/UPSTREAM_PORT/$up/g;
+my $payload = 'x' x 200;
+$conf =~ s/PAYLOAD/$payload/;
 
 redis_flushdb();
 
@@ -234,8 +252,83 @@ sub usage { redis_cmd('LLEN', "aai:rl:tokens:$_[0]") }
        '200,250,1', 'charge zone and request zone together');
 }
 
+
+# --- in-flight limits across instances --------------------------------------
+
+sub inflight { redis_cmd('ZCARD', "aai:rl:streams:$_[0]") }
+
+{
+    # three slow responses (about 2 s) for one user on two instances
+    my $t0 = time;
+    my @r = http_concurrent([ [$pa, '/stream?u=sam&rate=100'],
+                              [$pb, '/stream?u=sam&rate=100'],
+                              [$pa, '/stream?u=sam&rate=100'] ]);
+    my @st = sort map { $_->[0] // 0 } @r;
+    is(join(',', @st), '200,200,429',
+       'concurrency=2: three at once on two instances, two admitted');
+    ok(time - $t0 > 1, 'the admitted ones were slow') or diag(time - $t0);
+    ok(wait_until(5, sub { inflight('sam') == 0 }),
+       'afterwards the slots are free');
+    is((get($pb, '/stream?u=sam&rate=0'))[0], 200, '... and a request passes');
+
+    # the client goes away: its lease goes with it
+    my @socks = map {
+        my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $_,
+                                      Proto => 'tcp') or die "connect: $!";
+        syswrite($s, "GET /stream?u=tom&rate=20 HTTP/1.1\r\n"
+                     . "Host: localhost\r\n\r\n");
+        $s;
+    } $pa, $pb;
+    ok(wait_until(3, sub { inflight('tom') == 2 }), 'two leases taken');
+    close $_ for @socks;
+    ok(wait_until(5, sub { inflight('tom') == 0 }),
+       'clients gone: the leases are released');
+
+    # a request longer than the lease keeps it (renewed every third)
+    my $long = sub { http_get($pa, '/short?u=rita&rate=60') };
+    my $pid = fork();
+    if ($pid == 0) { $long->(); POSIX::_exit(0); }
+    ok(wait_until(3, sub { redis_cmd('ZCARD', 'aai:rl:short:rita') == 1 }),
+       'lease=1s: the long request holds its lease');
+    sleep 1.5;
+    is((get($pb, '/short?u=rita&rate=0'))[0], 429,
+       'after the lease time the long request still holds it (renewed)');
+    waitpid($pid, 0);
+    ok(wait_until(3, sub { redis_cmd('EXISTS', 'aai:rl:short:rita') == 0 }),
+       'released at its end');
+}
+
 $stopa->();
 $stopb->();
+
+
+# --- an instance dies with requests in flight --------------------------------
+
+{
+    my $upk = free_port();
+    (my $kconf = $conf) =~ s/127\.0\.0\.1:$up\b/127.0.0.1:$upk/g;
+    my ($pk, $stopk, $prefk) = start_nginx_instance('rl025k', $kconf);
+
+    my $pid = fork();
+    if ($pid == 0) {
+        http_concurrent([ [$pk, '/short?u=kim&rate=20'] ]);
+        POSIX::_exit(0);
+    }
+    ok(wait_until(3, sub { redis_cmd('ZCARD', 'aai:rl:short:kim') == 1 }),
+       'a lease taken');
+    kill 'KILL', worker_pids(master_pid($prefk));
+    my $t0 = time;
+    ok(redis_cmd('ZCARD', 'aai:rl:short:kim') == 1,
+       'worker killed: its lease stays');
+    ok(wait_until(5, sub { redis_cmd('EXISTS', 'aai:rl:short:kim') == 0 }),
+       '... until the lease time');
+    my $gone = time - $t0;
+    ok($gone < 3, "freed after the lease time (1 s): $gone");
+    waitpid($pid, 0);
+    ok(wait_until(5, sub { (get($pk, '/short?u=kim&rate=0'))[0] == 200 }),
+       'the slot is free again');
+    $stopk->();
+}
 
 
 # --- Redis down: a charge is tried, then counted lost ------------------------
