@@ -7,9 +7,9 @@
  * here for their static command tables), called as nginx's ngx_conf_handler()
  * calls them, after its argument count check, on the configurations the
  * modules' own create functions made.  The shared parsers are reached
- * through them: the Redis address and parameters (ngx_aai_redis.c), the
- * ngx_aai_conf.c slots, the zone, rate and size parsers.  Each value is
- * NUL-terminated as nginx's parser leaves it.
+ * through them: the Redis address and parameters
+ * (ngx_aai_redis_conf.c), the ngx_aai_conf.c slots, the zone, rate and
+ * size parsers.  Each value is NUL-terminated as nginx's parser leaves it.
  *
  * Input: directives, one a line, "name arg arg ..." (arguments separated by
  * spaces); all of them go to the same configuration, so that a second one
@@ -29,10 +29,24 @@
 #include "../ngx_aai_jwt_token.c"
 #include "../ngx_aai_jwt.c"
 #include "../ngx_aai_redis.c"
-#include "../ngx_http_aai_ratelimit_module.c"
-#include "../ngx_http_aai_ratelimit_ai.c"
+#include "../ngx_aai_redis_conf.c"
+#include "../ngx_aai_redis_conn.c"
+#include "../ngx_aai_redis_circuit.c"
+#include "../ngx_aai_redis_tls.c"
+#include "../ngx_aai_redis_sentinel.c"
+#include "ngx_http_aai_ratelimit_srcs.h"
 #include "../ngx_http_aai_cache_module.c"
+#include "../ngx_http_aai_cache_key.c"
+#include "../ngx_http_aai_cache_lookup.c"
+#include "../ngx_http_aai_cache_lock.c"
+#include "../ngx_http_aai_cache_stale.c"
+#include "../ngx_http_aai_cache_store.c"
+#include "../ngx_http_aai_cache_purge.c"
+#include "../ngx_http_aai_cache_metrics.c"
 #include "../ngx_http_aai_kafka_module.c"
+#include "../ngx_http_aai_kafka_event.c"
+#include "../ngx_http_aai_kafka_producer.c"
+#include "../ngx_http_aai_kafka_metrics.c"
 #include "../ngx_http_aai_kafka_spool.c"
 
 

@@ -3,11 +3,11 @@
  * Copyright (C) aai-nginx authors
  *
  * libFuzzer target for the Redis reply path: hiredis's reader and the
- * suite's client (ngx_aai_redis.c, included here), driven as nginx drives
- * it.  The connection is a socketpair whose reads come from the input: the
- * handshake (AUTH, SELECT, PING) is answered by it, and so are the user
- * commands and the pub/sub messages; chunks end anywhere, connections are
- * lost and made again, timers fire.
+ * suite's client (ngx_aai_redis*.c, included here), driven as nginx
+ * drives it.  The connection is a socketpair whose reads come from the
+ * input: the handshake (AUTH, SELECT, PING) is answered by it, and so are
+ * the user commands and the pub/sub messages; chunks end anywhere,
+ * connections are lost and made again, timers fire.
  *
  * Input: byte 0 the client (bit 0 password, bit 1 user, bit 2 db, bit 3
  * two connections, bit 4 a pub/sub subscription, bit 5 connect in
@@ -29,6 +29,11 @@
 #include "ngx_fuzz.h"
 
 #include "../ngx_aai_redis.c"
+#include "../ngx_aai_redis_conf.c"
+#include "../ngx_aai_redis_conn.c"
+#include "../ngx_aai_redis_circuit.c"
+#include "../ngx_aai_redis_tls.c"
+#include "../ngx_aai_redis_sentinel.c"
 
 
 #define FUZZ_MAX_CMDS  64
