@@ -66,7 +66,8 @@
 #define NGX_HTTP_AAI_RL_M_DELAYED          3
 #define NGX_HTTP_AAI_RL_M_ERROR            4
 #define NGX_HTTP_AAI_RL_M_LOCAL            5
-#define NGX_HTTP_AAI_RL_M_NUMBER           6
+#define NGX_HTTP_AAI_RL_M_NEAR             6
+#define NGX_HTTP_AAI_RL_M_NUMBER           7
 
 /* Redis errors */
 #define NGX_HTTP_AAI_RL_E_TIMEOUT          0

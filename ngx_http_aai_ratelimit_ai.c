@@ -58,7 +58,8 @@ static const char  *ngx_http_aai_ratelimit_charge_help[] = {
 
 
 /*
- * aai_ratelimit NAME [cost=expression] [charge=expression]: value[0..n-1]
+ * aai_ratelimit NAME [cost=expression] [charge=expression]
+ * [dry_run | dry_run=nospend]: value[0..n-1]
  * are the parameters after the name; opts gets an entry per zone of the
  * location, NULL for zones without parameters.
  */
@@ -113,6 +114,18 @@ ngx_http_aai_ratelimit_opts(ngx_conf_t *cf, ngx_command_t *cmd,
                 goto invalid;
             }
 
+            continue;
+        }
+
+        if (ngx_strcmp(value[i].data, "dry_run") == 0 && o->shadow == 0) {
+            o->shadow = 1;
+            continue;
+        }
+
+        if (ngx_strcmp(value[i].data, "dry_run=nospend") == 0
+            && o->shadow == 0)
+        {
+            o->shadow = 2;
             continue;
         }
 
@@ -249,6 +262,7 @@ ngx_http_aai_ratelimit_zreq(ngx_http_request_t *r,
     zr->limit = limit;
     zr->cost = 1;
     zr->opts = opts;
+    zr->shadow = opts ? opts->shadow : 0;
 
     if (count) {
         n = ngx_http_aai_ratelimit_eval_units(r, count);

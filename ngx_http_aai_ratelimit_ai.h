@@ -40,6 +40,7 @@ typedef struct {
     ngx_http_complex_value_t          *cost;      /* NULL: 1, or 0 */
     ngx_http_complex_value_t          *charge;    /* NULL: none */
     ngx_int_t                         *metrics;   /* charge metrics */
+    ngx_uint_t                         shadow;    /* dry_run: 1, nospend 2 */
 } ngx_http_aai_ratelimit_opts_t;
 
 
@@ -48,6 +49,7 @@ typedef struct {
     ngx_uint_t                         limit;     /* the count that applies */
     ngx_uint_t                         cost;      /* units it spends */
     ngx_http_aai_ratelimit_opts_t     *opts;      /* NULL: none */
+    ngx_uint_t                         shadow;    /* never rejects */
 } ngx_http_aai_ratelimit_zreq_t;
 
 

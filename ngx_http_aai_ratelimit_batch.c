@@ -266,7 +266,8 @@ ngx_http_aai_ratelimit_batch_send(ngx_http_aai_ratelimit_batch_t *b)
             *p++ = (u_char) (bk->index & 0xff);
 
             slot->fast = (ctx->nzones == 1 && zone->fast && !shared
-                          && ctx->zreq[j].cost == 1);
+                          && ctx->zreq[j].cost == 1
+                          && ctx->zreq[j].shadow == 0);
         }
     }
 
@@ -336,14 +337,15 @@ ngx_http_aai_ratelimit_def(void *z, ngx_http_aai_ratelimit_zreq_t *zr,
         void                       *zone;
         ngx_uint_t                  limit;
         ngx_uint_t                  cost;
+        ngx_uint_t                  shadow;
         ngx_uint_t                  def;
-        u_char                      num[2 * NGX_INT_T_LEN];
+        u_char                      num[2 * NGX_INT_T_LEN + 1];
     }  defs[NGX_HTTP_AAI_RL_BATCH];
 
     zone = z;
     v = *a;
 
-    if (zr->limit == zone->limit && zr->cost == 1) {
+    if (zr->limit == zone->limit && zr->cost == 1 && zr->shadow == 0) {
 
         if (zone->stamp != ngx_http_aai_ratelimit_seq) {
             zone->stamp = ngx_http_aai_ratelimit_seq;
@@ -369,7 +371,7 @@ ngx_http_aai_ratelimit_def(void *z, ngx_http_aai_ratelimit_zreq_t *zr,
 
     for (i = 0; i < n; i++) {
         if (defs[i].zone == z && defs[i].limit == zr->limit
-            && defs[i].cost == zr->cost)
+            && defs[i].cost == zr->cost && defs[i].shadow == zr->shadow)
         {
             return defs[i].def;
         }
@@ -380,6 +382,7 @@ ngx_http_aai_ratelimit_def(void *z, ngx_http_aai_ratelimit_zreq_t *zr,
     defs[n].zone = z;
     defs[n].limit = zr->limit;
     defs[n].cost = zr->cost;
+    defs[n].shadow = zr->shadow;
     defs[n].def = ++*ndefs;
 
     for (i = 0; i < NGX_HTTP_AAI_RL_DEF_ARGS; i++) {
@@ -392,8 +395,11 @@ ngx_http_aai_ratelimit_def(void *z, ngx_http_aai_ratelimit_zreq_t *zr,
     p = ngx_sprintf(p, "%ui", zr->limit);
     v[1].len = p - v[1].data;
 
+    /* the cost, "s" for a shadow zone, "n" for one that spends nothing */
+
     v[5].data = p;
-    p = ngx_sprintf(p, "%ui", zr->cost);
+    p = ngx_sprintf(p, "%ui%s", zr->cost,
+                    zr->shadow == 2 ? "n" : zr->shadow ? "s" : "");
     v[5].len = p - v[5].data;
 
     *a = v + NGX_HTTP_AAI_RL_DEF_ARGS;

@@ -151,6 +151,13 @@ ngx_http_aai_ratelimit_blocked(ngx_http_aai_ratelimit_ctx_t *ctx)
     ngx_shmtx_lock(&mcf->shpool->mutex);
 
     for (i = 0; i < ctx->nzones; i++) {
+
+        /* a shadow zone asks Redis: it is counted, and never rejects */
+
+        if (ctx->zreq[i].shadow) {
+            continue;
+        }
+
         ngx_http_aai_ratelimit_local_key(ctx, i, &key);
 
         node = ngx_http_aai_ratelimit_lookup(mcf, &key, 0);
@@ -206,7 +213,8 @@ ngx_http_aai_ratelimit_block(ngx_http_aai_ratelimit_ctx_t *ctx)
         /* a request costing more may be rejected where one unit is not */
 
         if (!res->rejected || res->retry_after == 0
-            || ctx->zreq[i].cost > 1 || ctx->zones[i]->concurrency)
+            || ctx->zreq[i].cost > 1 || ctx->zones[i]->concurrency
+            || ctx->zreq[i].shadow)
         {
             continue;
         }
@@ -302,7 +310,7 @@ ngx_http_aai_ratelimit_local_check(ngx_http_aai_ratelimit_ctx_t *ctx,
             res->rejected = 1;
             res->retry_after = (tat - now - tau + 999) / 1000;
             res->reset = (tat - now + 999) / 1000;
-            rejected = 1;
+            rejected |= !ctx->zreq[i].shadow;
             continue;
         }
 
@@ -333,7 +341,9 @@ ngx_http_aai_ratelimit_local_account(ngx_http_aai_ratelimit_ctx_t *ctx,
                                         ngx_http_aai_ratelimit_module);
 
     for (i = 0; i < ctx->nzones; i++) {
-        if (ctx->zones[i]->concurrency) {
+        if (ctx->zones[i]->concurrency || ctx->zreq[i].shadow == 2
+            || ctx->results[i].rejected)
+        {
             continue;
         }
 

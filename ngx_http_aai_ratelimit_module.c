@@ -488,7 +488,8 @@ ngx_http_aai_ratelimit_keys(ngx_http_request_t *r,
         }
 
         if (ctx->zreq[ctx->nzones].limit != zone->limit
-            || ctx->zreq[ctx->nzones].cost != 1)
+            || ctx->zreq[ctx->nzones].cost != 1
+            || ctx->zreq[ctx->nzones].shadow)
         {
             ctx->costs = 1;
         }

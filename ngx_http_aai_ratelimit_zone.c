@@ -20,7 +20,8 @@ static ngx_int_t ngx_http_aai_ratelimit_parse_rate(ngx_str_t *value,
 
 
 static const char  *ngx_http_aai_ratelimit_outcomes[] = {
-    "passed", "rejected", "dry_run_rejected", "delayed", "error"
+    "passed", "rejected", "dry_run_rejected", "delayed", "error", "local",
+    "near_limit"
 };
 
 

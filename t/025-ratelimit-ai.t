@@ -30,6 +30,10 @@ my $conf = <<'_EOC_';
     aai_ratelimit_zone tokens key=$arg_u rate=1000r/m;
     aai_ratelimit_zone tokc   key=$arg_u rate=1000r/h algorithm=counter;
     aai_ratelimit_zone streams key=$arg_u concurrency=2;
+    aai_ratelimit_zone enf    key=$arg_u rate=5r/m;
+    aai_ratelimit_zone shadow key=$arg_u rate=2r/m;
+    aai_ratelimit_zone sz     key=$arg_u rate=2r/m;
+    aai_ratelimit_zone near   key=$arg_u rate=10r/m;
     aai_ratelimit_zone short   key=$arg_u concurrency=1 lease=1s;
 
     upstream llm { server 127.0.0.1:UPSTREAM_PORT; }
@@ -77,6 +81,14 @@ my $conf = <<'_EOC_';
             aai_ratelimit short;
             proxy_pass http://llm/slow;
         }
+        location /shadow {
+            aai_ratelimit enf;
+            aai_ratelimit shadow dry_run;
+            empty_gif;
+        }
+        location /sz  { aai_ratelimit sz; empty_gif; }
+        location /szn { aai_ratelimit sz dry_run=nospend; empty_gif; }
+        location /near { aai_ratelimit near; empty_gif; }
         location /metrics { aai_metrics; }
     }
 _EOC_
@@ -250,6 +262,49 @@ sub usage { redis_cmd('LLEN', "aai:rl:tokens:$_[0]") }
     wait_until(5, sub { usage('erin') == 250 });
     is($st . ',' . usage('erin') . ',' . redis_cmd('LLEN', 'aai:rl:chat:erin'),
        '200,250,1', 'charge zone and request zone together');
+}
+
+
+# --- shadow zones, near-limit ------------------------------------------------
+
+{
+    my @r = map { rl_headers($pa, '/shadow?u=sh1') } 1 .. 6;
+    is_deeply(\@r, [ (map { "200 \"enf\";q=5;w=60 \"enf\";r=$_;t=60" }
+                      4, 3, 2, 1, 0),
+                     '429 "enf";q=5;w=60 "enf";r=0;t=60' ],
+              'a shadow zone never rejects; the enforced zone does, '
+              . 'and sets the headers');
+    is(redis_cmd('LLEN', 'aai:rl:shadow:sh1') . ','
+       . redis_cmd('LLEN', 'aai:rl:enf:sh1'), '2,5',
+       'the shadow zone spends what it would admit, the enforced its own');
+    my $m = metrics_get($pa, '/metrics');
+    is(join(',', map { $m->{"aai_ratelimit_requests_total{zone=\"shadow\","
+                           . "outcome=\"$_\"}"} // 'none' }
+                 qw(passed dry_run_rejected rejected)),
+       '2,4,0', 'shadow zone metrics: 2 passed, 4 would have been rejected');
+    ok(scalar(grep { /limiting requests, dry run, by aai_ratelimit zone "shadow"/ }
+              file_lines("$prefa/logs/error.log")), 'shadow rejections logged');
+
+    # dry_run=nospend: checked against the zone's usage, never spends
+    is(join(',', map { (get($pa, '/sz?u=sz1'))[0] } 1 .. 2), '200,200',
+       'the enforced location fills the zone');
+    is(join(',', map { (get($pa, '/szn?u=sz1'))[0] } 1 .. 3), '200,200,200',
+       'dry_run=nospend never rejects');
+    is(redis_cmd('LLEN', 'aai:rl:sz:sz1'), 2, '... and never spends');
+    is((get($pa, '/szn?u=sz2'))[0] . ',' . redis_cmd('EXISTS', 'aai:rl:sz:sz2'),
+       '200,0', '... not even when it would admit');
+    $m = metrics_get($pa, '/metrics');
+    is($m->{'aai_ratelimit_requests_total{zone="sz",outcome="dry_run_rejected"}'},
+       3, 'nospend shadow rejections counted');
+
+    # near_limit: admitted with less than 20 % of the quota left
+    my @st = map { (get($_ % 2 ? $pb : $pa, '/near?u=n1'))[0] } 0 .. 10;
+    is(join(',', @st), join(',', (200) x 10, 429), 'near: 10 admitted');
+    my $na = metrics_get($pa, '/metrics');
+    my $nb = metrics_get($pb, '/metrics');
+    my $near = $na->{'aai_ratelimit_requests_total{zone="near",outcome="near_limit"}'}
+             + $nb->{'aai_ratelimit_requests_total{zone="near",outcome="near_limit"}'};
+    is($near, 2, 'near_limit counts the admissions with 1 and 0 left');
 }
 
 
