@@ -23,6 +23,8 @@
  *                                     "local" fallback's GCRA
  *   ngx_http_aai_ratelimit_concurrency.c
  *                                     concurrency= zones: their leases
+ *   ngx_http_aai_ratelimit_admin.c    aai_ratelimit_admin: a key shown or
+ *                                     reset, in JSON
  *   ngx_http_aai_ratelimit_ai.c       count=, cost=, charge= (the charges
  *                                     waiting for a batch), leases in Redis
  */
@@ -320,6 +322,12 @@ ngx_int_t ngx_http_aai_ratelimit_blocked(ngx_http_aai_ratelimit_ctx_t *ctx);
 void ngx_http_aai_ratelimit_block(ngx_http_aai_ratelimit_ctx_t *ctx);
 ngx_int_t ngx_http_aai_ratelimit_init_zone(ngx_shm_zone_t *shm_zone,
     void *data);
+void ngx_http_aai_ratelimit_unblock(ngx_http_aai_ratelimit_main_conf_t *mcf,
+    ngx_http_aai_ratelimit_zone_t *zone, ngx_str_t *key);
+
+/* ngx_http_aai_ratelimit_admin.c */
+char *ngx_http_aai_ratelimit_admin(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 
 
 #endif /* _NGX_HTTP_AAI_RATELIMIT_H_INCLUDED_ */

@@ -581,3 +581,34 @@ ngx_http_aai_ratelimit_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 
     return NGX_OK;
 }
+
+
+/* aai_ratelimit_admin reset a key: this instance's blocklist forgets it */
+
+void
+ngx_http_aai_ratelimit_unblock(ngx_http_aai_ratelimit_main_conf_t *mcf,
+    ngx_http_aai_ratelimit_zone_t *zone, ngx_str_t *key)
+{
+    ngx_str_t                       local;
+    ngx_http_aai_ratelimit_node_t  *node;
+
+    if (mcf->shpool == NULL) {
+        return;
+    }
+
+    /* the Redis key without the prefix, as ngx_http_aai_ratelimit_local_key */
+
+    local.data = key->data + zone->prefix.len - zone->name.len - 1;
+    local.len = key->len - (zone->prefix.len - zone->name.len - 1);
+
+    ngx_shmtx_lock(&mcf->shpool->mutex);
+
+    node = ngx_http_aai_ratelimit_lookup(mcf, &local, 0);
+
+    if (node) {
+        node->blocked = 0;
+        node->tat = 0;
+    }
+
+    ngx_shmtx_unlock(&mcf->shpool->mutex);
+}

@@ -109,6 +109,13 @@ static ngx_command_t  ngx_http_aai_ratelimit_commands[] = {
       0,
       NULL },
 
+    { ngx_string("aai_ratelimit_admin"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_aai_ratelimit_admin,
+      0,
+      0,
+      NULL },
+
     { ngx_string("aai_ratelimit_status"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_http_aai_ratelimit_set_status,

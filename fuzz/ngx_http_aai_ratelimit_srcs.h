@@ -16,4 +16,5 @@
 #include "../ngx_http_aai_ratelimit_headers.c"
 #include "../ngx_http_aai_ratelimit_local.c"
 #include "../ngx_http_aai_ratelimit_concurrency.c"
+#include "../ngx_http_aai_ratelimit_admin.c"
 #include "../ngx_http_aai_ratelimit_ai.c"

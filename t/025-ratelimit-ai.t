@@ -8,6 +8,7 @@ use AaiTest qw( :DEFAULT :util );
 use Time::HiRes qw( time sleep );
 use IO::Socket::INET;
 use POSIX ();
+use JSON::PP;
 
 $ENV{TEST_NGINX_REDIS_PORT} ||= 6379;
 
@@ -34,6 +35,7 @@ my $conf = <<'_EOC_';
     aai_ratelimit_zone shadow key=$arg_u rate=2r/m;
     aai_ratelimit_zone sz     key=$arg_u rate=2r/m;
     aai_ratelimit_zone near   key=$arg_u rate=10r/m;
+    aai_ratelimit_zone ipz    key=$binary_remote_addr rate=3r/m;
     aai_ratelimit_zone short   key=$arg_u concurrency=1 lease=1s;
 
     upstream llm { server 127.0.0.1:UPSTREAM_PORT; }
@@ -89,6 +91,8 @@ my $conf = <<'_EOC_';
         location /sz  { aai_ratelimit sz; empty_gif; }
         location /szn { aai_ratelimit sz dry_run=nospend; empty_gif; }
         location /near { aai_ratelimit near; empty_gif; }
+        location /ip { aai_ratelimit ipz; empty_gif; }
+        location = /admin { allow 127.0.0.1; deny all; aai_ratelimit_admin; }
         location /metrics { aai_metrics; }
     }
 _EOC_
@@ -265,6 +269,55 @@ sub usage { redis_cmd('LLEN', "aai:rl:tokens:$_[0]") }
 }
 
 
+# --- the admin endpoint -----------------------------------------------------
+
+sub admin {
+    my ($port, $args, $method) = @_;
+    my ($st, $h, $body) = http_get($port, "/admin?$args", {}, $method);
+    my $j = eval { decode_json($body) };
+    return ($st // 0, $j // { raw => $body }, $h);
+}
+
+{
+    my ($st, $j, $h) = admin($pa, 'zone=chat&key=free1');
+    is($st, 200, 'admin GET');
+    like($h->{'content-type'}, qr{^application/json}, '... JSON');
+    is(join(',', map { $j->{$_} } qw(zone key count remaining in_flight
+                                      policy limit window algorithm)),
+       'chat,free1,2,0,0,"chat";q=2;w=60,2,60,sliding',
+       'admin GET: the numbers of a full key');
+    ok($j->{reset} > 0 && $j->{reset} <= 60, "reset $j->{reset}");
+
+    ($st, $j) = admin($pa, 'zone=chat&key=free1', 'DELETE');
+    is("$st $j->{deleted}", '200 1', 'admin DELETE resets the key');
+    is(redis_cmd('EXISTS', 'aai:rl:chat:free1'), 0, '... gone from Redis');
+    ($st, $j) = admin($pa, 'zone=chat&key=free1');
+    is("$j->{count},$j->{remaining}", '0,2', 'admin GET after: all left');
+    is((get($pa, '/chat?u=free1'))[0], 200,
+       'the user passes again (blocklist forgotten)');
+
+    ($st, $j) = admin($pb, 'zone=unitsc&key=k1');
+    is("$st $j->{count} $j->{algorithm}", '200 10 counter', 'counter zone');
+
+    get($pa, '/ip');
+    ($st, $j) = admin($pa, 'zone=ipz&key=127.0.0.1');
+    is("$st $j->{count} $j->{remaining}", '200 1 2',
+       '$binary_remote_addr zone: the address in text');
+
+    ($st, $j) = admin($pa, 'zone=nope&key=x');
+    is("$st $j->{error}", '400 unknown zone: "nope"', 'unknown zone: 400');
+    ($st, $j) = admin($pa, 'zone=chat');
+    is("$st $j->{error}", '400 missing key', 'missing key: 400');
+    ($st, $j) = admin($pa, 'key=x');
+    is("$st $j->{error}", '400 missing zone', 'missing zone: 400');
+    ($st, $j) = admin($pa, 'zone=ipz&key=not-an-ip');
+    is("$st $j->{error}", '400 invalid key, an IP address is expected: '
+       . '"not-an-ip"', 'a key that is not an address: 400');
+    ($st, $j) = admin($pa, 'zone=chat&key=x', 'POST');
+    is($st, 405, 'POST: 405');
+}
+
+
 # --- shadow zones, near-limit ------------------------------------------------
 
 {
@@ -335,6 +388,9 @@ sub inflight { redis_cmd('ZCARD', "aai:rl:streams:$_[0]") }
         $s;
     } $pa, $pb;
     ok(wait_until(3, sub { inflight('tom') == 2 }), 'two leases taken');
+    my (undef, $aj) = admin($pb, 'zone=streams&key=tom');
+    is("$aj->{in_flight},$aj->{remaining},$aj->{algorithm}",
+       '2,0,concurrency', 'admin: in flight');
     close $_ for @socks;
     ok(wait_until(5, sub { inflight('tom') == 0 }),
        'clients gone: the leases are released');
