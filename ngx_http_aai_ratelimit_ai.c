@@ -21,7 +21,7 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 
-#include "ngx_http_aai_ratelimit_ai.h"
+#include "ngx_http_aai_ratelimit.h"
 
 
 #define NGX_HTTP_AAI_RL_AI_MAX           1000000000
@@ -369,31 +369,82 @@ ngx_http_aai_ratelimit_charge_add(ngx_http_request_t *r, void *zone,
 }
 
 
-/* a batch about to be sent takes up to max charges; returns how many */
+/*
+ * A batch about to be sent takes up to max charges, on a cluster those of
+ * its slot (cslot; -1: any); returns how many.
+ */
 
 ngx_uint_t
-ngx_http_aai_ratelimit_charge_take(ngx_queue_t *to, ngx_uint_t max)
+ngx_http_aai_ratelimit_charge_take(ngx_queue_t *to, ngx_uint_t max,
+    ngx_int_t cslot)
 {
-    ngx_uint_t    n;
-    ngx_queue_t  *q;
+    ngx_uint_t                        n;
+    ngx_queue_t                      *q, *next;
+    ngx_http_aai_ratelimit_charge_t  *ch;
 
-    for (n = 0; n < max; n++) {
+    n = 0;
 
-        if (ngx_http_aai_ratelimit_ncharges == 0) {
-            break;
+    for (q = ngx_queue_head(&ngx_http_aai_ratelimit_charges);
+         n < max && q != ngx_queue_sentinel(&ngx_http_aai_ratelimit_charges);
+         q = next)
+    {
+        next = ngx_queue_next(q);
+
+        if (cslot >= 0) {
+            ch = ngx_queue_data(q, ngx_http_aai_ratelimit_charge_t, queue);
+
+            if ((ngx_int_t) ngx_aai_redis_cluster_slot(ch->key.data,
+                                                       ch->key.len)
+                != cslot)
+            {
+                continue;
+            }
         }
 
-        q = ngx_queue_head(&ngx_http_aai_ratelimit_charges);
         ngx_queue_remove(q);
         ngx_http_aai_ratelimit_ncharges--;
 
         ngx_queue_insert_tail(to, q);
+        n++;
     }
 
     if (ngx_http_aai_ratelimit_ncharges == 0
         && ngx_http_aai_ratelimit_charge_ev.timer_set)
     {
         ngx_del_timer(&ngx_http_aai_ratelimit_charge_ev);
+    }
+
+    return n;
+}
+
+
+/* on a cluster: the distinct slots of the charges waiting, max at most */
+
+ngx_uint_t
+ngx_http_aai_ratelimit_charge_slots(ngx_uint_t *slots, ngx_uint_t max)
+{
+    ngx_uint_t                        n, i, slot;
+    ngx_queue_t                      *q;
+    ngx_http_aai_ratelimit_charge_t  *ch;
+
+    n = 0;
+
+    for (q = ngx_queue_head(&ngx_http_aai_ratelimit_charges);
+         n < max && q != ngx_queue_sentinel(&ngx_http_aai_ratelimit_charges);
+         q = ngx_queue_next(q))
+    {
+        ch = ngx_queue_data(q, ngx_http_aai_ratelimit_charge_t, queue);
+        slot = ngx_aai_redis_cluster_slot(ch->key.data, ch->key.len);
+
+        for (i = 0; i < n; i++) {
+            if (slots[i] == slot) {
+                break;
+            }
+        }
+
+        if (i == n) {
+            slots[n++] = slot;
+        }
     }
 
     return n;

@@ -77,6 +77,8 @@ void ngx_http_aai_ratelimit_zreq(ngx_http_request_t *r,
 ngx_int_t ngx_http_aai_ratelimit_charge_add(ngx_http_request_t *r,
     void *zone, ngx_str_t *key, ngx_http_aai_ratelimit_zreq_t *zr);
 ngx_uint_t ngx_http_aai_ratelimit_charge_take(ngx_queue_t *to,
+    ngx_uint_t max, ngx_int_t cslot);
+ngx_uint_t ngx_http_aai_ratelimit_charge_slots(ngx_uint_t *slots,
     ngx_uint_t max);
 void ngx_http_aai_ratelimit_charge_done(ngx_queue_t *q, ngx_int_t rc);
 void ngx_http_aai_ratelimit_charge_init(ngx_aai_metrics_t *metrics,

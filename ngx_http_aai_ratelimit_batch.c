@@ -37,6 +37,8 @@ static void ngx_http_aai_ratelimit_parse(ngx_http_aai_ratelimit_ctx_t *ctx,
 static void ngx_http_aai_ratelimit_batch_fail(
     ngx_http_aai_ratelimit_batch_t *b, ngx_uint_t reason, const char *error,
     redisReply *reply);
+static void ngx_http_aai_ratelimit_flush_slots(
+    ngx_http_aai_ratelimit_main_conf_t *mcf);
 static void ngx_http_aai_ratelimit_batch_close(
     ngx_http_aai_ratelimit_batch_t *b);
 static ngx_http_aai_ratelimit_batch_t *ngx_http_aai_ratelimit_batch_get(
@@ -181,7 +183,8 @@ ngx_http_aai_ratelimit_batch_handler(ngx_event_t *ev)
     ngx_http_aai_ratelimit_batch_close(b);
 
     b->nzones += ngx_http_aai_ratelimit_charge_take(&b->charges,
-                                             NGX_HTTP_AAI_RL_BATCH - b->nzones);
+                                             NGX_HTTP_AAI_RL_BATCH - b->nzones,
+                                             b->cslot);
 
     if (!ngx_queue_empty(&b->charges)) {
         b->costs = 1;
@@ -485,8 +488,14 @@ ngx_http_aai_ratelimit_flush(void)
         /* a try each: Redis down for long loses them, counted */
 
         ngx_queue_init(&q);
-        (void) ngx_http_aai_ratelimit_charge_take(&q, NGX_MAX_UINT32_VALUE);
+        (void) ngx_http_aai_ratelimit_charge_take(&q, NGX_MAX_UINT32_VALUE,
+                                                  -1);
         ngx_http_aai_ratelimit_charge_done(&q, NGX_ERROR);
+        return;
+    }
+
+    if (mcf->redis_conf.cluster) {
+        ngx_http_aai_ratelimit_flush_slots(mcf);
         return;
     }
 
@@ -497,6 +506,36 @@ ngx_http_aai_ratelimit_flush(void)
 
     ngx_http_aai_ratelimit_open = b;
     ngx_post_event(&b->event, &ngx_posted_events);
+}
+
+
+/* on a cluster: a batch for each slot of the charges waiting, if none is */
+
+static void
+ngx_http_aai_ratelimit_flush_slots(ngx_http_aai_ratelimit_main_conf_t *mcf)
+{
+    ngx_uint_t                       i, n;
+    ngx_http_aai_ratelimit_batch_t  *b;
+    ngx_uint_t                       slots[16];
+
+    n = ngx_http_aai_ratelimit_charge_slots(slots, 16);
+
+    for (i = 0; i < n; i++) {
+
+        if (ngx_http_aai_ratelimit_copen
+            && ngx_http_aai_ratelimit_copen[slots[i]])
+        {
+            continue;
+        }
+
+        b = ngx_http_aai_ratelimit_batch_get(mcf);
+        if (b == NULL) {
+            return;
+        }
+
+        b->cslot = slots[i];
+        ngx_post_event(&b->event, &ngx_posted_events);
+    }
 }
 
 
