@@ -193,6 +193,8 @@ local function read_state(key, def)
       return len - drop_expired(key, def, len)
     end
   elseif def_alg[def] == CONCURRENCY then
+    -- concurrency=: the expired leases (of instances gone) dropped, the
+    -- live ones counted
     local n = pcall('ZREMRANGEBYSCORE', key, '-inf', now_str)
     if type(n) == 'number' then return call('ZCARD', key) end
   else
@@ -388,12 +390,14 @@ while pos <= layout_len do
 
   if nzones > 0 then request_index = request_index + 1 end
 
+  -- a request of no zones is a charge= usage, answered by nothing
   if nzones == 0 then
     charge(def, hi, lo)
     pos = pos + 4
   end
 
-  -- the short path: one zone, sliding without burst, unshared key
+  -- the short path: one zone, sliding without burst, unshared key, a cost
+  -- of 1 and not a shadow zone
 
   if nzones == 1 and hi < 128 and def_alg[def] == SLIDING
      and def_burst[def] == 0 and def_cost[def] == 1 and def_shadow[def] == ''
@@ -525,6 +529,8 @@ while pos <= layout_len do
         end
 
       elseif def_alg[def] == CONCURRENCY then
+        -- count is the live leases; at the limit the request is retried
+        -- when the oldest expires (1 s at least)
         if count < limit then
           left, reset = limit - count - 1, window
         else
@@ -558,6 +564,7 @@ while pos <= layout_len do
 
       zone_reject[i] = reject
 
+      -- a shadow zone's rejection is in its values, and rejects nothing
       if reject == 1 then
         rejected = rejected or def_shadow[def] == ''
         detailed, retry = true, ceil(retry / 1000)
@@ -575,6 +582,7 @@ while pos <= layout_len do
         zone_values[v] = retry
       end
 
+      -- the most restrictive zone, shadow zones left out
       if def_shadow[def] == ''
          and (top == 0 or left < top_left
               or (left == top_left and reset > top_reset))
@@ -623,6 +631,8 @@ while pos <= layout_len do
           -- a shadow zone records nothing it would have rejected
 
         elseif def_alg[def] == CONCURRENCY then
+          -- the request's lease: "<prefix><n>", n its place among the
+          -- batch's requests, expiring after the lease time unless renewed
           local key = KEYS[k > 0 and k or -k]
           call('ZADD', key, fmt('%d', now + def_window[def]),
                lease_prefix .. request_index)
@@ -630,7 +640,8 @@ while pos <= layout_len do
           if k > 0 then shared_state[k] = shared_state[k] + 1 end
 
         elseif k > 0 then
-          -- a shared key: written once, at the end
+          -- a shared key: written once, at the end; a cost of N is N
+          -- admissions (N entries, N periods, N counts)
           if def_alg[def] == GCRA then
             shared_state[k] = at
           elseif def_alg[def] == COUNTER then
