@@ -24,6 +24,12 @@
  *   ngx_http_aai_ratelimit_local.c    the shared memory: the blocklist, the
  *                                     fallback when Redis fails, the
  *                                     "local" fallback's GCRA
+ *   ngx_http_aai_ratelimit_concurrency.c
+ *                                     concurrency= zones: their leases
+ *   ngx_http_aai_ratelimit_admin.c    aai_ratelimit_admin: a key shown or
+ *                                     reset, in JSON
+ *   ngx_http_aai_ratelimit_ai.c       count=, cost=, charge= (the charges
+ *                                     waiting for a batch), leases in Redis
  *
  * A request's path (each step has an ngx_log_debug line): the handler
  * computes its keys, asks the blocklist, queues it in the worker's open
@@ -46,11 +52,13 @@
 #include "ngx_aai_redis_cluster.h"
 #include "ngx_aai_metrics.h"
 #include "ngx_aai_jwt.h"
+#include "ngx_http_aai_ratelimit_ai.h"
 
 
 #define NGX_HTTP_AAI_RL_SLIDING            0
 #define NGX_HTTP_AAI_RL_GCRA               1
 #define NGX_HTTP_AAI_RL_COUNTER            2
+#define NGX_HTTP_AAI_RL_CONCURRENCY        3
 
 #define NGX_HTTP_AAI_RL_FALLBACK_ALLOW     0
 #define NGX_HTTP_AAI_RL_FALLBACK_DENY      1
@@ -71,7 +79,8 @@
 #define NGX_HTTP_AAI_RL_M_DELAYED          3
 #define NGX_HTTP_AAI_RL_M_ERROR            4
 #define NGX_HTTP_AAI_RL_M_LOCAL            5
-#define NGX_HTTP_AAI_RL_M_NUMBER           6
+#define NGX_HTTP_AAI_RL_M_NEAR             6
+#define NGX_HTTP_AAI_RL_M_NUMBER           7
 
 /* Redis errors */
 #define NGX_HTTP_AAI_RL_E_TIMEOUT          0
@@ -99,6 +108,9 @@
 #define NGX_HTTP_AAI_RL_MAX_AHEAD          (100ULL * 365 * 86400 * 1000000)
 
 #define NGX_HTTP_AAI_RL_ZONE_ARGS          5
+
+/* a zone's definition in a batch: its arguments and the cost */
+#define NGX_HTTP_AAI_RL_DEF_ARGS           6
 
 /*
  * A batch (one EVALSHA) checks at most this many zones, of all its
@@ -139,6 +151,10 @@ typedef struct {
     ngx_uint_t                         limit;     /* requests per window */
     uint64_t                           window;    /* us */
     ngx_str_t                          rate;      /* as written */
+    ngx_http_complex_value_t          *count;     /* NULL: the limit */
+    ngx_int_t                         *charge_metrics;
+    ngx_uint_t                         concurrency;
+    ngx_msec_t                         lease;
     uint64_t                           period;    /* window / limit, us */
     ngx_uint_t                         burst;
     ngx_uint_t                         delay;     /* excess not delayed */
@@ -146,7 +162,7 @@ typedef struct {
     ngx_uint_t                         local_delay;
     ngx_msec_t                         window_ms; /* window, rounded up */
     ngx_uint_t                         fast;      /* sliding, no burst */
-    ngx_str_t                          args[NGX_HTTP_AAI_RL_ZONE_ARGS];
+    ngx_str_t                          args[NGX_HTTP_AAI_RL_DEF_ARGS];
     ngx_uint_t                         stamp;     /* per worker: batch */
     ngx_uint_t                         def;       /* its index there */
     ngx_int_t                          metrics[NGX_HTTP_AAI_RL_M_NUMBER];
@@ -173,6 +189,7 @@ typedef struct {
 
 typedef struct {
     ngx_array_t                       *zones;     /* zone pointers */
+    ngx_array_t                       *opts;      /* per zone, or NULL */
     ngx_uint_t                         status_code;
     ngx_flag_t                         dry_run;
     ngx_uint_t                         limit_log_level;
@@ -206,6 +223,7 @@ typedef struct {
     ngx_uint_t                         nzones;
     ngx_http_aai_ratelimit_zone_t    **zones;
     ngx_str_t                         *keys;      /* Redis keys */
+    ngx_http_aai_ratelimit_zreq_t     *zreq;      /* limits, costs */
     ngx_http_aai_ratelimit_result_t   *results;
     ngx_int_t                          top;       /* zone of the headers */
     ngx_int_t                          rc;
@@ -216,6 +234,13 @@ typedef struct {
     unsigned                           rejected:1;
     unsigned                           headers:1;
     unsigned                           headers_sent:1;
+    unsigned                           charge:1;
+    unsigned                           costs:1;   /* count= or cost= used */
+    unsigned                           conc:1;    /* concurrency= zones */
+    unsigned                           leased:1;
+    ngx_str_t                          lease;     /* its member */
+    ngx_event_t                       *renew;
+    ngx_aai_redis_t                   *redis;
     ngx_aai_jwt_ctx_t                  jwt;
 
     /* on a cluster, the zones of a request whose keys are in other slots */
@@ -259,7 +284,11 @@ struct ngx_http_aai_ratelimit_batch_s {
     ngx_uint_t                         nslots;
     ngx_uint_t                         nzones;    /* of all its requests */
     ngx_int_t                          cslot;     /* cluster slot, or -1 */
+    ngx_queue_t                        charges;   /* charge= usage sent */
     unsigned                           eval:1;
+    unsigned                           costs:1;   /* definitions with cost */
+    unsigned                           conc:1;    /* leases to take */
+    ngx_queue_t                        orphans;   /* leases of requests gone */
     ngx_http_aai_ratelimit_slot_t      slots[NGX_HTTP_AAI_RL_BATCH];
 };
 
@@ -314,6 +343,14 @@ void ngx_http_aai_ratelimit_part_done(ngx_http_aai_ratelimit_ctx_t *part,
 void ngx_http_aai_ratelimit_cluster_cleanup(
     ngx_http_aai_ratelimit_ctx_t *ctx);
 
+/* ngx_http_aai_ratelimit_concurrency.c */
+ngx_int_t ngx_http_aai_ratelimit_zone_concurrency(ngx_conf_t *cf,
+    ngx_command_t *cmd, ngx_http_aai_ratelimit_zone_t *zone);
+void ngx_http_aai_ratelimit_leased(ngx_http_aai_ratelimit_ctx_t *ctx,
+    ngx_http_aai_ratelimit_main_conf_t *mcf);
+void ngx_http_aai_ratelimit_release(ngx_http_aai_ratelimit_ctx_t *ctx);
+void ngx_http_aai_ratelimit_orphan(ngx_http_aai_ratelimit_ctx_t *ctx);
+
 /* ngx_http_aai_ratelimit_script.c */
 ngx_int_t ngx_http_aai_ratelimit_script_sha(ngx_conf_t *cf, ngx_str_t *sha);
 
@@ -333,6 +370,12 @@ ngx_int_t ngx_http_aai_ratelimit_blocked(ngx_http_aai_ratelimit_ctx_t *ctx);
 void ngx_http_aai_ratelimit_block(ngx_http_aai_ratelimit_ctx_t *ctx);
 ngx_int_t ngx_http_aai_ratelimit_init_zone(ngx_shm_zone_t *shm_zone,
     void *data);
+void ngx_http_aai_ratelimit_unblock(ngx_http_aai_ratelimit_main_conf_t *mcf,
+    ngx_http_aai_ratelimit_zone_t *zone, ngx_str_t *key);
+
+/* ngx_http_aai_ratelimit_admin.c */
+char *ngx_http_aai_ratelimit_admin(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 
 
 #endif /* _NGX_HTTP_AAI_RATELIMIT_H_INCLUDED_ */

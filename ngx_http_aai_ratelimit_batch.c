@@ -23,6 +23,9 @@ static ngx_uint_t ngx_http_aai_ratelimit_batch_keys(
     ngx_http_aai_ratelimit_batch_t *b, ngx_str_t *argv, u_short *occ);
 static ngx_http_aai_ratelimit_bkey_t *ngx_http_aai_ratelimit_batch_key(
     ngx_str_t *key, ngx_uint_t stamp);
+static ngx_uint_t ngx_http_aai_ratelimit_def(void *z,
+    ngx_http_aai_ratelimit_zreq_t *zr, ngx_str_t **a, ngx_uint_t *ndefs,
+    ngx_uint_t costs);
 static void ngx_http_aai_ratelimit_reply_handler(ngx_aai_redis_result_t *res,
     void *data);
 static ngx_int_t ngx_http_aai_ratelimit_check_reply(
@@ -34,6 +37,8 @@ static void ngx_http_aai_ratelimit_parse(ngx_http_aai_ratelimit_ctx_t *ctx,
 static void ngx_http_aai_ratelimit_batch_fail(
     ngx_http_aai_ratelimit_batch_t *b, ngx_uint_t reason, const char *error,
     redisReply *reply);
+static void ngx_http_aai_ratelimit_flush_slots(
+    ngx_http_aai_ratelimit_main_conf_t *mcf);
 static void ngx_http_aai_ratelimit_batch_close(
     ngx_http_aai_ratelimit_batch_t *b);
 static ngx_http_aai_ratelimit_batch_t *ngx_http_aai_ratelimit_batch_get(
@@ -60,7 +65,7 @@ static ngx_uint_t                       ngx_http_aai_ratelimit_nspare;
 /* per worker: where a batch's command is built, reused by the next one */
 static ngx_str_t   ngx_http_aai_ratelimit_argv[3 + NGX_HTTP_AAI_RL_BATCH
                                                + 2 + NGX_HTTP_AAI_RL_BATCH
-                                                 * NGX_HTTP_AAI_RL_ZONE_ARGS];
+                                                 * NGX_HTTP_AAI_RL_DEF_ARGS];
 static u_char      ngx_http_aai_ratelimit_layout[NGX_HTTP_AAI_RL_BATCH * 4];
 static ngx_http_aai_ratelimit_bkey_t
                    ngx_http_aai_ratelimit_bkeys[NGX_HTTP_AAI_RL_KEYS_HASH];
@@ -155,6 +160,8 @@ ngx_http_aai_ratelimit_enqueue_in(ngx_http_aai_ratelimit_main_conf_t *mcf,
     ctx->slot = b->nslots++;
 
     b->nzones += ctx->nzones;
+    b->costs |= ctx->costs;
+    b->conc |= ctx->conc;
 
     ngx_log_debug4(NGX_LOG_DEBUG_HTTP, ctx->request->connection->log, 0,
                    "aai_ratelimit queued in batch %p as request %ui, "
@@ -174,6 +181,14 @@ ngx_http_aai_ratelimit_batch_handler(ngx_event_t *ev)
     b = ev->data;
 
     ngx_http_aai_ratelimit_batch_close(b);
+
+    b->nzones += ngx_http_aai_ratelimit_charge_take(&b->charges,
+                                             NGX_HTTP_AAI_RL_BATCH - b->nzones,
+                                             b->cslot);
+
+    if (!ngx_queue_empty(&b->charges)) {
+        b->costs = 1;
+    }
 
     rc = ngx_http_aai_ratelimit_batch_send(b);
 
@@ -213,11 +228,17 @@ ngx_http_aai_ratelimit_batch_send(ngx_http_aai_ratelimit_batch_t *b)
     ngx_http_aai_ratelimit_ctx_t        *ctx;
     ngx_http_aai_ratelimit_slot_t       *slot;
     ngx_http_aai_ratelimit_bkey_t       *bk;
+    ngx_str_t                            lease;
+    ngx_uint_t                           ri;
+    ngx_queue_t                         *q;
     ngx_http_aai_ratelimit_zone_t       *zone;
+    ngx_http_aai_ratelimit_zreq_t        zr;
+    ngx_http_aai_ratelimit_charge_t     *ch;
     ngx_http_aai_ratelimit_main_conf_t  *mcf;
     u_short                              occ[NGX_HTTP_AAI_RL_BATCH];
 
     static u_char  num[NGX_INT_T_LEN];
+    static u_char  flag[1 + NGX_INT_T_LEN * 4 + 4];
 
     mcf = b->mcf;
     argv = ngx_http_aai_ratelimit_argv;
@@ -237,6 +258,32 @@ ngx_http_aai_ratelimit_batch_send(ngx_http_aai_ratelimit_batch_t *b)
     ndefs = 0;
     o = 0;
 
+    if (b->conc) {
+        ngx_http_aai_ratelimit_lease_prefix(ngx_http_aai_ratelimit_seq,
+                                            &lease);
+    }
+
+    ri = 0;
+
+    /* charges first: a usage spent before these requests */
+
+    for (q = ngx_queue_head(&b->charges);
+         q != ngx_queue_sentinel(&b->charges);
+         q = ngx_queue_next(q))
+    {
+        ch = ngx_queue_data(q, ngx_http_aai_ratelimit_charge_t, queue);
+        bk = &ngx_http_aai_ratelimit_bkeys[occ[o++]];
+
+        zr.limit = ch->limit;
+        zr.cost = ch->amount;
+
+        *p++ = 0;
+        *p++ = (u_char) ngx_http_aai_ratelimit_def(ch->zone, &zr, &a,
+                                                   &ndefs, 1);
+        *p++ = (u_char) ((bk->index >> 8) | (bk->uses > 1 ? 0x80 : 0));
+        *p++ = (u_char) (bk->index & 0xff);
+    }
+
     for (i = 0; i < b->nslots; i++) {
         slot = &b->slots[i];
 
@@ -247,26 +294,31 @@ ngx_http_aai_ratelimit_batch_send(ngx_http_aai_ratelimit_batch_t *b)
         ctx = slot->ctx;
         *p++ = slot->nzones;
 
+        ri++;
+
+        if (ctx->conc
+            && ngx_http_aai_ratelimit_lease_member(ctx->request->pool, &lease,
+                                                   ri, &ctx->lease)
+               != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
         for (j = 0; j < ctx->nzones; j++) {
             zone = ctx->zones[j];
             bk = &ngx_http_aai_ratelimit_bkeys[occ[o++]];
 
-            if (zone->stamp != ngx_http_aai_ratelimit_seq) {
-                zone->stamp = ngx_http_aai_ratelimit_seq;
-                zone->def = ++ndefs;
-
-                for (k = 0; k < NGX_HTTP_AAI_RL_ZONE_ARGS; k++) {
-                    *a++ = zone->args[k];
-                }
-            }
-
             shared = (bk->uses > 1);
 
-            *p++ = (u_char) zone->def;
+            *p++ = (u_char) ngx_http_aai_ratelimit_def(zone,
+                                                       &ctx->zreq[j], &a,
+                                                       &ndefs, b->costs);
             *p++ = (u_char) ((bk->index >> 8) | (shared ? 0x80 : 0));
             *p++ = (u_char) (bk->index & 0xff);
 
-            slot->fast = (ctx->nzones == 1 && zone->fast && !shared);
+            slot->fast = (ctx->nzones == 1 && zone->fast && !shared
+                          && ctx->zreq[j].cost == 1
+                          && ctx->zreq[j].shadow == 0);
         }
     }
 
@@ -287,9 +339,20 @@ ngx_http_aai_ratelimit_batch_send(ngx_http_aai_ratelimit_batch_t *b)
     argv[k].data = ngx_http_aai_ratelimit_layout;
     argv[k].len = p - ngx_http_aai_ratelimit_layout;
 
-    argv[k + 1].data = (ngx_http_aai_ratelimit_seq % NGX_HTTP_AAI_RL_TRIM)
-                       ? (u_char *) "0" : (u_char *) "1";
+    /*
+     * "2" and "3": the definitions have a sixth argument, the cost; then
+     * the prefix of the batch's leases
+     */
+
+    flag[0] = "0123"[b->costs * 2
+                     + !(ngx_http_aai_ratelimit_seq % NGX_HTTP_AAI_RL_TRIM)];
+
+    argv[k + 1].data = flag;
     argv[k + 1].len = 1;
+
+    if (b->conc) {
+        argv[k + 1].len = ngx_cpymem(flag + 1, lease.data, lease.len) - flag;
+    }
 
     b->cmd = ngx_aai_redis_send(mcf->redis, ngx_cycle->log, a - argv, argv,
                                 ngx_http_aai_ratelimit_reply_handler, b);
@@ -309,6 +372,174 @@ ngx_http_aai_ratelimit_batch_send(ngx_http_aai_ratelimit_batch_t *b)
 
 
 /*
+ * The definition (1-based) of a zone in the batch being built, its
+ * arguments added at *a when new: the zone's own for its limit and a cost
+ * of 1, one per other limit and cost (count= and cost=, charge=).  Only a
+ * batch with costs sends the sixth argument: without count=, cost= and
+ * charge= the command is what it was before them.
+ */
+
+static ngx_uint_t
+ngx_http_aai_ratelimit_def(void *z, ngx_http_aai_ratelimit_zreq_t *zr,
+    ngx_str_t **a, ngx_uint_t *ndefs, ngx_uint_t costs)
+{
+    u_char                         *p;
+    ngx_str_t                      *v;
+    ngx_uint_t                      i, nargs;
+    ngx_http_aai_ratelimit_zone_t  *zone;
+
+    static ngx_uint_t  stamp, n;
+    static struct {
+        void                       *zone;
+        ngx_uint_t                  limit;
+        ngx_uint_t                  cost;
+        ngx_uint_t                  shadow;
+        ngx_uint_t                  def;
+        u_char                      num[2 * NGX_INT_T_LEN + 1];
+    }  defs[NGX_HTTP_AAI_RL_BATCH];
+
+    zone = z;
+    v = *a;
+
+    if (zr->limit == zone->limit && zr->cost == 1 && zr->shadow == 0) {
+
+        if (zone->stamp != ngx_http_aai_ratelimit_seq) {
+            zone->stamp = ngx_http_aai_ratelimit_seq;
+            zone->def = ++*ndefs;
+
+            nargs = costs ? NGX_HTTP_AAI_RL_DEF_ARGS
+                          : NGX_HTTP_AAI_RL_ZONE_ARGS;
+
+            for (i = 0; i < nargs; i++) {
+                v[i] = zone->args[i];
+            }
+
+            *a = v + nargs;
+        }
+
+        return zone->def;
+    }
+
+    if (stamp != ngx_http_aai_ratelimit_seq) {
+        stamp = ngx_http_aai_ratelimit_seq;
+        n = 0;
+    }
+
+    for (i = 0; i < n; i++) {
+        if (defs[i].zone == z && defs[i].limit == zr->limit
+            && defs[i].cost == zr->cost && defs[i].shadow == zr->shadow)
+        {
+            return defs[i].def;
+        }
+    }
+
+    /* never full: a batch has at most as many definitions as zones */
+
+    defs[n].zone = z;
+    defs[n].limit = zr->limit;
+    defs[n].cost = zr->cost;
+    defs[n].shadow = zr->shadow;
+    defs[n].def = ++*ndefs;
+
+    for (i = 0; i < NGX_HTTP_AAI_RL_DEF_ARGS; i++) {
+        v[i] = zone->args[i];
+    }
+
+    p = defs[n].num;
+
+    v[1].data = p;
+    p = ngx_sprintf(p, "%ui", zr->limit);
+    v[1].len = p - v[1].data;
+
+    /* the cost, "s" for a shadow zone, "n" for one that spends nothing */
+
+    v[5].data = p;
+    p = ngx_sprintf(p, "%ui%s", zr->cost,
+                    zr->shadow == 2 ? "n" : zr->shadow ? "s" : "");
+    v[5].len = p - v[5].data;
+
+    *a = v + NGX_HTTP_AAI_RL_DEF_ARGS;
+
+    return defs[n++].def;
+}
+
+
+/*
+ * The charges waiting in this worker go with a batch of their own (the
+ * timer of ngx_http_aai_ratelimit_ai.c calls it when no request sent one).
+ */
+
+void
+ngx_http_aai_ratelimit_flush(void)
+{
+    ngx_queue_t                          q;
+    ngx_http_aai_ratelimit_batch_t      *b;
+    ngx_http_aai_ratelimit_main_conf_t  *mcf;
+
+    mcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
+                                              ngx_http_aai_ratelimit_module);
+
+    if (mcf == NULL || mcf->redis == NULL || ngx_http_aai_ratelimit_open) {
+        return;
+    }
+
+    if (!ngx_aai_redis_available(mcf->redis)) {
+
+        /* a try each: Redis down for long loses them, counted */
+
+        ngx_queue_init(&q);
+        (void) ngx_http_aai_ratelimit_charge_take(&q, NGX_MAX_UINT32_VALUE,
+                                                  -1);
+        ngx_http_aai_ratelimit_charge_done(&q, NGX_ERROR);
+        return;
+    }
+
+    if (mcf->redis_conf.cluster) {
+        ngx_http_aai_ratelimit_flush_slots(mcf);
+        return;
+    }
+
+    b = ngx_http_aai_ratelimit_batch_get(mcf);
+    if (b == NULL) {
+        return;
+    }
+
+    ngx_http_aai_ratelimit_open = b;
+    ngx_post_event(&b->event, &ngx_posted_events);
+}
+
+
+/* on a cluster: a batch for each slot of the charges waiting, if none is */
+
+static void
+ngx_http_aai_ratelimit_flush_slots(ngx_http_aai_ratelimit_main_conf_t *mcf)
+{
+    ngx_uint_t                       i, n;
+    ngx_http_aai_ratelimit_batch_t  *b;
+    ngx_uint_t                       slots[16];
+
+    n = ngx_http_aai_ratelimit_charge_slots(slots, 16);
+
+    for (i = 0; i < n; i++) {
+
+        if (ngx_http_aai_ratelimit_copen
+            && ngx_http_aai_ratelimit_copen[slots[i]])
+        {
+            continue;
+        }
+
+        b = ngx_http_aai_ratelimit_batch_get(mcf);
+        if (b == NULL) {
+            return;
+        }
+
+        b->cslot = slots[i];
+        ngx_post_event(&b->event, &ngx_posted_events);
+    }
+}
+
+
+/*
  * The distinct keys of the requests still there, in argv from argv[3],
  * and where each zone of each request finds its key; returns their number.
  */
@@ -317,13 +548,32 @@ static ngx_uint_t
 ngx_http_aai_ratelimit_batch_keys(ngx_http_aai_ratelimit_batch_t *b,
     ngx_str_t *argv, u_short *occ)
 {
-    ngx_uint_t                      i, j, o, nkeys;
-    ngx_http_aai_ratelimit_ctx_t   *ctx;
-    ngx_http_aai_ratelimit_slot_t  *slot;
-    ngx_http_aai_ratelimit_bkey_t  *bk;
+    ngx_uint_t                        i, j, o, nkeys;
+    ngx_queue_t                      *q;
+    ngx_http_aai_ratelimit_ctx_t     *ctx;
+    ngx_http_aai_ratelimit_slot_t    *slot;
+    ngx_http_aai_ratelimit_bkey_t    *bk;
+    ngx_http_aai_ratelimit_charge_t  *ch;
 
     nkeys = 0;
     o = 0;
+
+    for (q = ngx_queue_head(&b->charges);
+         q != ngx_queue_sentinel(&b->charges);
+         q = ngx_queue_next(q))
+    {
+        ch = ngx_queue_data(q, ngx_http_aai_ratelimit_charge_t, queue);
+
+        bk = ngx_http_aai_ratelimit_batch_key(&ch->key,
+                                              ngx_http_aai_ratelimit_seq);
+
+        if (bk->uses++ == 0) {
+            bk->index = ++nkeys;
+            argv[2 + nkeys] = ch->key;
+        }
+
+        occ[o++] = (u_short) (bk - ngx_http_aai_ratelimit_bkeys);
+    }
 
     for (i = 0; i < b->nslots; i++) {
         slot = &b->slots[i];
@@ -495,11 +745,20 @@ ngx_http_aai_ratelimit_reply_handler(ngx_aai_redis_result_t *res, void *data)
 
             ngx_http_aai_ratelimit_parse(ctx, slot, e);
             ngx_http_aai_ratelimit_decide(r, ctx, NGX_HTTP_AAI_RL_REDIS);
+
+            if (ctx->conc && !ctx->rejected) {
+                ngx_http_aai_ratelimit_leased(ctx, mcf);
+            }
+
             ngx_http_aai_ratelimit_resume(ctx);
         }
 
         e += len;
     }
+
+    ngx_http_aai_ratelimit_charge_done(&b->charges, NGX_OK);
+
+    ngx_http_aai_ratelimit_lease_orphans(mcf->redis, &b->orphans);
 
     ngx_http_aai_ratelimit_batch_free(b);
 }
@@ -644,6 +903,12 @@ ngx_http_aai_ratelimit_batch_fail(ngx_http_aai_ratelimit_batch_t *b,
     ngx_http_request_t            *r;
     ngx_http_aai_ratelimit_ctx_t  *ctx;
 
+    /* a reply in error: the script may have run, its charges are not sent */
+
+    ngx_http_aai_ratelimit_charge_done(&b->charges,
+                                       reason == NGX_HTTP_AAI_RL_E_REPLY
+                                       ? NGX_DECLINED : NGX_ERROR);
+
     for (i = 0; i < b->nslots; i++) {
         ctx = b->slots[i].ctx;
 
@@ -719,6 +984,8 @@ ngx_http_aai_ratelimit_batch_get(ngx_http_aai_ratelimit_main_conf_t *mcf)
 
     b->mcf = mcf;
     b->cslot = -1;
+    ngx_queue_init(&b->charges);
+    ngx_queue_init(&b->orphans);
     b->event.handler = ngx_http_aai_ratelimit_batch_handler;
     b->event.data = b;
     b->event.log = ngx_cycle->log;
@@ -730,6 +997,12 @@ ngx_http_aai_ratelimit_batch_get(ngx_http_aai_ratelimit_main_conf_t *mcf)
 static void
 ngx_http_aai_ratelimit_batch_free(ngx_http_aai_ratelimit_batch_t *b)
 {
+    ngx_http_aai_ratelimit_charge_done(&b->charges, NGX_ERROR);
+
+    /* a failed batch may have taken its leases too */
+
+    ngx_http_aai_ratelimit_lease_orphans(b->mcf->redis, &b->orphans);
+
     if (b->event.posted) {
         ngx_delete_posted_event(&b->event);
     }
@@ -805,6 +1078,9 @@ ngx_http_aai_ratelimit_batch_exit(void)
                 b->slots[i].ctx->batch = NULL;
             }
         }
+
+        ngx_http_aai_ratelimit_charge_done(&b->charges, NGX_ERROR);
+        ngx_http_aai_ratelimit_lease_orphans(NULL, &b->orphans);
 
         ngx_free(b);
     }

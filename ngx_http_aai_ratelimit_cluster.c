@@ -16,6 +16,8 @@
 static void ngx_http_aai_ratelimit_refund(
     ngx_http_aai_ratelimit_main_conf_t *mcf,
     ngx_http_aai_ratelimit_ctx_t *part);
+static ngx_uint_t ngx_http_aai_ratelimit_refunded(
+    ngx_http_aai_ratelimit_ctx_t *part, ngx_uint_t i);
 static void ngx_http_aai_ratelimit_refund_handler(ngx_aai_redis_result_t *res,
     void *data);
 
@@ -95,10 +97,13 @@ ngx_http_aai_ratelimit_cluster_enqueue(ngx_http_request_t *r,
         part->keys = ngx_palloc(r->pool, n * sizeof(ngx_str_t));
         part->results = ngx_pcalloc(r->pool,
                                 n * sizeof(ngx_http_aai_ratelimit_result_t));
+        part->zreq = ngx_palloc(r->pool,
+                                n * sizeof(ngx_http_aai_ratelimit_zreq_t));
         pcl->zones = ngx_pnalloc(r->pool, n);
 
         if (part->zones == NULL || part->keys == NULL
-            || part->results == NULL || pcl->zones == NULL)
+            || part->results == NULL || part->zreq == NULL
+            || pcl->zones == NULL)
         {
             return NGX_ERROR;
         }
@@ -107,10 +112,13 @@ ngx_http_aai_ratelimit_cluster_enqueue(ngx_http_request_t *r,
             if (kslot[i] == slots[j]) {
                 part->zones[part->nzones] = ctx->zones[i];
                 part->keys[part->nzones] = ctx->keys[i];
+                part->zreq[part->nzones] = ctx->zreq[i];
+                part->conc |= (ctx->zones[i]->concurrency != 0);
                 pcl->zones[part->nzones++] = (u_char) i;
             }
         }
 
+        part->costs = ctx->costs;
         part->request = r;
         part->lcf = ctx->lcf;
         pcl->parent = ctx;
@@ -175,10 +183,18 @@ ngx_http_aai_ratelimit_part_done(ngx_http_aai_ratelimit_ctx_t *part,
         for (i = 0; i < part->nzones; i++) {
             ctx->results[pcl->zones[i]] = part->results[i];
 
-            if (part->results[i].rejected) {
+            /* a shadow zone (dry_run) rejects nothing */
+
+            if (part->results[i].rejected && !part->zreq[i].shadow) {
                 pcl->admitted = 0;
                 cl->rejected = 1;
             }
+        }
+
+        mcf = ngx_http_get_module_main_conf(r, ngx_http_aai_ratelimit_module);
+
+        if (pcl->admitted && part->conc) {
+            ngx_http_aai_ratelimit_leased(part, mcf);
         }
     }
 
@@ -192,6 +208,10 @@ ngx_http_aai_ratelimit_part_done(ngx_http_aai_ratelimit_ctx_t *part,
         for (i = 0; i < cl->nparts; i++) {
             if (cl->parts[i]->cluster->admitted) {
                 ngx_http_aai_ratelimit_refund(mcf, cl->parts[i]);
+            }
+
+            if (cl->parts[i]->leased) {
+                ngx_http_aai_ratelimit_release(cl->parts[i]);
             }
         }
     }
@@ -211,29 +231,33 @@ ngx_http_aai_ratelimit_part_done(ngx_http_aai_ratelimit_ctx_t *part,
 
 
 /*
- * The refund of a part's admission, in each of its keys (one slot):
- * sliding window: the newest admission; GCRA: one period off the
- * theoretical arrival time; counter: one off the current window's count.
+ * The refund of a part's admission, in each of its keys (one slot), of the
+ * units it spent (its cost, 1 without cost=): sliding window: the newest
+ * admissions; GCRA: that many periods off the theoretical arrival time;
+ * counter: that many off the current window's count.  A zone that spent
+ * nothing (a cost of 0, a shadow zone that rejected or never spends) is
+ * not refunded, nor a concurrency= zone: its lease is released.
  */
 
 static const char  ngx_http_aai_ratelimit_refund_script[] =
 "for i = 1, #KEYS do\n"
-"  local k, a, p = KEYS[i], tonumber(ARGV[2 * i - 1]), ARGV[2 * i]\n"
+"  local k, a = KEYS[i], tonumber(ARGV[3 * i - 2])\n"
+"  local p, u = tonumber(ARGV[3 * i - 1]), tonumber(ARGV[3 * i])\n"
 "  if a == 0 then\n"
-"    redis.pcall('RPOP', k)\n"
+"    redis.pcall('LTRIM', k, 0, -u - 1)\n"
 "  elseif a == 1 then\n"
 "    local v = tonumber(redis.pcall('GET', k))\n"
 "    if v then\n"
-"      redis.call('SET', k, string.format('%d', v - tonumber(p)),\n"
-"                 'KEEPTTL')\n"
+"      redis.call('SET', k, string.format('%d', v - u * p), 'KEEPTTL')\n"
 "    end\n"
 "  else\n"
 "    local v = redis.pcall('GET', k)\n"
 "    if type(v) == 'string' then\n"
 "      local s, c, q = string.match(v, '^c(%d+):(%d+):(%d+)$')\n"
 "      if s and tonumber(c) > 0 then\n"
-"        redis.call('SET', k, 'c' .. s .. ':' .. (tonumber(c) - 1) .. ':'\n"
-"                   .. q, 'KEEPTTL')\n"
+"        c = tonumber(c) - u\n"
+"        if c < 0 then c = 0 end\n"
+"        redis.call('SET', k, 'c' .. s .. ':' .. c .. ':' .. q, 'KEEPTTL')\n"
 "      end\n"
 "    end\n"
 "  end\n"
@@ -246,14 +270,23 @@ ngx_http_aai_ratelimit_refund(ngx_http_aai_ratelimit_main_conf_t *mcf,
     ngx_http_aai_ratelimit_ctx_t *part)
 {
     u_char                         *p;
-    ngx_str_t                      *argv;
-    ngx_uint_t                      i, n;
+    ngx_str_t                      *argv, *v;
+    ngx_uint_t                      i, n, m;
     ngx_http_aai_ratelimit_zone_t  *zone;
+    ngx_http_aai_ratelimit_zreq_t  *zr;
 
-    n = part->nzones;
+    n = 0;
 
-    argv = ngx_palloc(part->request->pool, (3 + 3 * n) * sizeof(ngx_str_t));
-    p = ngx_pnalloc(part->request->pool, NGX_INT_T_LEN * (1 + 2 * n));
+    for (i = 0; i < part->nzones; i++) {
+        n += ngx_http_aai_ratelimit_refunded(part, i);
+    }
+
+    if (n == 0) {
+        return;
+    }
+
+    argv = ngx_palloc(part->request->pool, (3 + 4 * n) * sizeof(ngx_str_t));
+    p = ngx_pnalloc(part->request->pool, NGX_INT_T_LEN * (1 + 3 * n));
 
     if (argv == NULL || p == NULL) {
         return;
@@ -266,21 +299,34 @@ ngx_http_aai_ratelimit_refund(ngx_http_aai_ratelimit_main_conf_t *mcf,
     p = ngx_sprintf(p, "%ui", n);
     argv[2].len = p - argv[2].data;
 
-    for (i = 0; i < n; i++) {
+    m = 0;
+
+    for (i = 0; i < part->nzones; i++) {
+        if (!ngx_http_aai_ratelimit_refunded(part, i)) {
+            continue;
+        }
+
         zone = part->zones[i];
+        zr = &part->zreq[i];
 
-        argv[3 + i] = part->keys[i];
+        argv[3 + m] = part->keys[i];
 
-        argv[3 + n + 2 * i].data = p;
+        v = &argv[3 + n + 3 * m++];
+
+        v[0].data = p;
         p = ngx_sprintf(p, "%ui", zone->algorithm);
-        argv[3 + n + 2 * i].len = p - argv[3 + n + 2 * i].data;
+        v[0].len = p - v[0].data;
 
-        argv[4 + n + 2 * i].data = p;
+        v[1].data = p;
         p = ngx_sprintf(p, "%uL", zone->period);
-        argv[4 + n + 2 * i].len = p - argv[4 + n + 2 * i].data;
+        v[1].len = p - v[1].data;
+
+        v[2].data = p;
+        p = ngx_sprintf(p, "%ui", zr->cost);
+        v[2].len = p - v[2].data;
     }
 
-    if (ngx_aai_redis_send(mcf->redis, ngx_cycle->log, 3 + 3 * n, argv,
+    if (ngx_aai_redis_send(mcf->redis, ngx_cycle->log, 3 + 4 * n, argv,
                            ngx_http_aai_ratelimit_refund_handler, NULL)
         == NULL)
     {
@@ -288,6 +334,27 @@ ngx_http_aai_ratelimit_refund(ngx_http_aai_ratelimit_main_conf_t *mcf,
                       "aai_ratelimit: refund of \"%V\" not sent",
                       &part->keys[0]);
     }
+}
+
+
+/* whether zone i of an admitted part spent units that a refund takes back */
+
+static ngx_uint_t
+ngx_http_aai_ratelimit_refunded(ngx_http_aai_ratelimit_ctx_t *part,
+    ngx_uint_t i)
+{
+    ngx_http_aai_ratelimit_zreq_t  *zr;
+
+    zr = &part->zreq[i];
+
+    if (part->zones[i]->algorithm == NGX_HTTP_AAI_RL_CONCURRENCY
+        || zr->cost == 0 || zr->shadow == 2
+        || (zr->shadow && part->results[i].rejected))
+    {
+        return 0;
+    }
+
+    return 1;
 }
 
 
@@ -319,8 +386,19 @@ ngx_http_aai_ratelimit_cluster_cleanup(ngx_http_aai_ratelimit_ctx_t *ctx)
         part = ctx->cluster->parts[i];
 
         if (part->batch) {
+
+            /* its batch is in Redis: the lease is released with the reply */
+
+            if (part->conc && part->batch->slots[part->slot].sent) {
+                ngx_http_aai_ratelimit_orphan(part);
+            }
+
             part->batch->slots[part->slot].ctx = NULL;
             part->batch = NULL;
+        }
+
+        if (part->leased) {
+            ngx_http_aai_ratelimit_release(part);
         }
     }
 }

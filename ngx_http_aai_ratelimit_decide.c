@@ -50,7 +50,9 @@ ngx_http_aai_ratelimit_decide(ngx_http_request_t *r,
         ctx->rc = NGX_DECLINED;
 
         for (i = 0; i < ctx->nzones; i++) {
-            ctx->delay = ngx_max(ctx->delay, ctx->results[i].delay);
+            if (!ctx->zreq[i].shadow) {
+                ctx->delay = ngx_max(ctx->delay, ctx->results[i].delay);
+            }
         }
 
         if (lcf->dry_run) {
@@ -103,7 +105,9 @@ ngx_http_aai_ratelimit_top(ngx_http_aai_ratelimit_ctx_t *ctx,
 
     for (i = 0; i < ctx->nzones; i++) {
 
-        if (res[i].rejected != rejected) {
+        /* a shadow zone (dry_run) neither rejects nor sets the headers */
+
+        if (res[i].rejected != rejected || ctx->zreq[i].shadow) {
             continue;
         }
 
@@ -147,6 +151,17 @@ ngx_http_aai_ratelimit_log(ngx_http_request_t *r,
     from = (source == NGX_HTTP_AAI_RL_BLOCKLIST) ? " (blocklist)"
            : (source == NGX_HTTP_AAI_RL_LOCAL) ? " (local fallback)" : "";
 
+    for (i = 0; i < ctx->nzones; i++) {
+        res = &ctx->results[i];
+
+        if (ctx->zreq[i].shadow && res->rejected) {
+            ngx_log_error(lcf->limit_log_level, r->connection->log, 0,
+                          "limiting requests, dry run, by aai_ratelimit zone "
+                          "\"%V\"%s, retry after %M ms",
+                          &ctx->zones[i]->name, from, res->retry_after);
+        }
+    }
+
     if (ctx->rejected) {
         res = &ctx->results[ctx->top];
 
@@ -179,7 +194,7 @@ static void
 ngx_http_aai_ratelimit_count(ngx_http_aai_ratelimit_ctx_t *ctx,
     ngx_uint_t source)
 {
-    ngx_uint_t                           i, outcome;
+    ngx_uint_t                           i, outcome, quota;
     ngx_http_aai_ratelimit_zone_t       *zone;
     ngx_http_aai_ratelimit_result_t     *res;
     ngx_http_aai_ratelimit_main_conf_t  *mcf;
@@ -193,6 +208,9 @@ ngx_http_aai_ratelimit_count(ngx_http_aai_ratelimit_ctx_t *ctx,
 
         if (source == NGX_HTTP_AAI_RL_LOCAL) {
             outcome = NGX_HTTP_AAI_RL_M_ERROR;
+
+        } else if (ctx->zreq[i].shadow && res->rejected) {
+            outcome = NGX_HTTP_AAI_RL_M_DRY_RUN;
 
         } else if (ctx->rejected) {
 
@@ -211,8 +229,21 @@ ngx_http_aai_ratelimit_count(ngx_http_aai_ratelimit_ctx_t *ctx,
             }
 
         } else {
-            outcome = (res->delay && !ctx->lcf->dry_run)
+            outcome = (res->delay && !ctx->lcf->dry_run
+                       && !ctx->zreq[i].shadow)
                       ? NGX_HTTP_AAI_RL_M_DELAYED : NGX_HTTP_AAI_RL_M_PASSED;
+
+            /* admitted with less than 20 % of its quota left */
+
+            quota = (zone->algorithm == NGX_HTTP_AAI_RL_GCRA)
+                    ? zone->burst + 1 : ctx->zreq[i].limit;
+
+            if (res->remaining != NGX_MAX_UINT32_VALUE
+                && res->remaining * 5 < quota)
+            {
+                ngx_aai_metrics_inc(mcf->metrics,
+                                    zone->metrics[NGX_HTTP_AAI_RL_M_NEAR], 1);
+            }
         }
 
         ngx_aai_metrics_inc(mcf->metrics, zone->metrics[outcome], 1);

@@ -87,8 +87,8 @@ ngx_http_aai_ratelimit_add_headers(ngx_http_request_t *r,
         return NGX_OK;
     }
 
-    last = ngx_sprintf(p, "\"%V\";q=%ui;w=%uL", &zone->name, zone->limit,
-                       zone->window / 1000000);
+    last = ngx_sprintf(p, "\"%V\";q=%ui;w=%uL", &zone->name,
+                       ctx->zreq[ctx->top].limit, zone->window / 1000000);
 
     if (ngx_http_aai_ratelimit_add_header(r, &policy, p, last) != NGX_OK) {
         return NGX_ERROR;

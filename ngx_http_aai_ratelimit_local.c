@@ -155,6 +155,13 @@ ngx_http_aai_ratelimit_blocked(ngx_http_aai_ratelimit_ctx_t *ctx)
     ngx_shmtx_lock(&mcf->shpool->mutex);
 
     for (i = 0; i < ctx->nzones; i++) {
+
+        /* a shadow zone asks Redis: it is counted, and never rejects */
+
+        if (ctx->zreq[i].shadow) {
+            continue;
+        }
+
         ngx_http_aai_ratelimit_local_key(ctx, i, &key);
 
         node = ngx_http_aai_ratelimit_lookup(mcf, &key, 0);
@@ -211,7 +218,12 @@ ngx_http_aai_ratelimit_block(ngx_http_aai_ratelimit_ctx_t *ctx)
     for (i = 0; i < ctx->nzones; i++) {
         res = &ctx->results[i];
 
-        if (!res->rejected || res->retry_after == 0) {
+        /* a request costing more may be rejected where one unit is not */
+
+        if (!res->rejected || res->retry_after == 0
+            || ctx->zreq[i].cost > 1 || ctx->zones[i]->concurrency
+            || ctx->zreq[i].shadow)
+        {
             continue;
         }
 
@@ -292,6 +304,13 @@ ngx_http_aai_ratelimit_local_check(ngx_http_aai_ratelimit_ctx_t *ctx,
         zone = ctx->zones[i];
         res = &ctx->results[i];
 
+        /* in-flight limits are not kept per instance: not limited */
+
+        if (zone->concurrency) {
+            res->remaining = zone->limit;
+            continue;
+        }
+
         ngx_http_aai_ratelimit_local_key(ctx, i, &key);
 
         node = ngx_http_aai_ratelimit_lookup(mcf, &key, 0);
@@ -303,7 +322,7 @@ ngx_http_aai_ratelimit_local_check(ngx_http_aai_ratelimit_ctx_t *ctx,
             res->rejected = 1;
             res->retry_after = (tat - now - tau + 999) / 1000;
             res->reset = (tat - now + 999) / 1000;
-            rejected = 1;
+            rejected |= !ctx->zreq[i].shadow;
             continue;
         }
 
@@ -334,6 +353,12 @@ ngx_http_aai_ratelimit_local_account(ngx_http_aai_ratelimit_ctx_t *ctx,
                                         ngx_http_aai_ratelimit_module);
 
     for (i = 0; i < ctx->nzones; i++) {
+        if (ctx->zones[i]->concurrency || ctx->zreq[i].shadow == 2
+            || ctx->results[i].rejected)
+        {
+            continue;
+        }
+
         ngx_http_aai_ratelimit_local_key(ctx, i, &key);
 
         node = ngx_http_aai_ratelimit_lookup(mcf, &key, 1);
@@ -567,4 +592,35 @@ ngx_http_aai_ratelimit_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     mcf->shpool->log_nomem = 0;
 
     return NGX_OK;
+}
+
+
+/* aai_ratelimit_admin reset a key: this instance's blocklist forgets it */
+
+void
+ngx_http_aai_ratelimit_unblock(ngx_http_aai_ratelimit_main_conf_t *mcf,
+    ngx_http_aai_ratelimit_zone_t *zone, ngx_str_t *key)
+{
+    ngx_str_t                       local;
+    ngx_http_aai_ratelimit_node_t  *node;
+
+    if (mcf->shpool == NULL) {
+        return;
+    }
+
+    /* the Redis key without the prefix, as ngx_http_aai_ratelimit_local_key */
+
+    local.data = key->data + zone->prefix.len - zone->name.len - 1;
+    local.len = key->len - (zone->prefix.len - zone->name.len - 1);
+
+    ngx_shmtx_lock(&mcf->shpool->mutex);
+
+    node = ngx_http_aai_ratelimit_lookup(mcf, &local, 0);
+
+    if (node) {
+        node->blocked = 0;
+        node->tat = 0;
+    }
+
+    ngx_shmtx_unlock(&mcf->shpool->mutex);
 }

@@ -34,6 +34,7 @@ static ngx_http_aai_ratelimit_ctx_t *ngx_http_aai_ratelimit_create_ctx(
 static ngx_aai_jwt_ctx_t *ngx_http_aai_ratelimit_jwt_ctx(
     ngx_http_request_t *r);
 static void ngx_http_aai_ratelimit_cleanup(void *data);
+static ngx_int_t ngx_http_aai_ratelimit_log_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_aai_ratelimit_keys(ngx_http_request_t *r,
     ngx_http_aai_ratelimit_ctx_t *ctx);
 static ngx_int_t ngx_http_aai_ratelimit_long_key(ngx_http_request_t *r,
@@ -104,9 +105,16 @@ static ngx_command_t  ngx_http_aai_ratelimit_commands[] = {
       NULL },
 
     { ngx_string("aai_ratelimit"),
-      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
       ngx_http_aai_ratelimit,
       NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("aai_ratelimit_admin"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_aai_ratelimit_admin,
+      0,
       0,
       NULL },
 
@@ -395,6 +403,13 @@ ngx_http_aai_ratelimit_cleanup(void *data)
     ngx_http_aai_ratelimit_ctx_t  *ctx = data;
 
     if (ctx->batch) {
+
+        /* its batch is in Redis: the lease is released with the reply */
+
+        if (ctx->conc && ctx->batch->slots[ctx->slot].sent) {
+            ngx_http_aai_ratelimit_orphan(ctx);
+        }
+
         ctx->batch->slots[ctx->slot].ctx = NULL;
         ctx->batch = NULL;
     }
@@ -402,6 +417,42 @@ ngx_http_aai_ratelimit_cleanup(void *data)
     if (ctx->cluster) {
         ngx_http_aai_ratelimit_cluster_cleanup(ctx);
     }
+
+    if (ctx->leased) {
+        ngx_http_aai_ratelimit_release(ctx);
+    }
+}
+
+
+/* the log phase: the usage of zones with charge= waits for a batch */
+
+static ngx_int_t
+ngx_http_aai_ratelimit_log_handler(ngx_http_request_t *r)
+{
+    ngx_uint_t                      i;
+    ngx_http_aai_ratelimit_ctx_t   *ctx;
+    ngx_http_aai_ratelimit_zreq_t  *zr;
+
+    ctx = ngx_http_aai_ratelimit_get_ctx(r);
+
+    if (ctx == NULL || !ctx->charge || ctx->state != NGX_HTTP_AAI_RL_DONE) {
+        return NGX_OK;
+    }
+
+    ctx->charge = 0;
+
+    for (i = 0; i < ctx->nzones; i++) {
+        zr = &ctx->zreq[i];
+
+        if (zr->opts == NULL || zr->opts->charge == NULL) {
+            continue;
+        }
+
+        (void) ngx_http_aai_ratelimit_charge_add(r, ctx->zones[i],
+                                                 &ctx->keys[i], zr);
+    }
+
+    return NGX_OK;
 }
 
 
@@ -412,6 +463,7 @@ ngx_http_aai_ratelimit_keys(ngx_http_request_t *r,
     u_char                         *p;
     ngx_str_t                       key;
     ngx_uint_t                      i, n;
+    ngx_http_aai_ratelimit_opts_t **opts;
     ngx_http_aai_ratelimit_zone_t  *zone, **zones;
 
     zones = ctx->lcf->zones->elts;
@@ -423,10 +475,15 @@ ngx_http_aai_ratelimit_keys(ngx_http_request_t *r,
     ctx->keys = ngx_palloc(r->pool, n * sizeof(ngx_str_t));
     ctx->results = ngx_pcalloc(r->pool,
                                n * sizeof(ngx_http_aai_ratelimit_result_t));
+    ctx->zreq = ngx_palloc(r->pool, n * sizeof(ngx_http_aai_ratelimit_zreq_t));
 
-    if (ctx->zones == NULL || ctx->keys == NULL || ctx->results == NULL) {
+    if (ctx->zones == NULL || ctx->keys == NULL || ctx->results == NULL
+        || ctx->zreq == NULL)
+    {
         return NGX_ERROR;
     }
+
+    opts = ctx->lcf->opts ? ctx->lcf->opts->elts : NULL;
 
     for (i = 0; i < n; i++) {
         zone = zones[i];
@@ -445,6 +502,25 @@ ngx_http_aai_ratelimit_keys(ngx_http_request_t *r,
         ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                        "aai_ratelimit zone \"%V\" key \"%V\"",
                        &zone->name, &key);
+
+        ngx_http_aai_ratelimit_zreq(r, zone->count, zone->limit,
+                                    opts ? opts[i] : NULL,
+                                    &ctx->zreq[ctx->nzones]);
+
+        if (opts && opts[i] && opts[i]->charge) {
+            ctx->charge = 1;
+        }
+
+        if (ctx->zreq[ctx->nzones].limit != zone->limit
+            || ctx->zreq[ctx->nzones].cost != 1
+            || ctx->zreq[ctx->nzones].shadow)
+        {
+            ctx->costs = 1;
+        }
+
+        if (zone->concurrency) {
+            ctx->conc = 1;
+        }
 
         if (key.len > 65535 - zone->name.len - 1) {
             if (ngx_http_aai_ratelimit_long_key(r, zone, &key,
@@ -806,6 +882,10 @@ ngx_http_aai_ratelimit_merge_loc_conf(ngx_conf_t *cf, void *parent,
     ngx_http_aai_ratelimit_loc_conf_t *prev = parent;
     ngx_http_aai_ratelimit_loc_conf_t *conf = child;
 
+    if (conf->zones == NGX_CONF_UNSET_PTR) {
+        conf->opts = prev->opts;
+    }
+
     ngx_conf_merge_ptr_value(conf->zones, prev->zones, NULL);
 
     ngx_conf_merge_uint_value(conf->status_code, prev->status_code,
@@ -905,6 +985,12 @@ ngx_http_aai_ratelimit_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         }
     }
 
+    if (zone->concurrency || zone->lease) {
+        if (ngx_http_aai_ratelimit_zone_concurrency(cf, cmd, zone) != NGX_OK) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
     if (zone->key == NULL || zone->limit == 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"%V\" \"%V\" must have \"key=\" and \"rate=\" "
@@ -983,21 +1069,22 @@ ngx_http_aai_ratelimit_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
-/* aai_ratelimit NAME | off */
+/* aai_ratelimit NAME [cost=expression] [charge=expression] | off */
 
 static char *
 ngx_http_aai_ratelimit(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_aai_ratelimit_loc_conf_t *lcf = conf;
 
-    ngx_str_t                       *value;
-    ngx_uint_t                       i;
-    ngx_http_aai_ratelimit_zone_t   *zone, **zones, **zp;
+    ngx_str_t                           *value;
+    ngx_uint_t                           i;
+    ngx_http_aai_ratelimit_zone_t       *zone, **zones, **zp;
+    ngx_http_aai_ratelimit_main_conf_t  *mcf;
 
     value = cf->args->elts;
 
     if (ngx_strcmp(value[1].data, "off") == 0) {
-        if (lcf->zones != NGX_CONF_UNSET_PTR) {
+        if (lcf->zones != NGX_CONF_UNSET_PTR || cf->args->nelts > 2) {
             return "is duplicate";
         }
 
@@ -1050,7 +1137,17 @@ ngx_http_aai_ratelimit(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     *zp = zone;
 
-    return NGX_CONF_OK;
+    if (cf->args->nelts == 2 && lcf->opts == NULL) {
+        return NGX_CONF_OK;
+    }
+
+    mcf = ngx_http_conf_get_module_main_conf(cf,
+                                             ngx_http_aai_ratelimit_module);
+
+    return ngx_http_aai_ratelimit_opts(cf, cmd, &lcf->opts,
+                                       lcf->zones->nelts - 1, &value[2],
+                                       cf->args->nelts - 2, &value[1],
+                                       mcf->metrics, &zone->charge_metrics);
 }
 
 
@@ -1217,6 +1314,13 @@ ngx_http_aai_ratelimit_init(ngx_conf_t *cf)
 
     *h = ngx_http_aai_ratelimit_handler;
 
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_LOG_PHASE].handlers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    *h = ngx_http_aai_ratelimit_log_handler;
+
     ngx_http_next_header_filter = ngx_http_top_header_filter;
     ngx_http_top_header_filter = ngx_http_aai_ratelimit_header_filter;
 
@@ -1237,6 +1341,9 @@ ngx_http_aai_ratelimit_init_process(ngx_cycle_t *cycle)
     }
 
     ngx_http_aai_ratelimit_batch_init();
+
+    ngx_http_aai_ratelimit_charge_init(mcf->metrics, cycle->log);
+    ngx_http_aai_ratelimit_lease_init();
 
     return ngx_aai_redis_init_worker(mcf->redis, cycle);
 }
@@ -1259,4 +1366,6 @@ ngx_http_aai_ratelimit_exit_process(ngx_cycle_t *cycle)
     ngx_aai_redis_exit_worker(mcf->redis);
 
     ngx_http_aai_ratelimit_batch_exit();
+
+    ngx_http_aai_ratelimit_charge_exit();
 }

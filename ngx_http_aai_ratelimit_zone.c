@@ -20,7 +20,8 @@ static ngx_int_t ngx_http_aai_ratelimit_parse_rate(ngx_str_t *value,
 
 
 static const char  *ngx_http_aai_ratelimit_outcomes[] = {
-    "passed", "rejected", "dry_run_rejected", "delayed", "error"
+    "passed", "rejected", "dry_run_rejected", "delayed", "error", "local",
+    "near_limit"
 };
 
 
@@ -135,6 +136,36 @@ ngx_http_aai_ratelimit_zone_param(ngx_conf_t *cf, ngx_command_t *cmd,
         zone->rate.len = value->len - 5;
 
         return NGX_CONF_OK;
+    }
+
+    if (ngx_strncmp(value->data, "concurrency=", 12) == 0) {
+
+        n = ngx_atoi(value->data + 12, value->len - 12);
+        if (n <= 0 || n > NGX_HTTP_AAI_RL_MAX_LIMIT) {
+            goto invalid;
+        }
+
+        zone->concurrency = n;
+        return NGX_CONF_OK;
+    }
+
+    if (ngx_strncmp(value->data, "lease=", 6) == 0) {
+
+        s.data = value->data + 6;
+        s.len = value->len - 6;
+
+        n = ngx_parse_time(&s, 0);
+        if (n == NGX_ERROR || n < 100 || n > 86400000) {
+            goto invalid;
+        }
+
+        zone->lease = n;
+        return NGX_CONF_OK;
+    }
+
+    if (ngx_strncmp(value->data, "count=", 6) == 0) {
+        return ngx_http_aai_ratelimit_count_param(cf, cmd, value,
+                                                  &zone->count);
     }
 
     if (ngx_strncmp(value->data, "burst=", 6) == 0) {
@@ -265,7 +296,7 @@ ngx_http_aai_ratelimit_zone_args(ngx_conf_t *cf,
     u_char      *p;
     ngx_str_t   *a;
 
-    p = ngx_pnalloc(cf->pool, 1 + 3 * NGX_INT_T_LEN + NGX_INT64_LEN);
+    p = ngx_pnalloc(cf->pool, 2 + 3 * NGX_INT_T_LEN + NGX_INT64_LEN);
     if (p == NULL) {
         return NGX_CONF_ERROR;
     }
@@ -291,6 +322,10 @@ ngx_http_aai_ratelimit_zone_args(ngx_conf_t *cf,
     a[4].data = p;
     p = ngx_sprintf(p, "%ui", zone->delay);
     a[4].len = p - a[4].data;
+
+    a[5].data = p;
+    *p++ = '1';
+    a[5].len = 1;
 
     return NGX_CONF_OK;
 }

@@ -16,3 +16,6 @@
 #include "../ngx_http_aai_ratelimit_decide.c"
 #include "../ngx_http_aai_ratelimit_headers.c"
 #include "../ngx_http_aai_ratelimit_local.c"
+#include "../ngx_http_aai_ratelimit_concurrency.c"
+#include "../ngx_http_aai_ratelimit_admin.c"
+#include "../ngx_http_aai_ratelimit_ai.c"

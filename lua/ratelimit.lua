@@ -19,6 +19,17 @@
 -- expired entry seen; then per definition: algorithm (0 sliding, 1 gcra,
 -- 2 counter), limit, window (us), burst, the excess served without delay.
 --
+-- count=, cost=, charge=, dry_run and concurrency= (ngx_http_aai_ratelimit
+-- _ai.c): ARGV[2] "2" or "3" (trim) says each definition has a sixth
+-- argument, its cost, the units a request spends, followed by "s" for a
+-- shadow zone (its rejection rejects nothing and records nothing) or "n"
+-- (a shadow zone that never records); the rest of ARGV[2] is the prefix of
+-- the batch's lease names.  A request of 0 zones is a charge: its
+-- definition (the cost is the amount) and its key follow, and it is added
+-- to the key, checked by nothing and answered by nothing.  Algorithm 3 is
+-- concurrency=: a sorted set of leases scored with their expiry (us); the
+-- limit is N, the window the lease time.
+--
 -- A sliding window key is a list of admission times (us), oldest first:
 -- an admission is never earlier than the last one (it is the batch's TIME,
 -- or for a delayed request the time the l-th newest leaves the window,
@@ -77,30 +88,38 @@ local call, pcall, byte, fmt = redis.call, redis.pcall, string.byte,
 local ceil, floor, type, tonumber = math.ceil, math.floor, type, tonumber
 local match = string.match
 
-local SLIDING, GCRA, COUNTER = 0, 1, 2       -- the algorithms
+local SLIDING, GCRA, COUNTER, CONCURRENCY = 0, 1, 2, 3   -- the algorithms
 
 local time = call('TIME')
 local now = time[1] * 1000000 + time[2]
 local now_str, layout = fmt('%d', now), ARGV[1]
-local trim = ARGV[2] == '1'
+local flag, lease_prefix = string.sub(ARGV[2], 1, 1), string.sub(ARGV[2], 2)
+local trim = flag == '1' or flag == '3'
+local nargs = flag >= '2' and 6 or 5
 
 -- per zone definition, from ARGV, and what is derived from it once
 
 local def_alg, def_limit, def_window, def_burst, def_delay =
       {}, {}, {}, {}, {}
+local def_cost, def_shadow = {}, {}
 local def_cutoff, def_sliding_ttl, def_window_ttl, def_window_ms,
       def_half_ago = {}, {}, {}, {}, {}
 local def_counter_start, def_counter_weight, def_counter_prefix,
       def_counter_ttl = {}, {}, {}, {}
 local ndefs = 0
 
-for j = 3, #ARGV, 5 do
+for j = 3, #ARGV, nargs do
   ndefs = ndefs + 1
   def_alg[ndefs] = tonumber(ARGV[j])
   def_limit[ndefs] = tonumber(ARGV[j + 1])
   def_window[ndefs] = tonumber(ARGV[j + 2])
   def_burst[ndefs] = tonumber(ARGV[j + 3])
   def_delay[ndefs] = tonumber(ARGV[j + 4])
+  def_cost[ndefs], def_shadow[ndefs] = 1, ''
+  if nargs == 6 then
+    local cost, shadow = match(ARGV[j + 5], '^(%d+)(%a?)$')
+    def_cost[ndefs], def_shadow[ndefs] = tonumber(cost), shadow
+  end
 
   -- a sliding window entry at or before this time has expired
   def_cutoff[ndefs] = now - def_window[ndefs]
@@ -173,6 +192,11 @@ local function read_state(key, def)
       if len == 0 then return 0 end
       return len - drop_expired(key, def, len)
     end
+  elseif def_alg[def] == CONCURRENCY then
+    -- concurrency=: the expired leases (of instances gone) dropped, the
+    -- live ones counted
+    local n = pcall('ZREMRANGEBYSCORE', key, '-inf', now_str)
+    if type(n) == 'number' then return call('ZCARD', key) end
   else
     local value = pcall('GET', key)
     if type(value) ~= 'table' then return tonumber(value) or 0 end
@@ -276,6 +300,78 @@ local function flush_admissions(k)
   shared_now[k], shared_later[k] = 0, nil
 end
 
+
+-- pushes n copies of value, 1000 at a time
+local function push_many(key, value, n)
+  local entries = {}
+  for i = 1, math.min(n, 1000) do entries[i] = value end
+  while n > 0 do
+    local m = math.min(n, 1000)
+    call('RPUSH', key, unpack(entries, 1, m))
+    n = n - m
+  end
+end
+
+
+-- a charge (charge=): the definition's cost added to the key, after the
+-- newest admission for a sliding window
+local function charge(def, hi, lo)
+  local amount, k, shared = def_cost[def], hi * 256 + lo, hi >= 128
+  if shared then k = k - 32768 end
+  local key = KEYS[k]
+  if amount <= 0 then return end
+
+  if shared and shared_state[k] == nil then
+    if def_alg[def] == COUNTER then
+      shared_state[k], shared_prev[k] = counter_get(key, def)
+    else
+      shared_state[k] = read_state(key, def)
+    end
+    shared_now[k], shared_ttl[k], shared_def[k] = 0, 0, def
+  end
+
+  if def_alg[def] == SLIDING then
+    if shared then flush_admissions(k) end
+    local at, last = now, pcall('LINDEX', key, -1)
+    if type(last) == 'table' then
+      call('DEL', key)
+    elseif last then
+      last = tonumber(last)
+      if last and last > now then at = last end
+    end
+    push_many(key, fmt('%d', at), amount)
+    if shared then shared_state[k] = shared_state[k] + amount end
+    set_ttl(key, def, ceil((at - now) / 1000) + def_window_ms[def] + 1)
+
+  elseif def_alg[def] == COUNTER then
+    if shared then
+      shared_state[k] = shared_state[k] + amount
+      if shared_ttl[k] == 0 then shared_ttl[k] = 1 end
+    else
+      local count, prev = counter_get(key, def)
+      counter_set(key, def, count + amount, prev)
+    end
+
+  else
+    local tat
+    if shared then
+      tat = shared_state[k]
+    else
+      local value = pcall('GET', key)
+      tat = type(value) == 'string' and tonumber(value) or 0
+    end
+    if tat < now then tat = now end
+    tat = tat + amount * def_window[def] / def_limit[def]
+    local ttl = ceil((tat - now) / 1000) + 1
+    if shared then
+      shared_state[k] = tat
+      if ttl > shared_ttl[k] then shared_ttl[k] = ttl end
+    else
+      call('SET', key, fmt('%d', tat), 'PX', ttl)
+    end
+  end
+end
+
 local pos, nout, layout_len, out = 1, 0, #layout, {}
 
 -- per zone of the request being checked: its key (the index in KEYS,
@@ -286,15 +382,25 @@ local pos, nout, layout_len, out = 1, 0, #layout, {}
 local zone_key, zone_def, zone_at, zone_reset, zone_values =
       {}, {}, {}, {}, {}
 local zone_pushed, zone_count, zone_prev, zone_ttl_fresh = {}, {}, {}, {}
+local zone_reject, request_index = {}, 0
 
 while pos <= layout_len do
   local nzones, def, hi, lo = byte(layout, pos, pos + 3)
   local count
 
-  -- the short path: one zone, sliding without burst, unshared key
+  if nzones > 0 then request_index = request_index + 1 end
+
+  -- a request of no zones is a charge= usage, answered by nothing
+  if nzones == 0 then
+    charge(def, hi, lo)
+    pos = pos + 4
+  end
+
+  -- the short path: one zone, sliding without burst, unshared key, a cost
+  -- of 1 and not a shadow zone
 
   if nzones == 1 and hi < 128 and def_alg[def] == SLIDING
-     and def_burst[def] == 0
+     and def_burst[def] == 0 and def_cost[def] == 1 and def_shadow[def] == ''
   then
     local key, admitted, ttl_fresh = KEYS[hi * 256 + lo], nil, nil
     count, admitted, ttl_fresh = admit_now(key, def)
@@ -341,7 +447,9 @@ while pos <= layout_len do
         -- (a request that took the short path and was over the limit
         -- keeps the count it got there)
         if nzones > 1 or count == nil then
-          if def_alg[def] == SLIDING and def_burst[def] == 0 then
+          if def_alg[def] == SLIDING and def_burst[def] == 0
+             and def_cost[def] == 1 and def_shadow[def] == ''
+          then
             count, zone_pushed[i], zone_ttl_fresh[i] = admit_now(key, def)
           elseif def_alg[def] == COUNTER then
             count, zone_prev[i] = counter_get(key, def)
@@ -353,6 +461,8 @@ while pos <= layout_len do
 
       local limit, window, burst = def_limit[def], def_window[def],
                                    def_burst[def]
+      local cost = def_cost[def]
+      local units = cost > 0 and cost or 1     -- a cost of 0 checks for 1
       local reject, wait, left, reset, retry, at = 0, 0, 0, 0, 0, now
 
       if def_alg[def] == SLIDING then
@@ -361,21 +471,27 @@ while pos <= layout_len do
                   + (shared_later[k] and #shared_later[k] or 0)
         end
 
-        if count < limit and burst == 0 then
-          left, reset = limit - count - 1, window
+        local last_unit = count + units - 1
+
+        if last_unit < limit and burst == 0 then
+          left, reset = limit - last_unit - 1, window
 
         else
           if k > 0 then flush_admissions(k) end
           local last = newest(key, count)
 
-          if count < limit then
-            left = limit - count - 1
+          if last_unit < limit then
+            left = limit - last_unit - 1
             reset = (last > now and last or now) + window - now
 
+          elseif units > limit then
+            reject, retry, reset = 1, window, last + window - now
+
           else
-            -- admitted when the limit-th newest leaves the window
-            local excess = count - limit + 1
-            at = tonumber(call('LINDEX', key, -limit)) + window
+            -- admitted when the (limit - units + 1)-th newest leaves the
+            -- window
+            local excess = last_unit - limit + 1
+            at = tonumber(call('LINDEX', key, units - limit - 1)) + window
 
             if excess > burst then
               reject, retry = 1, at - now
@@ -393,35 +509,52 @@ while pos <= layout_len do
         local weighted = count + prev * def_counter_weight[def]
         zone_count[i] = count
 
-        if weighted + 1 <= limit then
-          left = floor(limit - weighted - 1)
+        if weighted + units <= limit then
+          left = floor(limit - weighted - units)
           reset = start + 2 * window - now
         else
           reject = 1
-          if count < limit then
-            retry = start + window - (limit - count - 1) * window / prev
+          if units > limit then
+            retry, reset = window, start + 2 * window - now
+          elseif count + units - 1 < limit then
+            retry = start + window - (limit - count - units) * window / prev
                     - now
             reset = start + window - now
             if count > 0 then reset = reset + window end
           else
-            retry = start + 2 * window - (limit - 1) * window / count - now
+            retry = start + 2 * window - (limit - units) * window / count
+                    - now
             reset = start + 2 * window - now
           end
+        end
+
+      elseif def_alg[def] == CONCURRENCY then
+        -- count is the live leases; at the limit the request is retried
+        -- when the oldest expires (1 s at least)
+        if count < limit then
+          left, reset = limit - count - 1, window
+        else
+          local oldest = call('ZRANGE', key, 0, 0, 'WITHSCORES')
+          retry = oldest[2] and tonumber(oldest[2]) - now or window
+          if retry < 1000 then retry = 1000 end
+          reject, reset = 1, retry
         end
 
       else
         -- GCRA: count is the theoretical arrival time
         local period = window / limit
         local tat = count > now and count or now
+        local last_tat = tat + (units - 1) * period
 
-        if tat - now > burst * period then
-          reject, retry, reset = 1, tat - now - burst * period, tat - now
+        if last_tat - now > burst * period then
+          reject, retry, reset = 1, last_tat - now - burst * period,
+                                 tat - now
         else
-          wait = tat - now - def_delay[def] * period
+          wait = last_tat - now - def_delay[def] * period
           if wait < 0 then wait = 0 end
-          at = tat + period
+          at = tat + cost * period
           reset = at - now
-          left = floor((burst * period + period - reset) / period)
+          left = floor((burst * period - (last_tat - now)) / period)
           if left < 0 then left = 0 end
         end
       end
@@ -429,8 +562,12 @@ while pos <= layout_len do
       reset = ceil(reset / 1000)
       wait = floor(wait / 1000)
 
+      zone_reject[i] = reject
+
+      -- a shadow zone's rejection is in its values, and rejects nothing
       if reject == 1 then
-        rejected, detailed, retry = true, true, ceil(retry / 1000)
+        rejected = rejected or def_shadow[def] == ''
+        detailed, retry = true, ceil(retry / 1000)
       elseif wait > 0 then
         detailed = true
       end
@@ -445,12 +582,16 @@ while pos <= layout_len do
         zone_values[v] = retry
       end
 
-      if top == 0 or left < top_left
-         or (left == top_left and reset > top_reset)
+      -- the most restrictive zone, shadow zones left out
+      if def_shadow[def] == ''
+         and (top == 0 or left < top_left
+              or (left == top_left and reset > top_reset))
       then
         top, top_left, top_reset = i, left, reset
       end
     end
+
+    if top == 0 then top = 1 end               -- every zone a shadow one
 
     -- the reply
 
@@ -482,31 +623,47 @@ while pos <= layout_len do
       for i = 1, nzones do
         local k, def, at = zone_key[i], zone_def[i], zone_at[i]
         local ttl = zone_reset[i] + 1
+        local cost = def_cost[def]
 
-        if k > 0 then
-          -- a shared key: written once, at the end
+        if def_shadow[def] == 'n'
+           or (def_shadow[def] == 's' and zone_reject[i] == 1)
+        then
+          -- a shadow zone records nothing it would have rejected
+
+        elseif def_alg[def] == CONCURRENCY then
+          -- the request's lease: "<prefix><n>", n its place among the
+          -- batch's requests, expiring after the lease time unless renewed
+          local key = KEYS[k > 0 and k or -k]
+          call('ZADD', key, fmt('%d', now + def_window[def]),
+               lease_prefix .. request_index)
+          call('PEXPIRE', key, def_window_ttl[def])
+          if k > 0 then shared_state[k] = shared_state[k] + 1 end
+
+        elseif k > 0 then
+          -- a shared key: written once, at the end; a cost of N is N
+          -- admissions (N entries, N periods, N counts)
           if def_alg[def] == GCRA then
             shared_state[k] = at
           elseif def_alg[def] == COUNTER then
-            shared_state[k] = shared_state[k] + 1
+            shared_state[k] = shared_state[k] + cost
           elseif at == now then
-            shared_now[k] = shared_now[k] + 1
-          else
+            shared_now[k] = shared_now[k] + cost
+          elseif cost > 0 then
             local later = shared_later[k]
             if later == nil then later = {}; shared_later[k] = later end
-            later[#later + 1] = at
+            for _ = 1, cost do later[#later + 1] = at end
           end
           if ttl > shared_ttl[k] then shared_ttl[k] = ttl end
 
         else
           local key = KEYS[-k]
           if def_alg[def] == SLIDING then
-            if not zone_pushed[i] then
-              call('RPUSH', key, at == now and now_str or fmt('%d', at))
+            if not zone_pushed[i] and cost > 0 then
+              push_many(key, at == now and now_str or fmt('%d', at), cost)
             end
             if not zone_ttl_fresh[i] then set_ttl(key, def, ttl) end
           elseif def_alg[def] == COUNTER then
-            counter_set(key, def, zone_count[i] + 1, zone_prev[i])
+            counter_set(key, def, zone_count[i] + cost, zone_prev[i])
           else
             call('SET', key, fmt('%d', at), 'PX', ttl)
           end

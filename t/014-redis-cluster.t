@@ -419,6 +419,78 @@ ok(wait_until(10, sub {
        || do { $n++; 0 };
    }), 'the cache stores and hits again');
 
+# --- issue 14's features on the cluster -------------------------------------
+
+{
+    my ($pa, $stopa) = start_nginx_instance('r014ai', <<_EOC_, workers => 1);
+    aai_ratelimit_redis $redis;
+    aai_ratelimit_zone cu   key=\$arg_u rate=10r/m;
+    aai_ratelimit_zone cip  key=\$arg_ip rate=3r/m;
+    aai_ratelimit_zone tok  key=\$arg_u rate=1000r/m;
+    aai_ratelimit_zone lone key=\$arg_u concurrency=1;
+    aai_ratelimit_fallback deny;
+    aai_ratelimit_status 429;
+
+    server {
+        listen 127.0.0.1:\$TEST_NGINX_INSTANCE_PORT;
+        location /cost   { aai_ratelimit cu cost=4; aai_ratelimit cip;
+                           empty_gif; }
+        location /charge { aai_ratelimit tok charge=\$arg_t; empty_gif; }
+        location /lease  { aai_ratelimit lone; aai_ratelimit cip;
+                           empty_gif; }
+    }
+_EOC_
+
+    # the primaries since the failover above
+    @PRIMARIES = primaries();
+
+    my $slot = sub { redis_cmd_port($P[0], 'CLUSTER', 'KEYSLOT', shift) };
+    my $st = sub { (http_get($pa, shift, {}))[0] // 0 };
+
+    # cost=4 beside a zone in another slot: a request the IP zone rejects
+    # gets its 4 units back
+    isnt($slot->('aai:rl:cu:dave4'), $slot->('aai:rl:cip:ipd'),
+         'ai: the cost and IP keys in two slots');
+    is(join(',', map { $st->("/cost?u=dave$_&ip=ipd") } 1 .. 4),
+       '200,200,200,429', 'ai: cost=, the IP zone rejects the 4th');
+    is(llen('aai:rl:cu:dave1'), 4, 'ai: an admitted request spent 4 units');
+    ok(wait_until(2, sub { llen('aai:rl:cu:dave4') == 0 }),
+       'ai: the rejected request\'s 4 units refunded')
+        or diag(llen('aai:rl:cu:dave4'));
+
+    # charge=: usage of keys in two slots, each charged in its own slot
+    isnt($slot->('aai:rl:tok:erin'), $slot->('aai:rl:tok:frank'),
+         'ai: two users\' usage keys in two slots');
+    is(join(',', $st->('/charge?u=erin&t=300'), $st->('/charge?u=frank&t=200'),
+            $st->('/charge?u=erin&t=1')),
+       '200,200,200', 'ai: charge=, every request admitted');
+    ok(wait_until(3, sub {
+           llen('aai:rl:tok:erin') == 301 && llen('aai:rl:tok:frank') == 200
+       }), 'ai: the charges in Redis, exact')
+        or diag(llen('aai:rl:tok:erin') . ' ' . llen('aai:rl:tok:frank'));
+
+    # concurrency=1 beside a zone in another slot: the lease is released
+    # when the request ends, so the next one is admitted
+    isnt($slot->('aai:rl:lone:gina'), $slot->('aai:rl:cip:ipg'),
+         'ai: the lease and IP keys in two slots');
+    is(join(',', map { $st->('/lease?u=gina&ip=ipg') } 1 .. 3),
+       '200,200,200', 'ai: concurrency=1, one request after another');
+    my $zcard = sub {
+        my $n = node_of('aai:rl:lone:gina') or return 0;
+        return redis_cmd_port($n, 'ZCARD', 'aai:rl:lone:gina');
+    };
+    ok(wait_until(2, sub { $zcard->() == 0 }), 'ai: no lease left')
+        or diag($zcard->());
+    # the IP zone (3 per minute) rejects the 4th: its lease released too
+    is($st->('/lease?u=hana&ip=ipg'), 429, 'ai: the IP zone rejects');
+    ok(wait_until(2, sub {
+           my $n = node_of('aai:rl:lone:hana') or return 1;
+           redis_cmd_port($n, 'ZCARD', 'aai:rl:lone:hana') == 0
+       }), 'ai: the rejected request holds no lease');
+
+    $stopa->();
+}
+
 # --- nginx -t -----------------------------------------------------------------
 
 sub conf_error_like {

@@ -83,10 +83,17 @@ _EOC_
 
 # --- the script against Redis ----------------------------------------------
 
-# the layout: per request its zones, each [definition, key index, shared]
+# the layout: per request its zones, each [definition, key index, shared];
+# a charge (charge=) is { charge => [definition, key index, shared] }
 sub layout {
     my $s = '';
     for my $req (@_) {
+        if (ref $req eq 'HASH') {
+            my ($def, $key, $shared) = @{ $req->{charge} };
+            $s .= chr(0) . chr($def) . chr(($key >> 8) | ($shared ? 0x80 : 0))
+                  . chr($key & 0xff);
+            next;
+        }
         $s .= chr(scalar @$req);
         for my $z (@$req) {
             my ($def, $key, $shared) = @$z;
@@ -97,12 +104,17 @@ sub layout {
     return $s;
 }
 
-# EVAL as the module sends it: keys, layout, trim, definitions
+# EVAL as the module sends it: keys, layout, trim, definitions; with
+# costs => 1 (count=, cost=, charge=, dry_run, concurrency=) the flag is "2"
+# or "3" followed by the batch's lease prefix, and each definition has a
+# sixth argument, its cost and "s" or "n" for a shadow zone
 sub check {
     my (%o) = @_;
     my @keys = @{ $o{keys} };
+    my $flag = $o{costs} ? ($o{trim} ? '3' : '2') . ($o{lease} // 'L:')
+                         : ($o{trim} ? '1' : '0');
     return redis_cmd('EVAL', $LUA, scalar @keys, @keys,
-                     layout(@{ $o{requests} }), $o{trim} ? '1' : '0',
+                     layout(@{ $o{requests} }), $flag,
                      map { @$_ } @{ $o{defs} });
 }
 
@@ -241,6 +253,130 @@ sub in_range {
     is(scalar @$r, 8, 'shared: one record per request');
     is(redis_cmd('LLEN', 'b1'), 1, 'shared: one admission recorded');
     in_range(redis_cmd('PTTL', 'b1'), 80_000, 90_001, 'shared: TTL');
+}
+
+# cost=: a request of cost 3 spends 3 entries of a sliding window; one of
+# cost 3 with 2 left is rejected and spends nothing; a cost of 0 checks for
+# one unit and spends none
+
+{
+    redis_flushdb();
+    my @d = ([$SLIDING, 5, $MINUTE, 0, 0, '3'],
+             [$SLIDING, 5, $MINUTE, 0, 0, '0']);
+
+    is_deeply(check(keys => ['k1'], requests => [[[1, 1, 0]]], defs => \@d,
+                    costs => 1),
+              [2, 60_000], 'cost: 3 units spent, 2 left');
+    is(redis_cmd('LLEN', 'k1'), 3, 'cost: 3 entries');
+
+    my $r = check(keys => ['k1'], requests => [[[1, 1, 0]]], defs => \@d,
+                  costs => 1);
+    is_deeply([ @$r[0 .. 3] ], [-1, 1, 0, 0], 'cost: 3 more rejected');
+    is(redis_cmd('LLEN', 'k1'), 3, 'cost: the rejection spent nothing');
+
+    is_deeply(check(keys => ['k1'], requests => [[[2, 1, 0]]], defs => \@d,
+                    costs => 1),
+              [1, 60_000], 'cost 0: checked for one unit');
+    is(redis_cmd('LLEN', 'k1'), 3, 'cost 0: nothing spent');
+
+    # GCRA, 10 per second: cost 4 moves the next allowed time 400 ms
+
+    redis_flushdb();
+    my $now = redis_time_us();
+    is_deeply(check(keys => ['g1'], requests => [[[1, 1, 0]]],
+                    defs => [[$GCRA, 10, 1_000_000, 5, 5, '4']], costs => 1),
+              [2, 400], 'cost gcra: 4 periods, 2 of the burst left');
+    in_range(redis_cmd('GET', 'g1'), $now + 400_000, $now + 400_000 + 2e6,
+             'cost gcra: the next allowed time 400 ms on');
+
+    # counter: cost 2 counts 2
+
+    redis_flushdb();
+    is(check(keys => ['c1'], requests => [[[1, 1, 0]]],
+             defs => [[$COUNTER, 5, $MINUTE, 0, 0, '2']], costs => 1)->[0],
+       3, 'cost counter: 3 left');
+    like(redis_cmd('GET', 'c1'), qr/^c\d+:2:0$/, 'cost counter: 2 counted');
+}
+
+# charge=: a request of no zones adds the definition's cost to the key,
+# answered by nothing; the next request sees the usage
+
+{
+    redis_flushdb();
+    my @d = ([$SLIDING, 10, $MINUTE, 0, 0, '7'],
+             [$SLIDING, 10, $MINUTE, 0, 0, '1']);
+
+    is_deeply(check(keys => ['u1'], requests => [{ charge => [1, 1, 0] }],
+                    defs => \@d, costs => 1),
+              [], 'charge: no reply');
+    is(redis_cmd('LLEN', 'u1'), 7, 'charge: 7 units in the window');
+
+    my $r = check(keys => ['u1'], requests => [[[2, 1, 0]]], defs => \@d,
+                  costs => 1);
+    is_deeply($r, [2], 'charge: the next request sees 7 spent');
+
+    # counter and GCRA charges
+
+    redis_flushdb();
+    check(keys => ['c1', 'g1'],
+          requests => [{ charge => [1, 1, 0] }, { charge => [2, 2, 0] }],
+          defs => [[$COUNTER, 100, $MINUTE, 0, 0, '30'],
+                   [$GCRA, 10, 1_000_000, 0, 0, '3']], costs => 1);
+    like(redis_cmd('GET', 'c1'), qr/^c\d+:30:0$/, 'charge counter: 30');
+    my $now = redis_time_us();
+    in_range(redis_cmd('GET', 'g1'), $now + 200_000, $now + 300_000,
+             'charge gcra: 3 periods on');
+}
+
+# shadow zones (dry_run): "s" rejects nothing and records nothing it
+# rejects; "n" never records
+
+{
+    redis_flushdb();
+    my @d = ([$SLIDING, 1, $MINUTE, 0, 0, '1s'],
+             [$SLIDING, 1, $MINUTE, 0, 0, '1n']);
+
+    check(keys => ['h1'], requests => [[[1, 1, 0]]], defs => \@d,
+          costs => 1);
+    is(redis_cmd('LLEN', 'h1'), 1, 'shadow s: an admission recorded');
+    my $r = check(keys => ['h1'], requests => [[[1, 1, 0]]], defs => \@d,
+                  costs => 1);
+    is_deeply([ @$r[0 .. 1] ], [-1, 1], 'shadow s: the zone says rejected');
+    is(redis_cmd('LLEN', 'h1'), 1, 'shadow s: the rejection not recorded');
+
+    check(keys => ['h2'], requests => [[[2, 1, 0]]], defs => \@d,
+          costs => 1) for 1 .. 2;
+    is(redis_cmd('EXISTS', 'h2'), 0, 'shadow n: nothing recorded');
+}
+
+# concurrency=: a sorted set of leases "<prefix><request>" scored with
+# their expiry; at the limit the next is rejected, retry after the oldest
+# lease's expiry; an expired lease frees its slot
+
+{
+    redis_flushdb();
+    my $CONC = 3;
+    my @d = ([$CONC, 2, 30_000_000, 0, 0, '1']);
+
+    my $r = check(keys => ['l1'], requests => [[[1, 1, 1]], [[1, 1, 1]]],
+                  defs => \@d, costs => 1, lease => 'w1:');
+    is_deeply($r, [1, 30_000, 0, 30_000], 'concurrency: 2 leases taken');
+    is_deeply(redis_cmd('ZRANGE', 'l1', 0, -1), ['w1:1', 'w1:2'],
+              'concurrency: the leases named by prefix and request');
+    in_range(redis_cmd('PTTL', 'l1'), 29_000, 30_001, 'concurrency: TTL');
+
+    $r = check(keys => ['l1'], requests => [[[1, 1, 0]]], defs => \@d,
+               costs => 1, lease => 'w2:');
+    is_deeply([ @$r[0 .. 3] ], [-1, 1, 0, 0], 'concurrency: the 3rd rejected');
+    in_range($r->[5], 29_000, 30_000, 'concurrency: retry after the oldest');
+    is(redis_cmd('ZCARD', 'l1'), 2, 'concurrency: no lease for it');
+
+    redis_cmd('ZADD', 'l1', redis_time_us() - 1, 'w1:1');
+    $r = check(keys => ['l1'], requests => [[[1, 1, 0]]], defs => \@d,
+               costs => 1, lease => 'w3:');
+    is_deeply($r, [0, 30_000], 'concurrency: an expired lease frees a slot');
+    is_deeply(redis_cmd('ZRANGE', 'l1', 0, -1), ['w1:2', 'w3:1'],
+              'concurrency: the expired lease dropped');
 }
 
 # --- the debug log: each request's path ------------------------------------
