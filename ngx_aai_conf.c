@@ -42,6 +42,71 @@ ngx_aai_conf_set_num_slot(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
+char *
+ngx_aai_conf_set_enum_slot(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    char  *p = conf;
+
+    ngx_str_t        *value;
+    ngx_uint_t       *np;
+    ngx_conf_enum_t  *e;
+
+    np = (ngx_uint_t *) (p + cmd->offset);
+
+    if (*np != NGX_CONF_UNSET_UINT) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    for (e = cmd->post; e->name.len; e++) {
+        if (e->name.len == value[1].len
+            && ngx_strcasecmp(e->name.data, value[1].data) == 0)
+        {
+            *np = e->value;
+            return NGX_CONF_OK;
+        }
+    }
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid value \"%V\" in \"%V\" directive",
+                       &value[1], &cmd->name);
+
+    return NGX_CONF_ERROR;
+}
+
+
+char *
+ngx_aai_conf_check_num_bounds(ngx_conf_t *cf, void *post, void *data)
+{
+    ngx_conf_num_bounds_t *bounds = post;
+    ngx_int_t             *np = data;
+
+    ngx_str_t  *value;
+
+    if (*np >= bounds->low && (bounds->high == -1 || *np <= bounds->high)) {
+        return NGX_CONF_OK;
+    }
+
+    value = cf->args->elts;
+
+    if (bounds->high == -1) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid value \"%V\" in \"%V\" directive, "
+                           "it must be %i or more",
+                           &value[1], &value[0], bounds->low);
+
+    } else {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid value \"%V\" in \"%V\" directive, "
+                           "it must be between %i and %i",
+                           &value[1], &value[0], bounds->low, bounds->high);
+    }
+
+    return NGX_CONF_ERROR;
+}
+
+
 static char *
 ngx_aai_conf_named(ngx_conf_t *cf, ngx_command_t *cmd, char *rv)
 {
