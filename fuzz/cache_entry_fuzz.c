@@ -4,8 +4,8 @@
  *
  * libFuzzer target for what the cache reads back from Redis: the entry
  * decoder and its CRC-32 (ngx_aai_cache_entry.c), and the cache module's
- * use of a decoded entry (ngx_http_aai_cache_module.c, included here for
- * its static functions): the GET reply made an entry
+ * use of a decoded entry (ngx_http_aai_cache_*.c, included here for their
+ * static functions): the GET reply made an entry
  * (ngx_http_aai_cache_entry_from), an entry's headers restored into a
  * response (ngx_http_aai_cache_restore), a vary record's names kept
  * (vary_set/vary_get) and made a variant key from the request's headers
@@ -37,6 +37,13 @@
 
 #include "../ngx_aai_cache_entry.c"
 #include "../ngx_http_aai_cache_module.c"
+#include "../ngx_http_aai_cache_key.c"
+#include "../ngx_http_aai_cache_lookup.c"
+#include "../ngx_http_aai_cache_lock.c"
+#include "../ngx_http_aai_cache_stale.c"
+#include "../ngx_http_aai_cache_store.c"
+#include "../ngx_http_aai_cache_purge.c"
+#include "../ngx_http_aai_cache_metrics.c"
 
 
 #define FUZZ_KEY  "aai:cache:"                                                \

@@ -3,11 +3,12 @@
  * Copyright (C) aai-nginx authors
  *
  * libFuzzer target for the Kafka events' formatting and escaping
- * (ngx_http_aai_kafka_module.c, included here for its static functions):
- * an aai_kafka_format directive parsed by the module's own handler, then
- * an event printed from variable values the input gives (strings with
- * any bytes, numbers, booleans, not found), and the librdkafka statistics
- * JSON the module reads.
+ * (ngx_http_aai_kafka_event.c, included here for its static functions, with
+ * the module's other files, which hold the directive's handler and the
+ * statistics callback): an aai_kafka_format directive parsed by the
+ * module's own handler, then an event printed from variable values the
+ * input gives (strings with any bytes, numbers, booleans, not found), and
+ * the librdkafka statistics JSON the module reads.
  *
  * Input: the directive's arguments after its name, separated by spaces,
  * up to a newline; then the variables' values, each a length byte (255:
@@ -23,6 +24,9 @@
 #include "ngx_fuzz.h"
 
 #include "../ngx_http_aai_kafka_module.c"
+#include "../ngx_http_aai_kafka_event.c"
+#include "../ngx_http_aai_kafka_producer.c"
+#include "../ngx_http_aai_kafka_metrics.c"
 
 
 #define FUZZ_VARS  32

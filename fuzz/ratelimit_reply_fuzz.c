@@ -3,7 +3,7 @@
  * Copyright (C) aai-nginx authors
  *
  * libFuzzer target for the limiter script's reply
- * (ngx_http_aai_ratelimit_module.c, included here for its static
+ * (ngx_http_aai_ratelimit_batch.c, included here for its static
  * functions): a batch of requests, each checking one or more zones, and
  * the reply Redis sent for it, parsed by hiredis's reader, checked by
  * ngx_http_aai_ratelimit_check_reply() and, when it passes, read record by
@@ -22,7 +22,7 @@
 
 #include "ngx_fuzz.h"
 
-#include "../ngx_http_aai_ratelimit_module.c"
+#include "ngx_http_aai_ratelimit_srcs.h"
 
 
 #define FUZZ_SLOTS  8

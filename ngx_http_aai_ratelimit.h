@@ -1,0 +1,290 @@
+
+/*
+ * Copyright (C) aai-nginx authors
+ *
+ * ngx_http_aai_ratelimit_module's private header: its structs and the
+ * functions its files share.  The rooms:
+ *
+ *   ngx_http_aai_ratelimit_module.c   module, directives, request entry
+ *                                     points (access phase handler, delay,
+ *                                     header filter, variable), conf
+ *   ngx_http_aai_ratelimit_zone.c     a zone's definition: parameters,
+ *                                     script arguments, metrics, prefix
+ *   ngx_http_aai_ratelimit_batch.c    requests batched into one EVALSHA
+ *                                     per event loop iteration, the reply
+ *                                     dispatched to them
+ *   ngx_http_aai_ratelimit_script.c   the Lua script and its SHA-1
+ *   ngx_http_aai_ratelimit_decide.c   the decision from the zones' results,
+ *                                     its log line and metrics
+ *   ngx_http_aai_ratelimit_headers.c  RateLimit, RateLimit-Policy and
+ *                                     Retry-After
+ *   ngx_http_aai_ratelimit_local.c    the shared memory: the blocklist, the
+ *                                     fallback when Redis fails, the
+ *                                     "local" fallback's GCRA
+ */
+
+
+#ifndef _NGX_HTTP_AAI_RATELIMIT_H_INCLUDED_
+#define _NGX_HTTP_AAI_RATELIMIT_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_aai_redis.h"
+#include "ngx_aai_metrics.h"
+#include "ngx_aai_jwt.h"
+
+
+#define NGX_HTTP_AAI_RL_SLIDING            0
+#define NGX_HTTP_AAI_RL_GCRA               1
+#define NGX_HTTP_AAI_RL_COUNTER            2
+
+#define NGX_HTTP_AAI_RL_FALLBACK_ALLOW     0
+#define NGX_HTTP_AAI_RL_FALLBACK_DENY      1
+#define NGX_HTTP_AAI_RL_FALLBACK_LOCAL     2
+
+/* $aai_ratelimit_status */
+#define NGX_HTTP_AAI_RL_PASSED             1
+#define NGX_HTTP_AAI_RL_REJECTED           2
+#define NGX_HTTP_AAI_RL_PASSED_DRY_RUN     3
+#define NGX_HTTP_AAI_RL_REJECTED_DRY_RUN   4
+#define NGX_HTTP_AAI_RL_DELAYED            5
+#define NGX_HTTP_AAI_RL_ERROR              6
+
+/* per zone metrics */
+#define NGX_HTTP_AAI_RL_M_PASSED           0
+#define NGX_HTTP_AAI_RL_M_REJECTED         1
+#define NGX_HTTP_AAI_RL_M_DRY_RUN          2
+#define NGX_HTTP_AAI_RL_M_DELAYED          3
+#define NGX_HTTP_AAI_RL_M_ERROR            4
+#define NGX_HTTP_AAI_RL_M_LOCAL            5
+#define NGX_HTTP_AAI_RL_M_NUMBER           6
+
+/* Redis errors */
+#define NGX_HTTP_AAI_RL_E_TIMEOUT          0
+#define NGX_HTTP_AAI_RL_E_UNAVAILABLE      1
+#define NGX_HTTP_AAI_RL_E_REPLY            2
+
+/* request states */
+#define NGX_HTTP_AAI_RL_NONE               0
+#define NGX_HTTP_AAI_RL_WAITING            1
+#define NGX_HTTP_AAI_RL_DONE               2
+
+/* who decided */
+#define NGX_HTTP_AAI_RL_REDIS              0
+#define NGX_HTTP_AAI_RL_BLOCKLIST          1
+#define NGX_HTTP_AAI_RL_LOCAL              2
+
+#define NGX_HTTP_AAI_RL_MAX_LIMIT          1000000000
+#define NGX_HTTP_AAI_RL_MAX_WINDOW         (366 * 86400)
+
+/*
+ * How far ahead of now a key's state may run (us): burst times the time
+ * per request.  100 years keeps every time of the local fallback within
+ * uint64_t and every time of the script exact in a Lua number (2^53 us).
+ */
+#define NGX_HTTP_AAI_RL_MAX_AHEAD          (100ULL * 365 * 86400 * 1000000)
+
+#define NGX_HTTP_AAI_RL_ZONE_ARGS          5
+
+/*
+ * A batch (one EVALSHA) checks at most this many zones, of all its
+ * requests together; so does a location.  Its layout describes each in
+ * single bytes.
+ */
+#define NGX_HTTP_AAI_RL_BATCH              255
+#define NGX_HTTP_AAI_RL_KEYS_HASH          512
+
+/* sliding window keys drop every expired entry seen in every 8th batch */
+#define NGX_HTTP_AAI_RL_TRIM               8
+
+
+typedef struct {
+    u_char                             color;
+    u_char                             dummy;
+    u_short                            len;
+    ngx_queue_t                        queue;
+    ngx_msec_t                         blocked;   /* over the limit until */
+    ngx_msec_t                         expire;    /* no state left after */
+    uint64_t                           tat;       /* local fallback, us */
+    u_char                             data[1];
+} ngx_http_aai_ratelimit_node_t;
+
+
+typedef struct {
+    ngx_rbtree_t                       rbtree;
+    ngx_rbtree_node_t                  sentinel;
+    ngx_queue_t                        queue;
+} ngx_http_aai_ratelimit_shctx_t;
+
+
+typedef struct {
+    ngx_str_t                          name;
+    ngx_http_complex_value_t          *key;       /* NULL: not defined */
+    ngx_str_t                          prefix;    /* key prefix, name, ":" */
+    ngx_uint_t                         algorithm;
+    ngx_uint_t                         limit;     /* requests per window */
+    uint64_t                           window;    /* us */
+    ngx_str_t                          rate;      /* as written */
+    uint64_t                           period;    /* window / limit, us */
+    ngx_uint_t                         burst;
+    ngx_uint_t                         delay;     /* excess not delayed */
+    ngx_uint_t                         local_burst;
+    ngx_uint_t                         local_delay;
+    ngx_msec_t                         window_ms; /* window, rounded up */
+    ngx_uint_t                         fast;      /* sliding, no burst */
+    ngx_str_t                          args[NGX_HTTP_AAI_RL_ZONE_ARGS];
+    ngx_uint_t                         stamp;     /* per worker: batch */
+    ngx_uint_t                         def;       /* its index there */
+    ngx_int_t                          metrics[NGX_HTTP_AAI_RL_M_NUMBER];
+    ngx_str_t                          file;      /* where it was named */
+    ngx_uint_t                         line;
+} ngx_http_aai_ratelimit_zone_t;
+
+
+typedef struct {
+    ngx_aai_redis_conf_t               redis_conf;
+    ngx_aai_redis_t                   *redis;
+    ngx_array_t                        zones;     /* zone pointers */
+    ngx_str_t                          prefix;
+    size_t                             local_size;
+    ngx_shm_zone_t                    *shm_zone;
+    ngx_http_aai_ratelimit_shctx_t    *sh;
+    ngx_slab_pool_t                   *shpool;
+    ngx_str_t                          sha;
+    ngx_aai_metrics_t                 *metrics;
+    ngx_int_t                          latency;
+    ngx_int_t                          errors[3];
+} ngx_http_aai_ratelimit_main_conf_t;
+
+
+typedef struct {
+    ngx_array_t                       *zones;     /* zone pointers */
+    ngx_uint_t                         status_code;
+    ngx_flag_t                         dry_run;
+    ngx_uint_t                         limit_log_level;
+    ngx_uint_t                         delay_log_level;
+    ngx_flag_t                         headers;
+    ngx_uint_t                         fallback;
+    ngx_aai_jwt_loc_conf_t             jwt;
+} ngx_http_aai_ratelimit_loc_conf_t;
+
+
+typedef struct {
+    ngx_uint_t                         rejected;
+    ngx_msec_t                         delay;
+    ngx_uint_t                         remaining;
+    ngx_msec_t                         reset;
+    ngx_msec_t                         retry_after;
+} ngx_http_aai_ratelimit_result_t;
+
+
+typedef struct ngx_http_aai_ratelimit_batch_s
+    ngx_http_aai_ratelimit_batch_t;
+
+
+typedef struct {
+    ngx_http_request_t                *request;
+    ngx_http_aai_ratelimit_loc_conf_t *lcf;
+    ngx_http_aai_ratelimit_batch_t    *batch;     /* waiting in it */
+    ngx_uint_t                         slot;
+    ngx_uint_t                         nzones;
+    ngx_http_aai_ratelimit_zone_t    **zones;
+    ngx_str_t                         *keys;      /* Redis keys */
+    ngx_http_aai_ratelimit_result_t   *results;
+    ngx_int_t                          top;       /* zone of the headers */
+    ngx_int_t                          rc;
+    ngx_msec_t                         delay;
+    ngx_uint_t                         status;
+    unsigned                           state:2;
+    unsigned                           resume:1;
+    unsigned                           rejected:1;
+    unsigned                           headers:1;
+    unsigned                           headers_sent:1;
+    ngx_aai_jwt_ctx_t                  jwt;
+} ngx_http_aai_ratelimit_ctx_t;
+
+
+/* a request of a batch, as the script sees it */
+typedef struct {
+    ngx_http_aai_ratelimit_ctx_t      *ctx;       /* NULL: request gone */
+    u_char                             nzones;
+    u_char                             fast;      /* the short reply */
+    u_char                             sent;
+} ngx_http_aai_ratelimit_slot_t;
+
+
+/* the requests of one event loop iteration, checked by one EVALSHA */
+struct ngx_http_aai_ratelimit_batch_s {
+    ngx_http_aai_ratelimit_main_conf_t *mcf;
+    ngx_event_t                        event;     /* posted: send it */
+    ngx_queue_t                        queue;     /* in flight, or free */
+    ngx_aai_redis_cmd_t               *cmd;
+    ngx_uint_t                         nslots;
+    ngx_uint_t                         nzones;    /* of all its requests */
+    unsigned                           eval:1;
+    ngx_http_aai_ratelimit_slot_t      slots[NGX_HTTP_AAI_RL_BATCH];
+};
+
+
+/* a distinct key of a batch */
+typedef struct {
+    ngx_str_t                         *key;
+    uint32_t                           hash;
+    uint32_t                           uses;
+    ngx_uint_t                         index;
+    ngx_uint_t                         stamp;     /* valid in this batch */
+} ngx_http_aai_ratelimit_bkey_t;
+
+
+extern ngx_module_t     ngx_http_aai_ratelimit_module;
+extern ngx_conf_enum_t  ngx_http_aai_ratelimit_fallbacks[];
+
+/* the script, as sent with EVAL */
+extern ngx_str_t        ngx_http_aai_ratelimit_script_text;
+
+
+/* ngx_http_aai_ratelimit_zone.c */
+ngx_http_aai_ratelimit_zone_t *ngx_http_aai_ratelimit_find_zone(
+    ngx_conf_t *cf, ngx_command_t *cmd, ngx_str_t *name);
+char *ngx_http_aai_ratelimit_zone_param(ngx_conf_t *cf,
+    ngx_command_t *cmd, ngx_http_aai_ratelimit_zone_t *zone, ngx_str_t *value,
+    ngx_uint_t *nodelay);
+char *ngx_http_aai_ratelimit_zone_args(ngx_conf_t *cf,
+    ngx_http_aai_ratelimit_zone_t *zone);
+char *ngx_http_aai_ratelimit_zone_metrics(ngx_conf_t *cf,
+    ngx_http_aai_ratelimit_main_conf_t *mcf,
+    ngx_http_aai_ratelimit_zone_t *zone);
+ngx_int_t ngx_http_aai_ratelimit_check_zones(ngx_conf_t *cf,
+    ngx_http_aai_ratelimit_main_conf_t *mcf);
+
+/* ngx_http_aai_ratelimit_batch.c */
+ngx_int_t ngx_http_aai_ratelimit_enqueue(ngx_http_request_t *r,
+    ngx_http_aai_ratelimit_ctx_t *ctx);
+void ngx_http_aai_ratelimit_batch_init(void);
+void ngx_http_aai_ratelimit_batch_exit(void);
+
+/* ngx_http_aai_ratelimit_script.c */
+ngx_int_t ngx_http_aai_ratelimit_script_sha(ngx_conf_t *cf, ngx_str_t *sha);
+
+/* ngx_http_aai_ratelimit_decide.c */
+void ngx_http_aai_ratelimit_decide(ngx_http_request_t *r,
+    ngx_http_aai_ratelimit_ctx_t *ctx, ngx_uint_t source);
+
+/* ngx_http_aai_ratelimit_headers.c */
+ngx_int_t ngx_http_aai_ratelimit_add_headers(ngx_http_request_t *r,
+    ngx_http_aai_ratelimit_ctx_t *ctx);
+
+/* ngx_http_aai_ratelimit_local.c */
+void ngx_http_aai_ratelimit_fallback(ngx_http_request_t *r,
+    ngx_http_aai_ratelimit_ctx_t *ctx, ngx_uint_t reason, const char *error,
+    redisReply *reply);
+ngx_int_t ngx_http_aai_ratelimit_blocked(ngx_http_aai_ratelimit_ctx_t *ctx);
+void ngx_http_aai_ratelimit_block(ngx_http_aai_ratelimit_ctx_t *ctx);
+ngx_int_t ngx_http_aai_ratelimit_init_zone(ngx_shm_zone_t *shm_zone,
+    void *data);
+
+
+#endif /* _NGX_HTTP_AAI_RATELIMIT_H_INCLUDED_ */

@@ -1,0 +1,717 @@
+
+/*
+ * Copyright (C) aai-nginx authors
+ *
+ * ngx_http_aai_ratelimit_module: the requests of one event loop iteration
+ * wait in a batch, sent as one EVALSHA of the script when the iteration's
+ * posted events run; the reply is dispatched to them, or a failure sends
+ * each to its fallback.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_aai_ratelimit.h"
+
+
+static void ngx_http_aai_ratelimit_batch_handler(ngx_event_t *ev);
+static ngx_int_t ngx_http_aai_ratelimit_batch_send(
+    ngx_http_aai_ratelimit_batch_t *b);
+static ngx_uint_t ngx_http_aai_ratelimit_batch_keys(
+    ngx_http_aai_ratelimit_batch_t *b, ngx_str_t *argv, u_short *occ);
+static ngx_http_aai_ratelimit_bkey_t *ngx_http_aai_ratelimit_batch_key(
+    ngx_str_t *key, ngx_uint_t stamp);
+static void ngx_http_aai_ratelimit_reply_handler(ngx_aai_redis_result_t *res,
+    void *data);
+static ngx_int_t ngx_http_aai_ratelimit_check_reply(
+    ngx_http_aai_ratelimit_batch_t *b, redisReply *reply);
+static size_t ngx_http_aai_ratelimit_reply_len(
+    ngx_http_aai_ratelimit_slot_t *slot, redisReply **e);
+static void ngx_http_aai_ratelimit_parse(ngx_http_aai_ratelimit_ctx_t *ctx,
+    ngx_http_aai_ratelimit_slot_t *slot, redisReply **e);
+static void ngx_http_aai_ratelimit_batch_fail(
+    ngx_http_aai_ratelimit_batch_t *b, ngx_uint_t reason, const char *error,
+    redisReply *reply);
+static void ngx_http_aai_ratelimit_resume(ngx_http_aai_ratelimit_ctx_t *ctx);
+static ngx_http_aai_ratelimit_batch_t *ngx_http_aai_ratelimit_batch_get(
+    ngx_http_aai_ratelimit_main_conf_t *mcf);
+static void ngx_http_aai_ratelimit_batch_free(
+    ngx_http_aai_ratelimit_batch_t *b);
+
+
+static ngx_str_t  ngx_http_aai_ratelimit_evalsha = ngx_string("EVALSHA");
+static ngx_str_t  ngx_http_aai_ratelimit_eval = ngx_string("EVAL");
+
+
+/* per worker: the batch sequence number */
+static ngx_uint_t  ngx_http_aai_ratelimit_seq;
+
+/* per worker: the batch being filled, those in flight, spare ones */
+static ngx_http_aai_ratelimit_batch_t  *ngx_http_aai_ratelimit_open;
+static ngx_queue_t                      ngx_http_aai_ratelimit_flight;
+static ngx_queue_t                      ngx_http_aai_ratelimit_spare;
+static ngx_uint_t                       ngx_http_aai_ratelimit_nspare;
+
+/* per worker: where a batch's command is built, reused by the next one */
+static ngx_str_t   ngx_http_aai_ratelimit_argv[3 + NGX_HTTP_AAI_RL_BATCH
+                                               + 2 + NGX_HTTP_AAI_RL_BATCH
+                                                 * NGX_HTTP_AAI_RL_ZONE_ARGS];
+static u_char      ngx_http_aai_ratelimit_layout[NGX_HTTP_AAI_RL_BATCH * 4];
+static ngx_http_aai_ratelimit_bkey_t
+                   ngx_http_aai_ratelimit_bkeys[NGX_HTTP_AAI_RL_KEYS_HASH];
+
+
+/*
+ * The request waits in the batch of this event loop iteration, which is
+ * sent when the iteration's posted events run.  While Redis is known to
+ * be down the caller decides at once.
+ */
+
+ngx_int_t
+ngx_http_aai_ratelimit_enqueue(ngx_http_request_t *r,
+    ngx_http_aai_ratelimit_ctx_t *ctx)
+{
+    ngx_http_aai_ratelimit_slot_t       *slot;
+    ngx_http_aai_ratelimit_batch_t      *b;
+    ngx_http_aai_ratelimit_main_conf_t  *mcf;
+
+    mcf = ngx_http_get_module_main_conf(r, ngx_http_aai_ratelimit_module);
+
+    if (!ngx_aai_redis_available(mcf->redis)) {
+        return NGX_ERROR;
+    }
+
+    b = ngx_http_aai_ratelimit_open;
+
+    if (b && b->nzones + ctx->nzones > NGX_HTTP_AAI_RL_BATCH) {
+
+        /* full: it is sent as posted, the next requests fill another */
+
+        ngx_http_aai_ratelimit_open = NULL;
+        b = NULL;
+    }
+
+    if (b == NULL) {
+        b = ngx_http_aai_ratelimit_batch_get(mcf);
+        if (b == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_http_aai_ratelimit_open = b;
+        ngx_post_event(&b->event, &ngx_posted_events);
+    }
+
+    slot = &b->slots[b->nslots];
+
+    slot->ctx = ctx;
+    slot->nzones = (u_char) ctx->nzones;
+    slot->fast = 0;
+    slot->sent = 0;
+
+    ctx->batch = b;
+    ctx->slot = b->nslots++;
+
+    b->nzones += ctx->nzones;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_aai_ratelimit_batch_handler(ngx_event_t *ev)
+{
+    ngx_int_t                        rc;
+    ngx_http_aai_ratelimit_batch_t  *b;
+
+    b = ev->data;
+
+    if (ngx_http_aai_ratelimit_open == b) {
+        ngx_http_aai_ratelimit_open = NULL;
+    }
+
+    rc = ngx_http_aai_ratelimit_batch_send(b);
+
+    if (rc == NGX_DECLINED) {
+
+        /* every request of the batch went away */
+
+        ngx_http_aai_ratelimit_batch_free(b);
+        return;
+    }
+
+    if (rc == NGX_ERROR) {
+        ngx_http_aai_ratelimit_batch_fail(b, NGX_HTTP_AAI_RL_E_UNAVAILABLE,
+                                          "unavailable", NULL);
+    }
+}
+
+
+/*
+ * EVALSHA sha numkeys key... layout trim
+ *         (algorithm limit window burst delay)...
+ *
+ * for the requests of the batch that are still there; NGX_DECLINED when
+ * there are none.
+ */
+
+static ngx_int_t
+ngx_http_aai_ratelimit_batch_send(ngx_http_aai_ratelimit_batch_t *b)
+{
+    u_char                              *p;
+    ngx_str_t                           *argv, *a;
+    ngx_uint_t                           i, j, k, o, nkeys, ndefs, shared;
+    ngx_http_aai_ratelimit_ctx_t        *ctx;
+    ngx_http_aai_ratelimit_slot_t       *slot;
+    ngx_http_aai_ratelimit_bkey_t       *bk;
+    ngx_http_aai_ratelimit_zone_t       *zone;
+    ngx_http_aai_ratelimit_main_conf_t  *mcf;
+    u_short                              occ[NGX_HTTP_AAI_RL_BATCH];
+
+    static u_char  num[NGX_INT_T_LEN];
+
+    mcf = b->mcf;
+    argv = ngx_http_aai_ratelimit_argv;
+
+    ngx_http_aai_ratelimit_seq++;
+
+    nkeys = ngx_http_aai_ratelimit_batch_keys(b, argv, occ);
+
+    if (nkeys == 0) {
+        return NGX_DECLINED;
+    }
+
+    /* the layout: per request its zones, per zone its definition and key */
+
+    p = ngx_http_aai_ratelimit_layout;
+    a = &argv[3 + nkeys + 2];
+    ndefs = 0;
+    o = 0;
+
+    for (i = 0; i < b->nslots; i++) {
+        slot = &b->slots[i];
+
+        if (!slot->sent) {
+            continue;
+        }
+
+        ctx = slot->ctx;
+        *p++ = slot->nzones;
+
+        for (j = 0; j < ctx->nzones; j++) {
+            zone = ctx->zones[j];
+            bk = &ngx_http_aai_ratelimit_bkeys[occ[o++]];
+
+            if (zone->stamp != ngx_http_aai_ratelimit_seq) {
+                zone->stamp = ngx_http_aai_ratelimit_seq;
+                zone->def = ++ndefs;
+
+                for (k = 0; k < NGX_HTTP_AAI_RL_ZONE_ARGS; k++) {
+                    *a++ = zone->args[k];
+                }
+            }
+
+            shared = (bk->uses > 1);
+
+            *p++ = (u_char) zone->def;
+            *p++ = (u_char) ((bk->index >> 8) | (shared ? 0x80 : 0));
+            *p++ = (u_char) (bk->index & 0xff);
+
+            slot->fast = (ctx->nzones == 1 && zone->fast && !shared);
+        }
+    }
+
+    if (b->eval) {
+        argv[0] = ngx_http_aai_ratelimit_eval;
+        argv[1] = ngx_http_aai_ratelimit_script_text;
+
+    } else {
+        argv[0] = ngx_http_aai_ratelimit_evalsha;
+        argv[1] = mcf->sha;
+    }
+
+    argv[2].data = num;
+    argv[2].len = ngx_sprintf(num, "%ui", nkeys) - num;
+
+    k = 3 + nkeys;
+
+    argv[k].data = ngx_http_aai_ratelimit_layout;
+    argv[k].len = p - ngx_http_aai_ratelimit_layout;
+
+    argv[k + 1].data = (ngx_http_aai_ratelimit_seq % NGX_HTTP_AAI_RL_TRIM)
+                       ? (u_char *) "0" : (u_char *) "1";
+    argv[k + 1].len = 1;
+
+    b->cmd = ngx_aai_redis_send(mcf->redis, ngx_cycle->log, a - argv, argv,
+                                ngx_http_aai_ratelimit_reply_handler, b);
+    if (b->cmd == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_queue_insert_tail(&ngx_http_aai_ratelimit_flight, &b->queue);
+
+    return NGX_OK;
+}
+
+
+/*
+ * The distinct keys of the requests still there, in argv from argv[3],
+ * and where each zone of each request finds its key; returns their number.
+ */
+
+static ngx_uint_t
+ngx_http_aai_ratelimit_batch_keys(ngx_http_aai_ratelimit_batch_t *b,
+    ngx_str_t *argv, u_short *occ)
+{
+    ngx_uint_t                      i, j, o, nkeys;
+    ngx_http_aai_ratelimit_ctx_t   *ctx;
+    ngx_http_aai_ratelimit_slot_t  *slot;
+    ngx_http_aai_ratelimit_bkey_t  *bk;
+
+    nkeys = 0;
+    o = 0;
+
+    for (i = 0; i < b->nslots; i++) {
+        slot = &b->slots[i];
+        ctx = slot->ctx;
+
+        slot->sent = (ctx != NULL);
+
+        if (ctx == NULL) {
+            continue;
+        }
+
+        for (j = 0; j < ctx->nzones; j++) {
+            bk = ngx_http_aai_ratelimit_batch_key(&ctx->keys[j],
+                                                  ngx_http_aai_ratelimit_seq);
+
+            if (bk->uses++ == 0) {
+                bk->index = ++nkeys;
+                argv[2 + nkeys] = ctx->keys[j];
+            }
+
+            occ[o++] = (u_short) (bk - ngx_http_aai_ratelimit_bkeys);
+        }
+    }
+
+    return nkeys;
+}
+
+
+/* a key in the table of this batch's keys (never full: twice the zones) */
+
+static ngx_http_aai_ratelimit_bkey_t *
+ngx_http_aai_ratelimit_batch_key(ngx_str_t *key, ngx_uint_t stamp)
+{
+    uint32_t                        hash;
+    ngx_uint_t                      i;
+    ngx_http_aai_ratelimit_bkey_t  *bk;
+
+    hash = (uint32_t) ngx_hash_key(key->data, key->len);
+
+    for (i = hash; /* void */; i++) {
+        bk = &ngx_http_aai_ratelimit_bkeys[i & (NGX_HTTP_AAI_RL_KEYS_HASH - 1)];
+
+        if (bk->stamp != stamp) {
+            bk->stamp = stamp;
+            bk->key = key;
+            bk->hash = hash;
+            bk->uses = 0;
+            bk->index = 0;
+            return bk;
+        }
+
+        if (bk->hash == hash
+            && bk->key->len == key->len
+            && ngx_memcmp(bk->key->data, key->data, key->len) == 0)
+        {
+            return bk;
+        }
+    }
+}
+
+
+static void
+ngx_http_aai_ratelimit_reply_handler(ngx_aai_redis_result_t *res, void *data)
+{
+    ngx_http_aai_ratelimit_batch_t *b = data;
+
+    size_t                               len;
+    ngx_int_t                            rc;
+    ngx_uint_t                           i, reason;
+    redisReply                          *reply, **e;
+    ngx_http_request_t                  *r;
+    ngx_http_aai_ratelimit_ctx_t        *ctx;
+    ngx_http_aai_ratelimit_slot_t       *slot;
+    ngx_http_aai_ratelimit_main_conf_t  *mcf;
+
+    mcf = b->mcf;
+
+    b->cmd = NULL;
+    ngx_queue_remove(&b->queue);
+
+    reply = res->reply;
+
+    if (reply == NULL) {
+        reason = (res->error && ngx_strncmp(res->error, "timeout", 7) == 0)
+                 ? NGX_HTTP_AAI_RL_E_TIMEOUT : NGX_HTTP_AAI_RL_E_UNAVAILABLE;
+
+        ngx_http_aai_ratelimit_batch_fail(b, reason,
+                                          res->error ? res->error : "error",
+                                          NULL);
+        return;
+    }
+
+    ngx_aai_metrics_observe(mcf->metrics, mcf->latency, res->latency_us);
+
+    if (reply->type == REDIS_REPLY_ERROR
+        && reply->len >= 8
+        && ngx_strncmp(reply->str, "NOSCRIPT", 8) == 0
+        && !b->eval)
+    {
+        /* Redis restarted or flushed its scripts: EVAL loads it again */
+
+        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                       "aai_ratelimit: NOSCRIPT, sending the script");
+
+        b->eval = 1;
+
+        rc = ngx_http_aai_ratelimit_batch_send(b);
+
+        if (rc == NGX_OK) {
+            return;
+        }
+
+        if (rc == NGX_DECLINED) {
+            ngx_http_aai_ratelimit_batch_free(b);
+            return;
+        }
+
+        ngx_http_aai_ratelimit_batch_fail(b, NGX_HTTP_AAI_RL_E_UNAVAILABLE,
+                                          "unavailable", NULL);
+        return;
+    }
+
+    if (ngx_http_aai_ratelimit_check_reply(b, reply) != NGX_OK) {
+        ngx_http_aai_ratelimit_batch_fail(b, NGX_HTTP_AAI_RL_E_REPLY,
+                                          "unexpected reply", reply);
+        return;
+    }
+
+    e = reply->element;
+
+    for (i = 0; i < b->nslots; i++) {
+        slot = &b->slots[i];
+
+        if (!slot->sent) {
+            continue;
+        }
+
+        len = ngx_http_aai_ratelimit_reply_len(slot, e);
+        ctx = slot->ctx;
+
+        if (ctx) {
+            slot->ctx = NULL;
+            ctx->batch = NULL;
+
+            r = ctx->request;
+            ngx_http_set_log_request(r->connection->log, r);
+
+            ngx_http_aai_ratelimit_parse(ctx, slot, e);
+            ngx_http_aai_ratelimit_decide(r, ctx, NGX_HTTP_AAI_RL_REDIS);
+            ngx_http_aai_ratelimit_resume(ctx);
+        }
+
+        e += len;
+    }
+
+    ngx_http_aai_ratelimit_batch_free(b);
+}
+
+
+/* the reply has one record of integers per request sent, as they need */
+
+static ngx_int_t
+ngx_http_aai_ratelimit_check_reply(ngx_http_aai_ratelimit_batch_t *b,
+    redisReply *reply)
+{
+    size_t                          k, len;
+    ngx_uint_t                      i;
+    redisReply                    **e;
+    ngx_http_aai_ratelimit_slot_t  *slot;
+
+    if (reply->type != REDIS_REPLY_ARRAY) {
+        return NGX_ERROR;
+    }
+
+    e = reply->element;
+
+    for (k = 0; k < reply->elements; k++) {
+        if (e[k]->type != REDIS_REPLY_INTEGER) {
+            return NGX_ERROR;
+        }
+    }
+
+    k = 0;
+
+    for (i = 0; i < b->nslots; i++) {
+        slot = &b->slots[i];
+
+        if (!slot->sent) {
+            continue;
+        }
+
+        if (k >= reply->elements) {
+            return NGX_ERROR;
+        }
+
+        len = ngx_http_aai_ratelimit_reply_len(slot, &e[k]);
+
+        if (len > reply->elements - k) {
+            return NGX_ERROR;
+        }
+
+        if (len == 3
+            && (e[k]->integer < 1 || e[k]->integer > slot->nzones))
+        {
+            return NGX_ERROR;
+        }
+
+        k += len;
+    }
+
+    return (k == reply->elements) ? NGX_OK : NGX_ERROR;
+}
+
+
+static size_t
+ngx_http_aai_ratelimit_reply_len(ngx_http_aai_ratelimit_slot_t *slot,
+    redisReply **e)
+{
+    if ((*e)->integer == -1) {
+        return 1 + NGX_HTTP_AAI_RL_ZONE_ARGS * slot->nzones;
+    }
+
+    if (slot->fast) {
+        return 1;
+    }
+
+    return (slot->nzones == 1) ? 2 : 3;
+}
+
+
+static void
+ngx_http_aai_ratelimit_parse(ngx_http_aai_ratelimit_ctx_t *ctx,
+    ngx_http_aai_ratelimit_slot_t *slot, redisReply **e)
+{
+    long long                         v[NGX_HTTP_AAI_RL_ZONE_ARGS];
+    ngx_uint_t                        i, k, top;
+    ngx_http_aai_ratelimit_result_t  *res;
+
+    res = ctx->results;
+
+    if (e[0]->integer == -1) {
+        e++;
+
+        for (i = 0; i < ctx->nzones; i++) {
+
+            for (k = 0; k < NGX_HTTP_AAI_RL_ZONE_ARGS; k++, e++) {
+                v[k] = ngx_max((*e)->integer, 0);
+            }
+
+            res[i].rejected = v[0] ? 1 : 0;
+            res[i].delay = (ngx_msec_t) v[1];
+            res[i].remaining = (ngx_uint_t) v[2];
+            res[i].reset = (ngx_msec_t) v[3];
+            res[i].retry_after = (ngx_msec_t) v[4];
+        }
+
+        return;
+    }
+
+    if (slot->fast) {
+        res[0].remaining = (ngx_uint_t) ngx_max(e[0]->integer, 0);
+        res[0].reset = ctx->zones[0]->window_ms;
+        return;
+    }
+
+    if (ctx->nzones == 1) {
+        res[0].remaining = (ngx_uint_t) ngx_max(e[0]->integer, 0);
+        res[0].reset = (ngx_msec_t) ngx_max(e[1]->integer, 0);
+        return;
+    }
+
+    /*
+     * All passed, none delayed: Redis named the most restrictive zone; the
+     * others are made less restrictive than it for the choice of the zone
+     * of the headers, which is all their values are used for.
+     */
+
+    top = (ngx_uint_t) e[0]->integer - 1;
+
+    for (i = 0; i < ctx->nzones; i++) {
+        res[i].remaining = NGX_MAX_UINT32_VALUE;
+    }
+
+    res[top].remaining = (ngx_uint_t) ngx_max(e[1]->integer, 0);
+    res[top].reset = (ngx_msec_t) ngx_max(e[2]->integer, 0);
+}
+
+
+/* Redis failed the batch: each request of it falls back */
+
+static void
+ngx_http_aai_ratelimit_batch_fail(ngx_http_aai_ratelimit_batch_t *b,
+    ngx_uint_t reason, const char *error, redisReply *reply)
+{
+    ngx_uint_t                     i;
+    ngx_http_request_t            *r;
+    ngx_http_aai_ratelimit_ctx_t  *ctx;
+
+    for (i = 0; i < b->nslots; i++) {
+        ctx = b->slots[i].ctx;
+
+        if (ctx == NULL) {
+            continue;
+        }
+
+        b->slots[i].ctx = NULL;
+        ctx->batch = NULL;
+
+        r = ctx->request;
+        ngx_http_set_log_request(r->connection->log, r);
+
+        ngx_http_aai_ratelimit_fallback(r, ctx, reason, error, reply);
+        ngx_http_aai_ratelimit_resume(ctx);
+    }
+
+    ngx_http_aai_ratelimit_batch_free(b);
+}
+
+
+static void
+ngx_http_aai_ratelimit_resume(ngx_http_aai_ratelimit_ctx_t *ctx)
+{
+    ngx_connection_t    *c;
+    ngx_http_request_t  *r;
+
+    r = ctx->request;
+    c = r->connection;
+
+    ctx->state = NGX_HTTP_AAI_RL_DONE;
+    ctx->resume = 1;
+
+    r->read_event_handler = ngx_http_block_reading;
+
+    /* the request may be gone after this: touch only c */
+
+    ngx_http_core_run_phases(r);
+
+    ngx_http_run_posted_requests(c);
+}
+
+
+static ngx_http_aai_ratelimit_batch_t *
+ngx_http_aai_ratelimit_batch_get(ngx_http_aai_ratelimit_main_conf_t *mcf)
+{
+    ngx_queue_t                     *q;
+    ngx_http_aai_ratelimit_batch_t  *b;
+
+    if (!ngx_queue_empty(&ngx_http_aai_ratelimit_spare)) {
+        q = ngx_queue_head(&ngx_http_aai_ratelimit_spare);
+        ngx_queue_remove(q);
+        ngx_http_aai_ratelimit_nspare--;
+
+        b = ngx_queue_data(q, ngx_http_aai_ratelimit_batch_t, queue);
+
+    } else {
+        b = ngx_alloc(sizeof(ngx_http_aai_ratelimit_batch_t), ngx_cycle->log);
+        if (b == NULL) {
+            return NULL;
+        }
+    }
+
+    ngx_memzero(b, offsetof(ngx_http_aai_ratelimit_batch_t, slots));
+
+    b->mcf = mcf;
+    b->event.handler = ngx_http_aai_ratelimit_batch_handler;
+    b->event.data = b;
+    b->event.log = ngx_cycle->log;
+
+    return b;
+}
+
+
+static void
+ngx_http_aai_ratelimit_batch_free(ngx_http_aai_ratelimit_batch_t *b)
+{
+    if (b->event.posted) {
+        ngx_delete_posted_event(&b->event);
+    }
+
+    if (ngx_http_aai_ratelimit_open == b) {
+        ngx_http_aai_ratelimit_open = NULL;
+    }
+
+    if (ngx_http_aai_ratelimit_nspare >= 16) {
+        ngx_free(b);
+        return;
+    }
+
+    ngx_queue_insert_head(&ngx_http_aai_ratelimit_spare, &b->queue);
+    ngx_http_aai_ratelimit_nspare++;
+}
+
+
+/* at worker exit: every batch, with its requests let go */
+
+void
+ngx_http_aai_ratelimit_batch_exit(void)
+{
+    ngx_uint_t                       i;
+    ngx_queue_t                     *q;
+    ngx_http_aai_ratelimit_batch_t  *b;
+
+    if (ngx_http_aai_ratelimit_open) {
+        ngx_queue_insert_tail(&ngx_http_aai_ratelimit_flight,
+                              &ngx_http_aai_ratelimit_open->queue);
+        ngx_http_aai_ratelimit_open = NULL;
+    }
+
+    while (!ngx_queue_empty(&ngx_http_aai_ratelimit_flight)) {
+        q = ngx_queue_head(&ngx_http_aai_ratelimit_flight);
+        ngx_queue_remove(q);
+
+        b = ngx_queue_data(q, ngx_http_aai_ratelimit_batch_t, queue);
+
+        if (b->event.posted) {
+            ngx_delete_posted_event(&b->event);
+        }
+
+        for (i = 0; i < b->nslots; i++) {
+            if (b->slots[i].ctx) {
+                b->slots[i].ctx->batch = NULL;
+            }
+        }
+
+        ngx_free(b);
+    }
+
+    while (!ngx_queue_empty(&ngx_http_aai_ratelimit_spare)) {
+        q = ngx_queue_head(&ngx_http_aai_ratelimit_spare);
+        ngx_queue_remove(q);
+
+        ngx_free(ngx_queue_data(q, ngx_http_aai_ratelimit_batch_t, queue));
+    }
+
+    ngx_http_aai_ratelimit_nspare = 0;
+}
+
+
+void
+ngx_http_aai_ratelimit_batch_init(void)
+{
+    ngx_queue_init(&ngx_http_aai_ratelimit_flight);
+    ngx_queue_init(&ngx_http_aai_ratelimit_spare);
+}
