@@ -1,6 +1,8 @@
 
 /*
  * Copyright (C) aai-nginx authors
+ *
+ * ngx_aai_conf: see ngx_aai_conf.h.
  */
 
 
@@ -12,6 +14,7 @@
 
 static char *ngx_aai_conf_named(ngx_conf_t *cf, ngx_command_t *cmd,
     char *rv);
+static const char *ngx_aai_conf_what(ngx_aai_conf_post_t *post);
 
 
 char *
@@ -77,14 +80,16 @@ ngx_aai_conf_set_enum_slot(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
 
 char *
-ngx_aai_conf_check_num_bounds(ngx_conf_t *cf, void *post, void *data)
+ngx_aai_conf_check_bounds(ngx_conf_t *cf, void *post, void *data)
 {
-    ngx_conf_num_bounds_t *bounds = post;
-    ngx_int_t             *np = data;
+    ngx_aai_conf_post_t  *bounds = post;
 
+    ngx_int_t   n;
     ngx_str_t  *value;
 
-    if (*np >= bounds->low && (bounds->high == -1 || *np <= bounds->high)) {
+    n = *(ngx_int_t *) data;
+
+    if (n >= bounds->low && (bounds->high == -1 || n <= bounds->high)) {
         return NGX_CONF_OK;
     }
 
@@ -92,15 +97,17 @@ ngx_aai_conf_check_num_bounds(ngx_conf_t *cf, void *post, void *data)
 
     if (bounds->high == -1) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid value \"%V\" in \"%V\" directive, "
+                           "invalid %s \"%V\" in \"%V\" directive, "
                            "it must be %i or more",
-                           &value[1], &value[0], bounds->low);
+                           ngx_aai_conf_what(bounds), &value[1], &value[0],
+                           bounds->low);
 
     } else {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid value \"%V\" in \"%V\" directive, "
+                           "invalid %s \"%V\" in \"%V\" directive, "
                            "it must be between %i and %i",
-                           &value[1], &value[0], bounds->low, bounds->high);
+                           ngx_aai_conf_what(bounds), &value[1], &value[0],
+                           bounds->low, bounds->high);
     }
 
     return NGX_CONF_ERROR;
@@ -121,8 +128,15 @@ ngx_aai_conf_named(ngx_conf_t *cf, ngx_command_t *cmd, char *rv)
     value = cf->args->elts;
 
     ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                       "invalid value \"%V\" in \"%V\" directive",
-                       &value[1], &cmd->name);
+                       "invalid %s \"%V\" in \"%V\" directive",
+                       ngx_aai_conf_what(cmd->post), &value[1], &cmd->name);
 
     return NGX_CONF_ERROR;
+}
+
+
+static const char *
+ngx_aai_conf_what(ngx_aai_conf_post_t *post)
+{
+    return (post && post->what) ? post->what : "value";
 }
