@@ -26,6 +26,8 @@
 #                         aai-nginx:latest (Dockerfile, scripts/image-build)
 #   make image-test       build the image and test it against Redis and the
 #                         Kafka mock (t/image-test)
+#   make lua              after editing lua/*.lua: remake the C headers that
+#                         embed the scripts (committed; t/029 checks them)
 
 SHELL      := /bin/bash
 NGINX_SRC  ?= /usr/share/nginx/src
@@ -78,7 +80,7 @@ endif
 SOURCES := config ngx_aai.map $(wildcard $(TOP)/*.c $(TOP)/*.h)
 
 .PHONY: all build deps test run asan bench chaos soak fuzz conformance clean \
-        check-deps FORCE deb deb-test ops-test image image-test
+        check-deps FORCE deb deb-test ops-test image image-test lua
 
 all: build
 
@@ -159,6 +161,13 @@ fuzz: $(B)/Makefile
 	scripts/install-deps --fuzz
 	$(MAKE) -C fuzz FUZZ_SECONDS=$(or $(FUZZ_SECONDS),60) NGX_SRC=$(SRC) \
 	    NGX_BUILD=$(B)
+
+# the Lua scripts, committed as C strings so that every build (the image,
+# the Debian packages) takes the sources as they are
+lua:
+	scripts/lua2c lua/ratelimit.lua ngx_http_aai_ratelimit_script \
+	    > ngx_http_aai_ratelimit_lua.h.tmp
+	mv ngx_http_aai_ratelimit_lua.h.tmp ngx_http_aai_ratelimit_lua.h
 
 DEB_DIR    ?= build-deb
 

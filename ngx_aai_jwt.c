@@ -60,7 +60,6 @@ static ngx_int_t ngx_aai_jwt_read_file(ngx_conf_t *cf, ngx_str_t *name,
 static void ngx_aai_jwt_cleanup_secret(void *data);
 static void ngx_aai_jwt_cleanup_pkey(void *data);
 static ngx_uint_t ngx_aai_jwt_str_same(ngx_str_t *one, ngx_str_t *two);
-static ngx_int_t ngx_aai_jwt_find_offset(ngx_conf_t *cf);
 
 static ngx_aai_jwt_loc_conf_t *ngx_aai_jwt_get_conf(ngx_http_request_t *r);
 static ngx_uint_t ngx_aai_jwt_same_checks(ngx_aai_jwt_loc_conf_t *one,
@@ -74,7 +73,7 @@ static ngx_int_t ngx_aai_jwt_set_result(ngx_http_request_t *r,
     ngx_aai_jwt_ctx_t *ctx, ngx_aai_jwt_str_t *sub,
     ngx_aai_jwt_str_t *claims, ngx_uint_t nclaims);
 static void ngx_aai_jwt_log_rejected(ngx_http_request_t *r,
-    ngx_aai_jwt_verify_t *v);
+    ngx_uint_t status, const char *reason);
 
 static uint32_t ngx_aai_jwt_hash(ngx_str_t *token, uint64_t profile);
 static ngx_int_t ngx_aai_jwt_cache_get(ngx_http_request_t *r,
@@ -96,9 +95,6 @@ static ngx_int_t ngx_aai_jwt_claim_variable(ngx_http_request_t *r,
 static ngx_int_t ngx_aai_jwt_access_handler(ngx_http_request_t *r);
 
 
-extern ngx_module_t  ngx_http_aai_ratelimit_module;
-
-
 static ngx_http_variable_t  ngx_aai_jwt_vars[] = {
 
     { ngx_string("aai_user"), NULL, ngx_aai_jwt_user_variable, 0,
@@ -114,8 +110,14 @@ static ngx_http_variable_t  ngx_aai_jwt_vars[] = {
 };
 
 
-/* where NGX_AAI_JWT_COMMANDS() put our conf in the rate limiter's */
-static ngx_uint_t           ngx_aai_jwt_offset = NGX_CONF_UNSET_UINT;
+/*
+ * The module that embeds us (the rate limiter), where NGX_AAI_JWT_COMMANDS()
+ * put our conf in its location conf, and how to get our request state from
+ * its request ctx: what it passed to ngx_aai_jwt_add_variables().
+ */
+static ngx_module_t            *ngx_aai_jwt_owner;
+static ngx_uint_t               ngx_aai_jwt_offset = NGX_CONF_UNSET_UINT;
+static ngx_aai_jwt_get_ctx_pt   ngx_aai_jwt_get_ctx;
 
 /* identifies confs with the same keys, issuer and audience (cache keys) */
 static uint64_t             ngx_aai_jwt_profiles;
@@ -704,13 +706,14 @@ ngx_aai_jwt_str_same(ngx_str_t *one, ngx_str_t *two)
 
 
 ngx_int_t
-ngx_aai_jwt_add_variables(ngx_conf_t *cf)
+ngx_aai_jwt_add_variables(ngx_conf_t *cf, ngx_module_t *owner,
+    ngx_uint_t offset, ngx_aai_jwt_get_ctx_pt get_ctx)
 {
     ngx_http_variable_t  *var, *v;
 
-    if (ngx_aai_jwt_find_offset(cf) != NGX_OK) {
-        return NGX_ERROR;
-    }
+    ngx_aai_jwt_owner = owner;
+    ngx_aai_jwt_offset = offset;
+    ngx_aai_jwt_get_ctx = get_ctx;
 
     for (v = ngx_aai_jwt_vars; v->name.len; v++) {
         var = ngx_http_add_variable(cf, &v->name, v->flags);
@@ -723,28 +726,6 @@ ngx_aai_jwt_add_variables(ngx_conf_t *cf)
     }
 
     return NGX_OK;
-}
-
-
-/* the offset of our conf is in the rate limiter's aai_jwt_key command */
-
-static ngx_int_t
-ngx_aai_jwt_find_offset(ngx_conf_t *cf)
-{
-    ngx_command_t  *cmd;
-
-    for (cmd = ngx_http_aai_ratelimit_module.commands; cmd->name.len; cmd++) {
-        if (cmd->set == ngx_aai_jwt_conf_key) {
-            ngx_aai_jwt_offset = cmd->offset;
-            return NGX_OK;
-        }
-    }
-
-    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                       "NGX_AAI_JWT_COMMANDS() missing from the commands "
-                       "of ngx_http_aai_ratelimit_module");
-
-    return NGX_ERROR;
 }
 
 
@@ -772,7 +753,7 @@ ngx_aai_jwt_get_conf(ngx_http_request_t *r)
 {
     u_char  *lcf;
 
-    lcf = ngx_http_get_module_loc_conf(r, ngx_http_aai_ratelimit_module);
+    lcf = ngx_http_get_module_loc_conf(r, (*ngx_aai_jwt_owner));
 
     return (ngx_aai_jwt_loc_conf_t *) (lcf + ngx_aai_jwt_offset);
 }
@@ -786,7 +767,7 @@ ngx_aai_jwt_evaluate(ngx_http_request_t *r)
     ngx_aai_jwt_ctx_t       *ctx;
     ngx_aai_jwt_loc_conf_t  *jcf;
 
-    ctx = ngx_http_aai_ratelimit_jwt_ctx(r);
+    ctx = ngx_aai_jwt_get_ctx(r);
     if (ctx == NULL) {
         return NULL;
     }
@@ -825,6 +806,13 @@ ngx_aai_jwt_evaluate(ngx_http_request_t *r)
     if (rc == NGX_ERROR) {
         ctx->status = NGX_AAI_JWT_UNSET;
         return NULL;
+    }
+
+    if (ctx->status == NGX_AAI_JWT_EXPIRED) {
+        ngx_aai_jwt_log_rejected(r, ctx->status, "\"exp\" has passed");
+
+    } else if (ctx->status == NGX_AAI_JWT_NOT_YET_VALID) {
+        ngx_aai_jwt_log_rejected(r, ctx->status, "\"nbf\" is ahead");
     }
 
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
@@ -958,7 +946,11 @@ ngx_aai_jwt_verify_token(ngx_http_request_t *r, ngx_aai_jwt_loc_conf_t *jcf,
 
     if (status != NGX_AAI_JWT_VALID) {
         ctx->status = status;
-        ngx_aai_jwt_log_rejected(r, &v);
+
+        if (status != NGX_AAI_JWT_UNKNOWN_KEY || v.nkeys) {
+            ngx_aai_jwt_log_rejected(r, v.status, v.reason);
+        }
+
         return NGX_DONE;
     }
 
@@ -1036,23 +1028,22 @@ ngx_aai_jwt_set_result(ngx_http_request_t *r, ngx_aai_jwt_ctx_t *ctx,
 
 
 /*
- * Garbage from clients at info, forgery or key trouble at warn, at most
+ * Garbage from clients and expired tokens (a client that has not refreshed
+ * yet) at info; forgery, key trouble and tokens not valid yet (the clocks
+ * of the issuer and of nginx disagree) at warn; at most
  * NGX_AAI_JWT_LOG_RATE lines a second per worker.  Never the token.
  */
 
 static void
-ngx_aai_jwt_log_rejected(ngx_http_request_t *r, ngx_aai_jwt_verify_t *v)
+ngx_aai_jwt_log_rejected(ngx_http_request_t *r, ngx_uint_t status,
+    const char *reason)
 {
     ngx_uint_t         level, skipped;
     static time_t      second;
     static ngx_uint_t  logged, suppressed;
 
-    if (v->status == NGX_AAI_JWT_UNKNOWN_KEY && v->nkeys == 0) {
-        return;
-    }
-
-    level = (v->status == NGX_AAI_JWT_MALFORMED) ? NGX_LOG_INFO
-                                                 : NGX_LOG_WARN;
+    level = (status == NGX_AAI_JWT_MALFORMED || status == NGX_AAI_JWT_EXPIRED)
+            ? NGX_LOG_INFO : NGX_LOG_WARN;
 
     if (r->connection->log->log_level < level) {
         return;
@@ -1076,14 +1067,13 @@ ngx_aai_jwt_log_rejected(ngx_http_request_t *r, ngx_aai_jwt_verify_t *v)
         ngx_log_error(level, r->connection->log, 0,
                       "aai_jwt: token rejected: %s, %s "
                       "(%ui similar messages suppressed)",
-                      ngx_aai_jwt_status_name(v->status), v->reason,
-                      skipped);
+                      ngx_aai_jwt_status_name(status), reason, skipped);
         return;
     }
 
     ngx_log_error(level, r->connection->log, 0,
                   "aai_jwt: token rejected: %s, %s",
-                  ngx_aai_jwt_status_name(v->status), v->reason);
+                  ngx_aai_jwt_status_name(status), reason);
 }
 
 

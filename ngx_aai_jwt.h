@@ -6,8 +6,10 @@
  * ngx_http_aai_ratelimit_module.  The rate limiter embeds the two structs
  * below, lists NGX_AAI_JWT_COMMANDS() in its commands, and calls
  * ngx_aai_jwt_create_loc_conf(), ngx_aai_jwt_merge_loc_conf(),
- * ngx_aai_jwt_add_variables() (preconfiguration) and ngx_aai_jwt_init()
- * (postconfiguration).  Token parsing and signatures: ngx_aai_jwt_token.c.
+ * ngx_aai_jwt_add_variables() (preconfiguration, naming itself, where the
+ * loc conf struct is in its own and how to get the request struct) and
+ * ngx_aai_jwt_init() (postconfiguration).  This code names no module.
+ * Token parsing and signatures: ngx_aai_jwt_token.c.
  */
 
 
@@ -107,11 +109,26 @@ char *ngx_aai_jwt_conf_cache(ngx_conf_t *cf, ngx_command_t *cmd,
                         ngx_aai_jwt_conf_cache, type, member, NULL)
 
 
-/* from the rate limiter's create/merge loc conf and preconfiguration */
+/*
+ * The embedding module's: the request's ngx_aai_jwt_ctx_t, creating its
+ * request ctx if needed (kept across internal redirects); NULL on memory
+ * error.
+ */
+typedef ngx_aai_jwt_ctx_t *(*ngx_aai_jwt_get_ctx_pt)(ngx_http_request_t *r);
+
+
+/* from the rate limiter's create/merge loc conf */
 void ngx_aai_jwt_create_loc_conf(ngx_aai_jwt_loc_conf_t *jcf);
 char *ngx_aai_jwt_merge_loc_conf(ngx_conf_t *cf, ngx_aai_jwt_loc_conf_t *prev,
     ngx_aai_jwt_loc_conf_t *conf);
-ngx_int_t ngx_aai_jwt_add_variables(ngx_conf_t *cf);
+
+/*
+ * From the rate limiter's preconfiguration: the variables, and who embeds
+ * us: owner's location conf has our ngx_aai_jwt_loc_conf_t at offset (the
+ * member NGX_AAI_JWT_COMMANDS() names), get_ctx gives our request state.
+ */
+ngx_int_t ngx_aai_jwt_add_variables(ngx_conf_t *cf, ngx_module_t *owner,
+    ngx_uint_t offset, ngx_aai_jwt_get_ctx_pt get_ctx);
 
 /* from the rate limiter's postconfiguration: the aai_jwt_require handler */
 ngx_int_t ngx_aai_jwt_init(ngx_conf_t *cf);
@@ -122,14 +139,6 @@ ngx_int_t ngx_aai_jwt_init(ngx_conf_t *cf);
  * beyond the variables.
  */
 ngx_aai_jwt_ctx_t *ngx_aai_jwt_evaluate(ngx_http_request_t *r);
-
-
-/*
- * Implemented by ngx_http_aai_ratelimit_module.c: the request's
- * ngx_aai_jwt_ctx_t, creating the module's request ctx if needed; NULL on
- * memory error.
- */
-ngx_aai_jwt_ctx_t *ngx_http_aai_ratelimit_jwt_ctx(ngx_http_request_t *r);
 
 
 #endif /* _NGX_AAI_JWT_H_INCLUDED_ */

@@ -946,6 +946,41 @@ ngx_aai_jwt_print_number(double d, char *buf, size_t size)
 }
 
 
+/* an encrypted PEM is refused, never a prompt on the terminal */
+
+static int
+ngx_aai_jwt_no_passphrase(char *buf, int size, int rwflag, void *data)
+{
+    return -1;
+}
+
+
+/* the public key of a key pair, without its private parts */
+
+static EVP_PKEY *
+ngx_aai_jwt_public_half(EVP_PKEY *pair)
+{
+    int             n;
+    EVP_PKEY       *pub;
+    unsigned char  *der;
+    const u_char   *p;
+
+    der = NULL;
+
+    n = i2d_PUBKEY(pair, &der);
+    if (n <= 0) {
+        return NULL;
+    }
+
+    p = der;
+    pub = d2i_PUBKEY(NULL, &p, n);
+
+    OPENSSL_free(der);
+
+    return pub;
+}
+
+
 EVP_PKEY *
 ngx_aai_jwt_load_pkey(int alg, const u_char *pem, size_t len,
     const char **err)
@@ -954,7 +989,7 @@ ngx_aai_jwt_load_pkey(int alg, const u_char *pem, size_t len,
     BIO                *bio;
     X509               *x509;
     size_t              glen;
-    EVP_PKEY           *pkey;
+    EVP_PKEY           *pkey, *priv;
     const char         *type;
     char                group[64];
     OSSL_DECODER_CTX   *dctx;
@@ -995,7 +1030,21 @@ ngx_aai_jwt_load_pkey(int alg, const u_char *pem, size_t len,
     }
 
     if (pkey == NULL) {
-        *err = "no public key, private key or certificate in PEM";
+        /* a private key: its public half */
+
+        (void) BIO_reset(bio);
+
+        priv = PEM_read_bio_PrivateKey(bio, NULL, ngx_aai_jwt_no_passphrase,
+                                       NULL);
+        if (priv != NULL) {
+            pkey = ngx_aai_jwt_public_half(priv);
+            EVP_PKEY_free(priv);
+        }
+    }
+
+    if (pkey == NULL) {
+        *err = "no public key, private key or certificate in PEM "
+               "(encrypted keys are not read)";
         goto failed;
     }
 

@@ -13,7 +13,10 @@
  *   ngx_http_aai_ratelimit_batch.c    requests batched into one EVALSHA
  *                                     per event loop iteration, the reply
  *                                     dispatched to them
- *   ngx_http_aai_ratelimit_script.c   the Lua script and its SHA-1
+ *   ngx_http_aai_ratelimit_script.c   the Lua script and its SHA-1; the
+ *                                     script is lua/ratelimit.lua, embedded
+ *                                     by ngx_http_aai_ratelimit_lua.h
+ *                                     ("make lua" after editing it)
  *   ngx_http_aai_ratelimit_decide.c   the decision from the zones' results,
  *                                     its log line and metrics
  *   ngx_http_aai_ratelimit_headers.c  RateLimit, RateLimit-Policy and
@@ -21,6 +24,13 @@
  *   ngx_http_aai_ratelimit_local.c    the shared memory: the blocklist, the
  *                                     fallback when Redis fails, the
  *                                     "local" fallback's GCRA
+ *
+ * A request's path (each step has an ngx_log_debug line): the handler
+ * computes its keys, asks the blocklist, queues it in the worker's open
+ * batch and waits; the batch is sent when the event loop iteration's posted
+ * events run; its reply (or failure: the fallback) decides each request,
+ * which resumes its phases, possibly delayed; the header filter adds the
+ * headers of the most restrictive zone.
  */
 
 

@@ -80,6 +80,8 @@ ngx_http_aai_ratelimit_enqueue(ngx_http_request_t *r,
     mcf = ngx_http_get_module_main_conf(r, ngx_http_aai_ratelimit_module);
 
     if (!ngx_aai_redis_available(mcf->redis)) {
+        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "aai_ratelimit Redis unavailable, not queued");
         return NGX_ERROR;
     }
 
@@ -115,6 +117,11 @@ ngx_http_aai_ratelimit_enqueue(ngx_http_request_t *r,
 
     b->nzones += ctx->nzones;
 
+    ngx_log_debug4(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "aai_ratelimit queued in batch %p as request %ui, "
+                   "%ui zones of %ui",
+                   b, ctx->slot + 1, ctx->nzones, b->nzones);
+
     return NGX_OK;
 }
 
@@ -136,6 +143,10 @@ ngx_http_aai_ratelimit_batch_handler(ngx_event_t *ev)
     if (rc == NGX_DECLINED) {
 
         /* every request of the batch went away */
+
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ev->log, 0,
+                       "aai_ratelimit batch %p not sent: its requests are gone",
+                       b);
 
         ngx_http_aai_ratelimit_batch_free(b);
         return;
@@ -251,6 +262,11 @@ ngx_http_aai_ratelimit_batch_send(ngx_http_aai_ratelimit_batch_t *b)
 
     ngx_queue_insert_tail(&ngx_http_aai_ratelimit_flight, &b->queue);
 
+    ngx_log_debug5(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "aai_ratelimit batch %p sent: %V, %ui requests, "
+                   "%ui keys, %ui definitions",
+                   b, &argv[0], b->nslots, nkeys, ndefs);
+
     return NGX_OK;
 }
 
@@ -354,6 +370,10 @@ ngx_http_aai_ratelimit_reply_handler(ngx_aai_redis_result_t *res, void *data)
     reply = res->reply;
 
     if (reply == NULL) {
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                       "aai_ratelimit batch %p failed: %s",
+                       b, res->error ? res->error : "error");
+
         reason = (res->error && ngx_strncmp(res->error, "timeout", 7) == 0)
                  ? NGX_HTTP_AAI_RL_E_TIMEOUT : NGX_HTTP_AAI_RL_E_UNAVAILABLE;
 
@@ -362,6 +382,10 @@ ngx_http_aai_ratelimit_reply_handler(ngx_aai_redis_result_t *res, void *data)
                                           NULL);
         return;
     }
+
+    ngx_log_debug4(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "aai_ratelimit batch %p reply: type %d, %uz elements, "
+                   "%ui us", b, reply->type, reply->elements, res->latency_us);
 
     ngx_aai_metrics_observe(mcf->metrics, mcf->latency, res->latency_us);
 
@@ -394,6 +418,9 @@ ngx_http_aai_ratelimit_reply_handler(ngx_aai_redis_result_t *res, void *data)
     }
 
     if (ngx_http_aai_ratelimit_check_reply(b, reply) != NGX_OK) {
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                       "aai_ratelimit batch %p: unexpected reply", b);
+
         ngx_http_aai_ratelimit_batch_fail(b, NGX_HTTP_AAI_RL_E_REPLY,
                                           "unexpected reply", reply);
         return;
@@ -417,6 +444,10 @@ ngx_http_aai_ratelimit_reply_handler(ngx_aai_redis_result_t *res, void *data)
 
             r = ctx->request;
             ngx_http_set_log_request(r->connection->log, r);
+
+            ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                           "aai_ratelimit reply of batch %p for request %ui: "
+                           "%uz values", b, i + 1, len);
 
             ngx_http_aai_ratelimit_parse(ctx, slot, e);
             ngx_http_aai_ratelimit_decide(r, ctx, NGX_HTTP_AAI_RL_REDIS);
@@ -598,6 +629,9 @@ ngx_http_aai_ratelimit_resume(ngx_http_aai_ratelimit_ctx_t *ctx)
 
     r = ctx->request;
     c = r->connection;
+
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, c->log, 0,
+                   "aai_ratelimit resuming the request");
 
     ctx->state = NGX_HTTP_AAI_RL_DONE;
     ctx->resume = 1;

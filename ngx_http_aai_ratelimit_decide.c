@@ -62,6 +62,14 @@ ngx_http_aai_ratelimit_decide(ngx_http_request_t *r,
         }
     }
 
+    ngx_log_debug5(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "aai_ratelimit decided by %s: %s, zone %i, delay %M ms%s",
+                   (source == NGX_HTTP_AAI_RL_BLOCKLIST) ? "the blocklist"
+                   : (source == NGX_HTTP_AAI_RL_LOCAL) ? "the local fallback"
+                   : "Redis",
+                   ctx->rejected ? "rejected" : "passed", ctx->top,
+                   ctx->delay, lcf->dry_run ? ", dry run" : "");
+
     ngx_http_aai_ratelimit_log(r, ctx, source);
     ngx_http_aai_ratelimit_count(ctx, source);
 

@@ -51,6 +51,10 @@ ngx_http_aai_ratelimit_fallback(ngx_http_request_t *r,
     mcf = ngx_http_get_module_main_conf(r, ngx_http_aai_ratelimit_module);
     lcf = ctx->lcf;
 
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "aai_ratelimit Redis %s: fallback \"%V\"", error,
+                   &ngx_http_aai_ratelimit_fallbacks[lcf->fallback].name);
+
     ngx_aai_metrics_inc(mcf->metrics, mcf->errors[reason], 1);
 
     ngx_http_aai_ratelimit_log_failure(r, ctx, error, reply);
@@ -166,6 +170,10 @@ ngx_http_aai_ratelimit_blocked(ngx_http_aai_ratelimit_ctx_t *ctx)
             continue;
         }
 
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ctx->request->connection->log, 0,
+                       "aai_ratelimit blocklist: \"%V\" for %M ms",
+                       &key, (ngx_msec_t) left);
+
         res = &ctx->results[i];
 
         res->rejected = 1;
@@ -213,6 +221,10 @@ ngx_http_aai_ratelimit_block(ngx_http_aai_ratelimit_ctx_t *ctx)
         if (node == NULL) {
             break;
         }
+
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ctx->request->connection->log, 0,
+                       "aai_ratelimit blocklist: \"%V\" added for %M ms",
+                       &key, res->retry_after);
 
         until = now + res->retry_after;
 

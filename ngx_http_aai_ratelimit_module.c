@@ -32,6 +32,8 @@ static ngx_http_aai_ratelimit_ctx_t *ngx_http_aai_ratelimit_get_ctx(
     ngx_http_request_t *r);
 static ngx_http_aai_ratelimit_ctx_t *ngx_http_aai_ratelimit_create_ctx(
     ngx_http_request_t *r);
+static ngx_aai_jwt_ctx_t *ngx_http_aai_ratelimit_jwt_ctx(
+    ngx_http_request_t *r);
 static void ngx_http_aai_ratelimit_cleanup(void *data);
 static ngx_int_t ngx_http_aai_ratelimit_keys(ngx_http_request_t *r,
     ngx_http_aai_ratelimit_ctx_t *ctx);
@@ -258,6 +260,8 @@ ngx_http_aai_ratelimit_handler(ngx_http_request_t *r)
         /* limited once per request, as limit_req */
 
         if (!ctx->resume) {
+            ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                           "aai_ratelimit already decided");
             return NGX_DECLINED;
         }
 
@@ -370,7 +374,9 @@ ngx_http_aai_ratelimit_create_ctx(ngx_http_request_t *r)
 }
 
 
-ngx_aai_jwt_ctx_t *
+/* for ngx_aai_jwt.c, its request state in ours */
+
+static ngx_aai_jwt_ctx_t *
 ngx_http_aai_ratelimit_jwt_ctx(ngx_http_request_t *r)
 {
     ngx_http_aai_ratelimit_ctx_t  *ctx;
@@ -431,8 +437,15 @@ ngx_http_aai_ratelimit_keys(ngx_http_request_t *r,
         }
 
         if (key.len == 0) {
+            ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                           "aai_ratelimit zone \"%V\": empty key, not limited",
+                           &zone->name);
             continue;
         }
+
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "aai_ratelimit zone \"%V\" key \"%V\"",
+                       &zone->name, &key);
 
         if (key.len > 65535 - zone->name.len - 1) {
             if (ngx_http_aai_ratelimit_long_key(r, zone, &key,
@@ -500,6 +513,9 @@ ngx_http_aai_ratelimit_long_key(ngx_http_request_t *r,
 static ngx_int_t
 ngx_http_aai_ratelimit_wait(ngx_http_request_t *r)
 {
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "aai_ratelimit waiting for Redis");
+
     if (r->connection->read->ready) {
         ngx_post_event(r->connection->read, &ngx_posted_events);
 
@@ -534,6 +550,9 @@ ngx_http_aai_ratelimit_finish(ngx_http_request_t *r,
 
     r->read_event_handler = ngx_http_test_reading;
     r->write_event_handler = ngx_http_aai_ratelimit_delay;
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "aai_ratelimit delaying the request %M ms", ctx->delay);
 
     r->connection->write->delayed = 1;
     ngx_add_timer(r->connection->write, ctx->delay);
@@ -592,6 +611,10 @@ ngx_http_aai_ratelimit_header_filter(ngx_http_request_t *r)
     }
 
     ctx->headers_sent = 1;
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "aai_ratelimit header filter: zone %i, headers %ui",
+                   ctx->top, (ngx_uint_t) ctx->headers);
 
     if (ngx_http_aai_ratelimit_add_headers(r, ctx) != NGX_OK) {
         return NGX_ERROR;
@@ -1032,7 +1055,11 @@ ngx_http_aai_ratelimit_add_variables(ngx_conf_t *cf)
         var->data = v->data;
     }
 
-    return ngx_aai_jwt_add_variables(cf);
+    /* ngx_aai_jwt.c: its conf is our "jwt", its request state in our ctx */
+
+    return ngx_aai_jwt_add_variables(cf, &ngx_http_aai_ratelimit_module,
+               offsetof(ngx_http_aai_ratelimit_loc_conf_t, jwt),
+               ngx_http_aai_ratelimit_jwt_ctx);
 }
 
 

@@ -254,7 +254,41 @@ token rejected
 --- response_body eval
 [" EXPIRED\n", "alice VALID\n", " EXPIRED\n"]
 --- no_error_log
-token rejected
+[warn]
+
+
+
+=== TEST 4b: an expired token is logged at info
+--- config
+    location /t {
+        return 200 "$aai_user $aai_jwt_status\n";
+    }
+--- more_headers eval
+::bearer(claims => { exp => time - 10 })
+--- request
+GET /t
+--- response_body
+ EXPIRED
+--- error_log eval
+qr/\[info\] .* aai_jwt: token rejected: EXPIRED, "exp" has passed,/
+--- no_error_log
+[warn]
+
+
+
+=== TEST 4c: a token not valid yet is logged at warn (the clocks disagree)
+--- config
+    location /t {
+        return 200 "$aai_user $aai_jwt_status\n";
+    }
+--- more_headers eval
+::bearer(alg => 'ES256', claims => { nbf => time + 30 })
+--- request
+GET /t
+--- response_body
+ NOT_YET_VALID
+--- error_log eval
+qr/\[warn\] .* aai_jwt: token rejected: NOT_YET_VALID, "nbf" is ahead,/
 
 
 

@@ -268,6 +268,12 @@ my @at;
 my $p = -1;
 push @at, $p while ($p = index($data, $main::Magic, $p + 1)) >= 0;
 Test::More::is(scalar @at, 20, '20 records on disk');
+# the records are in the order the producer gave the events up (by
+# partition), not in the order of the requests: which ones are hit
+my @lost = map {
+    my $end = $_ < $#at ? $at[$_ + 1] : length $data;
+    substr($data, $at[$_], $end - $at[$_]) =~ /"n":(\d+)/ ? $1 : 0;
+} 9, 19;
 # a byte of the 10th record's event flipped; the 20th cut short
 substr($data, $at[9] + 30, 1) ^= "\x01";
 $data = substr($data, 0, length($data) - 5);
@@ -280,7 +286,9 @@ AaiTest::kafka_all_brokers_up();
 main::counts_are('spooled=0 replayed=18 dropped=2 spool_full=0 '
                  . 'spool_corrupt=2', 'two skipped and counted', 10, $port);
 my ($n) = main::arrived('bad', 18);
-Test::More::is($n, join(',', 1 .. 9, 11 .. 19), 'the others arrived');
+my %lost = map { $_ => 1 } @lost;
+Test::More::is($n, join(',', grep { !$lost{$_} } 1 .. 20),
+               "the others arrived (all but @lost)");
 $stop->();
 --- request
 GET /t

@@ -162,7 +162,7 @@ _EOC_
 
     # a client that goes away while its lookup is pending
     my $hung = hung_listener();
-    my ($port, $stop, $prefix) = front('c052c', "127.0.0.1:$hung timeout=500ms");
+    my ($port, $stop, $prefix) = front('c052c', "127.0.0.1:$hung timeout=1s");
     my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port,
                                   Timeout => 2)
         or die "connect: $!";
@@ -171,7 +171,7 @@ _EOC_
     close $s;
 
     my $closed;
-    my $deadline = time + 2;
+    my $deadline = time + 3;
     while (time < $deadline) {
         $closed = grep { /client prematurely closed connection/ }
                   file_lines("$prefix/logs/error.log");
@@ -179,7 +179,7 @@ _EOC_
         sleep 0.02;
     }
     ok($closed, 'client gone: request finalized while redis is waited for');
-    sleep 0.6;    # the lookup times out: its handler must not run
+    sleep 1.1;    # the lookup times out: its handler must not run
     my @r = timed_get($port, '/after');
     is("$r[0] $r[3]", "200 app /after\n", 'client gone: nginx still serves');
     no_log_problems("$prefix/logs/error.log", 'client gone: no alert, no crash');

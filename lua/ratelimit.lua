@@ -1,0 +1,536 @@
+-- Copyright (C) aai-nginx authors
+--
+-- The rate limiter's check of a batch (ngx_http_aai_ratelimit_batch.c sends
+-- it with EVALSHA, or EVAL after NOSCRIPT).  This file is the source:
+-- ngx_http_aai_ratelimit_lua.h is made from it by scripts/lua2c (run
+-- "make lua" after editing it), and t/029-ratelimit-scripts.t checks that
+-- the two agree and runs the script against a real Redis.
+--
+-- The check of all the requests of a batch, zone after zone, atomic in
+-- Redis, as if each were checked alone at the same instant, the batch's
+-- TIME: two requests of one key in one batch are simultaneous (so a GCRA
+-- zone without burst admits one of them, as limit_req does within a
+-- millisecond).
+--
+-- KEYS: the distinct keys of the batch.  ARGV[1]: the layout, a byte
+-- string: per request its number of zones, then per zone its definition
+-- (1-based, below) and its key (two bytes, 1-based, high bit set when
+-- other zones of the batch share the key); ARGV[2]: "1" to drop every
+-- expired entry seen; then per definition: algorithm (0 sliding, 1 gcra,
+-- 2 counter), limit, window (us), burst, the excess served without delay.
+--
+-- A sliding window key is a list of admission times (us), oldest first:
+-- an admission is never earlier than the last one (it is the batch's TIME,
+-- or for a delayed request the time the l-th newest leaves the window,
+-- later than any admission so far), so the list stays in order without
+-- sorting.  The expired entries are at its head: the oldest four are read
+-- (LRANGE; when all four are expired, a binary search by LINDEX finds the
+-- first live one, so a long expired head costs O(log n) commands), counted
+-- out, and dropped once two or more are (LTRIM).  The newest is LINDEX -1,
+-- and the one whose leaving admits the next request LINDEX -limit.  In a
+-- list Redis keeps a few bytes per entry, packed, where a sorted set costs
+-- a hash entry and a skip list node.
+--
+-- A key of a zone without burst lives 1.5 windows from its last PEXPIRE,
+-- which an admission skips when nothing was dropped and the oldest entry
+-- is less than half a window old: the admission that last set the TTL is
+-- then in the list (an entry leaves it only by being dropped, and a key
+-- drops entries without a PEXPIRE only when it rejects by itself, which
+-- needs "limit" entries newer than that one), not older than the oldest,
+-- so the key outlives its newest entry by a window.
+--
+-- A GCRA key is a string: the theoretical arrival time (us) of the next
+-- request.
+--
+-- A counter key is a string "c<start>:<count>:<previous>": the start (us)
+-- of the fixed window it counts, its count, and the count of the window
+-- before.  A request is admitted when its count, plus one, plus the
+-- previous count weighted by the part of the previous window still inside
+-- the sliding window, is at most the limit: one GET, and one SET when it
+-- is admitted.  A key of another format (a list, a GCRA number) counts as
+-- empty and is overwritten.
+--
+-- A request is decided in every zone first (a rejection records nothing),
+-- then recorded.  A key used once in the batch, of a sliding zone without
+-- burst, gets the request's admission at once (RPUSH, whose reply counts
+-- the list), taken back (RPOP) when the request is rejected.  The work of
+-- a key shared in the batch is done once: its state is read once, and its
+-- admissions are written once at the end.
+--
+-- Returns per request: -1 and per zone rejected, delay ms, remaining,
+-- reset ms, retry after ms, when a zone rejects or delays; else
+-- remaining for one sliding zone without burst with an unshared key
+-- (reset: the window); else remaining and reset for one zone; else the
+-- most restrictive zone (1-based), its remaining and its reset.  Delays
+-- are rounded down to milliseconds, as limit_req does: the requests of a
+-- batch share one instant, and waits shorter than a millisecond between
+-- them are none.
+--
+-- The Lua of Redis is slow per operation: the common requests take short
+-- paths, and every string the Redis commands need is made once.  Every
+-- name below is a local (a register): long names cost nothing.
+
+if redis.replicate_commands then redis.replicate_commands() end
+
+local call, pcall, byte, fmt = redis.call, redis.pcall, string.byte,
+                               string.format
+local ceil, floor, type, tonumber = math.ceil, math.floor, type, tonumber
+local match = string.match
+
+local SLIDING, GCRA, COUNTER = 0, 1, 2       -- the algorithms
+
+local time = call('TIME')
+local now = time[1] * 1000000 + time[2]
+local now_str, layout = fmt('%d', now), ARGV[1]
+local trim = ARGV[2] == '1'
+
+-- per zone definition, from ARGV, and what is derived from it once
+
+local def_alg, def_limit, def_window, def_burst, def_delay =
+      {}, {}, {}, {}, {}
+local def_cutoff, def_sliding_ttl, def_window_ttl, def_window_ms,
+      def_half_ago = {}, {}, {}, {}, {}
+local def_counter_start, def_counter_weight, def_counter_prefix,
+      def_counter_ttl = {}, {}, {}, {}
+local ndefs = 0
+
+for j = 3, #ARGV, 5 do
+  ndefs = ndefs + 1
+  def_alg[ndefs] = tonumber(ARGV[j])
+  def_limit[ndefs] = tonumber(ARGV[j + 1])
+  def_window[ndefs] = tonumber(ARGV[j + 2])
+  def_burst[ndefs] = tonumber(ARGV[j + 3])
+  def_delay[ndefs] = tonumber(ARGV[j + 4])
+
+  -- a sliding window entry at or before this time has expired
+  def_cutoff[ndefs] = now - def_window[ndefs]
+  def_window_ms[ndefs] = ceil(def_window[ndefs] / 1000)
+  def_window_ttl[ndefs] = fmt('%d', def_window_ms[ndefs] + 1)
+  def_sliding_ttl[ndefs] = fmt('%d',
+                               ceil(def_window[ndefs] * 1.5 / 1000) + 1)
+  def_half_ago[ndefs] = now - def_window[ndefs] / 2
+
+  if def_alg[ndefs] == COUNTER then
+    -- the fixed window now is in, and the part of the previous one still
+    -- inside the sliding window
+    def_counter_start[ndefs] = floor(now / def_window[ndefs])
+                               * def_window[ndefs]
+    def_counter_weight[ndefs] = (def_counter_start[ndefs]
+                                 + def_window[ndefs] - now)
+                                / def_window[ndefs]
+    def_counter_prefix[ndefs] = fmt('c%d:', def_counter_start[ndefs])
+    def_counter_ttl[ndefs] = fmt('%d', ceil((def_counter_start[ndefs]
+                                             + 2 * def_window[ndefs] - now)
+                                            / 1000) + 1)
+  end
+end
+
+-- Sliding window: the number of expired entries at the head of a list of
+-- len entries, dropped (the whole key when all are), and its oldest entry.
+
+local function drop_expired(key, def, len)
+  local cutoff = def_cutoff[def]
+  local head = call('LRANGE', key, 0, 3)
+  local lo, hi = 1, #head + 1
+
+  while lo < hi do
+    local mid = floor((lo + hi) / 2)
+    if tonumber(head[mid]) > cutoff then hi = mid else lo = mid + 1 end
+  end
+
+  local expired = lo - 1
+
+  if expired == #head and expired < len then
+    -- the four oldest have all expired: search the rest of the list
+    lo, hi = expired, len
+    while lo < hi do
+      local mid = floor((lo + hi) / 2)
+      if tonumber(call('LINDEX', key, mid)) > cutoff then
+        hi = mid
+      else
+        lo = mid + 1
+      end
+    end
+    expired = lo
+  end
+
+  if expired >= len then
+    call('DEL', key)
+  elseif expired >= 2 or (trim and expired > 0) then
+    call('LTRIM', key, expired, -1)
+  end
+
+  return expired, head[1]
+end
+
+-- A key's state: the live entries of a sliding window list, or the
+-- number a GCRA key holds; a key of another type is dropped, as empty.
+
+local function read_state(key, def)
+  if def_alg[def] == SLIDING then
+    local len = pcall('LLEN', key)
+    if type(len) == 'number' then
+      if len == 0 then return 0 end
+      return len - drop_expired(key, def, len)
+    end
+  else
+    local value = pcall('GET', key)
+    if type(value) ~= 'table' then return tonumber(value) or 0 end
+  end
+  call('DEL', key)
+  return 0
+end
+
+-- Sliding window without burst, unshared key: the admission at once.
+-- Returns the live entries before it, whether it stays (it is taken back
+-- when over the limit), and whether the key's TTL needs no PEXPIRE.
+
+local function admit_now(key, def)
+  local len = pcall('RPUSH', key, now_str)
+  if type(len) ~= 'number' then
+    call('DEL', key)
+    len = call('RPUSH', key, now_str)
+  end
+
+  local count, ttl_fresh = len - 1, false
+
+  if count > 0 then
+    local expired, oldest = drop_expired(key, def, len)
+    count = count - expired
+    ttl_fresh = expired == 0 and tonumber(oldest) > def_half_ago[def]
+  end
+
+  if count < def_limit[def] then return count, true, ttl_fresh end
+
+  call('RPOP', key)
+  return count, false, ttl_fresh
+end
+
+-- Sliding window: the newest admission of a key with count live entries.
+
+local function newest(key, count)
+  if count == 0 then return now end
+  return tonumber(call('LINDEX', key, -1))
+end
+
+-- Counter: the count of the current window and of the previous one.
+
+local function counter_get(key, def)
+  local value = pcall('GET', key)
+  if type(value) == 'string' then
+    local start, count, prev = match(value, '^c(%d+):(%d+):(%d+)$')
+    if start then
+      start = tonumber(start)
+      if start == def_counter_start[def] then
+        return tonumber(count), tonumber(prev)
+      end
+      if start == def_counter_start[def] - def_window[def] then
+        return 0, tonumber(count)
+      end
+    end
+  end
+  return 0, 0
+end
+
+local function counter_set(key, def, count, prev)
+  call('SET', key, def_counter_prefix[def] .. fmt('%d:%d', count, prev),
+       'PX', def_counter_ttl[def])
+end
+
+-- Sliding window: a key's TTL (ms), 1.5 windows without burst.
+
+local function set_ttl(key, def, ttl)
+  if def_burst[def] == 0 then
+    ttl = def_sliding_ttl[def]
+  elseif ttl == def_window_ms[def] + 1 then
+    ttl = def_window_ttl[def]
+  end
+  call('PEXPIRE', key, ttl)
+end
+
+-- Per key shared by zones of the batch (by its index in KEYS): its state
+-- (live entries, GCRA time, counter count), the admissions at now and
+-- later not yet written, the TTL to set, its definition, and a counter's
+-- previous count.
+
+local shared_state, shared_now, shared_later, shared_ttl, shared_def,
+      shared_prev = {}, {}, {}, {}, {}, {}
+
+-- Sliding window: the admissions of a shared key written, in order.
+
+local function flush_admissions(k)
+  local at_now, later = shared_now[k], shared_later[k]
+  local n = at_now + (later and #later or 0)
+  if n == 0 then return end
+
+  local entries = {}
+  for i = 1, n do
+    entries[i] = i <= at_now and now_str or fmt('%d', later[i - at_now])
+  end
+
+  for i = 1, n, 1000 do
+    call('RPUSH', KEYS[k], unpack(entries, i, math.min(i + 999, n)))
+  end
+
+  shared_state[k] = shared_state[k] + n
+  shared_now[k], shared_later[k] = 0, nil
+end
+
+local pos, nout, layout_len, out = 1, 0, #layout, {}
+
+-- per zone of the request being checked: its key (the index in KEYS,
+-- negative when unshared), definition, admission time, reset, the five
+-- values of the long reply, whether its admission is already pushed,
+-- a counter's counts, and whether its TTL needs no PEXPIRE
+
+local zone_key, zone_def, zone_at, zone_reset, zone_values =
+      {}, {}, {}, {}, {}
+local zone_pushed, zone_count, zone_prev, zone_ttl_fresh = {}, {}, {}, {}
+
+while pos <= layout_len do
+  local nzones, def, hi, lo = byte(layout, pos, pos + 3)
+  local count
+
+  -- the short path: one zone, sliding without burst, unshared key
+
+  if nzones == 1 and hi < 128 and def_alg[def] == SLIDING
+     and def_burst[def] == 0
+  then
+    local key, admitted, ttl_fresh = KEYS[hi * 256 + lo], nil, nil
+    count, admitted, ttl_fresh = admit_now(key, def)
+    if admitted then
+      nout = nout + 1
+      out[nout] = def_limit[def] - count - 1
+      if not ttl_fresh then set_ttl(key, def, 0) end
+      pos = pos + 4
+      nzones = 0
+    end
+  end
+
+  if nzones > 0 then
+    pos = pos + 1
+
+    local rejected, detailed = false, false
+    local top, top_left, top_reset = 0, 0, 0
+
+    -- decide in every zone
+
+    for i = 1, nzones do
+      local def, hi, lo = byte(layout, pos, pos + 2)
+      pos = pos + 3
+
+      local k, key = hi * 256 + lo, nil
+      zone_pushed[i], zone_ttl_fresh[i] = false, false
+
+      if hi >= 128 then
+        k = k - 32768
+        key = KEYS[k]
+        if shared_state[k] == nil then
+          if def_alg[def] == COUNTER then
+            shared_state[k], shared_prev[k] = counter_get(key, def)
+          else
+            shared_state[k] = read_state(key, def)
+          end
+          shared_now[k], shared_ttl[k], shared_def[k] = 0, 0, def
+        end
+        count = shared_state[k]
+
+      else
+        key = KEYS[k]
+        k = -k
+        -- (a request that took the short path and was over the limit
+        -- keeps the count it got there)
+        if nzones > 1 or count == nil then
+          if def_alg[def] == SLIDING and def_burst[def] == 0 then
+            count, zone_pushed[i], zone_ttl_fresh[i] = admit_now(key, def)
+          elseif def_alg[def] == COUNTER then
+            count, zone_prev[i] = counter_get(key, def)
+          else
+            count = read_state(key, def)
+          end
+        end
+      end
+
+      local limit, window, burst = def_limit[def], def_window[def],
+                                   def_burst[def]
+      local reject, wait, left, reset, retry, at = 0, 0, 0, 0, 0, now
+
+      if def_alg[def] == SLIDING then
+        if k > 0 then
+          count = count + shared_now[k]
+                  + (shared_later[k] and #shared_later[k] or 0)
+        end
+
+        if count < limit and burst == 0 then
+          left, reset = limit - count - 1, window
+
+        else
+          if k > 0 then flush_admissions(k) end
+          local last = newest(key, count)
+
+          if count < limit then
+            left = limit - count - 1
+            reset = (last > now and last or now) + window - now
+
+          else
+            -- admitted when the limit-th newest leaves the window
+            local excess = count - limit + 1
+            at = tonumber(call('LINDEX', key, -limit)) + window
+
+            if excess > burst then
+              reject, retry = 1, at - now
+              reset = last + window - now
+            else
+              if excess > def_delay[def] then wait = at - now end
+              reset = (last > at and last or at) + window - now
+            end
+          end
+        end
+
+      elseif def_alg[def] == COUNTER then
+        local prev = k > 0 and shared_prev[k] or zone_prev[i]
+        local start = def_counter_start[def]
+        local weighted = count + prev * def_counter_weight[def]
+        zone_count[i] = count
+
+        if weighted + 1 <= limit then
+          left = floor(limit - weighted - 1)
+          reset = start + 2 * window - now
+        else
+          reject = 1
+          if count < limit then
+            retry = start + window - (limit - count - 1) * window / prev
+                    - now
+            reset = start + window - now
+            if count > 0 then reset = reset + window end
+          else
+            retry = start + 2 * window - (limit - 1) * window / count - now
+            reset = start + 2 * window - now
+          end
+        end
+
+      else
+        -- GCRA: count is the theoretical arrival time
+        local period = window / limit
+        local tat = count > now and count or now
+
+        if tat - now > burst * period then
+          reject, retry, reset = 1, tat - now - burst * period, tat - now
+        else
+          wait = tat - now - def_delay[def] * period
+          if wait < 0 then wait = 0 end
+          at = tat + period
+          reset = at - now
+          left = floor((burst * period + period - reset) / period)
+          if left < 0 then left = 0 end
+        end
+      end
+
+      reset = ceil(reset / 1000)
+      wait = floor(wait / 1000)
+
+      if reject == 1 then
+        rejected, detailed, retry = true, true, ceil(retry / 1000)
+      elseif wait > 0 then
+        detailed = true
+      end
+
+      zone_key[i], zone_def[i] = k, def
+      zone_at[i], zone_reset[i] = at, reset
+
+      if nzones > 1 or detailed then
+        local v = 5 * i
+        zone_values[v - 4], zone_values[v - 3] = reject, wait
+        zone_values[v - 2], zone_values[v - 1] = left, reset
+        zone_values[v] = retry
+      end
+
+      if top == 0 or left < top_left
+         or (left == top_left and reset > top_reset)
+      then
+        top, top_left, top_reset = i, left, reset
+      end
+    end
+
+    -- the reply
+
+    if detailed then
+      out[nout + 1] = -1
+      for i = 1, 5 * nzones do out[nout + 1 + i] = zone_values[i] end
+      nout = nout + 1 + 5 * nzones
+    elseif nzones == 1 then
+      out[nout + 1], out[nout + 2] = top_left, top_reset
+      nout = nout + 2
+    else
+      out[nout + 1], out[nout + 2], out[nout + 3] = top, top_left, top_reset
+      nout = nout + 3
+    end
+
+    -- then record: a rejected request takes back what it pushed
+
+    if rejected then
+      for i = 1, nzones do
+        if zone_pushed[i] then
+          call('RPOP', KEYS[-zone_key[i]])
+          if not zone_ttl_fresh[i] then
+            set_ttl(KEYS[-zone_key[i]], zone_def[i], 0)
+          end
+        end
+      end
+
+    else
+      for i = 1, nzones do
+        local k, def, at = zone_key[i], zone_def[i], zone_at[i]
+        local ttl = zone_reset[i] + 1
+
+        if k > 0 then
+          -- a shared key: written once, at the end
+          if def_alg[def] == GCRA then
+            shared_state[k] = at
+          elseif def_alg[def] == COUNTER then
+            shared_state[k] = shared_state[k] + 1
+          elseif at == now then
+            shared_now[k] = shared_now[k] + 1
+          else
+            local later = shared_later[k]
+            if later == nil then later = {}; shared_later[k] = later end
+            later[#later + 1] = at
+          end
+          if ttl > shared_ttl[k] then shared_ttl[k] = ttl end
+
+        else
+          local key = KEYS[-k]
+          if def_alg[def] == SLIDING then
+            if not zone_pushed[i] then
+              call('RPUSH', key, at == now and now_str or fmt('%d', at))
+            end
+            if not zone_ttl_fresh[i] then set_ttl(key, def, ttl) end
+          elseif def_alg[def] == COUNTER then
+            counter_set(key, def, zone_count[i] + 1, zone_prev[i])
+          else
+            call('SET', key, fmt('%d', at), 'PX', ttl)
+          end
+        end
+      end
+    end
+  end
+end
+
+-- the shared keys' admissions
+
+for k, def in pairs(shared_def) do
+  if shared_ttl[k] > 0 then
+    if def_alg[def] == SLIDING then
+      flush_admissions(k)
+      set_ttl(KEYS[k], def, shared_ttl[k])
+    elseif def_alg[def] == COUNTER then
+      counter_set(KEYS[k], def, shared_state[k], shared_prev[k])
+    else
+      call('SET', KEYS[k], fmt('%d', shared_state[k]), 'PX', shared_ttl[k])
+    end
+  elseif def_alg[def] == SLIDING and def_burst[def] == 0 then
+    set_ttl(KEYS[k], def, 0)
+  end
+end
+
+return out

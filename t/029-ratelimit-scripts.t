@@ -1,0 +1,384 @@
+# ngx_http_aai_ratelimit_module's Lua script (lua/ratelimit.lua): the C
+# header that embeds it is what scripts/lua2c makes of it; the module sends
+# exactly that file (EVAL) under its SHA-1 (EVALSHA); and the script itself,
+# run with EVAL against the real Redis as the module calls it, replies and
+# leaves the keys as lua/ratelimit.lua says, for each algorithm.  Then the
+# debug log (nginx --with-debug, as Debian's) shows each request's path:
+# queued, batch sent, reply, decision, blocklist, fallback, delay, headers.
+
+use Test::Nginx::Socket 'no_plan';
+use lib 't/lib';
+use AaiTest qw( :DEFAULT :util );
+use Digest::SHA qw( sha1_hex );
+
+$ENV{TEST_NGINX_REDIS_PORT} ||= 6379;
+
+# nothing listens there: connections are refused
+$ENV{TEST_NGINX_DEAD_PORT} = free_port();
+
+sub slurp {
+    my $path = shift;
+    open(my $fh, '<:raw', $path) or die "$path: $!\n";
+    local $/;
+    return scalar <$fh>;
+}
+
+my $LUA = slurp('lua/ratelimit.lua');
+my $SHA = sha1_hex($LUA);
+$ENV{TEST_NGINX_LUA_SHA} = $SHA;
+
+my $SLIDING = 0;
+my $GCRA    = 1;
+my $COUNTER = 2;
+my $MINUTE  = 60_000_000;      # us
+
+# --- the committed C header is made from the .lua file ---------------------
+
+{
+    my $made = `scripts/lua2c lua/ratelimit.lua ngx_http_aai_ratelimit_script`;
+    is($?, 0, 'scripts/lua2c runs');
+    ok($made eq slurp('ngx_http_aai_ratelimit_lua.h'),
+       'ngx_http_aai_ratelimit_lua.h is lua/ratelimit.lua as made by '
+       . 'scripts/lua2c (run "make lua")');
+    is(redis_cmd('SCRIPT', 'LOAD', $LUA), $SHA, 'Redis loads it as its SHA-1');
+}
+
+# --- the module sends that file, under that SHA-1 --------------------------
+
+{
+    my ($port, $stop) = start_nginx_instance('rl029', <<'_EOC_');
+    aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT timeout=3s;
+    aai_ratelimit_zone s029 key=$arg_u rate=10r/m;
+
+    server {
+        listen 127.0.0.1:$TEST_NGINX_INSTANCE_PORT;
+        location /s { aai_ratelimit s029; empty_gif; }
+    }
+_EOC_
+
+    redis_flushdb();
+    redis_cmd('SCRIPT', 'FLUSH');
+
+    # the script's commands (client "lua") and the client's own (PING)
+    # left out
+
+    my @st;
+    my @c = grep { $_->{client} ne 'lua' && $_->{args}[0] =~ /^EVAL/ }
+            redis_monitor(sub { @st = http_get($port, '/s?u=sha', {}) });
+
+    is($st[0], 200, 'module: admitted');
+    is(join(' ', map { $_->{args}[0] } @c), 'EVALSHA EVAL',
+       'module: EVALSHA, NOSCRIPT, then EVAL');
+    is($c[0]{args}[1], $SHA, 'module: EVALSHA names the SHA-1 of the file');
+    ok(defined $c[1]{args}[1] && $c[1]{args}[1] eq $LUA,
+       'module: EVAL sends the file byte for byte');
+
+    @c = grep { $_->{client} ne 'lua' && $_->{args}[0] =~ /^EVAL/ }
+         redis_monitor(sub { @st = http_get($port, '/s?u=sha', {}) });
+    is(join(' ', map { $_->{args}[0] } @c), 'EVALSHA',
+       'module: then EVALSHA alone');
+
+    $stop->();
+}
+
+# --- the script against Redis ----------------------------------------------
+
+# the layout: per request its zones, each [definition, key index, shared]
+sub layout {
+    my $s = '';
+    for my $req (@_) {
+        $s .= chr(scalar @$req);
+        for my $z (@$req) {
+            my ($def, $key, $shared) = @$z;
+            $s .= chr($def) . chr(($key >> 8) | ($shared ? 0x80 : 0))
+                  . chr($key & 0xff);
+        }
+    }
+    return $s;
+}
+
+# EVAL as the module sends it: keys, layout, trim, definitions
+sub check {
+    my (%o) = @_;
+    my @keys = @{ $o{keys} };
+    return redis_cmd('EVAL', $LUA, scalar @keys, @keys,
+                     layout(@{ $o{requests} }), $o{trim} ? '1' : '0',
+                     map { @$_ } @{ $o{defs} });
+}
+
+sub in_range {
+    my ($v, $lo, $hi, $name) = @_;
+    ok(defined $v && $v >= $lo && $v <= $hi, "$name: $v in [$lo, $hi]")
+        or diag("got " . ($v // 'undef'));
+}
+
+# sliding window without burst, an unshared key: the short reply (the
+# requests left), then a rejection (-1, rejected, delay, remaining, reset,
+# retry after); the key is a list of the 3 admissions, kept 1.5 windows
+
+{
+    redis_flushdb();
+    my @a = (keys => ['s1'], requests => [[[1, 1, 0]]],
+             defs => [[$SLIDING, 3, $MINUTE, 0, 0]]);
+
+    is_deeply(check(@a), [2], 'sliding: 1st, 2 left');
+    is_deeply(check(@a), [1], 'sliding: 2nd, 1 left');
+    is_deeply(check(@a), [0], 'sliding: 3rd, none left');
+
+    my $r = check(@a);
+    is_deeply([ @$r[0 .. 3] ], [-1, 1, 0, 0], 'sliding: 4th rejected');
+    in_range($r->[4], 59_000, 60_000, 'sliding: reset ms');
+    in_range($r->[5], 59_000, 60_000, 'sliding: retry after ms');
+
+    is(redis_cmd('TYPE', 's1'), 'list', 'sliding: a list');
+    is(redis_cmd('LLEN', 's1'), 3, 'sliding: the 3 admissions, not the 4th');
+    in_range(redis_cmd('PTTL', 's1'), 80_000, 90_001, 'sliding: TTL');
+}
+
+# sliding window, expired entries at the head: all dropped (the binary
+# search beyond the 4 oldest), the request admitted
+
+{
+    redis_flushdb();
+    my $old = redis_time_us() - 2 * $MINUTE;
+    redis_cmd('RPUSH', 's2', map { $old + $_ } 1 .. 6);
+
+    is_deeply(check(keys => ['s2'], requests => [[[1, 1, 0]]],
+                    defs => [[$SLIDING, 3, $MINUTE, 0, 0]], trim => 1),
+              [2], 'expired: 6 expired entries count for nothing');
+    is(redis_cmd('LLEN', 's2'), 1, 'expired: dropped, the admission kept');
+}
+
+# a key of another type counts as empty and is overwritten
+
+{
+    redis_flushdb();
+    redis_cmd('SET', 's3', 'junk');
+
+    is_deeply(check(keys => ['s3'], requests => [[[1, 1, 0]]],
+                    defs => [[$SLIDING, 3, $MINUTE, 0, 0]]),
+              [2], 'other type: admitted as on an empty key');
+    is(redis_cmd('TYPE', 's3'), 'list', 'other type: now a list');
+}
+
+# GCRA, 10 per second: the key holds the next allowed time (us); without
+# burst the next request is rejected, with burst 2 and delay 0 it waits
+
+{
+    redis_flushdb();
+    my $now = redis_time_us();
+    my @a = (keys => ['g1'], requests => [[[1, 1, 0]]],
+             defs => [[$GCRA, 10, 1_000_000, 0, 0]]);
+
+    is_deeply(check(@a), [0, 100], 'gcra: admitted, 0 left, reset 100 ms');
+    in_range(redis_cmd('GET', 'g1'), $now + 100_000, $now + 100_000 + 2e6,
+             'gcra: the next allowed time');
+    in_range(redis_cmd('PTTL', 'g1'), 1, 101, 'gcra: TTL');
+
+    my $r = check(@a);
+    is_deeply([ @$r[0 .. 3] ], [-1, 1, 0, 0], 'gcra: 2nd rejected');
+    in_range($r->[5], 1, 100, 'gcra: retry after ms');
+
+    redis_flushdb();
+    @a = (keys => ['g2'], requests => [[[1, 1, 0]]],
+          defs => [[$GCRA, 10, 1_000_000, 2, 0]]);
+
+    is_deeply(check(@a), [2, 100], 'gcra burst: 1st, 2 left');
+    $r = check(@a);
+    is_deeply([ @$r[0, 1] ], [-1, 0], 'gcra burst: 2nd admitted, delayed');
+    in_range($r->[2], 50, 100, 'gcra burst: delay ms');
+}
+
+# the sliding window counter: the string "c<start>:<count>:<previous>"
+
+{
+    redis_flushdb();
+    my @a = (keys => ['c1'], requests => [[[1, 1, 0]]],
+             defs => [[$COUNTER, 2, $MINUTE, 0, 0]]);
+
+    my $r = check(@a);
+    is($r->[0], 1, 'counter: 1st, 1 left');
+    $r = check(@a);
+    is($r->[0], 0, 'counter: 2nd, none left');
+    $r = check(@a);
+    is_deeply([ @$r[0 .. 3] ], [-1, 1, 0, 0], 'counter: 3rd rejected');
+
+    my $v = redis_cmd('GET', 'c1');
+    like($v, qr/^c\d+:2:0$/, 'counter: 2 counted in this window');
+    my ($start) = $v =~ /^c(\d+):/;
+    is($start % $MINUTE, 0, 'counter: the window starts on a minute');
+    in_range(redis_cmd('PTTL', 'c1'), 1, 120_001, 'counter: TTL');
+}
+
+# two zones: one rejects, the request spends nothing in the other
+
+{
+    redis_flushdb();
+    my @a = (keys => ['z1', 'z2'], requests => [[[1, 1, 0], [2, 2, 0]]],
+             defs => [[$SLIDING, 5, $MINUTE, 0, 0],
+                      [$SLIDING, 1, $MINUTE, 0, 0]]);
+
+    is_deeply(check(@a), [2, 0, 60_000],
+              'two zones: the most restrictive, its remaining and reset');
+
+    my $r = check(@a);
+    is(scalar @$r, 11, 'two zones: rejected, 5 values per zone');
+    is_deeply([ @$r[0, 1, 6] ], [-1, 0, 1],
+              'two zones: the 2nd zone rejects, the 1st does not');
+    is(redis_cmd('LLEN', 'z1'), 1, 'two zones: the 1st zone spent nothing');
+    is(redis_cmd('LLEN', 'z2'), 1, 'two zones: the 2nd neither');
+}
+
+# two requests of one batch share a key: simultaneous, written once
+
+{
+    redis_flushdb();
+    my $r = check(keys => ['b1'], requests => [[[1, 1, 1]], [[1, 1, 1]]],
+                  defs => [[$SLIDING, 1, $MINUTE, 0, 0]]);
+
+    is_deeply([ @$r[0 .. 5] ], [0, 60_000, -1, 1, 0, 0],
+              'shared: the 1st admitted, the 2nd rejected');
+    is(scalar @$r, 8, 'shared: one record per request');
+    is(redis_cmd('LLEN', 'b1'), 1, 'shared: one admission recorded');
+    in_range(redis_cmd('PTTL', 'b1'), 80_000, 90_001, 'shared: TTL');
+}
+
+# --- the debug log: each request's path ------------------------------------
+
+# the limiter's debug lines a request added to an instance's log, as
+# "what, what, ..." up to each line's first comma
+sub path_of {
+    my ($port, $prefix, $uri) = @_;
+    my $log = "$prefix/logs/error.log";
+    my $n = () = file_lines($log);
+    my ($st) = http_get($port, $uri, {});
+    my @l = file_lines($log);
+    my $step = qr/(?<=[:\d]\ )aai_ratelimit\ ((?:zone|queued|waiting|batch
+                  |reply\ of|decided|resuming|delaying|blocklist|Redis
+                  |already|header\ filter)[^,\n]*)/x;
+    my @path = map { /$step/ ? $1 : () } @l[$n .. $#l];
+    s/ [0-9A-F]{8,} / P /g for @path;        # batch addresses
+    return ($st // 0, join("\n", @path) . "\n");
+}
+
+{
+    my ($port, $stop, $prefix) = start_nginx_instance('rl029d', <<'_EOC_');
+    aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT timeout=3s;
+    aai_ratelimit_zone d_one  key=$arg_u rate=10r/m;
+    aai_ratelimit_zone d_min  key=$arg_u rate=1r/m;
+    aai_ratelimit_zone d_slow key=$arg_u rate=10r/s burst=5 algorithm=gcra;
+
+    server {
+        listen 127.0.0.1:$TEST_NGINX_INSTANCE_PORT;
+        location /one  { aai_ratelimit d_one; empty_gif; }
+        location /min  { aai_ratelimit d_min; empty_gif; }
+        location /slow { aai_ratelimit d_slow; empty_gif; }
+    }
+_EOC_
+
+    redis_flushdb();
+    redis_cmd('SCRIPT', 'LOAD', $LUA);
+
+    my ($st, $path) = path_of($port, $prefix, '/one?u=path');
+    is($st, 200, 'debug: admitted');
+    is($path, <<'_EOP_', 'debug: checked in Redis');
+zone "d_one" key "path"
+queued in batch P as request 1
+waiting for Redis
+batch P sent: EVALSHA
+batch P reply: type 2
+reply of batch P for request 1: 1 values
+decided by Redis: passed
+resuming the request
+header filter: zone 0
+_EOP_
+
+    ($st, $path) = path_of($port, $prefix, '/one');
+    is($path, qq{zone "d_one": empty key\n}, 'debug: an empty key');
+
+    path_of($port, $prefix, '/min?u=b');
+    ($st, $path) = path_of($port, $prefix, '/min?u=b');
+    is($st, 429, 'debug: rejected by Redis');
+    like($path, qr{
+        \Azone\ "d_min"\ key\ "b"\n
+        queued\ in\ batch\ P\ as\ request\ 1\n
+        waiting\ for\ Redis\n
+        batch\ P\ sent:\ EVALSHA\n
+        batch\ P\ reply:\ type\ 2\n
+        reply\ of\ batch\ P\ for\ request\ 1:\ 6\ values\n
+        blocklist:\ "d_min:b"\ added\ for\ \d+\ ms\n
+        decided\ by\ Redis:\ rejected\n
+        resuming\ the\ request\n
+        header\ filter:\ zone\ 0\n\z}x,
+        'debug: rejected by Redis, added to the blocklist') or diag($path);
+
+    ($st, $path) = path_of($port, $prefix, '/min?u=b');
+    is($st, 429, 'debug: rejected by the blocklist');
+    like($path, qr{\Azone\ "d_min"\ key\ "b"\n
+                   blocklist:\ "d_min:b"\ for\ \d+\ ms\n
+                   decided\ by\ the\ blocklist:\ rejected\n
+                   header\ filter:\ zone\ 0\n\z}x,
+         'debug: the blocklist decides alone') or diag($path);
+
+    path_of($port, $prefix, '/slow?u=s');
+    ($st, $path) = path_of($port, $prefix, '/slow?u=s');
+    is($st, 200, 'debug: delayed, then served');
+    like($path, qr{reply\ of\ batch\ P\ for\ request\ 1:\ 6\ values\n
+                   decided\ by\ Redis:\ passed\n
+                   resuming\ the\ request\n
+                   delaying\ the\ request\ \d+\ ms\n
+                   already\ decided\n
+                   header\ filter:\ zone\ 0\n\z}x,
+         'debug: delayed, then the phase runs again') or diag($path);
+
+    $stop->();
+}
+
+{
+    my ($port, $stop, $prefix) = start_nginx_instance('rl029f', <<'_EOC_');
+    aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_DEAD_PORT timeout=3s;
+    aai_ratelimit_zone f_one key=$arg_u rate=10r/m;
+
+    server {
+        listen 127.0.0.1:$TEST_NGINX_INSTANCE_PORT;
+        location /f {
+            aai_ratelimit f_one;
+            aai_ratelimit_fallback local;
+            empty_gif;
+        }
+    }
+_EOC_
+
+    my ($st, $path) = path_of($port, $prefix, '/f?u=down');
+    is($st, 200, 'debug: Redis down, admitted by the local fallback');
+    like($path, qr{\Azone\ "f_one"\ key\ "down"\n(?s:.*)
+                   Redis\ unavailable:\ fallback\ "local"\n
+                   decided\ by\ the\ local\ fallback:\ passed\n
+                   header\ filter:\ zone\ 0\n\z}x,
+         'debug: the fallback decides') or diag($path);
+
+    $stop->();
+}
+
+run_tests();
+
+__DATA__
+
+=== TEST 1: on the runner's own nginx, the script Redis keeps is the file
+--- http_config
+    aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    aai_ratelimit_zone one key=$arg_u rate=10r/m;
+--- config
+    location /t {
+        aai_ratelimit one;
+        empty_gif;
+    }
+--- request
+GET /t?u=script
+--- error_code: 200
+--- aai_before
+redis_flushdb();
+redis_cmd('SCRIPT', 'FLUSH');
+--- aai_after
+is_deeply(redis_cmd('SCRIPT', 'EXISTS', $ENV{TEST_NGINX_LUA_SHA}), [1],
+          'the SHA-1 of lua/ratelimit.lua is loaded');
