@@ -36,6 +36,9 @@
 
 
 static ngx_aai_redis_conn_t *ngx_aai_redis_pick(ngx_aai_redis_t *rs);
+static ngx_aai_redis_cmd_t *ngx_aai_redis_send_cmd(ngx_aai_redis_t *rs,
+    ngx_log_t *log, ngx_uint_t argc, ngx_str_t *argv,
+    ngx_aai_redis_handler_pt handler, void *data, ngx_uint_t asking);
 static void ngx_aai_redis_flush(ngx_aai_redis_conn_t *conn);
 static ngx_int_t ngx_aai_redis_process(ngx_aai_redis_conn_t *conn);
 static void ngx_aai_redis_message(ngx_aai_redis_conn_t *conn,
@@ -71,7 +74,12 @@ ngx_aai_redis_create(ngx_conf_t *cf, ngx_aai_redis_conf_t *rcf)
     rs->dummy.fd = (ngx_socket_t) -1;
     ngx_queue_init(&rs->free);
 
-    if (ngx_aai_redis_circuit_add(cf, rs) != NGX_OK) {
+    if (rcf->cluster) {
+        rs->cluster = ngx_aai_redis_cluster_create(cf, rs, rcf);
+        return rs->cluster ? rs : NULL;
+    }
+
+    if (!rcf->cluster_node && ngx_aai_redis_circuit_add(cf, rs) != NGX_OK) {
         return NULL;
     }
 
@@ -160,11 +168,40 @@ ngx_aai_redis_cmd_t *
 ngx_aai_redis_send(ngx_aai_redis_t *rs, ngx_log_t *log, ngx_uint_t argc,
     ngx_str_t *argv, ngx_aai_redis_handler_pt handler, void *data)
 {
-    ngx_aai_redis_cmd_t   *cmd;
+    return ngx_aai_redis_send_cmd(rs, log, argc, argv, handler, data, 0);
+}
+
+
+/*
+ * The cluster's ASK: ASKING and the command on one connection, one after
+ * the other; the reply to ASKING is dropped as a cancelled command's.
+ */
+
+ngx_aai_redis_cmd_t *
+ngx_aai_redis_send_asking(ngx_aai_redis_t *rs, ngx_log_t *log,
+    ngx_uint_t argc, ngx_str_t *argv, ngx_aai_redis_handler_pt handler,
+    void *data)
+{
+    return ngx_aai_redis_send_cmd(rs, log, argc, argv, handler, data, 1);
+}
+
+
+static ngx_aai_redis_cmd_t *
+ngx_aai_redis_send_cmd(ngx_aai_redis_t *rs, ngx_log_t *log, ngx_uint_t argc,
+    ngx_str_t *argv, ngx_aai_redis_handler_pt handler, void *data,
+    ngx_uint_t asking)
+{
+    ngx_str_t              asking_argv;
+    ngx_aai_redis_cmd_t   *cmd, *acmd;
     ngx_aai_redis_conn_t  *conn;
 
     if (!rs->initialized || argc == 0) {
         return NULL;
+    }
+
+    if (rs->cluster) {
+        return ngx_aai_redis_cluster_send(rs->cluster, log, argc, argv,
+                                          handler, data);
     }
 
     if (ngx_aai_redis_circuit_blocked(rs)) {
@@ -184,6 +221,28 @@ ngx_aai_redis_send(ngx_aai_redis_t *rs, ngx_log_t *log, ngx_uint_t argc,
         && ngx_aai_redis_connect(conn) != NGX_OK)
     {
         return NULL;
+    }
+
+    if (asking) {
+        acmd = ngx_aai_redis_cmd_get(rs);
+        if (acmd == NULL) {
+            return NULL;
+        }
+
+        ngx_str_set(&asking_argv, "ASKING");
+
+        if (ngx_aai_redis_append(conn, 1, &asking_argv) != NGX_OK) {
+            ngx_aai_redis_cmd_free(rs, acmd);
+            return NULL;
+        }
+
+        acmd->step = NGX_AAI_REDIS_CMD_USER;
+        acmd->cancelled = 1;
+        acmd->deadline = ngx_current_msec + rs->conf->timeout;
+        acmd->start_us = ngx_aai_redis_now_us();
+
+        ngx_queue_insert_tail(&conn->queue, &acmd->queue);
+        conn->npending++;
     }
 
     cmd = ngx_aai_redis_cmd_get(rs);
@@ -225,6 +284,11 @@ ngx_aai_redis_send(ngx_aai_redis_t *rs, ngx_log_t *log, ngx_uint_t argc,
 void
 ngx_aai_redis_cancel(ngx_aai_redis_cmd_t *cmd)
 {
+    if (cmd->step == NGX_AAI_REDIS_CMD_CLUSTER) {
+        ngx_aai_redis_cluster_cancel(cmd->data);
+        return;
+    }
+
     cmd->cancelled = 1;
     cmd->handler = NULL;
     cmd->data = NULL;
@@ -235,6 +299,10 @@ ngx_uint_t
 ngx_aai_redis_available(ngx_aai_redis_t *rs)
 {
     ngx_uint_t  i;
+
+    if (rs->cluster) {
+        return ngx_aai_redis_cluster_available(rs->cluster);
+    }
 
     if (!rs->initialized || ngx_aai_redis_circuit_blocked(rs)) {
         return 0;
@@ -261,6 +329,11 @@ ngx_aai_redis_subscribe(ngx_aai_redis_t *rs, ngx_str_t *channel,
     ngx_uint_t            n;
     ngx_str_t             argv[2];
     ngx_aai_redis_sub_t  *subs, *sub;
+
+    if (rs->cluster) {
+        return ngx_aai_redis_cluster_subscribe(rs->cluster, channel, pattern,
+                                               handler, data);
+    }
 
     if (rs->nsubs == rs->nalloc_subs) {
         n = rs->nalloc_subs ? rs->nalloc_subs * 2 : 4;
@@ -837,6 +910,45 @@ ngx_aai_redis_out_reset(ngx_aai_redis_conn_t *conn)
         conn->out_last = NULL;
         conn->out_end = NULL;
     }
+}
+
+
+ngx_int_t
+ngx_aai_redis_metrics(ngx_aai_redis_t *rs, struct ngx_aai_metrics_s *m,
+    const char *client)
+{
+    if (rs->cluster == NULL) {
+        return NGX_OK;
+    }
+
+    return ngx_aai_redis_cluster_metrics(rs->cluster, m, client);
+}
+
+
+/* for ngx_aai_redis_cluster.c */
+
+
+ngx_aai_redis_cmd_t *
+ngx_aai_redis_cmd_wrap(ngx_aai_redis_t *rs, void *ccmd)
+{
+    ngx_aai_redis_cmd_t  *cmd;
+
+    cmd = ngx_aai_redis_cmd_get(rs);
+    if (cmd == NULL) {
+        return NULL;
+    }
+
+    cmd->step = NGX_AAI_REDIS_CMD_CLUSTER;
+    cmd->data = ccmd;
+
+    return cmd;
+}
+
+
+void
+ngx_aai_redis_cmd_unwrap(ngx_aai_redis_t *rs, ngx_aai_redis_cmd_t *cmd)
+{
+    ngx_aai_redis_cmd_free(rs, cmd);
 }
 
 

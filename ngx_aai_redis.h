@@ -86,6 +86,10 @@ typedef struct {
     ngx_uint_t                 nsentinels;
     ngx_str_t                  master;
     ngx_str_t                  sentinel_password;
+
+    /* cluster=: addrs are the seed nodes (ngx_aai_redis_cluster.h) */
+    ngx_uint_t                 cluster;
+    ngx_uint_t                 cluster_node;  /* a node of a cluster */
 } ngx_aai_redis_conf_t;
 
 
@@ -107,6 +111,9 @@ typedef struct {
  * (SENTINEL get-master-addr-by-name), checks it with ROLE after
  * connecting, follows +switch-master (subscribed on a sentinel
  * connection) and asks again when a connection to the primary is lost.
+ * Or cluster=host:port,host:port,...: the seed nodes of a Redis Cluster;
+ * in each worker the client learns the slot map from them and sends each
+ * command to the primary of its key's slot (ngx_aai_redis_cluster.h).
  * Errors name the directive and the value.  Defaults: connect_timeout=200ms
  * timeout=100ms backoff=1s connections=1, no SELECT (db -1), tls=off,
  * tls_verify=on, tls_name the address's host.  With tls=on the connection
@@ -201,6 +208,17 @@ typedef void (*ngx_aai_redis_message_pt)(ngx_str_t *channel,
  */
 ngx_int_t ngx_aai_redis_subscribe(ngx_aai_redis_t *rs, ngx_str_t *channel,
     ngx_uint_t pattern, ngx_aai_redis_message_pt handler, void *data);
+
+
+/*
+ * Configuration time, before the registry's ngx_aai_metrics_zone(): adds
+ * the client's metrics to a module's registry (cluster=: slot map
+ * refreshes and errors per node; nothing otherwise).  client is the
+ * metrics' "client" label.
+ */
+struct ngx_aai_metrics_s;
+ngx_int_t ngx_aai_redis_metrics(ngx_aai_redis_t *rs,
+    struct ngx_aai_metrics_s *m, const char *client);
 
 
 #endif /* _NGX_AAI_REDIS_H_INCLUDED_ */

@@ -110,10 +110,19 @@ ngx_aai_redis_conf_parse(ngx_conf_t *cf, ngx_aai_redis_conf_t *rcf)
     rcf->nsentinels = 0;
     ngx_str_null(&rcf->master);
     ngx_str_null(&rcf->sentinel_password);
+    rcf->cluster = 0;
+    rcf->cluster_node = 0;
 
     ngx_memzero(&u, sizeof(ngx_url_t));
 
-    if (value[1].len > 9 && ngx_strncmp(value[1].data, "sentinel=", 9) == 0) {
+    if (value[1].len > 8 && ngx_strncmp(value[1].data, "cluster=", 8) == 0) {
+        if (ngx_aai_redis_cluster_conf(cf, rcf, &value[1]) != NGX_CONF_OK) {
+            return NGX_CONF_ERROR;
+        }
+
+    } else if (value[1].len > 9
+               && ngx_strncmp(value[1].data, "sentinel=", 9) == 0)
+    {
         if (ngx_aai_redis_conf_sentinels(cf, rcf, &value[1]) != NGX_CONF_OK)
         {
             return NGX_CONF_ERROR;

@@ -60,6 +60,11 @@ ngx_aai_redis_init_worker(ngx_aai_redis_t *rs, ngx_cycle_t *cycle)
 
     rs->log = cycle->log;
 
+    if (rs->cluster) {
+        rs->initialized = 1;
+        return ngx_aai_redis_cluster_init_worker(rs->cluster, cycle);
+    }
+
     if (ngx_aai_redis_handshake_init(rs) != NGX_OK) {
         return NGX_ERROR;
     }
@@ -139,6 +144,10 @@ ngx_aai_redis_exit_worker(ngx_aai_redis_t *rs)
 
     ngx_log_debug1(NGX_LOG_DEBUG_EVENT, ngx_cycle->log, 0,
                    "aai redis %V: worker exit", &rs->conf->url);
+
+    if (rs->cluster) {
+        ngx_aai_redis_cluster_exit_worker(rs->cluster);
+    }
 
     if (rs->conns) {
         for (i = 0; i < rs->nconns; i++) {
@@ -384,6 +393,9 @@ ngx_aai_redis_connect(ngx_aai_redis_conn_t *conn)
 
         addr = &rs->primary;
 
+    } else if (rs->primary_known) {
+        addr = &rs->primary;            /* a cluster node's, from the map */
+
     } else {
         addr = &rcf->addrs[conn->addr % rcf->naddrs];
     }
@@ -391,21 +403,11 @@ ngx_aai_redis_connect(ngx_aai_redis_conn_t *conn)
     conn->name = &addr->name;
     conn->state = NGX_AAI_REDIS_CONNECTING;
 
-    conn->reader = redisReaderCreate();
+    conn->reader = ngx_aai_redis_reader_create();
     if (conn->reader == NULL) {
         ngx_aai_redis_fail(conn, 0, "no memory", "redisReaderCreate() failed");
         return NGX_ERROR;
     }
-
-    /* hiredis's functions, but arrays bounded */
-
-    if (ngx_aai_redis_array_fn == NULL) {
-        ngx_aai_redis_reply_fn = *conn->reader->fn;
-        ngx_aai_redis_array_fn = ngx_aai_redis_reply_fn.createArray;
-        ngx_aai_redis_reply_fn.createArray = ngx_aai_redis_create_array;
-    }
-
-    conn->reader->fn = &ngx_aai_redis_reply_fn;
 
     /* the handshake replies come first: queue their commands first */
 
@@ -952,6 +954,34 @@ ngx_aai_redis_post_write(ngx_aai_redis_conn_t *conn)
     if (c != NULL && !c->write->posted) {
         ngx_post_event(c->write, &ngx_posted_events);
     }
+}
+
+
+/*
+ * hiredis's reader, but arrays bounded: hiredis 0.14 allocates what an
+ * array's header announces ("*400000000" is 3.2 GB) before its elements
+ * arrive.  Every reader of replies from Redis or a sentinel is made here.
+ */
+
+redisReader *
+ngx_aai_redis_reader_create(void)
+{
+    redisReader  *reader;
+
+    reader = redisReaderCreate();
+    if (reader == NULL) {
+        return NULL;
+    }
+
+    if (ngx_aai_redis_array_fn == NULL) {
+        ngx_aai_redis_reply_fn = *reader->fn;
+        ngx_aai_redis_array_fn = ngx_aai_redis_reply_fn.createArray;
+        ngx_aai_redis_reply_fn.createArray = ngx_aai_redis_create_array;
+    }
+
+    reader->fn = &ngx_aai_redis_reply_fn;
+
+    return reader;
 }
 
 

@@ -20,6 +20,7 @@
 #include <ngx_event_connect.h>
 
 #include "ngx_aai_redis.h"
+#include "ngx_aai_redis_cluster.h"
 
 
 #define NGX_AAI_REDIS_DEFAULT_PORT      6379
@@ -58,7 +59,8 @@ typedef enum {
     NGX_AAI_REDIS_CMD_AUTH,
     NGX_AAI_REDIS_CMD_SELECT,
     NGX_AAI_REDIS_CMD_ROLE,         /* with sentinel=: a primary? */
-    NGX_AAI_REDIS_CMD_PING
+    NGX_AAI_REDIS_CMD_PING,
+    NGX_AAI_REDIS_CMD_CLUSTER       /* what a cluster's caller holds */
 } ngx_aai_redis_step_e;
 
 
@@ -212,6 +214,8 @@ struct ngx_aai_redis_s {
     unsigned                    primary_known:1;
     unsigned                    switching:1;
 
+    ngx_aai_redis_cluster_t    *cluster;    /* cluster= */
+
     unsigned                    healthy:1;
     unsigned                    initialized:1;
 };
@@ -250,6 +254,7 @@ ngx_uint_t ngx_aai_redis_circuit_blocked(ngx_aai_redis_t *rs);
 
 /* ngx_aai_redis_conn.c */
 
+redisReader *ngx_aai_redis_reader_create(void);
 void ngx_aai_redis_conn_init(ngx_aai_redis_t *rs,
     ngx_aai_redis_conn_t *conn, ngx_cycle_t *cycle, ngx_uint_t n);
 ngx_int_t ngx_aai_redis_connect(ngx_aai_redis_conn_t *conn);

@@ -141,7 +141,7 @@ ngx_aai_redis_sentinel_connect(ngx_aai_redis_sentinel_t *st)
 
     addr = &rcf->sentinels[st->next % rcf->nsentinels];
 
-    st->reader = redisReaderCreate();
+    st->reader = ngx_aai_redis_reader_create();
     if (st->reader == NULL) {
         ngx_aai_redis_sentinel_fail(st, "redisReaderCreate() failed");
         return;
@@ -626,9 +626,15 @@ ngx_aai_redis_set_primary(ngx_aai_redis_t *rs, ngx_str_t *host,
     rs->primary_known = 1;
     level = known ? NGX_LOG_WARN : NGX_LOG_INFO;
 
-    ngx_log_error(level, rs->log, 0,
-                  "aai redis master \"%V\": primary is %V",
-                  &rs->conf->master, &rs->primary.name);
+    if (rs->conf->cluster_node) {
+        ngx_log_error(NGX_LOG_INFO, rs->log, 0,
+                      "aai redis cluster node: %V", &rs->primary.name);
+
+    } else {
+        ngx_log_error(level, rs->log, 0,
+                      "aai redis master \"%V\": primary is %V",
+                      &rs->conf->master, &rs->primary.name);
+    }
 
     if (known) {
         rs->failovers++;
@@ -687,4 +693,27 @@ ngx_aai_redis_set_primary(ngx_aai_redis_t *rs, ngx_str_t *host,
     rs->healthy = 1;
 
     return NGX_OK;
+}
+
+
+/* a cluster's node client is given its address from the slot map */
+
+ngx_int_t
+ngx_aai_redis_set_node(ngx_aai_redis_t *rs, ngx_str_t *host,
+    ngx_uint_t port)
+{
+    ngx_str_t  p;
+    u_char     buf[NGX_INT_T_LEN];
+
+    p.data = buf;
+    p.len = ngx_sprintf(buf, "%ui", port) - buf;
+
+    rs->primary.sockaddr = &rs->primary_sa.sockaddr;
+    rs->primary.name.data = rs->primary_name;
+
+    if (rs->log == NULL) {
+        rs->log = ngx_cycle->log;
+    }
+
+    return ngx_aai_redis_set_primary(rs, host, &p);
 }

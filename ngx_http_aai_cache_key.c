@@ -34,6 +34,7 @@ ngx_http_aai_cache_make_key(ngx_http_request_t *r,
 {
     u_char                          *p;
     ngx_str_t                        value;
+    ngx_uint_t                       tag;
     ngx_http_complex_value_t        *cv;
     ngx_http_aai_cache_main_conf_t  *amcf;
 
@@ -54,13 +55,29 @@ ngx_http_aai_cache_make_key(ngx_http_request_t *r,
 
     ngx_http_aai_cache_sha256(value.data, value.len, digest);
 
-    key->len = alcf->prefix.len + 2 * SHA256_DIGEST_LENGTH;
+    /*
+     * On a Redis Cluster, H is the key's hash tag, P "{" H "}": the keys
+     * of one resource (its entry, variants, variant set and lock) are in
+     * one slot, for the scripts that use them together; resources are
+     * spread over every node.
+     */
+
+    amcf = ngx_http_get_module_main_conf(r, ngx_http_aai_cache_module);
+    tag = amcf->redis_conf.cluster ? 1 : 0;
+
+    key->len = alcf->prefix.len + 2 * SHA256_DIGEST_LENGTH + 2 * tag;
     key->data = ngx_pnalloc(r->pool, key->len);
     if (key->data == NULL) {
         return NGX_ERROR;
     }
 
     p = ngx_cpymem(key->data, alcf->prefix.data, alcf->prefix.len);
+
+    if (tag) {
+        *p++ = '{';
+        key->data[key->len - 1] = '}';
+    }
+
     ngx_hex_dump(p, digest, SHA256_DIGEST_LENGTH);
 
     ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
@@ -118,8 +135,15 @@ ngx_http_aai_cache_variant_key(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
-    p = ngx_cpymem(buf, ctx->key.data + ctx->key.len
-                        - 2 * SHA256_DIGEST_LENGTH,
+    /* H: the key's last hex digits, before the "}" of a cluster's */
+
+    e = ctx->key.data + ctx->key.len;
+
+    if (e[-1] == '}') {
+        e--;
+    }
+
+    p = ngx_cpymem(buf, e - 2 * SHA256_DIGEST_LENGTH,
                    2 * SHA256_DIGEST_LENGTH);
     *p++ = '\n';
 

@@ -84,5 +84,14 @@ ngx_http_aai_cache_add_metrics(ngx_conf_t *cf,
         return NGX_ERROR;
     }
 
+    if ((amcf->redis
+         && ngx_aai_redis_metrics(amcf->redis, m, "cache") != NGX_OK)
+        || (amcf->store
+            && ngx_aai_redis_metrics(amcf->store, m, "cache_store")
+               != NGX_OK))
+    {
+        return NGX_ERROR;
+    }
+
     return ngx_aai_metrics_zone(cf, m);
 }

@@ -172,6 +172,8 @@ ngx_http_aai_kafka_log_handler(ngx_http_request_t *r)
             }
 
             if (val.len == 0 || (val.len == 1 && val.data[0] == '0')) {
+                ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                               "aai_kafka: event %ui skipped by if=", i);
                 continue;
             }
         }
@@ -186,6 +188,10 @@ ngx_http_aai_kafka_log_handler(ngx_http_request_t *r)
                 last = NULL;
                 continue;
             }
+
+            ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                           "aai_kafka: event formatted, format \"%V\", "
+                           "%uz bytes", &fmt->name, payload.len);
 
             last = fmt;
         }
@@ -215,6 +221,10 @@ ngx_http_aai_kafka_produce(ngx_http_request_t *r,
     if (ev->topic_value && ngx_http_aai_kafka_pick(r, kmcf, ev, &t) != NGX_OK)
     {
         ngx_http_aai_kafka_drop(kmcf, NGX_HTTP_AAI_KAFKA_TOPIC);
+
+        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "aai_kafka: event dropped: its topic is not among "
+                       "topics=");
 
         w->drops.count++;
         w->drops.reason = "the topic is not among topics=";
@@ -259,10 +269,18 @@ ngx_http_aai_kafka_produce(ngx_http_request_t *r,
         ngx_http_aai_kafka_account(w);
         ngx_aai_metrics_inc(kmcf->metrics, kmcf->produced, 1);
         ngx_aai_metrics_inc(kmcf->metrics, kmcf->depth, 1);
+
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "aai_kafka: event queued for \"%V\", %ui in flight",
+                       &((ngx_str_t *) kmcf->topics.elts)[t],
+                       w->outstanding);
         return;
     }
 
 dropped:
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "aai_kafka: event not queued: %s", rd_kafka_err2str(err));
 
     if (kmcf->spool && w->kmcf == kmcf) {
         topic = kmcf->topics.elts;

@@ -114,6 +114,10 @@ ngx_http_aai_kafka_spool(ngx_http_aai_kafka_worker_t *w,
     if (topic == NULL || err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE
         || err == RD_KAFKA_RESP_ERR_INVALID_MSG_SIZE)
     {
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                       "aai_kafka: event dropped, not spooled: %s",
+                       rd_kafka_err2str(err));
+
         ngx_http_aai_kafka_drop(kmcf, ngx_http_aai_kafka_reason(err));
 
         w->drops.count++;
@@ -133,11 +137,20 @@ ngx_http_aai_kafka_spool(ngx_http_aai_kafka_worker_t *w,
     if (ngx_http_aai_kafka_spool_append(&name, key, payload, &packed)
         != NGX_OK)
     {
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                       "aai_kafka: event for \"%V\" dropped: the spool is "
+                       "full", &name);
+
         w->drops.count++;
         w->drops.reason = "the spool is full";
 
         ngx_http_aai_kafka_report(&w->drops, "dropped", 0);
+        return;
     }
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "aai_kafka: event for \"%V\" spooled: %s", &name,
+                   rd_kafka_err2str(err));
 }
 
 
@@ -193,10 +206,15 @@ ngx_http_aai_kafka_replay(ngx_str_t *topic, ngx_str_t *key, ngx_str_t *value,
     }
 
     if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
+        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                       "aai_kafka: spooled event waits: the queue is full");
         return NGX_AGAIN;
     }
 
     if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                       "aai_kafka: spooled event not replayed: %s",
+                       rd_kafka_err2str(err));
         return NGX_ERROR;
     }
 
@@ -204,6 +222,10 @@ ngx_http_aai_kafka_replay(ngx_str_t *topic, ngx_str_t *key, ngx_str_t *value,
     ngx_http_aai_kafka_account(w);
     ngx_aai_metrics_inc(kmcf->metrics, kmcf->produced, 1);
     ngx_aai_metrics_inc(kmcf->metrics, kmcf->depth, 1);
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "aai_kafka: spooled event replayed, queued for \"%s\", "
+                   "%ui in flight", name, w->outstanding);
 
     return NGX_OK;
 }
@@ -378,10 +400,21 @@ ngx_http_aai_kafka_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *msg,
 
     if (msg->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
         ngx_aai_metrics_inc(kmcf->metrics, kmcf->delivered, 1);
+
+        ngx_log_debug4(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                       "aai_kafka: event%s delivered to \"%s\" [%D] "
+                       "at offset %L", msg->_private ? " (replayed)" : "",
+                       rd_kafka_topic_name(msg->rkt), msg->partition,
+                       msg->offset);
         return;
     }
 
     ngx_aai_metrics_inc(kmcf->metrics, kmcf->failed, 1);
+
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "aai_kafka: event%s for \"%s\" not delivered: %s",
+                   msg->_private ? " (replayed)" : "",
+                   rd_kafka_topic_name(msg->rkt), rd_kafka_err2str(msg->err));
 
     w->failed = ngx_current_msec;
 
@@ -689,6 +722,9 @@ ngx_http_aai_kafka_producer_start(ngx_cycle_t *cycle,
         w->ntopics++;
     }
 
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, cycle->log, 0,
+                   "aai_kafka: producer created, %ui topics", w->ntopics);
+
     return NGX_OK;
 
 failed:
@@ -731,6 +767,10 @@ ngx_http_aai_kafka_producer_stop(ngx_msec_t timeout, ngx_uint_t detach)
     }
 
     if (timeout && w->outstanding) {
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                       "aai_kafka: flushing %ui events for at most %M ms",
+                       w->outstanding, timeout);
+
         (void) rd_kafka_flush(w->rk, (int) timeout);
     }
 
@@ -766,6 +806,9 @@ ngx_http_aai_kafka_producer_stop(ngx_msec_t timeout, ngx_uint_t detach)
     left = w->outstanding;
     w->outstanding = 0;
     ngx_http_aai_kafka_account(w);
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "aai_kafka: producer stopped, %ui events given up", left);
 
     if (left) {
         ngx_aai_metrics_inc(kmcf->metrics, kmcf->failed, left);

@@ -49,6 +49,13 @@
 /* between two looks for a file to replay, and after a replay failed */
 #define NGX_HTTP_AAI_KAFKA_SPOOL_RETRY    1000
 
+/*
+ * between two looks for files while the spool's bytes say none: files no
+ * worker of this instance counted, those the old instance's workers write
+ * at their exit after a binary upgrade
+ */
+#define NGX_HTTP_AAI_KAFKA_SPOOL_LOOK     5000
+
 /* replay goes in steps of rate / 10 events */
 #define NGX_HTTP_AAI_KAFKA_SPOOL_STEP     100
 
@@ -127,6 +134,7 @@ typedef struct {
     ngx_uint_t                        inflight;
     ngx_uint_t                        gen;
     ngx_msec_t                        next_scan;
+    ngx_msec_t                        next_look;
     ngx_msec_t                        published;
 
     unsigned                          replaying:1;
@@ -281,6 +289,7 @@ ngx_http_aai_kafka_spool_init_process(ngx_http_aai_kafka_spool_t *spool,
 
     sw->wfd = NGX_INVALID_FILE;
     sw->rfd = NGX_INVALID_FILE;
+    sw->next_look = ngx_current_msec + NGX_HTTP_AAI_KAFKA_SPOOL_LOOK;
 
     if (spool->shm == NULL) {
         return NGX_ERROR;
@@ -636,11 +645,14 @@ ngx_http_aai_kafka_spool_next(void)
         return;
     }
 
-    if ((sw->ready && sw->spool->shm->bytes
-         && (ngx_msec_int_t) (ngx_current_msec - sw->next_scan) >= 0)
+    if ((sw->ready
+         && (ngx_msec_int_t) (ngx_current_msec - sw->next_scan) >= 0
+         && (sw->spool->shm->bytes
+             || (ngx_msec_int_t) (ngx_current_msec - sw->next_look) >= 0))
         || sw->count)
     {
         sw->next_scan = ngx_current_msec + NGX_HTTP_AAI_KAFKA_SPOOL_RETRY;
+        sw->next_look = ngx_current_msec + NGX_HTTP_AAI_KAFKA_SPOOL_LOOK;
 
         ngx_http_aai_kafka_spool_post(NGX_HTTP_AAI_KAFKA_SPOOL_SCAN,
                                       sw->count);
@@ -786,6 +798,11 @@ ngx_http_aai_kafka_spool_complete(void)
 
         } else {
             sw->wsize += sw->wlen;
+
+            ngx_log_debug3(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                           "aai_kafka: %ui events written to \"%s\"%s",
+                           sw->wcount, io->name,
+                           io->close ? ", closed" : "");
         }
 
         if (sw->wfd == NGX_INVALID_FILE) {
@@ -865,6 +882,11 @@ ngx_http_aai_kafka_spool_complete(void)
             ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, io->err,
                           "aai_kafka: spool unlink() \"%s\" failed",
                           sw->rname);
+
+        } else {
+            ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                           "aai_kafka: replay of \"%s\" stopped, the file "
+                           "is kept", sw->rname);
         }
 
         sw->replaying = 0;
@@ -1154,8 +1176,10 @@ ngx_http_aai_kafka_spool_write(ngx_http_aai_kafka_spool_io_t *io)
         io->fd = open(io->name, O_WRONLY|O_CREAT|O_EXCL|O_APPEND|O_CLOEXEC,
                       0600);
 
+        /* two workers may make the directory at once: either one did */
+
         if (io->fd == NGX_INVALID_FILE && ngx_errno == NGX_ENOENT
-            && mkdir(io->dir, 0700) == 0)
+            && (mkdir(io->dir, 0700) == 0 || ngx_errno == NGX_EEXIST))
         {
             io->fd = open(io->name,
                           O_WRONLY|O_CREAT|O_EXCL|O_APPEND|O_CLOEXEC, 0600);

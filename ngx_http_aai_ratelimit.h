@@ -43,6 +43,7 @@
 #include <ngx_http.h>
 
 #include "ngx_aai_redis.h"
+#include "ngx_aai_redis_cluster.h"
 #include "ngx_aai_metrics.h"
 #include "ngx_aai_jwt.h"
 
@@ -193,6 +194,8 @@ typedef struct {
 
 typedef struct ngx_http_aai_ratelimit_batch_s
     ngx_http_aai_ratelimit_batch_t;
+typedef struct ngx_http_aai_ratelimit_cluster_s
+    ngx_http_aai_ratelimit_cluster_t;
 
 
 typedef struct {
@@ -214,7 +217,28 @@ typedef struct {
     unsigned                           headers:1;
     unsigned                           headers_sent:1;
     ngx_aai_jwt_ctx_t                  jwt;
+
+    /* on a cluster, the zones of a request whose keys are in other slots */
+    ngx_http_aai_ratelimit_cluster_t  *cluster;
 } ngx_http_aai_ratelimit_ctx_t;
+
+
+/*
+ * On a cluster, a request whose zones' keys are in several slots is
+ * checked in parts, one per slot, each a request of that slot's batch;
+ * the parent is decided when every part is.
+ */
+struct ngx_http_aai_ratelimit_cluster_s {
+    ngx_http_aai_ratelimit_ctx_t      *parent;    /* of a part */
+    u_char                            *zones;     /* a part's: parent's */
+    ngx_http_aai_ratelimit_ctx_t     **parts;     /* of a parent */
+    ngx_uint_t                         nparts;
+    ngx_uint_t                         pending;
+    ngx_uint_t                         failed;    /* reason + 1, or 0 */
+    const char                        *error;
+    unsigned                           rejected:1;
+    unsigned                           admitted:1;
+};
 
 
 /* a request of a batch, as the script sees it */
@@ -234,6 +258,7 @@ struct ngx_http_aai_ratelimit_batch_s {
     ngx_aai_redis_cmd_t               *cmd;
     ngx_uint_t                         nslots;
     ngx_uint_t                         nzones;    /* of all its requests */
+    ngx_int_t                          cslot;     /* cluster slot, or -1 */
     unsigned                           eval:1;
     ngx_http_aai_ratelimit_slot_t      slots[NGX_HTTP_AAI_RL_BATCH];
 };
@@ -273,8 +298,21 @@ ngx_int_t ngx_http_aai_ratelimit_check_zones(ngx_conf_t *cf,
 /* ngx_http_aai_ratelimit_batch.c */
 ngx_int_t ngx_http_aai_ratelimit_enqueue(ngx_http_request_t *r,
     ngx_http_aai_ratelimit_ctx_t *ctx);
+ngx_int_t ngx_http_aai_ratelimit_enqueue_in(
+    ngx_http_aai_ratelimit_main_conf_t *mcf,
+    ngx_http_aai_ratelimit_ctx_t *ctx, ngx_int_t cslot);
+void ngx_http_aai_ratelimit_resume(ngx_http_aai_ratelimit_ctx_t *ctx);
 void ngx_http_aai_ratelimit_batch_init(void);
 void ngx_http_aai_ratelimit_batch_exit(void);
+
+/* ngx_http_aai_ratelimit_cluster.c */
+ngx_int_t ngx_http_aai_ratelimit_cluster_enqueue(ngx_http_request_t *r,
+    ngx_http_aai_ratelimit_main_conf_t *mcf,
+    ngx_http_aai_ratelimit_ctx_t *ctx);
+void ngx_http_aai_ratelimit_part_done(ngx_http_aai_ratelimit_ctx_t *part,
+    ngx_uint_t failed, const char *error);
+void ngx_http_aai_ratelimit_cluster_cleanup(
+    ngx_http_aai_ratelimit_ctx_t *ctx);
 
 /* ngx_http_aai_ratelimit_script.c */
 ngx_int_t ngx_http_aai_ratelimit_script_sha(ngx_conf_t *cf, ngx_str_t *sha);

@@ -34,7 +34,8 @@ static void ngx_http_aai_ratelimit_parse(ngx_http_aai_ratelimit_ctx_t *ctx,
 static void ngx_http_aai_ratelimit_batch_fail(
     ngx_http_aai_ratelimit_batch_t *b, ngx_uint_t reason, const char *error,
     redisReply *reply);
-static void ngx_http_aai_ratelimit_resume(ngx_http_aai_ratelimit_ctx_t *ctx);
+static void ngx_http_aai_ratelimit_batch_close(
+    ngx_http_aai_ratelimit_batch_t *b);
 static ngx_http_aai_ratelimit_batch_t *ngx_http_aai_ratelimit_batch_get(
     ngx_http_aai_ratelimit_main_conf_t *mcf);
 static void ngx_http_aai_ratelimit_batch_free(
@@ -50,6 +51,8 @@ static ngx_uint_t  ngx_http_aai_ratelimit_seq;
 
 /* per worker: the batch being filled, those in flight, spare ones */
 static ngx_http_aai_ratelimit_batch_t  *ngx_http_aai_ratelimit_open;
+/* on a cluster: the batch being filled per slot */
+static ngx_http_aai_ratelimit_batch_t **ngx_http_aai_ratelimit_copen;
 static ngx_queue_t                      ngx_http_aai_ratelimit_flight;
 static ngx_queue_t                      ngx_http_aai_ratelimit_spare;
 static ngx_uint_t                       ngx_http_aai_ratelimit_nspare;
@@ -73,8 +76,6 @@ ngx_int_t
 ngx_http_aai_ratelimit_enqueue(ngx_http_request_t *r,
     ngx_http_aai_ratelimit_ctx_t *ctx)
 {
-    ngx_http_aai_ratelimit_slot_t       *slot;
-    ngx_http_aai_ratelimit_batch_t      *b;
     ngx_http_aai_ratelimit_main_conf_t  *mcf;
 
     mcf = ngx_http_get_module_main_conf(r, ngx_http_aai_ratelimit_module);
@@ -85,13 +86,50 @@ ngx_http_aai_ratelimit_enqueue(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
-    b = ngx_http_aai_ratelimit_open;
+    if (mcf->redis_conf.cluster) {
+        return ngx_http_aai_ratelimit_cluster_enqueue(r, mcf, ctx);
+    }
+
+    return ngx_http_aai_ratelimit_enqueue_in(mcf, ctx, -1);
+}
+
+
+/*
+ * In the batch being filled, on a cluster the one of the request's slot
+ * (cslot; -1: not a cluster).
+ */
+
+ngx_int_t
+ngx_http_aai_ratelimit_enqueue_in(ngx_http_aai_ratelimit_main_conf_t *mcf,
+    ngx_http_aai_ratelimit_ctx_t *ctx, ngx_int_t cslot)
+{
+    ngx_http_aai_ratelimit_slot_t    *slot;
+    ngx_http_aai_ratelimit_batch_t   *b, **open;
+
+    if (cslot < 0) {
+        open = &ngx_http_aai_ratelimit_open;
+
+    } else {
+        if (ngx_http_aai_ratelimit_copen == NULL) {
+            ngx_http_aai_ratelimit_copen = ngx_calloc(
+                          NGX_AAI_REDIS_CLUSTER_SLOTS
+                          * sizeof(ngx_http_aai_ratelimit_batch_t *),
+                          ngx_cycle->log);
+            if (ngx_http_aai_ratelimit_copen == NULL) {
+                return NGX_ERROR;
+            }
+        }
+
+        open = &ngx_http_aai_ratelimit_copen[cslot];
+    }
+
+    b = *open;
 
     if (b && b->nzones + ctx->nzones > NGX_HTTP_AAI_RL_BATCH) {
 
         /* full: it is sent as posted, the next requests fill another */
 
-        ngx_http_aai_ratelimit_open = NULL;
+        *open = NULL;
         b = NULL;
     }
 
@@ -101,7 +139,8 @@ ngx_http_aai_ratelimit_enqueue(ngx_http_request_t *r,
             return NGX_ERROR;
         }
 
-        ngx_http_aai_ratelimit_open = b;
+        b->cslot = cslot;
+        *open = b;
         ngx_post_event(&b->event, &ngx_posted_events);
     }
 
@@ -117,7 +156,7 @@ ngx_http_aai_ratelimit_enqueue(ngx_http_request_t *r,
 
     b->nzones += ctx->nzones;
 
-    ngx_log_debug4(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+    ngx_log_debug4(NGX_LOG_DEBUG_HTTP, ctx->request->connection->log, 0,
                    "aai_ratelimit queued in batch %p as request %ui, "
                    "%ui zones of %ui",
                    b, ctx->slot + 1, ctx->nzones, b->nzones);
@@ -134,9 +173,7 @@ ngx_http_aai_ratelimit_batch_handler(ngx_event_t *ev)
 
     b = ev->data;
 
-    if (ngx_http_aai_ratelimit_open == b) {
-        ngx_http_aai_ratelimit_open = NULL;
-    }
+    ngx_http_aai_ratelimit_batch_close(b);
 
     rc = ngx_http_aai_ratelimit_batch_send(b);
 
@@ -438,7 +475,14 @@ ngx_http_aai_ratelimit_reply_handler(ngx_aai_redis_result_t *res, void *data)
         len = ngx_http_aai_ratelimit_reply_len(slot, e);
         ctx = slot->ctx;
 
-        if (ctx) {
+        if (ctx && ctx->cluster && ctx->cluster->parent) {
+            slot->ctx = NULL;
+            ctx->batch = NULL;
+
+            ngx_http_aai_ratelimit_parse(ctx, slot, e);
+            ngx_http_aai_ratelimit_part_done(ctx, 0, NULL);
+
+        } else if (ctx) {
             slot->ctx = NULL;
             ctx->batch = NULL;
 
@@ -610,6 +654,11 @@ ngx_http_aai_ratelimit_batch_fail(ngx_http_aai_ratelimit_batch_t *b,
         b->slots[i].ctx = NULL;
         ctx->batch = NULL;
 
+        if (ctx->cluster && ctx->cluster->parent) {
+            ngx_http_aai_ratelimit_part_done(ctx, reason + 1, error);
+            continue;
+        }
+
         r = ctx->request;
         ngx_http_set_log_request(r->connection->log, r);
 
@@ -621,7 +670,7 @@ ngx_http_aai_ratelimit_batch_fail(ngx_http_aai_ratelimit_batch_t *b,
 }
 
 
-static void
+void
 ngx_http_aai_ratelimit_resume(ngx_http_aai_ratelimit_ctx_t *ctx)
 {
     ngx_connection_t    *c;
@@ -669,6 +718,7 @@ ngx_http_aai_ratelimit_batch_get(ngx_http_aai_ratelimit_main_conf_t *mcf)
     ngx_memzero(b, offsetof(ngx_http_aai_ratelimit_batch_t, slots));
 
     b->mcf = mcf;
+    b->cslot = -1;
     b->event.handler = ngx_http_aai_ratelimit_batch_handler;
     b->event.data = b;
     b->event.log = ngx_cycle->log;
@@ -684,9 +734,7 @@ ngx_http_aai_ratelimit_batch_free(ngx_http_aai_ratelimit_batch_t *b)
         ngx_delete_posted_event(&b->event);
     }
 
-    if (ngx_http_aai_ratelimit_open == b) {
-        ngx_http_aai_ratelimit_open = NULL;
-    }
+    ngx_http_aai_ratelimit_batch_close(b);
 
     if (ngx_http_aai_ratelimit_nspare >= 16) {
         ngx_free(b);
@@ -695,6 +743,21 @@ ngx_http_aai_ratelimit_batch_free(ngx_http_aai_ratelimit_batch_t *b)
 
     ngx_queue_insert_head(&ngx_http_aai_ratelimit_spare, &b->queue);
     ngx_http_aai_ratelimit_nspare++;
+}
+
+
+static void
+ngx_http_aai_ratelimit_batch_close(ngx_http_aai_ratelimit_batch_t *b)
+{
+    if (ngx_http_aai_ratelimit_open == b) {
+        ngx_http_aai_ratelimit_open = NULL;
+    }
+
+    if (b->cslot >= 0 && ngx_http_aai_ratelimit_copen
+        && ngx_http_aai_ratelimit_copen[b->cslot] == b)
+    {
+        ngx_http_aai_ratelimit_copen[b->cslot] = NULL;
+    }
 }
 
 
@@ -711,6 +774,20 @@ ngx_http_aai_ratelimit_batch_exit(void)
         ngx_queue_insert_tail(&ngx_http_aai_ratelimit_flight,
                               &ngx_http_aai_ratelimit_open->queue);
         ngx_http_aai_ratelimit_open = NULL;
+    }
+
+    /* on a cluster, those being filled per slot */
+
+    if (ngx_http_aai_ratelimit_copen) {
+        for (i = 0; i < NGX_AAI_REDIS_CLUSTER_SLOTS; i++) {
+            if (ngx_http_aai_ratelimit_copen[i]) {
+                ngx_queue_insert_tail(&ngx_http_aai_ratelimit_flight,
+                                      &ngx_http_aai_ratelimit_copen[i]->queue);
+            }
+        }
+
+        ngx_free(ngx_http_aai_ratelimit_copen);
+        ngx_http_aai_ratelimit_copen = NULL;
     }
 
     while (!ngx_queue_empty(&ngx_http_aai_ratelimit_flight)) {

@@ -403,6 +403,10 @@ ngx_http_aai_ratelimit_cleanup(void *data)
         ctx->batch->slots[ctx->slot].ctx = NULL;
         ctx->batch = NULL;
     }
+
+    if (ctx->cluster) {
+        ngx_http_aai_ratelimit_cluster_cleanup(ctx);
+    }
 }
 
 
@@ -1072,6 +1076,13 @@ ngx_http_aai_ratelimit_init(ngx_conf_t *cf)
 
     mcf = ngx_http_conf_get_module_main_conf(cf,
                                              ngx_http_aai_ratelimit_module);
+
+    if (mcf->redis
+        && ngx_aai_redis_metrics(mcf->redis, mcf->metrics, "ratelimit")
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
 
     if (ngx_aai_metrics_zone(cf, mcf->metrics) != NGX_OK) {
         return NGX_ERROR;

@@ -11,6 +11,7 @@
 #include "../ngx_http_aai_ratelimit_module.c"
 #include "../ngx_http_aai_ratelimit_zone.c"
 #include "../ngx_http_aai_ratelimit_batch.c"
+#include "../ngx_http_aai_ratelimit_cluster.c"
 #include "../ngx_http_aai_ratelimit_script.c"
 #include "../ngx_http_aai_ratelimit_decide.c"
 #include "../ngx_http_aai_ratelimit_headers.c"

@@ -71,10 +71,7 @@ sub requests {
 # the distinct numbers that arrived, and how many events in all
 sub arrived {
     my ($suffix, $count, $timeout) = @_;
-    my @e = kafka_events("$Run-$suffix", $count, $timeout // 15);
-    my %seen;
-    $seen{ $_->{event}{n} // 'undef' }++ for @e;
-    return (join(',', sort { $a <=> $b } keys %seen), scalar @e);
+    return kafka_event_numbers("$Run-$suffix", $count, $timeout);
 }
 
 sub spool_files {

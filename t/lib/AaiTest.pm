@@ -25,6 +25,11 @@ package AaiTest;
 #                               reuse a port, e.g. after stop_redis); returns
 #                               its port.
 #   stop_redis($port)           stops it (TERM, bounded, then KILL).
+#   start_redis_cluster(base => P)
+#                               six redis-server in cluster mode on P..P+5,
+#                               three primaries with a replica each, made
+#                               one cluster; returns their ports.
+#   kill_redis($port)           SIGKILLs one (a cluster's failover).
 #   hung_listener()             a port that accepts TCP connections (kernel
 #                               backlog) and never answers; returns port.
 #   start_nginx_instance($name, $http_conf, %o)
@@ -90,7 +95,8 @@ use Errno qw( EAGAIN EWOULDBLOCK EINTR );
 use Test::More ();
 
 our @EXPORT = qw( redis_cmd redis_cmd_port redis_flushdb free_port
-    start_redis stop_redis hung_listener start_nginx_instance http_get
+    start_redis stop_redis start_redis_cluster kill_redis hung_listener
+    start_nginx_instance http_get
     http_concurrent
     kafka_consume kafka_broker_down kafka_broker_up file_lines );
 
@@ -305,6 +311,89 @@ sub stop_redis {
         kill SIGKILL, $p->{pid};
         waitpid($p->{pid}, 0);
     }
+    remove_tree($p->{dir});
+}
+
+# A Redis Cluster on loopback: six redis-server in cluster mode (three
+# primaries, three replicas, cluster-node-timeout 1000), made one cluster by
+# "redis-cli --cluster create".  Ports are $base .. $base + 5, their
+# cluster bus ports 500 above (bus_offset; Redis's default, + 10000, would
+# land in the ephemeral range).  Returns the ports
+# once every node says cluster_state:ok; stop_redis() stops each, or
+# kill_redis() SIGKILLs one (a primary, to see its replica take over).
+sub start_redis_cluster {
+    my %o = @_;
+    my $base = $o{base} or die "start_redis_cluster: no base port\n";
+    my $n = $o{nodes} || 6;
+    my @ports = map { $base + $_ } 0 .. $n - 1;
+    for my $port (@ports) {
+        my $dir = _servroot() . "-redis-$port";
+        remove_tree($dir);
+        make_path($dir);
+        my $pid = fork();
+        die "start_redis_cluster: fork: $!\n" unless defined $pid;
+        if ($pid == 0) {
+            open STDIN, '<', '/dev/null';
+            open STDOUT, '>', "$dir/redis.log";
+            open STDERR, '>&', \*STDOUT;
+            { no warnings 'exec';
+              exec 'redis-server', '--port', $port, '--bind', '127.0.0.1',
+                   '--save', '', '--appendonly', 'no', '--dir', $dir,
+                   '--cluster-enabled', 'yes',
+                   '--cluster-port', $port + ($o{bus_offset} // 500),
+                   '--repl-diskless-sync-delay', 0,
+                   '--cluster-config-file', "$dir/nodes.conf",
+                   '--cluster-node-timeout', $o{node_timeout} || 1000,
+                   '--daemonize', 'no', '--logfile', ''; }
+            POSIX::_exit(127);
+        }
+        $RedisProcs{$port} = { pid => $pid, dir => $dir };
+    }
+    for my $port (@ports) {
+        my $deadline = time + 5;
+        my $pong;
+        while (time < $deadline) {
+            $pong = eval { redis_cmd_port($port, 'PING') };
+            last if defined $pong && $pong eq 'PONG';
+            sleep 0.05;
+        }
+        die "start_redis_cluster: redis-server on $port did not answer\n"
+            unless defined $pong && $pong eq 'PONG';
+    }
+    my $nodes = join ' ', map { "127.0.0.1:$_" } @ports;
+    my $opts = '--cluster-replicas 1 --cluster-yes';
+    my $out = `redis-cli --cluster create $nodes $opts 2>&1`;
+    die "start_redis_cluster: redis-cli --cluster create failed: $out\n"
+        if $?;
+    my $deadline = time + 20;
+    while (time < $deadline) {
+        my $ok = grep {
+            my $i = eval { redis_cmd_port($_, 'CLUSTER', 'INFO') } // '';
+            $i =~ /cluster_state:ok/ && $i =~ /cluster_known_nodes:$n\b/;
+        } @ports;
+        # and every primary has a replica in sync (else none takes over)
+        my $slots = eval { redis_cmd_port($ports[0], 'CLUSTER', 'SLOTS') };
+        my $synced = grep {
+            my $r = eval { redis_cmd_port($_, 'INFO', 'replication') } // '';
+            $r =~ /role:slave/ && $r =~ /master_link_status:up/;
+        } @ports;
+        return @ports if $ok == $n && ref $slots eq 'ARRAY' && @$slots
+                         && !(grep { ref $_ ne 'ARRAY' || @$_ < 4 } @$slots)
+                         && $synced == $n - @$slots;
+        sleep 0.1;
+    }
+    die "start_redis_cluster: the cluster did not become ok\n";
+}
+
+# SIGKILL one Redis started here (the cluster's failover tests)
+sub kill_redis {
+    my $port = shift;
+    my $p = delete $RedisProcs{$port} or return;
+    if (my $s = delete $RedisConn{$port}) {
+        close $s;
+    }
+    kill SIGKILL, $p->{pid};
+    waitpid($p->{pid}, 0);
     remove_tree($p->{dir});
 }
 
@@ -861,6 +950,63 @@ sub metrics_wait {
 sub kafka_all_brokers_up {
     eval { kafka_broker_up($_) } for 1 .. 3;
     return 1;
+}
+
+# --- Kafka outages, binary upgrades (t/044, t/045) -------------------------
+#
+#   kafka_all_brokers_down()    takes brokers 1..3 down (bring them up in
+#                               the block's --- aai_after).
+#   kafka_event_numbers($topic, $count [, $timeout])
+#                               waits (default 15 s) for $count events of
+#                               $topic; returns (the distinct values of
+#                               their member "n", sorted and joined by ",";
+#                               how many events arrived in all).
+#   upgrade_instance($prefix [, $secs])
+#                               the binary upgrade nginx documents, first
+#                               step: USR2 to the master of an instance of
+#                               start_nginx_instance, then waits (default
+#                               10 s) for the new master and its workers;
+#                               the instance's stop now stops the new one.
+#                               Returns ($new_master, $old_master): QUIT
+#                               the old one yourself.
+
+push @EXPORT, qw( kafka_all_brokers_down kafka_event_numbers
+    upgrade_instance );
+
+sub kafka_all_brokers_down {
+    kafka_broker_down($_) for 1 .. 3;
+    return 1;
+}
+
+sub kafka_event_numbers {
+    my ($topic, $count, $timeout) = @_;
+    my @e = kafka_events($topic, $count, $timeout // 15);
+    my %seen;
+    $seen{ $_->{event}{n} // 'undef' }++ for @e;
+    return (join(',', sort { $a <=> $b } keys %seen), scalar @e);
+}
+
+sub upgrade_instance {
+    my ($prefix, $secs) = @_;
+    my $old = $Instances{$prefix}
+        or die "upgrade_instance: no instance at \"$prefix\"\n";
+    kill 'USR2', $old or die "upgrade_instance: kill USR2 $old: $!\n";
+    my $new;
+    my $deadline = time + ($secs // 10);
+    while (time < $deadline) {
+        my ($l) = file_lines("$prefix/logs/nginx.pid");
+        if (-e "$prefix/logs/nginx.pid.oldbin" && defined $l
+            && $l =~ /^(\d+)/ && $1 != $old)
+        {
+            $new = $1;
+            last if grep { _alive($_) } _children($new);
+        }
+        sleep 0.05;
+    }
+    die "upgrade_instance: no new master with workers after USR2\n"
+        unless $new && grep { _alive($_) } _children($new);
+    $Instances{$prefix} = $new;
+    return ($new, $old);
 }
 
 

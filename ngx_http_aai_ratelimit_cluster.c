@@ -1,0 +1,326 @@
+
+/*
+ * Copyright (C) aai-nginx authors
+ *
+ * ngx_http_aai_ratelimit_cluster: the limiter on a Redis Cluster.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_aai_ratelimit.h"
+
+
+static void ngx_http_aai_ratelimit_refund(
+    ngx_http_aai_ratelimit_main_conf_t *mcf,
+    ngx_http_aai_ratelimit_ctx_t *part);
+static void ngx_http_aai_ratelimit_refund_handler(ngx_aai_redis_result_t *res,
+    void *data);
+
+
+/*
+ * Redis Cluster.  The limiter's script needs all its keys in one slot: a
+ * batch holds the requests of one slot.  A request whose zones' keys are in
+ * several slots (a user zone beside a per-IP zone) is checked in parts,
+ * one per slot, at once; when one part rejects, the parts that admitted
+ * are refunded (the admission each recorded is taken back), so that a
+ * rejected request spends nothing in any zone.  Between the admission and
+ * the refund (one round trip) the admitted zones count the request: a
+ * request of another client checked in that window may be rejected by a
+ * count one higher than it ends up.  A request that goes away before all
+ * its parts are answered is not refunded.
+ */
+
+ngx_int_t
+ngx_http_aai_ratelimit_cluster_enqueue(ngx_http_request_t *r,
+    ngx_http_aai_ratelimit_main_conf_t *mcf,
+    ngx_http_aai_ratelimit_ctx_t *ctx)
+{
+    ngx_uint_t                         i, j, n, nparts;
+    ngx_http_aai_ratelimit_ctx_t      *part;
+    ngx_http_aai_ratelimit_cluster_t  *cl, *pcl;
+    ngx_uint_t                         slots[NGX_HTTP_AAI_RL_BATCH];
+    ngx_uint_t                         kslot[NGX_HTTP_AAI_RL_BATCH];
+
+    nparts = 0;
+
+    for (i = 0; i < ctx->nzones; i++) {
+        kslot[i] = ngx_aai_redis_cluster_slot(ctx->keys[i].data,
+                                              ctx->keys[i].len);
+
+        for (j = 0; j < nparts; j++) {
+            if (slots[j] == kslot[i]) {
+                break;
+            }
+        }
+
+        if (j == nparts) {
+            slots[nparts++] = kslot[i];
+        }
+    }
+
+    if (nparts == 1) {
+        return ngx_http_aai_ratelimit_enqueue_in(mcf, ctx, slots[0]);
+    }
+
+    cl = ngx_pcalloc(r->pool, sizeof(ngx_http_aai_ratelimit_cluster_t));
+    if (cl == NULL) {
+        return NGX_ERROR;
+    }
+
+    cl->parts = ngx_pcalloc(r->pool,
+                            nparts * sizeof(ngx_http_aai_ratelimit_ctx_t *));
+    if (cl->parts == NULL) {
+        return NGX_ERROR;
+    }
+
+    for (j = 0; j < nparts; j++) {
+        part = ngx_pcalloc(r->pool, sizeof(ngx_http_aai_ratelimit_ctx_t));
+        pcl = ngx_pcalloc(r->pool, sizeof(ngx_http_aai_ratelimit_cluster_t));
+
+        if (part == NULL || pcl == NULL) {
+            return NGX_ERROR;
+        }
+
+        n = 0;
+
+        for (i = 0; i < ctx->nzones; i++) {
+            n += (kslot[i] == slots[j]);
+        }
+
+        part->zones = ngx_palloc(r->pool,
+                                 n * sizeof(ngx_http_aai_ratelimit_zone_t *));
+        part->keys = ngx_palloc(r->pool, n * sizeof(ngx_str_t));
+        part->results = ngx_pcalloc(r->pool,
+                                n * sizeof(ngx_http_aai_ratelimit_result_t));
+        pcl->zones = ngx_pnalloc(r->pool, n);
+
+        if (part->zones == NULL || part->keys == NULL
+            || part->results == NULL || pcl->zones == NULL)
+        {
+            return NGX_ERROR;
+        }
+
+        for (i = 0; i < ctx->nzones; i++) {
+            if (kslot[i] == slots[j]) {
+                part->zones[part->nzones] = ctx->zones[i];
+                part->keys[part->nzones] = ctx->keys[i];
+                pcl->zones[part->nzones++] = (u_char) i;
+            }
+        }
+
+        part->request = r;
+        part->lcf = ctx->lcf;
+        pcl->parent = ctx;
+        part->cluster = pcl;
+
+        cl->parts[j] = part;
+    }
+
+    ctx->cluster = cl;
+
+    for (j = 0; j < nparts; j++) {
+        if (ngx_http_aai_ratelimit_enqueue_in(mcf, cl->parts[j], slots[j])
+            != NGX_OK)
+        {
+            break;
+        }
+
+        cl->nparts++;
+        cl->pending++;
+    }
+
+    if (cl->nparts == 0) {
+        ctx->cluster = NULL;
+        return NGX_ERROR;
+    }
+
+    if (cl->nparts < nparts) {
+        cl->failed = NGX_HTTP_AAI_RL_E_UNAVAILABLE + 1;
+        cl->error = "no memory";
+    }
+
+    return NGX_OK;
+}
+
+
+/* a part is answered, or failed (failed: the reason + 1) */
+
+void
+ngx_http_aai_ratelimit_part_done(ngx_http_aai_ratelimit_ctx_t *part,
+    ngx_uint_t failed, const char *error)
+{
+    ngx_uint_t                           i;
+    ngx_http_request_t                  *r;
+    ngx_http_aai_ratelimit_ctx_t        *ctx;
+    ngx_http_aai_ratelimit_cluster_t    *cl, *pcl;
+    ngx_http_aai_ratelimit_main_conf_t  *mcf;
+
+    pcl = part->cluster;
+    ctx = pcl->parent;
+    cl = ctx->cluster;
+    r = ctx->request;
+
+    if (failed) {
+        if (!cl->failed) {
+            cl->failed = failed;
+            cl->error = error;
+        }
+
+    } else {
+        pcl->admitted = 1;
+
+        for (i = 0; i < part->nzones; i++) {
+            ctx->results[pcl->zones[i]] = part->results[i];
+
+            if (part->results[i].rejected) {
+                pcl->admitted = 0;
+                cl->rejected = 1;
+            }
+        }
+    }
+
+    if (--cl->pending) {
+        return;
+    }
+
+    mcf = ngx_http_get_module_main_conf(r, ngx_http_aai_ratelimit_module);
+
+    if (cl->rejected || cl->failed) {
+        for (i = 0; i < cl->nparts; i++) {
+            if (cl->parts[i]->cluster->admitted) {
+                ngx_http_aai_ratelimit_refund(mcf, cl->parts[i]);
+            }
+        }
+    }
+
+    ngx_http_set_log_request(r->connection->log, r);
+
+    if (cl->failed) {
+        ngx_http_aai_ratelimit_fallback(r, ctx, cl->failed - 1,
+                                        cl->error ? cl->error : "error",
+                                        NULL);
+    } else {
+        ngx_http_aai_ratelimit_decide(r, ctx, NGX_HTTP_AAI_RL_REDIS);
+    }
+
+    ngx_http_aai_ratelimit_resume(ctx);
+}
+
+
+/*
+ * The refund of a part's admission, in each of its keys (one slot):
+ * sliding window: the newest admission; GCRA: one period off the
+ * theoretical arrival time; counter: one off the current window's count.
+ */
+
+static const char  ngx_http_aai_ratelimit_refund_script[] =
+"for i = 1, #KEYS do\n"
+"  local k, a, p = KEYS[i], tonumber(ARGV[2 * i - 1]), ARGV[2 * i]\n"
+"  if a == 0 then\n"
+"    redis.pcall('RPOP', k)\n"
+"  elseif a == 1 then\n"
+"    local v = tonumber(redis.pcall('GET', k))\n"
+"    if v then\n"
+"      redis.call('SET', k, string.format('%d', v - tonumber(p)),\n"
+"                 'KEEPTTL')\n"
+"    end\n"
+"  else\n"
+"    local v = redis.pcall('GET', k)\n"
+"    if type(v) == 'string' then\n"
+"      local s, c, q = string.match(v, '^c(%d+):(%d+):(%d+)$')\n"
+"      if s and tonumber(c) > 0 then\n"
+"        redis.call('SET', k, 'c' .. s .. ':' .. (tonumber(c) - 1) .. ':'\n"
+"                   .. q, 'KEEPTTL')\n"
+"      end\n"
+"    end\n"
+"  end\n"
+"end\n"
+"return #KEYS\n";
+
+
+static void
+ngx_http_aai_ratelimit_refund(ngx_http_aai_ratelimit_main_conf_t *mcf,
+    ngx_http_aai_ratelimit_ctx_t *part)
+{
+    u_char                         *p;
+    ngx_str_t                      *argv;
+    ngx_uint_t                      i, n;
+    ngx_http_aai_ratelimit_zone_t  *zone;
+
+    n = part->nzones;
+
+    argv = ngx_palloc(part->request->pool, (3 + 3 * n) * sizeof(ngx_str_t));
+    p = ngx_pnalloc(part->request->pool, NGX_INT_T_LEN * (1 + 2 * n));
+
+    if (argv == NULL || p == NULL) {
+        return;
+    }
+
+    ngx_str_set(&argv[0], "EVAL");
+    argv[1].data = (u_char *) ngx_http_aai_ratelimit_refund_script;
+    argv[1].len = sizeof(ngx_http_aai_ratelimit_refund_script) - 1;
+    argv[2].data = p;
+    p = ngx_sprintf(p, "%ui", n);
+    argv[2].len = p - argv[2].data;
+
+    for (i = 0; i < n; i++) {
+        zone = part->zones[i];
+
+        argv[3 + i] = part->keys[i];
+
+        argv[3 + n + 2 * i].data = p;
+        p = ngx_sprintf(p, "%ui", zone->algorithm);
+        argv[3 + n + 2 * i].len = p - argv[3 + n + 2 * i].data;
+
+        argv[4 + n + 2 * i].data = p;
+        p = ngx_sprintf(p, "%uL", zone->period);
+        argv[4 + n + 2 * i].len = p - argv[4 + n + 2 * i].data;
+    }
+
+    if (ngx_aai_redis_send(mcf->redis, ngx_cycle->log, 3 + 3 * n, argv,
+                           ngx_http_aai_ratelimit_refund_handler, NULL)
+        == NULL)
+    {
+        ngx_log_error(NGX_LOG_WARN, part->request->connection->log, 0,
+                      "aai_ratelimit: refund of \"%V\" not sent",
+                      &part->keys[0]);
+    }
+}
+
+
+static void
+ngx_http_aai_ratelimit_refund_handler(ngx_aai_redis_result_t *res,
+    void *data)
+{
+    if (res->reply && res->reply->type == REDIS_REPLY_INTEGER) {
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                  "aai_ratelimit: refund failed: %s",
+                  res->reply && res->reply->type == REDIS_REPLY_ERROR
+                  ? res->reply->str : (res->error ? res->error : "reply"));
+}
+
+
+
+/* the request goes away: its parts waiting in batches are dropped */
+
+void
+ngx_http_aai_ratelimit_cluster_cleanup(ngx_http_aai_ratelimit_ctx_t *ctx)
+{
+    ngx_uint_t                     i;
+    ngx_http_aai_ratelimit_ctx_t  *part;
+
+    for (i = 0; i < ctx->cluster->nparts; i++) {
+        part = ctx->cluster->parts[i];
+
+        if (part->batch) {
+            part->batch->slots[part->slot].ctx = NULL;
+            part->batch = NULL;
+        }
+    }
+}
