@@ -15,3 +15,4 @@
 #include "../ngx_aai_redis_circuit.c"
 #include "../ngx_aai_redis_tls.c"
 #include "../ngx_aai_redis_sentinel.c"
+#include "../ngx_aai_redis_cluster.c"
