@@ -39,7 +39,6 @@
 #include "ngx_http_aai_cache_freshness.h"
 
 
-
 #define NGX_HTTP_AAI_CACHE_CHANNEL        "aai:cache:unlock"
 #define NGX_HTTP_AAI_CACHE_DEFAULT_KEY                                        \
     "$scheme$request_method$host$request_uri"
@@ -86,7 +85,8 @@
 #define NGX_HTTP_AAI_CACHE_STALE          4
 #define NGX_HTTP_AAI_CACHE_UPDATING       5
 #define NGX_HTTP_AAI_CACHE_HIT            6
-#define NGX_HTTP_AAI_CACHE_NSTATUS        7
+#define NGX_HTTP_AAI_CACHE_REVALIDATED    7
+#define NGX_HTTP_AAI_CACHE_NSTATUS        8
 
 /* aai_cache_use_stale */
 #define NGX_HTTP_AAI_CACHE_STALE_ERROR    0x0002
@@ -123,12 +123,6 @@ typedef enum {
     NGX_HTTP_AAI_CACHE_WAKE_POLL,
     NGX_HTTP_AAI_CACHE_WAKE_TIMEOUT
 } ngx_http_aai_cache_wake_e;
-
-
-typedef struct {
-    ngx_uint_t                    status;      /* 0: any */
-    time_t                        valid;
-} ngx_http_aai_cache_valid_t;
 
 
 typedef struct {
@@ -170,6 +164,8 @@ typedef struct {
     ngx_uint_t                    use_stale;
     ngx_flag_t                    background_update;
     time_t                        stale_ttl;
+    ngx_flag_t                    revalidate;
+    time_t                        revalidate_ttl;
     ngx_array_t                  *credentials; /* variable indexes */
     ngx_array_t                  *control_fields; /* ngx_str_t, or NULL */
 
@@ -190,6 +186,7 @@ typedef struct {
     u_char                        token[16];
 
     ngx_aai_cache_entry_t        *stale;       /* expired entry at hand */
+    ngx_aai_cache_entry_t        *cond;        /* the entry revalidated */
 
     ngx_event_t                   wait_ev;
     ngx_event_t                   lease_ev;    /* renews the lock held */
@@ -208,6 +205,8 @@ typedef struct {
     uint64_t                      age;         /* s, on arrival */
     uint32_t                      swr;
     uint32_t                      sie;
+    time_t                        keep;        /* s past freshness, to
+                                                  revalidate */
     ngx_str_t                     store_key;   /* where the entry goes */
     ngx_str_t                     store_vary;  /* its vary names */
 
@@ -275,9 +274,9 @@ typedef struct {
 } ngx_http_aai_cache_orphan_t;
 
 
-
 extern ngx_module_t                      ngx_http_aai_cache_module;
 extern ngx_conf_bitmask_t                ngx_http_aai_cache_method_masks[];
+extern ngx_str_t                         ngx_http_aai_cache_status_names[];
 extern ngx_str_t                         ngx_http_aai_cache_release_script;
 
 extern ngx_http_output_header_filter_pt  ngx_http_aai_cache_next_header_filter;
@@ -326,6 +325,8 @@ ngx_int_t ngx_http_aai_cache_restore(ngx_http_request_t *r,
 ngx_int_t ngx_http_aai_cache_status_header(ngx_http_request_t *r,
     ngx_http_aai_cache_ctx_t *ctx, ngx_aai_cache_entry_t *e);
 uint64_t ngx_http_aai_cache_now(void);
+ngx_int_t ngx_http_aai_cache_headers_ok(ngx_aai_cache_entry_t *e);
+const char *ngx_http_aai_cache_own_request(ngx_http_request_t *r);
 
 
 /* ngx_http_aai_cache_lock.c */
@@ -363,6 +364,22 @@ void ngx_http_aai_cache_consume(ngx_chain_t *in);
 ngx_int_t ngx_http_aai_cache_header_filter(ngx_http_request_t *r);
 ngx_int_t ngx_http_aai_cache_body_filter(ngx_http_request_t *r,
     ngx_chain_t *in);
+ngx_int_t ngx_http_aai_cache_collect(ngx_http_request_t *r,
+    ngx_array_t *headers);
+void ngx_http_aai_cache_store(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx);
+
+
+/* ngx_http_aai_cache_revalidate.c */
+void ngx_http_aai_cache_conditional(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx, ngx_aai_cache_entry_t *e);
+ngx_int_t ngx_http_aai_cache_revalidated(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx, ngx_http_aai_cache_loc_conf_t *alcf);
+const char *ngx_http_aai_cache_keep(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx, ngx_http_aai_cache_loc_conf_t *alcf,
+    ngx_http_aai_cache_freshness_t *f, const char *reason);
+ngx_uint_t ngx_http_aai_cache_no_stale(ngx_aai_cache_entry_t *e);
+ngx_uint_t ngx_http_aai_cache_swr(ngx_aai_cache_entry_t *e);
 
 
 /* ngx_http_aai_cache_purge.c */

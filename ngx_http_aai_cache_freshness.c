@@ -4,7 +4,7 @@
  *
  * ngx_http_aai_cache_freshness: the Cache-Control parser and the freshness
  * decision of ngx_http_aai_cache_module, on a response's status and header
- * values alone.
+ * values and the location's aai_cache_valid alone.
  */
 
 
@@ -468,6 +468,9 @@ ngx_http_aai_cache_cc_directive(ngx_http_aai_cache_cc_t *cc, u_char *name,
     } else if (ngx_http_aai_cache_is("must-revalidate")) {
         cc->must_revalidate = 1;
 
+    } else if (ngx_http_aai_cache_is("proxy-revalidate")) {
+        cc->proxy_revalidate = 1;
+
     } else if (ngx_http_aai_cache_is("s-maxage")) {
         n = ngx_http_aai_cache_cc_number(val, vlen);
 
@@ -535,3 +538,44 @@ ngx_http_aai_cache_cc_number(u_char *val, size_t vlen)
     return ngx_min(n, 0x80000000);
 }
 
+
+/* statuses cacheable without aai_cache_valid (RFC 9110, 15.1), but 206 */
+static ngx_uint_t  ngx_http_aai_cache_heuristic[] = {
+    200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501, 0
+};
+
+
+ngx_int_t
+ngx_http_aai_cache_valid_time(ngx_http_aai_cache_valid_t *valid,
+    ngx_uint_t n, ngx_uint_t status)
+{
+    ngx_uint_t  i;
+
+    if (status == 206 || status == 304 || status < 200) {
+        return NGX_HTTP_AAI_CACHE_NOT_VALID;
+    }
+
+    if (valid == NULL) {
+        for (i = 0; ngx_http_aai_cache_heuristic[i]; i++) {
+            if (ngx_http_aai_cache_heuristic[i] == status) {
+                return NGX_HTTP_AAI_CACHE_NO_TIME;
+            }
+        }
+
+        return NGX_HTTP_AAI_CACHE_NOT_VALID;
+    }
+
+    for (i = 0; i < n; i++) {
+        if (valid[i].status == status) {
+            return valid[i].valid;
+        }
+    }
+
+    for (i = 0; i < n; i++) {
+        if (valid[i].status == 0) {
+            return valid[i].valid;
+        }
+    }
+
+    return NGX_HTTP_AAI_CACHE_NOT_VALID;
+}

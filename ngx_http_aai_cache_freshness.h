@@ -33,6 +33,7 @@ typedef struct {
     unsigned                      private:1;
     unsigned                      public:1;
     unsigned                      must_revalidate:1;
+    unsigned                      proxy_revalidate:1;
     unsigned                      invalid:1;
     unsigned                      sf_invalid:1;  /* not a Structured Field
                                                     Dictionary, RFC 9213 */
@@ -88,6 +89,24 @@ void ngx_http_aai_cache_cc_parse(ngx_str_t *v, ngx_http_aai_cache_cc_t *cc);
  * "cache-control", "expired", "zero-ttl", "no-ttl").
  */
 const char *ngx_http_aai_cache_freshness(ngx_http_aai_cache_freshness_t *f);
+
+
+/* a status of aai_cache_valid and its time */
+typedef struct {
+    ngx_uint_t                    status;      /* 0: any */
+    time_t                        valid;
+} ngx_http_aai_cache_valid_t;
+
+/*
+ * The aai_cache_valid time of a response's status (f->valid above): that
+ * of the status's own entry, else that of "any", else
+ * NGX_HTTP_AAI_CACHE_NOT_VALID.  valid: the n entries of the location,
+ * NULL without aai_cache_valid: then the statuses cacheable by default
+ * (RFC 9110, 15.1, but 206) have NGX_HTTP_AAI_CACHE_NO_TIME, the others
+ * are not valid.  206, 304 and 1xx never are.
+ */
+ngx_int_t ngx_http_aai_cache_valid_time(ngx_http_aai_cache_valid_t *valid,
+    ngx_uint_t n, ngx_uint_t status);
 
 
 #endif /* _NGX_HTTP_AAI_CACHE_FRESHNESS_H_INCLUDED_ */

@@ -105,6 +105,9 @@ ngx_http_aai_cache_try_lock(ngx_http_request_t *r,
         return NGX_DECLINED;
     }
 
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "aai cache lock \"%V\" requested", &ctx->lock_key);
+
     ctx->state = NGX_HTTP_AAI_CACHE_ST_LOCK;
     ctx->lock_seq = ngx_http_aai_cache_note_seq;
 
@@ -124,12 +127,16 @@ ngx_http_aai_cache_on_lock(ngx_http_request_t *r,
 
         /* this request updates the entry */
 
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "aai cache lock \"%V\" taken", &ctx->lock_key);
+
         ctx->lock_held = 1;
         ctx->lock_until = ngx_current_msec + alcf->lock_timeout;
         ngx_http_aai_cache_lease(ctx);
 
         if (ctx->stale
-            && alcf->background_update
+            && (alcf->background_update
+                || ngx_http_aai_cache_swr(ctx->stale))
             && ngx_http_aai_cache_updating_ok(alcf, ctx->stale)
             && ngx_http_aai_cache_background(r, ctx) == NGX_OK)
         {
@@ -146,6 +153,10 @@ ngx_http_aai_cache_on_lock(ngx_http_request_t *r,
     }
 
     /* another request, maybe on another instance, is updating it */
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "aai cache lock \"%V\" held by another request",
+                   &ctx->lock_key);
 
     if (ctx->stale && ngx_http_aai_cache_updating_ok(alcf, ctx->stale)) {
         ctx->detail = "updating";
@@ -212,6 +223,10 @@ ngx_http_aai_cache_wait(ngx_http_request_t *r, ngx_http_aai_cache_ctx_t *ctx)
             && n->hash == hash
             && n->seq > ctx->lock_seq)
         {
+            ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                           "aai cache lock \"%V\" let go before its reply",
+                           &ctx->lock_key);
+
             ngx_http_aai_cache_wake(ctx, n->stored == 1
                                          ? NGX_HTTP_AAI_CACHE_WAKE_STORED
                                          : NGX_HTTP_AAI_CACHE_WAKE_NOT_STORED);
@@ -238,6 +253,10 @@ ngx_http_aai_cache_wait(ngx_http_request_t *r, ngx_http_aai_cache_ctx_t *ctx)
     if (timer > NGX_HTTP_AAI_CACHE_POLL) {
         timer = NGX_HTTP_AAI_CACHE_POLL;
     }
+
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "aai cache wait for lock \"%V\", %M ms left, poll in %M",
+                   &ctx->lock_key, ctx->deadline - ngx_current_msec, timer);
 
     ngx_add_timer(&ctx->wait_ev, timer);
 }
@@ -271,6 +290,13 @@ ngx_http_aai_cache_wake(ngx_http_aai_cache_ctx_t *ctx, ngx_uint_t how)
     ngx_http_request_t  *r;
 
     r = ctx->request;
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "aai cache woken: %s, lock \"%V\"",
+                   how == NGX_HTTP_AAI_CACHE_WAKE_STORED ? "stored"
+                   : how == NGX_HTTP_AAI_CACHE_WAKE_NOT_STORED ? "not stored"
+                   : how == NGX_HTTP_AAI_CACHE_WAKE_POLL ? "poll" : "timeout",
+                   &ctx->lock_key);
 
     ngx_http_aai_cache_unwait(ctx);
 
@@ -351,6 +377,10 @@ ngx_http_aai_cache_message(ngx_str_t *channel, ngx_str_t *message,
 
     key.data = message->data + 2;
     key.len = message->len - 2;
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "aai cache lock \"%V\" let go, %s", &key,
+                   stored ? "stored" : "not stored");
 
     hash = ngx_crc32_short(key.data, key.len);
 
@@ -433,6 +463,10 @@ ngx_http_aai_cache_release(ngx_http_aai_cache_ctx_t *ctx, ngx_uint_t stored,
     argv[6].data[0] = stored ? '1' : '0';
     argv[6].data[1] = ' ';
 
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, log, 0,
+                   "aai cache lock \"%V\" released, %s", &ctx->lock_key,
+                   stored ? "stored" : "not stored");
+
     (void) ngx_aai_redis_send(amcf->redis, log, 7, argv,
                               ngx_http_aai_cache_release_handler, NULL);
 }
@@ -497,6 +531,10 @@ ngx_http_aai_cache_renew(ngx_event_t *ev)
     argv[5].data = px;
     argv[5].len = ngx_sprintf(px, "%M", lease) - px;
 
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ev->log, 0,
+                   "aai cache lock \"%V\" renewed for %M ms",
+                   &ctx->lock_key, lease);
+
     (void) ngx_aai_redis_send(amcf->redis, ev->log, 6, argv,
                               ngx_http_aai_cache_release_handler, NULL);
 
@@ -534,6 +572,9 @@ ngx_http_aai_cache_orphan(ngx_http_aai_cache_ctx_t *ctx)
     return;
 
 found:
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ctx->request->connection->log, 0,
+                   "aai cache lock \"%V\" orphaned", &ctx->lock_key);
 
     o->until = ngx_current_msec + ngx_http_aai_cache_lease_time(ctx->request);
     o->len = ctx->lock_key.len + 2;

@@ -34,9 +34,7 @@ static void ngx_http_aai_cache_on_absent(ngx_http_request_t *r,
 static ngx_int_t ngx_http_aai_cache_entry_from(ngx_http_request_t *r,
     ngx_http_aai_cache_ctx_t *ctx, redisReply *reply,
     ngx_aai_cache_entry_t **ep);
-static ngx_int_t ngx_http_aai_cache_headers_ok(ngx_aai_cache_entry_t *e);
 static ngx_uint_t ngx_http_aai_cache_shareable(ngx_aai_cache_entry_t *e);
-static const char *ngx_http_aai_cache_own_request(ngx_http_request_t *r);
 static void ngx_http_aai_cache_resume(ngx_http_request_t *r,
     ngx_http_aai_cache_ctx_t *ctx);
 static ngx_int_t ngx_http_aai_cache_send(ngx_http_request_t *r,
@@ -46,7 +44,7 @@ static void ngx_http_aai_cache_log_bad(ngx_log_t *log, const char *what,
 
 
 static const char  *ngx_http_aai_cache_fwd_names[] = {
-    "hit", "miss", "bypass", "stale", "stale", "stale", "hit"
+    "hit", "miss", "bypass", "stale", "stale", "stale", "hit", "stale"
 };
 
 
@@ -96,8 +94,14 @@ ngx_http_aai_cache_lookup(ngx_http_request_t *r,
     ctx->cmd = ngx_aai_redis_send(amcf->redis, r->connection->log, argc,
                                   argv, ngx_http_aai_cache_reply, ctx);
     if (ctx->cmd == NULL) {
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "aai cache lookup \"%V\" not sent", &ctx->key);
         return NGX_DECLINED;
     }
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "aai cache lookup \"%V\" sent, variant \"%V\"",
+                   &ctx->key, &ctx->vkey);
 
     ctx->state = NGX_HTTP_AAI_CACHE_ST_LOOKUP;
 
@@ -270,6 +274,10 @@ ngx_http_aai_cache_on_vary(ngx_http_request_t *r,
         return;
     }
 
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "aai cache varies on \"%V\": lookup \"%V\" sent",
+                   &ctx->vary, &ctx->vkey);
+
     ctx->state = NGX_HTTP_AAI_CACHE_ST_VARIANT;
 }
 
@@ -318,6 +326,10 @@ ngx_http_aai_cache_on_entry(ngx_http_request_t *r,
 
     /* expired: kept at hand for aai_cache_use_stale */
 
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "aai cache entry expired %uL ms ago",
+                   ngx_http_aai_cache_now() - e->fresh_until);
+
     ctx->stale = e;
 
     alcf = ngx_http_get_module_loc_conf(r, ngx_http_aai_cache_module);
@@ -339,6 +351,10 @@ ngx_http_aai_cache_on_absent(ngx_http_request_t *r,
     ngx_http_aai_cache_ctx_t *ctx)
 {
     ngx_http_aai_cache_loc_conf_t  *alcf;
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "aai cache no entry%s",
+                   ctx->vary_miss ? " for this variant" : "");
 
     alcf = ngx_http_get_module_loc_conf(r, ngx_http_aai_cache_module);
 
@@ -420,7 +436,7 @@ ngx_http_aai_cache_entry_from(ngx_http_request_t *r,
  * HTAB (5.5), whatever wrote the entry.
  */
 
-static ngx_int_t
+ngx_int_t
 ngx_http_aai_cache_headers_ok(ngx_aai_cache_entry_t *e)
 {
     u_char      *p, *name, *value;
@@ -549,7 +565,7 @@ ngx_http_aai_cache_shareable(ngx_aai_cache_entry_t *e)
  * instead (see ngx_http_aai_cache_unconditional()).
  */
 
-static const char *
+const char *
 ngx_http_aai_cache_own_request(ngx_http_request_t *r)
 {
     if (r->headers_in.range || r->headers_in.if_range) {
@@ -568,12 +584,21 @@ void
 ngx_http_aai_cache_forward(ngx_http_request_t *r,
     ngx_http_aai_cache_ctx_t *ctx, ngx_uint_t status)
 {
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "aai cache %V: forwarded%s%s",
+                   &ngx_http_aai_cache_status_names[status],
+                   ctx->detail ? ", " : "", ctx->detail ? ctx->detail : "");
+
     ctx->status = status;
     ctx->fwd = status;
     ctx->state = NGX_HTTP_AAI_CACHE_ST_DONE;
     ctx->capture = 1;
 
     ngx_http_aai_cache_unconditional(r);
+
+    if (ctx->stale && status == NGX_HTTP_AAI_CACHE_EXPIRED) {
+        ngx_http_aai_cache_conditional(r, ctx, ctx->stale);
+    }
 
     if (ctx->suspended) {
         ngx_http_aai_cache_resume(r, ctx);
@@ -665,6 +690,11 @@ ngx_http_aai_cache_serve(ngx_http_request_t *r,
     ngx_uint_t status)
 {
     ngx_int_t  rc;
+
+    ngx_log_debug4(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "aai cache %V: served from the cache, status %ui%s%s",
+                   &ngx_http_aai_cache_status_names[status], e->status,
+                   ctx->detail ? ", " : "", ctx->detail ? ctx->detail : "");
 
     ctx->status = status;
     ctx->state = NGX_HTTP_AAI_CACHE_ST_DONE;

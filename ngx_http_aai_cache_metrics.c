@@ -32,7 +32,8 @@ ngx_http_aai_cache_add_metrics(ngx_conf_t *cf,
         "status=\"expired\"",
         "status=\"stale\"",
         "status=\"updating\"",
-        "status=\"hit\""
+        "status=\"hit\"",
+        "status=\"revalidated\""
     };
 
     m = ngx_aai_metrics_create(cf, "cache", &ngx_http_aai_cache_module);

@@ -63,11 +63,11 @@ static char *ngx_http_aai_cache_max_size(ngx_conf_t *cf, void *post,
     void *data);
 static char *ngx_http_aai_cache_purge(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
-static char *ngx_http_aai_cache_credentials(ngx_conf_t *cf,
-    ngx_command_t *cmd, void *conf);
-static char *ngx_http_aai_cache_control_field(ngx_conf_t *cf,
-    ngx_command_t *cmd, void *conf);
+static char *ngx_http_aai_cache_list(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static ngx_int_t ngx_http_aai_cache_credential(ngx_conf_t *cf,
+    ngx_array_t *a, ngx_str_t *value);
+static ngx_int_t ngx_http_aai_cache_control_name(ngx_conf_t *cf,
     ngx_array_t *a, ngx_str_t *value);
 static ngx_int_t ngx_http_aai_cache_add_variables(ngx_conf_t *cf);
 static ngx_int_t ngx_http_aai_cache_init(ngx_conf_t *cf);
@@ -75,14 +75,37 @@ static ngx_int_t ngx_http_aai_cache_init_process(ngx_cycle_t *cycle);
 static void ngx_http_aai_cache_exit_process(ngx_cycle_t *cycle);
 
 
-static ngx_str_t  ngx_http_aai_cache_status_names[] = {
+ngx_str_t  ngx_http_aai_cache_status_names[] = {
     ngx_null_string,
     ngx_string("MISS"),
     ngx_string("BYPASS"),
     ngx_string("EXPIRED"),
     ngx_string("STALE"),
     ngx_string("UPDATING"),
-    ngx_string("HIT")
+    ngx_string("HIT"),
+    ngx_string("REVALIDATED")
+};
+
+
+/* a directive of "off | item ...", cmd->post of ngx_http_aai_cache_list() */
+typedef struct {
+    size_t                        size;        /* of an element */
+    ngx_int_t                   (*add)(ngx_conf_t *cf, ngx_array_t *a,
+                                       ngx_str_t *value);
+    const char                   *what;        /* for the error message */
+    const char                   *hint;
+} ngx_http_aai_cache_list_t;
+
+
+static ngx_http_aai_cache_list_t  ngx_http_aai_cache_credentials_list = {
+    sizeof(ngx_int_t), ngx_http_aai_cache_credential, "credential",
+    "a request header name or a $variable"
+};
+
+
+static ngx_http_aai_cache_list_t  ngx_http_aai_cache_control_field_list = {
+    sizeof(ngx_str_t), ngx_http_aai_cache_control_name, "field",
+    "a response header name"
 };
 
 
@@ -213,19 +236,33 @@ static ngx_command_t  ngx_http_aai_cache_commands[] = {
       offsetof(ngx_http_aai_cache_loc_conf_t, stale_ttl),
       &ngx_http_aai_cache_stale_ttl_post },
 
+    { ngx_string("aai_cache_revalidate"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_aai_cache_loc_conf_t, revalidate),
+      NULL },
+
+    { ngx_string("aai_cache_revalidate_ttl"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_aai_cache_sec,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_aai_cache_loc_conf_t, revalidate_ttl),
+      NULL },
+
     { ngx_string("aai_cache_credentials"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
-      ngx_http_aai_cache_credentials,
+      ngx_http_aai_cache_list,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_aai_cache_loc_conf_t, credentials),
-      NULL },
+      &ngx_http_aai_cache_credentials_list },
 
     { ngx_string("aai_cache_control_field"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
-      ngx_http_aai_cache_control_field,
+      ngx_http_aai_cache_list,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_aai_cache_loc_conf_t, control_fields),
-      NULL },
+      &ngx_http_aai_cache_control_field_list },
 
     { ngx_string("aai_cache_purge"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS|NGX_CONF_TAKE1,
@@ -618,6 +655,8 @@ ngx_http_aai_cache_create_loc_conf(ngx_conf_t *cf)
     conf->use_stale = NGX_CONF_UNSET_UINT;
     conf->background_update = NGX_CONF_UNSET;
     conf->stale_ttl = NGX_CONF_UNSET;
+    conf->revalidate = NGX_CONF_UNSET;
+    conf->revalidate_ttl = NGX_CONF_UNSET;
     conf->credentials = NGX_CONF_UNSET_PTR;
     conf->control_fields = NGX_CONF_UNSET_PTR;
     conf->purge = NGX_CONF_UNSET;
@@ -658,6 +697,9 @@ ngx_http_aai_cache_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_value(conf->background_update, prev->background_update,
                          0);
     ngx_conf_merge_sec_value(conf->stale_ttl, prev->stale_ttl, 600);
+    ngx_conf_merge_value(conf->revalidate, prev->revalidate, 0);
+    ngx_conf_merge_sec_value(conf->revalidate_ttl, prev->revalidate_ttl,
+                             600);
 
     amcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_aai_cache_module);
 
@@ -1015,18 +1057,27 @@ ngx_http_aai_cache_purge(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
  * aai_cache_credentials off | credential ...;  a credential is a request
  * header name or a $variable; the request carries a credential when one
  * of them is not empty.
+ *
+ * aai_cache_control_field off | Name ...;  targeted fields, RFC 9213.
+ *
+ * "off" leaves the array NULL; each item is added to it by cmd->post's
+ * add(), which fails on an invalid one.
  */
 
 static char *
-ngx_http_aai_cache_credentials(ngx_conf_t *cf, ngx_command_t *cmd,
-    void *conf)
+ngx_http_aai_cache_list(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
-    ngx_http_aai_cache_loc_conf_t *alcf = conf;
+    char  *p = conf;
 
-    ngx_str_t   *value;
-    ngx_uint_t   i;
+    ngx_str_t                   *value;
+    ngx_uint_t                   i;
+    ngx_array_t                **a;
+    ngx_http_aai_cache_list_t   *list;
 
-    if (alcf->credentials != NGX_CONF_UNSET_PTR) {
+    list = cmd->post;
+    a = (ngx_array_t **) (p + cmd->offset);
+
+    if (*a != NGX_CONF_UNSET_PTR) {
         return "is duplicate";
     }
 
@@ -1036,93 +1087,23 @@ ngx_http_aai_cache_credentials(ngx_conf_t *cf, ngx_command_t *cmd,
         && value[1].len == 3
         && ngx_strncmp(value[1].data, "off", 3) == 0)
     {
-        alcf->credentials = NULL;
+        *a = NULL;
         return NGX_CONF_OK;
     }
 
-    alcf->credentials = ngx_array_create(cf->pool, cf->args->nelts - 1,
-                                         sizeof(ngx_int_t));
-    if (alcf->credentials == NULL) {
+    *a = ngx_array_create(cf->pool, cf->args->nelts - 1, list->size);
+    if (*a == NULL) {
         return NGX_CONF_ERROR;
     }
 
     for (i = 1; i < cf->args->nelts; i++) {
-        if (ngx_http_aai_cache_credential(cf, alcf->credentials, &value[i])
-            != NGX_OK)
-        {
+        if (list->add(cf, *a, &value[i]) != NGX_OK) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "invalid credential \"%V\" in \"%V\": a "
-                               "request header name or a $variable",
-                               &value[i], &cmd->name);
+                               "invalid %s \"%V\" in \"%V\": %s",
+                               list->what, &value[i], &cmd->name,
+                               list->hint);
             return NGX_CONF_ERROR;
         }
-    }
-
-    return NGX_CONF_OK;
-}
-
-
-/* aai_cache_control_field Name... | off: targeted fields, RFC 9213 */
-
-static char *
-ngx_http_aai_cache_control_field(ngx_conf_t *cf, ngx_command_t *cmd,
-    void *conf)
-{
-    ngx_http_aai_cache_loc_conf_t *alcf = conf;
-
-    u_char      *p;
-    ngx_str_t   *value, *name;
-    ngx_uint_t   i;
-
-    if (alcf->control_fields != NGX_CONF_UNSET_PTR) {
-        return "is duplicate";
-    }
-
-    value = cf->args->elts;
-
-    if (cf->args->nelts == 2
-        && value[1].len == 3
-        && ngx_strncmp(value[1].data, "off", 3) == 0)
-    {
-        alcf->control_fields = NULL;
-        return NGX_CONF_OK;
-    }
-
-    alcf->control_fields = ngx_array_create(cf->pool, cf->args->nelts - 1,
-                                            sizeof(ngx_str_t));
-    if (alcf->control_fields == NULL) {
-        return NGX_CONF_ERROR;
-    }
-
-    for (i = 1; i < cf->args->nelts; i++) {
-
-        /* a field name: a token (RFC 9110, 5.1) */
-
-        for (p = value[i].data; p < value[i].data + value[i].len; p++) {
-            if (!((*p >= '0' && *p <= '9')
-                  || ((*p | 0x20) >= 'a' && (*p | 0x20) <= 'z')
-                  || *p == '-' || *p == '_' || *p == '.'))
-            {
-                break;
-            }
-        }
-
-        if (value[i].len == 0 || value[i].len > 256
-            || p != value[i].data + value[i].len)
-        {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "invalid field \"%V\" in \"%V\": a "
-                               "response header name", &value[i],
-                               &cmd->name);
-            return NGX_CONF_ERROR;
-        }
-
-        name = ngx_array_push(alcf->control_fields);
-        if (name == NULL) {
-            return NGX_CONF_ERROR;
-        }
-
-        *name = value[i];
     }
 
     return NGX_CONF_OK;
@@ -1184,6 +1165,39 @@ ngx_http_aai_cache_credential(ngx_conf_t *cf, ngx_array_t *a,
     if (*index == NGX_ERROR) {
         return NGX_ERROR;
     }
+
+    return NGX_OK;
+}
+
+
+/* a field name of aai_cache_control_field: a token (RFC 9110, 5.1) */
+
+static ngx_int_t
+ngx_http_aai_cache_control_name(ngx_conf_t *cf, ngx_array_t *a,
+    ngx_str_t *value)
+{
+    u_char     *p;
+    ngx_str_t  *name;
+
+    for (p = value->data; p < value->data + value->len; p++) {
+        if (!((*p >= '0' && *p <= '9')
+              || ((*p | 0x20) >= 'a' && (*p | 0x20) <= 'z')
+              || *p == '-' || *p == '_' || *p == '.'))
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    if (value->len == 0 || value->len > 256) {
+        return NGX_ERROR;
+    }
+
+    name = ngx_array_push(a);
+    if (name == NULL) {
+        return NGX_ERROR;
+    }
+
+    *name = *value;
 
     return NGX_OK;
 }

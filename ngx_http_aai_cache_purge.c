@@ -398,6 +398,10 @@ ngx_http_aai_cache_purge_reply(ngx_aai_redis_result_t *res, void *data)
                                            -1);
 
     } else {
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, c->log, 0,
+                       "aai cache purged %L entries",
+                       (int64_t) res->reply->integer);
+
         rc = ngx_http_aai_cache_purge_send(r, res->reply->integer > 0
                                               ? NGX_HTTP_OK
                                               : NGX_HTTP_NOT_FOUND,

@@ -21,6 +21,10 @@ ngx_uint_t
 ngx_http_aai_cache_updating_ok(ngx_http_aai_cache_loc_conf_t *alcf,
     ngx_aai_cache_entry_t *e)
 {
+    if (ngx_http_aai_cache_no_stale(e)) {
+        return 0;
+    }
+
     if (alcf->use_stale & NGX_HTTP_AAI_CACHE_STALE_UPDATING) {
         return 1;
     }
@@ -89,6 +93,11 @@ ngx_http_aai_cache_background(ngx_http_request_t *r,
     sctx->capture = 1;
 
     ngx_http_aai_cache_unconditional(sr);
+    ngx_http_aai_cache_conditional(sr, sctx, ctx->stale);
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "aai cache background update of \"%V\" started",
+                   &ctx->key);
 
     return NGX_OK;
 }
@@ -123,6 +132,10 @@ ngx_http_aai_cache_stale_on_error(ngx_http_request_t *r,
         return 0;
     }
 
+    if (ngx_http_aai_cache_no_stale(ctx->stale)) {
+        return 0;
+    }
+
     if (alcf->use_stale & mask) {
         return 1;
     }
@@ -149,6 +162,10 @@ ngx_http_aai_cache_swap_header(ngx_http_request_t *r,
     {
         return NGX_ERROR;
     }
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "aai cache STALE: the entry's %ui replaces the "
+                   "upstream's %ui", ctx->stale->status, ho->status);
 
     ho->status = ctx->stale->status;
     ho->status_line.len = 0;

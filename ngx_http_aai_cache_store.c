@@ -23,8 +23,6 @@
 
 static const char *ngx_http_aai_cache_decide(ngx_http_request_t *r,
     ngx_http_aai_cache_ctx_t *ctx, ngx_http_aai_cache_loc_conf_t *alcf);
-static ngx_int_t ngx_http_aai_cache_valid_time(
-    ngx_http_aai_cache_loc_conf_t *alcf, ngx_uint_t status);
 static ngx_int_t ngx_http_aai_cache_begin(ngx_http_request_t *r,
     ngx_http_aai_cache_ctx_t *ctx, ngx_http_aai_cache_loc_conf_t *alcf);
 static ngx_int_t ngx_http_aai_cache_capture(ngx_http_request_t *r,
@@ -33,8 +31,6 @@ static ngx_int_t ngx_http_aai_cache_append(ngx_http_request_t *r,
     ngx_http_aai_cache_ctx_t *ctx, ngx_buf_t *b);
 static void ngx_http_aai_cache_abandon(ngx_http_request_t *r,
     ngx_http_aai_cache_ctx_t *ctx, const char *why);
-static void ngx_http_aai_cache_store(ngx_http_request_t *r,
-    ngx_http_aai_cache_ctx_t *ctx);
 static void ngx_http_aai_cache_store_handler(ngx_aai_redis_result_t *res,
     void *data);
 static void ngx_http_aai_cache_store_large(ngx_http_request_t *r,
@@ -44,18 +40,10 @@ static void ngx_http_aai_cache_job_handler(ngx_aai_redis_result_t *res,
     void *data);
 static void ngx_http_aai_cache_job_fail(ngx_http_aai_cache_job_t *job,
     const char *why);
-static ngx_int_t ngx_http_aai_cache_collect(ngx_http_request_t *r,
-    ngx_array_t *headers);
 static ngx_table_elt_t *ngx_http_aai_cache_origin_date(
     ngx_http_request_t *r);
 static ngx_uint_t ngx_http_aai_cache_connection_listed(ngx_list_t *raw,
     ngx_str_t *name);
-
-
-/* statuses cacheable without aai_cache_valid (RFC 9110, 15.1), but 206 */
-static ngx_uint_t  ngx_http_aai_cache_heuristic[] = {
-    200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501, 0
-};
 
 
 /* response headers that are never stored */
@@ -178,6 +166,14 @@ ngx_http_aai_cache_header_filter(ngx_http_request_t *r)
 
     ctx->fwd_status = r->headers_out.status;
 
+    if (ctx->cond) {
+        rc = ngx_http_aai_cache_revalidated(r, ctx, alcf);
+
+        if (rc != NGX_DECLINED) {
+            return rc;
+        }
+    }
+
     if (ctx->stale && ngx_http_aai_cache_stale_on_error(r, ctx, alcf)) {
         return ngx_http_aai_cache_swap_header(r, ctx);
     }
@@ -280,7 +276,12 @@ ngx_http_aai_cache_decide(ngx_http_request_t *r,
 
     f.now = ngx_http_aai_cache_now();
     f.status = r->headers_out.status;
-    f.valid = ngx_http_aai_cache_valid_time(alcf, r->headers_out.status);
+    f.valid = alcf->valid
+              ? ngx_http_aai_cache_valid_time(alcf->valid->elts,
+                                              alcf->valid->nelts,
+                                              r->headers_out.status)
+              : ngx_http_aai_cache_valid_time(NULL, 0,
+                                              r->headers_out.status);
     f.credentialed = ctx->credentialed;
 
     n = 0;
@@ -350,6 +351,8 @@ ngx_http_aai_cache_decide(ngx_http_request_t *r,
 
     reason = ngx_http_aai_cache_freshness(&f);
 
+    reason = ngx_http_aai_cache_keep(r, ctx, alcf, &f, reason);
+
     if (reason) {
         return reason;
     }
@@ -406,50 +409,6 @@ ngx_http_aai_cache_decide(ngx_http_request_t *r,
     }
 
     return NULL;
-}
-
-
-/* the aai_cache_valid time of the status, or NGX_HTTP_AAI_CACHE_* */
-
-static ngx_int_t
-ngx_http_aai_cache_valid_time(ngx_http_aai_cache_loc_conf_t *alcf,
-    ngx_uint_t status)
-{
-    ngx_uint_t                   i;
-    ngx_http_aai_cache_valid_t  *v;
-
-    if (status == NGX_HTTP_PARTIAL_CONTENT
-        || status == NGX_HTTP_NOT_MODIFIED
-        || status < NGX_HTTP_OK)
-    {
-        return NGX_HTTP_AAI_CACHE_NOT_VALID;
-    }
-
-    if (alcf->valid == NULL) {
-        for (i = 0; ngx_http_aai_cache_heuristic[i]; i++) {
-            if (ngx_http_aai_cache_heuristic[i] == status) {
-                return NGX_HTTP_AAI_CACHE_NO_TIME;
-            }
-        }
-
-        return NGX_HTTP_AAI_CACHE_NOT_VALID;
-    }
-
-    v = alcf->valid->elts;
-
-    for (i = 0; i < alcf->valid->nelts; i++) {
-        if (v[i].status == status) {
-            return v[i].valid;
-        }
-    }
-
-    for (i = 0; i < alcf->valid->nelts; i++) {
-        if (v[i].status == 0) {
-            return v[i].valid;
-        }
-    }
-
-    return NGX_HTTP_AAI_CACHE_NOT_VALID;
 }
 
 
@@ -545,6 +504,11 @@ ngx_http_aai_cache_begin(ngx_http_request_t *r, ngx_http_aai_cache_ctx_t *ctx,
     ctx->body_start = ctx->len;
     ctx->capturing = 1;
     ctx->stored = 1;
+
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "aai cache capture for \"%V\" started, fresh for "
+                   "%uL ms, content length %O", &ctx->store_key,
+                   ctx->fresh_until - ngx_http_aai_cache_now(), ctx->clen);
 
     return NGX_OK;
 }
@@ -707,7 +671,7 @@ ngx_http_aai_cache_abandon(ngx_http_request_t *r,
 }
 
 
-static void
+void
 ngx_http_aai_cache_store(ngx_http_request_t *r, ngx_http_aai_cache_ctx_t *ctx)
 {
     u_char                          *p;
@@ -734,12 +698,15 @@ ngx_http_aai_cache_store(ngx_http_request_t *r, ngx_http_aai_cache_ctx_t *ctx)
 
     now = ngx_http_aai_cache_now();
 
-    if (ctx->fresh_until <= now) {
+    if (ctx->fresh_until <= now && ctx->keep == 0) {
         ngx_http_aai_cache_abandon(r, ctx, "expired");
         return;
     }
 
-    /* kept past its freshness for as long as it may be served stale */
+    /*
+     * kept past its freshness for as long as it may be served stale, or
+     * revalidated (aai_cache_revalidate_ttl)
+     */
 
     extra = ngx_max(ctx->swr, ctx->sie);
 
@@ -747,7 +714,12 @@ ngx_http_aai_cache_store(ngx_http_request_t *r, ngx_http_aai_cache_ctx_t *ctx)
         extra = alcf->stale_ttl;
     }
 
-    px = ctx->fresh_until - now + extra * 1000;
+    if ((uint64_t) ctx->keep > extra) {
+        extra = ctx->keep;
+    }
+
+    px = (ctx->fresh_until > now ? ctx->fresh_until - now : 0)
+         + extra * 1000;
 
     if (ctx->len + NGX_AAI_CACHE_CRC > NGX_HTTP_AAI_CACHE_REDIS_MAX) {
         ngx_http_aai_cache_abandon(r, ctx, "too large for redis");
@@ -1017,6 +989,10 @@ ngx_http_aai_cache_job_next(ngx_http_aai_cache_job_t *job)
         return NGX_ERROR;
     }
 
+    ngx_log_debug4(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "aai cache store piece of \"%V\" sent: %V at %uz of %uz",
+                   &job->argv[7], &argv[0], job->off, job->len);
+
     if (job->off && !job->grown) {
         job->grown = 1;
     }
@@ -1055,6 +1031,10 @@ ngx_http_aai_cache_job_handler(ngx_aai_redis_result_t *res, void *data)
         if (res->reply->type == REDIS_REPLY_INTEGER
             && res->reply->integer == 1)
         {
+            ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                           "aai cache stored \"%V\" in pieces",
+                           &job->argv[3]);
+
             ngx_aai_metrics_inc(amcf->metrics, amcf->m_stored, 1);
 
         } else {
@@ -1085,6 +1065,10 @@ ngx_http_aai_cache_job_fail(ngx_http_aai_cache_job_t *job, const char *why)
     ngx_http_aai_cache_main_conf_t  *amcf;
 
     static time_t  logged;
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "aai cache store of \"%V\" in pieces failed: %s",
+                   &job->argv[3], why ? why : "not sent");
 
     if (why && logged != ngx_time()) {
         logged = ngx_time();
@@ -1138,9 +1122,16 @@ ngx_http_aai_cache_store_handler(ngx_aai_redis_result_t *res, void *data)
     ngx_aai_metrics_observe(amcf->metrics, amcf->m_latency, res->latency_us);
 
     if (res->reply && res->reply->type != REDIS_REPLY_ERROR) {
+        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                       "aai cache stored");
+
         ngx_aai_metrics_inc(amcf->metrics, amcf->m_stored, 1);
         return;
     }
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "aai cache store failed: %s",
+                   res->reply ? res->reply->str : res->error);
 
     ngx_aai_metrics_inc(amcf->metrics, amcf->m_store_failures, 1);
 
@@ -1155,7 +1146,7 @@ ngx_http_aai_cache_store_handler(ngx_aai_redis_result_t *res, void *data)
 
 /* the response headers as the client would get them, but hop-by-hop ones */
 
-static ngx_int_t
+ngx_int_t
 ngx_http_aai_cache_collect(ngx_http_request_t *r, ngx_array_t *headers)
 {
     size_t                   len;

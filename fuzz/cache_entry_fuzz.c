@@ -9,8 +9,9 @@
  * (ngx_http_aai_cache_entry_from), an entry's headers restored into a
  * response (ngx_http_aai_cache_restore), a vary record's names kept
  * (vary_set/vary_get) and made a variant key from the request's headers
- * (ngx_http_aai_cache_variant_key), and the Vary header names of a
- * response (ngx_aai_cache_vary_names).
+ * (ngx_http_aai_cache_variant_key), the Vary header names of a
+ * response (ngx_aai_cache_vary_names), and an entry's validators read and
+ * the entry rebuilt as a revalidation does (fuzz_revalidate).
  *
  * The first input byte selects what the rest is:
  *
@@ -44,6 +45,8 @@
 #include "../ngx_http_aai_cache_store.c"
 #include "../ngx_http_aai_cache_purge.c"
 #include "../ngx_http_aai_cache_metrics.c"
+#include "../ngx_http_aai_cache_revalidate.c"
+#include "../ngx_http_aai_cache_freshness.c"
 
 
 #define FUZZ_KEY  "aai:cache:"                                                \
@@ -175,6 +178,53 @@ fuzz_check_vary(ngx_str_t *names)
 }
 
 
+/*
+ * What a revalidation reads of a stored entry (ngx_http_aai_cache_
+ * revalidate.c): its validators and directives, and the entry rebuilt from
+ * its headers merged with a 304's (none here), which must decode again to
+ * the same status, headers and body.
+ */
+
+static void
+fuzz_revalidate(ngx_http_request_t *r, ngx_http_aai_cache_ctx_t *ctx,
+    ngx_aai_cache_entry_t *e)
+{
+    size_t                          len;
+    ngx_str_t                       v;
+    ngx_array_t                     fresh, merged;
+    ngx_aai_cache_entry_t          *ne;
+    ngx_http_aai_cache_freshness_t  f;
+
+    (void) ngx_http_aai_cache_no_stale(e);
+    (void) ngx_http_aai_cache_swr(e);
+    (void) ngx_http_aai_cache_entry_header(e, "ETag", 4, &v);
+    (void) ngx_http_aai_cache_entry_header(e, "Last-Modified", 13, &v);
+
+    if (ngx_array_init(&fresh, r->pool, 1, sizeof(ngx_keyval_t)) != NGX_OK
+        || ngx_http_aai_cache_merge(r, e, &fresh, &merged) != NGX_OK)
+    {
+        return;
+    }
+
+    ngx_memzero(&f, sizeof(ngx_http_aai_cache_freshness_t));
+    f.now = 1700000000000ULL;
+    f.fresh_until = f.now + 1000;
+
+    ne = ngx_http_aai_cache_rebuild(r, ctx, e, &merged, &f, &len);
+
+    if (ne == NULL
+        || ne->status != e->status
+        || ne->nheaders != e->nheaders
+        || ne->headers_len != e->headers_len
+        || ne->body_len != e->body_len
+        || (e->body_len
+            && ngx_memcmp(ne->body, e->body, e->body_len) != 0))
+    {
+        abort();
+    }
+}
+
+
 /* what the lookup does with one GET reply */
 
 static void
@@ -214,6 +264,8 @@ fuzz_use(ngx_http_request_t *r, ngx_http_aai_cache_ctx_t *ctx,
     if (ngx_http_aai_cache_restore(r, e) != NGX_OK) {
         abort();
     }
+
+    fuzz_revalidate(r, ctx, e);
 }
 
 

@@ -7,17 +7,24 @@
  * Age, X-Accel-Expires and aai_cache_valid.  Input:
  *
  *   byte 0      flags: 1 the request carries a credential, 2 Expires,
- *               4 Age, 8 X-Accel-Expires are present
+ *               4 Age, 8 X-Accel-Expires are present, 16 byte 3 is an
+ *               aai_cache_valid list
  *   bytes 1-2   the status, modulo 600
- *   byte 3      aai_cache_valid: 0 not cacheable, 1 no time, 2 zero,
- *               else a time up to about 2^32 s
+ *   byte 3      aai_cache_valid's time for the status: 0 not cacheable,
+ *               1 no time, 2 zero, else a time up to about 2^32 s; with
+ *               flag 16, the list: bits 0-1 its length (0: no
+ *               aai_cache_valid), then 2 bits per entry, its status: the
+ *               response's, any, 200 or 404, looked up by
+ *               ngx_http_aai_cache_valid_time()
  *   the rest    lines: Expires, Age, X-Accel-Expires, then one
  *               Cache-Control value per line (at most 16)
  *
  * Invariants: a stored response is fresh for a time in (0, 2^31] s from
  * now, a known reason otherwise, never stored for a status the client's
  * own request caused nor, with a credential, without public, s-maxage or
- * must-revalidate.
+ * must-revalidate; aai_cache_valid gives a status the time of its own
+ * entry, else of "any", never a time to 206, 304 or 1xx, and without the
+ * directive none but to the statuses cacheable by default.
  *
  * nginx's own ngx_atoi(), ngx_atotm(), ngx_strncasecmp() and
  * ngx_parse_http_time() live in the nginx binary: small versions of them
@@ -142,6 +149,77 @@ fuzz_known(const char *reason)
 }
 
 
+/* aai_cache_valid as byte b describes it, checked against its rules */
+
+static ngx_int_t
+fuzz_valid(ngx_uint_t status, u_char b)
+{
+    ngx_int_t                   t, want;
+    ngx_uint_t                  i, n;
+    ngx_http_aai_cache_valid_t  v[3];
+
+    static const ngx_uint_t  heuristic[] = {
+        200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501, 0
+    };
+
+    n = b & 3;
+
+    for (i = 0; i < n; i++) {
+        switch ((b >> (2 + 2 * i)) & 3) {
+        case 0:
+            v[i].status = status;
+            break;
+        case 1:
+            v[i].status = 0;
+            break;
+        case 2:
+            v[i].status = 200;
+            break;
+        default:
+            v[i].status = 404;
+        }
+
+        v[i].valid = 60 * (i + 1);
+    }
+
+    t = ngx_http_aai_cache_valid_time(n ? v : NULL, n, status);
+
+    want = NGX_HTTP_AAI_CACHE_NOT_VALID;
+
+    if (status == 206 || status == 304 || status < 200) {
+        /* never */
+
+    } else if (n == 0) {
+        for (i = 0; heuristic[i]; i++) {
+            if (heuristic[i] == status) {
+                want = NGX_HTTP_AAI_CACHE_NO_TIME;
+            }
+        }
+
+    } else {
+        for (i = n; i > 0; i--) {
+            if (v[i - 1].status == 0) {
+                want = v[i - 1].valid;
+            }
+        }
+
+        for (i = n; i > 0; i--) {
+            if (v[i - 1].status == status) {
+                want = v[i - 1].valid;
+            }
+        }
+    }
+
+    if (t != want) {
+        fprintf(stderr, "aai_cache_valid of %d: %d, not %d\n",
+                (int) status, (int) t, (int) want);
+        abort();
+    }
+
+    return t;
+}
+
+
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -170,7 +248,10 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     f.status = ((data[1] << 8) | data[2]) % 600;
     f.credentialed = data[0] & 1;
 
-    switch (data[3]) {
+    switch ((data[0] & 16) ? 256 : data[3]) {
+    case 256:
+        f.valid = fuzz_valid(f.status, data[3]);
+        break;
     case 0:
         f.valid = NGX_HTTP_AAI_CACHE_NOT_VALID;
         break;
