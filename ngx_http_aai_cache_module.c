@@ -129,6 +129,11 @@ static ngx_aai_conf_post_t  ngx_http_aai_cache_stale_ttl_post = {
 };
 
 
+static ngx_aai_conf_post_t  ngx_http_aai_cache_revalidate_ttl_post = {
+    ngx_aai_conf_check_bounds, "time", 0, -1
+};
+
+
 static ngx_command_t  ngx_http_aai_cache_commands[] = {
 
     { ngx_string("aai_cache_redis"),
@@ -245,10 +250,10 @@ static ngx_command_t  ngx_http_aai_cache_commands[] = {
 
     { ngx_string("aai_cache_revalidate_ttl"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
-      ngx_http_aai_cache_sec,
+      ngx_aai_conf_set_sec_slot,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_aai_cache_loc_conf_t, revalidate_ttl),
-      NULL },
+      &ngx_http_aai_cache_revalidate_ttl_post },
 
     { ngx_string("aai_cache_credentials"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
