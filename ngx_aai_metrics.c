@@ -174,6 +174,21 @@ ngx_aai_metrics_add_histogram(ngx_aai_metrics_t *m, const char *family,
 }
 
 
+ngx_int_t
+ngx_aai_metrics_add_redis_latency(ngx_aai_metrics_t *m, const char *family,
+    const char *help)
+{
+    static const ngx_uint_t  bounds[] = {
+        100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000,
+        250000, 500000, 1000000
+    };
+
+    return ngx_aai_metrics_add_histogram(m, family, help, NULL, bounds,
+                                         sizeof(bounds) / sizeof(bounds[0]),
+                                         1000000);
+}
+
+
 static ngx_int_t
 ngx_aai_metrics_push(ngx_aai_metrics_t *m, ngx_uint_t type, ngx_uint_t kind,
     const char *family, const char *help, ngx_str_t *labels, uint64_t bound,

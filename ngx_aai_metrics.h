@@ -49,6 +49,14 @@ ngx_int_t ngx_aai_metrics_add_histogram(ngx_aai_metrics_t *m,
     const char *family, const char *help, ngx_str_t *labels,
     const ngx_uint_t *bounds, ngx_uint_t nbounds, ngx_uint_t scale);
 
+/*
+ * The round trip of a client's Redis commands, observed in microseconds
+ * (ngx_aai_redis_result_t's latency_us), in one bucket layout for every
+ * module of the suite: 100us to 1s in steps of 1, 2.5, 5.
+ */
+ngx_int_t ngx_aai_metrics_add_redis_latency(ngx_aai_metrics_t *m,
+    const char *family, const char *help);
+
 /* after the last add: registers the shared memory zone */
 ngx_int_t ngx_aai_metrics_zone(ngx_conf_t *cf, ngx_aai_metrics_t *m);
 

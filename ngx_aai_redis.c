@@ -267,6 +267,10 @@ ngx_aai_redis_send_cmd(ngx_aai_redis_t *rs, ngx_log_t *log, ngx_uint_t argc,
     ngx_queue_insert_tail(&conn->queue, &cmd->queue);
     conn->npending++;
 
+    ngx_log_debug3(NGX_LOG_DEBUG_EVENT, log, 0,
+                   "aai redis %V: %V queued, %ui pending",
+                   conn->name, &argv[0], conn->npending);
+
     if (conn->state == NGX_AAI_REDIS_READY) {
         ngx_aai_redis_post_write(conn);
     }
@@ -363,6 +367,10 @@ ngx_aai_redis_subscribe(ngx_aai_redis_t *rs, ngx_str_t *channel,
     sub->data = data;
 
     rs->nsubs++;
+
+    ngx_log_debug3(NGX_LOG_DEBUG_EVENT, ngx_cycle->log, 0,
+                   "aai redis %V: %s \"%V\"", &rs->conf->url,
+                   pattern ? "psubscribe" : "subscribe", &sub->name);
 
     if (!rs->initialized) {
         return NGX_OK;      /* ngx_aai_redis_init_worker() connects */
@@ -679,6 +687,11 @@ ngx_aai_redis_process(ngx_aai_redis_conn_t *conn)
             continue;
         }
 
+        ngx_log_debug4(NGX_LOG_DEBUG_EVENT, rs->log, 0,
+                       "aai redis %V: reply type:%d%s, %ui pending",
+                       conn->name, reply->type,
+                       cmd->cancelled ? ", cancelled" : "", conn->npending);
+
         if (!cmd->cancelled) {
             ngx_aai_redis_result(cmd, &res);
             res.reply = reply;
@@ -743,6 +756,9 @@ ngx_aai_redis_message(ngx_aai_redis_conn_t *conn, redisReply *reply)
     } else {
         return;
     }
+
+    ngx_log_debug2(NGX_LOG_DEBUG_EVENT, conn->rs->log, 0,
+                   "aai redis %V: message on \"%V\"", conn->name, &channel);
 
     for (i = 0; i < conn->rs->nsubs; i++) {
         sub = &conn->rs->subs[i];

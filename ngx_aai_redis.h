@@ -130,6 +130,34 @@ ngx_aai_redis_t *ngx_aai_redis_create(ngx_conf_t *cf,
     ngx_aai_redis_conf_t *rcf);
 
 
+/*
+ * The one slot of every "*_redis" directive: it parses the arguments
+ * (ngx_aai_redis_conf_parse()) into the ngx_aai_redis_conf_t at
+ * cmd->offset and makes the client (ngx_aai_redis_create()) into the
+ * ngx_aai_redis_t * at the offset that cmd->post names; a second
+ * directive "is duplicate".  post_handler, if not NULL, is then called
+ * with the client, as nginx's slots call theirs with the value:
+ *
+ *     static ngx_aai_redis_post_t  ngx_http_x_redis_post = {
+ *         NULL, offsetof(ngx_http_x_main_conf_t, redis)
+ *     };
+ *
+ *     { ngx_string("x_redis"),
+ *       NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+ *       ngx_aai_redis_conf_set_slot,
+ *       NGX_HTTP_MAIN_CONF_OFFSET,
+ *       offsetof(ngx_http_x_main_conf_t, redis_conf),
+ *       &ngx_http_x_redis_post },
+ */
+typedef struct {
+    ngx_conf_post_handler_pt   post_handler;
+    size_t                     redis;      /* offset of ngx_aai_redis_t * */
+} ngx_aai_redis_post_t;
+
+char *ngx_aai_redis_conf_set_slot(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+
+
 /* init_process / exit_process of the owning module */
 ngx_int_t ngx_aai_redis_init_worker(ngx_aai_redis_t *rs, ngx_cycle_t *cycle);
 void ngx_aai_redis_exit_worker(ngx_aai_redis_t *rs);

@@ -184,6 +184,10 @@ ngx_aai_redis_circuit_close(ngx_aai_redis_t *rs)
 {
     if (rs->circuit && rs->circuit->until) {
         rs->circuit->until = 0;
+
+        ngx_log_debug1(NGX_LOG_DEBUG_EVENT, rs->log, 0,
+                       "aai redis %V: shared circuit closed",
+                       &rs->conf->url);
     }
 }
 

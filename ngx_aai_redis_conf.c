@@ -37,6 +37,43 @@ static char *ngx_aai_redis_conf_sentinels(ngx_conf_t *cf,
 
 
 char *
+ngx_aai_redis_conf_set_slot(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    char  *p = conf;
+
+    char                  *rv;
+    ngx_aai_redis_t      **rsp;
+    ngx_aai_redis_post_t  *post;
+    ngx_aai_redis_conf_t  *rcf;
+
+    post = cmd->post;
+
+    rcf = (ngx_aai_redis_conf_t *) (p + cmd->offset);
+    rsp = (ngx_aai_redis_t **) (p + post->redis);
+
+    if (*rsp != NULL) {
+        return "is duplicate";
+    }
+
+    rv = ngx_aai_redis_conf_parse(cf, rcf);
+    if (rv != NGX_CONF_OK) {
+        return rv;
+    }
+
+    *rsp = ngx_aai_redis_create(cf, rcf);
+    if (*rsp == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (post->post_handler) {
+        return post->post_handler(cf, post, *rsp);
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+char *
 ngx_aai_redis_conf_parse(ngx_conf_t *cf, ngx_aai_redis_conf_t *rcf)
 {
     char        *rv;

@@ -90,6 +90,10 @@ ngx_aai_redis_init_worker(ngx_aai_redis_t *rs, ngx_cycle_t *cycle)
     rs->healthy = 1;
     rs->initialized = 1;
 
+    ngx_log_debug2(NGX_LOG_DEBUG_EVENT, rs->log, 0,
+                   "aai redis %V: worker init, %ui connections",
+                   &rs->conf->url, rs->nconns);
+
     /*
      * A new worker has the time the master cached when it began to read
      * the configuration: the connect timers would be behind by as long as
@@ -137,6 +141,9 @@ ngx_aai_redis_exit_worker(ngx_aai_redis_t *rs)
      * The handlers of pending commands are not called: their requests are
      * being torn down with the worker.
      */
+
+    ngx_log_debug1(NGX_LOG_DEBUG_EVENT, ngx_cycle->log, 0,
+                   "aai redis %V: worker exit", &rs->conf->url);
 
     if (rs->cluster) {
         ngx_aai_redis_cluster_exit_worker(rs->cluster);
@@ -512,6 +519,9 @@ ngx_aai_redis_test_connect(ngx_aai_redis_conn_t *conn)
         ngx_del_timer(c->write);
     }
 
+    ngx_log_debug1(NGX_LOG_DEBUG_EVENT, conn->rs->log, 0,
+                   "aai redis %V: connected", conn->name);
+
 #if (NGX_SSL)
     if (conn->rs->ssl) {
         return ngx_aai_redis_tls_start(conn);
@@ -793,6 +803,10 @@ ngx_aai_redis_handshake_reply(ngx_aai_redis_conn_t *conn,
 
     freeReplyObject(reply);
 
+    ngx_log_debug2(NGX_LOG_DEBUG_EVENT, rs->log, 0,
+                   "aai redis %V: handshake: %s answered",
+                   conn->name, names[step]);
+
     if (step == NGX_AAI_REDIS_CMD_PING) {
         ngx_aai_redis_ready(conn);
 
@@ -820,6 +834,10 @@ ngx_aai_redis_timer_handler(ngx_event_t *ev)
     if ((ngx_msec_int_t) (deadline - ngx_current_msec) > 0) {
 
         /* the timer was armed for a command answered since */
+
+        ngx_log_debug2(NGX_LOG_DEBUG_EVENT, conn->rs->log, 0,
+                       "aai redis %V: next deadline in %M ms",
+                       conn->name, deadline - ngx_current_msec);
 
         ngx_add_timer(&conn->timer, deadline - ngx_current_msec);
         return;
@@ -849,6 +867,10 @@ ngx_aai_redis_backoff_handler(ngx_event_t *ev)
     if (ngx_exiting || ngx_terminate || ngx_quit) {
         return;
     }
+
+    ngx_log_debug2(NGX_LOG_DEBUG_EVENT, conn->rs->log, 0,
+                   "aai redis %V: backoff of %M ms over, reconnecting",
+                   conn->name, conn->backoff);
 
     (void) ngx_aai_redis_connect(conn);
 }

@@ -157,6 +157,10 @@ ngx_aai_redis_sentinel_connect(ngx_aai_redis_sentinel_t *st)
     st->pc.log_error = NGX_ERROR_ERR;
     st->pc.so_keepalive = 1;
 
+    ngx_log_debug2(NGX_LOG_DEBUG_EVENT, rs->log, 0,
+                   "aai redis master \"%V\": asking sentinel %V",
+                   &rcf->master, &addr->name);
+
     st->state = NGX_AAI_REDIS_SENTINEL_CONNECTING;
     st->out_sent = 0;
     st->expect = 1 + (rcf->sentinel_password.len != 0);
@@ -462,6 +466,10 @@ ngx_aai_redis_sentinel_reply(ngx_aai_redis_sentinel_t *st, redisReply *r)
         st->failures = 0;
         st->backoff = 0;
 
+        ngx_log_debug1(NGX_LOG_DEBUG_EVENT, rs->log, 0,
+                       "aai redis master \"%V\": listening for "
+                       "+switch-master", &rcf->master);
+
         if (st->timer.timer_set) {
             ngx_del_timer(&st->timer);
         }
@@ -543,6 +551,10 @@ ngx_aai_redis_sentinel_reask(ngx_aai_redis_t *rs)
         return;
     }
 
+    ngx_log_debug1(NGX_LOG_DEBUG_EVENT, rs->log, 0,
+                   "aai redis master \"%V\": asking the sentinels again",
+                   &rs->conf->master);
+
     ngx_aai_redis_sentinel_close(st);
 
     if (st->timer.timer_set) {
@@ -593,6 +605,10 @@ ngx_aai_redis_set_primary(ngx_aai_redis_t *rs, ngx_str_t *host,
                             rs->primary.sockaddr, rs->primary.socklen, 1)
            == NGX_OK)
     {
+        ngx_log_debug2(NGX_LOG_DEBUG_EVENT, rs->log, 0,
+                       "aai redis master \"%V\": primary unchanged, %V",
+                       &rs->conf->master, &rs->primary.name);
+
         ngx_destroy_pool(pool);
         return NGX_OK;
     }
@@ -623,6 +639,11 @@ ngx_aai_redis_set_primary(ngx_aai_redis_t *rs, ngx_str_t *host,
     if (known) {
         rs->failovers++;
     }
+
+    ngx_log_debug2(NGX_LOG_DEBUG_EVENT, rs->log, 0,
+                   "aai redis master \"%V\": %ui failovers followed, "
+                   "moving the connections", &rs->conf->master,
+                   rs->failovers);
 
     /* fail() and the handlers it calls must not ask the sentinel again */
 

@@ -163,6 +163,10 @@ ngx_aai_redis_tls_start(ngx_aai_redis_conn_t *conn)
 
     c->ssl->save_session = ngx_aai_redis_tls_save_session;
 
+    ngx_log_debug2(NGX_LOG_DEBUG_EVENT, rs->log, 0,
+                   "aai redis %V: TLS handshake%s", conn->name,
+                   conn->ssl_session ? ", resuming the session" : "");
+
     rc = ngx_ssl_handshake(c);
 
     if (rc == NGX_AGAIN) {

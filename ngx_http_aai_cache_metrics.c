@@ -36,13 +36,6 @@ ngx_http_aai_cache_add_metrics(ngx_conf_t *cf,
         "status=\"revalidated\""
     };
 
-    /* Redis latency, in microseconds: 100us to 1s */
-
-    static const ngx_uint_t  bounds[] = {
-        100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000,
-        250000, 500000, 1000000
-    };
-
     m = ngx_aai_metrics_create(cf, "cache", &ngx_http_aai_cache_module);
     if (m == NULL) {
         return NGX_ERROR;
@@ -79,12 +72,10 @@ ngx_http_aai_cache_add_metrics(ngx_conf_t *cf,
                                         "Body bytes sent from the cache.",
                                         NULL);
 
-    amcf->m_latency = ngx_aai_metrics_add_histogram(m,
+    amcf->m_latency = ngx_aai_metrics_add_redis_latency(m,
                                         "aai_cache_redis_latency_seconds",
                                         "Latency of the cache's Redis "
-                                        "commands.", NULL, bounds,
-                                        sizeof(bounds) / sizeof(bounds[0]),
-                                        1000000);
+                                        "commands.");
 
     if (amcf->m_stored == NGX_ERROR
         || amcf->m_store_failures == NGX_ERROR

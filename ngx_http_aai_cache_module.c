@@ -36,6 +36,7 @@
 #include <ngx_http.h>
 
 #include "ngx_http_aai_cache.h"
+#include "ngx_aai_conf.h"
 
 
 static ngx_int_t ngx_http_aai_cache_handler(ngx_http_request_t *r);
@@ -50,8 +51,6 @@ static char *ngx_http_aai_cache_init_main_conf(ngx_conf_t *cf, void *conf);
 static void *ngx_http_aai_cache_create_loc_conf(ngx_conf_t *cf);
 static char *ngx_http_aai_cache_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child);
-static char *ngx_http_aai_cache_redis(ngx_conf_t *cf, ngx_command_t *cmd,
-    void *conf);
 static char *ngx_http_aai_cache_valid(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_aai_cache_methods(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -60,12 +59,8 @@ static char *ngx_http_aai_cache_use_stale(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 static char *ngx_http_aai_cache_prefix(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
-static char *ngx_http_aai_cache_size(ngx_conf_t *cf, ngx_command_t *cmd,
-    void *conf);
-static char *ngx_http_aai_cache_msec(ngx_conf_t *cf, ngx_command_t *cmd,
-    void *conf);
-static char *ngx_http_aai_cache_sec(ngx_conf_t *cf, ngx_command_t *cmd,
-    void *conf);
+static char *ngx_http_aai_cache_max_size(ngx_conf_t *cf, void *post,
+    void *data);
 static char *ngx_http_aai_cache_purge(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_aai_cache_list(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -114,18 +109,43 @@ static ngx_http_aai_cache_list_t  ngx_http_aai_cache_control_field_list = {
 };
 
 
+static ngx_aai_redis_post_t  ngx_http_aai_cache_redis_post = {
+    NULL, offsetof(ngx_http_aai_cache_main_conf_t, redis)
+};
+
+
+static ngx_aai_conf_post_t  ngx_http_aai_cache_max_size_post = {
+    ngx_http_aai_cache_max_size, "size", 0, NGX_HTTP_AAI_CACHE_MAX_SIZE
+};
+
+
+static ngx_aai_conf_post_t  ngx_http_aai_cache_lock_timeout_post = {
+    ngx_aai_conf_check_bounds, "time", 1, -1
+};
+
+
+static ngx_aai_conf_post_t  ngx_http_aai_cache_stale_ttl_post = {
+    ngx_aai_conf_check_bounds, "time", 0, -1
+};
+
+
+static ngx_aai_conf_post_t  ngx_http_aai_cache_revalidate_ttl_post = {
+    ngx_aai_conf_check_bounds, "time", 0, -1
+};
+
+
 static ngx_command_t  ngx_http_aai_cache_commands[] = {
 
     { ngx_string("aai_cache_redis"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
-      ngx_http_aai_cache_redis,
+      ngx_aai_redis_conf_set_slot,
       NGX_HTTP_MAIN_CONF_OFFSET,
-      0,
-      NULL },
+      offsetof(ngx_http_aai_cache_main_conf_t, redis_conf),
+      &ngx_http_aai_cache_redis_post },
 
     { ngx_string("aai_cache_store_timeout"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
-      ngx_conf_set_msec_slot,
+      ngx_aai_conf_set_msec_slot,
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_aai_cache_main_conf_t, store_timeout),
       NULL },
@@ -167,10 +187,10 @@ static ngx_command_t  ngx_http_aai_cache_commands[] = {
 
     { ngx_string("aai_cache_max_size"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
-      ngx_http_aai_cache_size,
+      ngx_aai_conf_set_size_slot,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_aai_cache_loc_conf_t, max_size),
-      NULL },
+      &ngx_http_aai_cache_max_size_post },
 
     { ngx_string("aai_cache_bypass"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
@@ -195,10 +215,10 @@ static ngx_command_t  ngx_http_aai_cache_commands[] = {
 
     { ngx_string("aai_cache_lock_timeout"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
-      ngx_http_aai_cache_msec,
+      ngx_aai_conf_set_msec_slot,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_aai_cache_loc_conf_t, lock_timeout),
-      NULL },
+      &ngx_http_aai_cache_lock_timeout_post },
 
     { ngx_string("aai_cache_use_stale"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
@@ -216,10 +236,10 @@ static ngx_command_t  ngx_http_aai_cache_commands[] = {
 
     { ngx_string("aai_cache_stale_ttl"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
-      ngx_http_aai_cache_sec,
+      ngx_aai_conf_set_sec_slot,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_aai_cache_loc_conf_t, stale_ttl),
-      NULL },
+      &ngx_http_aai_cache_stale_ttl_post },
 
     { ngx_string("aai_cache_revalidate"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
@@ -230,10 +250,10 @@ static ngx_command_t  ngx_http_aai_cache_commands[] = {
 
     { ngx_string("aai_cache_revalidate_ttl"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
-      ngx_http_aai_cache_sec,
+      ngx_aai_conf_set_sec_slot,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_aai_cache_loc_conf_t, revalidate_ttl),
-      NULL },
+      &ngx_http_aai_cache_revalidate_ttl_post },
 
     { ngx_string("aai_cache_credentials"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
@@ -764,27 +784,6 @@ ngx_http_aai_cache_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 
 
 static char *
-ngx_http_aai_cache_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
-{
-    ngx_http_aai_cache_main_conf_t *amcf = conf;
-
-    char  *rv;
-
-    rv = ngx_aai_redis_conf_parse(cf, &amcf->redis_conf);
-    if (rv != NGX_CONF_OK) {
-        return rv;
-    }
-
-    amcf->redis = ngx_aai_redis_create(cf, &amcf->redis_conf);
-    if (amcf->redis == NULL) {
-        return NGX_CONF_ERROR;
-    }
-
-    return NGX_CONF_OK;
-}
-
-
-static char *
 ngx_http_aai_cache_valid(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_aai_cache_loc_conf_t *alcf = conf;
@@ -992,107 +991,28 @@ invalid:
 }
 
 
-static char *
-ngx_http_aai_cache_size(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
-{
-    char  *p = conf;
+/* aai_cache_max_size's post handler: what one Redis value can hold */
 
-    size_t     *sp;
-    ssize_t     size;
+static char *
+ngx_http_aai_cache_max_size(ngx_conf_t *cf, void *post, void *data)
+{
+    size_t  *sp = data;
+
     ngx_str_t  *value;
 
-    sp = (size_t *) (p + cmd->offset);
-
-    if (*sp != NGX_CONF_UNSET_SIZE) {
-        return "is duplicate";
+    if (*sp <= NGX_HTTP_AAI_CACHE_MAX_SIZE) {
+        return NGX_CONF_OK;
     }
 
     value = cf->args->elts;
 
-    size = ngx_parse_size(&value[1]);
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "size \"%V\" in \"%V\" is over 512m less 1m "
+                       "for the entry's headers: Redis stores values of "
+                       "512m at most (proto-max-bulk-len)",
+                       &value[1], &value[0]);
 
-    if (size == NGX_ERROR) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid size \"%V\" in \"%V\"",
-                           &value[1], &cmd->name);
-        return NGX_CONF_ERROR;
-    }
-
-    if (size > NGX_HTTP_AAI_CACHE_MAX_SIZE) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "size \"%V\" in \"%V\" is over 512m less 1m "
-                           "for the entry's headers: Redis stores values of "
-                           "512m at most (proto-max-bulk-len)",
-                           &value[1], &cmd->name);
-        return NGX_CONF_ERROR;
-    }
-
-    *sp = (size_t) size;
-
-    return NGX_CONF_OK;
-}
-
-
-static char *
-ngx_http_aai_cache_msec(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
-{
-    char  *p = conf;
-
-    ngx_int_t    ms;
-    ngx_str_t   *value;
-    ngx_msec_t  *msp;
-
-    msp = (ngx_msec_t *) (p + cmd->offset);
-
-    if (*msp != NGX_CONF_UNSET_MSEC) {
-        return "is duplicate";
-    }
-
-    value = cf->args->elts;
-
-    ms = ngx_parse_time(&value[1], 0);
-
-    if (ms == NGX_ERROR || ms == 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid time \"%V\" in \"%V\"",
-                           &value[1], &cmd->name);
-        return NGX_CONF_ERROR;
-    }
-
-    *msp = (ngx_msec_t) ms;
-
-    return NGX_CONF_OK;
-}
-
-
-static char *
-ngx_http_aai_cache_sec(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
-{
-    char  *p = conf;
-
-    time_t      *sp, s;
-    ngx_str_t   *value;
-
-    sp = (time_t *) (p + cmd->offset);
-
-    if (*sp != NGX_CONF_UNSET) {
-        return "is duplicate";
-    }
-
-    value = cf->args->elts;
-
-    s = ngx_parse_time(&value[1], 1);
-
-    if (s == (time_t) NGX_ERROR) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid time \"%V\" in \"%V\"",
-                           &value[1], &cmd->name);
-        return NGX_CONF_ERROR;
-    }
-
-    *sp = s;
-
-    return NGX_CONF_OK;
+    return NGX_CONF_ERROR;
 }
 
 

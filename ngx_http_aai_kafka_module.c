@@ -55,8 +55,9 @@ static ngx_int_t ngx_http_aai_kafka_topic(ngx_conf_t *cf,
 static ngx_int_t ngx_http_aai_kafka_init(ngx_conf_t *cf);
 
 
-static ngx_conf_post_handler_pt  ngx_http_aai_kafka_flush_timeout_p =
-    ngx_http_aai_kafka_flush_timeout;
+static ngx_aai_conf_post_t  ngx_http_aai_kafka_flush_timeout_p = {
+    ngx_http_aai_kafka_flush_timeout, NULL, 0, 0
+};
 
 
 static ngx_command_t  ngx_http_aai_kafka_commands[] = {

@@ -24,6 +24,7 @@
 #include <openssl/sha.h>
 
 #include "ngx_http_aai_ratelimit.h"
+#include "ngx_aai_conf.h"
 
 
 static ngx_int_t ngx_http_aai_ratelimit_handler(ngx_http_request_t *r);
@@ -53,18 +54,12 @@ static ngx_int_t ngx_http_aai_ratelimit_add_metrics(ngx_conf_t *cf,
 static void *ngx_http_aai_ratelimit_create_loc_conf(ngx_conf_t *cf);
 static char *ngx_http_aai_ratelimit_merge_loc_conf(ngx_conf_t *cf,
     void *parent, void *child);
-static char *ngx_http_aai_ratelimit_redis(ngx_conf_t *cf, ngx_command_t *cmd,
-    void *conf);
 static char *ngx_http_aai_ratelimit_zone(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_aai_ratelimit(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
-static char *ngx_http_aai_ratelimit_set_status(ngx_conf_t *cf,
-    ngx_command_t *cmd, void *conf);
-static char *ngx_http_aai_ratelimit_set_enum(ngx_conf_t *cf,
-    ngx_command_t *cmd, void *conf);
-static char *ngx_http_aai_ratelimit_local_zone(ngx_conf_t *cf,
-    ngx_command_t *cmd, void *conf);
+static char *ngx_http_aai_ratelimit_local_zone(ngx_conf_t *cf, void *post,
+    void *data);
 static ngx_int_t ngx_http_aai_ratelimit_add_variables(ngx_conf_t *cf);
 static ngx_int_t ngx_http_aai_ratelimit_init(ngx_conf_t *cf);
 static ngx_int_t ngx_http_aai_ratelimit_init_process(ngx_cycle_t *cycle);
@@ -88,14 +83,29 @@ ngx_conf_enum_t  ngx_http_aai_ratelimit_fallbacks[] = {
 };
 
 
+static ngx_aai_redis_post_t  ngx_http_aai_ratelimit_redis_post = {
+    NULL, offsetof(ngx_http_aai_ratelimit_main_conf_t, redis)
+};
+
+
+static ngx_aai_conf_post_t  ngx_http_aai_ratelimit_status_post = {
+    ngx_aai_conf_check_bounds, NULL, 400, 599
+};
+
+
+static ngx_aai_conf_post_t  ngx_http_aai_ratelimit_local_zone_post = {
+    ngx_http_aai_ratelimit_local_zone, NULL, 0, 0
+};
+
+
 static ngx_command_t  ngx_http_aai_ratelimit_commands[] = {
 
     { ngx_string("aai_ratelimit_redis"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
-      ngx_http_aai_ratelimit_redis,
+      ngx_aai_redis_conf_set_slot,
       NGX_HTTP_MAIN_CONF_OFFSET,
-      0,
-      NULL },
+      offsetof(ngx_http_aai_ratelimit_main_conf_t, redis_conf),
+      &ngx_http_aai_ratelimit_redis_post },
 
     { ngx_string("aai_ratelimit_zone"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_2MORE,
@@ -120,10 +130,10 @@ static ngx_command_t  ngx_http_aai_ratelimit_commands[] = {
 
     { ngx_string("aai_ratelimit_status"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
-      ngx_http_aai_ratelimit_set_status,
+      ngx_aai_conf_set_num_slot,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_aai_ratelimit_loc_conf_t, status_code),
-      NULL },
+      &ngx_http_aai_ratelimit_status_post },
 
     { ngx_string("aai_ratelimit_dry_run"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
@@ -134,7 +144,7 @@ static ngx_command_t  ngx_http_aai_ratelimit_commands[] = {
 
     { ngx_string("aai_ratelimit_log_level"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
-      ngx_http_aai_ratelimit_set_enum,
+      ngx_aai_conf_set_enum_slot,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_aai_ratelimit_loc_conf_t, limit_log_level),
       &ngx_http_aai_ratelimit_log_levels },
@@ -148,7 +158,7 @@ static ngx_command_t  ngx_http_aai_ratelimit_commands[] = {
 
     { ngx_string("aai_ratelimit_fallback"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
-      ngx_http_aai_ratelimit_set_enum,
+      ngx_aai_conf_set_enum_slot,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_aai_ratelimit_loc_conf_t, fallback),
       &ngx_http_aai_ratelimit_fallbacks },
@@ -162,10 +172,10 @@ static ngx_command_t  ngx_http_aai_ratelimit_commands[] = {
 
     { ngx_string("aai_ratelimit_local_zone"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
-      ngx_http_aai_ratelimit_local_zone,
+      ngx_aai_conf_set_size_slot,
       NGX_HTTP_MAIN_CONF_OFFSET,
-      0,
-      NULL },
+      offsetof(ngx_http_aai_ratelimit_main_conf_t, local_size),
+      &ngx_http_aai_ratelimit_local_zone_post },
 
     NGX_AAI_METRICS_COMMAND,
 
@@ -227,11 +237,6 @@ static ngx_str_t  ngx_http_aai_ratelimit_status[] = {
 
 static const char  *ngx_http_aai_ratelimit_reasons[] = {
     "timeout", "unavailable", "reply"
-};
-
-
-static const ngx_uint_t  ngx_http_aai_ratelimit_latency_bounds[] = {
-    500, 1000, 2000, 5000, 10000, 25000, 50000, 100000, 250000
 };
 
 
@@ -818,13 +823,9 @@ ngx_http_aai_ratelimit_add_metrics(ngx_conf_t *cf,
     ngx_str_t   labels;
     ngx_uint_t  i;
 
-    mcf->latency = ngx_aai_metrics_add_histogram(mcf->metrics,
+    mcf->latency = ngx_aai_metrics_add_redis_latency(mcf->metrics,
                        "aai_ratelimit_redis_latency_seconds",
-                       "Latency of the rate limiter's Redis commands.",
-                       NULL, ngx_http_aai_ratelimit_latency_bounds,
-                       sizeof(ngx_http_aai_ratelimit_latency_bounds)
-                       / sizeof(ngx_uint_t),
-                       1000000);
+                       "Latency of the rate limiter's Redis commands.");
     if (mcf->latency == NGX_ERROR) {
         return NGX_ERROR;
     }
@@ -905,41 +906,6 @@ ngx_http_aai_ratelimit_merge_loc_conf(ngx_conf_t *cf, void *parent,
                               NGX_HTTP_AAI_RL_FALLBACK_ALLOW);
 
     return ngx_aai_jwt_merge_loc_conf(cf, &prev->jwt, &conf->jwt);
-}
-
-
-static char *
-ngx_http_aai_ratelimit_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
-{
-    ngx_http_aai_ratelimit_main_conf_t *mcf = conf;
-
-    char  *rv;
-
-    if (mcf->redis) {
-        return "is duplicate";
-    }
-
-    ngx_aai_redis_conf_init(&mcf->redis_conf);
-
-    mcf->redis_conf.directive = cmd->name;
-
-    rv = ngx_aai_redis_conf_parse(cf, &mcf->redis_conf);
-    if (rv != NGX_CONF_OK) {
-        return rv;
-    }
-
-    mcf->redis = ngx_aai_redis_create(cf, &mcf->redis_conf);
-    if (mcf->redis == NULL) {
-        return NGX_CONF_ERROR;
-    }
-
-    if (ngx_aai_redis_metrics(mcf->redis, mcf->metrics, "ratelimit")
-        != NGX_OK)
-    {
-        return NGX_CONF_ERROR;
-    }
-
-    return NGX_CONF_OK;
 }
 
 
@@ -1151,112 +1117,27 @@ ngx_http_aai_ratelimit(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
-static char *
-ngx_http_aai_ratelimit_set_status(ngx_conf_t *cf, ngx_command_t *cmd,
-    void *conf)
-{
-    char  *p = conf;
-
-    ngx_int_t    n;
-    ngx_str_t   *value;
-    ngx_uint_t  *np;
-
-    np = (ngx_uint_t *) (p + cmd->offset);
-
-    if (*np != NGX_CONF_UNSET_UINT) {
-        return "is duplicate";
-    }
-
-    value = cf->args->elts;
-
-    n = ngx_atoi(value[1].data, value[1].len);
-
-    if (n < 400 || n > 599) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid value \"%V\" in \"%V\" directive, "
-                           "it must be between 400 and 599",
-                           &value[1], &cmd->name);
-        return NGX_CONF_ERROR;
-    }
-
-    *np = n;
-
-    return NGX_CONF_OK;
-}
-
-
-/* ngx_conf_set_enum_slot, with a message naming the directive */
+/* aai_ratelimit_local_zone's post handler: the size's lower bound */
 
 static char *
-ngx_http_aai_ratelimit_set_enum(ngx_conf_t *cf, ngx_command_t *cmd,
-    void *conf)
+ngx_http_aai_ratelimit_local_zone(ngx_conf_t *cf, void *post, void *data)
 {
-    char  *p = conf;
+    size_t  *sp = data;
 
-    ngx_str_t        *value;
-    ngx_uint_t       *np;
-    ngx_conf_enum_t  *e;
-
-    np = (ngx_uint_t *) (p + cmd->offset);
-
-    if (*np != NGX_CONF_UNSET_UINT) {
-        return "is duplicate";
-    }
-
-    value = cf->args->elts;
-
-    for (e = cmd->post; e->name.len; e++) {
-        if (e->name.len == value[1].len
-            && ngx_strcasecmp(e->name.data, value[1].data) == 0)
-        {
-            *np = e->value;
-            return NGX_CONF_OK;
-        }
-    }
-
-    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                       "invalid value \"%V\" in \"%V\" directive",
-                       &value[1], &cmd->name);
-
-    return NGX_CONF_ERROR;
-}
-
-
-static char *
-ngx_http_aai_ratelimit_local_zone(ngx_conf_t *cf, ngx_command_t *cmd,
-    void *conf)
-{
-    ngx_http_aai_ratelimit_main_conf_t *mcf = conf;
-
-    ssize_t     size;
     ngx_str_t  *value;
 
-    if (mcf->local_size != NGX_CONF_UNSET_SIZE) {
-        return "is duplicate";
+    if (*sp >= 8 * ngx_pagesize) {
+        return NGX_CONF_OK;
     }
 
     value = cf->args->elts;
 
-    size = ngx_parse_size(&value[1]);
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "value \"%V\" in \"%V\" directive is too small, "
+                       "it must be at least %uzk",
+                       &value[1], &value[0], 8 * ngx_pagesize / 1024);
 
-    if (size == NGX_ERROR) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid value \"%V\" in \"%V\" directive",
-                           &value[1], &cmd->name);
-        return NGX_CONF_ERROR;
-    }
-
-    if (size < (ssize_t) (8 * ngx_pagesize)) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "value \"%V\" in \"%V\" directive is too small, "
-                           "it must be at least %uzk",
-                           &value[1], &cmd->name, 8 * ngx_pagesize / 1024);
-        return NGX_CONF_ERROR;
-    }
-
-    mcf->local_size = size;
-
-    return NGX_CONF_OK;
+    return NGX_CONF_ERROR;
 }
 
 
@@ -1292,6 +1173,13 @@ ngx_http_aai_ratelimit_init(ngx_conf_t *cf)
 
     mcf = ngx_http_conf_get_module_main_conf(cf,
                                              ngx_http_aai_ratelimit_module);
+
+    if (mcf->redis
+        && ngx_aai_redis_metrics(mcf->redis, mcf->metrics, "ratelimit")
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
 
     if (ngx_aai_metrics_zone(cf, mcf->metrics) != NGX_OK) {
         return NGX_ERROR;

@@ -1043,9 +1043,10 @@ ngx_fuzz_conf(ngx_pool_t *pool, ngx_str_t *args, ngx_uint_t nelts)
 /* nginx's slots, as ngx_conf_file.c documents them */
 
 #define ngx_fuzz_slot(type, unset, parse)                                     \
-    type        *fp;                                                          \
-    ngx_str_t   *value;                                                       \
-    ngx_int_t    n;                                                           \
+    type             *fp;                                                     \
+    ngx_str_t        *value;                                                  \
+    ngx_int_t         n;                                                      \
+    ngx_conf_post_t  *post;                                                   \
                                                                               \
     fp = (type *) ((char *) conf + cmd->offset);                              \
                                                                               \
@@ -1061,6 +1062,11 @@ ngx_fuzz_conf(ngx_pool_t *pool, ngx_str_t *args, ngx_uint_t nelts)
     }                                                                         \
                                                                               \
     *fp = (type) n;                                                           \
+                                                                              \
+    if (cmd->post) {                                                          \
+        post = cmd->post;                                                     \
+        return post->post_handler(cf, post, fp);                              \
+    }                                                                         \
                                                                               \
     return NGX_CONF_OK
 

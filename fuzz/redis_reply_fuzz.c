@@ -28,12 +28,7 @@
 
 #include "ngx_fuzz.h"
 
-#include "../ngx_aai_redis.c"
-#include "../ngx_aai_redis_conf.c"
-#include "../ngx_aai_redis_conn.c"
-#include "../ngx_aai_redis_circuit.c"
-#include "../ngx_aai_redis_tls.c"
-#include "../ngx_aai_redis_sentinel.c"
+#include "ngx_aai_redis_srcs.h"
 
 
 #define FUZZ_MAX_CMDS  64

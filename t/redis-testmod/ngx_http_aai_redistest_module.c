@@ -3,7 +3,7 @@
  * Copyright (C) aai-nginx authors
  *
  * TEST ONLY (ngx_http_aai_redistest_module).  Drives the shared Redis
- * client (ngx_aai_redis.c) from HTTP requests:
+ * client (ngx_aai_redis*.c) from HTTP requests:
  *
  *     aai_redis_test_server ADDRESS [params];     http{}, as aai_*_redis
  *     aai_redis_test_subscribe NAME [pattern];    http{}
@@ -85,8 +85,6 @@ static void ngx_http_aai_redis_test_message(ngx_str_t *channel,
     ngx_str_t *message, void *data);
 
 static void *ngx_http_aai_redis_test_create_main_conf(ngx_conf_t *cf);
-static char *ngx_http_aai_redis_test_server(ngx_conf_t *cf,
-    ngx_command_t *cmd, void *conf);
 static char *ngx_http_aai_redis_test_subscribe(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 static char *ngx_http_aai_redis_test(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -102,14 +100,19 @@ static u_char  *ngx_http_aai_redis_test_msgs;
 static size_t   ngx_http_aai_redis_test_msgs_len;
 
 
+static ngx_aai_redis_post_t  ngx_http_aai_redis_test_server_post = {
+    NULL, offsetof(ngx_http_aai_redis_test_main_conf_t, rs)
+};
+
+
 static ngx_command_t  ngx_http_aai_redis_test_commands[] = {
 
     { ngx_string("aai_redis_test_server"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
-      ngx_http_aai_redis_test_server,
+      ngx_aai_redis_conf_set_slot,
       NGX_HTTP_MAIN_CONF_OFFSET,
-      0,
-      NULL },
+      offsetof(ngx_http_aai_redis_test_main_conf_t, redis),
+      &ngx_http_aai_redis_test_server_post },
 
     { ngx_string("aai_redis_test_subscribe"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE12,
@@ -727,28 +730,6 @@ ngx_http_aai_redis_test_create_main_conf(ngx_conf_t *cf)
      */
 
     return tmcf;
-}
-
-
-static char *
-ngx_http_aai_redis_test_server(ngx_conf_t *cf, ngx_command_t *cmd,
-    void *conf)
-{
-    ngx_http_aai_redis_test_main_conf_t *tmcf = conf;
-
-    char  *rv;
-
-    rv = ngx_aai_redis_conf_parse(cf, &tmcf->redis);
-    if (rv != NGX_CONF_OK) {
-        return rv;
-    }
-
-    tmcf->rs = ngx_aai_redis_create(cf, &tmcf->redis);
-    if (tmcf->rs == NULL) {
-        return NGX_CONF_ERROR;
-    }
-
-    return NGX_CONF_OK;
 }
 
 
