@@ -25,10 +25,9 @@ package AaiTest;
 #                               reuse a port, e.g. after stop_redis); returns
 #                               its port.
 #   stop_redis($port)           stops it (TERM, bounded, then KILL).
-#   start_redis_cluster(base => P)
-#                               six redis-server in cluster mode on P..P+5,
-#                               three primaries with a replica each, made
-#                               one cluster; returns their ports.
+#   start_redis_cluster(%o)     six redis-server in cluster mode on free
+#                               ports, three primaries with a replica each,
+#                               made one cluster; returns their ports.
 #   kill_redis($port)           SIGKILLs one (a cluster's failover).
 #   hung_listener()             a port that accepts TCP connections (kernel
 #                               backlog) and never answers; returns port.
@@ -316,16 +315,24 @@ sub stop_redis {
 
 # A Redis Cluster on loopback: six redis-server in cluster mode (three
 # primaries, three replicas, cluster-node-timeout 1000), made one cluster by
-# "redis-cli --cluster create".  Ports are $base .. $base + 5, their
-# cluster bus ports 500 above (bus_offset; Redis's default, + 10000, would
-# land in the ephemeral range).  Returns the ports
+# "redis-cli --cluster create".  The client and cluster bus ports are all
+# free ports, held open together while they are picked so that no two are
+# the same (a fixed base collided with sockets of the machine's ephemeral
+# range under make asan).  Returns the ports
 # once every node says cluster_state:ok; stop_redis() stops each, or
 # kill_redis() SIGKILLs one (a primary, to see its replica take over).
 sub start_redis_cluster {
     my %o = @_;
-    my $base = $o{base} or die "start_redis_cluster: no base port\n";
     my $n = $o{nodes} || 6;
-    my @ports = map { $base + $_ } 0 .. $n - 1;
+    my @held = map {
+        IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
+                              Proto => 'tcp', Listen => 1)
+            or die "start_redis_cluster: $!\n";
+    } 1 .. 2 * $n;
+    my @all = map { $_->sockport } @held;
+    close $_ for @held;
+    my @ports = @all[0 .. $n - 1];
+    my %bus = map { $ports[$_] => $all[$n + $_] } 0 .. $n - 1;
     for my $port (@ports) {
         my $dir = _servroot() . "-redis-$port";
         remove_tree($dir);
@@ -340,7 +347,7 @@ sub start_redis_cluster {
               exec 'redis-server', '--port', $port, '--bind', '127.0.0.1',
                    '--save', '', '--appendonly', 'no', '--dir', $dir,
                    '--cluster-enabled', 'yes',
-                   '--cluster-port', $port + ($o{bus_offset} // 500),
+                   '--cluster-port', $bus{$port},
                    '--repl-diskless-sync-delay', 0,
                    '--cluster-config-file', "$dir/nodes.conf",
                    '--cluster-node-timeout', $o{node_timeout} || 1000,
