@@ -140,7 +140,7 @@ $common
         location /vary/ {
 $common
         }
-        location /metrics { aai_metrics; }
+        location /metrics { aai_cache off; aai_metrics; }
     }
 _EOC_
 
@@ -292,7 +292,7 @@ no_log_problems("$prefix/logs/error.log", 'no alert, no crash');
         listen 127.0.0.1:\$TEST_NGINX_INSTANCE_PORT;
         aai_cache on;
         aai_cache_valid 200 1m;
-        location /metrics { aai_metrics; }
+        location /metrics { aai_cache off; aai_metrics; }
         location / {
 $common
         }
