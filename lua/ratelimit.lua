@@ -400,7 +400,8 @@ while pos <= layout_len do
   -- of 1 and not a shadow zone
 
   if nzones == 1 and hi < 128 and def_alg[def] == SLIDING
-     and def_burst[def] == 0 and def_cost[def] == 1 and def_shadow[def] == ''
+     and def_burst[def] == 0 and def_cost[def] == 1
+     and def_shadow[def] == ''
   then
     local key, admitted, ttl_fresh = KEYS[hi * 256 + lo], nil, nil
     count, admitted, ttl_fresh = admit_now(key, def)
