@@ -629,10 +629,7 @@ ngx_http_aai_cache_resume(ngx_http_request_t *r,
 void
 ngx_http_aai_cache_unconditional(ngx_http_request_t *r)
 {
-    ngx_uint_t        i;
-    ngx_list_t        headers;
-    ngx_list_part_t  *part;
-    ngx_table_elt_t  *h, *nh;
+    ngx_list_t  headers;
 
     if (r->headers_in.if_modified_since == NULL
         && r->headers_in.if_none_match == NULL)
@@ -640,10 +637,33 @@ ngx_http_aai_cache_unconditional(ngx_http_request_t *r)
         return;
     }
 
-    if (ngx_list_init(&headers, r->pool, 20, sizeof(ngx_table_elt_t))
+    if (ngx_http_aai_cache_strip_conditions(r, &headers) != NGX_OK) {
+        return;
+    }
+
+    r->headers_in.headers = headers;
+    r->disable_not_modified = 1;
+}
+
+
+/*
+ * The request's headers without If-Modified-Since and If-None-Match, in a
+ * new list that the caller puts in place of the request's (for the
+ * upstream, and its own conditions added by a revalidation).
+ */
+
+ngx_int_t
+ngx_http_aai_cache_strip_conditions(ngx_http_request_t *r,
+    ngx_list_t *headers)
+{
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h, *nh;
+
+    if (ngx_list_init(headers, r->pool, 20, sizeof(ngx_table_elt_t))
         != NGX_OK)
     {
-        return;
+        return NGX_ERROR;
     }
 
     part = &r->headers_in.headers.part;
@@ -671,16 +691,15 @@ ngx_http_aai_cache_unconditional(ngx_http_request_t *r)
             continue;
         }
 
-        nh = ngx_list_push(&headers);
+        nh = ngx_list_push(headers);
         if (nh == NULL) {
-            return;
+            return NGX_ERROR;
         }
 
         *nh = h[i];
     }
 
-    r->headers_in.headers = headers;
-    r->disable_not_modified = 1;
+    return NGX_OK;
 }
 
 

@@ -169,10 +169,7 @@ ngx_http_aai_cache_conditional(ngx_http_request_t *r,
 {
     ngx_int_t                       etag, lm;
     ngx_str_t                       etag_value, lm_value;
-    ngx_uint_t                      i;
     ngx_list_t                      headers;
-    ngx_list_part_t                *part;
-    ngx_table_elt_t                *h, *nh;
     ngx_http_aai_cache_loc_conf_t  *alcf;
 
     alcf = ngx_http_get_module_loc_conf(r, ngx_http_aai_cache_module);
@@ -191,43 +188,8 @@ ngx_http_aai_cache_conditional(ngx_http_request_t *r,
         return;
     }
 
-    if (ngx_list_init(&headers, r->pool, 20, sizeof(ngx_table_elt_t))
-        != NGX_OK)
-    {
+    if (ngx_http_aai_cache_strip_conditions(r, &headers) != NGX_OK) {
         return;
-    }
-
-    part = &r->headers_in.headers.part;
-    h = part->elts;
-
-    for (i = 0; /* void */ ; i++) {
-
-        if (i >= part->nelts) {
-            if (part->next == NULL) {
-                break;
-            }
-
-            part = part->next;
-            h = part->elts;
-            i = 0;
-        }
-
-        if ((h[i].key.len == 17
-             && ngx_strncasecmp(h[i].key.data,
-                                (u_char *) "If-Modified-Since", 17) == 0)
-            || (h[i].key.len == 13
-                && ngx_strncasecmp(h[i].key.data,
-                                   (u_char *) "If-None-Match", 13) == 0))
-        {
-            continue;
-        }
-
-        nh = ngx_list_push(&headers);
-        if (nh == NULL) {
-            return;
-        }
-
-        *nh = h[i];
     }
 
     /* the name, NUL, its lowercase form */
