@@ -317,6 +317,7 @@ ngx_uint_t ngx_http_aai_cache_credentialed(ngx_http_request_t *r,
 void ngx_http_aai_cache_forward(ngx_http_request_t *r,
     ngx_http_aai_cache_ctx_t *ctx, ngx_uint_t status);
 void ngx_http_aai_cache_unconditional(ngx_http_request_t *r);
+ngx_int_t ngx_http_aai_cache_reset_headers(ngx_http_request_t *r);
 ngx_int_t ngx_http_aai_cache_strip_conditions(ngx_http_request_t *r,
     ngx_list_t *headers);
 void ngx_http_aai_cache_serve(ngx_http_request_t *r,

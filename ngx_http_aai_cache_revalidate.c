@@ -48,7 +48,6 @@ static void ngx_http_aai_cache_restore_entry(ngx_http_request_t *r,
     ngx_http_aai_cache_ctx_t *ctx, ngx_http_aai_cache_loc_conf_t *alcf,
     ngx_aai_cache_entry_t *ne, size_t len,
     ngx_http_aai_cache_freshness_t *f);
-static ngx_int_t ngx_http_aai_cache_reset_headers(ngx_http_request_t *r);
 static ngx_uint_t ngx_http_aai_cache_inm_match(ngx_str_t *v,
     ngx_str_t *etag);
 static void ngx_http_aai_cache_client_304(ngx_http_request_t *r,
@@ -610,57 +609,6 @@ ngx_http_aai_cache_restore_entry(ngx_http_request_t *r,
     ctx->stored = 1;
 
     ngx_http_aai_cache_store(r, ctx);
-}
-
-
-/* a new headers_out for the entry, as in ngx_http_aai_cache_swap_header() */
-
-static ngx_int_t
-ngx_http_aai_cache_reset_headers(ngx_http_request_t *r)
-{
-    ngx_http_headers_out_t  *ho;
-
-    ho = &r->headers_out;
-
-    if (ngx_list_init(&ho->headers, r->pool, 20, sizeof(ngx_table_elt_t))
-        != NGX_OK)
-    {
-        return NGX_ERROR;
-    }
-
-    ho->status_line.len = 0;
-
-    ho->server = NULL;
-    ho->date = NULL;
-    ho->content_length = NULL;
-    ho->content_encoding = NULL;
-    ho->location = NULL;
-    ho->refresh = NULL;
-    ho->last_modified = NULL;
-    ho->content_range = NULL;
-    ho->accept_ranges = NULL;
-    ho->www_authenticate = NULL;
-    ho->expires = NULL;
-    ho->etag = NULL;
-
-#if (nginx_version >= 1023000)
-    ho->cache_control = NULL;
-    ho->link = NULL;
-#else
-    ho->cache_control.nelts = 0;
-    ho->link.nelts = 0;
-#endif
-
-    ngx_str_null(&ho->content_type);
-    ngx_str_null(&ho->charset);
-    ho->content_type_len = 0;
-    ho->content_type_hash = 0;
-    ho->content_type_lowcase = NULL;
-    ho->content_length_n = -1;
-    ho->content_offset = 0;
-    ho->last_modified_time = -1;
-
-    return NGX_OK;
 }
 
 

@@ -147,11 +147,10 @@ ngx_http_aai_cache_stale_on_error(ngx_http_request_t *r,
 }
 
 
-/* the upstream failed: the stale entry replaces its response */
+/* an empty headers_out, for a stored entry's headers to be restored into */
 
 ngx_int_t
-ngx_http_aai_cache_swap_header(ngx_http_request_t *r,
-    ngx_http_aai_cache_ctx_t *ctx)
+ngx_http_aai_cache_reset_headers(ngx_http_request_t *r)
 {
     ngx_http_headers_out_t  *ho;
 
@@ -163,11 +162,6 @@ ngx_http_aai_cache_swap_header(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
-    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
-                   "aai cache STALE: the entry's %ui replaces the "
-                   "upstream's %ui", ctx->stale->status, ho->status);
-
-    ho->status = ctx->stale->status;
     ho->status_line.len = 0;
 
     ho->server = NULL;
@@ -199,6 +193,30 @@ ngx_http_aai_cache_swap_header(ngx_http_request_t *r,
     ho->content_length_n = -1;
     ho->content_offset = 0;
     ho->last_modified_time = -1;
+
+    return NGX_OK;
+}
+
+
+/* the upstream failed: the stale entry replaces its response */
+
+ngx_int_t
+ngx_http_aai_cache_swap_header(ngx_http_request_t *r,
+    ngx_http_aai_cache_ctx_t *ctx)
+{
+    ngx_http_headers_out_t  *ho;
+
+    ho = &r->headers_out;
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "aai cache STALE: the entry's %ui replaces the "
+                   "upstream's %ui", ctx->stale->status, ho->status);
+
+    if (ngx_http_aai_cache_reset_headers(r) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    ho->status = ctx->stale->status;
 
     ctx->status = NGX_HTTP_AAI_CACHE_STALE;
     ctx->fwd = NGX_HTTP_AAI_CACHE_STALE;
