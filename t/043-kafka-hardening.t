@@ -374,3 +374,44 @@ GET /metrics
 aai_kafka_dropped_total\{reason="queue_full"\} 2
 --- aai_after
 kafka_all_brokers_up();
+
+
+
+=== TEST 8: no producer (acks=1 with enable.idempotence=true: rd_kafka_new() refuses it, which only nginx -t checks): requests still answered, every event dropped as no_producer, the cause logged once
+--- http_config
+    aai_kafka_brokers $TEST_NGINX_KAFKA_BROKERS;
+    aai_kafka_property acks 1;
+    aai_kafka_property enable.idempotence true;
+    aai_kafka_format n n=$arg_n:number;
+--- config
+    location = /t {
+        aai_kafka_event $TEST_NGINX_KRUN-noproducer format=n;
+        return 204;
+    }
+    location = /metrics {
+        aai_metrics;
+    }
+--- init
+main::requests(1 .. 5);
+my $m = main::counts_are('produced=0 delivered=0 failed=0 dropped=5 lost=0 '
+                         . 'depth=0', 'every event dropped, none queued');
+Test::More::is($m->{'aai_kafka_dropped_total{reason="no_producer"}'}, 5,
+               'dropped because there is no producer');
+my $log = ($ENV{TEST_NGINX_SERVROOT} || 't/servroot') . '/logs/error.log';
+# the drops are logged at most once a second, with their count
+my $logged = 0;
+AaiTest::wait_until(5, sub {
+    $logged = 0;
+    for (AaiTest::file_lines($log)) {
+        $logged += $1 if /aai_kafka: (\d+) events dropped, last error: (?:Local: Erroneous state)/;
+    }
+    $logged >= 5;
+});
+Test::More::is($logged, 5, 'the drops logged with their count');
+my @why = grep { /could not create the producer: `acks` must be set to `all` when `enable\.idempotence` is true, events will be dropped/ }
+          AaiTest::file_lines($log);
+Test::More::is(scalar @why, 1, 'why, logged once');
+--- request
+GET /metrics
+--- response_body_like
+aai_kafka_dropped_total\{reason="no_producer"\} 5
