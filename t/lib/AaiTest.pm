@@ -1243,7 +1243,7 @@ sub wait_redis_key {
 #                               stdout and stderr to o{log} (default
 #                               /dev/null); SIGKILLed at END if still
 #                               running.  Returns its pid.
-#   stop_pid($pid [, $sig])     sends $sig (default TERM) to a spawned
+#   stop_pid($pid [, $sig])     sends $sig (default TERM) to a child
 #                               process, waits for it (5 s), then KILL.
 #   log_like($log, $re, $name [, $secs])
 #                               polls a log (default 3 s) until a line
@@ -1279,22 +1279,39 @@ sub wait_redis_key {
 #                               body); a 304 goes without a body.  Each
 #                               request is logged to o{log} as "METHOD
 #                               TARGET inm=... ims=..." before the answer.
-#                               o{args} => sub (method, target, head)
-#                               returning the route's arguments instead.
-#                               Returns ($port, $pid); stopped at END.
+#                               o{args} => sub (method, target, head,
+#                               If-None-Match, If-Modified-Since) returning
+#                               the route's arguments instead.  Returns
+#                               ($port, $pid); stopped at END.
+#   cache_front($name, $origin_port [, $extra])
+#                               start_nginx_instance of one location
+#                               cached in the harness Redis (X-Status is
+#                               $aai_cache_status; $extra in the location)
+#                               in front of that origin.
+#   cache_entry_keys()          how many aai:c:* keys the harness Redis has
+#                               (entries, vary records, variant sets; not
+#                               stampede locks).
+#   wait_cache_entries($n [, $secs])
+#                               polls until there are $n (default 5 s), as
+#                               an entry is stored after its response has
+#                               gone; returns how many there are.
 #   logs_once_more(%o)          the end-of-file check: the error log of
 #                               every nginx start_nginx_instance started in
 #                               this file (read when it was stopped, or
 #                               now) has no alert, crit, emerg, crash or
 #                               sanitizer report; o{allow} => [qr//, ...]
-#                               lines that are expected.  One check.
+#                               lines that are expected.  One check, none
+#                               when the file started no extra nginx (the
+#                               runner's log is read again after each
+#                               block).
 
 push @EXPORT_OK, qw( spawn stop_pid log_like conf_error_like kafka_metric
     kafka_counts kafka_counts_are kafka_numbers answered_ok start_origin
-    logs_once_more );
+    cache_front cache_entry_keys wait_cache_entries logs_once_more );
 push @{ $EXPORT_TAGS{util} }, qw( spawn stop_pid log_like conf_error_like
     kafka_metric kafka_counts kafka_counts_are kafka_numbers answered_ok
-    start_origin logs_once_more );
+    start_origin cache_front cache_entry_keys wait_cache_entries
+    logs_once_more );
 
 my %Spawned;         # pid => 1
 
@@ -1316,7 +1333,9 @@ sub spawn {
 
 sub stop_pid {
     my ($pid, $sig) = @_;
-    delete $Spawned{$pid} or return;
+    return unless $pid;
+    delete $Spawned{$pid};
+    return unless kill 0, $pid;
     kill $sig // SIGTERM, $pid;
     if (!_wait_exit($pid, 5)) {
         kill SIGKILL, $pid;
@@ -1440,7 +1459,7 @@ sub start_origin {
         my ($inm) = $head =~ /^If-None-Match:\s*(.*?)\r$/mi;
         my ($ims) = $head =~ /^If-Modified-Since:\s*(.*?)\r$/mi;
         my $route = $routes->{$path} || sub { (404, [], "no route\n") };
-        my @args = $o{args} ? $o{args}->($method, $target, $head)
+        my @args = $o{args} ? $o{args}->($method, $target, $head, $inm, $ims)
                             : ($method, $target, $head);
         my ($status, $hdrs, $body) = $route->(@args);
         my $out = "HTTP/1.1 $status X\r\n";
@@ -1464,7 +1483,34 @@ sub start_origin {
     POSIX::_exit(0);
 }
 
-my %LogProblems;     # name => [lines], of the stopped instances
+sub cache_front {
+    my ($name, $origin_port, $extra) = @_;
+    $extra //= '';
+    return start_nginx_instance($name, <<"_EOC_");
+    aai_cache_redis 127.0.0.1:\$TEST_NGINX_REDIS_PORT;
+    server {
+        listen 127.0.0.1:\$TEST_NGINX_INSTANCE_PORT;
+        location / {
+            aai_cache on;
+            $extra
+            add_header X-Status \$aai_cache_status;
+            proxy_pass http://127.0.0.1:$origin_port;
+        }
+    }
+_EOC_
+}
+
+sub cache_entry_keys {
+    return scalar grep { !/:l$/ } @{ redis_cmd('KEYS', 'aai:c:*') };
+}
+
+sub wait_cache_entries {
+    my ($want, $secs) = @_;
+    wait_until($secs // 5, sub { cache_entry_keys() >= $want });
+    return cache_entry_keys();
+}
+
+my %LogProblems;     # prefix => [lines], of the stopped instances
 
 # called as an instance stops: what its log shows is kept for the end of
 # the file (the prefix is removed when a next instance takes its name)
@@ -1478,6 +1524,8 @@ sub logs_once_more {
     my %logs = map { $_ => [@{ $LogProblems{$_} }] } keys %LogProblems;
     push @{ $logs{$_} }, log_problems("$_/logs/error.log")
         for keys %Instances;
+    # none started: the runner's log was read again after each block
+    return unless %logs;
     my @allow = @{ $o{allow} || [] };
     my @bad;
     for my $prefix (sort keys %logs) {
