@@ -925,7 +925,7 @@ ngx_aai_redis_metrics(ngx_aai_redis_t *rs, struct ngx_aai_metrics_s *m,
 }
 
 
-/* for ngx_aai_redis_cluster.c */
+/* for ngx_aai_redis_cluster*.c */
 
 
 ngx_aai_redis_cmd_t *
