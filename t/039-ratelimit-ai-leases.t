@@ -166,8 +166,9 @@ redis_flushdb();
     my ($port, $stop, $prefix) = start_nginx_instance('rl039r',
                                     conf_for($ENV{TEST_NGINX_REDIS_PORT}),
                                     events => 'multi_accept on;');
-    my @w = worker_pids(master_pid($prefix));
-    is(scalar @w, 1, 'one worker');
+    my @w;
+    ok(wait_until(5, sub { @w = worker_pids(master_pid($prefix)); @w == 1 }),
+       'one worker');
 
     is(get($port, '/plain?u=warm'), 200, 'the script is loaded');
 
