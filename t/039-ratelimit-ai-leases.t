@@ -314,6 +314,56 @@ redis_flushdb();
 }
 
 
+# --- admin DELETE after a rejection still in Redis: not blocklisted again -----
+
+# A request over the limit is in Redis when the DELETE comes (Redis paused:
+# its check then the DEL, on one connection): its rejection arrives first
+# and blocklists the key, the DEL's reply then clears it (and the reset's
+# stamp would ignore a rejection asked before it and come later).  Cleared
+# only when the DELETE was sent, the key stayed in the blocklist until the
+# retry-after.
+
+sub log_count {
+    my ($file, $re) = @_;
+    return scalar grep { /$re/ } file_lines($file);
+}
+
+{
+    my $rport = start_redis();
+    my $rpid = (redis_cmd_port($rport, 'INFO', 'server')
+                =~ /process_id:(\d+)/)[0];
+    my ($port, $stop, $prefix) = start_nginx_instance('rl039s',
+                                                      conf_for($rport));
+    my $log = "$prefix/logs/error.log";
+
+    is(join(',', map { get($port, '/a?u=bo') } 1 .. 2), '200,200',
+       'the key at its limit');
+
+    my ($over, $del);
+    stop_continue([$rpid], sub {
+        my $sent = log_count($log, qr/aai_ratelimit batch \S+ sent/);
+        $over = client_open($port);
+        client_send($over, '/a?u=bo', 1);
+        wait_until(5, sub {
+            log_count($log, qr/aai_ratelimit batch \S+ sent/) > $sent });
+        $del = client_open($port);
+        syswrite($del, "DELETE /admin?zone=adm&key=bo HTTP/1.1\r\n"
+                       . "Host: localhost\r\nConnection: close\r\n\r\n");
+        wait_until(5, sub { log_count($log, qr/: DEL queued/) > 0 });
+    });
+
+    is(client_status($over), 429, 'the request checked before the DEL: 429');
+    is(client_status($del), 200, 'the DELETE: 200');
+    is(get($port, '/peek?u=bo'), 200,
+       'the key is admitted at once: its late rejection did not stay');
+    is(get($port, '/a?u=bo') . ',' . get($port, '/a?u=bo'), '200,200',
+       '... with its whole count');
+
+    $stop->();
+    stop_redis($rport);
+}
+
+
 # --- the local fallback applies count= and cost= -----------------------------
 
 {
