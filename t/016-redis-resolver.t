@@ -39,6 +39,12 @@ sub stop {
 
 END { local $?; stop($_, SIGKILL) for keys %Procs; }
 
+# in a forked helper: a signal ends it alone (not the test's cleanup)
+sub child {
+    %Procs = ();
+    $SIG{$_} = 'DEFAULT' for qw(TERM INT HUP);
+}
+
 sub wait_for {
     my ($secs, $cond) = @_;
     my $deadline = time + $secs;
@@ -118,6 +124,7 @@ answer('127.0.0.1');
     my $pid = fork();
     die "fork: $!\n" unless defined $pid;
     if ($pid == 0) {
+        child();
         dns_server($udp);
         POSIX::_exit(0);
     }
@@ -286,10 +293,10 @@ ok(scalar(grep { /aai redis localhost:$P: "localhost" now resolves to 127\.0\.0\
 
 # --- the lookup fails ----------------------------------------------------------------
 
-# the resolver keeps the last answer for valid=1s: past it, the next
-# reconnect asks the DNS server
+# the resolver keeps the last answer for valid=1s (counted in whole
+# seconds: up to 2 s): past it, the next reconnect asks the DNS server
 answer('servfail');
-sleep 1.2;
+sleep 2.1;
 stop('second');
 
 my $fb = wait_for(10, sub { get('/rl/?u=fb') eq '200 ERROR' });
@@ -342,6 +349,117 @@ is(exact('dave'), $EXACT, 'no resolver: exact limits');
 like(keys_on('127.0.0.1'), qr/dave/, 'no resolver: on 127.0.0.1 still');
 unlike(keys_on('127.0.0.2'), qr/dave/, 'no resolver: not on 127.0.0.2');
 is(queries(), $q, 'no resolver: no DNS query');
+
+no_log_problems("$prefix/logs/error.log");
+$stop->();
+
+# --- sentinel= given by name ---------------------------------------------------------
+
+# a stand-in sentinel on $ip:$S that names the Redis on $ip:$P
+my $S;
+for (1 .. 20) {
+    $S = free_port();
+    my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.2', LocalPort => $S,
+                                  Proto => 'tcp', Listen => 1);
+    last if $s;
+}
+
+sub sentinel_up {
+    my ($name, $ip) = @_;
+    my $srv = IO::Socket::INET->new(LocalAddr => $ip, LocalPort => $S,
+                                    Listen => 16, ReuseAddr => 1)
+        or die "sentinel $ip:$S: $!\n";
+    my $pid = fork();
+    die "fork: $!\n" unless defined $pid;
+    if ($pid == 0) {
+        child();
+        fake_sentinel($srv, $ip);
+        POSIX::_exit(0);
+    }
+    close $srv;
+    $Procs{$name} = $pid;
+}
+
+sub fake_sentinel {
+    my ($srv, $ip) = @_;
+    my $sel = IO::Select->new($srv);
+    my %buf;
+    my $end = time + 120;
+    while (time < $end) {
+        for my $s ($sel->can_read(0.2)) {
+            if ($s == $srv) {
+                my $c = $srv->accept or next;
+                $sel->add($c);
+                next;
+            }
+            my $n = sysread($s, my $d, 4096);
+            if (!$n) {
+                $sel->remove($s);
+                delete $buf{$s};
+                close $s;
+                next;
+            }
+            $buf{$s} .= $d;
+            while (my @a = take_command(\$buf{$s})) {
+                my $cmd = uc $a[0];
+                my $out = $cmd eq 'SENTINEL'
+                        ? "*2\r\n\$" . length($ip) . "\r\n$ip\r\n\$"
+                          . length($P) . "\r\n$P\r\n"
+                        : $cmd eq 'SUBSCRIBE'
+                        ? "*3\r\n\$9\r\nsubscribe\r\n\$14\r\n+switch-master"
+                          . "\r\n:1\r\n"
+                        : "+OK\r\n";
+                syswrite($s, $out);
+            }
+        }
+    }
+}
+
+# one RESP command off the front of $$b, or () if it is not all there
+sub take_command {
+    my $b = shift;
+    return () unless $$b =~ /^\*(\d+)\r\n/;
+    my ($n, $pos) = ($1, length($&));
+    my @a;
+    for (1 .. $n) {
+        return () unless substr($$b, $pos) =~ /^\$(\d+)\r\n/;
+        my $len = $1;
+        $pos += length($&);
+        return () if length($$b) < $pos + $len + 2;
+        push @a, substr($$b, $pos, $len);
+        $pos += $len + 2;
+    }
+    substr($$b, 0, $pos) = '';
+    return @a;
+}
+
+sentinel_up(sentinel1 => '127.0.0.1');
+sentinel_up(sentinel2 => '127.0.0.2');
+answer('127.0.0.1');
+
+$redis = "sentinel=localhost:$S master=m016 timeout=300ms "
+         . 'connect_timeout=300ms backoff=200ms';
+($port, $stop, $prefix) = start_nginx_instance('r016sentinel',
+    conf("resolver 127.0.0.1:$DNS valid=1s ipv6=off;\n"
+         . "    resolver_timeout 1s;"));
+
+ok(wait_for(10, sub { get('/rl/?u=probe') eq '200 PASSED' }),
+   'sentinel by name: Redis decides');
+is(exact('erin'), $EXACT, 'sentinel by name: exact limits');
+like(keys_on('127.0.0.1'), qr/erin/, 'the primary the first sentinel names');
+
+# the name moves to the second sentinel, the first goes away
+answer('127.0.0.2');
+stop('sentinel1');
+ok(wait_for(10, sub {
+       grep { /aai redis master "m016": primary is 127\.0\.0\.2:$P/ }
+            file_lines("$prefix/logs/error.log");
+   }), 'the sentinel\'s name looked up again: the second sentinel asked');
+ok(wait_for(10, sub { get('/rl/?u=probe2') eq '200 PASSED' }),
+   'Redis decides, on the primary the second sentinel names');
+is(exact('frank'), $EXACT, 'exact limits on it');
+like(keys_on('127.0.0.2'), qr/frank/, 'the keys are on 127.0.0.2');
+is($slow, 0, 'no request waited longer than its timeout');
 
 no_log_problems("$prefix/logs/error.log");
 $stop->();
