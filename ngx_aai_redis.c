@@ -1084,7 +1084,7 @@ ngx_aai_redis_count(ngx_aai_redis_conn_t *conn, ngx_int_t delta,
 }
 
 
-/* for ngx_aai_redis_cluster.c */
+/* for ngx_aai_redis_cluster*.c */
 
 
 ngx_aai_redis_cmd_t *

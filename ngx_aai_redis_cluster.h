@@ -4,7 +4,9 @@
  *
  * ngx_aai_redis_cluster: the Redis Cluster side of ngx_aai_redis
  * (cluster=host:port,...).  Private to the client: the modules see one
- * ngx_aai_redis_t and send commands to it as to a single Redis.
+ * ngx_aai_redis_t and send commands to it as to a single Redis.  The
+ * cluster's own files (ngx_aai_redis_cluster*.c) share
+ * ngx_aai_redis_cluster_int.h.
  *
  * A cluster client owns a fixed set of node clients (ordinary
  * ngx_aai_redis_t, each with its own connections, pipelining, backoff and
