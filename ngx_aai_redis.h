@@ -95,6 +95,8 @@ typedef struct {
     ngx_str_t                  sentinel_password;
 
     /* cluster=: addrs are the seed nodes (ngx_aai_redis_cluster.h) */
+    ngx_str_t                 *seed_names; /* NULL, or per seed its host
+                                              name (empty: an IP address) */
     ngx_uint_t                 cluster;
     ngx_uint_t                 cluster_node;  /* a node of a cluster */
 } ngx_aai_redis_conf_t;

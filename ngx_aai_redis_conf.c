@@ -34,7 +34,6 @@ static char *ngx_aai_redis_conf_tls(ngx_conf_t *cf,
     ngx_aai_redis_conf_t *rcf);
 static char *ngx_aai_redis_conf_sentinels(ngx_conf_t *cf,
     ngx_aai_redis_conf_t *rcf, ngx_str_t *arg);
-static ngx_flag_t ngx_aai_redis_conf_is_name(ngx_str_t *host);
 
 
 char *
@@ -112,6 +111,7 @@ ngx_aai_redis_conf_parse(ngx_conf_t *cf, ngx_aai_redis_conf_t *rcf)
     rcf->sentinel_names = NULL;
     ngx_str_null(&rcf->master);
     ngx_str_null(&rcf->sentinel_password);
+    rcf->seed_names = NULL;
     rcf->cluster = 0;
     rcf->cluster_node = 0;
     rcf->hostname = 0;
@@ -289,7 +289,7 @@ ngx_aai_redis_conf_sentinels(ngx_conf_t *cf, ngx_aai_redis_conf_t *rcf,
 
 /* a host name, which a resolver can look up again; not an IP address */
 
-static ngx_flag_t
+ngx_flag_t
 ngx_aai_redis_conf_is_name(ngx_str_t *host)
 {
     if (host->len == 0 || host->data[0] == '[') {

@@ -208,6 +208,44 @@ ngx_aai_redis_exit_worker(ngx_aai_redis_t *rs)
 }
 
 
+/*
+ * For a cluster whose pub/sub node went down: the subscriptions and their
+ * connection are dropped here, to be made on another node.
+ */
+
+void
+ngx_aai_redis_unsubscribe_all(ngx_aai_redis_t *rs)
+{
+    ngx_uint_t  i;
+
+    if (rs->subconn) {
+        if (rs->subconn->failures) {
+            rs->nfailing--;
+        }
+
+        ngx_aai_redis_conn_destroy(rs->subconn);
+        ngx_free(rs->subconn);
+        rs->subconn = NULL;
+    }
+
+    for (i = 0; i < rs->nsubs; i++) {
+        ngx_free(rs->subs[i].name.data);
+    }
+
+    rs->nsubs = 0;
+}
+
+
+/* 1: the pub/sub connection failed and is not restored */
+
+ngx_uint_t
+ngx_aai_redis_sub_failing(ngx_aai_redis_t *rs)
+{
+    return rs->subconn != NULL && rs->subconn->failures > 0
+           && rs->subconn->state != NGX_AAI_REDIS_READY;
+}
+
+
 static ngx_int_t
 ngx_aai_redis_handshake_init(ngx_aai_redis_t *rs)
 {

@@ -285,9 +285,6 @@ void ngx_aai_redis_result(ngx_aai_redis_cmd_t *cmd,
     ngx_aai_redis_result_t *res);
 uint64_t ngx_aai_redis_now_us(void);
 
-ngx_int_t ngx_aai_redis_node_metrics(ngx_aai_redis_t *rs,
-    struct ngx_aai_metrics_s *m, const char *client, ngx_uint_t node,
-    ngx_str_t *address);
 void ngx_aai_redis_metrics_init_worker(ngx_aai_redis_t *rs);
 void ngx_aai_redis_count(ngx_aai_redis_conn_t *conn, ngx_int_t delta,
     ngx_uint_t error);

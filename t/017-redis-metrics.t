@@ -234,4 +234,133 @@ is($m->{"aai_redis_connections{$N}"}, 0, 'no connection open');
 no_log_problems("$prefix/logs/error.log");
 $stop->();
 
+# --- a Redis Cluster: a node per label; the pub/sub seed killed -------------------
+
+my @C = start_redis_cluster();
+my $hung = hung_listener();
+my $capp = free_port();
+my $cluster = "cluster=127.0.0.1:$C[0],127.0.0.1:$C[1] timeout=300ms "
+              . 'connect_timeout=300ms backoff=200ms';
+
+($port, $stop, $prefix) = start_nginx_instance('r017cluster', <<_EOC_);
+    aai_ratelimit_redis $cluster;
+    aai_cache_redis $cluster;
+    aai_ratelimit_zone z key=\$arg_u rate=100r/m;
+    aai_ratelimit_fallback allow;
+
+    server {
+        listen 127.0.0.1:$capp;
+        location / {
+            add_header Cache-Control "max-age=60";
+            return 200 "app \$uri\\n";
+        }
+        location /cache/slow/ {
+            proxy_read_timeout 300ms;
+            proxy_pass http://127.0.0.1:$hung;
+            error_page 504 =200 \@slow;
+        }
+        location \@slow {
+            add_header Cache-Control "max-age=60";
+            return 200 "slow \$request_id\\n";
+        }
+    }
+
+    server {
+        listen 127.0.0.1:\$TEST_NGINX_INSTANCE_PORT;
+        add_header X-RL \$aai_ratelimit_status always;
+        add_header X-Cache \$aai_cache_status always;
+
+        location /rl/ {
+            aai_ratelimit z;
+            empty_gif;
+        }
+        location /cache/ {
+            aai_cache on;
+            aai_cache_lock on;
+            aai_cache_lock_timeout 5s;
+            proxy_pass http://127.0.0.1:$capp;
+        }
+        location /metrics {
+            aai_metrics;
+        }
+    }
+_EOC_
+
+# users whose keys land on every primary
+ok(wait_for(10, sub { status($port, '/rl/?u=c0') eq '200 PASSED' }),
+   'cluster: Redis decides');
+for my $u (1 .. 30) {
+    status($port, "/rl/?u=c$u");
+}
+
+sub sum_of {
+    my ($m, $re) = @_;
+    my $s = 0;
+    $s += $m->{$_} for grep { /$re/ } keys %$m;
+    return $s;
+}
+
+$m = metrics_get($port);
+for my $i (0, 1) {
+    is($m->{"aai_redis_node_info{client=\"ratelimit\",node=\"$i\","
+            . "address=\"127.0.0.1:$C[$i]\"}"}, 1,
+       "cluster: node $i is seed $i");
+}
+is($m->{'aai_redis_node_info{client="ratelimit",node="2",address=""}'}, 1,
+   'cluster: node 2 gets its address from the map');
+cmp_ok(sum_of($m, qr/^aai_redis_connections\{client="ratelimit",/), '>=', 3,
+       'cluster: connections to the three primaries');
+my %nodes = map { /node="(\d+)"/ ? ($1 => 1) : () }
+            grep { /^aai_redis_connections\{client="ratelimit",/
+                   && $m->{$_} > 0 } keys %$m;
+cmp_ok(scalar keys %nodes, '>=', 3, 'cluster: open on three nodes at least');
+is(sum_of($m, qr/^aai_redis_errors_total\{client="ratelimit",/), 0,
+   'cluster: no error');
+
+# the first seed, which holds the cache's subscription, is killed
+kill_redis($C[0]);
+
+ok(wait_for(15, sub {
+       grep { /aai redis cluster .*: pub\/sub on 127\.0\.0\.1:$C[0] is down, subscribing on 127\.0\.0\.1:\d+/ }
+            file_lines("$prefix/logs/error.log");
+   }), 'the subscription moves off the dead seed');
+
+$m = metrics_wait($port, '/metrics', sub {
+    sum_of(shift, qr/^aai_redis_errors_total\{client="cache",node="0",reason="(?:refused|lost)"/) > 0;
+});
+cmp_ok(sum_of($m, qr/^aai_redis_errors_total\{client="cache",node="0",reason="(?:refused|lost)"/),
+       '>', 0, 'the dead seed\'s failures counted on node 0');
+
+# once the cluster has replaced it (if it was a primary) and the map no
+# longer names it, a stampede on a new key: the waiters are woken by the
+# message, not by the 500 ms poll
+sub cache_status {
+    my ($path) = @_;
+    my ($st, $h) = http_get($port, $path, {});
+    return ($st // 0) . ' ' . ($h->{'x-cache'} // '');
+}
+
+my ($n, $lock, @woken) = (0, '');
+ok(wait_for(30, sub {
+       my $mark = () = file_lines("$prefix/logs/error.log");
+       $n++;
+       my @r = http_concurrent([map { [$port, "/cache/slow/w$n"] } 1 .. 6]);
+       my %c;
+       $c{($_->[0] // 0) . ' ' . ($_->[1]{'x-cache'} // '')}++ for @r;
+       $lock = join ',', map { "$_=$c{$_}" } sort keys %c;
+       my @l = file_lines("$prefix/logs/error.log");
+       @woken = map { /aai cache woken: (\w+(?: \w+)?)/ ? $1 : () }
+                @l[$mark .. $#l];
+       $lock eq '200 HIT=5,200 MISS=1';
+   }), 'lock: 6 concurrent misses, 1 miss, 5 hits, without the seed')
+    or diag("$lock (after $n tries)");
+ok(scalar(@woken) >= 1, 'lock: waiters woken') or diag("@woken");
+is(scalar(grep { $_ ne 'stored' } @woken), 0,
+   'lock: every waiter woken by the message (pub/sub on another node)')
+    or diag("@woken");
+
+no_log_problems("$prefix/logs/error.log");
+$stop->();
+stop_redis($_) for @C[1 .. $#C];
+
 done_testing();
