@@ -110,7 +110,7 @@ sub errors {
     return $m->{"aai_redis_errors_total{$N,reason=\"$reason\"}"} // -1;
 }
 
-# --- a single Redis ---------------------------------------------------------------
+# --- a single Redis -----------------------------------------------------------
 
 my $P = free_port();
 redis_up('single', $P);
@@ -160,7 +160,7 @@ cmp_ok(errors($m, 'timeout'), '>', 0, 'reason="timeout" counted');
 no_log_problems("$prefix/logs/error.log");
 $stop->();
 
-# --- a wrong password -----------------------------------------------------------------
+# --- a wrong password ---------------------------------------------------------
 
 ($port, $stop, $prefix) = front('r017auth', "127.0.0.1:$P password=wrong "
                                 . 'timeout=500ms backoff=200ms');
@@ -182,7 +182,7 @@ $m = metrics_wait($port, '/metrics', sub {
 cmp_ok(errors($m, 'auth'), '>', 0, 'NOAUTH counted as reason="auth"');
 $stop->();
 
-# --- TLS: a certificate from another CA -----------------------------------------------
+# --- TLS: a certificate from another CA ---------------------------------------
 
 sub openssl {
     my @args = @_;
@@ -234,7 +234,7 @@ is($m->{"aai_redis_connections{$N}"}, 0, 'no connection open');
 no_log_problems("$prefix/logs/error.log");
 $stop->();
 
-# --- a Redis Cluster: a node per label; the pub/sub seed killed -------------------
+# --- a Redis Cluster: a node per label; the pub/sub seed killed ---------------
 
 my @C = start_redis_cluster();
 my $hung = hung_listener();
@@ -321,15 +321,16 @@ is(sum_of($m, qr/^aai_redis_errors_total\{client="ratelimit",/), 0,
 kill_redis($C[0]);
 
 ok(wait_for(15, sub {
-       grep { /aai redis cluster .*: pub\/sub on 127\.0\.0\.1:$C[0] is down, subscribing on 127\.0\.0\.1:\d+/ }
+       grep { /aai redis cluster .*: pub\/sub on \Q127.0.0.1:$C[0]\E is /
+               && /is down, subscribing on 127\.0\.0\.1:\d+/ }
             file_lines("$prefix/logs/error.log");
    }), 'the subscription moves off the dead seed');
 
-$m = metrics_wait($port, '/metrics', sub {
-    sum_of(shift, qr/^aai_redis_errors_total\{client="cache",node="0",reason="(?:refused|lost)"/) > 0;
-});
-cmp_ok(sum_of($m, qr/^aai_redis_errors_total\{client="cache",node="0",reason="(?:refused|lost)"/),
-       '>', 0, 'the dead seed\'s failures counted on node 0');
+my $down = qr/^aai_redis_errors_total
+              \{client="cache",node="0",reason="(?:refused|lost)"/x;
+$m = metrics_wait($port, '/metrics', sub { sum_of(shift, $down) > 0 });
+cmp_ok(sum_of($m, $down), '>', 0,
+       'the dead seed\'s failures counted on node 0');
 
 # once the cluster has replaced it (if it was a primary) and the map no
 # longer names it, a stampede on a new key: the waiters are woken by the
