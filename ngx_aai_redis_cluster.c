@@ -78,6 +78,21 @@ ngx_aai_redis_cluster_conf(ngx_conf_t *cf, ngx_aai_redis_conf_t *rcf,
             return NGX_CONF_ERROR;
         }
 
+        if (ngx_aai_redis_conf_is_name(&u.host)) {
+
+            /* looked up again at run time if there is a resolver */
+
+            if (rcf->seed_names == NULL) {
+                rcf->seed_names = ngx_pcalloc(cf->pool,
+                                              n * sizeof(ngx_str_t));
+                if (rcf->seed_names == NULL) {
+                    return NGX_CONF_ERROR;
+                }
+            }
+
+            rcf->seed_names[rcf->naddrs] = u.host;
+        }
+
         addrs[rcf->naddrs++] = u.addrs[0];
 
         if (rcf->host.len == 0) {
@@ -128,6 +143,14 @@ ngx_aai_redis_cluster_create(ngx_conf_t *cf, ngx_aai_redis_t *rs,
         ncf->addrs = &rcf->addrs[i % rcf->naddrs];
         ncf->naddrs = 1;
         ncf->url = ncf->addrs->name;
+
+        /* a seed given by name: looked up again while it is the address */
+
+        if (rcf->seed_names && rcf->seed_names[i % rcf->naddrs].len) {
+            ncf->hostname = 1;
+            ncf->host = rcf->seed_names[i % rcf->naddrs];
+            ncf->port = ngx_inet_get_port(ncf->addrs->sockaddr);
+        }
 
         cl->nodes[i].rs = ngx_aai_redis_create(cf, ncf);
         if (cl->nodes[i].rs == NULL) {
@@ -227,6 +250,18 @@ ngx_aai_redis_cluster_exit_worker(ngx_aai_redis_cluster_t *cl)
         cl->nodes[i].assigned = 0;
     }
 
+    for (i = 0; i < cl->nsubs; i++) {
+        ngx_free(cl->subs[i].channel.data);
+    }
+
+    if (cl->subs) {
+        ngx_free(cl->subs);
+        cl->subs = NULL;
+    }
+
+    cl->nsubs = 0;
+    cl->subnode = 0;
+
     ngx_free(cl->map);
     cl->map = NULL;
     cl->initialized = 0;
@@ -255,8 +290,8 @@ ngx_aai_redis_cluster_start(ngx_aai_redis_cluster_t *cl,
 
 /*
  * The node client of host:port; with create, one is given that address:
- * a free one, else one that serves no slot in the map (never the first:
- * it holds the subscriptions).
+ * a free one, else one that serves no slot in the map (never the one that
+ * holds the subscriptions).
  */
 
 ngx_aai_redis_cluster_node_t *
@@ -297,8 +332,8 @@ ngx_aai_redis_cluster_node(ngx_aai_redis_cluster_t *cl, ngx_str_t *host,
     }
 
     if (spare == NULL) {
-        for (i = 1; i < cl->nnodes; i++) {
-            if (cl->nodes[i].nslots == 0) {
+        for (i = 0; i < cl->nnodes; i++) {
+            if (cl->nodes[i].nslots == 0 && i != cl->subnode) {
                 spare = &cl->nodes[i];
                 break;
             }
@@ -363,8 +398,9 @@ ngx_aai_redis_cluster_available(ngx_aai_redis_cluster_t *cl)
 
 
 /*
- * Pub/Sub on a cluster reaches every node's subscribers: the first seed's
- * node client keeps the subscriptions.
+ * Pub/Sub on a cluster reaches every node's subscribers: one node client
+ * keeps the subscriptions, the first seed's at first.  The cluster keeps
+ * them too, to make them again on another node when that one is down.
  */
 
 ngx_int_t
@@ -372,8 +408,107 @@ ngx_aai_redis_cluster_subscribe(ngx_aai_redis_cluster_t *cl,
     ngx_str_t *channel, ngx_uint_t pattern, ngx_aai_redis_message_pt handler,
     void *data)
 {
-    return ngx_aai_redis_subscribe(cl->nodes[0].rs, channel, pattern,
-                                   handler, data);
+    ngx_uint_t                    n;
+    ngx_aai_redis_cluster_sub_t  *subs, *sub;
+
+    n = cl->nsubs + 1;
+
+    subs = ngx_alloc(n * sizeof(ngx_aai_redis_cluster_sub_t),
+                     ngx_cycle->log);
+    if (subs == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (cl->subs) {
+        ngx_memcpy(subs, cl->subs,
+                   cl->nsubs * sizeof(ngx_aai_redis_cluster_sub_t));
+        ngx_free(cl->subs);
+    }
+
+    cl->subs = subs;
+    sub = &subs[cl->nsubs];
+
+    sub->channel.data = ngx_alloc(channel->len + 1, ngx_cycle->log);
+    if (sub->channel.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(sub->channel.data, channel->data, channel->len);
+    sub->channel.len = channel->len;
+    sub->pattern = pattern;
+    sub->handler = handler;
+    sub->data = data;
+
+    cl->nsubs++;
+
+    return ngx_aai_redis_subscribe(cl->nodes[cl->subnode].rs, channel,
+                                   pattern, handler, data);
+}
+
+
+/*
+ * Every watch (200 ms): if the pub/sub connection failed and is not back,
+ * the subscriptions move to another node that can take commands.  The
+ * messages published meanwhile are lost (a waiter then wakes by its poll
+ * or its timeout).
+ */
+
+void
+ngx_aai_redis_cluster_sub_watch(ngx_aai_redis_cluster_t *cl)
+{
+    ngx_uint_t                     i, k;
+    ngx_aai_redis_cluster_sub_t   *sub;
+    ngx_aai_redis_cluster_node_t  *from, *to;
+
+    if (cl->nsubs == 0) {
+        return;
+    }
+
+    from = &cl->nodes[cl->subnode];
+
+    if (from->started && !ngx_aai_redis_sub_failing(from->rs)) {
+        return;
+    }
+
+    to = NULL;
+
+    for (k = 1; k < cl->nnodes; k++) {
+        i = (cl->subnode + k) % cl->nnodes;
+
+        if (cl->nodes[i].started && cl->nodes[i].assigned
+            && ngx_aai_redis_available(cl->nodes[i].rs))
+        {
+            to = &cl->nodes[i];
+            break;
+        }
+    }
+
+    if (to == NULL) {
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_NOTICE, cl->log, 0,
+                  "aai redis cluster %V: pub/sub on %*s is down, "
+                  "subscribing on %*s", &cl->conf->url,
+                  from->len, from->name, to->len, to->name);
+
+    ngx_aai_redis_unsubscribe_all(from->rs);
+
+    cl->subnode = to - cl->nodes;
+
+    for (i = 0; i < cl->nsubs; i++) {
+        sub = &cl->subs[i];
+
+        if (ngx_aai_redis_subscribe(to->rs, &sub->channel, sub->pattern,
+                                    sub->handler, sub->data)
+            != NGX_OK)
+        {
+            ngx_log_error(NGX_LOG_ALERT, cl->log, 0,
+                          "aai redis cluster %V: no memory to subscribe",
+                          &cl->conf->url);
+            return;
+        }
+    }
 }
 
 
@@ -391,7 +526,7 @@ ngx_aai_redis_cluster_metrics(ngx_aai_redis_cluster_t *cl,
     ngx_aai_metrics_t *m, const char *client)
 {
     u_char      *p;
-    ngx_str_t    label;
+    ngx_str_t    label, address;
     ngx_uint_t   i, k;
 
     static const char  *reasons[] = { "moved", "ask", "timeout", "down" };
@@ -413,6 +548,23 @@ ngx_aai_redis_cluster_metrics(ngx_aai_redis_cluster_t *cl,
     }
 
     for (i = 0; i < cl->nnodes; i++) {
+
+        /* the node client's own: aai_redis_connections ... */
+
+        if (i < cl->conf->naddrs) {
+            address = cl->conf->addrs[i].name;
+
+        } else {
+            ngx_str_null(&address);     /* from the slot map */
+        }
+
+        if (ngx_aai_redis_node_metrics(cl->nodes[i].rs, m, client, i,
+                                       &address)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
         for (k = 0; k < NGX_AAI_REDIS_CLUSTER_E_NUMBER; k++) {
             p = ngx_pnalloc(ngx_cycle->pool, 256);
             if (p == NULL) {

@@ -59,6 +59,15 @@ typedef struct {
 } ngx_aai_redis_cluster_node_t;
 
 
+/* a subscription of the client, made on its pub/sub node */
+typedef struct {
+    ngx_str_t                   channel;
+    ngx_uint_t                  pattern;
+    ngx_aai_redis_message_pt    handler;
+    void                       *data;
+} ngx_aai_redis_cluster_sub_t;
+
+
 typedef struct ngx_aai_redis_ccmd_s  ngx_aai_redis_ccmd_t;
 
 struct ngx_aai_redis_ccmd_s {
@@ -104,6 +113,12 @@ struct ngx_aai_redis_cluster_s {
     ngx_uint_t                  refreshes;
     ngx_uint_t                  moved;
     ngx_uint_t                  ask;
+
+    /* pub/sub, on one node at a time: the first seed's, then any up */
+    ngx_aai_redis_cluster_sub_t  *subs;
+    ngx_uint_t                  nsubs;
+    ngx_uint_t                  subnode;
+
     unsigned                    known:1;
     unsigned                    initialized:1;
 };
@@ -115,6 +130,7 @@ ngx_aai_redis_cluster_node_t *ngx_aai_redis_cluster_node(
     ngx_uint_t create);
 void ngx_aai_redis_cluster_count(ngx_aai_redis_cluster_t *cl,
     ngx_aai_redis_cluster_node_t *node, ngx_uint_t reason);
+void ngx_aai_redis_cluster_sub_watch(ngx_aai_redis_cluster_t *cl);
 
 /* ngx_aai_redis_cluster_slots.c */
 void ngx_aai_redis_cluster_refresh_handler(ngx_event_t *ev);

@@ -260,6 +260,8 @@ ngx_aai_redis_cluster_watch_handler(ngx_event_t *ev)
         }
     }
 
+    ngx_aai_redis_cluster_sub_watch(cl);
+
     ngx_add_timer(&cl->watch, NGX_AAI_REDIS_CLUSTER_WATCH);
 }
 
