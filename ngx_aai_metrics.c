@@ -14,6 +14,7 @@
 #define NGX_AAI_METRICS_MAGIC    0x4d494141    /* "AAIM" */
 #define NGX_AAI_METRICS_VERSION  1
 #define NGX_AAI_METRICS_PREFIX   "aai_metrics_"
+#define NGX_AAI_METRICS_ZONES    16
 
 #define NGX_AAI_SLOT_VALUE       0
 #define NGX_AAI_SLOT_BUCKET      1
@@ -82,9 +83,12 @@ static ngx_int_t ngx_aai_metrics_init_zone(ngx_shm_zone_t *shm_zone,
 static ngx_int_t ngx_aai_metrics_handler(ngx_http_request_t *r);
 static size_t ngx_aai_metrics_walk(ngx_buf_t *b);
 static size_t ngx_aai_metrics_zone_len(ngx_aai_metrics_shm_t *shm);
-static u_char *ngx_aai_metrics_render(u_char *p, ngx_aai_metrics_shm_t *shm);
+static u_char *ngx_aai_metrics_render(u_char *p,
+    ngx_aai_metrics_shm_t **shm, ngx_uint_t n);
+static ngx_uint_t ngx_aai_metrics_seen(ngx_aai_metrics_shm_t **shm,
+    ngx_uint_t z, ngx_uint_t first, u_char *family);
 static u_char *ngx_aai_metrics_render_family(u_char *p,
-    ngx_aai_metrics_shm_t *shm, ngx_uint_t first);
+    ngx_aai_metrics_shm_t *shm, ngx_uint_t first, u_char *family);
 static u_char *ngx_aai_metrics_render_slot(u_char *p,
     ngx_aai_metrics_shm_t *shm, ngx_aai_metrics_slot_t *s, uint64_t *cum);
 static u_char *ngx_aai_metrics_scaled(u_char *p, uint64_t v, uint64_t scale);
@@ -564,12 +568,13 @@ static size_t
 ngx_aai_metrics_walk(ngx_buf_t *b)
 {
     size_t                  len;
-    ngx_uint_t              i;
+    ngx_uint_t              i, n;
     ngx_list_part_t        *part;
     ngx_shm_zone_t         *zone;
-    ngx_aai_metrics_shm_t  *shm;
+    ngx_aai_metrics_shm_t  *shm, *zones[NGX_AAI_METRICS_ZONES];
 
     len = 0;
+    n = 0;
     part = (ngx_list_part_t *) &ngx_cycle->shared_memory.part;
     zone = part->elts;
 
@@ -602,12 +607,16 @@ ngx_aai_metrics_walk(ngx_buf_t *b)
             continue;
         }
 
-        if (b == NULL) {
-            len += ngx_aai_metrics_zone_len(shm);
-
-        } else {
-            b->last = ngx_aai_metrics_render(b->last, shm);
+        if (n == NGX_AAI_METRICS_ZONES) {
+            continue;
         }
+
+        zones[n++] = shm;
+        len += ngx_aai_metrics_zone_len(shm);
+    }
+
+    if (b != NULL) {
+        b->last = ngx_aai_metrics_render(b->last, zones, n);
     }
 
     return len;
@@ -639,28 +648,37 @@ ngx_aai_metrics_zone_len(ngx_aai_metrics_shm_t *shm)
 }
 
 
+/*
+ * Each family once, with its HELP and TYPE, and all its samples together,
+ * whichever modules' zones hold them (the aai_redis_* families are in the
+ * limiter's and the cache's): families in order of first use.
+ */
+
 static u_char *
-ngx_aai_metrics_render(u_char *p, ngx_aai_metrics_shm_t *shm)
+ngx_aai_metrics_render(u_char *p, ngx_aai_metrics_shm_t **shm, ngx_uint_t n)
 {
-    ngx_uint_t               i, j;
+    u_char                  *family;
+    ngx_uint_t               z, i, k;
     ngx_aai_metrics_slot_t  *s;
 
-    /* the slots of one family together, families in order of first use */
+    for (z = 0; z < n; z++) {
 
-    for (i = 0; i < shm->nslots; i++) {
-        s = &shm->slots[i];
+        for (i = 0; i < shm[z]->nslots; i++) {
+            s = &shm[z]->slots[i];
+            family = (u_char *) shm[z] + s->family;
 
-        for (j = 0; j < i; j++) {
-            if (ngx_strcmp((u_char *) shm + shm->slots[j].family,
-                           (u_char *) shm + s->family)
-                == 0)
-            {
-                break;
+            if (ngx_aai_metrics_seen(shm, z, i, family)) {
+                continue;
             }
-        }
 
-        if (j == i) {
-            p = ngx_aai_metrics_render_family(p, shm, i);
+            p = ngx_sprintf(p, "# HELP %s %s\n# TYPE %s %s\n",
+                            family, (u_char *) shm[z] + s->help, family,
+                            ngx_aai_metrics_types[s->type & 3]);
+
+            for (k = z; k < n; k++) {
+                p = ngx_aai_metrics_render_family(p, shm[k],
+                                                  k == z ? i : 0, family);
+            }
         }
     }
 
@@ -668,29 +686,47 @@ ngx_aai_metrics_render(u_char *p, ngx_aai_metrics_shm_t *shm)
 }
 
 
+/* whether a slot before slot "first" of zone z, in any zone, is of family */
+
+static ngx_uint_t
+ngx_aai_metrics_seen(ngx_aai_metrics_shm_t **shm, ngx_uint_t z,
+    ngx_uint_t first, u_char *family)
+{
+    ngx_uint_t  k, j, end;
+
+    for (k = 0; k <= z; k++) {
+        end = (k == z) ? first : shm[k]->nslots;
+
+        for (j = 0; j < end; j++) {
+            if (ngx_strcmp((u_char *) shm[k] + shm[k]->slots[j].family,
+                           family)
+                == 0)
+            {
+                return 1;
+            }
+        }
+    }
+
+    return 0;
+}
+
+
+/* the samples of one family in one zone, from its slot "first" on */
+
 static u_char *
 ngx_aai_metrics_render_family(u_char *p, ngx_aai_metrics_shm_t *shm,
-    ngx_uint_t first)
+    ngx_uint_t first, u_char *family)
 {
-    u_char                  *base, *family;
     uint64_t                 cum;
     ngx_uint_t               i;
     ngx_aai_metrics_slot_t  *s;
-
-    base = (u_char *) shm;
-    s = &shm->slots[first];
-    family = base + s->family;
-
-    p = ngx_sprintf(p, "# HELP %s %s\n# TYPE %s %s\n",
-                    family, base + s->help, family,
-                    ngx_aai_metrics_types[s->type & 3]);
 
     cum = 0;
 
     for (i = first; i < shm->nslots; i++) {
         s = &shm->slots[i];
 
-        if (ngx_strcmp(base + s->family, family) == 0) {
+        if (ngx_strcmp((u_char *) shm + s->family, family) == 0) {
             p = ngx_aai_metrics_render_slot(p, shm, s, &cum);
         }
     }

@@ -317,6 +317,28 @@ cmp_ok(scalar keys %nodes, '>=', 3, 'cluster: open on three nodes at least');
 is(sum_of($m, qr/^aai_redis_errors_total\{client="ratelimit",/), 0,
    'cluster: no error');
 
+# the limiter's and the cache's aai_redis_* samples under one HELP and TYPE
+# each (Prometheus refuses a second TYPE line for a family), every family's
+# samples together
+{
+    my (undef, undef, $body) = http_get($port, '/metrics');
+    my (%types, %seen, @split);
+    my $last = '';
+    for my $l (split /\n/, $body // '') {
+        $types{$1}++, next if $l =~ /^# TYPE (\S+)/;
+        next unless $l =~ /^([a-z_]+)[{ ]/;
+        my $f = $1;
+        $f =~ s/_(?:bucket|sum|count)$// unless $types{$f};
+        push @split, $f if $f ne $last && $seen{$f}++;
+        $last = $f;
+    }
+    ok($types{aai_redis_connections} && $body =~ /client="cache"/,
+       'cluster: /metrics has both clients\' aai_redis_* samples');
+    is(join(' ', grep { $types{$_} > 1 } sort keys %types), '',
+       'cluster: one TYPE line per family');
+    is(join(' ', @split), '', 'cluster: each family\'s samples together');
+}
+
 # the first seed, which holds the cache's subscription, is killed
 kill_redis($C[0]);
 
