@@ -121,6 +121,7 @@ local def_counter_start, def_counter_before, def_counter_weight,
       def_counter_ttl = {}, {}, {}, {}
 local def_cost_str, def_gcra_at, def_gcra_at_str, def_gcra_ttl =
       {}, {}, {}, {}
+local def_gcra_left, def_gcra_reset = {}, {}
 local ndefs = 0
 
 for j = 3, #ARGV, nargs do
@@ -137,15 +138,16 @@ for j = 3, #ARGV, nargs do
     def_cost_str[ndefs] = cost
   end
 
-  -- a sliding window entry at or before this time has expired
-  def_cutoff[ndefs] = now - def_window[ndefs]
-  def_window_ms[ndefs] = ceil(def_window[ndefs] / 1000)
-  def_window_ttl[ndefs] = fmt('%d', def_window_ms[ndefs] + 1)
-  def_sliding_ttl[ndefs] = fmt('%d',
-                               ceil(def_window[ndefs] * 1.5 / 1000) + 1)
-  def_half_ago[ndefs] = now - def_window[ndefs] / 2
+  if def_alg[ndefs] == SLIDING or def_alg[ndefs] == CONCURRENCY then
+    -- a sliding window entry at or before this time has expired
+    def_cutoff[ndefs] = now - def_window[ndefs]
+    def_window_ms[ndefs] = ceil(def_window[ndefs] / 1000)
+    def_window_ttl[ndefs] = fmt('%d', def_window_ms[ndefs] + 1)
+    def_sliding_ttl[ndefs] = fmt('%d',
+                                 ceil(def_window[ndefs] * 1.5 / 1000) + 1)
+    def_half_ago[ndefs] = now - def_window[ndefs] / 2
 
-  if def_alg[ndefs] == COUNTER then
+  elseif def_alg[ndefs] == COUNTER then
     -- the fixed window now is in, and the part of the previous one still
     -- inside the sliding window
     def_counter_start[ndefs] = floor(now / def_window[ndefs])
@@ -167,6 +169,18 @@ for j = 3, #ARGV, nargs do
     local at = now + def_cost[ndefs] * period
     def_gcra_at[ndefs], def_gcra_at_str[ndefs] = at, fmt('%d', at)
     def_gcra_ttl[ndefs] = fmt('%d', ceil((at - now) / 1000) + 1)
+    -- and its reply (remaining, reset) when admitted and not delayed,
+    -- computed as below
+    local last_tat = now + (def_cost[ndefs] - 1) * period
+    local wait = last_tat - now - def_delay[ndefs] * period
+    if last_tat - now <= def_burst[ndefs] * period
+       and floor(wait / 1000) <= 0
+    then
+      local left = floor((def_burst[ndefs] * period - (last_tat - now))
+                         / period)
+      def_gcra_left[ndefs] = left > 0 and left or 0
+      def_gcra_reset[ndefs] = ceil((at - now) / 1000)
+    end
   end
 end
 
@@ -285,6 +299,29 @@ local function counter_get(key, def, add)
     return 0, f[2] - (add and def_cost[def] or 0), false
   end
   return 0, 0, false
+end
+
+-- Counter: the decision on a request of units (a cost of 0 checks for
+-- one) given the two counts: rejected (1 or 0), remaining, reset and retry
+-- after (us).
+
+local function counter_decide(def, count, prev, units)
+  local limit, window = def_limit[def], def_window[def]
+  local start = def_counter_start[def]
+  local weighted = count + prev * def_counter_weight[def]
+
+  if weighted + units <= limit then
+    return 0, floor(limit - weighted - units), start + 2 * window - now, 0
+  elseif units > limit then
+    return 1, 0, start + 2 * window - now, window
+  elseif count + units - 1 < limit then
+    local reset = start + window - now
+    if count > 0 then reset = reset + window end
+    return 1, 0, reset,
+           start + window - (limit - count - units) * window / prev - now
+  end
+  return 1, 0, start + 2 * window - now,
+         start + 2 * window - (limit - units) * window / count - now
 end
 
 -- Counter: the key written whole, in the current window.
@@ -487,6 +524,45 @@ while pos <= layout_len do
       pos = pos + 4
       nzones = 0
     end
+
+  -- one counter zone, unshared key, not a shadow zone: decided and
+  -- answered here
+
+  elseif nzones == 1 and hi < 128 and def_alg[def] == COUNTER
+         and def_shadow[def] == ''
+  then
+    local key, cost = KEYS[hi * 256 + lo], def_cost[def]
+    local prev, current, reject, left, reset, retry
+    count, prev, current = counter_get(key, def, true)
+    reject, left, reset, retry =
+      counter_decide(def, count, prev, cost > 0 and cost or 1)
+    if reject == 0 then
+      if not current then counter_set(key, def, count + cost, prev) end
+      out[nout + 1], out[nout + 2] = left, ceil(reset / 1000)
+      nout = nout + 2
+    else
+      counter_undo(key, def, count, prev, current)
+      out[nout + 1], out[nout + 2], out[nout + 3] = -1, 1, 0
+      out[nout + 4], out[nout + 5] = 0, ceil(reset / 1000)
+      out[nout + 6] = ceil(retry / 1000)
+      nout = nout + 6
+    end
+    pos = pos + 4
+    nzones = 0
+
+  -- one GCRA zone, unshared key, whose time has passed: admitted (a time
+  -- not passed goes on below, with the old time as the key's state)
+
+  elseif nzones == 1 and hi < 128 and def_gcra_at[def]
+         and def_shadow[def] == ''
+  then
+    count = gcra_guess(KEYS[hi * 256 + lo], def)
+    if count <= now and def_gcra_left[def] then
+      out[nout + 1], out[nout + 2] = def_gcra_left[def], def_gcra_reset[def]
+      nout = nout + 2
+      pos = pos + 4
+      nzones = 0
+    end
   end
 
   if nzones > 0 then
@@ -538,6 +614,8 @@ while pos <= layout_len do
           else
             count = read_state(key, def)
           end
+        elseif def_alg[def] == GCRA then
+          zone_old[i] = count            -- the short path wrote the key
         end
       end
 
@@ -587,28 +665,8 @@ while pos <= layout_len do
 
       elseif def_alg[def] == COUNTER then
         local prev = k > 0 and shared_prev[k] or zone_prev[i]
-        local start = def_counter_start[def]
-        local weighted = count + prev * def_counter_weight[def]
         zone_count[i] = count
-
-        if weighted + units <= limit then
-          left = floor(limit - weighted - units)
-          reset = start + 2 * window - now
-        else
-          reject = 1
-          if units > limit then
-            retry, reset = window, start + 2 * window - now
-          elseif count + units - 1 < limit then
-            retry = start + window - (limit - count - units) * window / prev
-                    - now
-            reset = start + window - now
-            if count > 0 then reset = reset + window end
-          else
-            retry = start + 2 * window - (limit - units) * window / count
-                    - now
-            reset = start + 2 * window - now
-          end
-        end
+        reject, left, reset, retry = counter_decide(def, count, prev, units)
 
       elseif def_alg[def] == CONCURRENCY then
         -- count is the live leases; at the limit the request is retried
