@@ -13,9 +13,10 @@
  * GCRA, burst=100 nodelay).  Each run sends, on one connection, one
  * EVALSHA at a time as the module does: batches of 14 requests, users
  * drawn from 10,000, the zones' rates high enough that nothing is
- * rejected.  Before each run the database is flushed and 30,000 checks
- * run unmeasured (almost every user's keys written: the steady state, where
- * a counter key is written whole once per window).  The run's Redis CPU is
+ * rejected (RLCPU_USERS: another number of users).  Before each run
+ * the database is flushed and 3 checks per user run unmeasured (almost
+ * every user's keys written: the steady state, where a counter key is
+ * written whole once per window).  The run's Redis CPU is
  * the process's utime + stime (/proc/PID/stat, and INFO's used_cpu_*,
  * finer), its commands INFO commandstats' calls.  Each round runs every
  * (scenario, script) pair, the scripts' order rotating; one line per run.
@@ -33,6 +34,8 @@
 
 #define BATCH    14
 #define USERS    10000
+
+static int  users = USERS;       /* RLCPU_USERS */
 #define MAXSCR   8
 #define MAXKEYS  (3 * BATCH + 2)
 
@@ -227,7 +230,7 @@ build(const char *sc, const char *sha, const char **av, size_t *al,
     nkeys = 0;
 
     for (i = 0; i < BATCH; i++) {
-        int  user = rand() % USERS;
+        int  user = rand() % users;
 
         for (z = 0; z < nz; z++) {
             if (strcmp(sc, "s9") == 0 && z > 0) {
@@ -295,7 +298,7 @@ run(const char *sc, script_t *s, int pid, double seconds)
 
     /* the warm-up: every user's keys written once (as after the first
      * seconds of the nginx benchmark), then the counters reset */
-    for (batches = 0; batches < 3 * USERS / BATCH; batches++) {
+    for (batches = 0; batches < 3 * users / BATCH; batches++) {
         argc = build(sc, s->sha, av, al, keys, layout);
         r = redisCommandArgv(rc, argc, av, al);
         if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
@@ -307,6 +310,13 @@ run(const char *sc, script_t *s, int pid, double seconds)
     }
 
     freeReplyObject(cmd("CONFIG RESETSTAT", NULL));
+
+    /* under callgrind (bench/ratelimit-cpu with VALGRIND=1): the
+     * instructions counted from here */
+    if (getenv("RLCPU_ZERO") && system(getenv("RLCPU_ZERO")) != 0) {
+        fprintf(stderr, "ratelimit-cpu: %s failed\n", getenv("RLCPU_ZERO"));
+        exit(1);
+    }
 
     zones = (strcmp(sc, "s9") == 0 || strcmp(sc, "counter3") == 0) ? 3 : 1;
 
@@ -331,6 +341,11 @@ run(const char *sc, script_t *s, int pid, double seconds)
     i1 = info_cpu();
     c1 = proc_cpu(pid);
     info_calls(after, sizeof(after));
+
+    if (getenv("RLCPU_DUMP") && system(getenv("RLCPU_DUMP")) != 0) {
+        fprintf(stderr, "ratelimit-cpu: %s failed\n", getenv("RLCPU_DUMP"));
+        exit(1);
+    }
 
     checks = (double) batches * BATCH;
 
@@ -444,6 +459,13 @@ main(int argc, char **argv)
         freeReplyObject(r);
         free(body);
         nscripts++;
+    }
+
+    if (getenv("RLCPU_USERS")) {
+        users = atoi(getenv("RLCPU_USERS"));
+        if (users < 1) {
+            users = USERS;
+        }
     }
 
     srand(1);
