@@ -1115,11 +1115,14 @@ sub hup_wait {
     my %old = map { $_ => 1 } worker_pids($master);
     kill 'HUP', $master or return ();
     my @new;
+
+    # as many new workers as old ones: a worker just forked still has the
+    # master's title for a moment, and is not counted until it names itself
     wait_until($secs // 10, sub {
         return 0 if grep { _alive($_) } keys %old;
         @new = worker_pids($master);
-        return scalar @new;
-    }) or return ();
+        return @new >= keys %old;
+    }) or return @new;
     return @new;
 }
 
