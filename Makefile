@@ -27,7 +27,8 @@
 #   make image-test       build the image and test it against Redis and the
 #                         Kafka mock (t/image-test)
 #   make lua              after editing lua/*.lua: remake the C headers that
-#                         embed the scripts (committed; t/029 checks them)
+#                         embed the scripts (committed; t/029 and t/059
+#                         check them)
 
 SHELL      := /bin/bash
 NGINX_SRC  ?= /usr/share/nginx/src
@@ -163,11 +164,25 @@ fuzz: $(B)/Makefile
 	    NGX_BUILD=$(B)
 
 # the Lua scripts, committed as C strings so that every build (the image,
-# the Debian packages) takes the sources as they are
+# the Debian packages) takes the sources as they are; the cache's, sent
+# whole with every EVAL, without their comments and indentation (-s)
+LUA2C_CACHE := scripts/lua2c -s -t t/059-cache-scripts.t
+
 lua:
 	scripts/lua2c lua/ratelimit.lua ngx_http_aai_ratelimit_script \
 	    > ngx_http_aai_ratelimit_lua.h.tmp
 	mv ngx_http_aai_ratelimit_lua.h.tmp ngx_http_aai_ratelimit_lua.h
+	$(LUA2C_CACHE) lua/cache_store.lua ngx_http_aai_cache_store_lua \
+	    lua/cache_pieces.lua ngx_http_aai_cache_pieces_lua \
+	    > ngx_http_aai_cache_store_lua.h.tmp
+	mv ngx_http_aai_cache_store_lua.h.tmp ngx_http_aai_cache_store_lua.h
+	$(LUA2C_CACHE) lua/cache_renew.lua ngx_http_aai_cache_renew_lua \
+	    lua/cache_release.lua ngx_http_aai_cache_release_lua \
+	    > ngx_http_aai_cache_lock_lua.h.tmp
+	mv ngx_http_aai_cache_lock_lua.h.tmp ngx_http_aai_cache_lock_lua.h
+	$(LUA2C_CACHE) lua/cache_purge.lua ngx_http_aai_cache_purge_lua \
+	    > ngx_http_aai_cache_purge_lua.h.tmp
+	mv ngx_http_aai_cache_purge_lua.h.tmp ngx_http_aai_cache_purge_lua.h
 
 DEB_DIR    ?= build-deb
 

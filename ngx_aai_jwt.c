@@ -14,7 +14,6 @@
 
 
 #define NGX_AAI_JWT_DEFAULT_CACHE   1024
-#define NGX_AAI_JWT_MAX_CACHE       1048576
 #define NGX_AAI_JWT_MAX_KEY_FILE    1048576
 
 /* rejected tokens logged per second and worker, the rest counted */
@@ -107,6 +106,16 @@ static ngx_http_variable_t  ngx_aai_jwt_vars[] = {
       NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
       ngx_http_null_variable
+};
+
+
+/* the bounds of aai_jwt_leeway and aai_jwt_cache (NGX_AAI_JWT_COMMANDS) */
+ngx_aai_conf_post_t  ngx_aai_jwt_leeway_post = {
+    ngx_aai_conf_check_bounds, "leeway", 0, -1
+};
+
+ngx_aai_conf_post_t  ngx_aai_jwt_cache_post = {
+    ngx_aai_conf_check_bounds, "cache size", 0, NGX_AAI_JWT_MAX_CACHE
 };
 
 
@@ -469,32 +478,6 @@ ngx_aai_jwt_conf_token(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
-char *
-ngx_aai_jwt_conf_leeway(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
-{
-    ngx_aai_jwt_loc_conf_t *jcf = ngx_aai_jwt_conf(conf, cmd);
-
-    ngx_str_t  *value;
-
-    if (jcf->leeway != NGX_CONF_UNSET) {
-        return "is duplicate";
-    }
-
-    value = cf->args->elts;
-
-    jcf->leeway = ngx_parse_time(&value[1], 1);
-
-    if (jcf->leeway == (time_t) NGX_ERROR) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid leeway \"%V\" in \"%V\"",
-                           &value[1], &cmd->name);
-        return NGX_CONF_ERROR;
-    }
-
-    return NGX_CONF_OK;
-}
-
-
 /* aai_jwt_claim $variable name; at http level: variables are global */
 
 char *
@@ -584,66 +567,6 @@ ngx_aai_jwt_conf_check(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     *field = value[1];
-
-    return NGX_CONF_OK;
-}
-
-
-char *
-ngx_aai_jwt_conf_require(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
-{
-    ngx_aai_jwt_loc_conf_t *jcf = ngx_aai_jwt_conf(conf, cmd);
-
-    ngx_str_t  *value;
-
-    if (jcf->require != NGX_CONF_UNSET) {
-        return "is duplicate";
-    }
-
-    value = cf->args->elts;
-
-    if (ngx_strcasecmp(value[1].data, (u_char *) "on") == 0) {
-        jcf->require = 1;
-
-    } else if (ngx_strcasecmp(value[1].data, (u_char *) "off") == 0) {
-        jcf->require = 0;
-
-    } else {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid value \"%V\" in \"%V\", "
-                           "it must be \"on\" or \"off\"",
-                           &value[1], &cmd->name);
-        return NGX_CONF_ERROR;
-    }
-
-    return NGX_CONF_OK;
-}
-
-
-char *
-ngx_aai_jwt_conf_cache(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
-{
-    ngx_aai_jwt_loc_conf_t *jcf = ngx_aai_jwt_conf(conf, cmd);
-
-    ngx_int_t   n;
-    ngx_str_t  *value;
-
-    if (jcf->cache_size != NGX_CONF_UNSET_UINT) {
-        return "is duplicate";
-    }
-
-    value = cf->args->elts;
-
-    n = ngx_atoi(value[1].data, value[1].len);
-
-    if (n == NGX_ERROR || n > NGX_AAI_JWT_MAX_CACHE) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid cache size \"%V\" in \"%V\"",
-                           &value[1], &cmd->name);
-        return NGX_CONF_ERROR;
-    }
-
-    jcf->cache_size = n;
 
     return NGX_CONF_OK;
 }

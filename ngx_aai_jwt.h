@@ -21,7 +21,11 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 
+#include "ngx_aai_conf.h"
 #include "ngx_aai_jwt_token.h"
+
+
+#define NGX_AAI_JWT_MAX_CACHE       1048576
 
 
 /* per-location configuration, embedded in the rate limiter's loc conf */
@@ -57,16 +61,14 @@ typedef struct {
 char *ngx_aai_jwt_conf_key(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 char *ngx_aai_jwt_conf_token(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
-char *ngx_aai_jwt_conf_leeway(ngx_conf_t *cf, ngx_command_t *cmd,
-    void *conf);
 char *ngx_aai_jwt_conf_claim(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 char *ngx_aai_jwt_conf_check(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
-char *ngx_aai_jwt_conf_require(ngx_conf_t *cf, ngx_command_t *cmd,
-    void *conf);
-char *ngx_aai_jwt_conf_cache(ngx_conf_t *cf, ngx_command_t *cmd,
-    void *conf);
+
+/* cmd->post of aai_jwt_leeway and aai_jwt_cache */
+extern ngx_aai_conf_post_t  ngx_aai_jwt_leeway_post;
+extern ngx_aai_conf_post_t  ngx_aai_jwt_cache_post;
 
 
 #define NGX_AAI_JWT_CONF_ANY                                                  \
@@ -75,6 +77,11 @@ char *ngx_aai_jwt_conf_cache(ngx_conf_t *cf, ngx_command_t *cmd,
 #define NGX_AAI_JWT_COMMAND(name, flags, handler, type, member, post)        \
     { ngx_string(name), flags, handler, NGX_HTTP_LOC_CONF_OFFSET,             \
       offsetof(type, member), post },
+
+/* a directive of one value: a standard slot on its field of the struct */
+#define NGX_AAI_JWT_SLOT(name, flags, slot, type, member, field, post)       \
+    { ngx_string(name), flags, slot, NGX_HTTP_LOC_CONF_OFFSET,                \
+      offsetof(type, member.field), post },
 
 /*
  * The aai_jwt_* directives, for the rate limiter's commands array, just
@@ -89,9 +96,10 @@ char *ngx_aai_jwt_conf_cache(ngx_conf_t *cf, ngx_command_t *cmd,
     NGX_AAI_JWT_COMMAND("aai_jwt_token",                                      \
                         NGX_AAI_JWT_CONF_ANY|NGX_CONF_TAKE1,                  \
                         ngx_aai_jwt_conf_token, type, member, NULL)           \
-    NGX_AAI_JWT_COMMAND("aai_jwt_leeway",                                     \
-                        NGX_AAI_JWT_CONF_ANY|NGX_CONF_TAKE1,                  \
-                        ngx_aai_jwt_conf_leeway, type, member, NULL)          \
+    NGX_AAI_JWT_SLOT("aai_jwt_leeway",                                        \
+                     NGX_AAI_JWT_CONF_ANY|NGX_CONF_TAKE1,                     \
+                     ngx_aai_conf_set_sec_slot, type, member, leeway,         \
+                     &ngx_aai_jwt_leeway_post)                                \
     NGX_AAI_JWT_COMMAND("aai_jwt_claim",                                      \
                         NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE2,                    \
                         ngx_aai_jwt_conf_claim, type, member, NULL)           \
@@ -101,12 +109,13 @@ char *ngx_aai_jwt_conf_cache(ngx_conf_t *cf, ngx_command_t *cmd,
     NGX_AAI_JWT_COMMAND("aai_jwt_audience",                                   \
                         NGX_AAI_JWT_CONF_ANY|NGX_CONF_TAKE1,                  \
                         ngx_aai_jwt_conf_check, type, member, "aud")          \
-    NGX_AAI_JWT_COMMAND("aai_jwt_require",                                    \
-                        NGX_AAI_JWT_CONF_ANY|NGX_CONF_FLAG,                   \
-                        ngx_aai_jwt_conf_require, type, member, NULL)         \
-    NGX_AAI_JWT_COMMAND("aai_jwt_cache",                                      \
-                        NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,                    \
-                        ngx_aai_jwt_conf_cache, type, member, NULL)
+    NGX_AAI_JWT_SLOT("aai_jwt_require",                                       \
+                     NGX_AAI_JWT_CONF_ANY|NGX_CONF_FLAG,                      \
+                     ngx_conf_set_flag_slot, type, member, require, NULL)     \
+    NGX_AAI_JWT_SLOT("aai_jwt_cache",                                         \
+                     NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,                       \
+                     ngx_aai_conf_set_num_slot, type, member, cache_size,     \
+                     &ngx_aai_jwt_cache_post)
 
 
 /*

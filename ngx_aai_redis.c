@@ -23,7 +23,8 @@
  * ngx_aai_redis_conn.c (connection lifecycle, handshake, failure,
  * backoff, timers), ngx_aai_redis_circuit.c (the circuit state shared by
  * every client in shared memory), ngx_aai_redis_tls.c (tls=on),
- * ngx_aai_redis_sentinel.c (sentinel=).
+ * ngx_aai_redis_sentinel.c (sentinel=), ngx_aai_redis_resolve.c (host
+ * names looked up again with nginx's resolver).
  */
 
 
@@ -33,6 +34,7 @@
 #include <ngx_event_connect.h>
 
 #include "ngx_aai_redis_int.h"
+#include "ngx_aai_metrics.h"
 
 
 static ngx_aai_redis_conn_t *ngx_aai_redis_pick(ngx_aai_redis_t *rs);
@@ -122,6 +124,7 @@ ngx_aai_redis_pick(ngx_aai_redis_t *rs)
             }
             break;
 
+        case NGX_AAI_REDIS_RESOLVING:
         case NGX_AAI_REDIS_CONNECTING:
         case NGX_AAI_REDIS_TLS:
         case NGX_AAI_REDIS_HANDSHAKE:
@@ -917,15 +920,171 @@ ngx_int_t
 ngx_aai_redis_metrics(ngx_aai_redis_t *rs, struct ngx_aai_metrics_s *m,
     const char *client)
 {
-    if (rs->cluster == NULL) {
-        return NGX_OK;
+    ngx_str_t              address;
+    ngx_aai_redis_conf_t  *rcf;
+
+    if (rs->cluster) {
+        return ngx_aai_redis_cluster_metrics(rs->cluster, m, client);
     }
 
-    return ngx_aai_redis_cluster_metrics(rs->cluster, m, client);
+    /* node 0: the address as written, or the primary of master= */
+
+    rcf = rs->conf;
+
+    if (rcf->nsentinels) {
+        address.len = sizeof("master=") - 1 + rcf->master.len;
+        address.data = ngx_pnalloc(ngx_cycle->pool, address.len);
+        if (address.data == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_memcpy(ngx_cpymem(address.data, "master=", 7),
+                   rcf->master.data, rcf->master.len);
+
+    } else {
+        address = rcf->url;
+    }
+
+    return ngx_aai_redis_node_metrics(rs, m, client, 0, &address);
 }
 
 
-/* for ngx_aai_redis_cluster.c */
+/*
+ * A client's (or a cluster node client's) own metrics: its open
+ * connections, its connection failures by reason and an info gauge that
+ * names its address, all labelled client="...",node="N".
+ */
+
+ngx_int_t
+ngx_aai_redis_node_metrics(ngx_aai_redis_t *rs, struct ngx_aai_metrics_s *m,
+    const char *client, ngx_uint_t node, ngx_str_t *address)
+{
+    u_char      *p, *last;
+    ngx_str_t    label;
+    ngx_uint_t   i, k;
+
+    static const char  *reasons[] = {
+        "refused", "timeout", "lost", "tls", "auth", "resolve"
+    };
+
+    p = ngx_pnalloc(ngx_cycle->pool, 64 + 2 * NGX_SOCKADDR_STRLEN);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    label.data = p;
+    last = p + 64 + 2 * NGX_SOCKADDR_STRLEN;
+
+    p = ngx_slprintf(p, last, "client=\"%s\",node=\"%ui\",address=\"",
+                     client, node);
+
+    /* the label's value escaped as the text format wants; cut if long */
+
+    for (i = 0; i < address->len && p < last - 3; i++) {
+        k = address->data[i];
+
+        if (k == '"' || k == '\\') {
+            *p++ = '\\';
+
+        } else if (k < 0x20) {
+            continue;
+        }
+
+        *p++ = (u_char) k;
+    }
+
+    *p++ = '"';
+    label.len = p - label.data;
+
+    rs->m_info = ngx_aai_metrics_add(m, NGX_AAI_METRIC_GAUGE,
+                                     "aai_redis_node_info",
+                                     "A Redis client's node and its address "
+                                     "(1).", &label);
+    if (rs->m_info == NGX_ERROR) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_pnalloc(ngx_cycle->pool, 64);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    label.data = p;
+    label.len = ngx_snprintf(p, 64, "client=\"%s\",node=\"%ui\"",
+                             client, node) - p;
+
+    rs->m_conns = ngx_aai_metrics_add(m, NGX_AAI_METRIC_GAUGE,
+                                      "aai_redis_connections",
+                                      "Open Redis connections, all workers.",
+                                      &label);
+    if (rs->m_conns == NGX_ERROR) {
+        return NGX_ERROR;
+    }
+
+    for (k = 0; k < NGX_AAI_REDIS_E_NUMBER; k++) {
+        p = ngx_pnalloc(ngx_cycle->pool, 96);
+        if (p == NULL) {
+            return NGX_ERROR;
+        }
+
+        label.data = p;
+        label.len = ngx_snprintf(p, 96, "client=\"%s\",node=\"%ui\","
+                                 "reason=\"%s\"", client, node, reasons[k])
+                    - p;
+
+        rs->m_errors[k] = ngx_aai_metrics_add(m, NGX_AAI_METRIC_COUNTER,
+                                      "aai_redis_errors_total",
+                                      "Redis connections failed, by reason.",
+                                      &label);
+        if (rs->m_errors[k] == NGX_ERROR) {
+            return NGX_ERROR;
+        }
+    }
+
+    rs->metrics = m;
+
+    return NGX_OK;
+}
+
+
+/* in a worker: the info gauge says 1 */
+
+void
+ngx_aai_redis_metrics_init_worker(ngx_aai_redis_t *rs)
+{
+    if (rs->metrics) {
+        ngx_aai_metrics_set(rs->metrics, rs->m_info, 1);
+    }
+}
+
+
+/*
+ * delta: a connection opened (1) or closed (-1); else error: a failure of
+ * that reason
+ */
+
+void
+ngx_aai_redis_count(ngx_aai_redis_conn_t *conn, ngx_int_t delta,
+    ngx_uint_t error)
+{
+    ngx_aai_redis_t  *rs;
+
+    rs = conn->rs;
+
+    if (rs->metrics == NULL) {
+        return;
+    }
+
+    if (delta) {
+        ngx_aai_metrics_inc(rs->metrics, rs->m_conns, delta);
+        return;
+    }
+
+    ngx_aai_metrics_inc(rs->metrics, rs->m_errors[error], 1);
+}
+
+
+/* for ngx_aai_redis_cluster*.c */
 
 
 ngx_aai_redis_cmd_t *

@@ -62,6 +62,10 @@ typedef void (*ngx_aai_redis_handler_pt)(ngx_aai_redis_result_t *res,
 typedef struct {
     ngx_addr_t                *addrs;      /* resolved at configuration time */
     ngx_uint_t                 naddrs;
+    ngx_flag_t                 hostname;   /* host is a name, not an address:
+                                              looked up again by a worker
+                                              with nginx's resolver */
+    in_port_t                  port;       /* of the address, with host */
     ngx_str_t                  url;        /* as written, for logs */
     ngx_str_t                  user;       /* ACL user name, or empty */
     ngx_str_t                  password;   /* empty: no AUTH */
@@ -84,10 +88,15 @@ typedef struct {
     /* Sentinel (sentinel=): the primary is asked of these at run time */
     ngx_addr_t                *sentinels;
     ngx_uint_t                 nsentinels;
+    ngx_str_t                 *sentinel_names; /* NULL, or per sentinel its
+                                                  host name (empty: an IP
+                                                  address) */
     ngx_str_t                  master;
     ngx_str_t                  sentinel_password;
 
     /* cluster=: addrs are the seed nodes (ngx_aai_redis_cluster.h) */
+    ngx_str_t                 *seed_names; /* NULL, or per seed its host
+                                              name (empty: an IP address) */
     ngx_uint_t                 cluster;
     ngx_uint_t                 cluster_node;  /* a node of a cluster */
 } ngx_aai_redis_conf_t;
@@ -105,7 +114,11 @@ typedef struct {
  *               [tls_verify=on|off];
  *
  * address is host:port (default port 6379) or unix:/path.  A host name is
- * resolved here, never at run time.  Or, instead of an address,
+ * resolved here; when the http block has a "resolver", a worker looks it
+ * up again with that resolver, without blocking, each time a connection is
+ * reestablished after a failure or a close (ngx_aai_redis_resolve.c): a
+ * DNS-based failover is followed without a reload.  Or, instead of an
+ * address,
  * sentinel=host:port,host:port,... master=NAME [sentinel_password=P|env:V]:
  * in each worker the client asks the sentinels for the primary of NAME
  * (SENTINEL get-master-addr-by-name), checks it with ROLE after

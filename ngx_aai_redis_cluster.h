@@ -4,7 +4,9 @@
  *
  * ngx_aai_redis_cluster: the Redis Cluster side of ngx_aai_redis
  * (cluster=host:port,...).  Private to the client: the modules see one
- * ngx_aai_redis_t and send commands to it as to a single Redis.
+ * ngx_aai_redis_t and send commands to it as to a single Redis.  The
+ * cluster's own files (ngx_aai_redis_cluster*.c) share
+ * ngx_aai_redis_cluster_int.h.
  *
  * A cluster client owns a fixed set of node clients (ordinary
  * ngx_aai_redis_t, each with its own connections, pipelining, backoff and
@@ -99,6 +101,14 @@ ngx_aai_redis_cmd_t *ngx_aai_redis_send_asking(ngx_aai_redis_t *rs,
     ngx_aai_redis_handler_pt handler, void *data);
 ngx_int_t ngx_aai_redis_set_node(ngx_aai_redis_t *rs, ngx_str_t *host,
     ngx_uint_t port);
+ngx_int_t ngx_aai_redis_node_metrics(ngx_aai_redis_t *rs,
+    ngx_aai_metrics_t *m, const char *client, ngx_uint_t node,
+    ngx_str_t *address);
+void ngx_aai_redis_unsubscribe_all(ngx_aai_redis_t *rs);
+ngx_uint_t ngx_aai_redis_sub_failing(ngx_aai_redis_t *rs);
+
+/* in ngx_aai_redis_conf.c, for the cluster */
+ngx_flag_t ngx_aai_redis_conf_is_name(ngx_str_t *host);
 
 
 #endif /* _NGX_AAI_REDIS_CLUSTER_H_INCLUDED_ */

@@ -108,10 +108,14 @@ ngx_aai_redis_conf_parse(ngx_conf_t *cf, ngx_aai_redis_conf_t *rcf)
 
     rcf->sentinels = NULL;
     rcf->nsentinels = 0;
+    rcf->sentinel_names = NULL;
     ngx_str_null(&rcf->master);
     ngx_str_null(&rcf->sentinel_password);
+    rcf->seed_names = NULL;
     rcf->cluster = 0;
     rcf->cluster_node = 0;
+    rcf->hostname = 0;
+    rcf->port = 0;
 
     ngx_memzero(&u, sizeof(ngx_url_t));
 
@@ -143,6 +147,8 @@ ngx_aai_redis_conf_parse(ngx_conf_t *cf, ngx_aai_redis_conf_t *rcf)
         rcf->addrs = u.addrs;
         rcf->naddrs = u.naddrs;
         rcf->host = u.host;
+        rcf->hostname = ngx_aai_redis_conf_is_name(&u.host);
+        rcf->port = ngx_inet_get_port(u.addrs[0].sockaddr);
     }
 
     rcf->url = value[1];
@@ -241,6 +247,21 @@ ngx_aai_redis_conf_sentinels(ngx_conf_t *cf, ngx_aai_redis_conf_t *rcf,
             return NGX_CONF_ERROR;
         }
 
+        if (ngx_aai_redis_conf_is_name(&u.host)) {
+
+            /* looked up again at run time if there is a resolver */
+
+            if (rcf->sentinel_names == NULL) {
+                rcf->sentinel_names = ngx_pcalloc(cf->pool,
+                                                  n * sizeof(ngx_str_t));
+                if (rcf->sentinel_names == NULL) {
+                    return NGX_CONF_ERROR;
+                }
+            }
+
+            rcf->sentinel_names[rcf->nsentinels] = u.host;
+        }
+
         addrs[rcf->nsentinels++] = u.addrs[0];
         p = comma + 1;
     }
@@ -263,6 +284,19 @@ ngx_aai_redis_conf_sentinels(ngx_conf_t *cf, ngx_aai_redis_conf_t *rcf,
     rcf->naddrs = 1;
 
     return NGX_CONF_OK;
+}
+
+
+/* a host name, which a resolver can look up again; not an IP address */
+
+ngx_flag_t
+ngx_aai_redis_conf_is_name(ngx_str_t *host)
+{
+    if (host->len == 0 || host->data[0] == '[') {
+        return 0;
+    }
+
+    return ngx_inet_addr(host->data, host->len) == INADDR_NONE;
 }
 
 

@@ -7,10 +7,12 @@
  * SELECT, ROLE, PING) and its replies, ready, close, failure with its
  * backoff and reconnect, and the timers.
  *
- * Each connection goes CLOSED -> CONNECTING [-> TLS] -> HANDSHAKE ->
- * READY, and -> BACKOFF on any failure.  The handshake is the same for
- * every connection of a client and is built once per worker.  One timer
- * per connection guards the oldest pending command's deadline.
+ * Each connection goes CLOSED [-> RESOLVING] -> CONNECTING [-> TLS] ->
+ * HANDSHAKE -> READY, and -> BACKOFF on any failure (RESOLVING: a host
+ * name looked up again on a reconnect, ngx_aai_redis_resolve.c).  The
+ * handshake is the same for every connection of a client and is built
+ * once per worker.  One timer per connection guards the oldest pending
+ * command's deadline.
  */
 
 
@@ -26,6 +28,8 @@ static ngx_int_t ngx_aai_redis_handshake_init(ngx_aai_redis_t *rs);
 static void ngx_aai_redis_conn_destroy(ngx_aai_redis_conn_t *conn);
 static void ngx_aai_redis_ready(ngx_aai_redis_conn_t *conn);
 static ngx_uint_t ngx_aai_redis_any_ready(ngx_aai_redis_t *rs);
+static ngx_uint_t ngx_aai_redis_reason(ngx_aai_redis_conn_t *conn,
+    const char *error);
 static void ngx_aai_redis_timer_handler(ngx_event_t *ev);
 static void ngx_aai_redis_backoff_handler(ngx_event_t *ev);
 static ngx_uint_t ngx_aai_redis_next_deadline(ngx_aai_redis_conn_t *conn,
@@ -59,6 +63,9 @@ ngx_aai_redis_init_worker(ngx_aai_redis_t *rs, ngx_cycle_t *cycle)
     }
 
     rs->log = cycle->log;
+
+    ngx_aai_redis_resolver_init(rs, cycle);
+    ngx_aai_redis_metrics_init_worker(rs);
 
     if (rs->cluster) {
         rs->initialized = 1;
@@ -198,6 +205,44 @@ ngx_aai_redis_exit_worker(ngx_aai_redis_t *rs)
     }
 
     rs->initialized = 0;
+}
+
+
+/*
+ * For a cluster whose pub/sub node went down: the subscriptions and their
+ * connection are dropped here, to be made on another node.
+ */
+
+void
+ngx_aai_redis_unsubscribe_all(ngx_aai_redis_t *rs)
+{
+    ngx_uint_t  i;
+
+    if (rs->subconn) {
+        if (rs->subconn->failures) {
+            rs->nfailing--;
+        }
+
+        ngx_aai_redis_conn_destroy(rs->subconn);
+        ngx_free(rs->subconn);
+        rs->subconn = NULL;
+    }
+
+    for (i = 0; i < rs->nsubs; i++) {
+        ngx_free(rs->subs[i].name.data);
+    }
+
+    rs->nsubs = 0;
+}
+
+
+/* 1: the pub/sub connection failed and is not restored */
+
+ngx_uint_t
+ngx_aai_redis_sub_failing(ngx_aai_redis_t *rs)
+{
+    return rs->subconn != NULL && rs->subconn->failures > 0
+           && rs->subconn->state != NGX_AAI_REDIS_READY;
 }
 
 
@@ -370,13 +415,8 @@ ngx_aai_redis_conn_destroy(ngx_aai_redis_conn_t *conn)
 ngx_int_t
 ngx_aai_redis_connect(ngx_aai_redis_conn_t *conn)
 {
-    ngx_int_t              rc;
-    ngx_err_t              err;
-    ngx_uint_t             step;
     ngx_addr_t            *addr;
     ngx_aai_redis_t       *rs;
-    ngx_connection_t      *c;
-    ngx_aai_redis_cmd_t   *cmd;
     ngx_aai_redis_conf_t  *rcf;
 
     rs = conn->rs;
@@ -396,12 +436,41 @@ ngx_aai_redis_connect(ngx_aai_redis_conn_t *conn)
     } else if (rs->primary_known) {
         addr = &rs->primary;            /* a cluster node's, from the map */
 
+    } else if (conn->reconnect && rcf->hostname && rs->resolver) {
+
+        /* the name is looked up again; it connects when answered */
+
+        return ngx_aai_redis_resolve(conn);
+
+    } else if (conn->resolved) {
+        addr = &conn->raddr;
+
     } else {
         addr = &rcf->addrs[conn->addr % rcf->naddrs];
     }
 
+    return ngx_aai_redis_connect_addr(conn, addr);
+}
+
+
+ngx_int_t
+ngx_aai_redis_connect_addr(ngx_aai_redis_conn_t *conn, ngx_addr_t *addr)
+{
+    ngx_int_t              rc;
+    ngx_err_t              err;
+    ngx_uint_t             step;
+    ngx_queue_t           *first;
+    ngx_aai_redis_t       *rs;
+    ngx_connection_t      *c;
+    ngx_aai_redis_cmd_t   *cmd;
+    ngx_aai_redis_conf_t  *rcf;
+
+    rs = conn->rs;
+    rcf = rs->conf;
+
     conn->name = &addr->name;
     conn->state = NGX_AAI_REDIS_CONNECTING;
+    conn->reconnect = 1;
 
     conn->reader = ngx_aai_redis_reader_create();
     if (conn->reader == NULL) {
@@ -409,7 +478,12 @@ ngx_aai_redis_connect(ngx_aai_redis_conn_t *conn)
         return NGX_ERROR;
     }
 
-    /* the handshake replies come first: queue their commands first */
+    /*
+     * The handshake replies come first: its commands go before any user
+     * command queued while the name was looked up.
+     */
+
+    first = ngx_queue_head(&conn->queue);
 
     for (step = NGX_AAI_REDIS_CMD_AUTH;
          step <= NGX_AAI_REDIS_CMD_PING;
@@ -433,7 +507,9 @@ ngx_aai_redis_connect(ngx_aai_redis_conn_t *conn)
                         + rcf->timeout;
         cmd->start_us = ngx_aai_redis_now_us();
 
-        ngx_queue_insert_tail(&conn->queue, &cmd->queue);
+        /* before "first", which is the queue's sentinel if it is empty */
+
+        ngx_queue_insert_tail(first, &cmd->queue);
         conn->npending++;
     }
 
@@ -545,6 +621,11 @@ ngx_aai_redis_ready(ngx_aai_redis_conn_t *conn)
     conn->state = NGX_AAI_REDIS_READY;
     conn->backoff = 0;
 
+    if (!conn->counted) {
+        conn->counted = 1;
+        ngx_aai_redis_count(conn, 1, 0);
+    }
+
     ngx_aai_redis_circuit_close(rs);
 
     if (conn->failures) {
@@ -585,7 +666,16 @@ ngx_aai_redis_close(ngx_aai_redis_conn_t *conn)
 #if (NGX_SSL)
     ngx_pool_t        *pool;
     ngx_connection_t  *c;
+#endif
 
+    ngx_aai_redis_resolve_cancel(conn);
+
+    if (conn->counted) {
+        conn->counted = 0;
+        ngx_aai_redis_count(conn, -1, 0);
+    }
+
+#if (NGX_SSL)
     c = conn->pc.connection;
     pool = c ? c->pool : NULL;
 
@@ -647,6 +737,9 @@ ngx_aai_redis_fail(ngx_aai_redis_conn_t *conn, ngx_err_t err,
 
     rs = conn->rs;
     last = text + sizeof(text);
+
+    ngx_aai_redis_count(conn, 0, ngx_aai_redis_reason(conn, error));
+    conn->auth_failed = 0;
 
     va_start(args, fmt);
     p = ngx_vslprintf(text, last, fmt, args);
@@ -747,6 +840,36 @@ ngx_aai_redis_fail(ngx_aai_redis_conn_t *conn, ngx_err_t err,
 }
 
 
+/* aai_redis_errors_total's reason of a failure, from where it happened */
+
+static ngx_uint_t
+ngx_aai_redis_reason(ngx_aai_redis_conn_t *conn, const char *error)
+{
+    if (error == ngx_aai_redis_timeout) {
+        return NGX_AAI_REDIS_E_TIMEOUT;
+    }
+
+    if (conn->auth_failed) {
+        return NGX_AAI_REDIS_E_AUTH;
+    }
+
+    switch (conn->state) {
+
+    case NGX_AAI_REDIS_RESOLVING:
+        return NGX_AAI_REDIS_E_RESOLVE;
+
+    case NGX_AAI_REDIS_CONNECTING:
+        return NGX_AAI_REDIS_E_REFUSED;
+
+    case NGX_AAI_REDIS_TLS:
+        return NGX_AAI_REDIS_E_TLS;
+
+    default:
+        return NGX_AAI_REDIS_E_LOST;
+    }
+}
+
+
 static ngx_uint_t
 ngx_aai_redis_any_ready(ngx_aai_redis_t *rs)
 {
@@ -782,6 +905,15 @@ ngx_aai_redis_handshake_reply(ngx_aai_redis_conn_t *conn,
         len = ngx_min(reply->len, sizeof(text));
         ngx_memcpy(text, reply->str, len);
         freeReplyObject(reply);
+
+        /* AUTH refused, or a command refused for want of it */
+
+        if (step == NGX_AAI_REDIS_CMD_AUTH
+            || (len >= 6 && ngx_strncmp(text, "NOAUTH", 6) == 0)
+            || (len >= 9 && ngx_strncmp(text, "WRONGPASS", 9) == 0))
+        {
+            conn->auth_failed = 1;
+        }
 
         ngx_aai_redis_fail(conn, 0, "connection lost", "%s failed: %*s",
                            names[step], len, text);
@@ -847,7 +979,10 @@ ngx_aai_redis_timer_handler(ngx_event_t *ev)
                        conn->state == NGX_AAI_REDIS_READY
                        ? "command"
                        : conn->state == NGX_AAI_REDIS_TLS
-                         ? "TLS handshake" : "handshake");
+                         ? "TLS handshake"
+                         : conn->state == NGX_AAI_REDIS_RESOLVING
+                           ? "command (the name not yet resolved)"
+                           : "handshake");
 }
 
 

@@ -50,7 +50,8 @@ typedef enum {
     NGX_AAI_REDIS_HANDSHAKE,
     NGX_AAI_REDIS_READY,
     NGX_AAI_REDIS_BACKOFF,
-    NGX_AAI_REDIS_TLS               /* connected, TLS handshake */
+    NGX_AAI_REDIS_TLS,              /* connected, TLS handshake */
+    NGX_AAI_REDIS_RESOLVING         /* the host name looked up again */
 } ngx_aai_redis_state_e;
 
 
@@ -64,12 +65,25 @@ typedef enum {
 } ngx_aai_redis_step_e;
 
 
+/* the reasons of aai_redis_errors_total, by which a connection failed */
+typedef enum {
+    NGX_AAI_REDIS_E_REFUSED = 0,    /* connect() failed */
+    NGX_AAI_REDIS_E_TIMEOUT,        /* connect, handshake, command, lookup */
+    NGX_AAI_REDIS_E_LOST,           /* closed, reset, a protocol error */
+    NGX_AAI_REDIS_E_TLS,            /* TLS handshake or verification */
+    NGX_AAI_REDIS_E_AUTH,           /* AUTH refused, or NOAUTH */
+    NGX_AAI_REDIS_E_RESOLVE,        /* the host name not resolved */
+    NGX_AAI_REDIS_E_NUMBER
+} ngx_aai_redis_error_e;
+
+
 /* the connection to a sentinel */
 typedef enum {
     NGX_AAI_REDIS_SENTINEL_IDLE = 0,    /* waiting to (re)connect */
     NGX_AAI_REDIS_SENTINEL_CONNECTING,
     NGX_AAI_REDIS_SENTINEL_ASKED,       /* replies expected */
-    NGX_AAI_REDIS_SENTINEL_SUBSCRIBED   /* +switch-master messages */
+    NGX_AAI_REDIS_SENTINEL_SUBSCRIBED,  /* +switch-master messages */
+    NGX_AAI_REDIS_SENTINEL_RESOLVING    /* its host name looked up again */
 } ngx_aai_redis_sentinel_state_e;
 
 
@@ -108,6 +122,12 @@ typedef struct {
     ngx_uint_t                  failures;   /* since last READY */
     ngx_uint_t                  addr;       /* next address to try */
 
+    /* the host name as the resolver last answered (resolver configured) */
+    ngx_resolver_ctx_t         *rctx;       /* a lookup under way */
+    ngx_addr_t                  raddr;
+    ngx_sockaddr_t              rsa;
+    u_char                      rname[NGX_SOCKADDR_STRLEN];
+
 #if (NGX_SSL)
     ngx_ssl_session_t          *ssl_session;   /* reused on reconnect */
     size_t                      tls_error_len;
@@ -115,6 +135,10 @@ typedef struct {
 #endif
 
     unsigned                    sub:1;      /* pub/sub connection */
+    unsigned                    reconnect:1;  /* connected before */
+    unsigned                    resolved:1; /* raddr is set */
+    unsigned                    counted:1;  /* in aai_redis_connections */
+    unsigned                    auth_failed:1;
 } ngx_aai_redis_conn_t;
 
 
@@ -171,6 +195,13 @@ typedef struct {
     u_char                     *out;
     size_t                      out_len;
     size_t                      out_sent;
+
+    /* sentinels given by name, with a resolver: the last answer */
+    ngx_resolver_ctx_t         *rctx;
+    ngx_addr_t                  raddr;
+    ngx_sockaddr_t              rsa;
+    u_char                      rname[NGX_SOCKADDR_STRLEN];
+    unsigned                    reconnect:1;
 } ngx_aai_redis_sentinel_t;
 
 
@@ -216,6 +247,16 @@ struct ngx_aai_redis_s {
 
     ngx_aai_redis_cluster_t    *cluster;    /* cluster= */
 
+    /* aai_redis_connections, _errors_total, _node_info (NULL: none) */
+    struct ngx_aai_metrics_s   *metrics;
+    ngx_int_t                   m_conns;
+    ngx_int_t                   m_info;
+    ngx_int_t                   m_errors[NGX_AAI_REDIS_E_NUMBER];
+
+    /* the http block's "resolver", if it has one with name servers */
+    ngx_resolver_t             *resolver;
+    ngx_msec_t                  resolver_timeout;
+
     unsigned                    healthy:1;
     unsigned                    initialized:1;
 };
@@ -244,6 +285,10 @@ void ngx_aai_redis_result(ngx_aai_redis_cmd_t *cmd,
     ngx_aai_redis_result_t *res);
 uint64_t ngx_aai_redis_now_us(void);
 
+void ngx_aai_redis_metrics_init_worker(ngx_aai_redis_t *rs);
+void ngx_aai_redis_count(ngx_aai_redis_conn_t *conn, ngx_int_t delta,
+    ngx_uint_t error);
+
 /* ngx_aai_redis_circuit.c */
 
 ngx_int_t ngx_aai_redis_circuit_add(ngx_conf_t *cf, ngx_aai_redis_t *rs);
@@ -264,6 +309,8 @@ void ngx_aai_redis_fail(ngx_aai_redis_conn_t *conn, ngx_err_t err,
     const char *error, const char *fmt, ...);
 ngx_int_t ngx_aai_redis_handshake_reply(ngx_aai_redis_conn_t *conn,
     ngx_aai_redis_cmd_t *cmd, redisReply *reply);
+ngx_int_t ngx_aai_redis_connect_addr(ngx_aai_redis_conn_t *conn,
+    ngx_addr_t *addr);
 void ngx_aai_redis_arm_timer(ngx_aai_redis_conn_t *conn);
 void ngx_aai_redis_post_write(ngx_aai_redis_conn_t *conn);
 
@@ -277,6 +324,17 @@ void ngx_aai_redis_tls_log_writer(ngx_log_t *log, ngx_uint_t level,
 ngx_int_t ngx_aai_redis_tls_send(ngx_aai_redis_conn_t *conn,
     u_char *p, size_t size);
 #endif
+
+/* ngx_aai_redis_resolve.c */
+
+void ngx_aai_redis_resolver_init(ngx_aai_redis_t *rs, ngx_cycle_t *cycle);
+ngx_int_t ngx_aai_redis_resolve_name(ngx_aai_redis_t *rs, ngx_str_t *host,
+    ngx_resolver_handler_pt handler, void *data, ngx_resolver_ctx_t **ctxp);
+ngx_int_t ngx_aai_redis_resolved(ngx_resolver_ctx_t *ctx, ngx_uint_t n,
+    in_port_t port, ngx_addr_t *addr, ngx_sockaddr_t *sa, u_char *text);
+const char *ngx_aai_redis_resolve_strerror(ngx_resolver_ctx_t *ctx);
+ngx_int_t ngx_aai_redis_resolve(ngx_aai_redis_conn_t *conn);
+void ngx_aai_redis_resolve_cancel(ngx_aai_redis_conn_t *conn);
 
 /* ngx_aai_redis_sentinel.c */
 

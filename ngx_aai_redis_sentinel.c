@@ -5,7 +5,9 @@
  * ngx_aai_redis_sentinel: sentinel=.  In each worker, one connection to
  * one sentinel at a time asks for the primary of master=NAME and then
  * listens to +switch-master; a new primary makes every connection to the
- * old one fail its pending commands and connect to the new one.
+ * old one fail its pending commands and connect to the new one.  A
+ * sentinel given by host name is looked up again before each reconnect
+ * when the http block has a resolver (ngx_aai_redis_resolve.c).
  */
 
 
@@ -18,6 +20,9 @@
 
 
 static void ngx_aai_redis_sentinel_connect(ngx_aai_redis_sentinel_t *st);
+static void ngx_aai_redis_sentinel_resolved(ngx_resolver_ctx_t *ctx);
+static void ngx_aai_redis_sentinel_connect_addr(
+    ngx_aai_redis_sentinel_t *st, ngx_addr_t *addr);
 static void ngx_aai_redis_sentinel_close(ngx_aai_redis_sentinel_t *st);
 static void ngx_aai_redis_sentinel_fail(ngx_aai_redis_sentinel_t *st,
     const char *fmt, ...);
@@ -130,8 +135,81 @@ ngx_aai_redis_sentinel_destroy(ngx_aai_redis_t *rs)
 static void
 ngx_aai_redis_sentinel_connect(ngx_aai_redis_sentinel_t *st)
 {
+    ngx_str_t             *host;
+    ngx_aai_redis_t       *rs;
+    ngx_aai_redis_conf_t  *rcf;
+
+    rs = st->rs;
+    rcf = rs->conf;
+
+    host = rcf->sentinel_names
+           ? &rcf->sentinel_names[st->next % rcf->nsentinels] : NULL;
+
+    if (st->reconnect && host && host->len && rs->resolver) {
+
+        /* a sentinel given by name: looked up again, then connected */
+
+        st->state = NGX_AAI_REDIS_SENTINEL_RESOLVING;
+
+        if (ngx_aai_redis_resolve_name(rs, host,
+                                       ngx_aai_redis_sentinel_resolved, st,
+                                       &st->rctx)
+            != NGX_OK)
+        {
+            ngx_aai_redis_sentinel_fail(st, "cannot look up \"%V\"", host);
+        }
+
+        return;
+    }
+
+    ngx_aai_redis_sentinel_connect_addr(st,
+                               &rcf->sentinels[st->next % rcf->nsentinels]);
+}
+
+
+static void
+ngx_aai_redis_sentinel_resolved(ngx_resolver_ctx_t *ctx)
+{
+    ngx_int_t                  state;
+    ngx_str_t                 *host;
+    ngx_addr_t                *addr;
+    const char                *why;
+    ngx_aai_redis_conf_t      *rcf;
+    ngx_aai_redis_sentinel_t  *st;
+
+    st = ctx->data;
+    rcf = st->rs->conf;
+
+    st->rctx = NULL;
+
+    host = &rcf->sentinel_names[st->next % rcf->nsentinels];
+    addr = &rcf->sentinels[st->next % rcf->nsentinels];
+
+    if (ngx_aai_redis_resolved(ctx, 0, ngx_inet_get_port(addr->sockaddr),
+                               &st->raddr, &st->rsa, st->rname)
+        != NGX_OK)
+    {
+        state = ctx->state;
+        why = ngx_aai_redis_resolve_strerror(ctx);
+
+        ngx_resolve_name_done(ctx);
+
+        ngx_aai_redis_sentinel_fail(st, "\"%V\" could not be resolved "
+                                    "(%i: %s)", host, state, why);
+        return;
+    }
+
+    ngx_resolve_name_done(ctx);
+
+    ngx_aai_redis_sentinel_connect_addr(st, &st->raddr);
+}
+
+
+static void
+ngx_aai_redis_sentinel_connect_addr(ngx_aai_redis_sentinel_t *st,
+    ngx_addr_t *addr)
+{
     ngx_int_t              rc;
-    ngx_addr_t            *addr;
     ngx_aai_redis_t       *rs;
     ngx_connection_t      *c;
     ngx_aai_redis_conf_t  *rcf;
@@ -139,7 +217,7 @@ ngx_aai_redis_sentinel_connect(ngx_aai_redis_sentinel_t *st)
     rs = st->rs;
     rcf = rs->conf;
 
-    addr = &rcf->sentinels[st->next % rcf->nsentinels];
+    st->reconnect = 1;
 
     st->reader = ngx_aai_redis_reader_create();
     if (st->reader == NULL) {
@@ -197,6 +275,15 @@ ngx_aai_redis_sentinel_connect(ngx_aai_redis_sentinel_t *st)
 static void
 ngx_aai_redis_sentinel_close(ngx_aai_redis_sentinel_t *st)
 {
+    ngx_resolver_ctx_t  *ctx;
+
+    ctx = st->rctx;
+
+    if (ctx) {
+        st->rctx = NULL;
+        ngx_resolve_name_done(ctx);
+    }
+
     if (st->pc.connection) {
         ngx_close_connection(st->pc.connection);
         st->pc.connection = NULL;

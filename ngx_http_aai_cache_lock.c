@@ -28,19 +28,22 @@ static ngx_msec_t ngx_http_aai_cache_lease_time(ngx_http_request_t *r);
 static void ngx_http_aai_cache_renew(ngx_event_t *ev);
 
 
-/* KEYS: lock key; ARGV: token, px */
-static ngx_str_t  ngx_http_aai_cache_renew_script = ngx_string(
-    "if redis.call('get', KEYS[1]) == ARGV[1] then "
-    "return redis.call('pexpire', KEYS[1], ARGV[2]) end "
-    "return 0");
+/*
+ * The lock's scripts, from lua/cache_renew.lua and lua/cache_release.lua
+ * (which say what they do, their arguments and their reply); "make lua"
+ * remakes the header after an edit.
+ */
+
+#include "ngx_http_aai_cache_lock_lua.h"
 
 
-/* KEYS: lock key; ARGV: token, channel, message */
-ngx_str_t  ngx_http_aai_cache_release_script = ngx_string(
-    "if redis.call('get', KEYS[1]) == ARGV[1] then "
-    "redis.call('del', KEYS[1]) end "
-    "redis.call('publish', ARGV[2], ARGV[3]) "
-    "return 1");
+/* the lease renewed */
+static ngx_str_t  ngx_http_aai_cache_renew_script =
+    ngx_string(ngx_http_aai_cache_renew_lua);
+
+/* the lock let go and its waiters told */
+ngx_str_t  ngx_http_aai_cache_release_script =
+    ngx_string(ngx_http_aai_cache_release_lua);
 
 
 /* per worker */

@@ -25,17 +25,17 @@ static ngx_int_t ngx_http_aai_cache_purge_send(ngx_http_request_t *r,
     ngx_uint_t status, ngx_int_t n);
 
 
-/* KEYS: base keys; returns the number of entries deleted */
-static ngx_str_t  ngx_http_aai_cache_purge_script = ngx_string(
-    "local n = 0 "
-    "for i = 1, #KEYS do "
-    "local s = KEYS[i] .. ':v' "
-    "local vs = redis.call('smembers', s) "
-    "for j = 1, #vs do n = n + redis.call('del', vs[j]) end "
-    "n = n + redis.call('del', KEYS[i]) "
-    "redis.call('del', s) "
-    "end "
-    "return n");
+/*
+ * The purge's script, from lua/cache_purge.lua (which says what it does,
+ * its arguments and its reply); "make lua" remakes the header after an
+ * edit.
+ */
+
+#include "ngx_http_aai_cache_purge_lua.h"
+
+
+static ngx_str_t  ngx_http_aai_cache_purge_script =
+    ngx_string(ngx_http_aai_cache_purge_lua);
 
 
 /*

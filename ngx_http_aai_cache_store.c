@@ -67,58 +67,20 @@ static ngx_str_t  ngx_http_aai_cache_skip[] = {
 
 
 /*
- * KEYS: entry key, base key, variants set, lock key
- * ARGV: entry, px, vary record or "", lock token or "", channel, message
+ * The store's scripts, from lua/cache_store.lua and lua/cache_pieces.lua
+ * (which say what they do, their arguments and their reply); "make lua"
+ * remakes the header after an edit.
  */
-static ngx_str_t  ngx_http_aai_cache_store_script = ngx_string(
-    "redis.call('set', KEYS[1], ARGV[1], 'px', ARGV[2]) "
-    "if ARGV[3] ~= '' then "
-    "local px = tonumber(ARGV[2]) "
-    "local t = redis.call('pttl', KEYS[2]) "
-    "if t < px then t = px end "
-    "redis.call('set', KEYS[2], ARGV[3], 'px', t) "
-    "redis.call('sadd', KEYS[3], KEYS[1]) "
-    "if redis.call('pttl', KEYS[3]) < px then "
-    "redis.call('pexpire', KEYS[3], px) end "
-    "end "
-    "if ARGV[4] ~= '' then "
-    "if redis.call('get', KEYS[4]) == ARGV[4] then "
-    "redis.call('del', KEYS[4]) end "
-    "redis.call('publish', ARGV[5], ARGV[6]) "
-    "end "
-    "return 1");
+
+#include "ngx_http_aai_cache_store_lua.h"
 
 
-/*
- * The end of a store in pieces.
- * KEYS: entry key, base key, variants set, lock key, temporary key
- * ARGV: entry length, px, vary record or "", lock token or "", channel,
- *       message
- */
-static ngx_str_t  ngx_http_aai_cache_pieces_script = ngx_string(
-    "local ok = redis.call('strlen', KEYS[5]) == tonumber(ARGV[1]) "
-    "if ok then "
-    "redis.call('rename', KEYS[5], KEYS[1]) "
-    "redis.call('pexpire', KEYS[1], ARGV[2]) "
-    "if ARGV[3] ~= '' then "
-    "local px = tonumber(ARGV[2]) "
-    "local t = redis.call('pttl', KEYS[2]) "
-    "if t < px then t = px end "
-    "redis.call('set', KEYS[2], ARGV[3], 'px', t) "
-    "redis.call('sadd', KEYS[3], KEYS[1]) "
-    "if redis.call('pttl', KEYS[3]) < px then "
-    "redis.call('pexpire', KEYS[3], px) end "
-    "end "
-    "else redis.call('del', KEYS[5]) end "
-    "if ARGV[4] ~= '' then "
-    "if redis.call('get', KEYS[4]) == ARGV[4] then "
-    "redis.call('del', KEYS[4]) end "
-    "local m = ARGV[6] "
-    "if not ok then m = '0' .. string.sub(m, 2) end "
-    "redis.call('publish', ARGV[5], m) "
-    "end "
-    "if ok then return 1 end "
-    "return 0");
+static ngx_str_t  ngx_http_aai_cache_store_script =
+    ngx_string(ngx_http_aai_cache_store_lua);
+
+/* the end of a store in pieces */
+static ngx_str_t  ngx_http_aai_cache_pieces_script =
+    ngx_string(ngx_http_aai_cache_pieces_lua);
 
 
 ngx_http_output_header_filter_pt  ngx_http_aai_cache_next_header_filter;

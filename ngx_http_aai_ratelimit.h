@@ -120,6 +120,12 @@
 #define NGX_HTTP_AAI_RL_BATCH              255
 #define NGX_HTTP_AAI_RL_KEYS_HASH          512
 
+/*
+ * a key reset by aai_ratelimit_admin ignores, this long (ms), rejections
+ * of requests asked before the reset
+ */
+#define NGX_HTTP_AAI_RL_RESET_KEEP         60000
+
 /* sliding window keys drop every expired entry seen in every 8th batch */
 #define NGX_HTTP_AAI_RL_TRIM               8
 
@@ -131,6 +137,7 @@ typedef struct {
     ngx_queue_t                        queue;
     ngx_msec_t                         blocked;   /* over the limit until */
     ngx_msec_t                         expire;    /* no state left after */
+    ngx_msec_t                         reset;     /* by aai_ratelimit_admin */
     uint64_t                           tat;       /* local fallback, us */
     u_char                             data[1];
 } ngx_http_aai_ratelimit_node_t;
@@ -154,6 +161,8 @@ typedef struct {
     ngx_http_complex_value_t          *count;     /* NULL: the limit */
     ngx_int_t                         *charge_metrics;
     ngx_uint_t                         concurrency;
+    /* concurrency=: releases done, lost */
+    ngx_int_t                          released[NGX_HTTP_AAI_RL_C_NUMBER];
     ngx_msec_t                         lease;
     uint64_t                           period;    /* window / limit, us */
     ngx_uint_t                         burst;
@@ -228,6 +237,7 @@ typedef struct {
     ngx_int_t                          top;       /* zone of the headers */
     ngx_int_t                          rc;
     ngx_msec_t                         delay;
+    ngx_msec_t                         asked;     /* sent to Redis then */
     ngx_uint_t                         status;
     unsigned                           state:2;
     unsigned                           resume:1;

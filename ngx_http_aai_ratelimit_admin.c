@@ -24,6 +24,7 @@ typedef struct {
     ngx_aai_redis_cmd_t               *cmd;
     ngx_http_aai_ratelimit_zone_t     *zone;
     ngx_str_t                          key;       /* as given */
+    ngx_str_t                          rkey;      /* in Redis */
     ngx_uint_t                         delete;
 } ngx_http_aai_ratelimit_admin_ctx_t;
 
@@ -253,9 +254,7 @@ ngx_http_aai_ratelimit_admin_handler(ngx_http_request_t *r)
                                     "Redis unavailable", NULL);
     }
 
-    if (ctx->delete) {
-        ngx_http_aai_ratelimit_unblock(mcf, zone, &key);
-    }
+    ctx->rkey = key;
 
     r->main->count++;
 
@@ -317,14 +316,15 @@ ngx_http_aai_ratelimit_admin_reply(ngx_aai_redis_result_t *res, void *data)
 {
     ngx_http_aai_ratelimit_admin_ctx_t *ctx = data;
 
-    u_char                         *p, *body;
-    size_t                          len;
-    ngx_int_t                       rc;
-    ngx_uint_t                      used, reset, flight, i;
-    redisReply                     *reply, **e;
-    ngx_connection_t               *c;
-    ngx_http_request_t             *r;
-    ngx_http_aai_ratelimit_zone_t  *zone;
+    u_char                              *p, *body;
+    size_t                               len;
+    ngx_int_t                            rc;
+    ngx_uint_t                           used, reset, flight, i;
+    redisReply                          *reply, **e;
+    ngx_connection_t                    *c;
+    ngx_http_request_t                  *r;
+    ngx_http_aai_ratelimit_zone_t       *zone;
+    ngx_http_aai_ratelimit_main_conf_t  *mcf;
 
     ctx->cmd = NULL;
 
@@ -341,6 +341,14 @@ ngx_http_aai_ratelimit_admin_reply(ngx_aai_redis_result_t *res, void *data)
                                                 : "Redis replied in error",
                                                 NULL);
         goto done;
+    }
+
+    if (ctx->delete) {
+
+        /* Redis has done it: this instance's blocklist forgets the key */
+
+        mcf = ngx_http_get_module_main_conf(r, ngx_http_aai_ratelimit_module);
+        ngx_http_aai_ratelimit_unblock(mcf, zone, &ctx->rkey);
     }
 
     len = sizeof("{\"zone\":\"\",\"key\":\"\",\"count\":,\"remaining\":,"

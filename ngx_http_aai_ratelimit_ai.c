@@ -14,6 +14,15 @@
  * times; then they are counted lost.  A reply in error (the script may
  * have run) loses them at once, counted: a charge never counts twice
  * because of a bad reply (a timeout may: the script may have run).
+ *
+ * The release of a concurrency= lease at a request's end waits in the
+ * same queue, and goes the same way: with the next batch the worker sends
+ * (to the node of its key's slot on a cluster).  It waits at most until
+ * the end of the event loop iteration: an event posted when it is queued
+ * sends what is waiting in a batch of its own if no request opened one.
+ * A batch that fails gives it back like a charge (a release sent twice
+ * does no harm, so a reply in error retries it too); after the tries it
+ * is counted lost, and the lease expires by itself (lease=).
  */
 
 
@@ -35,12 +44,21 @@ static void ngx_http_aai_ratelimit_charge_timer(ngx_event_t *ev);
 static void ngx_http_aai_ratelimit_charge_arm(void);
 static void ngx_http_aai_ratelimit_charge_drop(
     ngx_http_aai_ratelimit_charge_t *ch, const char *why);
+static void ngx_http_aai_ratelimit_charge_queue(
+    ngx_http_aai_ratelimit_charge_t *ch);
+static void ngx_http_aai_ratelimit_release_post(void);
+static void ngx_http_aai_ratelimit_release_handler(ngx_event_t *ev);
 
 
-/* per worker: the charges waiting, their number, the flush timer */
+/*
+ * per worker: the charges (and releases) waiting, their number, the
+ * releases among them, the flush timer, the event posted for releases
+ */
 static ngx_queue_t         ngx_http_aai_ratelimit_charges;
 static ngx_uint_t          ngx_http_aai_ratelimit_ncharges;
+static ngx_uint_t          ngx_http_aai_ratelimit_nreleases;
 static ngx_event_t         ngx_http_aai_ratelimit_charge_ev;
+static ngx_event_t         ngx_http_aai_ratelimit_release_ev;
 static ngx_aai_metrics_t  *ngx_http_aai_ratelimit_charge_metrics;
 static time_t              ngx_http_aai_ratelimit_charge_logged;
 
@@ -354,6 +372,7 @@ ngx_http_aai_ratelimit_charge_add(ngx_http_request_t *r, void *zone,
     ch->key.len = key->len;
     ch->key.data = (u_char *) (ch + 1);
     ngx_memcpy(ch->key.data, key->data, key->len);
+    ngx_str_null(&ch->member);
 
     if (ngx_http_aai_ratelimit_ncharges >= NGX_HTTP_AAI_RL_CHARGE_MAX) {
         ngx_http_aai_ratelimit_charge_drop(ch, "too many charges waiting");
@@ -401,8 +420,14 @@ ngx_http_aai_ratelimit_charge_take(ngx_queue_t *to, ngx_uint_t max,
             }
         }
 
+        ch = ngx_queue_data(q, ngx_http_aai_ratelimit_charge_t, queue);
+
         ngx_queue_remove(q);
         ngx_http_aai_ratelimit_ncharges--;
+
+        if (ch->zone == NULL) {
+            ngx_http_aai_ratelimit_nreleases--;
+        }
 
         ngx_queue_insert_tail(to, q);
         n++;
@@ -414,7 +439,36 @@ ngx_http_aai_ratelimit_charge_take(ngx_queue_t *to, ngx_uint_t max,
         ngx_del_timer(&ngx_http_aai_ratelimit_charge_ev);
     }
 
+    /* releases left (a full batch, another slot): still this iteration */
+
+    if (ngx_http_aai_ratelimit_nreleases) {
+        ngx_http_aai_ratelimit_release_post();
+    }
+
     return n;
+}
+
+
+/* whether a batch's charges need the definitions' costs (releases do not) */
+
+ngx_uint_t
+ngx_http_aai_ratelimit_charge_costs(ngx_queue_t *q)
+{
+    ngx_queue_t                      *x;
+    ngx_http_aai_ratelimit_charge_t  *ch;
+
+    for (x = ngx_queue_head(q);
+         x != ngx_queue_sentinel(q);
+         x = ngx_queue_next(x))
+    {
+        ch = ngx_queue_data(x, ngx_http_aai_ratelimit_charge_t, queue);
+
+        if (ch->zone) {
+            return 1;
+        }
+    }
+
+    return 0;
 }
 
 
@@ -470,7 +524,7 @@ ngx_http_aai_ratelimit_charge_done(ngx_queue_t *q, ngx_int_t rc)
 
         ch = ngx_queue_data(x, ngx_http_aai_ratelimit_charge_t, queue);
 
-        if (rc == NGX_DECLINED) {
+        if (rc == NGX_DECLINED && ch->zone) {
             ngx_http_aai_ratelimit_charge_drop(ch, "Redis replied in error");
             continue;
         }
@@ -492,7 +546,13 @@ ngx_http_aai_ratelimit_charge_done(ngx_queue_t *q, ngx_int_t rc)
 
         ngx_queue_insert_tail(head, x);
         ngx_http_aai_ratelimit_ncharges++;
+
+        if (ch->zone == NULL) {
+            ngx_http_aai_ratelimit_nreleases++;
+        }
     }
+
+    /* what failed is tried again by the timer, not at once */
 
     ngx_http_aai_ratelimit_charge_arm();
 }
@@ -540,9 +600,16 @@ ngx_http_aai_ratelimit_charge_drop(ngx_http_aai_ratelimit_charge_t *ch,
     if (ngx_http_aai_ratelimit_charge_logged != ngx_time()) {
         ngx_http_aai_ratelimit_charge_logged = ngx_time();
 
-        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
-                      "aai_ratelimit: charge of %ui lost: %s",
-                      ch->amount, why);
+        if (ch->zone == NULL) {
+            ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                          "aai_ratelimit: release of a lease lost: %s, "
+                          "the lease expires by itself", why);
+
+        } else {
+            ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                          "aai_ratelimit: charge of %ui lost: %s",
+                          ch->amount, why);
+        }
     }
 
     ngx_free(ch);
@@ -557,6 +624,7 @@ ngx_http_aai_ratelimit_charge_init(ngx_aai_metrics_t *metrics,
 
     ngx_queue_init(&ngx_http_aai_ratelimit_charges);
     ngx_http_aai_ratelimit_ncharges = 0;
+    ngx_http_aai_ratelimit_nreleases = 0;
     ngx_http_aai_ratelimit_charge_metrics = metrics;
 
     ev = &ngx_http_aai_ratelimit_charge_ev;
@@ -567,6 +635,14 @@ ngx_http_aai_ratelimit_charge_init(ngx_aai_metrics_t *metrics,
     ev->log = log;
     ev->data = ev;
     ev->cancelable = 1;
+
+    ev = &ngx_http_aai_ratelimit_release_ev;
+
+    ngx_memzero(ev, sizeof(ngx_event_t));
+
+    ev->handler = ngx_http_aai_ratelimit_release_handler;
+    ev->log = log;
+    ev->data = ev;
 }
 
 
@@ -582,7 +658,13 @@ ngx_http_aai_ratelimit_charge_exit(void)
         ngx_del_timer(&ngx_http_aai_ratelimit_charge_ev);
     }
 
+    if (ngx_http_aai_ratelimit_release_ev.posted) {
+        ngx_delete_posted_event(&ngx_http_aai_ratelimit_release_ev);
+    }
+
     ngx_http_aai_ratelimit_charge_ev.handler = NULL;
+    ngx_http_aai_ratelimit_release_ev.handler = NULL;
+    ngx_http_aai_ratelimit_nreleases = 0;
 
     while (ngx_http_aai_ratelimit_ncharges) {
         q = ngx_queue_head(&ngx_http_aai_ratelimit_charges);
@@ -599,9 +681,10 @@ ngx_http_aai_ratelimit_charge_exit(void)
 /*
  * concurrency= leases: a member of the key's sorted set, scored with its
  * expiry (Redis time, us).  The script adds it; the request's end removes
- * it (ZREM); a timer renews it every third of the lease while the request
- * runs.  A member is the worker's token, the batch's number and the
- * request's place in the batch: unique across instances and restarts.
+ * it (a ZREM in the script, with the next batch: above); a timer renews it
+ * every third of the lease while the request runs.  A member is the
+ * worker's token, the batch's number and the request's place in the batch:
+ * unique across instances and restarts.
  */
 
 static u_char      ngx_http_aai_ratelimit_token[NGX_INT_T_LEN * 2 + 2];
@@ -666,20 +749,94 @@ ngx_http_aai_ratelimit_lease_member(ngx_pool_t *pool, ngx_str_t *prefix,
 }
 
 
+/*
+ * A lease to release: into q (a batch's, while the batch is in Redis), or
+ * NULL: with the worker's next batch, this event loop iteration.
+ */
+
 void
-ngx_http_aai_ratelimit_lease_release(ngx_aai_redis_t *rs, ngx_str_t *key,
-    ngx_str_t *member)
+ngx_http_aai_ratelimit_lease_release(ngx_queue_t *q, ngx_str_t *key,
+    ngx_str_t *member, ngx_int_t *metrics)
 {
-    ngx_str_t  argv[3];
+    ngx_http_aai_ratelimit_charge_t  *ch;
 
-    ngx_str_set(&argv[0], "ZREM");
-    argv[1] = *key;
-    argv[2] = *member;
+    if (member->len == 0 || member->len > NGX_HTTP_AAI_RL_MEMBER_MAX) {
+        return;
+    }
 
-    /* Redis down: the lease expires by itself */
+    ch = ngx_alloc(sizeof(ngx_http_aai_ratelimit_charge_t) + key->len
+                   + member->len, ngx_cycle->log);
+    if (ch == NULL) {
+        return;    /* the lease expires by itself */
+    }
 
-    (void) ngx_aai_redis_send(rs, ngx_cycle->log, 3, argv,
-                              ngx_http_aai_ratelimit_lease_handler, NULL);
+    ch->zone = NULL;
+    ch->metrics = metrics;
+    ch->limit = 0;
+    ch->amount = 1;
+    ch->tries = 0;
+
+    ch->key.len = key->len;
+    ch->key.data = (u_char *) (ch + 1);
+    ngx_memcpy(ch->key.data, key->data, key->len);
+
+    ch->member.len = member->len;
+    ch->member.data = ch->key.data + key->len;
+    ngx_memcpy(ch->member.data, member->data, member->len);
+
+    if (q) {
+        ngx_queue_insert_tail(q, &ch->queue);
+        return;
+    }
+
+    ngx_http_aai_ratelimit_charge_queue(ch);
+}
+
+
+static void
+ngx_http_aai_ratelimit_charge_queue(ngx_http_aai_ratelimit_charge_t *ch)
+{
+    if (ngx_http_aai_ratelimit_ncharges >= NGX_HTTP_AAI_RL_CHARGE_MAX
+        || ngx_http_aai_ratelimit_release_ev.handler == NULL)
+    {
+        ngx_http_aai_ratelimit_charge_drop(ch, "too many waiting");
+        return;
+    }
+
+    ngx_queue_insert_tail(&ngx_http_aai_ratelimit_charges, &ch->queue);
+    ngx_http_aai_ratelimit_ncharges++;
+    ngx_http_aai_ratelimit_nreleases++;
+
+    ngx_http_aai_ratelimit_release_post();
+}
+
+
+static void
+ngx_http_aai_ratelimit_release_post(void)
+{
+    ngx_event_t  *ev;
+
+    ev = &ngx_http_aai_ratelimit_release_ev;
+
+    if (!ev->posted && ev->handler) {
+        ngx_post_event(ev, &ngx_posted_events);
+    }
+}
+
+
+/*
+ * At the end of the event loop iteration: the releases waiting go now,
+ * with the batch a request opened in this iteration, or in one of their
+ * own (ngx_http_aai_ratelimit_flush() does nothing while a batch is open:
+ * it takes them when it is sent).
+ */
+
+static void
+ngx_http_aai_ratelimit_release_handler(ngx_event_t *ev)
+{
+    if (ngx_http_aai_ratelimit_nreleases) {
+        ngx_http_aai_ratelimit_flush();
+    }
 }
 
 
@@ -709,57 +866,35 @@ ngx_http_aai_ratelimit_lease_handler(ngx_aai_redis_result_t *res, void *data)
 {
     if (res->reply == NULL || res->reply->type == REDIS_REPLY_ERROR) {
         ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
-                      "aai_ratelimit: a lease was not released or renewed "
-                      "(%s), it expires by itself",
+                      "aai_ratelimit: a lease was not renewed (%s), it "
+                      "expires by itself",
                       res->error ? res->error : "error reply");
     }
 }
 
 
-ngx_int_t
-ngx_http_aai_ratelimit_lease_orphan(ngx_queue_t *q, ngx_str_t *key,
-    ngx_str_t *member)
-{
-    ngx_http_aai_ratelimit_orphan_t  *o;
-
-    o = ngx_alloc(sizeof(ngx_http_aai_ratelimit_orphan_t) + key->len
-                  + member->len, ngx_cycle->log);
-    if (o == NULL) {
-        return NGX_ERROR;
-    }
-
-    o->key.data = (u_char *) (o + 1);
-    o->key.len = key->len;
-    ngx_memcpy(o->key.data, key->data, key->len);
-
-    o->member.data = o->key.data + key->len;
-    o->member.len = member->len;
-    ngx_memcpy(o->member.data, member->data, member->len);
-
-    ngx_queue_insert_tail(q, &o->queue);
-
-    return NGX_OK;
-}
-
-
-/* the batch is answered (or failed): its orphans' leases are released */
+/*
+ * A batch is answered or failed (drop: the worker exits): the leases of
+ * its requests gone go with the next batch, or are counted lost.
+ */
 
 void
-ngx_http_aai_ratelimit_lease_orphans(ngx_aai_redis_t *rs, ngx_queue_t *q)
+ngx_http_aai_ratelimit_lease_orphans(ngx_queue_t *q, ngx_uint_t drop)
 {
     ngx_queue_t                      *x;
-    ngx_http_aai_ratelimit_orphan_t  *o;
+    ngx_http_aai_ratelimit_charge_t  *ch;
 
     while (!ngx_queue_empty(q)) {
         x = ngx_queue_head(q);
         ngx_queue_remove(x);
 
-        o = ngx_queue_data(x, ngx_http_aai_ratelimit_orphan_t, queue);
+        ch = ngx_queue_data(x, ngx_http_aai_ratelimit_charge_t, queue);
 
-        if (rs) {
-            ngx_http_aai_ratelimit_lease_release(rs, &o->key, &o->member);
+        if (drop) {
+            ngx_http_aai_ratelimit_charge_drop(ch, "worker exiting");
+            continue;
         }
 
-        ngx_free(o);
+        ngx_http_aai_ratelimit_charge_queue(ch);
     }
 }

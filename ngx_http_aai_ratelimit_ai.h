@@ -29,10 +29,13 @@
 /* charges waiting per worker, at most */
 #define NGX_HTTP_AAI_RL_CHARGE_MAX       65536
 
-/* charge metrics: units charged, charges lost */
+/* charge metrics: units charged, charges lost (releases: done, lost) */
 #define NGX_HTTP_AAI_RL_C_UNITS          0
 #define NGX_HTTP_AAI_RL_C_DROPPED        1
 #define NGX_HTTP_AAI_RL_C_NUMBER         2
+
+/* a lease's member is at most this long (it is sent in the layout) */
+#define NGX_HTTP_AAI_RL_MEMBER_MAX       128
 
 
 /* the parameters of "aai_ratelimit NAME ..." beyond the name */
@@ -53,15 +56,19 @@ typedef struct {
 } ngx_http_aai_ratelimit_zreq_t;
 
 
-/* usage charged after a response, until Redis has it */
+/*
+ * usage charged after a response, or a concurrency= lease released (zone
+ * NULL, amount 1), until Redis has it
+ */
 typedef struct {
     ngx_queue_t                        queue;
-    void                              *zone;
+    void                              *zone;      /* NULL: a release */
     ngx_int_t                         *metrics;
     ngx_uint_t                         limit;
     ngx_uint_t                         amount;
     ngx_uint_t                         tries;
     ngx_str_t                          key;       /* data follows */
+    ngx_str_t                          member;    /* a release's lease */
 } ngx_http_aai_ratelimit_charge_t;
 
 
@@ -85,14 +92,6 @@ void ngx_http_aai_ratelimit_charge_init(ngx_aai_metrics_t *metrics,
     ngx_log_t *log);
 void ngx_http_aai_ratelimit_charge_exit(void);
 
-/* a lease of a request that went away while its batch was in Redis */
-typedef struct {
-    ngx_queue_t                        queue;
-    ngx_str_t                          key;
-    ngx_str_t                          member;    /* data follow */
-} ngx_http_aai_ratelimit_orphan_t;
-
-
 /* a concurrency= lease lives this long unless renewed (ms), by default */
 #define NGX_HTTP_AAI_RL_LEASE            30000
 
@@ -100,14 +99,12 @@ void ngx_http_aai_ratelimit_lease_init(void);
 void ngx_http_aai_ratelimit_lease_prefix(ngx_uint_t seq, ngx_str_t *out);
 ngx_int_t ngx_http_aai_ratelimit_lease_member(ngx_pool_t *pool,
     ngx_str_t *prefix, ngx_uint_t index, ngx_str_t *out);
-void ngx_http_aai_ratelimit_lease_release(ngx_aai_redis_t *rs,
-    ngx_str_t *key, ngx_str_t *member);
+void ngx_http_aai_ratelimit_lease_release(ngx_queue_t *q, ngx_str_t *key,
+    ngx_str_t *member, ngx_int_t *metrics);
 void ngx_http_aai_ratelimit_lease_renew(ngx_aai_redis_t *rs, ngx_str_t *key,
     ngx_str_t *member, uint64_t lease);
-ngx_int_t ngx_http_aai_ratelimit_lease_orphan(ngx_queue_t *q, ngx_str_t *key,
-    ngx_str_t *member);
-void ngx_http_aai_ratelimit_lease_orphans(ngx_aai_redis_t *rs,
-    ngx_queue_t *q);
+void ngx_http_aai_ratelimit_lease_orphans(ngx_queue_t *q, ngx_uint_t drop);
+ngx_uint_t ngx_http_aai_ratelimit_charge_costs(ngx_queue_t *q);
 
 /* in the module: sends the waiting charges with a batch of their own */
 void ngx_http_aai_ratelimit_flush(void);

@@ -66,7 +66,8 @@ static ngx_uint_t                       ngx_http_aai_ratelimit_nspare;
 static ngx_str_t   ngx_http_aai_ratelimit_argv[3 + NGX_HTTP_AAI_RL_BATCH
                                                + 2 + NGX_HTTP_AAI_RL_BATCH
                                                  * NGX_HTTP_AAI_RL_DEF_ARGS];
-static u_char      ngx_http_aai_ratelimit_layout[NGX_HTTP_AAI_RL_BATCH * 4];
+static u_char      ngx_http_aai_ratelimit_layout[NGX_HTTP_AAI_RL_BATCH
+                                         * (5 + NGX_HTTP_AAI_RL_MEMBER_MAX)];
 static ngx_http_aai_ratelimit_bkey_t
                    ngx_http_aai_ratelimit_bkeys[NGX_HTTP_AAI_RL_KEYS_HASH];
 
@@ -186,7 +187,7 @@ ngx_http_aai_ratelimit_batch_handler(ngx_event_t *ev)
                                              NGX_HTTP_AAI_RL_BATCH - b->nzones,
                                              b->cslot);
 
-    if (!ngx_queue_empty(&b->charges)) {
+    if (ngx_http_aai_ratelimit_charge_costs(&b->charges)) {
         b->costs = 1;
     }
 
@@ -265,7 +266,10 @@ ngx_http_aai_ratelimit_batch_send(ngx_http_aai_ratelimit_batch_t *b)
 
     ri = 0;
 
-    /* charges first: a usage spent before these requests */
+    /*
+     * charges and releases first: a usage spent, a lease given back,
+     * before these requests
+     */
 
     for (q = ngx_queue_head(&b->charges);
          q != ngx_queue_sentinel(&b->charges);
@@ -274,10 +278,23 @@ ngx_http_aai_ratelimit_batch_send(ngx_http_aai_ratelimit_batch_t *b)
         ch = ngx_queue_data(q, ngx_http_aai_ratelimit_charge_t, queue);
         bk = &ngx_http_aai_ratelimit_bkeys[occ[o++]];
 
+        *p++ = 0;
+
+        if (ch->zone == NULL) {
+
+            /* a release: definition 0, the key, the member's length, it */
+
+            *p++ = 0;
+            *p++ = (u_char) ((bk->index >> 8) | (bk->uses > 1 ? 0x80 : 0));
+            *p++ = (u_char) (bk->index & 0xff);
+            *p++ = (u_char) ch->member.len;
+            p = ngx_cpymem(p, ch->member.data, ch->member.len);
+            continue;
+        }
+
         zr.limit = ch->limit;
         zr.cost = ch->amount;
 
-        *p++ = 0;
         *p++ = (u_char) ngx_http_aai_ratelimit_def(ch->zone, &zr, &a,
                                                    &ndefs, 1);
         *p++ = (u_char) ((bk->index >> 8) | (bk->uses > 1 ? 0x80 : 0));
@@ -758,7 +775,7 @@ ngx_http_aai_ratelimit_reply_handler(ngx_aai_redis_result_t *res, void *data)
 
     ngx_http_aai_ratelimit_charge_done(&b->charges, NGX_OK);
 
-    ngx_http_aai_ratelimit_lease_orphans(mcf->redis, &b->orphans);
+    ngx_http_aai_ratelimit_lease_orphans(&b->orphans, 0);
 
     ngx_http_aai_ratelimit_batch_free(b);
 }
@@ -1001,7 +1018,7 @@ ngx_http_aai_ratelimit_batch_free(ngx_http_aai_ratelimit_batch_t *b)
 
     /* a failed batch may have taken its leases too */
 
-    ngx_http_aai_ratelimit_lease_orphans(b->mcf->redis, &b->orphans);
+    ngx_http_aai_ratelimit_lease_orphans(&b->orphans, 0);
 
     if (b->event.posted) {
         ngx_delete_posted_event(&b->event);
@@ -1080,7 +1097,7 @@ ngx_http_aai_ratelimit_batch_exit(void)
         }
 
         ngx_http_aai_ratelimit_charge_done(&b->charges, NGX_ERROR);
-        ngx_http_aai_ratelimit_lease_orphans(NULL, &b->orphans);
+        ngx_http_aai_ratelimit_lease_orphans(&b->orphans, 1);
 
         ngx_free(b);
     }

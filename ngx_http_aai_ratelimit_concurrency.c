@@ -3,8 +3,9 @@
  * Copyright (C) aai-nginx authors
  *
  * ngx_http_aai_ratelimit_module: concurrency= zones.  An admitted request
- * holds a lease in each (added by the script); its end releases it, a
- * timer renews it while it runs.
+ * holds a lease in each (added by the script); its end releases it (with
+ * the worker's next batch, ngx_http_aai_ratelimit_ai.c), a timer renews it
+ * while it runs.
  */
 
 
@@ -134,10 +135,13 @@ ngx_http_aai_ratelimit_release(ngx_http_aai_ratelimit_ctx_t *ctx)
         ngx_del_timer(ctx->renew);
     }
 
+    /* with the worker's next batch, in this event loop iteration */
+
     for (i = 0; i < ctx->nzones; i++) {
         if (ctx->zones[i]->concurrency) {
-            ngx_http_aai_ratelimit_lease_release(ctx->redis, &ctx->keys[i],
-                                                 &ctx->lease);
+            ngx_http_aai_ratelimit_lease_release(NULL, &ctx->keys[i],
+                                       &ctx->lease,
+                                       ctx->zones[i]->released);
         }
     }
 }
@@ -148,11 +152,13 @@ ngx_http_aai_ratelimit_orphan(ngx_http_aai_ratelimit_ctx_t *ctx)
 {
     ngx_uint_t  i;
 
+    /* released when the batch is answered (or fails) */
+
     for (i = 0; i < ctx->nzones; i++) {
         if (ctx->zones[i]->concurrency) {
-            (void) ngx_http_aai_ratelimit_lease_orphan(&ctx->batch->orphans,
-                                                       &ctx->keys[i],
-                                                       &ctx->lease);
+            ngx_http_aai_ratelimit_lease_release(&ctx->batch->orphans,
+                                       &ctx->keys[i], &ctx->lease,
+                                       ctx->zones[i]->released);
         }
     }
 }

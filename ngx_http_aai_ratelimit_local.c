@@ -25,6 +25,9 @@ static ngx_uint_t ngx_http_aai_ratelimit_local_check(
     ngx_http_aai_ratelimit_ctx_t *ctx, uint64_t now);
 static void ngx_http_aai_ratelimit_local_account(
     ngx_http_aai_ratelimit_ctx_t *ctx, uint64_t now);
+static uint64_t ngx_http_aai_ratelimit_local_gcra(
+    ngx_http_aai_ratelimit_zone_t *zone, ngx_uint_t limit, uint64_t *burst,
+    uint64_t *delay);
 static ngx_http_aai_ratelimit_node_t *ngx_http_aai_ratelimit_lookup(
     ngx_http_aai_ratelimit_main_conf_t *mcf, ngx_str_t *key,
     ngx_uint_t create);
@@ -234,6 +237,12 @@ ngx_http_aai_ratelimit_block(ngx_http_aai_ratelimit_ctx_t *ctx)
             break;
         }
 
+        /* asked before the key was reset (aai_ratelimit_admin): stale */
+
+        if (node->reset && (ngx_msec_int_t) (ctx->asked - node->reset) <= 0) {
+            continue;
+        }
+
         ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ctx->request->connection->log, 0,
                        "aai_ratelimit blocklist: \"%V\" added for %M ms",
                        &key, res->retry_after);
@@ -259,7 +268,12 @@ ngx_http_aai_ratelimit_block(ngx_http_aai_ratelimit_ctx_t *ctx)
  * The "local" fallback: GCRA with the zone's rate in this instance's shared
  * memory.  Its burst is the zone's, plus limit - 1 for a sliding window or
  * counter zone (which admits "limit" requests at once).  As in Redis, a
- * request rejected by one zone spends nothing in the others.
+ * request rejected by one zone spends nothing in the others.  count= sets
+ * the rate (limit per window) and the burst as it does in Redis; cost=
+ * spends that many periods (0: checked for one, spends none); a cost the
+ * burst cannot hold is rejected.  concurrency= zones are not limited here
+ * (no lease is taken), charge= is not counted here (it goes to Redis, or
+ * is counted lost).
  */
 
 static void
@@ -287,7 +301,8 @@ static ngx_uint_t
 ngx_http_aai_ratelimit_local_check(ngx_http_aai_ratelimit_ctx_t *ctx,
     uint64_t now)
 {
-    uint64_t                             tat, tau, wait, next;
+    uint64_t                             tat, tau, wait, period, burst,
+                                         delay, ahead, last, units;
     ngx_str_t                            key;
     ngx_uint_t                           i, rejected;
     ngx_http_aai_ratelimit_node_t       *node;
@@ -316,23 +331,34 @@ ngx_http_aai_ratelimit_local_check(ngx_http_aai_ratelimit_ctx_t *ctx,
         node = ngx_http_aai_ratelimit_lookup(mcf, &key, 0);
 
         tat = (node && node->tat > now) ? node->tat : now;
-        tau = zone->local_burst * zone->period;
 
-        if (tat - now > tau) {
+        period = ngx_http_aai_ratelimit_local_gcra(zone, ctx->zreq[i].limit,
+                                                   &burst, &delay);
+        tau = burst * period;
+        ahead = tat - now;
+
+        /* a cost of N: its last unit due within the burst (0 checks one) */
+
+        units = ngx_max(ctx->zreq[i].cost, 1);
+
+        if (units - 1 > burst || ahead > tau - (units - 1) * period) {
             res->rejected = 1;
-            res->retry_after = (tat - now - tau + 999) / 1000;
-            res->reset = (tat - now + 999) / 1000;
+            res->retry_after = (units - 1 > burst)
+                               ? zone->window_ms
+                               : (ahead + (units - 1) * period - tau + 999)
+                                 / 1000;
+            res->reset = (ahead + 999) / 1000;
             rejected |= !ctx->zreq[i].shadow;
             continue;
         }
 
-        wait = zone->local_delay * zone->period;
-        wait = (tat - now > wait) ? tat - now - wait : 0;
-        next = tat + zone->period - now;
+        last = ahead + (units - 1) * period;
+        wait = delay * period;
+        wait = (last > wait) ? last - wait : 0;
 
         res->delay = (wait + 999) / 1000;
-        res->reset = (next + 999) / 1000;
-        res->remaining = (tau + zone->period - next) / zone->period;
+        res->reset = (last + period + 999) / 1000;
+        res->remaining = (tau - last) / period;
     }
 
     return rejected;
@@ -343,6 +369,7 @@ static void
 ngx_http_aai_ratelimit_local_account(ngx_http_aai_ratelimit_ctx_t *ctx,
     uint64_t now)
 {
+    uint64_t                             period, burst, delay;
     ngx_str_t                            key;
     ngx_uint_t                           i;
     ngx_msec_t                           expire;
@@ -354,7 +381,7 @@ ngx_http_aai_ratelimit_local_account(ngx_http_aai_ratelimit_ctx_t *ctx,
 
     for (i = 0; i < ctx->nzones; i++) {
         if (ctx->zones[i]->concurrency || ctx->zreq[i].shadow == 2
-            || ctx->results[i].rejected)
+            || ctx->results[i].rejected || ctx->zreq[i].cost == 0)
         {
             continue;
         }
@@ -366,7 +393,13 @@ ngx_http_aai_ratelimit_local_account(ngx_http_aai_ratelimit_ctx_t *ctx,
             return;
         }
 
-        node->tat = ngx_max(node->tat, now) + ctx->zones[i]->period;
+        /* the check let no more than the burst through: cost <= burst + 1 */
+
+        period = ngx_http_aai_ratelimit_local_gcra(ctx->zones[i],
+                                                   ctx->zreq[i].limit,
+                                                   &burst, &delay);
+
+        node->tat = ngx_max(node->tat, now) + ctx->zreq[i].cost * period;
 
         expire = (ngx_msec_t) ((node->tat + 999) / 1000);
 
@@ -374,6 +407,41 @@ ngx_http_aai_ratelimit_local_account(ngx_http_aai_ratelimit_ctx_t *ctx,
             node->expire = expire;
         }
     }
+}
+
+
+/*
+ * The local GCRA of a zone at a request's count (count=): its period (us),
+ * burst and delay (in periods), as configuration makes them for the
+ * zone's own count; the burst kept within NGX_HTTP_AAI_RL_MAX_AHEAD.
+ */
+
+static uint64_t
+ngx_http_aai_ratelimit_local_gcra(ngx_http_aai_ratelimit_zone_t *zone,
+    ngx_uint_t limit, uint64_t *burst, uint64_t *delay)
+{
+    uint64_t  period;
+
+    if (limit == zone->limit || limit == 0) {
+        *burst = zone->local_burst;
+        *delay = zone->local_delay;
+        return zone->period;
+    }
+
+    period = ngx_max(zone->window / limit, 1);
+
+    *burst = zone->burst;
+    *delay = zone->delay;
+
+    if (zone->algorithm != NGX_HTTP_AAI_RL_GCRA) {
+        *burst += limit - 1;
+        *delay += limit - 1;
+    }
+
+    *burst = ngx_min(*burst, NGX_HTTP_AAI_RL_MAX_AHEAD / period);
+    *delay = ngx_min(*delay, *burst);
+
+    return period;
 }
 
 
@@ -445,6 +513,7 @@ ngx_http_aai_ratelimit_lookup(ngx_http_aai_ratelimit_main_conf_t *mcf,
     lr->len = (u_short) key->len;
     lr->blocked = 0;
     lr->expire = ngx_current_msec;
+    lr->reset = 0;
     lr->tat = 0;
 
     ngx_memcpy(lr->data, key->data, key->len);
@@ -595,7 +664,13 @@ ngx_http_aai_ratelimit_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 }
 
 
-/* aai_ratelimit_admin reset a key: this instance's blocklist forgets it */
+/*
+ * aai_ratelimit_admin reset a key (Redis answered the DEL): this instance's
+ * blocklist and local fallback forget it, in every worker (the shared
+ * memory), and for a while a rejection of a request asked before the reset
+ * (its reply late, on another connection or in another worker) does not
+ * put it back.
+ */
 
 void
 ngx_http_aai_ratelimit_unblock(ngx_http_aai_ratelimit_main_conf_t *mcf,
@@ -615,11 +690,18 @@ ngx_http_aai_ratelimit_unblock(ngx_http_aai_ratelimit_main_conf_t *mcf,
 
     ngx_shmtx_lock(&mcf->shpool->mutex);
 
-    node = ngx_http_aai_ratelimit_lookup(mcf, &local, 0);
+    node = ngx_http_aai_ratelimit_lookup(mcf, &local, 1);
 
     if (node) {
         node->blocked = 0;
         node->tat = 0;
+        node->reset = ngx_current_msec;
+
+        if ((ngx_msec_int_t) (node->reset + NGX_HTTP_AAI_RL_RESET_KEEP
+                              - node->expire) > 0)
+        {
+            node->expire = node->reset + NGX_HTTP_AAI_RL_RESET_KEEP;
+        }
     }
 
     ngx_shmtx_unlock(&mcf->shpool->mutex);

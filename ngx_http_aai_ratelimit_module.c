@@ -302,6 +302,7 @@ ngx_http_aai_ratelimit_handler(ngx_http_request_t *r)
     }
 
     ctx->state = NGX_HTTP_AAI_RL_DONE;
+    ctx->asked = ngx_current_msec;
 
     if (ngx_http_aai_ratelimit_blocked(ctx) == NGX_OK) {
         ngx_http_aai_ratelimit_decide(r, ctx, NGX_HTTP_AAI_RL_BLOCKLIST);

@@ -25,6 +25,20 @@ static const char  *ngx_http_aai_ratelimit_outcomes[] = {
 };
 
 
+static const char  *ngx_http_aai_ratelimit_release_names[] = {
+    "aai_ratelimit_leases_released_total",
+    "aai_ratelimit_releases_dropped_total"
+};
+
+
+static const char  *ngx_http_aai_ratelimit_release_help[] = {
+    "Leases (concurrency=) released at their requests' end, as Redis took "
+    "the release.",
+    "Releases of leases (concurrency=) lost after every try, or at worker "
+    "exit; the lease expires by itself."
+};
+
+
 /*
  * Finds a zone by name, or adds it undefined: "aai_ratelimit" may name a
  * zone defined later in the http block.
@@ -373,6 +387,31 @@ ngx_http_aai_ratelimit_zone_metrics(ngx_conf_t *cf,
         }
 
         if (zone->metrics[i] == NGX_ERROR) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    if (!zone->concurrency) {
+        return NGX_CONF_OK;
+    }
+
+    /* concurrency=: the releases of leases, as Redis took them, and lost */
+
+    labels.data = ngx_pnalloc(cf->pool, zone->name.len + sizeof("zone=\"\""));
+    if (labels.data == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    labels.len = ngx_sprintf(labels.data, "zone=\"%V\"", &zone->name)
+                 - labels.data;
+
+    for (i = 0; i < NGX_HTTP_AAI_RL_C_NUMBER; i++) {
+        zone->released[i] = ngx_aai_metrics_add(mcf->metrics,
+                                   NGX_AAI_METRIC_COUNTER,
+                                   ngx_http_aai_ratelimit_release_names[i],
+                                   ngx_http_aai_ratelimit_release_help[i],
+                                   &labels);
+        if (zone->released[i] == NGX_ERROR) {
             return NGX_CONF_ERROR;
         }
     }

@@ -3,7 +3,7 @@
  * Copyright (C) aai-nginx authors
  *
  * libFuzzer target for what the Redis Cluster client reads from a node
- * (ngx_aai_redis_cluster.c, included here): the CLUSTER SLOTS reply, read
+ * (ngx_aai_redis_cluster*.c, included here): the CLUSTER SLOTS reply, read
  * by hiredis's reader from the input as RESP; the MOVED and ASK errors;
  * the slot of a key and of a command's keys.
  *
@@ -23,6 +23,9 @@
 #include "ngx_fuzz.h"
 
 #include "../ngx_aai_redis_cluster.c"
+#include "../ngx_aai_redis_cluster_slots.c"
+#include "../ngx_aai_redis_cluster_route.c"
+#include "../ngx_aai_redis_cluster_split.c"
 #include "../ngx_aai_redis_int.h"
 
 

@@ -213,7 +213,48 @@ ngx_parse_url(ngx_pool_t *pool, ngx_url_t *u)
     u->addrs = addr;
     u->naddrs = 1;
 
+    if (port) {
+        u->host.data = p;
+        u->host.len = colon - p;
+    }
+
     return NGX_OK;
+}
+
+
+/* the port of an AF_INET address, as parsed above */
+
+in_port_t
+ngx_inet_get_port(struct sockaddr *sa)
+{
+    if (sa->sa_family != AF_INET) {
+        return 0;
+    }
+
+    return ntohs(((struct sockaddr_in *) sa)->sin_port);
+}
+
+
+/* a dotted IPv4 address in network order, or INADDR_NONE */
+
+in_addr_t
+ngx_inet_addr(u_char *text, size_t len)
+{
+    char            buf[16];
+    struct in_addr  a;
+
+    if (len == 0 || len > 15) {
+        return INADDR_NONE;
+    }
+
+    ngx_memcpy(buf, text, len);
+    buf[len] = '\0';
+
+    if (inet_pton(AF_INET, buf, &a) != 1) {
+        return INADDR_NONE;
+    }
+
+    return a.s_addr;
 }
 
 

@@ -15,4 +15,8 @@
 #include "../ngx_aai_redis_circuit.c"
 #include "../ngx_aai_redis_tls.c"
 #include "../ngx_aai_redis_sentinel.c"
+#include "../ngx_aai_redis_resolve.c"
 #include "../ngx_aai_redis_cluster.c"
+#include "../ngx_aai_redis_cluster_slots.c"
+#include "../ngx_aai_redis_cluster_route.c"
+#include "../ngx_aai_redis_cluster_split.c"

@@ -28,7 +28,11 @@
 -- definition (the cost is the amount) and its key follow, and it is added
 -- to the key, checked by nothing and answered by nothing.  Algorithm 3 is
 -- concurrency=: a sorted set of leases scored with their expiry (us); the
--- limit is N, the window the lease time.
+-- limit is N, the window the lease time.  A request of 0 zones and
+-- definition 0 is the release of a lease (of a request of an earlier
+-- batch, ended): its key, then a byte, the length of the lease's name, and
+-- the name; it is removed, answered by nothing.  Charges and releases come
+-- before the batch's requests.
 --
 -- A sliding window key is a list of admission times (us), oldest first:
 -- an admission is never earlier than the last one (it is the batch's TIME,
@@ -428,7 +432,7 @@ local function charge(def, hi, lo)
   local amount, k, shared = def_cost[def], hi * 256 + lo, hi >= 128
   if shared then k = k - 32768 end
   local key = KEYS[k]
-  if amount <= 0 then return end
+  if amount <= 0 or def_alg[def] == CONCURRENCY then return end
 
   if shared and shared_state[k] == nil then
     if def_alg[def] == COUNTER then
@@ -481,6 +485,18 @@ local function charge(def, hi, lo)
   end
 end
 
+-- a release (concurrency=): the lease taken out of the key's sorted set,
+-- and out of the count of a key the batch shares
+
+local function release(hi, lo, name)
+  local k, shared = hi * 256 + lo, hi >= 128
+  if shared then k = k - 32768 end
+  local n = pcall('ZREM', KEYS[k], name)
+  if shared and type(n) == 'number' and shared_state[k] then
+    shared_state[k] = shared_state[k] - n
+  end
+end
+
 local pos, nout, layout_len, out = 1, 0, #layout, {}
 
 -- per zone of the request being checked: its key (the index in KEYS,
@@ -502,8 +518,13 @@ while pos <= layout_len do
 
   if nzones > 0 then request_index = request_index + 1 end
 
-  -- a request of no zones is a charge= usage, answered by nothing
-  if nzones == 0 then
+  -- a request of no zones is a charge= usage, or with definition 0 the
+  -- release of a lease, answered by nothing
+  if nzones == 0 and def == 0 then
+    local len = byte(layout, pos + 4)
+    release(hi, lo, string.sub(layout, pos + 5, pos + 4 + len))
+    pos = pos + 5 + len
+  elseif nzones == 0 then
     charge(def, hi, lo)
     pos = pos + 4
   end

@@ -66,6 +66,8 @@ SKIP: {
 no_shuffle();
 run_tests();
 
+AaiTest::logs_once_more();
+
 __DATA__
 
 === TEST 1: sanity: return 200

@@ -16,7 +16,7 @@
 
 use Test::Nginx::Socket 'no_plan';
 use lib 't/lib';
-use AaiTest;
+use AaiTest qw( :DEFAULT wait_until );
 use Cwd ();
 use File::Spec ();
 use Time::HiRes qw( time sleep );
@@ -191,16 +191,6 @@ sub settled_fds {
     return %prev;
 }
 
-sub wait_until {
-    my ($secs, $cond) = @_;
-    my $deadline = time + $secs;
-    while (time < $deadline) {
-        return 1 if $cond->();
-        sleep 0.02;
-    }
-    return $cond->();
-}
-
 # every check once; returns the failures as text
 my $n = 0;
 sub serve_all {
@@ -341,6 +331,8 @@ is(join('', @crit), '', 'no [alert], [emerg] or crashed worker in the log');
 
 no_shuffle();
 run_tests();
+
+AaiTest::logs_once_more();
 
 __DATA__
 

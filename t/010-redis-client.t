@@ -28,10 +28,8 @@ my $Location = <<'_EOC_';
 _EOC_
 
 sub timed_get {
-    my ($port, $path) = @_;
-    my $t0 = time;
-    my ($st, $h, $body) = http_get($port, $path, {});
-    return ($st // 0, $body // '', time - $t0);
+    my ($st, $h, $body, $dt) = AaiTest::timed_get(@_, {});
+    return ($st // 0, $body // '', $dt);
 }
 
 sub log_lines {
@@ -356,6 +354,10 @@ add_block_preprocessor(sub {
 
 no_shuffle();
 run_tests();
+
+# nginx's connect() logs a missing socket file at crit (as for proxy_pass)
+AaiTest::logs_once_more(allow => [
+    qr/\[crit\] .*connect\(\) to unix:\S+redis\.sock failed \(2: /]);
 
 __DATA__
 

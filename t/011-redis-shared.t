@@ -9,7 +9,7 @@ use strict;
 use warnings;
 use Test::More;
 use lib 't/lib';
-use AaiTest;
+use AaiTest qw( :DEFAULT :util );
 use Time::HiRes qw( time sleep );
 
 $ENV{TEST_NGINX_REDIS_PORT} ||= 6379;
@@ -55,19 +55,14 @@ _EOC_
     return ($port, $stop, $prefix);
 }
 
-sub timed_get {
-    my ($port, $path) = @_;
-    my $t0 = time;
-    my ($st, $h, $body) = http_get($port, $path, {});
-    return ($st // 0, $h->{'x-rl'} // '', $h->{'x-cache'} // '',
-            time - $t0);
+sub get_timed {
+    my ($st, $h, $body, $dt) = timed_get(@_, {});
+    return ($st // 0, $h->{'x-rl'} // '', $h->{'x-cache'} // '', $dt);
 }
 
 sub no_alert {
     my ($prefix, $what) = @_;
-    my @bad = grep { /\[(?:alert|crit|emerg)\]|exited on signal/ }
-              file_lines("$prefix/logs/error.log");
-    is(scalar @bad, 0, "$what: no alert, no crash") or diag(@bad);
+    no_log_problems("$prefix/logs/error.log", "$what: no alert, no crash");
 }
 
 # --- a listener that never answers, both modules on it --------------------
@@ -79,13 +74,13 @@ sub no_alert {
     # the handshakes wait for connect_timeout (5 s): this request's commands
     # wait for their own timeout, the limiter's first
 
-    my @r = timed_get($port, '/both/a?u=1');
+    my @r = get_timed($port, '/both/a?u=1');
     is("$r[0] $r[1]", '200 ERROR', 'hung: the limiter fell back');
     cmp_ok($r[3], '>=', $T - 0.05, "hung: one timeout waited ($r[3] s)");
     cmp_ok($r[3], '<', 2 * $T - 0.1,
            "hung: one timeout, not the limiter's and the cache's ($r[3] s)");
 
-    my @c = timed_get($port, '/cache/b');
+    my @c = get_timed($port, '/cache/b');
     is($c[0], 200, 'hung: the cache answers from the upstream');
     cmp_ok($c[3], '<', $T - 0.1, "hung: the cache fails fast ($c[3] s)");
 
@@ -103,7 +98,7 @@ sub paused {
     my $deadline = time + 5;
     my @w;
     while (time < $deadline) {
-        @w = timed_get($port, "/both/warm?u=w");
+        @w = get_timed($port, "/both/warm?u=w");
         last if $w[1] eq 'PASSED' && $w[2] eq 'HIT';
         sleep 0.05;
     }
@@ -113,14 +108,14 @@ sub paused {
 
     redis_cmd_port($rport, 'CLIENT', 'PAUSE', 2500, 'ALL');
 
-    my @r = timed_get($port, $first);
+    my @r = get_timed($port, $first);
     is($r[0], 200, "$what: $first answered");
     cmp_ok($r[3], '>=', $T - 0.05, "$what: $first waited one timeout "
            . "($r[3] s)");
     cmp_ok($r[3], '<', 2 * $T - 0.1, "$what: $first waited no more than "
            . "one timeout ($r[3] s)");
 
-    my @s = timed_get($port, $second);
+    my @s = get_timed($port, $second);
     is($s[0], 200, "$what: $second answered");
     cmp_ok($s[3], '<', $T - 0.1, "$what: $second fails fast, the other "
            . "module saw the timeout ($s[3] s)");
@@ -152,7 +147,7 @@ sub paused {
     my $deadline = time + 5;
     my @w;
     while (time < $deadline) {
-        @w = timed_get($port, "/both/q3?u=2");
+        @w = get_timed($port, "/both/q3?u=2");
         last if $w[1] eq 'PASSED' && $w[2] =~ /^(?:MISS|HIT)$/;
         sleep 0.05;
     }
@@ -162,5 +157,7 @@ sub paused {
     $stop->();
     stop_redis($rport);
 }
+
+logs_once_more();
 
 done_testing();

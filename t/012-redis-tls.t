@@ -10,7 +10,7 @@ use strict;
 use warnings;
 use Test::More;
 use lib 't/lib';
-use AaiTest;
+use AaiTest qw( :DEFAULT :util );
 use Time::HiRes qw( time sleep );
 use File::Temp qw( tempdir );
 use POSIX qw( :sys_wait_h SIGTERM SIGKILL );
@@ -68,48 +68,29 @@ sub tls_redis {
     my ($plain, $tls) = (free_port(), free_port());
     my $dir = "$D/redis-$tls";
     mkdir $dir;
-    my $pid = fork();
-    die "fork: $!\n" unless defined $pid;
-    if ($pid == 0) {
-        open STDIN, '<', '/dev/null';
-        open STDOUT, '>', "$dir/redis.log";
-        open STDERR, '>&', \*STDOUT;
-        { no warnings 'exec';
-          exec 'redis-server', '--port', $plain, '--bind', '127.0.0.1',
-               '--tls-port', $tls, '--tls-cert-file', "$D/$cert.crt",
-               '--tls-key-file', "$D/$cert.key",
-               '--tls-ca-cert-file', "$D/ca.crt",
-               '--tls-auth-clients', $o{auth_clients} ? 'yes' : 'no',
-               '--requirepass', $PW, '--save', '', '--appendonly', 'no',
-               '--dir', $dir, '--daemonize', 'no', '--logfile', ''; }
-        POSIX::_exit(127);
-    }
+    my $pid = spawn(['redis-server', '--port', $plain, '--bind', '127.0.0.1',
+                     '--tls-port', $tls, '--tls-cert-file', "$D/$cert.crt",
+                     '--tls-key-file', "$D/$cert.key",
+                     '--tls-ca-cert-file', "$D/ca.crt",
+                     '--tls-auth-clients', $o{auth_clients} ? 'yes' : 'no',
+                     '--requirepass', $PW, '--save', '', '--appendonly',
+                     'no', '--dir', $dir, '--daemonize', 'no',
+                     '--logfile', ''], log => "$dir/redis.log");
     $Redis{$tls} = $pid;
-    my $deadline = time + 5;
-    while (time < $deadline) {
+    my $up = wait_until(5, sub {
         local $AaiTest::RedisErrorsDie = 0;
         my $r = eval { redis_cmd_port($plain, 'AUTH', $PW) };
-        return ($plain, $tls) if defined $r && $r eq 'OK';
         die "redis-server exited\n" if waitpid($pid, WNOHANG) == $pid;
-        sleep 0.05;
-    }
-    die "redis-server on $plain/$tls did not answer\n";
+        defined $r && $r eq 'OK';
+    });
+    die "redis-server on $plain/$tls did not answer\n" unless $up;
+    return ($plain, $tls);
 }
 
 sub stop_tls_redis {
     my $tls = shift;
-    my $pid = delete $Redis{$tls} or return;
-    kill SIGTERM, $pid;
-    my $deadline = time + 5;
-    while (time < $deadline) {
-        return if waitpid($pid, WNOHANG) == $pid;
-        sleep 0.02;
-    }
-    kill SIGKILL, $pid;
-    waitpid($pid, 0);
+    stop_pid(delete $Redis{$tls});
 }
-
-END { local $?; stop_tls_redis($_) for keys %Redis; }
 
 sub front {
     my ($name, $tls, $params, %o) = @_;
@@ -164,33 +145,9 @@ sub limit_ok {
 sub cache_hit_ok {
     my ($port, $path, $what) = @_;
     my ($first, $hit) = (get($port, $path), '');
-    my $deadline = time + 5;
-    while (time < $deadline) {
-        $hit = get($port, $path);
-        last if $hit eq '200 HIT';
-        sleep 0.05;
-    }
+    wait_until(5, sub { ($hit = get($port, $path)) eq '200 HIT' });
     is($first, '200 MISS', "$what: first lookup misses");
     is($hit, '200 HIT', "$what: then hits, from Redis over TLS");
-}
-
-sub log_like {
-    my ($prefix, $re, $what) = @_;
-    my $deadline = time + 3;
-    my @l;
-    while (time < $deadline) {
-        @l = grep { /$re/ } file_lines("$prefix/logs/error.log");
-        last if @l;
-        sleep 0.05;
-    }
-    ok(scalar @l, "$what: logged") or diag("no line matches $re");
-}
-
-sub no_alert {
-    my ($prefix, $what) = @_;
-    my @bad = grep { /\[(?:alert|crit|emerg)\]|exited on signal/ }
-              file_lines("$prefix/logs/error.log");
-    is(scalar @bad, 0, "$what: no alert, no crash") or diag(@bad);
 }
 
 sub refused_ok {
@@ -200,10 +157,11 @@ sub refused_ok {
                                        fallback => 'deny');
     my $r = get($port, '/rl/?u=refused');
     is($r, '429 ERROR', "$what: the limiter falls back (deny)");
-    log_like($prefix, qr/\[error\].*aai redis 127\.0\.0\.1:$tls: $re/,
-             $what);
+    log_like("$prefix/logs/error.log",
+             qr/\[error\].*aai redis 127\.0\.0\.1:$tls: $re/, "$what: logged");
     is(redis_cmd_port($plain, 'DBSIZE'), 0, "$what: nothing written");
-    no_alert($prefix, $what);
+    no_log_problems("$prefix/logs/error.log",
+                    "$what: no alert, no crash");
     $stop->();
     stop_tls_redis($tls);
 }
@@ -238,7 +196,8 @@ sub refused_ok {
     my @err = grep { /\[error\].*aai redis/ }
               file_lines("$prefix/logs/error.log");
     is(scalar @err, 0, 'tls: no Redis error logged') or diag(@err);
-    no_alert($prefix, 'tls');
+    no_log_problems("$prefix/logs/error.log",
+                    'tls: no alert, no crash');
     $stop->();
     stop_tls_redis($tls);
 }
@@ -263,7 +222,8 @@ refused_ok('r012name', 'server', "tls_ca=$D/ca.crt tls_name=wrong.example",
     my ($plain, $tls) = tls_redis('other');
     my ($port, $stop, $prefix) = front('r012nv', $tls, 'tls_verify=off');
     limit_ok($port, 'carol', 'tls_verify=off');
-    no_alert($prefix, 'tls_verify=off');
+    no_log_problems("$prefix/logs/error.log",
+                    'tls_verify=off: no alert, no crash');
     $stop->();
     stop_tls_redis($tls);
 }
@@ -279,7 +239,8 @@ refused_ok('r012name', 'server', "tls_ca=$D/ca.crt tls_name=wrong.example",
         "tls_ca=$D/ca.crt tls_cert=$D/client.crt tls_key=$D/client.key");
     limit_ok($port, 'dave', 'client certificate');
     cache_hit_ok($port, '/cache/c', 'client certificate');
-    no_alert($prefix, 'client certificate');
+    no_log_problems("$prefix/logs/error.log",
+                    'client certificate: no alert, no crash');
     $stop->();
 
     # without one, Redis refuses the connection
@@ -287,9 +248,11 @@ refused_ok('r012name', 'server', "tls_ca=$D/ca.crt tls_name=wrong.example",
                                     fallback => 'deny');
     is(get($port, '/rl/?u=erin'), '429 ERROR',
        'no client certificate: the limiter falls back');
-    log_like($prefix, qr/\[error\].*aai redis 127\.0\.0\.1:$tls: /,
-             'no client certificate');
-    no_alert($prefix, 'no client certificate');
+    log_like("$prefix/logs/error.log",
+             qr/\[error\].*aai redis 127\.0\.0\.1:$tls: /,
+             'no client certificate: logged');
+    no_log_problems("$prefix/logs/error.log",
+                    'no client certificate: no alert, no crash');
     $stop->();
     stop_tls_redis($tls);
 }
@@ -297,36 +260,28 @@ refused_ok('r012name', 'server', "tls_ca=$D/ca.crt tls_name=wrong.example",
 
 # --- nginx -t --------------------------------------------------------------
 
-sub conf_error_like {
-    my ($params, $re, $what) = @_;
-    my $conf = "aai_ratelimit_redis 127.0.0.1:6379 $params;\n";
-    my ($port, $stop) = eval { start_nginx_instance('r012conf', $conf) };
-    $stop->() if $stop;
-    like($@ // '', $re, "nginx -t: $what");
-}
+my $rl = 'aai_ratelimit_redis 127.0.0.1:6379';
 
-conf_error_like("tls=on tls_ca=$D/missing.crt",
+conf_error_like("$rl tls=on tls_ca=$D/missing.crt;",
     qr/cannot read tls_ca file ".*missing\.crt" in "aai_ratelimit_redis"/,
-    'a missing tls_ca file');
-conf_error_like("tls=on tls_cert=$D/client.crt",
+    'nginx -t: a missing tls_ca file');
+conf_error_like("$rl tls=on tls_cert=$D/client.crt;",
     qr/"tls_cert" needs "tls_key" in "aai_ratelimit_redis"/,
-    'tls_cert without tls_key');
-conf_error_like("tls=on tls_cert=$D/nothere.crt tls_key=$D/client.key",
+    'nginx -t: tls_cert without tls_key');
+conf_error_like("$rl tls=on tls_cert=$D/nothere.crt tls_key=$D/client.key;",
     qr/cannot read tls_cert file ".*nothere\.crt"/,
-    'a missing tls_cert file');
-conf_error_like("tls_ca=$D/ca.crt",
+    'nginx -t: a missing tls_cert file');
+conf_error_like("$rl tls_ca=$D/ca.crt;",
     qr/TLS parameters need "tls=on" in "aai_ratelimit_redis"/,
-    'tls_ca without tls=on');
-conf_error_like("tls=maybe",
+    'nginx -t: tls_ca without tls=on');
+conf_error_like("$rl tls=maybe;",
     qr/invalid value "maybe" of "tls" in "aai_ratelimit_redis"/,
-    'tls=maybe');
+    'nginx -t: tls=maybe');
 
-{
-    my $conf = "aai_cache_redis 127.0.0.1:6379 tls=on tls_key=$D/client.key;\n";
-    my ($port, $stop) = eval { start_nginx_instance('r012conf', $conf) };
-    $stop->() if $stop;
-    like($@ // '', qr/"tls_key" needs "tls_cert" in "aai_cache_redis"/,
-         'nginx -t: tls_key without tls_cert (aai_cache_redis)');
-}
+conf_error_like("aai_cache_redis 127.0.0.1:6379 tls=on tls_key=$D/client.key;",
+    qr/"tls_key" needs "tls_cert" in "aai_cache_redis"/,
+    'nginx -t: tls_key without tls_cert (aai_cache_redis)');
+
+logs_once_more();
 
 done_testing();

@@ -10,7 +10,7 @@ use warnings;
 use Test::More;
 use lib 't/lib';
 use AaiTest;
-use AaiTest qw( wait_until );
+use AaiTest qw( wait_until conf_error_like logs_once_more );
 use Time::HiRes qw( time sleep );
 use POSIX ();
 
@@ -518,23 +518,17 @@ _EOC_
 
 # --- nginx -t -----------------------------------------------------------------
 
-sub conf_error_like {
-    my ($args, $re, $what) = @_;
-    my ($p, $s) = eval {
-        start_nginx_instance('r014conf', "aai_ratelimit_redis $args;\n")
-    };
-    $s->() if $s;
-    like($@ // '', $re, "nginx -t: $what");
-}
-
-conf_error_like("cluster=127.0.0.1:$P[0],,127.0.0.1:1",
+conf_error_like("aai_ratelimit_redis cluster=127.0.0.1:$P[0],,127.0.0.1:1;",
     qr/invalid cluster address "" in "aai_ratelimit_redis"/,
-    'an empty cluster address');
-conf_error_like("cluster=no.such.host.invalid:7000",
+    'nginx -t: an empty cluster address');
+conf_error_like("aai_ratelimit_redis cluster=no.such.host.invalid:7000;",
     qr/cluster address "no\.such\.host\.invalid:7000" in "\w+": host not/,
-    'a cluster node that does not resolve');
-conf_error_like('cluster=' . join(',', map { "127.0.0.1:$_" } 7001 .. 7017),
+    'nginx -t: a cluster node that does not resolve');
+conf_error_like('aai_ratelimit_redis cluster='
+                . join(',', map { "127.0.0.1:$_" } 7001 .. 7017) . ';',
     qr/more than 16 cluster nodes in "aai_ratelimit_redis"/,
-    'too many seed nodes');
+    'nginx -t: too many seed nodes');
+
+logs_once_more();
 
 done_testing();

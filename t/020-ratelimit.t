@@ -59,17 +59,14 @@ _EOC_
 # puts $n admissions of the last second into a sliding window key
 sub seed {
     my ($key, $n) = @_;
-    my $t = redis_cmd('TIME');
-    my $now = $t->[0] * 1000000 + $t->[1];
+    my $now = AaiTest::redis_time_us();
     redis_cmd('RPUSH', $key, $now - $_ * 1000) for reverse 1 .. $n;
     redis_cmd('PEXPIRE', $key, 60000);
 }
 
 sub timed_get {
-    my ($path) = @_;
-    my $t0 = time;
-    my ($st, $h) = http_get($port, $path, {});
-    return ($st, $h->{'x-rl'} // '', time - $t0, $h);
+    my ($st, $h, undef, $dt) = AaiTest::timed_get($port, $_[0], {});
+    return ($st, $h->{'x-rl'} // '', $dt, $h);
 }
 
 redis_flushdb();
@@ -172,6 +169,8 @@ $stop->();
 
 no_shuffle();
 run_tests();
+
+AaiTest::logs_once_more();
 
 __DATA__
 

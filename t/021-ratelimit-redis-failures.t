@@ -22,10 +22,8 @@ add_block_preprocessor(sub {
 });
 
 sub get_status {
-    my ($port, $path) = @_;
-    my $t0 = time;
-    my ($st, $h, $body) = http_get($port, $path, {});
-    return ($st // 0, $h->{'x-rl'} // '', time - $t0, $body);
+    my ($st, $h, $body, $dt) = timed_get(@_, {});
+    return ($st // 0, $h->{'x-rl'} // '', $dt, $body);
 }
 
 
@@ -172,6 +170,8 @@ _EOC_
 
 no_shuffle();
 run_tests();
+
+AaiTest::logs_once_more();
 
 __DATA__
 
@@ -441,8 +441,7 @@ is(redis_cmd('TYPE', 'aai:rl:wtg:a'), 'string', 'gcra key replaced');
         empty_gif;
     }
 --- aai_before
-my $t = redis_cmd('TIME');
-my $now = $t->[0] * 1000000 + $t->[1];
+my $now = AaiTest::redis_time_us();
 for my $k ('aai:rl:zs:a', 'aai:rl:zsb:a') {
     redis_cmd('ZADD', $k, $now - $_ * 1000, "old$_") for 1 .. 5;
 }

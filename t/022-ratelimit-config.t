@@ -37,8 +37,7 @@ __DATA__
     }
 --- aai_before
 # zone b's key of user "full" holds its 10 and its burst of 5
-my $t = redis_cmd('TIME');
-my $now = $t->[0] * 1000000 + $t->[1];
+my $now = AaiTest::redis_time_us();
 redis_cmd('RPUSH', 'cfg:b:full', $now - $_ * 1000) for reverse 1 .. 15;
 redis_cmd('PEXPIRE', 'cfg:b:full', 600000);
 --- request eval

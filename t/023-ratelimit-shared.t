@@ -134,6 +134,8 @@ $stopb->();
 
 run_tests();
 
+AaiTest::logs_once_more();
+
 __DATA__
 
 === TEST 1: the same limit on the runner's own nginx

@@ -245,6 +245,8 @@ $stop->();
 
 run_tests();
 
+AaiTest::logs_once_more();
+
 __DATA__
 
 === TEST 1: on the runner's own nginx, a batch of one

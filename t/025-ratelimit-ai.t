@@ -496,6 +496,9 @@ $stopb->();
 
 run_tests();
 
+# a worker is killed (its leases expire)
+AaiTest::logs_once_more(allow => [qr/worker process \d+ exited on signal 9\b/]);
+
 __DATA__
 
 === TEST 1: the runner's own nginx: a location inherits the zones' parameters

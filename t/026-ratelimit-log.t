@@ -62,8 +62,7 @@ for my $loc ('one', 'two') {
 
 {
     my $key = 'aai:rl:l_one:long';
-    my ($sec, $usec) = @{ redis_cmd('TIME') };
-    my $now = $sec * 1000000 + $usec;
+    my $now = AaiTest::redis_time_us();
     my @old = map { $now - 5000000 + $_ } 1 .. 2000;
     redis_cmd('RPUSH', $key, @old[$_ * 500 .. $_ * 500 + 499]) for 0 .. 3;
     redis_cmd('RPUSH', $key, map { $now - 1000 + $_ } 1 .. 3);
@@ -86,6 +85,8 @@ is(scalar @bad, 0, 'no alert, no crash') or diag(@bad);
 $stop->();
 
 run_tests();
+
+AaiTest::logs_once_more();
 
 __DATA__
 

@@ -66,8 +66,7 @@ sub at_once {
 
 # Redis's clock (the script's), in seconds
 sub redis_now {
-    my $t = redis_cmd('TIME');
-    return $t->[0] + $t->[1] / 1e6;
+    return AaiTest::redis_time_us() / 1e6;
 }
 
 # polls Redis TIME until it is between $from and $to seconds into a
@@ -224,6 +223,8 @@ $stopa->();
 $stopb->();
 
 run_tests();
+
+AaiTest::logs_once_more();
 
 __DATA__
 

@@ -725,6 +725,8 @@ _EOC_
 
 run_tests();
 
+AaiTest::logs_once_more();
+
 __DATA__
 
 === TEST 1: on the runner's own nginx, the script Redis keeps is the file

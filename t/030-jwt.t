@@ -188,6 +188,8 @@ sub log_count {
 no_shuffle();
 run_tests();
 
+AaiTest::logs_once_more();
+
 __DATA__
 
 === TEST 1: every algorithm, every key source (env:, file=, value, PEM)

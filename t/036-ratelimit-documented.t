@@ -433,6 +433,8 @@ system('rm', '-rf', $keys);
 
 run_tests();
 
+AaiTest::logs_once_more();
+
 __DATA__
 
 === TEST 1: crit in the runner's nginx too: MALFORMED, logged at info

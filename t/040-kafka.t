@@ -251,10 +251,7 @@ is(join(',', map { $_->{event}{n} } @own), '2', 'location level event');
 --- init
 # runs in the runner's package: qualify names
 my $port = $ENV{TEST_NGINX_SERVER_PORT};
-for my $n (1 .. 5) {
-    my ($st) = AaiTest::http_get($port, "/t?n=$n");
-    Test::More::is($st, 204, "request $n");
-}
+AaiTest::answered_ok($port, '/t?n=%s', [1 .. 5]);
 AaiTest::metrics_wait($port, '/metrics', sub {
     ($_[0]{'aai_kafka_events_total{outcome="delivered"}'} // 0) >= 5
 });

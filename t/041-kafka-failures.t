@@ -9,7 +9,7 @@
 
 use Test::Nginx::Socket 'no_plan';
 use lib 't/lib';
-use AaiTest;
+use AaiTest qw( :DEFAULT :util );
 
 $ENV{TEST_NGINX_KAFKA_BROKERS} ||= '127.0.0.1:9092';
 $ENV{TEST_NGINX_KRUN} = "k041x$$" . int(rand(1e6));
@@ -17,74 +17,26 @@ $ENV{TEST_NGINX_KRUN} = "k041x$$" . int(rand(1e6));
 our $Run = $ENV{TEST_NGINX_KRUN};
 our $T0;
 
-sub all_brokers_down {
-    kafka_broker_down($_) for 1 .. 3;
-}
-
 sub port {
     return $ENV{TEST_NGINX_SERVER_PORT};
-}
-
-sub metric {
-    my ($m, $outcome) = @_;
-    my $k = $outcome eq 'depth' ? 'aai_kafka_queue_depth'
-            : "aai_kafka_events_total{outcome=\"$outcome\"}";
-    return $m->{$k} // 0;
-}
-
-sub counts {
-    my $m = shift;
-    return join ' ', map { "$_=" . metric($m, $_) }
-                     qw(produced delivered failed dropped depth);
 }
 
 # waits until the counters read as expected; checks them
 sub counts_are {
     my ($want, $name, $timeout) = @_;
-    my $m = metrics_wait(port(), '/metrics',
-                         sub { counts($_[0]) eq $want }, $timeout // 15);
-    is(counts($m), $want, $name);
-    return $m;
+    return kafka_counts_are(port(),
+                            [qw(produced delivered failed dropped depth)],
+                            $want, $name, $timeout);
 }
 
 # requests /t?n=N for each N; each must answer 204 at once
 sub requests {
-    my @n = @_;
-    for my $n (@n) {
-        my $t = Time::HiRes::time();
-        my ($st) = http_get(port(), "/t?n=$n");
-        my $dt = Time::HiRes::time() - $t;
-        is($st, 204, "request $n answered");
-        cmp_ok($dt, '<', 0.5, "request $n not delayed by Kafka");
-    }
+    answered_ok(port(), '/t?n=%s', [@_], within => 0.5);
 }
 
 sub event_numbers {
     my ($suffix, $count, $timeout) = @_;
-    my @e = kafka_events("$Run-$suffix", $count, $timeout // 10);
-    my @bad = grep { !defined $_->{event} } @e;
-    is(scalar @bad, 0, "$suffix: every event is valid JSON")
-        or diag($bad[0]{error});
-    return join ',', sort { $a <=> $b }
-                     map { $_->{event}{n} // 'undef' } @e;
-}
-
-sub master_pid {
-    my $root = $ENV{TEST_NGINX_SERVROOT} || 't/servroot';
-    my ($l) = file_lines("$root/logs/nginx.pid");
-    return $l =~ /^(\d+)/ ? $1 : undef;
-}
-
-sub worker_pids {
-    my $master = shift;
-    my @w;
-    opendir my $d, '/proc' or return ();
-    for my $p (grep { /^\d+$/ } readdir $d) {
-        my ($s) = file_lines("/proc/$p/stat");
-        push @w, $p if defined $s && $s =~ /^\d+ \(.*\) [^Z] (\d+) /
-                       && $1 == $master;
-    }
-    return @w;
+    return kafka_numbers("$Run-$suffix", $count, $timeout, check_json => 1);
 }
 
 master_on();
@@ -96,7 +48,7 @@ __DATA__
 
 === TEST 1: all brokers down at start: nginx starts at once, requests are not delayed, the events arrive once the brokers are back
 --- aai_before
-all_brokers_down();
+kafka_all_brokers_down();
 $T0 = Time::HiRes::time();
 --- http_config
     aai_kafka_brokers $TEST_NGINX_KAFKA_BROKERS;
@@ -147,7 +99,7 @@ is(event_numbers('late', 10), '1,2,3,4,5,6,7,8,9,10', 'no event lost');
 main::requests(1 .. 5);
 main::counts_are('produced=5 delivered=5 failed=0 dropped=0 depth=0',
                  'delivered while the brokers are up');
-main::all_brokers_down();
+AaiTest::kafka_all_brokers_down();
 main::requests(6 .. 15);
 select(undef, undef, undef, 1);
 main::counts_are('produced=15 delivered=5 failed=0 dropped=0 depth=10',
@@ -169,7 +121,7 @@ is(event_numbers('mid', 15), join(',', 1 .. 15),
 
 === TEST 3: an event that cannot be delivered within message.timeout.ms is counted as failed
 --- aai_before
-all_brokers_down();
+kafka_all_brokers_down();
 --- http_config
     aai_kafka_brokers $TEST_NGINX_KAFKA_BROKERS;
     aai_kafka_property message.timeout.ms 1000;
@@ -201,7 +153,7 @@ is(event_numbers('timeout', undef, 2), '', 'none of them arrived');
 
 === TEST 4: a full local queue drops events, counts and logs them
 --- aai_before
-all_brokers_down();
+kafka_all_brokers_down();
 --- http_config
     aai_kafka_brokers $TEST_NGINX_KAFKA_BROKERS;
     aai_kafka_property queue.buffering.max.messages 10;
@@ -249,7 +201,7 @@ is(event_numbers('full', 10), join(',', 1 .. 10),
     }
 --- init
 my $port = main::port();
-my $master = main::master_pid();
+my $master = AaiTest::master_pid();
 pipe(my $r, my $w) or die "pipe: $!";
 my $pid = fork();
 die "fork: $!" unless defined $pid;
@@ -304,10 +256,10 @@ is(event_numbers('reload', scalar @n), $Sent, 'every event exactly once');
         aai_metrics;
     }
 --- init
-main::all_brokers_down();
+AaiTest::kafka_all_brokers_down();
 main::requests(1 .. 5);
-my $master = main::master_pid();
-my @old = main::worker_pids($master);
+my $master = AaiTest::master_pid();
+my @old = AaiTest::worker_pids($master);
 Test::More::is(scalar @old, 1, 'one worker');
 my $t = Time::HiRes::time();
 kill 'HUP', $master;

@@ -10,7 +10,7 @@
 
 use Test::Nginx::Socket 'no_plan';
 use lib 't/lib';
-use AaiTest;
+use AaiTest qw( :DEFAULT :util );
 
 use File::Temp ();
 
@@ -36,76 +36,35 @@ sub big_format {
     return "aai_kafka_format $name b=" . ('$arg_x' x $n) . ";\n";
 }
 
-sub all_brokers_down {
-    kafka_broker_down($_) for 1 .. 3;
-}
-
 sub port {
     return $ENV{TEST_NGINX_SERVER_PORT};
 }
 
-sub metric {
-    my ($m, $outcome) = @_;
-    my $k = $outcome eq 'depth' ? 'aai_kafka_queue_depth'
-            : "aai_kafka_events_total{outcome=\"$outcome\"}";
-    return $m->{$k} // 0;
-}
-
-sub counts {
-    my $m = shift;
-    return join ' ', map { "$_=" . metric($m, $_) }
-                     qw(produced delivered failed dropped lost depth);
-}
-
+# waits until the counters read as expected; checks them
 sub counts_are {
     my ($want, $name, $timeout) = @_;
-    my $m = metrics_wait(port(), '/metrics',
-                         sub { counts($_[0]) eq $want }, $timeout // 15);
-    is(counts($m), $want, $name);
-    return $m;
+    return kafka_counts_are(port(),
+                            [qw(produced delivered failed dropped lost depth)],
+                            $want, $name, $timeout);
 }
 
 # requests /t?n=N for each N; each must answer 204 at once
 sub requests {
-    my @n = @_;
-    for my $n (@n) {
-        my $t = Time::HiRes::time();
-        my ($st) = http_get(port(), "/t?n=$n");
-        my $dt = Time::HiRes::time() - $t;
-        is($st, 204, "request $n answered");
-        cmp_ok($dt, '<', 0.5, "request $n not delayed by Kafka");
-    }
+    answered_ok(port(), '/t?n=%s', [@_], within => 0.5);
 }
 
 sub event_numbers {
     my ($suffix, $count, $timeout) = @_;
-    my @e = kafka_events("$Run-$suffix", $count, $timeout // 10);
-    return join ',', sort { $a <=> $b }
-                     map { $_->{event}{n} // 'undef' } @e;
-}
-
-sub master_pid {
-    my $root = $ENV{TEST_NGINX_SERVROOT} || 't/servroot';
-    my ($l) = file_lines("$root/logs/nginx.pid");
-    return $l =~ /^(\d+)/ ? $1 : undef;
-}
-
-sub worker_pids {
-    my $master = shift;
-    my @w;
-    opendir my $d, '/proc' or return ();
-    for my $p (grep { /^\d+$/ } readdir $d) {
-        my ($s) = file_lines("/proc/$p/stat");
-        push @w, $p if defined $s && $s =~ /^\d+ \(.*\) [^Z] (\d+) /
-                       && $1 == $master;
-    }
-    return @w;
+    return kafka_numbers("$Run-$suffix", $count, $timeout);
 }
 
 master_on();
 workers(1);
 no_shuffle();
 run_tests();
+
+# TEST 5 kills a worker of its nginx
+logs_once_more(allow => [qr/worker process \d+ exited on signal 9\b/]);
 
 __DATA__
 
@@ -153,7 +112,7 @@ aai_kafka_queue_depth 0
 main::requests(1);
 main::counts_are('produced=1 delivered=1 failed=0 dropped=0 lost=0 depth=0',
                  'connected and delivered');
-main::all_brokers_down();
+AaiTest::kafka_all_brokers_down();
 # keyed: every partition gets events, so the producer reconnects to every
 # broker, for 7 s: long enough for librdkafka's own backoff (up to 10 s) to
 # grow past 2 s
@@ -195,7 +154,7 @@ is(event_numbers('back', 31), join(',', 1 .. 31), 'every event arrived');
         aai_metrics;
     }
 --- init
-main::all_brokers_down();
+AaiTest::kafka_all_brokers_down();
 for my $i (1 .. 60) {
     my ($st) = AaiTest::http_get(main::port(), "/t?x=$main::Arg");
     Test::More::is($st, 204, "big event $i answered") if $i == 60;
@@ -251,19 +210,18 @@ my ($port, $stop, $prefix) = AaiTest::start_nginx_instance('kill043',
     }
 _EOC_
 local $ENV{TEST_NGINX_SERVER_PORT} = $port;
-main::all_brokers_down();
+AaiTest::kafka_all_brokers_down();
 main::requests(1 .. 7);
 main::counts_are('produced=7 delivered=0 failed=0 dropped=0 lost=0 depth=7',
                  'queued while the brokers are down', 0);
-my ($l) = AaiTest::file_lines("$prefix/logs/nginx.pid");
-my ($master) = $l =~ /^(\d+)/;
-my @old = main::worker_pids($master);
+my $master = AaiTest::master_pid($prefix);
+my @old = AaiTest::worker_pids($master);
 Test::More::is(scalar @old, 1, 'one worker');
 kill 'KILL', $old[0];
 my $deadline = Time::HiRes::time() + 10;
 my @new;
 while (Time::HiRes::time() < $deadline) {
-    @new = grep { $_ != $old[0] } main::worker_pids($master);
+    @new = grep { $_ != $old[0] } AaiTest::worker_pids($master);
     last if @new;
     select(undef, undef, undef, 0.05);
 }
@@ -326,13 +284,13 @@ Test::More::diag(sprintf('%d requests, the slowest took %.3f s', $n - 1,
 # the event in the rejected Produce failed (and any queued behind it in
 # the old producer), every other one is delivered
 $m = AaiTest::metrics_wait(main::port(), '/metrics', sub {
-    main::metric($_[0], 'depth') == 0
-    && main::metric($_[0], 'delivered') + main::metric($_[0], 'failed') == $n
+    AaiTest::kafka_metric($_[0], 'depth') == 0
+    && AaiTest::kafka_metric($_[0], 'delivered') + AaiTest::kafka_metric($_[0], 'failed') == $n
 }, 15);
-Test::More::is(main::metric($m, 'produced'), $n, 'every event produced');
-Test::More::cmp_ok(main::metric($m, 'failed'), '>=', 1,
+Test::More::is(AaiTest::kafka_metric($m, 'produced'), $n, 'every event produced');
+Test::More::cmp_ok(AaiTest::kafka_metric($m, 'failed'), '>=', 1,
                    'the rejected event failed');
-Test::More::is(main::metric($m, 'delivered') + main::metric($m, 'failed'),
+Test::More::is(AaiTest::kafka_metric($m, 'delivered') + AaiTest::kafka_metric($m, 'failed'),
                $n, 'the others delivered');
 --- request
 GET /metrics
@@ -359,11 +317,8 @@ aai_kafka_producer_restarts_total 1
         aai_metrics;
     }
 --- init
-main::all_brokers_down();
-for my $i (1 .. 3) {
-    my ($st) = AaiTest::http_get(main::port(), "/t?x=$main::Arg");
-    Test::More::is($st, 204, "event $i answered");
-}
+AaiTest::kafka_all_brokers_down();
+AaiTest::answered_ok(main::port(), "/t?x=$main::Arg&i=%s", [1 .. 3]);
 my $m = main::counts_are('produced=1 delivered=0 failed=0 dropped=2 lost=0 '
                          . 'depth=1', 'one queued, two dropped', 0);
 Test::More::is($m->{'aai_kafka_dropped_total{reason="queue_full"}'}, 2,
@@ -374,3 +329,44 @@ GET /metrics
 aai_kafka_dropped_total\{reason="queue_full"\} 2
 --- aai_after
 kafka_all_brokers_up();
+
+
+
+=== TEST 8: no producer (acks=1 with enable.idempotence=true: rd_kafka_new() refuses it, which only nginx -t checks): requests still answered, every event dropped as no_producer, the cause logged once
+--- http_config
+    aai_kafka_brokers $TEST_NGINX_KAFKA_BROKERS;
+    aai_kafka_property acks 1;
+    aai_kafka_property enable.idempotence true;
+    aai_kafka_format n n=$arg_n:number;
+--- config
+    location = /t {
+        aai_kafka_event $TEST_NGINX_KRUN-noproducer format=n;
+        return 204;
+    }
+    location = /metrics {
+        aai_metrics;
+    }
+--- init
+main::requests(1 .. 5);
+my $m = main::counts_are('produced=0 delivered=0 failed=0 dropped=5 lost=0 '
+                         . 'depth=0', 'every event dropped, none queued');
+Test::More::is($m->{'aai_kafka_dropped_total{reason="no_producer"}'}, 5,
+               'dropped because there is no producer');
+my $log = ($ENV{TEST_NGINX_SERVROOT} || 't/servroot') . '/logs/error.log';
+# the drops are logged at most once a second, with their count
+my $logged = 0;
+AaiTest::wait_until(5, sub {
+    $logged = 0;
+    for (AaiTest::file_lines($log)) {
+        $logged += $1 if /aai_kafka: (\d+) events dropped, last error: (?:Local: Erroneous state)/;
+    }
+    $logged >= 5;
+});
+Test::More::is($logged, 5, 'the drops logged with their count');
+my @why = grep { /could not create the producer: `acks` must be set to `all` when `enable\.idempotence` is true, events will be dropped/ }
+          AaiTest::file_lines($log);
+Test::More::is(scalar @why, 1, 'why, logged once');
+--- request
+GET /metrics
+--- response_body_like
+aai_kafka_dropped_total\{reason="no_producer"\} 5

@@ -10,7 +10,7 @@
 
 use Test::Nginx::Socket 'no_plan';
 use lib 't/lib';
-use AaiTest;
+use AaiTest qw( :DEFAULT :util );
 
 use File::Temp ();
 
@@ -26,46 +26,21 @@ $ENV{TEST_NGINX_SPOOL} = $Tmp;
 
 our $Magic = "\xffAK\xfe";
 
-sub all_brokers_down {
-    kafka_broker_down($_) for 1 .. 3;
-}
-
 sub port {
     return $ENV{TEST_NGINX_SERVER_PORT};
 }
 
-sub metric {
-    my ($m, $name) = @_;
-    my $k = $name =~ /^(spool_bytes|spool_oldest_seconds)$/
-            ? "aai_kafka_$name"
-            : $name =~ /^spool_/ ? "aai_kafka_dropped_total{reason=\"$name\"}"
-            : "aai_kafka_events_total{outcome=\"$name\"}";
-    return $m->{$k} // 0;
-}
-
-sub counts {
-    my $m = shift;
-    return join ' ', map { "$_=" . metric($m, $_) }
-                     qw(spooled replayed dropped spool_full spool_corrupt);
-}
-
 sub counts_are {
     my ($want, $name, $timeout, $port) = @_;
-    my $m = metrics_wait($port // port(), '/metrics',
-                         sub { counts($_[0]) eq $want }, $timeout // 15);
-    is(counts($m), $want, $name);
-    return $m;
+    return kafka_counts_are($port // port(),
+        [qw(spooled replayed dropped spool_full spool_corrupt)],
+        $want, $name, $timeout);
 }
 
 # requests /t?n=N for each N; each must answer 204
 sub requests {
     my ($port, @n) = @_;
-    my $ok = 0;
-    for my $n (@n) {
-        my ($st) = http_get($port, "/t?n=$n");
-        $ok++ if defined $st && $st == 204;
-    }
-    is($ok, scalar @n, scalar(@n) . ' requests answered');
+    answered_ok($port, '/t?n=%s', \@n);
 }
 
 # the distinct numbers that arrived, and how many events in all
@@ -77,16 +52,6 @@ sub arrived {
 sub spool_files {
     my $dir = shift;
     return grep { -s $_ } glob("$Tmp/$dir/*.spool");
-}
-
-sub wait_for {
-    my ($cond, $timeout) = @_;
-    my $deadline = Time::HiRes::time() + ($timeout // 10);
-    while (Time::HiRes::time() < $deadline) {
-        return 1 if $cond->();
-        select(undef, undef, undef, 0.1);
-    }
-    return $cond->();
 }
 
 sub instance_conf {
@@ -113,6 +78,9 @@ master_on();
 workers(1);
 no_shuffle();
 run_tests();
+
+# a worker is killed (its spool files replayed by the next)
+logs_once_more(allow => [qr/worker process \d+ exited on signal 9\b/]);
 
 __DATA__
 
@@ -155,7 +123,7 @@ invalid rate "rate=0" in "aai_kafka_spool", it must be 1 to 1000000 events per s
 main::requests(main::port(), 1 .. 20);
 my $m = AaiTest::metrics_wait(main::port(), '/metrics', sub {
     ($_[0]->{'aai_kafka_events_total{outcome="delivered"}'} // 0) == 20 });
-Test::More::is(main::metric($m, 'delivered'), 20, 'all delivered');
+Test::More::is(AaiTest::kafka_metric($m, 'delivered'), 20, 'all delivered');
 main::counts_are('spooled=0 replayed=0 dropped=0 spool_full=0 '
                  . 'spool_corrupt=0', 'nothing spooled');
 my @f = glob("$main::Tmp/happy/*");
@@ -184,14 +152,14 @@ aai_kafka_spool_bytes 0
         aai_metrics;
     }
 --- init
-main::all_brokers_down();
+AaiTest::kafka_all_brokers_down();
 for my $i (0 .. 5) {
     main::requests(main::port(), $i * 5 + 1 .. $i * 5 + 5);
     select(undef, undef, undef, 0.25);
 }
 main::counts_are('spooled=30 replayed=0 dropped=0 spool_full=0 '
                  . 'spool_corrupt=0', 'every event timed out, spooled', 10);
-Test::More::ok(main::wait_for(sub { main::spool_files('outage') >= 1 }),
+Test::More::ok(AaiTest::wait_until(10, sub { main::spool_files('outage') >= 1 }),
                'written to a spool file');
 AaiTest::kafka_all_brokers_up();
 main::counts_are('spooled=30 replayed=30 dropped=0 spool_full=0 '
@@ -200,7 +168,7 @@ main::counts_are('spooled=30 replayed=30 dropped=0 spool_full=0 '
 my ($n, $all) = main::arrived('outage', 30);
 Test::More::is($n, join(',', 1 .. 30), 'every event arrived');
 Test::More::diag("$all events arrived for 30 requests");
-Test::More::ok(main::wait_for(sub { main::spool_files('outage') == 0 }),
+Test::More::ok(AaiTest::wait_until(10, sub { main::spool_files('outage') == 0 }),
                'the replayed file is removed');
 my $m = AaiTest::metrics_wait(main::port(), '/metrics', sub {
     ($_[0]->{aai_kafka_spool_bytes} // -1) == 0 }, 5);
@@ -222,7 +190,7 @@ kafka_all_brokers_up();
 --- init
 my $conf = main::instance_conf('stop', 'stop');
 my ($port, $stop) = AaiTest::start_nginx_instance('spool044', $conf);
-main::all_brokers_down();
+AaiTest::kafka_all_brokers_down();
 main::requests($port, 1 .. 20);
 $stop->();
 my @f = main::spool_files('stop');
@@ -234,7 +202,7 @@ Test::More::is($n, join(',', 1 .. 20), 'the spooled events arrived');
 main::counts_are('spooled=0 replayed=20 dropped=0 spool_full=0 '
                  . 'spool_corrupt=0', 'replayed by the new start', 10,
                  $port);
-Test::More::ok(main::wait_for(sub { main::spool_files('stop') == 0 }),
+Test::More::ok(AaiTest::wait_until(10, sub { main::spool_files('stop') == 0 }),
                'the replayed file is removed');
 $stop->();
 --- request
@@ -253,7 +221,7 @@ kafka_all_brokers_up();
 --- init
 my $conf = main::instance_conf('bad', 'bad');
 my ($port, $stop) = AaiTest::start_nginx_instance('spool044', $conf);
-main::all_brokers_down();
+AaiTest::kafka_all_brokers_down();
 main::requests($port, 1 .. 20);
 $stop->();
 my ($f) = main::spool_files('bad');
@@ -314,7 +282,7 @@ my $rec = 24 + length("$main::Run-full") + 408;
         aai_metrics;
     }
 --- init
-main::all_brokers_down();
+AaiTest::kafka_all_brokers_down();
 my $p = 'a' x 400;
 my $ok = 0;
 for my $i (1 .. 21) {
@@ -361,7 +329,7 @@ kafka_all_brokers_up();
 my $root = $ENV{TEST_NGINX_SERVROOT} || 't/servroot';
 my ($l) = AaiTest::file_lines("$root/logs/nginx.pid");
 my ($master) = $l =~ /^(\d+)/;
-main::all_brokers_down();
+AaiTest::kafka_all_brokers_down();
 for my $i (0 .. 5) {
     main::requests(main::port(), $i * 10 + 1 .. $i * 10 + 10);
     kill 'HUP', $master if $i < 5;
@@ -371,7 +339,7 @@ AaiTest::kafka_all_brokers_up();
 my ($n, $all) = main::arrived('reload', 60, 30);
 Test::More::is($n, join(',', 1 .. 60), 'every event arrived');
 Test::More::diag("$all events arrived for 60 requests");
-Test::More::ok(main::wait_for(sub { main::spool_files('reload') == 0 }, 15),
+Test::More::ok(AaiTest::wait_until(15, sub { main::spool_files('reload') == 0 }),
                'every spool file replayed and removed');
 --- request
 GET /t
@@ -415,7 +383,7 @@ main::requests(main::port(), 1);
 my @e = AaiTest::kafka_events("$main::Run-headers", 1, 10);
 Test::More::is_deeply($e[0]{headers}, ['trace', 't-1', 'schema', 'v1'],
                       'the headers of an event delivered at once');
-main::all_brokers_down();
+AaiTest::kafka_all_brokers_down();
 main::requests(main::port(), 2, 3);
 main::counts_are('spooled=2 replayed=0 dropped=0 spool_full=0 '
                  . 'spool_corrupt=0', 'timed out, spooled', 10);
@@ -494,11 +462,11 @@ my $conf = main::instance_conf('crash', 'crash');
 $conf =~ s/(aai_kafka_flush_timeout 300ms;)/$1
     aai_kafka_property message.timeout.ms 1000;/;
 my ($port, $stop, $prefix) = AaiTest::start_nginx_instance('spool044', $conf);
-main::all_brokers_down();
+AaiTest::kafka_all_brokers_down();
 main::requests($port, 1 .. 10);
 main::counts_are('spooled=10 replayed=0 dropped=0 spool_full=0 '
                  . 'spool_corrupt=0', 'timed out, spooled', 10, $port);
-Test::More::ok(main::wait_for(sub { main::spool_files('crash') == 1 }),
+Test::More::ok(AaiTest::wait_until(10, sub { main::spool_files('crash') == 1 }),
                'written to disk');
 my ($l) = AaiTest::file_lines("$prefix/logs/nginx.pid");
 my ($master) = $l =~ /^(\d+)/;
@@ -507,7 +475,7 @@ kill 'KILL', @old;
 AaiTest::kafka_all_brokers_up();
 my ($n) = main::arrived('crash', 10);
 Test::More::is($n, join(',', 1 .. 10), 'the killed worker\'s events arrived');
-Test::More::ok(main::wait_for(sub { main::spool_files('crash') == 0 }),
+Test::More::ok(AaiTest::wait_until(10, sub { main::spool_files('crash') == 0 }),
                'its file is removed');
 $stop->();
 --- request
@@ -529,7 +497,7 @@ my $conf = main::instance_conf('two', 'two');
 $conf =~ s/max_size=1m;/max_size=1m rate=10;/ or die;
 my ($port, $stop) = AaiTest::start_nginx_instance('spool044', $conf,
                                                   workers => 2);
-main::all_brokers_down();
+AaiTest::kafka_all_brokers_down();
 main::requests($port, 1 .. 40);
 $stop->();
 Test::More::cmp_ok(scalar(main::spool_files('two')), '>=', 1, 'spooled');
@@ -543,7 +511,7 @@ select(undef, undef, undef, 1);
 my ($n, $all) = main::arrived('two', 40);
 Test::More::is($n, join(',', 1 .. 40), 'every event arrived');
 Test::More::is($all, 40, 'none twice');
-Test::More::ok(main::wait_for(sub { main::spool_files('two') == 0 }),
+Test::More::ok(AaiTest::wait_until(10, sub { main::spool_files('two') == 0 }),
                'the files are removed');
 $stop->();
 --- request

@@ -132,6 +132,8 @@ workers(1);
 no_shuffle();
 run_tests();
 
+AaiTest::logs_once_more();
+
 __DATA__
 
 === TEST 1: a binary upgrade (USR2, then QUIT to the old master) under traffic while the brokers are down: once they are back every event arrives, none twice

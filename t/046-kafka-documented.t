@@ -213,6 +213,8 @@ kmock_rtt(0);
 
 run_tests();
 
+AaiTest::logs_once_more();
+
 __DATA__
 
 === TEST 1: the RTT histogram in the runner's nginx, nothing observed yet

@@ -305,6 +305,8 @@ _EOC_
 no_shuffle();
 run_tests();
 
+AaiTest::logs_once_more();
+
 __DATA__
 
 === TEST 1: a miss goes upstream and is stored; the hit is served from Redis

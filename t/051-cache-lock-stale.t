@@ -559,6 +559,8 @@ for my $p ($a_prefix, $b_prefix, $app_prefix) {
 
 run_tests();
 
+AaiTest::logs_once_more();
+
 $a_stop->();
 $b_stop->();
 $app_stop->();

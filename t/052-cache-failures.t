@@ -84,11 +84,9 @@ _EOC_
 # --- Redis refused, hung, restarted ---------------------------------------
 
 sub timed_get {
-    my ($port, $path) = @_;
-    my $t0 = time;
-    my ($st, $h, $body) = http_get($port, $path);
+    my ($st, $h, $body, $dt) = AaiTest::timed_get(@_);
     return ($st // 0, $h->{'x-status'} // '', $h->{'cache-status'} // '',
-            $body // '', time - $t0);
+            $body // '', $dt);
 }
 
 my ($app_port, $app_stop) = start_nginx_instance('c052app', <<'_EOC_');
@@ -302,6 +300,8 @@ $app_stop->();
 
 no_shuffle();
 run_tests();
+
+AaiTest::logs_once_more();
 
 __DATA__
 

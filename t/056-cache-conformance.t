@@ -10,7 +10,7 @@
 
 use Test::Nginx::Socket 'no_plan';
 use lib 't/lib';
-use AaiTest;
+use AaiTest qw( :DEFAULT :util );
 use HTTP::Date qw( time2str str2time );
 use IO::Socket::INET;
 use Time::HiRes qw( sleep time );
@@ -25,63 +25,8 @@ unlink $origin_log;
 
 # path (without the query) => sub returning (status, [headers], body)
 our %Routes;
-my @Origins;
-
-END {
-    kill 'TERM', @Origins if @Origins;
-}
-
-sub start_origin {
-    my $l = IO::Socket::INET->new(Listen => 64, LocalAddr => '127.0.0.1',
-                                  LocalPort => 0, ReuseAddr => 1)
-        or die "origin: listen: $!";
-    my $port = $l->sockport;
-    my $pid = fork // die "origin: fork: $!";
-    if ($pid) {
-        close $l;
-        push @Origins, $pid;
-        return ($port, $pid);
-    }
-    # not the test's handlers, nor its output (prove waits for that)
-    $SIG{$_} = 'DEFAULT' for qw( TERM INT HUP );
-    open STDOUT, '>', '/dev/null';
-    open STDERR, '>', '/dev/null';
-    my $end = time + 300;
-    while (time < $end) {
-        my $c = $l->accept or next;
-        my $head = '';
-        while ($head !~ /\r\n\r\n/) {
-            my $n = sysread($c, $head, 4096, length $head);
-            last unless $n;
-        }
-        my ($method, $target) = $head =~ m{^(\S+) (\S+)};
-        next unless defined $target;
-        if ($head =~ /^Content-Length:\s*(\d+)/mi) {
-            my $want = $1 - (length($head) - index($head, "\r\n\r\n") - 4);
-            while ($want > 0) {
-                my $n = sysread($c, my $b, $want);
-                last unless $n;
-                $want -= $n;
-            }
-        }
-        my ($path) = $target =~ m{^([^?]*)};
-        my $route = $Routes{$path} || sub { (404, [], "no route\n") };
-        my ($status, $hdrs, $body) = $route->($method, $target, $head);
-        my $out = "HTTP/1.1 $status X\r\n";
-        my @h = @$hdrs;
-        while (my ($k, $v) = splice(@h, 0, 2)) {
-            $out .= "$k: $v\r\n";
-        }
-        $out .= "Content-Length: " . length($body) . "\r\n"
-                . "Connection: close\r\n\r\n$body";
-        syswrite($c, $out);
-        close $c;
-        if (open my $log, '>>', $origin_log) {
-            print $log "$method $target\n";
-            close $log;
-        }
-    }
-    POSIX::_exit(0);
+sub origin {
+    return AaiTest::start_origin(\%Routes, log => $origin_log);
 }
 
 sub origin_count {
@@ -89,38 +34,6 @@ sub origin_count {
     return scalar grep { /$re/ } file_lines($origin_log);
 }
 
-# keys of entries, vary records and variant sets (not stampede locks)
-sub entry_keys {
-    return scalar grep { !/:l$/ } @{ redis_cmd('KEYS', 'aai:c:*') };
-}
-
-# an entry is stored after its response has gone: wait for it in Redis
-sub wait_entries {
-    my $want = shift;
-    for (1 .. 250) {
-        my $n = entry_keys();
-        return $n if $n >= $want;
-        sleep 0.02;
-    }
-    return entry_keys();
-}
-
-sub front {
-    my ($name, $origin_port, $extra) = @_;
-    $extra //= '';
-    return start_nginx_instance($name, <<"_EOC_");
-    aai_cache_redis 127.0.0.1:\$TEST_NGINX_REDIS_PORT;
-    server {
-        listen 127.0.0.1:\$TEST_NGINX_INSTANCE_PORT;
-        location / {
-            aai_cache on;
-            $extra
-            add_header X-Status \$aai_cache_status;
-            proxy_pass http://127.0.0.1:$origin_port;
-        }
-    }
-_EOC_
-}
 
 
 # --- freshness arithmetic (RFC 9111, 4.2, 5.1, 5.3) ------------------------
@@ -152,8 +65,8 @@ _EOC_
     );
 
     redis_flushdb();
-    my ($oport, $opid) = start_origin();
-    my ($port, $stop) = front('c056fresh', $oport);
+    my ($oport, $opid) = origin();
+    my ($port, $stop) = cache_front('c056fresh', $oport);
 
     for my $p (qw( /expires-utc /expires-aest /expires-before-date
                    /expires-age /age-list ))
@@ -167,19 +80,19 @@ _EOC_
     }
 
     my ($s1, $h1) = http_get($port, '/age-abc');
-    wait_entries(1);
+    wait_cache_entries(1);
     my ($s2, $h2) = http_get($port, '/age-abc');
     is("$h1->{'x-status'} $h2->{'x-status'}", 'MISS HIT',
        'an invalid Age is ignored');
 
     ($s1, $h1) = http_get($port, '/expires-good');
-    wait_entries(2);
+    wait_cache_entries(2);
     ($s2, $h2) = http_get($port, '/expires-good');
     is("$h1->{'x-status'} $h2->{'x-status'}", 'MISS HIT',
        'Expires an hour after Date is fresh');
 
     ($s1, $h1) = http_get($port, '/age-30');
-    wait_entries(3);
+    wait_cache_entries(3);
 
     # the next second, so that a Date made at the hit would differ
     sleep(int(time) + 1.05 - time);
@@ -210,11 +123,11 @@ _EOC_
     );
 
     redis_flushdb();
-    my ($oport, $opid) = start_origin();
-    my ($port, $stop) = front('c056hop', $oport);
+    my ($oport, $opid) = origin();
+    my ($port, $stop) = cache_front('c056hop', $oport);
 
     my ($s1, $h1) = http_get($port, '/hop');
-    wait_entries(1);
+    wait_cache_entries(1);
     my ($s2, $h2, $b2) = http_get($port, '/hop');
     is("$h2->{'x-status'} $b2", "HIT hop\n", 'Connection: a hit');
     is($h2->{'x-end'}, '3', 'an end-to-end header is stored');
@@ -264,8 +177,8 @@ _EOC_
     );
 
     redis_flushdb();
-    my ($oport, $opid) = start_origin();
-    my ($port, $stop) = front('c056cdn', $oport);
+    my ($oport, $opid) = origin();
+    my ($port, $stop) = cache_front('c056cdn', $oport);
 
     for my $p (qw( /cdn-private /cdn-no-cache /cdn-no-store /cdn-short
                    /cdn-invalid /cdn-not-sf /cdn-string ))
@@ -277,7 +190,7 @@ _EOC_
     }
 
     my ($s1, $h1) = http_get($port, '/cdn-over-no-store');
-    wait_entries(1);
+    wait_cache_entries(1);
     my ($s2, $h2, $b2) = http_get($port, '/cdn-over-no-store');
     is("$h2->{'x-status'} $b2", "HIT long\n",
        'CDN-Cache-Control max-age wins over Cache-Control no-store');
@@ -286,7 +199,7 @@ _EOC_
 
     # a field of one's own first, then CDN-Cache-Control
 
-    my ($oport2, $stop2) = front('c056own', $oport,
+    my ($oport2, $stop2) = cache_front('c056own', $oport,
         'aai_cache_control_field Acme-Cache-Control CDN-Cache-Control;');
     ($s1, $h1) = http_get($oport2, '/own');
     ($s2, $h2) = http_get($oport2, '/own');
@@ -294,10 +207,10 @@ _EOC_
        'aai_cache_control_field: the own field has precedence');
     like($h1->{'cache-status'}, qr/detail=no-store/, 'its no-store');
 
-    my ($oport3, $stop3) = front('c056off', $oport,
+    my ($oport3, $stop3) = cache_front('c056off', $oport,
         'aai_cache_control_field off;');
     ($s1, $h1) = http_get($oport3, '/cdn-no-store');
-    wait_entries(2);
+    wait_cache_entries(2);
     ($s2, $h2) = http_get($oport3, '/cdn-no-store');
     is("$h1->{'x-status'} $h2->{'x-status'}", 'MISS HIT',
        'aai_cache_control_field off: Cache-Control alone');
@@ -331,8 +244,8 @@ _EOC_
     local %Routes = map { $_ => $res } qw( /inv /loc /cl /other );
 
     redis_flushdb();
-    my ($oport, $opid) = start_origin();
-    my ($port, $stop) = front('c056inv', $oport);
+    my ($oport, $opid) = origin();
+    my ($port, $stop) = cache_front('c056inv', $oport);
 
     my $prime = sub {
         my ($path, @langs) = @_;
@@ -345,12 +258,12 @@ _EOC_
         my ($s, $h) = http_get($port, $path, { 'Accept-Language' => $lang });
         return $h->{'x-status'};
     };
-    my $entries = \&entry_keys;
+    my $entries = \&cache_entry_keys;
 
     for my $m (qw( POST PUT DELETE M-SEARCH )) {
         redis_flushdb();
         $prime->("/inv?$m", 'en', 'fr');
-        is(wait_entries(4), 4, "$m: two variants, their vary record, set");
+        is(wait_cache_entries(4), 4, "$m: two variants, their vary record, set");
         is($cached->("/inv?$m", 'fr'), 'HIT', "$m: stored first");
 
         my ($s) = http_get($port, "/inv?$m", {}, $m, 'x');
@@ -364,13 +277,13 @@ _EOC_
         is($left, 0, "$m: every variant deleted from redis");
         is($cached->("/inv?$m", 'en') . ' ' . $cached->("/inv?$m", 'fr'),
            'MISS MISS', "$m: the next GETs go upstream");
-        wait_entries(4);    # they are stored again: not in the next round
+        wait_cache_entries(4);    # they are stored again: not in the next round
     }
 
     # a failed unsafe request invalidates nothing
     redis_flushdb();
     $prime->('/inv?fail', 'en');
-    wait_entries(3);
+    wait_cache_entries(3);
     my ($s) = http_get($port, '/inv?fail', {}, 'POST', 'x');
     is($s, 500, 'failed POST');
     sleep 0.2;
@@ -379,7 +292,7 @@ _EOC_
     # Location and Content-Location on the same host; not another host's
     redis_flushdb();
     $prime->($_, 'en') for qw( /loc /cl /other );
-    wait_entries(9);
+    wait_cache_entries(9);
     ($s) = http_get($port, '/inv?make', {}, 'POST', 'x');
     is($s, 201, 'POST that makes a resource');
     ($s) = http_get($port, '/inv?away', {}, 'POST', 'x');
@@ -409,11 +322,11 @@ _EOC_
     );
 
     redis_flushdb();
-    my ($oport, $opid) = start_origin();
-    my ($port, $stop) = front('c056cond', $oport);
+    my ($oport, $opid) = origin();
+    my ($port, $stop) = cache_front('c056cond', $oport);
 
     my (undef, $h0) = http_get($port, '/cond');
-    wait_entries(1);
+    wait_cache_entries(1);
 
     my ($s, $h) = http_get($port, '/cond', {
         'If-None-Match' => '"abcdef"',
@@ -444,6 +357,8 @@ add_block_preprocessor(sub {
 });
 
 run_tests();
+
+logs_once_more();
 
 __DATA__
 

@@ -9,7 +9,7 @@
 
 use Test::Nginx::Socket 'no_plan';
 use lib 't/lib';
-use AaiTest qw( :DEFAULT wait_until );
+use AaiTest qw( :DEFAULT :util );
 use HTTP::Date qw( time2str );
 use IO::Socket::INET;
 use Time::HiRes qw( sleep time );
@@ -25,75 +25,15 @@ unlink $origin_log;
 
 # path => sub (method, target, head) returning (status, [headers], body)
 our %Routes;
-my @Origins;
-
-END {
-    kill 'TERM', @Origins if @Origins;
-}
-
-sub start_origin {
-    my $l = IO::Socket::INET->new(Listen => 64, LocalAddr => '127.0.0.1',
-                                  LocalPort => 0, ReuseAddr => 1)
-        or die "origin: listen: $!";
-    my $port = $l->sockport;
-    my $pid = fork // die "origin: fork: $!";
-    if ($pid) {
-        close $l;
-        push @Origins, $pid;
-        return ($port, $pid);
-    }
-    $SIG{$_} = 'DEFAULT' for qw( TERM INT HUP );
-    open STDOUT, '>', '/dev/null';
-    open STDERR, '>', '/dev/null';
-    my $end = time + 300;
-    while (time < $end) {
-        my $c = $l->accept or next;
-        my $head = '';
-        while ($head !~ /\r\n\r\n/) {
-            my $n = sysread($c, $head, 4096, length $head);
-            last unless $n;
-        }
-        my ($method, $target) = $head =~ m{^(\S+) (\S+)};
-        next unless defined $target;
-        my ($path) = $target =~ m{^([^?]*)};
-        my ($inm) = $head =~ /^If-None-Match:\s*(.*?)\r$/mi;
-        my ($ims) = $head =~ /^If-Modified-Since:\s*(.*?)\r$/mi;
-        my $route = $Routes{$path} || sub { (404, [], "no route\n") };
-        my ($status, $hdrs, $body) = $route->($method, $inm, $ims, $head);
-        my $out = "HTTP/1.1 $status X\r\n";
-        my @h = @$hdrs;
-        while (my ($k, $v) = splice(@h, 0, 2)) {
-            $out .= "$k: $v\r\n";
-        }
-        $out .= "Content-Length: " . length($body) . "\r\n"
-                if $status != 304;
-        $out .= "Connection: close\r\n\r\n";
-        $out .= $body if $status != 304;
-        # logged before the answer, so that the client finds it there
-        if (open my $log, '>>', $origin_log) {
-            printf $log "%s %s inm=%s ims=%s\n", $method, $target,
-                   $inm // '-', $ims // '-';
-            close $log;
-        }
-        syswrite($c, $out);
-        close $c;
-    }
-    POSIX::_exit(0);
+# routes take (method, If-None-Match, If-Modified-Since, head)
+sub origin {
+    return AaiTest::start_origin(\%Routes, log => $origin_log,
+                                 args => sub { @_[0, 3, 4, 2] });
 }
 
 sub origin_lines {
     my $re = shift;
     return grep { /$re/ } file_lines($origin_log);
-}
-
-sub entry_keys {
-    return scalar grep { !/:l$/ } @{ redis_cmd('KEYS', 'aai:c:*') };
-}
-
-sub wait_entries {
-    my $want = shift;
-    wait_until(5, sub { entry_keys() >= $want });
-    return entry_keys();
 }
 
 # the one entry key of a path (the default key: GET, localhost)
@@ -103,22 +43,6 @@ sub entry_of {
     return "aai:c:$sha";
 }
 
-sub front {
-    my ($name, $origin_port, $extra) = @_;
-    $extra //= '';
-    return start_nginx_instance($name, <<"_EOC_");
-    aai_cache_redis 127.0.0.1:\$TEST_NGINX_REDIS_PORT;
-    server {
-        listen 127.0.0.1:\$TEST_NGINX_INSTANCE_PORT;
-        location / {
-            aai_cache on;
-            $extra
-            add_header X-Status \$aai_cache_status;
-            proxy_pass http://127.0.0.1:$origin_port;
-        }
-    }
-_EOC_
-}
 
 use Digest::SHA ();
 
@@ -172,15 +96,15 @@ sub validated {
     );
 
     redis_flushdb();
-    my ($oport, $opid) = start_origin();
-    my ($port, $stop) = front('c057etag', $oport,
+    my ($oport, $opid) = origin();
+    my ($port, $stop) = cache_front('c057etag', $oport,
                               'aai_cache_revalidate on;');
 
     my ($s1, $h1, $b1) = http_get($port, '/etag');
     is("$s1 $h1->{'x-status'} $b1", "200 MISS etag body\n",
        'max-age=0 with an ETag: a miss');
     like($h1->{'cache-status'}, qr/stored/, 'stored, stale');
-    wait_entries(1);
+    wait_cache_entries(1);
     my $ttl = redis_cmd('PTTL', entry_of('/etag'));
     ok($ttl > 500_000 && $ttl <= 600_000,
        "kept for aai_cache_revalidate_ttl (10m by default): $ttl ms");
@@ -210,7 +134,7 @@ sub validated {
     # Last-Modified
 
     http_get($port, '/lm');
-    wait_entries(2);
+    wait_cache_entries(2);
     my ($s4, $h4, $b4) = http_get($port, '/lm');
     is("$h4->{'x-status'} $b4 $h4->{'x-updated'}", "REVALIDATED lm body\n lm",
        'Last-Modified: revalidated');
@@ -221,7 +145,7 @@ sub validated {
     # the client's own conditions, against the entry once validated
 
     http_get($port, '/client');
-    wait_entries(3);
+    wait_cache_entries(3);
     my ($sc, $hc, $bc) = http_get($port, '/client',
                                   { 'If-None-Match' => 'W/"x", W/"c1"' });
     is("$sc $hc->{'x-status'} $bc", '304 REVALIDATED ',
@@ -243,7 +167,7 @@ sub validated {
     my ($s5, $h5) = http_get($port, '/expiring');
     http_get($port, '/plain');
     http_get($port, '/swr');
-    wait_entries(7);
+    wait_cache_entries(7);
     ok(redis_cmd('PTTL', entry_of('/expiring')) > 500_000,
        'a fresh entry with a validator is kept longer');
     ok(redis_cmd('PTTL', entry_of('/plain')) <= 1000,
@@ -308,8 +232,8 @@ sub validated {
     );
 
     redis_flushdb();
-    my ($oport, $opid) = start_origin();
-    my ($port, $stop) = front('c057vary', $oport,
+    my ($oport, $opid) = origin();
+    my ($port, $stop) = cache_front('c057vary', $oport,
                               'aai_cache_revalidate on;');
 
     my $get = sub {
@@ -320,7 +244,7 @@ sub validated {
 
     $get->('en');
     $get->('fr');
-    wait_entries(4);    # the vary record, two variants, their set
+    wait_cache_entries(4);    # the vary record, two variants, their set
     is($get->('en'), "REVALIDATED en\n", 'Vary: en revalidated');
     like((origin_lines(qr{^GET /vary}))[-1], qr/inm="en"/,
          'Vary: with the ETag of its own variant');
@@ -360,8 +284,8 @@ sub validated {
     );
 
     redis_flushdb();
-    my ($oport, $opid) = start_origin();
-    my ($port, $stop) = front('c057nc', $oport,
+    my ($oport, $opid) = origin();
+    my ($port, $stop) = cache_front('c057nc', $oport,
         'aai_cache_revalidate on; aai_cache_use_stale error http_500;');
 
     for my $p (qw( /nc /ncfresh )) {
@@ -414,8 +338,8 @@ sub validated {
     );
 
     redis_flushdb();
-    my ($oport, $opid) = start_origin();
-    my ($port, $stop) = front('c057off', $oport);
+    my ($oport, $opid) = origin();
+    my ($port, $stop) = cache_front('c057off', $oport);
 
     for my $p (qw( /off /offnc )) {
         my ($s1, $h1) = http_get($port, $p);
@@ -426,10 +350,10 @@ sub validated {
            "off: $p never conditional");
     }
 
-    my ($port2, $stop2) = front('c057ttl', $oport,
+    my ($port2, $stop2) = cache_front('c057ttl', $oport,
         'aai_cache_revalidate on; aai_cache_revalidate_ttl 30s;');
     http_get($port2, '/ttl');
-    wait_entries(1);
+    wait_cache_entries(1);
     my $ttl = redis_cmd('PTTL', entry_of('/ttl'));
     ok($ttl > 29_000 && $ttl <= 31_000,
        "aai_cache_revalidate_ttl 30s: kept 30 s past freshness ($ttl ms)");
@@ -439,6 +363,15 @@ sub validated {
     kill 'TERM', $opid;
     waitpid $opid, 0;
 }
+
+
+add_block_preprocessor(sub {
+    redis_flushdb();
+});
+
+run_tests();
+
+logs_once_more();
 
 __DATA__
 

@@ -329,6 +329,8 @@ $app_stop->();
 
 run_tests();
 
+AaiTest::logs_once_more();
+
 __DATA__
 
 === TEST 1: X-Accel-Expires with no-store in the runner's nginx: never stored

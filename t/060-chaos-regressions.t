@@ -74,4 +74,6 @@ unlink $geo;
 
 run_tests();
 
+AaiTest::logs_once_more();
+
 __DATA__

@@ -105,6 +105,8 @@ no_log_problems("$prefix/logs/error.log", 'none at exit either');
 
 run_tests();
 
+AaiTest::logs_once_more();
+
 __DATA__
 
 === TEST 1: the limiter runs before the cache on the runner's nginx too

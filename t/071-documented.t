@@ -132,6 +132,8 @@ _EOC_
 
 run_tests();
 
+AaiTest::logs_once_more();
+
 __DATA__
 
 === TEST 1: the three modules' families in one aai_metrics, HEAD too
@@ -147,5 +149,5 @@ __DATA__
 --- error_code eval
 [200, 200]
 --- response_body_like eval
-[qr/^aai_ratelimit_requests_total\{zone="m071",outcome="passed"\} 0$(?s:.*)^aai_cache_stored_total 0$(?s:.*)^aai_kafka_queue_depth 0$/m,
+[qr/\A(?=(?s:.*)^aai_ratelimit_requests_total\{zone="m071",outcome="passed"\} 0$)(?=(?s:.*)^aai_cache_stored_total 0$)(?=(?s:.*)^aai_kafka_queue_depth 0$)/m,
  qr/^$/]

@@ -542,6 +542,7 @@ sub _stop_instance {
     for my $p ($pid, @kids) {
         kill SIGKILL, $p if _alive($p);
     }
+    _keep_log_problems($prefix);
     _ubsan_reports($prefix) if $ENV{AAI_ASAN};
 }
 
@@ -1028,7 +1029,8 @@ sub upgrade_instance {
 #                               crit, an emerg or a crashed worker (or match
 #                               $re); no_log_problems($log, $name) asserts
 #                               there are none.
-#   master_pid($prefix)         the pid in "$prefix/logs/nginx.pid".
+#   master_pid([$prefix])       the pid in "$prefix/logs/nginx.pid" (default:
+#                               the runner's nginx).
 #   worker_pids($master)        its live worker processes (not shutting
 #                               down), sorted.
 #   hup_wait($prefix, $secs)    HUP the master, then waits until every old
@@ -1091,7 +1093,7 @@ sub no_log_problems {
 }
 
 sub master_pid {
-    my $prefix = shift;
+    my $prefix = shift // _servroot();
     my ($l) = file_lines("$prefix/logs/nginx.pid");
     return defined $l && $l =~ /^(\d+)/ ? $1 : undef;
 }
@@ -1247,5 +1249,321 @@ sub wait_redis_key {
                       sub { redis_cmd_port($port, 'EXISTS', $key) });
 }
 
+
+
+# --- more shared helpers (issue 17), on request: :util -----------------
+#
+#   spawn(\@argv, %o)           a process of the test (a redis-server of
+#                               its own, a sentinel): stdin /dev/null,
+#                               stdout and stderr to o{log} (default
+#                               /dev/null); SIGKILLed at END if still
+#                               running.  Returns its pid.
+#   stop_pid($pid [, $sig])     sends $sig (default TERM) to a child
+#                               process, waits for it (5 s), then KILL.
+#   log_like($log, $re, $name [, $secs])
+#                               polls a log (default 3 s) until a line
+#                               matches; one check.
+#   conf_error_like($http_conf, $re, $name)
+#                               an nginx of that configuration fails to
+#                               start with an error matching $re; one
+#                               check.
+#   kafka_metric(\%m, $name)    one Kafka counter of metrics_get: "depth"
+#                               the queue depth, spool_bytes and
+#                               spool_oldest_seconds their gauges, another
+#                               spool_* the dropped_total reason, else
+#                               aai_kafka_events_total of that outcome.
+#   kafka_counts(\%m, @names)   "name=value ..." of those.
+#   kafka_counts_are($port, \@names, $want, $name [, $timeout])
+#                               polls /metrics until kafka_counts reads
+#                               $want (default 15 s); one check; returns
+#                               the last metrics.
+#   kafka_numbers($topic, $count [, $timeout])
+#                               the member "n" of the events of a topic
+#                               (waits for $count, default 10 s), sorted,
+#                               joined by "," (duplicates kept); with
+#                               check_json => 1 after them, one check that
+#                               every event is valid JSON.
+#   answered_ok($port, $fmt, \@n, %o)
+#                               GET sprintf($fmt, N) for each N: one check
+#                               that each answered o{status} (default 204)
+#                               and, with o{within} => secs, one that none
+#                               took that long.
+#   start_origin(\%routes, %o)  an origin server of the test (forked):
+#                               route->(method, target, head) of the
+#                               request's path returns (status, [headers],
+#                               body); a 304 goes without a body.  Each
+#                               request is logged to o{log} as "METHOD
+#                               TARGET inm=... ims=..." before the answer.
+#                               o{args} => sub (method, target, head,
+#                               If-None-Match, If-Modified-Since) returning
+#                               the route's arguments instead.  Returns
+#                               ($port, $pid); stopped at END.
+#   cache_front($name, $origin_port [, $extra])
+#                               start_nginx_instance of one location
+#                               cached in the harness Redis (X-Status is
+#                               $aai_cache_status; $extra in the location)
+#                               in front of that origin.
+#   cache_entry_keys()          how many aai:c:* keys the harness Redis has
+#                               (entries, vary records, variant sets; not
+#                               stampede locks).
+#   wait_cache_entries($n [, $secs])
+#                               polls until there are $n (default 5 s), as
+#                               an entry is stored after its response has
+#                               gone; returns how many there are.
+#   logs_once_more(%o)          the end-of-file check: the error log of
+#                               every nginx start_nginx_instance started in
+#                               this file (read when it was stopped, or
+#                               now) has no alert, crit, emerg, crash or
+#                               sanitizer report; o{allow} => [qr//, ...]
+#                               lines that are expected.  One check, none
+#                               when the file started no extra nginx (the
+#                               runner's log is read again after each
+#                               block).
+
+push @EXPORT_OK, qw( spawn stop_pid log_like conf_error_like kafka_metric
+    kafka_counts kafka_counts_are kafka_numbers answered_ok start_origin
+    cache_front cache_entry_keys wait_cache_entries logs_once_more );
+push @{ $EXPORT_TAGS{util} }, qw( spawn stop_pid log_like conf_error_like
+    kafka_metric kafka_counts kafka_counts_are kafka_numbers answered_ok
+    start_origin cache_front cache_entry_keys wait_cache_entries
+    logs_once_more );
+
+my %Spawned;         # pid => 1
+
+sub spawn {
+    my ($argv, %o) = @_;
+    my $pid = fork();
+    die "spawn: fork: $!\n" unless defined $pid;
+    if ($pid == 0) {
+        $SIG{$_} = 'DEFAULT' for qw( TERM INT HUP );
+        open STDIN, '<', '/dev/null';
+        open STDOUT, '>', $o{log} // '/dev/null';
+        open STDERR, '>&', \*STDOUT;
+        { no warnings 'exec'; exec @$argv; }
+        POSIX::_exit(127);
+    }
+    $Spawned{$pid} = 1;
+    return $pid;
+}
+
+sub stop_pid {
+    my ($pid, $sig) = @_;
+    return unless $pid;
+    delete $Spawned{$pid};
+    return unless kill 0, $pid;
+    kill $sig // SIGTERM, $pid;
+    if (!_wait_exit($pid, 5)) {
+        kill SIGKILL, $pid;
+        waitpid($pid, 0);
+    }
+}
+
+sub log_like {
+    my ($log, $re, $name, $secs) = @_;
+    my @l;
+    wait_until($secs // 3, sub {
+        @l = grep { /$re/ } file_lines($log);
+    });
+    Test::More::ok(scalar @l, $name) or Test::More::diag("no line of $log "
+                                                          . "matches $re");
+}
+
+sub conf_error_like {
+    my ($conf, $re, $name) = @_;
+    my ($port, $stop) = eval { start_nginx_instance('conf-error', $conf) };
+    $stop->() if $stop;
+    Test::More::like($@ // '', $re, $name);
+}
+
+sub kafka_metric {
+    my ($m, $name) = @_;
+    my $k = $name eq 'depth' ? 'aai_kafka_queue_depth'
+          : $name =~ /^(spool_bytes|spool_oldest_seconds)$/
+          ? "aai_kafka_$name"
+          : $name =~ /^spool_/ ? "aai_kafka_dropped_total{reason=\"$name\"}"
+          : "aai_kafka_events_total{outcome=\"$name\"}";
+    return $m->{$k} // 0;
+}
+
+sub kafka_counts {
+    my ($m, @names) = @_;
+    return join ' ', map { "$_=" . kafka_metric($m, $_) } @names;
+}
+
+sub kafka_counts_are {
+    my ($port, $names, $want, $name, $timeout) = @_;
+    my $m = metrics_wait($port, '/metrics',
+                         sub { kafka_counts($_[0], @$names) eq $want },
+                         $timeout // 15);
+    Test::More::is(kafka_counts($m, @$names), $want, $name);
+    return $m;
+}
+
+sub kafka_numbers {
+    my ($topic, $count, $timeout, %o) = @_;
+    my @e = kafka_events($topic, $count, $timeout // 10);
+    if ($o{check_json}) {
+        my @bad = grep { !defined $_->{event} } @e;
+        Test::More::is(scalar @bad, 0, "$topic: every event is valid JSON")
+            or Test::More::diag($bad[0]{error});
+    }
+    return join ',', sort { $a <=> $b }
+                     map { $_->{event}{n} // 'undef' } @e;
+}
+
+sub answered_ok {
+    my ($port, $fmt, $ns, %o) = @_;
+    my $want = $o{status} // 204;
+    my (@bad, $worst, $slowest);
+    $worst = 0;
+    for my $n (@$ns) {
+        my $path = sprintf $fmt, $n;
+        my $t0 = time;
+        my ($st) = http_get($port, $path);
+        my $dt = time - $t0;
+        push @bad, "$path: " . ($st // 'no answer') unless ($st // 0) == $want;
+        ($worst, $slowest) = ($dt, $path) if $dt > $worst;
+    }
+    my $what = @$ns == 1 ? sprintf($fmt, $ns->[0])
+             : scalar(@$ns) . ' requests';
+    Test::More::is(join(', ', @bad), '', "$what answered $want");
+    if (defined $o{within}) {
+        Test::More::cmp_ok($worst, '<', $o{within},
+                           "$what each within $o{within} s")
+            or Test::More::diag("$slowest took $worst s");
+    }
+}
+
+my @Origins;         # pids of start_origin
+
+sub start_origin {
+    my ($routes, %o) = @_;
+    my $l = IO::Socket::INET->new(Listen => 64, LocalAddr => '127.0.0.1',
+                                  LocalPort => 0, ReuseAddr => 1)
+        or die "origin: listen: $!\n";
+    my $port = $l->sockport;
+    my $pid = fork // die "origin: fork: $!\n";
+    if ($pid) {
+        close $l;
+        push @Origins, $pid;
+        return ($port, $pid);
+    }
+    # not the test's handlers, nor its output (prove waits for that)
+    $SIG{$_} = 'DEFAULT' for qw( TERM INT HUP );
+    open STDOUT, '>', '/dev/null';
+    open STDERR, '>', '/dev/null';
+    my $end = time + 300;
+    while (time < $end) {
+        my $c = $l->accept or next;
+        my $head = '';
+        while ($head !~ /\r\n\r\n/) {
+            my $n = sysread($c, $head, 4096, length $head);
+            last unless $n;
+        }
+        my ($method, $target) = $head =~ m{^(\S+) (\S+)};
+        next unless defined $target;
+        if ($head =~ /^Content-Length:\s*(\d+)/mi) {
+            my $want = $1 - (length($head) - index($head, "\r\n\r\n") - 4);
+            while ($want > 0) {
+                my $n = sysread($c, my $b, $want);
+                last unless $n;
+                $want -= $n;
+            }
+        }
+        my ($path) = $target =~ m{^([^?]*)};
+        my ($inm) = $head =~ /^If-None-Match:\s*(.*?)\r$/mi;
+        my ($ims) = $head =~ /^If-Modified-Since:\s*(.*?)\r$/mi;
+        my $route = $routes->{$path} || sub { (404, [], "no route\n") };
+        my @args = $o{args} ? $o{args}->($method, $target, $head, $inm, $ims)
+                            : ($method, $target, $head);
+        my ($status, $hdrs, $body) = $route->(@args);
+        my $out = "HTTP/1.1 $status X\r\n";
+        my @h = @$hdrs;
+        while (my ($k, $v) = splice(@h, 0, 2)) {
+            $out .= "$k: $v\r\n";
+        }
+        $out .= "Content-Length: " . length($body) . "\r\n"
+                if $status != 304;
+        $out .= "Connection: close\r\n\r\n";
+        $out .= $body if $status != 304;
+        # logged before the answer, so that the client finds it there
+        if (defined $o{log} && open my $log, '>>', $o{log}) {
+            printf $log "%s %s inm=%s ims=%s\n", $method, $target,
+                   $inm // '-', $ims // '-';
+            close $log;
+        }
+        syswrite($c, $out);
+        close $c;
+    }
+    POSIX::_exit(0);
+}
+
+sub cache_front {
+    my ($name, $origin_port, $extra) = @_;
+    $extra //= '';
+    return start_nginx_instance($name, <<"_EOC_");
+    aai_cache_redis 127.0.0.1:\$TEST_NGINX_REDIS_PORT;
+    server {
+        listen 127.0.0.1:\$TEST_NGINX_INSTANCE_PORT;
+        location / {
+            aai_cache on;
+            $extra
+            add_header X-Status \$aai_cache_status;
+            proxy_pass http://127.0.0.1:$origin_port;
+        }
+    }
+_EOC_
+}
+
+sub cache_entry_keys {
+    return scalar grep { !/:l$/ } @{ redis_cmd('KEYS', 'aai:c:*') };
+}
+
+sub wait_cache_entries {
+    my ($want, $secs) = @_;
+    wait_until($secs // 5, sub { cache_entry_keys() >= $want });
+    return cache_entry_keys();
+}
+
+my %LogProblems;     # prefix => [lines], of the stopped instances
+
+# called as an instance stops: what its log shows is kept for the end of
+# the file (the prefix is removed when a next instance takes its name)
+sub _keep_log_problems {
+    my $prefix = shift;
+    push @{ $LogProblems{$prefix} }, log_problems("$prefix/logs/error.log");
+}
+
+sub logs_once_more {
+    my %o = @_;
+    my %logs = map { $_ => [@{ $LogProblems{$_} }] } keys %LogProblems;
+    push @{ $logs{$_} }, log_problems("$_/logs/error.log")
+        for keys %Instances;
+    # none started: the runner's log was read again after each block
+    return unless %logs;
+    my @allow = @{ $o{allow} || [] };
+    my @bad;
+    for my $prefix (sort keys %logs) {
+        (my $name = $prefix) =~ s{.*/}{};
+        for my $l (@{ $logs{$prefix} }) {
+            next if grep { $l =~ $_ } @allow;
+            push @bad, "$name: $l";
+        }
+    }
+    my $n = keys %logs;
+    Test::More::is(scalar @bad, 0, "end of the file: no alert, no crash in "
+                   . "the error logs of its $n extra nginx")
+        or Test::More::diag(@bad[0 .. ($#bad > 9 ? 9 : $#bad)]);
+}
+
+END {
+    return unless $$ == $Parent;
+    local $?;
+    kill 'TERM', @Origins if @Origins;
+    for my $pid (keys %Spawned) {
+        kill SIGKILL, $pid;
+        waitpid($pid, 0);
+    }
+}
 
 1;
