@@ -57,13 +57,26 @@
 -- A GCRA key is a string: the theoretical arrival time (us) of the next
 -- request.
 --
--- A counter key is a string "c<start>:<count>:<previous>": the start (us)
--- of the fixed window it counts, its count, and the count of the window
--- before.  A request is admitted when its count, plus one, plus the
--- previous count weighted by the part of the previous window still inside
--- the sliding window, is at most the limit: one GET, and one SET when it
--- is admitted.  A key of another format (a list, a GCRA number) counts as
--- empty and is overwritten.
+-- A GCRA request of an unshared key, admitted whenever that time has
+-- passed (its cost within the burst), writes its own at once, the old one
+-- returned by the same command (SET ... GET): one command when the
+-- traffic is under the rate.  When the old time has not passed, the key is
+-- written again (admitted) or given back its old time (rejected).
+--
+-- A counter key is a string of three big-endian signed 64-bit integers
+-- (24 bytes): the start (us) of the fixed window it counts, its count,
+-- and the count of the window before.  A request is admitted when its
+-- count, plus one, plus the previous count weighted by the part of the
+-- previous window still inside the sliding window, is at most the limit.
+-- One BITFIELD reads the start and the previous count and adds the
+-- request's cost to the count, so an admission in the key's window is one
+-- command; the key is written whole (SET ... PX) when it held another
+-- window (the first request of a window, once per key) or another format,
+-- and the cost is taken back (BITFIELD INCRBY -cost) when the request is
+-- rejected.  A start is under 2^53, so the key's first byte is 0: any
+-- other string (a GCRA number, the text "c<start>:<count>:<previous>" of
+-- releases before 2026-12-07) begins with another byte, reads as a start
+-- that is no window, and counts as empty, as a list or another type does.
 --
 -- A request is decided in every zone first (a rejection records nothing),
 -- then recorded.  A key used once in the batch, of a sliding zone without
@@ -90,7 +103,7 @@ if redis.replicate_commands then redis.replicate_commands() end
 local call, pcall, byte, fmt = redis.call, redis.pcall, string.byte,
                                string.format
 local ceil, floor, type, tonumber = math.ceil, math.floor, type, tonumber
-local match = string.match
+local match, pack = string.match, struct.pack
 
 local SLIDING, GCRA, COUNTER, CONCURRENCY = 0, 1, 2, 3   -- the algorithms
 
@@ -108,8 +121,11 @@ local def_alg, def_limit, def_window, def_burst, def_delay =
 local def_cost, def_shadow = {}, {}
 local def_cutoff, def_sliding_ttl, def_window_ttl, def_window_ms,
       def_half_ago = {}, {}, {}, {}, {}
-local def_counter_start, def_counter_weight, def_counter_prefix,
+local def_counter_start, def_counter_before, def_counter_weight,
       def_counter_ttl = {}, {}, {}, {}
+local def_cost_str, def_gcra_at, def_gcra_at_str, def_gcra_ttl =
+      {}, {}, {}, {}
+local def_gcra_left, def_gcra_reset = {}, {}
 local ndefs = 0
 
 for j = 3, #ARGV, nargs do
@@ -119,32 +135,56 @@ for j = 3, #ARGV, nargs do
   def_window[ndefs] = tonumber(ARGV[j + 2])
   def_burst[ndefs] = tonumber(ARGV[j + 3])
   def_delay[ndefs] = tonumber(ARGV[j + 4])
-  def_cost[ndefs], def_shadow[ndefs] = 1, ''
+  def_cost[ndefs], def_shadow[ndefs], def_cost_str[ndefs] = 1, '', '1'
   if nargs == 6 then
     local cost, shadow = match(ARGV[j + 5], '^(%d+)(%a?)$')
     def_cost[ndefs], def_shadow[ndefs] = tonumber(cost), shadow
+    def_cost_str[ndefs] = cost
   end
 
-  -- a sliding window entry at or before this time has expired
-  def_cutoff[ndefs] = now - def_window[ndefs]
-  def_window_ms[ndefs] = ceil(def_window[ndefs] / 1000)
-  def_window_ttl[ndefs] = fmt('%d', def_window_ms[ndefs] + 1)
-  def_sliding_ttl[ndefs] = fmt('%d',
-                               ceil(def_window[ndefs] * 1.5 / 1000) + 1)
-  def_half_ago[ndefs] = now - def_window[ndefs] / 2
+  if def_alg[ndefs] == SLIDING or def_alg[ndefs] == CONCURRENCY then
+    -- a sliding window entry at or before this time has expired
+    def_cutoff[ndefs] = now - def_window[ndefs]
+    def_window_ms[ndefs] = ceil(def_window[ndefs] / 1000)
+    def_window_ttl[ndefs] = fmt('%d', def_window_ms[ndefs] + 1)
+    def_sliding_ttl[ndefs] = fmt('%d',
+                                 ceil(def_window[ndefs] * 1.5 / 1000) + 1)
+    def_half_ago[ndefs] = now - def_window[ndefs] / 2
 
-  if def_alg[ndefs] == COUNTER then
+  elseif def_alg[ndefs] == COUNTER then
     -- the fixed window now is in, and the part of the previous one still
     -- inside the sliding window
     def_counter_start[ndefs] = floor(now / def_window[ndefs])
                                * def_window[ndefs]
+    def_counter_before[ndefs] = def_counter_start[ndefs] - def_window[ndefs]
     def_counter_weight[ndefs] = (def_counter_start[ndefs]
                                  + def_window[ndefs] - now)
                                 / def_window[ndefs]
-    def_counter_prefix[ndefs] = fmt('c%d:', def_counter_start[ndefs])
     def_counter_ttl[ndefs] = fmt('%d', ceil((def_counter_start[ndefs]
                                              + 2 * def_window[ndefs] - now)
                                             / 1000) + 1)
+
+  elseif def_alg[ndefs] == GCRA and def_cost[ndefs] > 0
+         and def_cost[ndefs] <= def_burst[ndefs] + 1
+  then
+    -- the time a request writes when the key's time has passed, and its
+    -- TTL (a cost within the burst: such a request is admitted)
+    local period = def_window[ndefs] / def_limit[ndefs]
+    local at = now + def_cost[ndefs] * period
+    def_gcra_at[ndefs], def_gcra_at_str[ndefs] = at, fmt('%d', at)
+    def_gcra_ttl[ndefs] = fmt('%d', ceil((at - now) / 1000) + 1)
+    -- and its reply (remaining, reset) when admitted and not delayed,
+    -- computed as below
+    local last_tat = now + (def_cost[ndefs] - 1) * period
+    local wait = last_tat - now - def_delay[ndefs] * period
+    if last_tat - now <= def_burst[ndefs] * period
+       and floor(wait / 1000) <= 0
+    then
+      local left = floor((def_burst[ndefs] * period - (last_tat - now))
+                         / period)
+      def_gcra_left[ndefs] = left > 0 and left or 0
+      def_gcra_reset[ndefs] = ceil((at - now) / 1000)
+    end
   end
 end
 
@@ -241,28 +281,97 @@ local function newest(key, count)
   return tonumber(call('LINDEX', key, -1))
 end
 
--- Counter: the count of the current window and of the previous one.
+-- Counter: the count of the current window and of the previous one, and
+-- whether the key holds the current window.  With add, the definition's
+-- cost is added to the key's count in the same command (it stands when
+-- the key held the current window: the count returned is the one before).
 
-local function counter_get(key, def)
-  local value = pcall('GET', key)
-  if type(value) == 'string' then
-    local start, count, prev = match(value, '^c(%d+):(%d+):(%d+)$')
-    if start then
-      start = tonumber(start)
-      if start == def_counter_start[def] then
-        return tonumber(count), tonumber(prev)
-      end
-      if start == def_counter_start[def] - def_window[def] then
-        return 0, tonumber(count)
-      end
-    end
+local function counter_get(key, def, add)
+  local f
+  if add then
+    f = pcall('BITFIELD', key, 'GET', 'i64', '0',
+              'INCRBY', 'i64', '64', def_cost_str[def], 'GET', 'i64', '128')
+  else
+    f = pcall('BITFIELD', key, 'GET', 'i64', '0', 'GET', 'i64', '64',
+              'GET', 'i64', '128')
   end
-  return 0, 0
+
+  local start = f[1]
+  if start == def_counter_start[def] then
+    return f[2] - (add and def_cost[def] or 0), f[3], true
+  elseif start == def_counter_before[def] then
+    return 0, f[2] - (add and def_cost[def] or 0), false
+  end
+  return 0, 0, false
 end
 
+-- Counter: the decision on a request of units (a cost of 0 checks for
+-- one) given the two counts: rejected (1 or 0), remaining, reset and retry
+-- after (us).
+
+local function counter_decide(def, count, prev, units)
+  local limit, window = def_limit[def], def_window[def]
+  local start = def_counter_start[def]
+  local weighted = count + prev * def_counter_weight[def]
+
+  if weighted + units <= limit then
+    return 0, floor(limit - weighted - units), start + 2 * window - now, 0
+  elseif units > limit then
+    return 1, 0, start + 2 * window - now, window
+  elseif count + units - 1 < limit then
+    local reset = start + window - now
+    if count > 0 then reset = reset + window end
+    return 1, 0, reset,
+           start + window - (limit - count - units) * window / prev - now
+  end
+  return 1, 0, start + 2 * window - now,
+         start + 2 * window - (limit - units) * window / count - now
+end
+
+-- Counter: the key written whole, in the current window.
+
 local function counter_set(key, def, count, prev)
-  call('SET', key, def_counter_prefix[def] .. fmt('%d:%d', count, prev),
+  call('SET', key, pack('>i8i8i8', def_counter_start[def], count, prev),
        'PX', def_counter_ttl[def])
+end
+
+-- Counter: what counter_get(key, def, true) added taken back, the key
+-- left as the request found it (in the current window).
+
+local function counter_undo(key, def, count, prev, current)
+  if current then
+    if def_cost[def] > 0 then
+      call('BITFIELD', key, 'INCRBY', 'i64', '64', -def_cost[def])
+    end
+  elseif count + prev > 0 then
+    counter_set(key, def, count, prev)
+  else
+    call('DEL', key)
+  end
+end
+
+-- GCRA, an unshared key: the request's time written at once, as if the
+-- key's time had passed; returns the key's old time (0 for none).
+
+local function gcra_guess(key, def)
+  local at, ttl = def_gcra_at_str[def], def_gcra_ttl[def]
+  local old = pcall('SET', key, at, 'PX', ttl, 'GET')
+  if type(old) == 'table' then
+    -- another type
+    call('SET', key, at, 'PX', ttl)
+    return 0
+  end
+  return tonumber(old) or 0
+end
+
+-- GCRA: the key given back the old time gcra_guess returned.
+
+local function gcra_undo(key, old)
+  if old > now then
+    call('SET', key, fmt('%d', old), 'PX', ceil((old - now) / 1000) + 1)
+  else
+    call('DEL', key)
+  end
 end
 
 -- Sliding window: a key's TTL (ms), 1.5 windows without burst.
@@ -352,8 +461,8 @@ local function charge(def, hi, lo)
       shared_state[k] = shared_state[k] + amount
       if shared_ttl[k] == 0 then shared_ttl[k] = 1 end
     else
-      local count, prev = counter_get(key, def)
-      counter_set(key, def, count + amount, prev)
+      local count, prev, current = counter_get(key, def, true)
+      if not current then counter_set(key, def, count + amount, prev) end
     end
 
   else
@@ -392,12 +501,15 @@ local pos, nout, layout_len, out = 1, 0, #layout, {}
 
 -- per zone of the request being checked: its key (the index in KEYS,
 -- negative when unshared), definition, admission time, reset, the five
--- values of the long reply, whether its admission is already pushed,
--- a counter's counts, and whether its TTL needs no PEXPIRE
+-- values of the long reply, whether its admission is already pushed
+-- (sliding), added (counter) or written (GCRA: the old time), a counter's
+-- counts and whether its key held the current window, and whether its TTL
+-- needs no PEXPIRE
 
 local zone_key, zone_def, zone_at, zone_reset, zone_values =
       {}, {}, {}, {}, {}
 local zone_pushed, zone_count, zone_prev, zone_ttl_fresh = {}, {}, {}, {}
+local zone_current, zone_old = {}, {}
 local zone_reject, request_index = {}, 0
 
 while pos <= layout_len do
@@ -433,6 +545,45 @@ while pos <= layout_len do
       pos = pos + 4
       nzones = 0
     end
+
+  -- one counter zone, unshared key, not a shadow zone: decided and
+  -- answered here
+
+  elseif nzones == 1 and hi < 128 and def_alg[def] == COUNTER
+         and def_shadow[def] == ''
+  then
+    local key, cost = KEYS[hi * 256 + lo], def_cost[def]
+    local prev, current, reject, left, reset, retry
+    count, prev, current = counter_get(key, def, true)
+    reject, left, reset, retry =
+      counter_decide(def, count, prev, cost > 0 and cost or 1)
+    if reject == 0 then
+      if not current then counter_set(key, def, count + cost, prev) end
+      out[nout + 1], out[nout + 2] = left, ceil(reset / 1000)
+      nout = nout + 2
+    else
+      counter_undo(key, def, count, prev, current)
+      out[nout + 1], out[nout + 2], out[nout + 3] = -1, 1, 0
+      out[nout + 4], out[nout + 5] = 0, ceil(reset / 1000)
+      out[nout + 6] = ceil(retry / 1000)
+      nout = nout + 6
+    end
+    pos = pos + 4
+    nzones = 0
+
+  -- one GCRA zone, unshared key, whose time has passed: admitted (a time
+  -- not passed goes on below, with the old time as the key's state)
+
+  elseif nzones == 1 and hi < 128 and def_gcra_at[def]
+         and def_shadow[def] == ''
+  then
+    count = gcra_guess(KEYS[hi * 256 + lo], def)
+    if count <= now and def_gcra_left[def] then
+      out[nout + 1], out[nout + 2] = def_gcra_left[def], def_gcra_reset[def]
+      nout = nout + 2
+      pos = pos + 4
+      nzones = 0
+    end
   end
 
   if nzones > 0 then
@@ -448,7 +599,7 @@ while pos <= layout_len do
       pos = pos + 3
 
       local k, key = hi * 256 + lo, nil
-      zone_pushed[i], zone_ttl_fresh[i] = false, false
+      zone_pushed[i], zone_ttl_fresh[i], zone_old[i] = false, false, nil
 
       if hi >= 128 then
         k = k - 32768
@@ -474,10 +625,18 @@ while pos <= layout_len do
           then
             count, zone_pushed[i], zone_ttl_fresh[i] = admit_now(key, def)
           elseif def_alg[def] == COUNTER then
-            count, zone_prev[i] = counter_get(key, def)
+            -- the cost added at once, unless the zone never records
+            zone_pushed[i] = def_shadow[def] ~= 'n'
+            count, zone_prev[i], zone_current[i] =
+              counter_get(key, def, zone_pushed[i])
+          elseif def_gcra_at[def] and def_shadow[def] == '' then
+            count = gcra_guess(key, def)
+            zone_old[i] = count
           else
             count = read_state(key, def)
           end
+        elseif def_alg[def] == GCRA then
+          zone_old[i] = count            -- the short path wrote the key
         end
       end
 
@@ -527,28 +686,8 @@ while pos <= layout_len do
 
       elseif def_alg[def] == COUNTER then
         local prev = k > 0 and shared_prev[k] or zone_prev[i]
-        local start = def_counter_start[def]
-        local weighted = count + prev * def_counter_weight[def]
         zone_count[i] = count
-
-        if weighted + units <= limit then
-          left = floor(limit - weighted - units)
-          reset = start + 2 * window - now
-        else
-          reject = 1
-          if units > limit then
-            retry, reset = window, start + 2 * window - now
-          elseif count + units - 1 < limit then
-            retry = start + window - (limit - count - units) * window / prev
-                    - now
-            reset = start + window - now
-            if count > 0 then reset = reset + window end
-          else
-            retry = start + 2 * window - (limit - units) * window / count
-                    - now
-            reset = start + 2 * window - now
-          end
-        end
+        reject, left, reset, retry = counter_decide(def, count, prev, units)
 
       elseif def_alg[def] == CONCURRENCY then
         -- count is the live leases; at the limit the request is retried
@@ -629,15 +768,22 @@ while pos <= layout_len do
       nout = nout + 3
     end
 
-    -- then record: a rejected request takes back what it pushed
+    -- then record: a rejected request takes back what it pushed, added
+    -- or wrote
 
     if rejected then
       for i = 1, nzones do
-        if zone_pushed[i] then
+        local def = zone_def[i]
+        if zone_pushed[i] and def_alg[def] == COUNTER then
+          counter_undo(KEYS[-zone_key[i]], def, zone_count[i], zone_prev[i],
+                       zone_current[i])
+        elseif zone_pushed[i] then
           call('RPOP', KEYS[-zone_key[i]])
           if not zone_ttl_fresh[i] then
-            set_ttl(KEYS[-zone_key[i]], zone_def[i], 0)
+            set_ttl(KEYS[-zone_key[i]], def, 0)
           end
+        elseif zone_old[i] then
+          gcra_undo(KEYS[-zone_key[i]], zone_old[i])
         end
       end
 
@@ -651,6 +797,10 @@ while pos <= layout_len do
            or (def_shadow[def] == 's' and zone_reject[i] == 1)
         then
           -- a shadow zone records nothing it would have rejected
+          if zone_pushed[i] and def_alg[def] == COUNTER then
+            counter_undo(KEYS[-k], def, zone_count[i], zone_prev[i],
+                         zone_current[i])
+          end
 
         elseif def_alg[def] == CONCURRENCY then
           -- the request's lease: "<prefix><n>", n its place among the
@@ -685,8 +835,11 @@ while pos <= layout_len do
             end
             if not zone_ttl_fresh[i] then set_ttl(key, def, ttl) end
           elseif def_alg[def] == COUNTER then
-            counter_set(key, def, zone_count[i] + cost, zone_prev[i])
-          else
+            if not (zone_pushed[i] and zone_current[i]) then
+              counter_set(key, def, zone_count[i] + cost, zone_prev[i])
+            end
+          elseif zone_old[i] == nil or zone_old[i] > now then
+            -- (a GCRA key whose old time had passed holds this one)
             call('SET', key, fmt('%d', at), 'PX', ttl)
           end
         end

@@ -432,6 +432,7 @@ ok(wait_until(10, sub {
     my ($pa, $stopa) = start_nginx_instance('r014ai', <<_EOC_, workers => 1);
     aai_ratelimit_redis $redis;
     aai_ratelimit_zone cu   key=\$arg_u rate=10r/m;
+    aai_ratelimit_zone cuc  key=\$arg_u rate=10r/h algorithm=counter;
     aai_ratelimit_zone cip  key=\$arg_ip rate=3r/m;
     aai_ratelimit_zone tok  key=\$arg_u rate=1000r/m;
     aai_ratelimit_zone lone key=\$arg_u concurrency=1;
@@ -441,6 +442,8 @@ ok(wait_until(10, sub {
     server {
         listen 127.0.0.1:\$TEST_NGINX_INSTANCE_PORT;
         location /cost   { aai_ratelimit cu cost=4; aai_ratelimit cip;
+                           empty_gif; }
+        location /costc  { aai_ratelimit cuc cost=4; aai_ratelimit cip;
                            empty_gif; }
         location /charge { aai_ratelimit tok charge=\$arg_t; empty_gif; }
         location /lease  { aai_ratelimit lone; aai_ratelimit cip;
@@ -464,6 +467,21 @@ _EOC_
     ok(wait_until(2, sub { llen('aai:rl:cu:dave4') == 0 }),
        'ai: the rejected request\'s 4 units refunded')
         or diag(llen('aai:rl:cu:dave4'));
+
+    # the same with a counter zone: the refund takes 4 off its count
+    my $count = sub {
+        my $k = shift;
+        my $n = node_of($k) or return '';
+        return (rl_counter($k, $n) // '') =~ /^c\d+:(\d+):0$/ ? $1 : '';
+    };
+    isnt($slot->('aai:rl:cuc:erin4'), $slot->('aai:rl:cip:ipe'),
+         'ai: the counter and IP keys in two slots');
+    is(join(',', map { $st->("/costc?u=erin$_&ip=ipe") } 1 .. 4),
+       '200,200,200,429', 'ai: counter cost=, the IP zone rejects the 4th');
+    is($count->('aai:rl:cuc:erin1'), 4, 'ai: the counter counts 4 units');
+    ok(wait_until(2, sub { $count->('aai:rl:cuc:erin4') eq '0' }),
+       'ai: the rejected request\'s 4 units off the counter')
+        or diag($count->('aai:rl:cuc:erin4'));
 
     # charge=: usage of keys in two slots, each charged in its own slot
     isnt($slot->('aai:rl:tok:erin'), $slot->('aai:rl:tok:frank'),

@@ -193,7 +193,7 @@ sub rl_headers {
     my @c = map { (get($_->[0], "/costc?u=k1&cost=$_->[1]"))[0] }
             [$pa, 6], [$pb, 5], [$pa, 4];
     is(join(',', @c), '200,429,200', 'counter: 6, then 5 rejected, then 4');
-    like(redis_cmd('GET', 'aai:rl:unitsc:k1'), qr/^c\d+:10:0$/,
+    like(rl_counter('aai:rl:unitsc:k1'), qr/^c\d+:10:0$/,
          'counter: the key counts 10');
 
     # gcra, 6 s per unit, burst 9: 10 units at once
@@ -251,12 +251,12 @@ sub usage { redis_cmd('LLEN', "aai:rl:tokens:$_[0]") }
         push @st, $st;
         if ($st == 200) {
             wait_until(5, sub {
-                (redis_cmd('GET', 'aai:rl:tokc:dave') // '')
+                (rl_counter('aai:rl:tokc:dave') // '')
                     =~ /^c\d+:${\ (300 * $i)}:/ });
         }
     }
     is(join(',', @st), '200,200,200,200,429', 'counter: 4 admitted');
-    like(redis_cmd('GET', 'aai:rl:tokc:dave'), qr/^c\d+:1200:0$/,
+    like(rl_counter('aai:rl:tokc:dave'), qr/^c\d+:1200:0$/,
          'counter: usage exactly 1200');
 }
 

@@ -93,7 +93,7 @@ http_get($pa, '/one?u=warm', {});    # the script is loaded
     my @st = map { status_of($pa, '/one?u=exact') } 1 .. 7;
     is(join(',', @st), '200,200,200,200,200,429,429',
        'one window: 5 admitted, then 429');
-    like(redis_cmd('GET', 'aai:rl:c_one:exact'), qr/^c\d+:5:\d+$/,
+    like(rl_counter('aai:rl:c_one:exact'), qr/^c\d+:5:\d+$/,
          'one window: the key counts the 5 admissions, not the rejections');
     my $ttl = redis_cmd('PTTL', 'aai:rl:c_one:exact');
     ok($ttl > 60000 && $ttl <= 120001,
@@ -124,7 +124,7 @@ http_get($pa, '/one?u=warm', {});    # the script is loaded
     @st = map { status_of($pb, '/edge?u=edge') } 1 .. 3;
     is(join(',', @st), '200,429,429',
        'edge: next window, the previous 4 weighted leave room for 1');
-    like(redis_cmd('GET', 'aai:rl:c_edge:edge'), qr/^c\d+:1:4$/,
+    like(rl_counter('aai:rl:c_edge:edge'), qr/^c\d+:1:4$/,
          'edge: the key holds the current count and the previous one');
 
     # two windows later nothing is left of them: the full limit again
@@ -140,7 +140,7 @@ http_get($pa, '/one?u=warm', {});    # the script is loaded
     wait_in_window(60, 0, 50);
     my @r = at_once('/ten?u=batch', 40);
     is(statuses(@r), '200=10 429=30', 'batch: 40 at once, 10 admitted');
-    like(redis_cmd('GET', 'aai:rl:c_ten:batch'), qr/^c\d+:10:0$/,
+    like(rl_counter('aai:rl:c_ten:batch'), qr/^c\d+:10:0$/,
          'batch: Redis counts the 10 admissions, no more');
     is(status_of($pa, '/ten?u=batch'), 429, 'batch: then still limited');
 }
@@ -155,7 +155,7 @@ http_get($pa, '/one?u=warm', {});    # the script is loaded
 
     my $users = 0;
     for my $u (0 .. 9) {
-        my ($c) = (redis_cmd('GET', "aai:rl:c_user:u$u") // 'c0:0:0')
+        my ($c) = (rl_counter("aai:rl:c_user:u$u") // 'c0:0:0')
                   =~ /^c\d+:(\d+):/;
         $users += $c;
     }
@@ -163,7 +163,7 @@ http_get($pa, '/one?u=warm', {});    # the script is loaded
 
     my @ip = @{ redis_cmd('KEYS', 'aai:rl:c_ip:*') };
     is(scalar @ip, 1, 'two zones: one IP key');
-    like(redis_cmd('GET', $ip[0]), qr/^c\d+:15:0$/,
+    like(rl_counter($ip[0]), qr/^c\d+:15:0$/,
          'two zones: the IP counted 15');
 }
 
@@ -304,7 +304,7 @@ wait_in_window(60, 0, 45);
 ["X-RL: PASSED_DRY_RUN\n!RateLimit", "X-RL: REJECTED_DRY_RUN\n!Retry-After",
  "X-RL: REJECTED_DRY_RUN"]
 --- aai_after
-like(redis_cmd('GET', 'aai:rl:dry:d'), qr/^c\d+:1:0$/,
+like(rl_counter('aai:rl:dry:d'), qr/^c\d+:1:0$/,
      'dry run: the rejections spent nothing');
 
 
@@ -351,7 +351,7 @@ redis_cmd('SET', 'aai:rl:fmt:junk', 'c12:x:1');
 --- error_code eval
 [200, 200, 429, 200, 200, 429, 200, 200, 429]
 --- aai_after
-like(redis_cmd('GET', "aai:rl:fmt:$_"), qr/^c\d+:2:0$/,
+like(rl_counter("aai:rl:fmt:$_"), qr/^c\d+:2:0$/,
      "the $_ key holds the counter now") for qw(list gcra junk);
 --- no_error_log
 aai_ratelimit: Redis

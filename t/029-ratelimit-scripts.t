@@ -201,7 +201,8 @@ sub in_range {
     in_range($r->[2], 50, 100, 'gcra burst: delay ms');
 }
 
-# the sliding window counter: the string "c<start>:<count>:<previous>"
+# the sliding window counter: three 64-bit integers, the window's start,
+# its count and the previous window's count (rl_counter shows them)
 
 {
     redis_flushdb();
@@ -215,7 +216,7 @@ sub in_range {
     $r = check(@a);
     is_deeply([ @$r[0 .. 3] ], [-1, 1, 0, 0], 'counter: 3rd rejected');
 
-    my $v = redis_cmd('GET', 'c1');
+    my $v = rl_counter('c1');
     like($v, qr/^c\d+:2:0$/, 'counter: 2 counted in this window');
     my ($start) = $v =~ /^c(\d+):/;
     is($start % $MINUTE, 0, 'counter: the window starts on a minute');
@@ -295,7 +296,7 @@ sub in_range {
     is(check(keys => ['c1'], requests => [[[1, 1, 0]]],
              defs => [[$COUNTER, 5, $MINUTE, 0, 0, '2']], costs => 1)->[0],
        3, 'cost counter: 3 left');
-    like(redis_cmd('GET', 'c1'), qr/^c\d+:2:0$/, 'cost counter: 2 counted');
+    like(rl_counter('c1'), qr/^c\d+:2:0$/, 'cost counter: 2 counted');
 }
 
 # charge=: a request of no zones adds the definition's cost to the key,
@@ -322,7 +323,7 @@ sub in_range {
           requests => [{ charge => [1, 1, 0] }, { charge => [2, 2, 0] }],
           defs => [[$COUNTER, 100, $MINUTE, 0, 0, '30'],
                    [$GCRA, 10, 1_000_000, 0, 0, '3']], costs => 1);
-    like(redis_cmd('GET', 'c1'), qr/^c\d+:30:0$/, 'charge counter: 30');
+    like(rl_counter('c1'), qr/^c\d+:30:0$/, 'charge counter: 30');
     my $now = redis_time_us();
     in_range(redis_cmd('GET', 'g1'), $now + 200_000, $now + 300_000,
              'charge gcra: 3 periods on');
@@ -377,6 +378,232 @@ sub in_range {
     is_deeply($r, [0, 30_000], 'concurrency: an expired lease frees a slot');
     is_deeply(redis_cmd('ZRANGE', 'l1', 0, -1), ['w1:2', 'w3:1'],
               'concurrency: the expired lease dropped');
+}
+
+# --- one command per check (issue 15): the counter's BITFIELD, GCRA's SET
+# ... GET; the keys they leave -------------------------------------------------
+
+# the commands the script ran (client "lua") while $code ran, TIME left out
+sub script_cmds {
+    my $code = shift;
+    return join ' ', map { uc $_->{args}[0] }
+                     grep { $_->{client} eq 'lua'
+                            && uc $_->{args}[0] ne 'TIME' }
+                     redis_monitor($code);
+}
+
+# the start (us) of the fixed window of $w us now, at least $margin s from
+# its end (waits for the next one otherwise)
+sub window_start {
+    my ($w, $margin) = @_;
+    while (1) {
+        my $now = redis_time_us();
+        my $start = int($now / $w) * $w;
+        return $start if $start + $w - $now > $margin * 1e6;
+        select(undef, undef, undef, 0.2);
+    }
+}
+
+my $HOUR = 3_600_000_000;
+
+# counter: a new key is one BITFIELD (which adds the cost) and one SET (the
+# key written whole, with its TTL); then each admission in the key's window
+# is one BITFIELD, a rejection a second one (the cost taken back)
+
+{
+    redis_flushdb();
+    my $start = window_start($HOUR, 10);
+    my @a = (keys => ['f1'], requests => [[[1, 1, 0]]],
+             defs => [[$COUNTER, 2, $HOUR, 0, 0]]);
+    my $r;
+
+    is(script_cmds(sub { $r = check(@a) }), 'BITFIELD SET',
+       'counter key: a new key, BITFIELD then SET');
+    is($r->[0], 1, 'counter key: 1 left');
+    my $v = redis_cmd('GET', 'f1');
+    is(length $v, 24, 'counter key: 24 bytes');
+    is_deeply([ unpack 'q>3', $v ], [$start, 1, 0],
+              'counter key: the window start, count 1, previous 0');
+    my $now = redis_time_us();
+    in_range(redis_cmd('PTTL', 'f1'), ($start + 2 * $HOUR - $now) / 1000 - 5000,
+             ($start + 2 * $HOUR - $now) / 1000 + 2,
+             'counter key: TTL to the end of the next window');
+
+    is(script_cmds(sub { $r = check(@a) }), 'BITFIELD',
+       'counter key: in its window, one BITFIELD');
+    is($r->[0], 0, 'counter key: none left');
+    is_deeply([ unpack 'q>3', redis_cmd('GET', 'f1') ], [$start, 2, 0],
+              'counter key: count 2');
+
+    is(script_cmds(sub { $r = check(@a) }), 'BITFIELD BITFIELD',
+       'counter key: a rejection adds and takes back');
+    is($r->[0], -1, 'counter key: the 3rd rejected');
+    is_deeply([ unpack 'q>3', redis_cmd('GET', 'f1') ], [$start, 2, 0],
+              'counter key: the rejection counted nothing');
+}
+
+# counter: the window rolled over (the key's count becomes the previous
+# one, the key and its TTL written anew); a key two windows old, or of the
+# text format of the releases before, counts as empty and is overwritten
+
+{
+    redis_flushdb();
+    my $start = window_start($HOUR, 10);
+    redis_cmd('SET', 'r1', pack('q>3', $start - $HOUR, 7, 3), 'PX', 100_000);
+    redis_cmd('SET', 'r2', pack('q>3', $start - 2 * $HOUR, 50, 50));
+    redis_cmd('SET', 'r3', "c$start:1000000:1000000");
+    redis_cmd('SET', 'r4', redis_time_us() + 3_600_000_000);
+    redis_cmd('RPUSH', 'r5', 1, 2, 3);
+    my @d = ([$COUNTER, 100, $HOUR, 0, 0]);
+    my $r;
+
+    is(script_cmds(sub { $r = check(keys => ['r1'], requests => [[[1, 1, 0]]],
+                                    defs => \@d) }),
+       'BITFIELD SET', 'rollover: BITFIELD, then the key written');
+    in_range($r->[0], 92, 99, 'rollover: the previous 7, weighted, count');
+    is(rl_counter('r1'), "c$start:1:7",
+       'rollover: count 1, the previous window 7');
+    in_range(redis_cmd('PTTL', 'r1'), $HOUR / 1000, 2 * $HOUR / 1000 + 2,
+             'rollover: TTL to the end of the next window');
+
+    for my $k (qw( r2 r3 r4 r5 )) {
+        $r = check(keys => [$k], requests => [[[1, 1, 0]]], defs => \@d);
+        is($r->[0], 99, "other format $k: counted from 0");
+        is(rl_counter($k), "c$start:1:0", "other format $k: overwritten");
+        ok(redis_cmd('PTTL', $k) > 0, "other format $k: with a TTL");
+    }
+}
+
+# counter rejections: on a rolled-over key the key is still written (its
+# previous count kept); on a new key nothing is left; beside a zone that
+# rejects, the count is taken back
+
+{
+    redis_flushdb();
+    my $start = window_start($HOUR, 10);
+    redis_cmd('SET', 'j1', pack('q>3', $start - $HOUR, 1000, 0));
+    my $r = check(keys => ['j1'], requests => [[[1, 1, 0]]],
+                  defs => [[$COUNTER, 2, $HOUR, 0, 0]]);
+    is($r->[0], -1, 'rejected on rollover');
+    is(rl_counter('j1'), "c$start:0:1000", 'rejected on rollover: count 0');
+    ok(redis_cmd('PTTL', 'j1') > 0, 'rejected on rollover: a TTL');
+
+    $r = check(keys => ['j2'], requests => [[[1, 1, 0]]],
+               defs => [[$COUNTER, 2, $HOUR, 0, 0, '3']], costs => 1);
+    is($r->[0], -1, 'cost over the limit: rejected');
+    is(redis_cmd('EXISTS', 'j2'), 0, 'cost over the limit: no key left');
+
+    redis_cmd('SET', 'j3', pack('q>3', $start, 4, 0), 'PX', 100_000);
+    redis_cmd('RPUSH', 'j4', redis_time_us());
+    $r = check(keys => ['j3', 'j4', 'j5'],
+               requests => [[[1, 1, 0], [2, 2, 0], [1, 3, 0]]],
+               defs => [[$COUNTER, 10, $HOUR, 0, 0],
+                        [$SLIDING, 1, $MINUTE, 0, 0]]);
+    is_deeply([ @$r[0, 1, 6, 11] ], [-1, 0, 1, 0],
+              'beside a rejecting zone: the counters admit');
+    is(rl_counter('j3'), "c$start:4:0", 'beside a rejecting zone: 4 still');
+    is(redis_cmd('EXISTS', 'j5'), 0,
+       'beside a rejecting zone: the new counter key gone');
+
+    # dry_run: "s" adds and takes back what it rejects; "n" writes nothing
+    redis_cmd('SET', 'j6', pack('q>3', $start, 2, 0), 'PX', 100_000);
+    $r = check(keys => ['j6', 'j7'], requests => [[[1, 1, 0]], [[2, 2, 0]]],
+               defs => [[$COUNTER, 2, $HOUR, 0, 0, '1s'],
+                        [$COUNTER, 2, $HOUR, 0, 0, '1n']], costs => 1);
+    is(rl_counter('j6'), "c$start:2:0", 'shadow s: the rejection taken back');
+    is(redis_cmd('EXISTS', 'j7'), 0, 'shadow n: nothing written');
+}
+
+# counter and GCRA under batching: 20 requests in one batch, each of them
+# in a counter zone of a shared key (15 at most), a counter zone of its own
+# key (1 at most; the 1st request's key is full) and a GCRA zone of its own
+# key: 15 admitted, and every zone of the 5 rejected left as it was
+
+{
+    redis_flushdb();
+    my $start = window_start($HOUR, 10);
+    redis_cmd('SET', 'u1', pack('q>3', $start, 1, 0), 'PX', 100_000);
+    redis_cmd('SET', 'g3', redis_time_us() - 5_000_000);
+    my @keys = ('ip', map({ "u$_" } 1 .. 20), map({ "g$_" } 1 .. 20));
+    my @req = map { [[1, 1, 1], [2, 1 + $_, 0], [3, 21 + $_, 0]] } 1 .. 20;
+    my $now = redis_time_us();
+    my $r = check(keys => \@keys, requests => \@req,
+                  defs => [[$COUNTER, 15, $HOUR, 0, 0],
+                           [$COUNTER, 1, $HOUR, 0, 0],
+                           [$GCRA, 10, $MINUTE, 0, 0]]);
+
+    my @admitted;
+    for (my $i = 0, my $n = 1; $i < @$r; $n++) {
+        if ($r->[$i] == -1) {
+            $i += 16;
+        } else {
+            push @admitted, $n;
+            $i += 3;
+        }
+    }
+    is("@admitted", join(' ', 2 .. 16), 'batch: the 2nd to the 16th admitted');
+    is(rl_counter('ip'), "c$start:15:0", 'batch: the shared key counts 15');
+    is(join(' ', map { rl_counter("u$_") // '-' } 1 .. 20),
+       join(' ', ("c$start:1:0") x 16, ('-') x 4),
+       'batch: each own counter 1, the rejected ones not written');
+    is(join(' ', map { redis_cmd('EXISTS', "g$_") } 1 .. 20),
+       join(' ', 0, (1) x 15, (0) x 4),
+       'batch: a GCRA key per admission, the rejections left none');
+    in_range(redis_cmd('GET', 'g3'), $now + 6_000_000, $now + 8_000_000,
+             'batch: a GCRA time in the past replaced');
+    is(scalar(grep { redis_cmd('PTTL', $_) < 0 }
+              @{ redis_cmd('KEYS', '*') }), 0, 'batch: every key has a TTL');
+}
+
+# GCRA: an admission whose old time has passed is one SET ... GET; an old
+# time not passed: written again (admitted within the burst) or given back
+# (rejected); a key of another type is overwritten
+
+{
+    redis_flushdb();
+    my @a = (keys => ['q1'], requests => [[[1, 1, 0]]],
+             defs => [[$GCRA, 10, $MINUTE, 0, 0]]);
+    my ($r, @m);
+    my $now = redis_time_us();
+
+    @m = grep { $_->{client} eq 'lua' && uc $_->{args}[0] ne 'TIME' }
+         redis_monitor(sub { $r = check(@a) });
+    is(join(' ', map { uc $_->{args}[0] } @m), 'SET', 'gcra: one SET');
+    is(uc $m[0]{args}[-1], 'GET', 'gcra: SET ... GET');
+    is_deeply($r, [0, 6000], 'gcra: admitted');
+    in_range(redis_cmd('GET', 'q1'), $now + 6_000_000, $now + 8_000_000,
+             'gcra: the next allowed time');
+
+    my $old = redis_cmd('GET', 'q1');
+    is(script_cmds(sub { $r = check(@a) }), 'SET SET',
+       'gcra: over the rate, the old time given back');
+    is($r->[0], -1, 'gcra: rejected');
+    is(redis_cmd('GET', 'q1'), $old, 'gcra: the old time kept');
+    in_range(redis_cmd('PTTL', 'q1'), 1, 6001, 'gcra: its TTL');
+
+    redis_cmd('SET', 'q1', redis_time_us() - 1_000_000);
+    is(script_cmds(sub { $r = check(@a) }), 'SET',
+       'gcra: a time passed, one SET');
+    is_deeply($r, [0, 6000], 'gcra: admitted again');
+
+    redis_flushdb();
+    @a = (keys => ['q2'], requests => [[[1, 1, 0]]],
+          defs => [[$GCRA, 10, $MINUTE, 2, 2]]);
+    check(@a);
+    $old = redis_cmd('GET', 'q2');
+    is(script_cmds(sub { $r = check(@a) }), 'SET SET',
+       'gcra burst: the time not passed, written again');
+    is($r->[0], 1, 'gcra burst: admitted, 1 of the burst left');
+    in_range($r->[1], 6000, 12000, 'gcra burst: reset');
+    is(redis_cmd('GET', 'q2'), $old + 6_000_000, 'gcra burst: one period on');
+
+    redis_cmd('RPUSH', 'q3', 1);
+    $now = redis_time_us();
+    is_deeply(check(keys => ['q3'], requests => [[[1, 1, 0]]],
+                    defs => [[$GCRA, 10, $MINUTE, 0, 0]]),
+              [0, 6000], 'gcra other type: admitted');
+    in_range(redis_cmd('GET', 'q3'), $now + 6_000_000, $now + 8_000_000,
+             'gcra other type: overwritten');
 }
 
 # --- the debug log: each request's path ------------------------------------

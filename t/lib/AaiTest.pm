@@ -1134,6 +1134,18 @@ sub redis_time_us {
     return $t->[0] * 1000000 + $t->[1];
 }
 
+# an algorithm=counter key (three big-endian 64-bit integers: the window's
+# start in us, its count, the previous window's count) as the text
+# "c<start>:<count>:<previous>"; a value of another length as it is
+push @EXPORT, qw( rl_counter );
+
+sub rl_counter {
+    my ($key, $port) = @_;
+    my $v = redis_cmd_port($port // $ENV{TEST_NGINX_REDIS_PORT}, 'GET', $key);
+    return $v unless defined $v && length $v == 24;
+    return sprintf('c%d:%d:%d', unpack('q>3', $v));
+}
+
 sub _monitor_args {
     my $s = shift;
     my @a;
