@@ -27,9 +27,12 @@ tls_cert($D, 'server', 'ca', 2,
 # redis-cli over TLS, with AUTH; returns its output, one reply per line
 sub cli {
     my ($port, @cmd) = @_;
+    open my $err, '>&', \*STDERR or die;
+    open STDERR, '>', '/dev/null';
     open my $fh, '-|', 'redis-cli', '--tls', '--cacert', "$D/ca.crt",
          '-h', '127.0.0.1', '-p', $port, '-a', $PW, '--no-auth-warning',
          @cmd or die "redis-cli: $!\n";
+    open STDERR, '>&', $err;
     local $/;
     my $out = <$fh> // '';
     close $fh;
@@ -90,6 +93,19 @@ sub keys_on {
     my ($port, $pattern) = @_;
     return grep { length } split /\n/, cli($port, '--scan', '--pattern',
                                              $pattern);
+}
+
+# the port of the primary that serves a slot, asked of one node
+sub owns {
+    my ($port, $slot) = @_;
+    my @l = split /\n/, cli($port, 'CLUSTER', 'SLOTS');
+    # redis-cli prints each range as: from, to, host, port, id (flattened)
+    for (my $i = 0; $i + 3 < @l; $i++) {
+        next unless $l[$i] =~ /^\d+$/ && $l[$i + 1] =~ /^\d+$/
+                    && $l[$i + 2] eq '127.0.0.1';
+        return $l[$i + 3] + 0 if $slot >= $l[$i] && $slot <= $l[$i + 1];
+    }
+    return 0;
 }
 
 my $app = free_port();
@@ -227,6 +243,42 @@ is(scalar keys %{ $nodes{cache} // {} }, 3,
 my @err = grep { /\[error\].*aai redis/ } file_lines("$prefix/logs/error.log");
 is(scalar @err, 0, 'no Redis error logged') or diag(@err);
 no_log_problems("$prefix/logs/error.log", 'no alert, no crash');
+
+
+# --- a slot moved to another primary: the MOVED is followed over TLS ---------
+
+{
+    # the key the limiter would use for a new user, and its empty slot
+    my ($k1) = map { keys_on($_, '*user1') } @P;
+    (my $key = $k1 // '') =~ s/user1$/mover/;
+    my ($slot) = cli($P[0], 'CLUSTER', 'KEYSLOT', $key) =~ /(\d+)/;
+    my %id = map { $_ => (cli($_, 'CLUSTER', 'MYID') =~ /(\w+)/)[0] } @P;
+    my $src = defined $slot ? owns($P[0], $slot) : 0;
+    my ($dst) = grep { $_ != ($src // 0) } @P;
+    ok($key && defined $slot && $src, "the slot of $key and its primary")
+        or diag("key $key slot $slot");
+    cli($dst, 'CLUSTER', 'SETSLOT', $slot, 'IMPORTING', $id{$src});
+    cli($src, 'CLUSTER', 'SETSLOT', $slot, 'MIGRATING', $id{$dst});
+    cli($_, 'CLUSTER', 'SETSLOT', $slot, 'NODE', $id{$dst})
+        for $dst, $src, grep { $_ != $src && $_ != $dst } @P;
+    ok(wait_until(10, sub {
+           3 == grep { owns($_, $slot) == $dst } @P
+       }), "slot $slot moved from $src to $dst");
+
+    my @r = map { get($port, '/rl/?u=mover') } 1 .. 5;
+    is(join(',', @r), join(',', ('200 PASSED') x 3, ('429 REJECTED') x 2),
+       'moved slot: the limit is still exact');
+    is(join(',', map { scalar keys_on($_, $key) } $src, $dst), '0,1',
+       'moved slot: the key is on its new primary');
+    my $moved = 0;
+    my $mm = metrics_get($port);
+    for my $k (keys %$mm) {
+        $moved += $mm->{$k}
+            if $k =~ /^aai_redis_cluster_errors_total\{.*client="ratelimit"/
+               && $k =~ /reason="moved"/;
+    }
+    ok($moved > 0, 'moved slot: a MOVED was followed') or diag($moved);
+}
 
 
 # --- a seed with a certificate for another name: refused ---------------------
