@@ -114,7 +114,7 @@ my $seeds = join ',', map { "127.0.0.1:$_" } @P[0, 1];
 sub front {
     my ($name, $params, %o) = @_;
     my $redis = "cluster=$seeds tls=on tls_ca=$D/ca.crt password=$PW "
-                . "$params timeout=500ms connect_timeout=2s";
+                . "$params timeout=3s connect_timeout=3s";
     my $origin = $o{origin} ? <<_EOS_ : '';
     server {
         listen 127.0.0.1:$app;
