@@ -18,39 +18,8 @@ use POSIX qw( :sys_wait_h SIGTERM SIGKILL );
 my $PW = 'tls-secret-012';
 my $D = tempdir('aai012-XXXXXX', TMPDIR => 1, CLEANUP => 1);
 
-sub openssl {
-    my @args = @_;
-    my $pid = fork();
-    die "fork: $!\n" unless defined $pid;
-    if ($pid == 0) {
-        open STDIN, '<', '/dev/null';
-        open STDOUT, '>', '/dev/null';
-        open STDERR, '>', '/dev/null';
-        { no warnings 'exec'; exec 'openssl', @args; }
-        POSIX::_exit(127);
-    }
-    waitpid($pid, 0);
-    die "openssl @args failed\n" if $?;
-}
-
-sub ca {
-    my $name = shift;
-    openssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes',
-            '-keyout', "$D/$name.key", '-out', "$D/$name.crt",
-            '-days', '2', '-subj', "/CN=aai test $name");
-}
-
-sub cert {
-    my ($name, $ca, $days, $ext) = @_;
-    open my $f, '>', "$D/$name.ext" or die;
-    print $f "$ext\n";
-    close $f;
-    openssl('req', '-newkey', 'rsa:2048', '-nodes', '-keyout',
-            "$D/$name.key", '-out', "$D/$name.csr", '-subj', "/CN=$name");
-    openssl('x509', '-req', '-in', "$D/$name.csr", '-CA', "$D/$ca.crt",
-            '-CAkey', "$D/$ca.key", '-CAcreateserial', '-days', $days,
-            '-extfile', "$D/$name.ext", '-out', "$D/$name.crt");
-}
+sub ca { tls_ca($D, @_) }
+sub cert { tls_cert($D, @_) }
 
 ca('ca');
 ca('ca2');

@@ -1556,6 +1556,51 @@ sub logs_once_more {
         or Test::More::diag(@bad[0 .. ($#bad > 9 ? 9 : $#bad)]);
 }
 
+# --- certificates for the TLS tests (t/012, t/019), on request: :util ------
+#
+#   tls_ca($dir, $name)         a self-signed CA: $dir/$name.crt, .key
+#   tls_cert($dir, $name, $ca, $days, $ext)
+#                               a certificate signed by $ca, valid $days
+#                               days (negative: expired), with the openssl
+#                               extension line $ext: $dir/$name.crt, .key
+
+push @EXPORT_OK, qw( tls_ca tls_cert );
+push @{ $EXPORT_TAGS{util} }, qw( tls_ca tls_cert );
+
+sub _openssl {
+    my @args = @_;
+    my $pid = fork();
+    die "fork: $!\n" unless defined $pid;
+    if ($pid == 0) {
+        open STDIN, '<', '/dev/null';
+        open STDOUT, '>', '/dev/null';
+        open STDERR, '>', '/dev/null';
+        { no warnings 'exec'; exec 'openssl', @args; }
+        POSIX::_exit(127);
+    }
+    waitpid($pid, 0);
+    die "openssl @args failed\n" if $?;
+}
+
+sub tls_ca {
+    my ($d, $name) = @_;
+    _openssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes',
+             '-keyout', "$d/$name.key", '-out', "$d/$name.crt",
+             '-days', '2', '-subj', "/CN=aai test $name");
+}
+
+sub tls_cert {
+    my ($d, $name, $ca, $days, $ext) = @_;
+    open my $f, '>', "$d/$name.ext" or die "$d/$name.ext: $!\n";
+    print $f "$ext\n";
+    close $f;
+    _openssl('req', '-newkey', 'rsa:2048', '-nodes', '-keyout',
+             "$d/$name.key", '-out', "$d/$name.csr", '-subj', "/CN=$name");
+    _openssl('x509', '-req', '-in', "$d/$name.csr", '-CA', "$d/$ca.crt",
+             '-CAkey', "$d/$ca.key", '-CAcreateserial', '-days', $days,
+             '-extfile', "$d/$name.ext", '-out', "$d/$name.crt");
+}
+
 END {
     return unless $$ == $Parent;
     local $?;
