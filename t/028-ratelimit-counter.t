@@ -230,7 +230,7 @@ __DATA__
 
 === TEST 1: headers: the policy, the requests left, the reset
 --- http_config
-    aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT timeout=3s;
     aai_ratelimit_zone hdr key=$arg_u rate=3r/m algorithm=counter;
 --- config
     location /t {
@@ -261,7 +261,7 @@ X-RL: REJECTED",
 
 === TEST 2: a rejection is blocklisted until its Retry-After
 --- http_config
-    aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT timeout=3s;
     aai_ratelimit_zone blk key=$arg_u rate=1r/m algorithm=counter;
 --- config
     location /t {
@@ -285,7 +285,7 @@ qr/aai_ratelimit_local_rejects_total\{zone="blk"\} [1-9]/]
 
 === TEST 3: dry run: counted, marked, never rejected
 --- http_config
-    aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT timeout=3s;
     aai_ratelimit_zone dry key=$arg_u rate=1r/m algorithm=counter;
 --- config
     location /t {
@@ -331,7 +331,7 @@ like(rl_counter('aai:rl:dry:d'), qr/^c\d+:1:0$/,
 
 === TEST 5: keys of the other formats count from zero and are replaced
 --- http_config
-    aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT timeout=3s;
     aai_ratelimit_zone fmt key=$arg_u rate=2r/m algorithm=counter;
 --- config
     location /t {
@@ -361,7 +361,7 @@ aai_ratelimit: Redis
 
 === TEST 6: the other algorithms replace a counter key
 --- http_config
-    aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT timeout=3s;
     aai_ratelimit_zone oth_s key=$arg_u rate=2r/m;
     aai_ratelimit_zone oth_g key=$arg_u rate=2r/m algorithm=gcra burst=1
                              nodelay;
@@ -392,7 +392,7 @@ aai_ratelimit: Redis
 
 === TEST 7: burst is refused by nginx -t
 --- http_config
-    aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT timeout=3s;
     aai_ratelimit_zone cb key=$arg_u rate=10r/s burst=5 nodelay
                           algorithm=counter;
 --- config
@@ -405,7 +405,7 @@ burst=5 of zone "cb" in "aai_ratelimit_zone": "algorithm=counter" has no burst
 
 === TEST 8: an unknown algorithm is refused
 --- http_config
-    aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT timeout=3s;
     aai_ratelimit_zone cu key=$arg_u rate=10r/s algorithm=counters;
 --- config
     location /t { aai_ratelimit cu; empty_gif; }
