@@ -201,11 +201,21 @@ redis_flushdb();
 
     is(join(',', @st), join(',', (200) x 25), 'every response 200');
     is(zcards(), 0, 'every lease released: the sorted sets are gone');
-    is(join(' ', map { uc $_->{args}[0] } @c), 'EVALSHA',
-       'one command for the 20 releases and the 5 checks')
+    # one EVALSHA when the worker reads the 25 events in one iteration; the
+    # kernel may hand the upstreams' answers to the next one, whose batch
+    # then carries the releases: never more than those two, never a ZREM
+    my ($checks, $releases) = (0, 0);
+    for (@c) {
+        my ($k, $r) = layout_of($_->{args});
+        $checks += $k;
+        $releases += $r;
+    }
+    ok(@c >= 1 && @c <= 2
+       && !grep({ uc $_->{args}[0] ne 'EVALSHA' } @c),
+       'one or two EVALSHAs for the 20 releases and the 5 checks')
         or diag(join "\n", map { join ' ', @{ $_->{args} }[0, 2] } @c);
-    is(join(',', layout_of($c[0]{args})), '5,20',
-       '... the EVALSHA holds 5 checks and 20 releases');
+    is("$checks,$releases", '5,20',
+       '... holding the 5 checks and the 20 releases');
     is(scalar(grep { uc $_->{args}[0] eq 'ZREM' } @c), 0,
        'no ZREM of their own');
 
