@@ -255,13 +255,14 @@ ngx_http_aai_ratelimit_batch_handler(ngx_event_t *ev)
 
     ngx_http_aai_ratelimit_batch_close(b);
 
-    /* charges go with the batches of their slots, not those of a node */
+    /* a batch of a node takes the charges of its slots */
 
-    if (b->cnode < 0) {
-        b->nzones += ngx_http_aai_ratelimit_charge_take(&b->charges,
+    b->nzones += ngx_http_aai_ratelimit_charge_take(&b->charges,
                                              NGX_HTTP_AAI_RL_BATCH - b->nzones,
-                                             b->cslot);
-    }
+                                             b->cnode >= 0
+                                             ? NGX_AAI_REDIS_CLUSTER_SLOTS
+                                               + b->cnode
+                                             : b->cslot);
 
     if (ngx_http_aai_ratelimit_charge_costs(&b->charges)) {
         b->costs = 1;
@@ -621,6 +622,7 @@ ngx_http_aai_ratelimit_flush(void)
 static void
 ngx_http_aai_ratelimit_flush_slots(ngx_http_aai_ratelimit_main_conf_t *mcf)
 {
+    ngx_int_t                        node;
     ngx_uint_t                       i, n;
     ngx_http_aai_ratelimit_batch_t  *b;
     ngx_uint_t                       slots[16];
@@ -631,6 +633,16 @@ ngx_http_aai_ratelimit_flush_slots(ngx_http_aai_ratelimit_main_conf_t *mcf)
 
         if (ngx_http_aai_ratelimit_copen
             && ngx_http_aai_ratelimit_copen[slots[i]])
+        {
+            continue;
+        }
+
+        /* the batch of its node takes it */
+
+        node = ngx_aai_redis_slot_node(mcf->redis, slots[i]);
+
+        if (node >= 0 && node < NGX_AAI_REDIS_CLUSTER_NODES
+            && ngx_http_aai_ratelimit_nopen[node])
         {
             continue;
         }
