@@ -637,13 +637,20 @@ ngx_http_aai_ratelimit_flush_slots(ngx_http_aai_ratelimit_main_conf_t *mcf)
             continue;
         }
 
-        /* the batch of its node takes it */
+        /*
+         * the batch of its node takes it (the script the node's requests
+         * use: a release is not delayed behind a NOSCRIPT of the other)
+         */
 
-        node = ngx_aai_redis_slot_node(mcf->redis, slots[i]);
+        node = ngx_http_aai_ratelimit_xoff
+               ? NGX_DECLINED
+               : ngx_aai_redis_slot_node(mcf->redis, slots[i]);
 
-        if (node >= 0 && node < NGX_AAI_REDIS_CLUSTER_NODES
-            && ngx_http_aai_ratelimit_nopen[node])
-        {
+        if (node >= NGX_AAI_REDIS_CLUSTER_NODES) {
+            node = NGX_DECLINED;
+        }
+
+        if (node >= 0 && ngx_http_aai_ratelimit_nopen[node]) {
             continue;
         }
 
@@ -652,7 +659,14 @@ ngx_http_aai_ratelimit_flush_slots(ngx_http_aai_ratelimit_main_conf_t *mcf)
             return;
         }
 
-        b->cslot = slots[i];
+        if (node >= 0) {
+            b->cnode = node;
+            ngx_http_aai_ratelimit_nopen[node] = b;
+
+        } else {
+            b->cslot = slots[i];
+        }
+
         ngx_post_event(&b->event, &ngx_posted_events);
     }
 }
