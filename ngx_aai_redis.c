@@ -298,6 +298,26 @@ ngx_aai_redis_cancel(ngx_aai_redis_cmd_t *cmd)
 }
 
 
+ngx_int_t
+ngx_aai_redis_slot_node(ngx_aai_redis_t *rs, ngx_uint_t slot)
+{
+    if (rs->cluster == NULL) {
+        return NGX_DECLINED;
+    }
+
+    return ngx_aai_redis_cluster_slot_node(rs->cluster, slot);
+}
+
+
+void
+ngx_aai_redis_refresh(ngx_aai_redis_t *rs)
+{
+    if (rs->cluster) {
+        ngx_aai_redis_cluster_refresh(rs->cluster);
+    }
+}
+
+
 ngx_uint_t
 ngx_aai_redis_available(ngx_aai_redis_t *rs)
 {

@@ -202,6 +202,14 @@ void ngx_aai_redis_cancel(ngx_aai_redis_cmd_t *cmd);
 /* 1 if a command sent now would be accepted */
 ngx_uint_t ngx_aai_redis_available(ngx_aai_redis_t *rs);
 
+/*
+ * cluster=: the node (0-based, stable for the client's life) that serves
+ * a slot in this worker's slot map; NGX_DECLINED when the slot is not
+ * known or the client is not a cluster's.  refresh asks the map again soon.
+ */
+ngx_int_t ngx_aai_redis_slot_node(ngx_aai_redis_t *rs, ngx_uint_t slot);
+void ngx_aai_redis_refresh(ngx_aai_redis_t *rs);
+
 
 /*
  * Pub/Sub.  Called for each message published on a subscribed channel (or

@@ -84,6 +84,9 @@ ngx_aai_redis_cmd_t *ngx_aai_redis_cluster_send(ngx_aai_redis_cluster_t *cl,
     ngx_aai_redis_handler_pt handler, void *data);
 void ngx_aai_redis_cluster_cancel(void *ccmd);
 ngx_uint_t ngx_aai_redis_cluster_available(ngx_aai_redis_cluster_t *cl);
+ngx_int_t ngx_aai_redis_cluster_slot_node(ngx_aai_redis_cluster_t *cl,
+    ngx_uint_t slot);
+void ngx_aai_redis_cluster_refresh(ngx_aai_redis_cluster_t *cl);
 ngx_int_t ngx_aai_redis_cluster_subscribe(ngx_aai_redis_cluster_t *cl,
     ngx_str_t *channel, ngx_uint_t pattern, ngx_aai_redis_message_pt handler,
     void *data);

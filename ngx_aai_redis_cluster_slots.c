@@ -228,6 +228,35 @@ ngx_aai_redis_cluster_refresh_soon(ngx_aai_redis_cluster_t *cl)
 }
 
 
+/* the node of a slot in the map, for a caller that groups by node */
+
+ngx_int_t
+ngx_aai_redis_cluster_slot_node(ngx_aai_redis_cluster_t *cl, ngx_uint_t slot)
+{
+    ngx_aai_redis_cluster_node_t  *node;
+
+    if (!cl->initialized || cl->map == NULL
+        || slot >= NGX_AAI_REDIS_CLUSTER_SLOTS || cl->map[slot] == 0)
+    {
+        return NGX_DECLINED;
+    }
+
+    node = &cl->nodes[cl->map[slot] - 1];
+
+    if (!node->started) {
+        return NGX_DECLINED;
+    }
+
+    return cl->map[slot] - 1;
+}
+
+
+void
+ngx_aai_redis_cluster_refresh(ngx_aai_redis_cluster_t *cl)
+{
+    ngx_aai_redis_cluster_refresh_soon(cl);
+}
+
 /*
  * A node that serves slots is down (its connections fail and back off):
  * the map is asked again until a replica has taken its place, whether

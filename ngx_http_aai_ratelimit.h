@@ -190,6 +190,7 @@ typedef struct {
     ngx_http_aai_ratelimit_shctx_t    *sh;
     ngx_slab_pool_t                   *shpool;
     ngx_str_t                          sha;
+    ngx_str_t                          xsha;      /* cluster: per node */
     ngx_aai_metrics_t                 *metrics;
     ngx_int_t                          latency;
     ngx_int_t                          errors[3];
@@ -294,6 +295,7 @@ struct ngx_http_aai_ratelimit_batch_s {
     ngx_uint_t                         nslots;
     ngx_uint_t                         nzones;    /* of all its requests */
     ngx_int_t                          cslot;     /* cluster slot, or -1 */
+    ngx_int_t                          cnode;     /* or node, or -1 */
     ngx_queue_t                        charges;   /* charge= usage sent */
     unsigned                           eval:1;
     unsigned                           costs:1;   /* definitions with cost */
@@ -318,6 +320,7 @@ extern ngx_conf_enum_t  ngx_http_aai_ratelimit_fallbacks[];
 
 /* the script, as sent with EVAL */
 extern ngx_str_t        ngx_http_aai_ratelimit_script_text;
+extern ngx_str_t        ngx_http_aai_ratelimit_xscript_text;
 
 
 /* ngx_http_aai_ratelimit_zone.c */
@@ -338,6 +341,12 @@ ngx_int_t ngx_http_aai_ratelimit_check_zones(ngx_conf_t *cf,
 ngx_int_t ngx_http_aai_ratelimit_enqueue(ngx_http_request_t *r,
     ngx_http_aai_ratelimit_ctx_t *ctx);
 ngx_int_t ngx_http_aai_ratelimit_enqueue_in(
+    ngx_http_aai_ratelimit_main_conf_t *mcf,
+    ngx_http_aai_ratelimit_ctx_t *ctx, ngx_int_t cslot);
+ngx_int_t ngx_http_aai_ratelimit_cluster_slots(ngx_http_request_t *r,
+    ngx_http_aai_ratelimit_main_conf_t *mcf,
+    ngx_http_aai_ratelimit_ctx_t *ctx);
+ngx_int_t ngx_http_aai_ratelimit_enqueue_node(
     ngx_http_aai_ratelimit_main_conf_t *mcf,
     ngx_http_aai_ratelimit_ctx_t *ctx, ngx_int_t cslot);
 void ngx_http_aai_ratelimit_resume(ngx_http_aai_ratelimit_ctx_t *ctx);
@@ -363,6 +372,7 @@ void ngx_http_aai_ratelimit_orphan(ngx_http_aai_ratelimit_ctx_t *ctx);
 
 /* ngx_http_aai_ratelimit_script.c */
 ngx_int_t ngx_http_aai_ratelimit_script_sha(ngx_conf_t *cf, ngx_str_t *sha);
+ngx_int_t ngx_http_aai_ratelimit_xscript_sha(ngx_conf_t *cf, ngx_str_t *sha);
 
 /* ngx_http_aai_ratelimit_decide.c */
 void ngx_http_aai_ratelimit_decide(ngx_http_request_t *r,

@@ -390,18 +390,24 @@ ngx_http_aai_ratelimit_charge_add(ngx_http_request_t *r, void *zone,
 
 /*
  * A batch about to be sent takes up to max charges, on a cluster those of
- * its slot (cslot; -1: any); returns how many.
+ * its slot (cslot; -1: any), or of the slots of its node (cslot: the
+ * node + NGX_AAI_REDIS_CLUSTER_SLOTS); returns how many.
  */
 
 ngx_uint_t
 ngx_http_aai_ratelimit_charge_take(ngx_queue_t *to, ngx_uint_t max,
     ngx_int_t cslot)
 {
-    ngx_uint_t                        n;
-    ngx_queue_t                      *q, *next;
-    ngx_http_aai_ratelimit_charge_t  *ch;
+    ngx_int_t                            node;
+    ngx_uint_t                           n, slot;
+    ngx_queue_t                         *q, *next;
+    ngx_http_aai_ratelimit_charge_t     *ch;
+    ngx_http_aai_ratelimit_main_conf_t  *mcf;
 
     n = 0;
+    node = cslot - NGX_AAI_REDIS_CLUSTER_SLOTS;
+    mcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
+                                              ngx_http_aai_ratelimit_module);
 
     for (q = ngx_queue_head(&ngx_http_aai_ratelimit_charges);
          n < max && q != ngx_queue_sentinel(&ngx_http_aai_ratelimit_charges);
@@ -411,10 +417,11 @@ ngx_http_aai_ratelimit_charge_take(ngx_queue_t *to, ngx_uint_t max,
 
         if (cslot >= 0) {
             ch = ngx_queue_data(q, ngx_http_aai_ratelimit_charge_t, queue);
+            slot = ngx_aai_redis_cluster_slot(ch->key.data, ch->key.len);
 
-            if ((ngx_int_t) ngx_aai_redis_cluster_slot(ch->key.data,
-                                                       ch->key.len)
-                != cslot)
+            if (node >= 0
+                ? ngx_aai_redis_slot_node(mcf->redis, slot) != node
+                : (ngx_int_t) slot != cslot)
             {
                 continue;
             }

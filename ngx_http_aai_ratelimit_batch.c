@@ -16,7 +16,15 @@
 #include "ngx_http_aai_ratelimit.h"
 
 
+static ngx_int_t ngx_http_aai_ratelimit_enqueue_open(
+    ngx_http_aai_ratelimit_main_conf_t *mcf,
+    ngx_http_aai_ratelimit_ctx_t *ctx, ngx_http_aai_ratelimit_batch_t **open,
+    ngx_int_t cslot, ngx_int_t cnode);
 static void ngx_http_aai_ratelimit_batch_handler(ngx_event_t *ev);
+static ngx_uint_t ngx_http_aai_ratelimit_xslot_error(
+    ngx_http_aai_ratelimit_batch_t *b, redisReply *reply);
+static void ngx_http_aai_ratelimit_batch_slots(
+    ngx_http_aai_ratelimit_batch_t *b);
 static ngx_int_t ngx_http_aai_ratelimit_batch_send(
     ngx_http_aai_ratelimit_batch_t *b);
 static ngx_uint_t ngx_http_aai_ratelimit_batch_keys(
@@ -58,6 +66,11 @@ static ngx_uint_t  ngx_http_aai_ratelimit_seq;
 static ngx_http_aai_ratelimit_batch_t  *ngx_http_aai_ratelimit_open;
 /* on a cluster: the batch being filled per slot */
 static ngx_http_aai_ratelimit_batch_t **ngx_http_aai_ratelimit_copen;
+/* on a cluster: the batch being filled per node (several slots) */
+static ngx_http_aai_ratelimit_batch_t  *ngx_http_aai_ratelimit_nopen[
+                                                NGX_AAI_REDIS_CLUSTER_NODES];
+/* per worker: the cluster refused the per node script (Redis < 7) */
+static ngx_uint_t                       ngx_http_aai_ratelimit_xoff;
 static ngx_queue_t                      ngx_http_aai_ratelimit_flight;
 static ngx_queue_t                      ngx_http_aai_ratelimit_spare;
 static ngx_uint_t                       ngx_http_aai_ratelimit_nspare;
@@ -65,7 +78,8 @@ static ngx_uint_t                       ngx_http_aai_ratelimit_nspare;
 /* per worker: where a batch's command is built, reused by the next one */
 static ngx_str_t   ngx_http_aai_ratelimit_argv[3 + NGX_HTTP_AAI_RL_BATCH
                                                + 2 + NGX_HTTP_AAI_RL_BATCH
-                                                 * NGX_HTTP_AAI_RL_DEF_ARGS];
+                                                 * NGX_HTTP_AAI_RL_DEF_ARGS
+                                               + 1];
 static u_char      ngx_http_aai_ratelimit_layout[NGX_HTTP_AAI_RL_BATCH
                                          * (5 + NGX_HTTP_AAI_RL_MEMBER_MAX)];
 static ngx_http_aai_ratelimit_bkey_t
@@ -109,8 +123,7 @@ ngx_int_t
 ngx_http_aai_ratelimit_enqueue_in(ngx_http_aai_ratelimit_main_conf_t *mcf,
     ngx_http_aai_ratelimit_ctx_t *ctx, ngx_int_t cslot)
 {
-    ngx_http_aai_ratelimit_slot_t    *slot;
-    ngx_http_aai_ratelimit_batch_t   *b, **open;
+    ngx_http_aai_ratelimit_batch_t  **open;
 
     if (cslot < 0) {
         open = &ngx_http_aai_ratelimit_open;
@@ -129,6 +142,64 @@ ngx_http_aai_ratelimit_enqueue_in(ngx_http_aai_ratelimit_main_conf_t *mcf,
         open = &ngx_http_aai_ratelimit_copen[cslot];
     }
 
+    return ngx_http_aai_ratelimit_enqueue_open(mcf, ctx, open, cslot, -1);
+}
+
+
+/*
+ * On a cluster: in the batch being filled for the node that serves the
+ * slots of all the keys of ctx (a request, or a part of one in a slot),
+ * checked with the per node script; else, when ctx is in one slot (cslot
+ * >= 0), in the batch of its slot; NGX_DECLINED when its keys are in
+ * several slots not known to be of one node.
+ */
+
+ngx_int_t
+ngx_http_aai_ratelimit_enqueue_node(ngx_http_aai_ratelimit_main_conf_t *mcf,
+    ngx_http_aai_ratelimit_ctx_t *ctx, ngx_int_t cslot)
+{
+    ngx_int_t   node, n;
+    ngx_uint_t  i;
+
+    node = NGX_DECLINED;
+
+    for (i = 0; !ngx_http_aai_ratelimit_xoff && i < ctx->nzones; i++) {
+        n = ngx_aai_redis_slot_node(mcf->redis,
+                                 ngx_aai_redis_cluster_slot(ctx->keys[i].data,
+                                                            ctx->keys[i].len));
+
+        if (n < 0 || n >= NGX_AAI_REDIS_CLUSTER_NODES
+            || (i > 0 && n != node))
+        {
+            node = NGX_DECLINED;
+            break;
+        }
+
+        node = n;
+    }
+
+    if (node >= 0) {
+        return ngx_http_aai_ratelimit_enqueue_open(mcf, ctx,
+                                          &ngx_http_aai_ratelimit_nopen[node],
+                                          -1, node);
+    }
+
+    if (cslot < 0) {
+        return NGX_DECLINED;
+    }
+
+    return ngx_http_aai_ratelimit_enqueue_in(mcf, ctx, cslot);
+}
+
+
+static ngx_int_t
+ngx_http_aai_ratelimit_enqueue_open(ngx_http_aai_ratelimit_main_conf_t *mcf,
+    ngx_http_aai_ratelimit_ctx_t *ctx, ngx_http_aai_ratelimit_batch_t **open,
+    ngx_int_t cslot, ngx_int_t cnode)
+{
+    ngx_http_aai_ratelimit_slot_t   *slot;
+    ngx_http_aai_ratelimit_batch_t  *b;
+
     b = *open;
 
     if (b && b->nzones + ctx->nzones > NGX_HTTP_AAI_RL_BATCH) {
@@ -146,6 +217,7 @@ ngx_http_aai_ratelimit_enqueue_in(ngx_http_aai_ratelimit_main_conf_t *mcf,
         }
 
         b->cslot = cslot;
+        b->cnode = cnode;
         *open = b;
         ngx_post_event(&b->event, &ngx_posted_events);
     }
@@ -183,9 +255,14 @@ ngx_http_aai_ratelimit_batch_handler(ngx_event_t *ev)
 
     ngx_http_aai_ratelimit_batch_close(b);
 
+    /* a batch of a node takes the charges of its slots */
+
     b->nzones += ngx_http_aai_ratelimit_charge_take(&b->charges,
                                              NGX_HTTP_AAI_RL_BATCH - b->nzones,
-                                             b->cslot);
+                                             b->cnode >= 0
+                                             ? NGX_AAI_REDIS_CLUSTER_SLOTS
+                                               + b->cnode
+                                             : b->cslot);
 
     if (ngx_http_aai_ratelimit_charge_costs(&b->charges)) {
         b->costs = 1;
@@ -238,7 +315,7 @@ ngx_http_aai_ratelimit_batch_send(ngx_http_aai_ratelimit_batch_t *b)
     ngx_http_aai_ratelimit_main_conf_t  *mcf;
     u_short                              occ[NGX_HTTP_AAI_RL_BATCH];
 
-    static u_char  num[NGX_INT_T_LEN];
+    static u_char  num[2 * NGX_INT_T_LEN];
     static u_char  flag[1 + NGX_INT_T_LEN * 4 + 4];
 
     mcf = b->mcf;
@@ -341,15 +418,29 @@ ngx_http_aai_ratelimit_batch_send(ngx_http_aai_ratelimit_batch_t *b)
 
     if (b->eval) {
         argv[0] = ngx_http_aai_ratelimit_eval;
-        argv[1] = ngx_http_aai_ratelimit_script_text;
+        argv[1] = (b->cnode >= 0) ? ngx_http_aai_ratelimit_xscript_text
+                                  : ngx_http_aai_ratelimit_script_text;
 
     } else {
         argv[0] = ngx_http_aai_ratelimit_evalsha;
-        argv[1] = mcf->sha;
+        argv[1] = (b->cnode >= 0) ? mcf->xsha : mcf->sha;
     }
 
     argv[2].data = num;
     argv[2].len = ngx_sprintf(num, "%ui", nkeys) - num;
+
+    if (b->cnode >= 0) {
+
+        /*
+         * the per node script: the first key declared (it routes the
+         * command), the others first in ARGV, their number last
+         */
+
+        ngx_str_set(&argv[2], "1");
+        a->data = num + 1;
+        a->len = ngx_sprintf(num + 1, "%ui", nkeys - 1) - (num + 1);
+        a++;
+    }
 
     k = 3 + nkeys;
 
@@ -531,6 +622,7 @@ ngx_http_aai_ratelimit_flush(void)
 static void
 ngx_http_aai_ratelimit_flush_slots(ngx_http_aai_ratelimit_main_conf_t *mcf)
 {
+    ngx_int_t                        node;
     ngx_uint_t                       i, n;
     ngx_http_aai_ratelimit_batch_t  *b;
     ngx_uint_t                       slots[16];
@@ -545,12 +637,36 @@ ngx_http_aai_ratelimit_flush_slots(ngx_http_aai_ratelimit_main_conf_t *mcf)
             continue;
         }
 
+        /*
+         * the batch of its node takes it (the script the node's requests
+         * use: a release is not delayed behind a NOSCRIPT of the other)
+         */
+
+        node = ngx_http_aai_ratelimit_xoff
+               ? NGX_DECLINED
+               : ngx_aai_redis_slot_node(mcf->redis, slots[i]);
+
+        if (node >= NGX_AAI_REDIS_CLUSTER_NODES) {
+            node = NGX_DECLINED;
+        }
+
+        if (node >= 0 && ngx_http_aai_ratelimit_nopen[node]) {
+            continue;
+        }
+
         b = ngx_http_aai_ratelimit_batch_get(mcf);
         if (b == NULL) {
             return;
         }
 
-        b->cslot = slots[i];
+        if (node >= 0) {
+            b->cnode = node;
+            ngx_http_aai_ratelimit_nopen[node] = b;
+
+        } else {
+            b->cslot = slots[i];
+        }
+
         ngx_post_event(&b->event, &ngx_posted_events);
     }
 }
@@ -721,6 +837,11 @@ ngx_http_aai_ratelimit_reply_handler(ngx_aai_redis_result_t *res, void *data)
         return;
     }
 
+    if (b->cnode >= 0 && ngx_http_aai_ratelimit_xslot_error(b, reply)) {
+        ngx_http_aai_ratelimit_batch_slots(b);
+        return;
+    }
+
     if (ngx_http_aai_ratelimit_check_reply(b, reply) != NGX_OK) {
         ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
                        "aai_ratelimit batch %p: unexpected reply", b);
@@ -776,6 +897,121 @@ ngx_http_aai_ratelimit_reply_handler(ngx_aai_redis_result_t *res, void *data)
     ngx_http_aai_ratelimit_charge_done(&b->charges, NGX_OK);
 
     ngx_http_aai_ratelimit_lease_orphans(&b->orphans, 0);
+
+    ngx_http_aai_ratelimit_batch_free(b);
+}
+
+
+/*
+ * A batch of a node failed before its script wrote anything: a key's slot
+ * is no longer that node's (AAIXSLOT: moved, or migrating and the key has
+ * left), or the command was redirected too often (MOVED, ASK, TRYAGAIN),
+ * or the server refused the script's first line (Redis < 7: for good in
+ * this worker).  Its requests are checked again per slot, as without it.
+ */
+
+static ngx_uint_t
+ngx_http_aai_ratelimit_xslot_error(ngx_http_aai_ratelimit_batch_t *b,
+    redisReply *reply)
+{
+    u_char  *p, *last;
+
+    if (reply->type != REDIS_REPLY_ERROR || reply->str == NULL) {
+        return 0;
+    }
+
+    p = (u_char *) reply->str;
+    last = p + reply->len;
+
+    if (ngx_strncmp(p, "AAIXSLOT ", 9) == 0
+        || ngx_strncmp(p, "CROSSSLOT", 9) == 0
+        || ngx_strncmp(p, "TRYAGAIN", 8) == 0
+        || ngx_strncmp(p, "MOVED ", 6) == 0
+        || ngx_strncmp(p, "ASK ", 4) == 0)
+    {
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                       "aai_ratelimit batch %p of a node, per slot: %s",
+                       b, reply->str);
+
+        ngx_aai_redis_refresh(b->mcf->redis);
+        return 1;
+    }
+
+    if (b->eval
+        && (ngx_strlcasestrn(p, last, (u_char *) "shebang", 7 - 1) != NULL
+            || ngx_strlcasestrn(p, last, (u_char *) "compiling script",
+                                16 - 1)
+               != NULL))
+    {
+        if (!ngx_http_aai_ratelimit_xoff) {
+            ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                          "aai_ratelimit: the cluster refused the script "
+                          "of several slots (Redis 7.0 or later has it), "
+                          "batches are per slot: %s", reply->str);
+        }
+
+        ngx_http_aai_ratelimit_xoff = 1;
+        return 1;
+    }
+
+    return 0;
+}
+
+
+/* each request of a batch of a node in the batch of its slot (or slots) */
+
+static void
+ngx_http_aai_ratelimit_batch_slots(ngx_http_aai_ratelimit_batch_t *b)
+{
+    ngx_int_t                      rc;
+    ngx_uint_t                     i, j, slot, multi;
+    ngx_http_request_t            *r;
+    ngx_http_aai_ratelimit_ctx_t  *ctx;
+
+    for (i = 0; i < b->nslots; i++) {
+        ctx = b->slots[i].ctx;
+
+        if (ctx == NULL) {
+            continue;
+        }
+
+        b->slots[i].ctx = NULL;
+        ctx->batch = NULL;
+
+        slot = ngx_aai_redis_cluster_slot(ctx->keys[0].data,
+                                          ctx->keys[0].len);
+        multi = 0;
+
+        for (j = 1; j < ctx->nzones; j++) {
+            multi |= (ngx_aai_redis_cluster_slot(ctx->keys[j].data,
+                                                 ctx->keys[j].len)
+                      != slot);
+        }
+
+        r = ctx->request;
+
+        /* a part of a request is in one slot; a request: split */
+
+        rc = multi ? ngx_http_aai_ratelimit_cluster_slots(r, b->mcf, ctx)
+                   : ngx_http_aai_ratelimit_enqueue_in(b->mcf, ctx, slot);
+
+        if (rc == NGX_OK) {
+            continue;
+        }
+
+        if (ctx->cluster && ctx->cluster->parent) {
+            ngx_http_aai_ratelimit_part_done(ctx,
+                                          NGX_HTTP_AAI_RL_E_UNAVAILABLE + 1,
+                                          "no memory");
+            continue;
+        }
+
+        ngx_http_set_log_request(r->connection->log, r);
+
+        ngx_http_aai_ratelimit_fallback(r, ctx, NGX_HTTP_AAI_RL_E_UNAVAILABLE,
+                                        "no memory", NULL);
+        ngx_http_aai_ratelimit_resume(ctx);
+    }
 
     ngx_http_aai_ratelimit_batch_free(b);
 }
@@ -1001,6 +1237,7 @@ ngx_http_aai_ratelimit_batch_get(ngx_http_aai_ratelimit_main_conf_t *mcf)
 
     b->mcf = mcf;
     b->cslot = -1;
+    b->cnode = -1;
     ngx_queue_init(&b->charges);
     ngx_queue_init(&b->orphans);
     b->event.handler = ngx_http_aai_ratelimit_batch_handler;
@@ -1048,6 +1285,10 @@ ngx_http_aai_ratelimit_batch_close(ngx_http_aai_ratelimit_batch_t *b)
     {
         ngx_http_aai_ratelimit_copen[b->cslot] = NULL;
     }
+
+    if (b->cnode >= 0 && ngx_http_aai_ratelimit_nopen[b->cnode] == b) {
+        ngx_http_aai_ratelimit_nopen[b->cnode] = NULL;
+    }
 }
 
 
@@ -1078,6 +1319,16 @@ ngx_http_aai_ratelimit_batch_exit(void)
 
         ngx_free(ngx_http_aai_ratelimit_copen);
         ngx_http_aai_ratelimit_copen = NULL;
+    }
+
+    /* and per node */
+
+    for (i = 0; i < NGX_AAI_REDIS_CLUSTER_NODES; i++) {
+        if (ngx_http_aai_ratelimit_nopen[i]) {
+            ngx_queue_insert_tail(&ngx_http_aai_ratelimit_flight,
+                                  &ngx_http_aai_ratelimit_nopen[i]->queue);
+            ngx_http_aai_ratelimit_nopen[i] = NULL;
+        }
     }
 
     while (!ngx_queue_empty(&ngx_http_aai_ratelimit_flight)) {

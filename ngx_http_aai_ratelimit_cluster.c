@@ -13,6 +13,9 @@
 #include "ngx_http_aai_ratelimit.h"
 
 
+static ngx_int_t ngx_http_aai_ratelimit_cluster_split(ngx_http_request_t *r,
+    ngx_http_aai_ratelimit_main_conf_t *mcf,
+    ngx_http_aai_ratelimit_ctx_t *ctx, ngx_uint_t pernode);
 static void ngx_http_aai_ratelimit_refund(
     ngx_http_aai_ratelimit_main_conf_t *mcf,
     ngx_http_aai_ratelimit_ctx_t *part);
@@ -33,6 +36,14 @@ static void ngx_http_aai_ratelimit_refund_handler(ngx_aai_redis_result_t *res,
  * request of another client checked in that window may be rejected by a
  * count one higher than it ends up.  A request that goes away before all
  * its parts are answered is not refunded.
+ *
+ * Per node (Redis 7.0 or later): the requests, or parts, whose keys are
+ * all of slots that the slot map says one node serves wait in that node's
+ * batch, checked by the script that allows keys of several slots
+ * (ngx_http_aai_ratelimit_script.c): a request whose keys are in several
+ * slots of one node is checked in one part.  A batch of a node that fails
+ * because a slot has moved is checked again per slot, as below
+ * (ngx_http_aai_ratelimit_batch.c).
  */
 
 ngx_int_t
@@ -40,6 +51,27 @@ ngx_http_aai_ratelimit_cluster_enqueue(ngx_http_request_t *r,
     ngx_http_aai_ratelimit_main_conf_t *mcf,
     ngx_http_aai_ratelimit_ctx_t *ctx)
 {
+    return ngx_http_aai_ratelimit_cluster_split(r, mcf, ctx, 1);
+}
+
+
+/* per slot: a batch of a node failed */
+
+ngx_int_t
+ngx_http_aai_ratelimit_cluster_slots(ngx_http_request_t *r,
+    ngx_http_aai_ratelimit_main_conf_t *mcf,
+    ngx_http_aai_ratelimit_ctx_t *ctx)
+{
+    return ngx_http_aai_ratelimit_cluster_split(r, mcf, ctx, 0);
+}
+
+
+static ngx_int_t
+ngx_http_aai_ratelimit_cluster_split(ngx_http_request_t *r,
+    ngx_http_aai_ratelimit_main_conf_t *mcf,
+    ngx_http_aai_ratelimit_ctx_t *ctx, ngx_uint_t pernode)
+{
+    ngx_int_t                          rc;
     ngx_uint_t                         i, j, n, nparts;
     ngx_http_aai_ratelimit_ctx_t      *part;
     ngx_http_aai_ratelimit_cluster_t  *cl, *pcl;
@@ -64,7 +96,16 @@ ngx_http_aai_ratelimit_cluster_enqueue(ngx_http_request_t *r,
     }
 
     if (nparts == 1) {
-        return ngx_http_aai_ratelimit_enqueue_in(mcf, ctx, slots[0]);
+        return pernode ? ngx_http_aai_ratelimit_enqueue_node(mcf, ctx, slots[0])
+                       : ngx_http_aai_ratelimit_enqueue_in(mcf, ctx, slots[0]);
+    }
+
+    if (pernode) {
+        rc = ngx_http_aai_ratelimit_enqueue_node(mcf, ctx, -1);
+
+        if (rc != NGX_DECLINED) {
+            return rc;
+        }
     }
 
     cl = ngx_pcalloc(r->pool, sizeof(ngx_http_aai_ratelimit_cluster_t));
@@ -130,9 +171,11 @@ ngx_http_aai_ratelimit_cluster_enqueue(ngx_http_request_t *r,
     ctx->cluster = cl;
 
     for (j = 0; j < nparts; j++) {
-        if (ngx_http_aai_ratelimit_enqueue_in(mcf, cl->parts[j], slots[j])
-            != NGX_OK)
-        {
+        rc = pernode
+             ? ngx_http_aai_ratelimit_enqueue_node(mcf, cl->parts[j], slots[j])
+             : ngx_http_aai_ratelimit_enqueue_in(mcf, cl->parts[j], slots[j]);
+
+        if (rc != NGX_OK) {
             break;
         }
 

@@ -790,6 +790,10 @@ ngx_http_aai_ratelimit_init_main_conf(ngx_conf_t *cf, void *conf)
         return NGX_CONF_ERROR;
     }
 
+    if (ngx_http_aai_ratelimit_xscript_sha(cf, &mcf->xsha) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
     if (ngx_http_aai_ratelimit_script_sha(cf, &mcf->sha) != NGX_OK) {
         return NGX_CONF_ERROR;
     }
