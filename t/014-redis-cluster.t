@@ -457,11 +457,34 @@ _EOC_
     my $slot = sub { redis_cmd_port($P[0], 'CLUSTER', 'KEYSLOT', shift) };
     my $st = sub { (http_get($pa, shift, {}))[0] // 0 };
 
-    # cost=4 beside a zone in another slot: a request the IP zone rejects
-    # gets its 4 units back
-    isnt($slot->('aai:rl:cu:dave4'), $slot->('aai:rl:cip:ipd'),
-         'ai: the cost and IP keys in two slots');
-    is(join(',', map { $st->("/cost?u=dave$_&ip=ipd") } 1 .. 4),
+    # the primary serving a key's slot
+    my $owner = sub {
+        my $s = $slot->(shift);
+        for my $r (@{ redis_cmd_port($P[0], 'CLUSTER', 'SLOTS') }) {
+            return $r->[2][1] if $s >= $r->[0] && $s <= $r->[1];
+        }
+        return 0;
+    };
+
+    # an IP key on another primary than the user's key: the request is
+    # checked in two parts (keys of two slots of one primary go in one
+    # part, which needs no refund)
+    my $ip_apart = sub {
+        my ($ukey, $base) = @_;
+        for my $c ('a' .. 'z') {
+            return "$base$c"
+                if $owner->("aai:rl:cip:$base$c") != $owner->($ukey);
+        }
+        return "${base}a";
+    };
+    my $ipd = $ip_apart->('aai:rl:cu:dave4', 'ipd');
+    my $ipe = $ip_apart->('aai:rl:cuc:erin4', 'ipe');
+
+    # cost=4 beside a zone on another primary: a request the IP zone
+    # rejects gets its 4 units back
+    isnt($owner->('aai:rl:cu:dave4'), $owner->("aai:rl:cip:$ipd"),
+         'ai: the cost and IP keys on two primaries');
+    is(join(',', map { $st->("/cost?u=dave$_&ip=$ipd") } 1 .. 4),
        '200,200,200,429', 'ai: cost=, the IP zone rejects the 4th');
     is(llen('aai:rl:cu:dave1'), 4, 'ai: an admitted request spent 4 units');
     ok(wait_until(2, sub { llen('aai:rl:cu:dave4') == 0 }),
@@ -474,9 +497,9 @@ _EOC_
         my $n = node_of($k) or return '';
         return (rl_counter($k, $n) // '') =~ /^c\d+:(\d+):0$/ ? $1 : '';
     };
-    isnt($slot->('aai:rl:cuc:erin4'), $slot->('aai:rl:cip:ipe'),
-         'ai: the counter and IP keys in two slots');
-    is(join(',', map { $st->("/costc?u=erin$_&ip=ipe") } 1 .. 4),
+    isnt($owner->('aai:rl:cuc:erin4'), $owner->("aai:rl:cip:$ipe"),
+         'ai: the counter and IP keys on two primaries');
+    is(join(',', map { $st->("/costc?u=erin$_&ip=$ipe") } 1 .. 4),
        '200,200,200,429', 'ai: counter cost=, the IP zone rejects the 4th');
     is($count->('aai:rl:cuc:erin1'), 4, 'ai: the counter counts 4 units');
     ok(wait_until(2, sub { $count->('aai:rl:cuc:erin4') eq '0' }),
