@@ -133,6 +133,15 @@ ngx_aai_metrics_create(ngx_conf_t *cf, const char *module, void *tag)
 }
 
 
+/* the configuration's pool, for what a caller builds labels in */
+
+ngx_pool_t *
+ngx_aai_metrics_pool(ngx_aai_metrics_t *m)
+{
+    return m->descs.pool;
+}
+
+
 ngx_int_t
 ngx_aai_metrics_add(ngx_aai_metrics_t *m, ngx_uint_t type,
     const char *family, const char *help, ngx_str_t *labels)

@@ -43,6 +43,7 @@ typedef struct ngx_aai_metrics_s  ngx_aai_metrics_t;
  */
 ngx_aai_metrics_t *ngx_aai_metrics_create(ngx_conf_t *cf, const char *module,
     void *tag);
+ngx_pool_t *ngx_aai_metrics_pool(ngx_aai_metrics_t *m);
 ngx_int_t ngx_aai_metrics_add(ngx_aai_metrics_t *m, ngx_uint_t type,
     const char *family, const char *help, ngx_str_t *labels);
 ngx_int_t ngx_aai_metrics_add_histogram(ngx_aai_metrics_t *m,

@@ -953,7 +953,7 @@ ngx_aai_redis_metrics(ngx_aai_redis_t *rs, struct ngx_aai_metrics_s *m,
 
     if (rcf->nsentinels) {
         address.len = sizeof("master=") - 1 + rcf->master.len;
-        address.data = ngx_pnalloc(ngx_cycle->pool, address.len);
+        address.data = ngx_pnalloc(ngx_aai_metrics_pool(m), address.len);
         if (address.data == NULL) {
             return NGX_ERROR;
         }
@@ -987,7 +987,8 @@ ngx_aai_redis_node_metrics(ngx_aai_redis_t *rs, struct ngx_aai_metrics_s *m,
         "refused", "timeout", "lost", "tls", "auth", "resolve"
     };
 
-    p = ngx_pnalloc(ngx_cycle->pool, 64 + 2 * NGX_SOCKADDR_STRLEN);
+    p = ngx_pnalloc(ngx_aai_metrics_pool(m),
+                    64 + 2 * NGX_SOCKADDR_STRLEN);
     if (p == NULL) {
         return NGX_ERROR;
     }
@@ -1024,7 +1025,7 @@ ngx_aai_redis_node_metrics(ngx_aai_redis_t *rs, struct ngx_aai_metrics_s *m,
         return NGX_ERROR;
     }
 
-    p = ngx_pnalloc(ngx_cycle->pool, 64);
+    p = ngx_pnalloc(ngx_aai_metrics_pool(m), 64);
     if (p == NULL) {
         return NGX_ERROR;
     }
@@ -1042,7 +1043,7 @@ ngx_aai_redis_node_metrics(ngx_aai_redis_t *rs, struct ngx_aai_metrics_s *m,
     }
 
     for (k = 0; k < NGX_AAI_REDIS_E_NUMBER; k++) {
-        p = ngx_pnalloc(ngx_cycle->pool, 96);
+        p = ngx_pnalloc(ngx_aai_metrics_pool(m), 96);
         if (p == NULL) {
             return NGX_ERROR;
         }

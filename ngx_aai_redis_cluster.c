@@ -531,7 +531,7 @@ ngx_aai_redis_cluster_metrics(ngx_aai_redis_cluster_t *cl,
 
     static const char  *reasons[] = { "moved", "ask", "timeout", "down" };
 
-    p = ngx_pnalloc(ngx_cycle->pool, 256);
+    p = ngx_pnalloc(ngx_aai_metrics_pool(m), 256);
     if (p == NULL) {
         return NGX_ERROR;
     }
@@ -566,7 +566,7 @@ ngx_aai_redis_cluster_metrics(ngx_aai_redis_cluster_t *cl,
         }
 
         for (k = 0; k < NGX_AAI_REDIS_CLUSTER_E_NUMBER; k++) {
-            p = ngx_pnalloc(ngx_cycle->pool, 256);
+            p = ngx_pnalloc(ngx_aai_metrics_pool(m), 256);
             if (p == NULL) {
                 return NGX_ERROR;
             }
