@@ -184,34 +184,9 @@ $stop->();
 
 # --- TLS: a certificate from another CA ---------------------------------------
 
-sub openssl {
-    my @args = @_;
-    my $pid = fork();
-    die "fork: $!\n" unless defined $pid;
-    if ($pid == 0) {
-        open STDIN, '<', '/dev/null';
-        open STDOUT, '>', '/dev/null';
-        open STDERR, '>', '/dev/null';
-        { no warnings 'exec'; exec 'openssl', @args; }
-        POSIX::_exit(127);
-    }
-    waitpid($pid, 0);
-    die "openssl @args failed\n" if $?;
-}
-
-for my $ca (qw(ca ca2)) {
-    openssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes',
-            '-keyout', "$D/$ca.key", '-out', "$D/$ca.crt",
-            '-days', '2', '-subj', "/CN=aai test $ca");
-}
-open my $ext, '>', "$D/server.ext" or die;
-print $ext "subjectAltName=DNS:localhost,IP:127.0.0.1\n";
-close $ext;
-openssl('req', '-newkey', 'rsa:2048', '-nodes', '-keyout', "$D/server.key",
-        '-out', "$D/server.csr", '-subj', '/CN=localhost');
-openssl('x509', '-req', '-in', "$D/server.csr", '-CA', "$D/ca2.crt",
-        '-CAkey', "$D/ca2.key", '-CAcreateserial', '-days', 2,
-        '-extfile', "$D/server.ext", '-out', "$D/server.crt");
+# the server's certificate signed by ca2, the client trusting ca
+tls_ca($D, $_) for qw(ca ca2);
+tls_cert($D, 'server', 'ca2', 2, 'subjectAltName=DNS:localhost,IP:127.0.0.1');
 
 my ($plain, $tls) = (free_port(), free_port());
 redis_up('tls', $plain, '--tls-port', $tls,
