@@ -1020,8 +1020,10 @@ sub upgrade_instance {
 
 # --- shared helpers, on request: use AaiTest qw( :DEFAULT :util ); -------
 #
-#   wait_until($secs, \&cond)   polls cond every 20 ms until true or $secs
-#                               passed; returns its last value.
+#   wait_until($secs, \&cond [, $every])
+#                               polls cond every $every s (default 0.02)
+#                               until true or $secs passed; returns its
+#                               last value.
 #   timed_get($port, $path [, \%headers, $method, $body])
 #                               http_get plus the seconds it took:
 #                               ($status, \%headers, $body, $secs).
@@ -1062,12 +1064,12 @@ our @EXPORT_OK = qw( wait_until timed_get log_problems no_log_problems
 our %EXPORT_TAGS = (util => [@EXPORT_OK]);
 
 sub wait_until {
-    my ($secs, $cond) = @_;
+    my ($secs, $cond, $every) = @_;
     my $deadline = time + $secs;
     while (time < $deadline) {
         my $v = $cond->();
         return $v if $v;
-        sleep 0.02;
+        sleep $every // 0.02;
     }
     return $cond->();
 }
@@ -1258,6 +1260,9 @@ sub wait_redis_key {
 #                               stdout and stderr to o{log} (default
 #                               /dev/null); SIGKILLed at END if still
 #                               running.  Returns its pid.
+#   spawn(\&code, %o)           the same for a forked Perl helper (a
+#                               stand-in DNS server or sentinel): the child
+#                               runs code, then exits (no END blocks).
 #   stop_pid($pid [, $sig])     sends $sig (default TERM) to a child
 #                               process, waits for it (5 s), then KILL.
 #   log_like($log, $re, $name [, $secs])
@@ -1339,6 +1344,11 @@ sub spawn {
         open STDIN, '<', '/dev/null';
         open STDOUT, '>', $o{log} // '/dev/null';
         open STDERR, '>&', \*STDOUT;
+        if (ref $argv eq 'CODE') {
+            %Spawned = ();
+            eval { $argv->(); 1 } or print STDERR $@;
+            POSIX::_exit(0);
+        }
         { no warnings 'exec'; exec @$argv; }
         POSIX::_exit(127);
     }
@@ -1599,6 +1609,76 @@ sub tls_cert {
     _openssl('x509', '-req', '-in', "$d/$name.csr", '-CA', "$d/$ca.crt",
              '-CAkey', "$d/$ca.key", '-CAcreateserial', '-days', $days,
              '-extfile', "$d/$name.ext", '-out', "$d/$name.crt");
+}
+
+# --- Redis and client failure scenarios (issue 17), on request: :util ------
+#
+# A Redis that never answers is hung_listener() (nothing ever connects
+# through); one that stops answering a connection nginx already holds is
+# with_paused_redis() (CLIENT PAUSE) or, for a redis-server of the test's
+# own, stop_continue([$pid], ...) (SIGSTOP).
+#
+#   with_paused_redis($port, $ms, \&code, %o)
+#                               CLIENT PAUSE $ms o{mode} (default ALL, or
+#                               WRITE: reads and PING still answered) on
+#                               that Redis, then runs code and returns what
+#                               it returns.  The pause ends by itself after
+#                               $ms; o{unpause} => 1 sends CLIENT UNPAUSE
+#                               once code has run.  If code dies, UNPAUSE
+#                               is sent before the die goes on.
+#   restart_redis($port [, \&while_down])
+#                               stops a Redis of start_redis, runs
+#                               while_down (what is checked with Redis
+#                               down), then starts an empty one on the same
+#                               port (the old one's scripts and keys gone);
+#                               returns what while_down returned.
+#   client_gone_get($port, $path, $log [, $secs])
+#                               a client that goes away: sends "GET $path"
+#                               on its own connection, closes it 0.1 s later
+#                               unanswered, then polls $log (default 3 s)
+#                               for nginx's "client prematurely closed
+#                               connection"; true once it is there.
+
+push @EXPORT_OK, qw( with_paused_redis restart_redis client_gone_get );
+push @{ $EXPORT_TAGS{util} }, qw( with_paused_redis restart_redis
+    client_gone_get );
+
+sub with_paused_redis {
+    my ($port, $ms, $code, %o) = @_;
+    redis_cmd_port($port, 'CLIENT', 'PAUSE', $ms, $o{mode} // 'ALL');
+    my @r;
+    my $ok = eval { @r = $code->(); 1 };
+    my $err = $@;
+    redis_cmd_port($port, 'CLIENT', 'UNPAUSE') if $o{unpause} || !$ok;
+    die $err unless $ok;
+    return wantarray ? @r : $r[0];
+}
+
+sub restart_redis {
+    my ($port, $while_down) = @_;
+    die "restart_redis: no redis of start_redis on $port\n"
+        unless $RedisProcs{$port};
+    stop_redis($port);
+    my @r;
+    my $ok = eval { @r = $while_down->() if $while_down; 1 };
+    my $err = $@;
+    start_redis(port => $port);
+    die $err unless $ok;
+    return wantarray ? @r : $r[0];
+}
+
+sub client_gone_get {
+    my ($port, $path, $log, $secs) = @_;
+    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port,
+                                  Proto => 'tcp', Timeout => 2)
+        or die "client_gone_get: connect: $!\n";
+    syswrite($s, "GET $path HTTP/1.1\r\nHost: x\r\n\r\n");
+    sleep 0.1;
+    close $s;
+    return wait_until($secs // 3, sub {
+        scalar grep { /client prematurely closed connection/ }
+               file_lines($log);
+    });
 }
 
 END {
