@@ -7,7 +7,7 @@
 
 use Test::Nginx::Socket 'no_plan';
 use lib 't/lib';
-use AaiTest qw( :DEFAULT wait_until );
+use AaiTest qw( :DEFAULT wait_until with_paused_redis restart_redis );
 use Time::HiRes qw( time sleep );
 use IO::Socket::INET ();
 use IO::Select ();
@@ -194,30 +194,30 @@ our $Slack = 'connect_timeout=2s timeout=2s';
     my ($st, $body) = timed_get($port, '/redis?cmd=SET&a=k&a=v');
     is("$st $body", "200 +OK\n", 'restart: Redis up');
 
-    redis_cmd_port($rp, 'CLIENT', 'PAUSE', 800, 'ALL');
-    my $took;
-    ($st, $body, $took) = timed_get($port, '/redis?cmd=GET&a=k');
-    is("$st $body", "502 error: timeout\n", 'pause: the command times out');
-    cmp_ok($took, '<', 0.1 + 0.25, "pause: within the timeout ($took s)");
+    with_paused_redis($rp, 800, sub {
+        my $took;
+        ($st, $body, $took) = timed_get($port, '/redis?cmd=GET&a=k');
+        is("$st $body", "502 error: timeout\n",
+           'pause: the command times out');
+        cmp_ok($took, '<', 0.1 + 0.25, "pause: within the timeout ($took s)");
 
-    ($st, $body, $took) = timed_get($port, '/redis?cmd=GET&a=k');
-    is($st, 503, 'pause: then the circuit is open');
-    cmp_ok($took, '<', 0.1, "pause: answered at once ($took s)");
+        ($st, $body, $took) = timed_get($port, '/redis?cmd=GET&a=k');
+        is($st, 503, 'pause: then the circuit is open');
+        cmp_ok($took, '<', 0.1, "pause: answered at once ($took s)");
+    });
 
     ok(wait_until(3, sub { (timed_get($port, '/redis?cmd=GET&a=k'))[0] == 200 }),
        'pause: recovers by itself');
 
-    stop_redis($rp);
-
+    restart_redis($rp, sub {
+        my $t0 = time;
+        my @r = map { [timed_get($port, '/redis?cmd=GET&a=k')] } 1 .. 5;
+        my $all = time - $t0;
+        like(join(',', map { $_->[0] } @r), qr/^(502|503)(,503){4}$/,
+             'stopped: requests fail');
+        cmp_ok($all, '<', 0.5, "stopped: and fast ($all s)");
+    });
     my $t0 = time;
-    my @r = map { [timed_get($port, '/redis?cmd=GET&a=k')] } 1 .. 5;
-    my $all = time - $t0;
-    like(join(',', map { $_->[0] } @r), qr/^(502|503)(,503){4}$/,
-         'stopped: requests fail');
-    cmp_ok($all, '<', 0.5, "stopped: and fast ($all s)");
-
-    start_redis(port => $rp);
-    $t0 = time;
     ok(wait_until(3, sub {
            (timed_get($port, '/redis?cmd=PING'))[1] eq "+PONG\n" }),
        'restarted: recovers by itself');

@@ -106,19 +106,19 @@ sub paused {
 
     # every client waits, this one too: the pause ends by itself
 
-    redis_cmd_port($rport, 'CLIENT', 'PAUSE', 2500, 'ALL');
+    with_paused_redis($rport, 2500, sub {
+        my @r = get_timed($port, $first);
+        is($r[0], 200, "$what: $first answered");
+        cmp_ok($r[3], '>=', $T - 0.05, "$what: $first waited one timeout "
+               . "($r[3] s)");
+        cmp_ok($r[3], '<', 2 * $T - 0.1, "$what: $first waited no more "
+               . "than one timeout ($r[3] s)");
 
-    my @r = get_timed($port, $first);
-    is($r[0], 200, "$what: $first answered");
-    cmp_ok($r[3], '>=', $T - 0.05, "$what: $first waited one timeout "
-           . "($r[3] s)");
-    cmp_ok($r[3], '<', 2 * $T - 0.1, "$what: $first waited no more than "
-           . "one timeout ($r[3] s)");
-
-    my @s = get_timed($port, $second);
-    is($s[0], 200, "$what: $second answered");
-    cmp_ok($s[3], '<', $T - 0.1, "$what: $second fails fast, the other "
-           . "module saw the timeout ($s[3] s)");
+        my @s = get_timed($port, $second);
+        is($s[0], 200, "$what: $second answered");
+        cmp_ok($s[3], '<', $T - 0.1, "$what: $second fails fast, the "
+               . "other module saw the timeout ($s[3] s)");
+    });
 }
 
 {

@@ -14,65 +14,24 @@ use AaiTest;
 use AaiTest qw( :util );
 use Time::HiRes qw( time sleep );
 use File::Temp qw( tempdir );
-use POSIX qw( :sys_wait_h SIGTERM SIGKILL );
 
 my $PW = 'metrics-pw-017';
 my $D = tempdir('aai017-XXXXXX', TMPDIR => 1, CLEANUP => 1);
 
-my %Procs;
-
-sub spawn {
-    my ($name, @args) = @_;
-    my $pid = fork();
-    die "fork: $!\n" unless defined $pid;
-    if ($pid == 0) {
-        open STDIN, '<', '/dev/null';
-        open STDOUT, '>', "$D/$name.log";
-        open STDERR, '>&', \*STDOUT;
-        { no warnings 'exec'; exec @args; }
-        POSIX::_exit(127);
-    }
-    $Procs{$name} = $pid;
-    return $pid;
-}
-
-sub stop {
-    my ($name, $sig) = @_;
-    my $pid = delete $Procs{$name} or return;
-    kill $sig // SIGTERM, $pid;
-    my $deadline = time + 5;
-    while (time < $deadline) {
-        return if waitpid($pid, WNOHANG) == $pid;
-        sleep 0.02;
-    }
-    kill SIGKILL, $pid;
-    waitpid($pid, 0);
-}
-
-END { local $?; stop($_, SIGKILL) for keys %Procs; }
-
-sub wait_for {
-    my ($secs, $cond) = @_;
-    my $deadline = time + $secs;
-    while (time < $deadline) {
-        my $r = $cond->();
-        return $r if $r;
-        sleep 0.05;
-    }
-    return undef;
-}
+my %Procs;           # name => pid of spawn (SIGKILLed at END if running)
 
 sub redis_up {
     my ($name, $port, @more) = @_;
     mkdir "$D/$name";
-    spawn($name, 'redis-server', '--port', $port, '--bind', '127.0.0.1',
-          '--save', '', '--appendonly', 'no', '--dir', "$D/$name",
-          '--requirepass', $PW, @more);
+    $Procs{$name} = spawn(['redis-server', '--port', $port, '--bind',
+                           '127.0.0.1', '--save', '', '--appendonly', 'no',
+                           '--dir', "$D/$name", '--requirepass', $PW, @more],
+                          log => "$D/$name.log");
     local $AaiTest::RedisErrorsDie = 0;
-    die "redis $name did not start\n" unless wait_for(5, sub {
+    die "redis $name did not start\n" unless wait_until(5, sub {
         my $r = eval { redis_cmd_port($port, 'AUTH', $PW) };
         defined $r && $r eq 'OK';
-    });
+    }, 0.05);
 }
 
 sub front {
@@ -118,7 +77,7 @@ redis_up('single', $P);
 my ($port, $stop, $prefix) = front('r017', "127.0.0.1:$P password=$PW "
                                    . 'timeout=500ms backoff=200ms');
 
-ok(wait_for(10, sub { status($port, '/rl/?u=a') eq '200 PASSED' }),
+ok(wait_until(10, sub { status($port, '/rl/?u=a') eq '200 PASSED' }, 0.05),
    'Redis decides');
 
 my $m = metrics_get($port);
@@ -129,8 +88,8 @@ for my $r (qw(refused timeout lost tls auth resolve)) {
     is(errors($m, $r), 0, "aai_redis_errors_total reason=\"$r\" at 0");
 }
 
-stop('single');
-ok(wait_for(10, sub { status($port, '/rl/?u=b') eq '200 ERROR' }),
+stop_pid(delete $Procs{single});
+ok(wait_until(10, sub { status($port, '/rl/?u=b') eq '200 ERROR' }, 0.05),
    'the limiter falls back when Redis stops');
 $m = metrics_wait($port, '/metrics', sub {
     my $m = shift;
@@ -141,7 +100,7 @@ cmp_ok(errors($m, 'refused'), '>', 0, 'the reconnects refused are counted');
 is($m->{"aai_redis_connections{$N}"}, 0, 'no connection open');
 
 redis_up('single', $P);
-ok(wait_for(10, sub { status($port, '/rl/?u=c') eq '200 PASSED' }),
+ok(wait_until(10, sub { status($port, '/rl/?u=c') eq '200 PASSED' }, 0.05),
    'Redis decides again');
 $m = metrics_wait($port, '/metrics', sub {
     (shift->{"aai_redis_connections{$N}"} // 0) == 1;
@@ -149,11 +108,9 @@ $m = metrics_wait($port, '/metrics', sub {
 is($m->{"aai_redis_connections{$N}"}, 1, 'the connection counted again');
 
 # a Redis that does not answer: the command times out
-kill 'STOP', $Procs{single};
 my $t0 = time;
-status($port, '/rl/?u=slow');
+stop_continue([$Procs{single}], sub { status($port, '/rl/?u=slow') });
 my $waited = time - $t0;
-kill 'CONT', $Procs{single};
 cmp_ok($waited, '<', 1.5, 'the request waited about its timeout');
 $m = metrics_wait($port, '/metrics', sub { errors(shift, 'timeout') > 0 });
 cmp_ok(errors($m, 'timeout'), '>', 0, 'reason="timeout" counted');
@@ -164,7 +121,7 @@ $stop->();
 
 ($port, $stop, $prefix) = front('r017auth', "127.0.0.1:$P password=wrong "
                                 . 'timeout=500ms backoff=200ms');
-ok(wait_for(10, sub { status($port, '/rl/?u=d') eq '200 ERROR' }),
+ok(wait_until(10, sub { status($port, '/rl/?u=d') eq '200 ERROR' }, 0.05),
    'a wrong password: the limiter falls back');
 $m = metrics_wait($port, '/metrics', sub { errors(shift, 'auth') > 0 });
 cmp_ok(errors($m, 'auth'), '>', 0, 'reason="auth" counted');
@@ -198,7 +155,7 @@ redis_up('tls', $plain, '--tls-port', $tls,
                                 . "tls=on tls_ca=$D/ca.crt "
                                 . 'connect_timeout=2s timeout=500ms '
                                 . 'backoff=200ms');
-ok(wait_for(10, sub { status($port, '/rl/?u=f') eq '200 ERROR' }),
+ok(wait_until(10, sub { status($port, '/rl/?u=f') eq '200 ERROR' }, 0.05),
    'a certificate from another CA: the limiter falls back');
 $m = metrics_wait($port, '/metrics', sub { errors(shift, 'tls') > 0 });
 cmp_ok(errors($m, 'tls'), '>', 0, 'reason="tls" counted');
@@ -262,7 +219,7 @@ my $cluster = "cluster=127.0.0.1:$C[0],127.0.0.1:$C[1] timeout=300ms "
 _EOC_
 
 # users whose keys land on every primary
-ok(wait_for(10, sub { status($port, '/rl/?u=c0') eq '200 PASSED' }),
+ok(wait_until(10, sub { status($port, '/rl/?u=c0') eq '200 PASSED' }, 0.05),
    'cluster: Redis decides');
 for my $u (1 .. 30) {
     status($port, "/rl/?u=c$u");
@@ -317,11 +274,11 @@ is(sum_of($m, qr/^aai_redis_errors_total\{client="ratelimit",/), 0,
 # the first seed, which holds the cache's subscription, is killed
 kill_redis($C[0]);
 
-ok(wait_for(15, sub {
+ok(wait_until(15, sub {
        grep { /aai redis cluster .*: pub\/sub on \Q127.0.0.1:$C[0]\E is /
                && /is down, subscribing on 127\.0\.0\.1:\d+/ }
             file_lines("$prefix/logs/error.log");
-   }), 'the subscription moves off the dead seed');
+   }, 0.05), 'the subscription moves off the dead seed');
 
 my $down = qr/^aai_redis_errors_total
               \{client="cache",node="0",reason="(?:refused|lost)"/x;
@@ -339,7 +296,7 @@ sub cache_status {
 }
 
 my ($n, $lock, @woken) = (0, '');
-ok(wait_for(30, sub {
+ok(wait_until(30, sub {
        my $mark = () = file_lines("$prefix/logs/error.log");
        $n++;
        my @r = http_concurrent([map { [$port, "/cache/slow/w$n"] } 1 .. 6]);
@@ -350,7 +307,7 @@ ok(wait_for(30, sub {
        @woken = map { /aai cache woken: (\w+(?: \w+)?)/ ? $1 : () }
                 @l[$mark .. $#l];
        $lock eq '200 HIT=5,200 MISS=1';
-   }), 'lock: 6 concurrent misses, 1 miss, 5 hits, without the seed')
+   }, 0.05), 'lock: 6 concurrent misses, 1 miss, 5 hits, without the seed')
     or diag("$lock (after $n tries)");
 ok(scalar(@woken) >= 1, 'lock: waiters woken') or diag("@woken");
 is(scalar(grep { $_ ne 'stored' } @woken), 0,

@@ -82,24 +82,10 @@ _EOC_
     }
 _EOC_
 
-    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port,
-                                  Timeout => 2)
-        or die "connect: $!";
-    print $s "GET /t?u=a HTTP/1.1\r\nHost: x\r\n\r\n";
-    sleep 0.1;
-    close $s;
-
     # the request ends at once; the command's reply no longer concerns it
 
-    my $closed;
-    my $deadline = time + 2;
-    while (time < $deadline) {
-        $closed = grep { /client prematurely closed connection/ }
-                  file_lines("$prefix/logs/error.log");
-        last if $closed;
-        sleep 0.02;
-    }
-    ok($closed, 'client gone: request finalized while Redis is waited for');
+    ok(client_gone_get($port, '/t?u=a', "$prefix/logs/error.log", 2),
+       'client gone: request finalized while Redis is waited for');
 
     # the command times out: its handler must not run
     ok(wait_until(3, sub {
@@ -136,17 +122,15 @@ _EOC_
     my ($st, $rl) = get_status($port, '/t?u=a');
     is("$st $rl", '200 PASSED', 'restart: first request checked in redis');
 
-    stop_redis($rp);
-
-    my $t0 = time;
-    my @r = map { [get_status($port, '/t?u=a')] } 1 .. 5;
-    my $took = time - $t0;
-    is(join(',', map { $_->[1] } @r), 'ERROR,ERROR,ERROR,ERROR,ERROR',
-       'restart: redis down, fallback decides');
-    cmp_ok($took, '<', 0.2 + 0.25,
-           "restart: redis down costs no waiting ($took s)");
-
-    start_redis(port => $rp);
+    restart_redis($rp, sub {
+        my $t0 = time;
+        my @r = map { [get_status($port, '/t?u=a')] } 1 .. 5;
+        my $took = time - $t0;
+        is(join(',', map { $_->[1] } @r), 'ERROR,ERROR,ERROR,ERROR,ERROR',
+           'restart: redis down, fallback decides');
+        cmp_ok($took, '<', 0.2 + 0.25,
+               "restart: redis down costs no waiting ($took s)");
+    });
 
     # a new redis has no scripts: EVALSHA fails with NOSCRIPT, then EVAL
 

@@ -224,10 +224,10 @@ _EOC_
     redis_flushdb();
     http_get($port, '/s?u=warm2', {});
 
-    redis_cmd('CLIENT', 'PAUSE', 700, 'WRITE');
     my $t0 = time;
-    my @r = at_once(sub { '/s?u=gone' . ($_[0] % 2) }, 8,
-                    abandon => [0, 2, 4]);
+    my @r = with_paused_redis($ENV{TEST_NGINX_REDIS_PORT}, 700, sub {
+        at_once(sub { '/s?u=gone' . ($_[0] % 2) }, 8, abandon => [0, 2, 4]);
+    }, mode => 'WRITE');
     my $took = time - $t0;
 
     is(statuses(@r[1, 3, 5, 6, 7]), '200=5',

@@ -196,20 +196,20 @@ _EOC_
     # Redis paused for writes (scripts included): each request's check
     # waits on the connection with the fewest pending commands, so three
     # requests that reach nginx one after the other use all three
-    redis_cmd_port($rport, 'CLIENT', 'PAUSE', 3000, 'WRITE');
     my @socks;
-    for my $i (1 .. 3) {
-        my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
-                                      PeerPort => $port, Proto => 'tcp',
-                                      Timeout => 3) or die "connect: $!";
-        print $s "GET /?u=$tag-c&n=$i HTTP/1.0\r\nHost: x\r\n\r\n";
-        push @socks, $s;
-        # its check is pending in Redis before the next request is sent
-        ok(wait_until(3, sub {
-            scalar(grep { /\bflags=\S*b/ } $clients->()) >= $i;
-        }), "check $i pending in Redis");
-    }
-    redis_cmd_port($rport, 'CLIENT', 'UNPAUSE');
+    with_paused_redis($rport, 3000, sub {
+        for my $i (1 .. 3) {
+            my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                          PeerPort => $port, Proto => 'tcp',
+                                          Timeout => 3) or die "connect: $!";
+            print $s "GET /?u=$tag-c&n=$i HTTP/1.0\r\nHost: x\r\n\r\n";
+            push @socks, $s;
+            # its check is pending in Redis before the next request is sent
+            ok(wait_until(3, sub {
+                scalar(grep { /\bflags=\S*b/ } $clients->()) >= $i;
+            }), "check $i pending in Redis");
+        }
+    }, mode => 'WRITE', unpause => 1);
     my @st;
     for my $s (@socks) {
         local $/;

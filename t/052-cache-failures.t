@@ -9,7 +9,8 @@
 
 use Test::Nginx::Socket 'no_plan';
 use lib 't/lib';
-use AaiTest qw( :DEFAULT no_log_problems wait_redis_key );
+use AaiTest qw( :DEFAULT no_log_problems wait_redis_key restart_redis
+    client_gone_get );
 use Compress::Zlib ();
 use Digest::SHA qw( sha256 sha256_hex );
 use Time::HiRes qw( sleep time );
@@ -156,27 +157,11 @@ _EOC_
 }
 
 {
-    use IO::Socket::INET ();
-
     # a client that goes away while its lookup is pending
     my $hung = hung_listener();
     my ($port, $stop, $prefix) = front('c052c', "127.0.0.1:$hung timeout=1s");
-    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port,
-                                  Timeout => 2)
-        or die "connect: $!";
-    syswrite($s, "GET /gone HTTP/1.1\r\nHost: x\r\n\r\n");
-    sleep 0.1;
-    close $s;
-
-    my $closed;
-    my $deadline = time + 3;
-    while (time < $deadline) {
-        $closed = grep { /client prematurely closed connection/ }
-                  file_lines("$prefix/logs/error.log");
-        last if $closed;
-        sleep 0.02;
-    }
-    ok($closed, 'client gone: request finalized while redis is waited for');
+    ok(client_gone_get($port, '/gone', "$prefix/logs/error.log", 3),
+       'client gone: request finalized while redis is waited for');
     sleep 1.1;    # the lookup times out: its handler must not run
     my @r = timed_get($port, '/after');
     is("$r[0] $r[3]", "200 app /after\n", 'client gone: nginx still serves');
@@ -195,12 +180,12 @@ _EOC_
     push @s, (timed_get($port, '/s'))[1];
     is("@s", 'MISS HIT', 'restart: stored while redis is up');
 
-    stop_redis($rport);
-    my @down = map { [timed_get($port, '/s')] } 1 .. 3;
-    is(join(' ', map { "$_->[0] $_->[1]" } @down), '200 MISS 200 MISS 200 MISS',
-       'restart: redis down, answered by the upstream');
-
-    start_redis(port => $rport);
+    restart_redis($rport, sub {
+        my @down = map { [timed_get($port, '/s')] } 1 .. 3;
+        is(join(' ', map { "$_->[0] $_->[1]" } @down),
+           '200 MISS 200 MISS 200 MISS',
+           'restart: redis down, answered by the upstream');
+    });
     my $deadline = time + 5;
     my @up;
     while (time < $deadline) {
