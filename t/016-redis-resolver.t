@@ -16,45 +16,12 @@ use AaiTest;
 use AaiTest qw( :util );
 use Time::HiRes qw( time sleep );
 use File::Temp qw( tempdir );
-use POSIX qw( :sys_wait_h SIGTERM SIGKILL );
 use IO::Socket::INET ();
 use IO::Select ();
 
 my $D = tempdir('aai016-XXXXXX', TMPDIR => 1, CLEANUP => 1);
 
-my %Procs;
-
-sub stop {
-    my ($name, $sig) = @_;
-    my $pid = delete $Procs{$name} or return;
-    kill $sig // SIGTERM, $pid;
-    my $deadline = time + 5;
-    while (time < $deadline) {
-        return if waitpid($pid, WNOHANG) == $pid;
-        sleep 0.02;
-    }
-    kill SIGKILL, $pid;
-    waitpid($pid, 0);
-}
-
-END { local $?; stop($_, SIGKILL) for keys %Procs; }
-
-# in a forked helper: a signal ends it alone (not the test's cleanup)
-sub child {
-    %Procs = ();
-    $SIG{$_} = 'DEFAULT' for qw(TERM INT HUP);
-}
-
-sub wait_for {
-    my ($secs, $cond) = @_;
-    my $deadline = time + $secs;
-    while (time < $deadline) {
-        my $r = $cond->();
-        return $r if $r;
-        sleep 0.05;
-    }
-    return undef;
-}
+my %Procs;           # name => pid of spawn (SIGKILLed at END if running)
 
 # --- the DNS server -----------------------------------------------------------
 
@@ -120,17 +87,8 @@ my $udp = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
                                 Proto => 'udp') or die "udp: $!\n";
 my $DNS = $udp->sockport;
 answer('127.0.0.1');
-{
-    my $pid = fork();
-    die "fork: $!\n" unless defined $pid;
-    if ($pid == 0) {
-        child();
-        dns_server($udp);
-        POSIX::_exit(0);
-    }
-    close $udp;
-    $Procs{dns} = $pid;
-}
+$Procs{dns} = spawn(sub { dns_server($udp) });
+close $udp;
 
 # --- two Redis on one port, 127.0.0.1 and 127.0.0.2 ---------------------------
 
@@ -145,20 +103,12 @@ for (1 .. 20) {
 sub redis_up {
     my ($name, $ip) = @_;
     mkdir "$D/$name";
-    my $pid = fork();
-    die "fork: $!\n" unless defined $pid;
-    if ($pid == 0) {
-        open STDIN, '<', '/dev/null';
-        open STDOUT, '>', "$D/$name.log";
-        open STDERR, '>&', \*STDOUT;
-        { no warnings 'exec';
-          exec 'redis-server', '--port', $P, '--bind', $ip, '--save', '',
-               '--appendonly', 'no', '--dir', "$D/$name"; }
-        POSIX::_exit(127);
-    }
-    $Procs{$name} = $pid;
+    $Procs{$name} = spawn(['redis-server', '--port', $P, '--bind', $ip,
+                           '--save', '', '--appendonly', 'no',
+                           '--dir', "$D/$name"], log => "$D/$name.log");
     die "redis $name on $ip:$P did not start\n"
-        unless wait_for(5, sub { (rcmd($ip, 'PING') // '') eq 'PONG' });
+        unless wait_until(5, sub { (rcmd($ip, 'PING') // '') eq 'PONG' },
+                          0.05);
 }
 
 # one command on a fresh connection to $ip:$P: the reply's lines (RESP
@@ -258,31 +208,31 @@ my $EXACT = '200 PASSED,200 PASSED,200 PASSED,429 REJECTED';
 
 sub keys_on { return rcmd($_[0], 'KEYS', '*') // ''; }
 
-ok(wait_for(10, sub { get('/rl/?u=probe') eq '200 PASSED' }),
+ok(wait_until(10, sub { get('/rl/?u=probe') eq '200 PASSED' }, 0.05),
    'Redis decides');
 is(exact('alice'), $EXACT, 'exact limits on the first Redis');
 like(keys_on('127.0.0.1'), qr/alice/, 'the keys are on 127.0.0.1');
 unlike(keys_on('127.0.0.2'), qr/alice/, 'none on 127.0.0.2');
-ok(wait_for(5, sub { get('/cache/one') eq '200 HIT' }),
+ok(wait_until(5, sub { get('/cache/one') eq '200 HIT' }, 0.05),
    'cache hit through the first Redis');
 
 # --- the name moves -----------------------------------------------------------
 
 answer('127.0.0.2');
 my $t_stop = time;
-stop('first');
+stop_pid(delete $Procs{first});
 
 my $n = 0;
-my $t_back = wait_for(20, sub {
+my $t_back = wait_until(20, sub {
     get('/rl/?u=probe' . $n++) eq '200 PASSED' ? time : undef;
-});
+}, 0.05);
 ok($t_back, 'Redis decides again, on the new address, without a reload');
 diag(sprintf "first Redis stopped -> the limiter on 127.0.0.2: %.2f s "
      . "(%d requests)", ($t_back // time) - $t_stop, $n);
 
 is(exact('bob'), $EXACT, 'exact limits on the second Redis');
 like(keys_on('127.0.0.2'), qr/bob/, 'the keys are on 127.0.0.2');
-ok(wait_for(5, sub { get('/cache/two') eq '200 HIT' }),
+ok(wait_until(5, sub { get('/cache/two') eq '200 HIT' }, 0.05),
    'cache hit through the second Redis');
 like(keys_on('127.0.0.2'), qr/^aai:c:/m, 'the cache entry is on 127.0.0.2');
 is($slow, 0, 'no request waited longer than its timeout');
@@ -298,29 +248,29 @@ ok(scalar(grep { /$moved\Q127.0.0.2:$P\E/ } @lines),
 # seconds: up to 2 s): past it, the next reconnect asks the DNS server
 answer('servfail');
 sleep 2.1;
-stop('second');
+stop_pid(delete $Procs{second});
 
-my $fb = wait_for(10, sub { get('/rl/?u=fb') eq '200 ERROR' });
+my $fb = wait_until(10, sub { get('/rl/?u=fb') eq '200 ERROR' }, 0.05);
 ok($fb, 'the limiter falls back while the name cannot be resolved');
-ok(wait_for(5, sub {
+ok(wait_until(5, sub {
        grep { /\[error\].*aai redis .*"localhost" could not be resolved \(2: /
             } file_lines("$prefix/logs/error.log");
-   }), 'a failed lookup fails the connection, logged with the name');
+   }, 0.05), 'a failed lookup fails the connection, logged with the name');
 
 answer('drop');
 my $q = queries();
-ok(wait_for(5, sub { get('/rl/?u=fb2'); queries() > $q }),
+ok(wait_until(5, sub { get('/rl/?u=fb2'); queries() > $q }, 0.05),
    'the client asks again after its backoff');
-ok(wait_for(5, sub {
+ok(wait_until(5, sub {
        grep { /aai redis .*"localhost" could not be resolved \(110: / }
             file_lines("$prefix/logs/error.log");
-   }), 'an unanswered lookup times out (resolver_timeout)');
+   }, 0.05), 'an unanswered lookup times out (resolver_timeout)');
 is($slow, 0, 'no request waited longer than its timeout meanwhile');
 
 # back on the first address once the name answers again
 redis_up(first => '127.0.0.1');
 answer('127.0.0.1');
-ok(wait_for(10, sub { get('/rl/?u=back') eq '200 PASSED' }),
+ok(wait_until(10, sub { get('/rl/?u=back') eq '200 PASSED' }, 0.05),
    'Redis decides again once the name resolves');
 is(exact('carol'), $EXACT, 'exact limits on the first Redis again');
 like(keys_on('127.0.0.1'), qr/carol/, 'carol\'s keys are on 127.0.0.1');
@@ -336,15 +286,15 @@ $q = queries();
 
 ($port, $stop, $prefix) = start_nginx_instance('r016plain', conf(''));
 
-ok(wait_for(10, sub { get('/rl/?u=probe') eq '200 PASSED' }),
+ok(wait_until(10, sub { get('/rl/?u=probe') eq '200 PASSED' }, 0.05),
    'no resolver: Redis decides');
 
 # the first Redis restarts: the client reconnects to the same address
-stop('first');
-ok(wait_for(10, sub { get('/rl/?u=down') eq '200 ERROR' }),
+stop_pid(delete $Procs{first});
+ok(wait_until(10, sub { get('/rl/?u=down') eq '200 ERROR' }, 0.05),
    'no resolver: fallback while the first Redis is down');
 redis_up(first => '127.0.0.1');
-ok(wait_for(10, sub { get('/rl/?u=again') eq '200 PASSED' }),
+ok(wait_until(10, sub { get('/rl/?u=again') eq '200 PASSED' }, 0.05),
    'no resolver: Redis decides again');
 is(exact('dave'), $EXACT, 'no resolver: exact limits');
 like(keys_on('127.0.0.1'), qr/dave/, 'no resolver: on 127.0.0.1 still');
@@ -370,15 +320,8 @@ sub sentinel_up {
     my $srv = IO::Socket::INET->new(LocalAddr => $ip, LocalPort => $S,
                                     Listen => 16, ReuseAddr => 1)
         or die "sentinel $ip:$S: $!\n";
-    my $pid = fork();
-    die "fork: $!\n" unless defined $pid;
-    if ($pid == 0) {
-        child();
-        fake_sentinel($srv, $ip);
-        POSIX::_exit(0);
-    }
+    $Procs{$name} = spawn(sub { fake_sentinel($srv, $ip) });
     close $srv;
-    $Procs{$name} = $pid;
 }
 
 sub fake_sentinel {
@@ -444,19 +387,19 @@ $redis = "sentinel=localhost:$S master=m016 timeout=300ms "
     conf("resolver 127.0.0.1:$DNS valid=1s ipv6=off;\n"
          . "    resolver_timeout 1s;"));
 
-ok(wait_for(10, sub { get('/rl/?u=probe') eq '200 PASSED' }),
+ok(wait_until(10, sub { get('/rl/?u=probe') eq '200 PASSED' }, 0.05),
    'sentinel by name: Redis decides');
 is(exact('erin'), $EXACT, 'sentinel by name: exact limits');
 like(keys_on('127.0.0.1'), qr/erin/, 'the primary the first sentinel names');
 
 # the name moves to the second sentinel, the first goes away
 answer('127.0.0.2');
-stop('sentinel1');
-ok(wait_for(10, sub {
+stop_pid(delete $Procs{sentinel1});
+ok(wait_until(10, sub {
        grep { /aai redis master "m016": primary is 127\.0\.0\.2:$P/ }
             file_lines("$prefix/logs/error.log");
-   }), 'the sentinel\'s name looked up again: the second sentinel asked');
-ok(wait_for(10, sub { get('/rl/?u=probe2') eq '200 PASSED' }),
+   }, 0.05), 'the sentinel\'s name looked up again: the second sentinel asked');
+ok(wait_until(10, sub { get('/rl/?u=probe2') eq '200 PASSED' }, 0.05),
    'Redis decides, on the primary the second sentinel names');
 is(exact('frank'), $EXACT, 'exact limits on it');
 like(keys_on('127.0.0.2'), qr/frank/, 'the keys are on 127.0.0.2');
