@@ -165,15 +165,20 @@ fuzz: $(B)/Makefile
 
 # the Lua scripts, committed as C strings so that every build (the image,
 # the Debian packages) takes the sources as they are; the cache's, sent
-# whole with every EVAL, without their comments and indentation (-s)
+# whole with every EVAL, without their comments and indentation (-s); the
+# part the store and the store in pieces share (lua/cache_shared.lua) put
+# before each of them (a+b)
 LUA2C_CACHE := scripts/lua2c -s -t t/059-cache-scripts.t
 
 lua:
 	scripts/lua2c lua/ratelimit.lua ngx_http_aai_ratelimit_script \
 	    > ngx_http_aai_ratelimit_lua.h.tmp
 	mv ngx_http_aai_ratelimit_lua.h.tmp ngx_http_aai_ratelimit_lua.h
-	$(LUA2C_CACHE) lua/cache_store.lua ngx_http_aai_cache_store_lua \
-	    lua/cache_pieces.lua ngx_http_aai_cache_pieces_lua \
+	$(LUA2C_CACHE) \
+	    lua/cache_shared.lua+lua/cache_store.lua \
+	    ngx_http_aai_cache_store_lua \
+	    lua/cache_shared.lua+lua/cache_pieces.lua \
+	    ngx_http_aai_cache_pieces_lua \
 	    > ngx_http_aai_cache_store_lua.h.tmp
 	mv ngx_http_aai_cache_store_lua.h.tmp ngx_http_aai_cache_store_lua.h
 	$(LUA2C_CACHE) lua/cache_renew.lua ngx_http_aai_cache_renew_lua \

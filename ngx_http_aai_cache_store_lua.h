@@ -1,19 +1,14 @@
 
 /*
- * Made from lua/cache_store.lua by scripts/lua2c: do not edit.  Edit that
- * file and run "make lua" (t/059-cache-scripts.t checks that the two
- * agree).
+ * Made from lua/cache_shared.lua and lua/cache_store.lua, in that order,
+ * by scripts/lua2c: do not edit.  Edit those files and run "make lua"
+ * (t/059-cache-scripts.t checks that they agree).
  * Its comment lines, blank lines and indentation are left out.
  */
 
 
 static const char  ngx_http_aai_cache_store_lua[] =
-"local entry_key, base_key, variants_key, lock_key =\n"
-"KEYS[1], KEYS[2], KEYS[3], KEYS[4]\n"
-"local entry, ttl, vary, token, channel, message =\n"
-"ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]\n"
-"redis.call('set', entry_key, entry, 'px', ttl)\n"
-"if vary ~= '' then\n"
+"local function store_vary(entry_key, base_key, variants_key, ttl, vary)\n"
 "local px = tonumber(ttl)\n"
 "local vary_px = redis.call('pttl', base_key)\n"
 "if vary_px < px then\n"
@@ -25,25 +20,54 @@ static const char  ngx_http_aai_cache_store_lua[] =
 "redis.call('pexpire', variants_key, px)\n"
 "end\n"
 "end\n"
-"if token ~= '' then\n"
+"local function release_lock(lock_key, token, channel, message)\n"
 "if redis.call('get', lock_key) == token then\n"
 "redis.call('del', lock_key)\n"
 "end\n"
 "redis.call('publish', channel, message)\n"
+"end\n"
+"local entry_key, base_key, variants_key, lock_key =\n"
+"KEYS[1], KEYS[2], KEYS[3], KEYS[4]\n"
+"local entry, ttl, vary, token, channel, message =\n"
+"ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]\n"
+"redis.call('set', entry_key, entry, 'px', ttl)\n"
+"if vary ~= '' then\n"
+"store_vary(entry_key, base_key, variants_key, ttl, vary)\n"
+"end\n"
+"if token ~= '' then\n"
+"release_lock(lock_key, token, channel, message)\n"
 "end\n"
 "return 1\n"
 ;
 
 
 /*
- * Made from lua/cache_pieces.lua by scripts/lua2c: do not edit.  Edit that
- * file and run "make lua" (t/059-cache-scripts.t checks that the two
- * agree).
+ * Made from lua/cache_shared.lua and lua/cache_pieces.lua, in that order,
+ * by scripts/lua2c: do not edit.  Edit those files and run "make lua"
+ * (t/059-cache-scripts.t checks that they agree).
  * Its comment lines, blank lines and indentation are left out.
  */
 
 
 static const char  ngx_http_aai_cache_pieces_lua[] =
+"local function store_vary(entry_key, base_key, variants_key, ttl, vary)\n"
+"local px = tonumber(ttl)\n"
+"local vary_px = redis.call('pttl', base_key)\n"
+"if vary_px < px then\n"
+"vary_px = px\n"
+"end\n"
+"redis.call('set', base_key, vary, 'px', vary_px)\n"
+"redis.call('sadd', variants_key, entry_key)\n"
+"if redis.call('pttl', variants_key) < px then\n"
+"redis.call('pexpire', variants_key, px)\n"
+"end\n"
+"end\n"
+"local function release_lock(lock_key, token, channel, message)\n"
+"if redis.call('get', lock_key) == token then\n"
+"redis.call('del', lock_key)\n"
+"end\n"
+"redis.call('publish', channel, message)\n"
+"end\n"
 "local entry_key, base_key, variants_key, lock_key, tmp_key =\n"
 "KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]\n"
 "local length, ttl, vary, token, channel, message =\n"
@@ -53,28 +77,16 @@ static const char  ngx_http_aai_cache_pieces_lua[] =
 "redis.call('rename', tmp_key, entry_key)\n"
 "redis.call('pexpire', entry_key, ttl)\n"
 "if vary ~= '' then\n"
-"local px = tonumber(ttl)\n"
-"local vary_px = redis.call('pttl', base_key)\n"
-"if vary_px < px then\n"
-"vary_px = px\n"
-"end\n"
-"redis.call('set', base_key, vary, 'px', vary_px)\n"
-"redis.call('sadd', variants_key, entry_key)\n"
-"if redis.call('pttl', variants_key) < px then\n"
-"redis.call('pexpire', variants_key, px)\n"
-"end\n"
+"store_vary(entry_key, base_key, variants_key, ttl, vary)\n"
 "end\n"
 "else\n"
 "redis.call('del', tmp_key)\n"
 "end\n"
 "if token ~= '' then\n"
-"if redis.call('get', lock_key) == token then\n"
-"redis.call('del', lock_key)\n"
-"end\n"
 "if not stored then\n"
 "message = '0' .. string.sub(message, 2)\n"
 "end\n"
-"redis.call('publish', channel, message)\n"
+"release_lock(lock_key, token, channel, message)\n"
 "end\n"
 "if stored then\n"
 "return 1\n"

@@ -5,9 +5,10 @@
 -- SETRANGEs, one command at a time, then this script
 -- (ngx_http_aai_cache_store.c sends it with EVAL on the store client)
 -- puts it in place if every piece arrived.  This file is the source:
--- ngx_http_aai_cache_store_lua.h is made from it by scripts/lua2c (run
--- "make lua" after editing it), and t/059-cache-scripts.t checks that the
--- two agree and runs the script against a real Redis.  The comments are
+-- ngx_http_aai_cache_store_lua.h is made from it and cache_shared.lua
+-- (store_vary, release_lock), which comes first, by scripts/lua2c (run
+-- "make lua" after editing either), and t/059-cache-scripts.t checks that
+-- they agree and runs the script against a real Redis.  The comments are
 -- left out of what is sent.
 --
 -- KEYS[1]  the entry key: P H, or P H ":" V for a variant
@@ -43,19 +44,7 @@ if stored then
     redis.call('pexpire', entry_key, ttl)
 
     if vary ~= '' then
-        local px = tonumber(ttl)
-        local vary_px = redis.call('pttl', base_key)
-
-        if vary_px < px then
-            vary_px = px
-        end
-
-        redis.call('set', base_key, vary, 'px', vary_px)
-        redis.call('sadd', variants_key, entry_key)
-
-        if redis.call('pttl', variants_key) < px then
-            redis.call('pexpire', variants_key, px)
-        end
+        store_vary(entry_key, base_key, variants_key, ttl, vary)
     end
 
 else
@@ -63,15 +52,11 @@ else
 end
 
 if token ~= '' then
-    if redis.call('get', lock_key) == token then
-        redis.call('del', lock_key)
-    end
-
     if not stored then
         message = '0' .. string.sub(message, 2)
     end
 
-    redis.call('publish', channel, message)
+    release_lock(lock_key, token, channel, message)
 end
 
 if stored then

@@ -4,8 +4,9 @@
 -- update lock (ngx_http_aai_cache_store.c sends it with EVAL on the
 -- store client; any other entry small enough for one command is a plain
 -- SET PX).  This file is the source: ngx_http_aai_cache_store_lua.h is
--- made from it by scripts/lua2c (run "make lua" after editing it), and
--- t/059-cache-scripts.t checks that the two agree and runs the script
+-- made from it and cache_shared.lua (store_vary, release_lock), which
+-- comes first, by scripts/lua2c (run "make lua" after editing either), and
+-- t/059-cache-scripts.t checks that they agree and runs the script
 -- against a real Redis.  The comments are left out of what is sent.
 --
 -- KEYS[1]  the entry key: P H, or P H ":" V for a variant
@@ -37,27 +38,11 @@ local entry, ttl, vary, token, channel, message =
 redis.call('set', entry_key, entry, 'px', ttl)
 
 if vary ~= '' then
-    local px = tonumber(ttl)
-    local vary_px = redis.call('pttl', base_key)
-
-    if vary_px < px then
-        vary_px = px
-    end
-
-    redis.call('set', base_key, vary, 'px', vary_px)
-    redis.call('sadd', variants_key, entry_key)
-
-    if redis.call('pttl', variants_key) < px then
-        redis.call('pexpire', variants_key, px)
-    end
+    store_vary(entry_key, base_key, variants_key, ttl, vary)
 end
 
 if token ~= '' then
-    if redis.call('get', lock_key) == token then
-        redis.call('del', lock_key)
-    end
-
-    redis.call('publish', channel, message)
+    release_lock(lock_key, token, channel, message)
 end
 
 return 1

@@ -26,18 +26,22 @@ sub slurp {
 }
 
 # what lua2c -s keeps of a script, so what the module sends: the file
-# without its comment lines, blank lines and indentation
+# without its comment lines, blank lines and indentation (a+b: the files
+# a and b one after the other)
 sub sent {
-    my $lua = slurp(shift);
+    my $lua = join '', map { slurp($_) } split /\+/, shift;
     return join '', map { s/^\s+//r } grep { !/^\s*(?:--|$)/ }
                     split /^/m, $lua;
 }
 
-# header => [lua file, C name] ..., as "make lua" makes them
+# header => [lua file, C name] ..., as "make lua" makes them; the part the
+# store and the store in pieces share comes before each
 my @HEADERS = (
     [ 'ngx_http_aai_cache_store_lua.h',
-      [ 'lua/cache_store.lua', 'ngx_http_aai_cache_store_lua' ],
-      [ 'lua/cache_pieces.lua', 'ngx_http_aai_cache_pieces_lua' ] ],
+      [ 'lua/cache_shared.lua+lua/cache_store.lua',
+        'ngx_http_aai_cache_store_lua' ],
+      [ 'lua/cache_shared.lua+lua/cache_pieces.lua',
+        'ngx_http_aai_cache_pieces_lua' ] ],
     [ 'ngx_http_aai_cache_lock_lua.h',
       [ 'lua/cache_renew.lua', 'ngx_http_aai_cache_renew_lua' ],
       [ 'lua/cache_release.lua', 'ngx_http_aai_cache_release_lua' ] ],
@@ -45,13 +49,15 @@ my @HEADERS = (
       [ 'lua/cache_purge.lua', 'ngx_http_aai_cache_purge_lua' ] ],
 );
 
-my %LUA = map { my $f = $_; ($f =~ m{lua/cache_(\w+)\.lua})[0] => sent($f) }
+my %LUA = map { my $f = $_; ($f =~ m{lua/cache_(\w+)\.lua$})[0] => sent($f) }
           map { map { $_->[0] } @$_[1 .. $#$_] } @HEADERS;
 
 # --- the committed C headers are made from the .lua files ------------------
 
 {
-    my @files = sort map { map { $_->[0] } @$_[1 .. $#$_] } @HEADERS;
+    my %seen;
+    my @files = sort grep { !$seen{$_}++ }
+                map { map { split /\+/, $_->[0] } @$_[1 .. $#$_] } @HEADERS;
     is_deeply(\@files, [sort glob('lua/cache_*.lua')],
               'every lua/cache_*.lua has its header');
 
