@@ -37,9 +37,6 @@ sub stop {
     stop_pid(delete $Procs{$name}, $sig);
 }
 
-# the stand-in sentinel below is no spawn()
-END { local $?; stop('fake', SIGKILL); }
-
 # a command on a fresh connection, with AUTH (undef on any failure)
 sub cmd {
     my ($port, $pw, @args) = @_;
@@ -247,14 +244,8 @@ $stop->();
     my $srv = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
                                     Listen => 16, ReuseAddr => 1) or die;
     my $fake = $srv->sockport;
-    my $pid = fork();
-    die "fork: $!\n" unless defined $pid;
-    if ($pid == 0) {
-        fake_sentinel($srv, $R2);
-        POSIX::_exit(0);
-    }
+    $Procs{fake} = spawn(sub { fake_sentinel($srv, $R2) });
     close $srv;
-    $Procs{fake} = $pid;
 
     my ($fport, $fstop, $fprefix) = start_nginx_instance('r013role', <<_EOC_);
     aai_ratelimit_redis sentinel=127.0.0.1:$fake master=fake timeout=300ms;
