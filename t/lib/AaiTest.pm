@@ -1623,9 +1623,11 @@ sub tls_cert {
 #                               WRITE: reads and PING still answered) on
 #                               that Redis, then runs code and returns what
 #                               it returns.  The pause ends by itself after
-#                               $ms; o{unpause} => 1 sends CLIENT UNPAUSE
-#                               once code has run.  If code dies, UNPAUSE
-#                               is sent before the die goes on.
+#                               $ms; with mode WRITE, o{unpause} => 1 sends
+#                               CLIENT UNPAUSE once code has run, and a die
+#                               of code sends it before it goes on (under
+#                               ALL, Redis 7.0 holds this client's UNPAUSE
+#                               too until the pause ends: none is sent).
 #   restart_redis($port [, \&while_down])
 #                               stops a Redis of start_redis, runs
 #                               while_down (what is checked with Redis
@@ -1645,11 +1647,18 @@ push @{ $EXPORT_TAGS{util} }, qw( with_paused_redis restart_redis
 
 sub with_paused_redis {
     my ($port, $ms, $code, %o) = @_;
-    redis_cmd_port($port, 'CLIENT', 'PAUSE', $ms, $o{mode} // 'ALL');
+    my $mode = uc($o{mode} // 'ALL');
+    die "with_paused_redis: unpause => 1 needs mode => 'WRITE'\n"
+        if $o{unpause} && $mode ne 'WRITE';
+    redis_cmd_port($port, 'CLIENT', 'PAUSE', $ms, $mode);
     my @r;
     my $ok = eval { @r = $code->(); 1 };
     my $err = $@;
-    redis_cmd_port($port, 'CLIENT', 'UNPAUSE') if $o{unpause} || !$ok;
+    if ($mode eq 'WRITE' && ($o{unpause} || !$ok)) {
+        # a failed UNPAUSE is the error unless code's is
+        my $un = eval { redis_cmd_port($port, 'CLIENT', 'UNPAUSE'); 1 };
+        ($ok, $err) = (0, $@) if $ok && !$un;
+    }
     die $err unless $ok;
     return wantarray ? @r : $r[0];
 }
