@@ -61,7 +61,7 @@ add_block_preprocessor(sub {
 });
 
 our $HttpConfig = <<'_EOC_';
-    aai_cache_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    aai_cache_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT timeout=3s;
 
     server {
         listen 127.0.0.1:$TEST_NGINX_APP_PORT;
