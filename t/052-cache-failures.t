@@ -224,7 +224,20 @@ _EOC_
     use IO::Select ();
 
     my ($port, $stop, $prefix) = front('c052w',
-                                       "127.0.0.1:$ENV{TEST_NGINX_REDIS_PORT}");
+        "127.0.0.1:$ENV{TEST_NGINX_REDIS_PORT} timeout=3s");
+    # the request waits for the lock (its debug line), not a sleep that
+    # assumes it got there
+    my $waiting = sub {
+        my $lock = shift;
+        return AaiTest::wait_until(5, sub {
+            scalar grep { /aai cache wait for lock "\Q$lock\E"/ }
+                   file_lines("$prefix/logs/error.log") });
+    };
+    my $woken = sub {
+        my ($how, $lock) = @_;
+        return scalar grep { /aai cache woken: \Q$how\E, lock "\Q$lock\E"/ }
+                      file_lines("$prefix/logs/error.log");
+    };
     my $send = sub {
         my $path = shift;
         my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
@@ -254,7 +267,7 @@ _EOC_
 
         my $t0 = time;
         my $s = $send->("/w/$how");
-        sleep 0.2;
+        ok($waiting->("$key:l"), "lock waiter ($how): waits for the lock");
         redis_cmd('SET', $key, entry(key => "httpGETlocalhost/w/$how",
                                      body => "stored by the holder\n"),
                   'PX', 60000);
@@ -273,6 +286,8 @@ _EOC_
                  'lock waiter (message): collapsed');
             cmp_ok($took, '<', 0.45, "lock waiter (message): woken at once "
                    . "($took s)");
+            ok($woken->('stored', "$key:l"),
+               'lock waiter (message): woken by the message, not a poll');
         } else {
             cmp_ok($took, '<', 1.2, "lock waiter (poll): within a poll "
                    . "($took s)");
@@ -284,13 +299,15 @@ _EOC_
     redis_cmd('SET', "$key:l", 'someone-else', 'PX', 5000);
     my $t0 = time;
     my $s = $send->('/w/notstored');
-    sleep 0.2;
+    ok($waiting->("$key:l"), 'lock waiter (not stored): waits for the lock');
     redis_cmd('PUBLISH', 'aai:cache:unlock', "0 $key:l");
     my ($x, $cs, $body) = $recv->($s);
     my $took = time - $t0;
     is("$x $body", "MISS app /w/notstored\n",
        'lock waiter (not stored): goes upstream');
     cmp_ok($took, '<', 0.45, "lock waiter (not stored): at once ($took s)");
+    ok($woken->('not stored', "$key:l"),
+       'lock waiter (not stored): woken by the message');
 
     no_log_problems("$prefix/logs/error.log", 'lock waiters: no alert, no crash');
     $stop->();
