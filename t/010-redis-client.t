@@ -246,7 +246,7 @@ our $Slack = 'connect_timeout=2s timeout=2s';
     my $rp = start_redis();
     redis_cmd_port($rp, 'CONFIG', 'SET', 'timeout', 1);
     my ($port, $stop, $prefix) = start_nginx_instance('rc010i',
-        "aai_redis_test_server 127.0.0.1:$rp;\n$Location");
+        "aai_redis_test_server 127.0.0.1:$rp $Slack;\n$Location");
 
     ok(wait_until(5, sub { log_lines($prefix, qr/closed an idle connection/) }),
        'idle: Redis closed the idle connection');
@@ -371,7 +371,7 @@ __DATA__
 
 === TEST 1: replies of every type
 --- http_config
-    aai_redis_test_server 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    aai_redis_test_server 127.0.0.1:$TEST_NGINX_REDIS_PORT timeout=3s;
 --- config
     location /redis { aai_redis_test; }
 --- request eval
@@ -402,7 +402,7 @@ is(redis_cmd('GET', 'aai:t1'), 'hello world', 'the value is in Redis');
 
 === TEST 2: 300 commands of one request are pipelined, replies in order
 --- http_config
-    aai_redis_test_server 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    aai_redis_test_server 127.0.0.1:$TEST_NGINX_REDIS_PORT timeout=3s;
 --- config
     location /redis { aai_redis_test; }
 --- request
@@ -436,7 +436,7 @@ ok(redis_cmd('GET', 'aai:big') eq $::Big, 'the 5 MiB value is in Redis');
 
 === TEST 4: SELECT
 --- http_config
-    aai_redis_test_server 127.0.0.1:$TEST_NGINX_REDIS_PORT db=5;
+    aai_redis_test_server 127.0.0.1:$TEST_NGINX_REDIS_PORT db=5 timeout=3s;
 --- config
     location /redis { aai_redis_test; }
 --- aai_before
@@ -452,7 +452,7 @@ redis_cmd('SET', 'aai:db', 'in db 0');
 
 === TEST 5: pub/sub: channel and pattern subscriptions
 --- http_config
-    aai_redis_test_server 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    aai_redis_test_server 127.0.0.1:$TEST_NGINX_REDIS_PORT timeout=3s;
     aai_redis_test_subscribe aai:chan;
     aai_redis_test_subscribe aai:ev:* pattern;
 --- config
@@ -467,7 +467,11 @@ while (Time::HiRes::time() < $t) {
 AaiTest::redis_cmd('PUBLISH', 'aai:chan', 'one');
 AaiTest::redis_cmd('PUBLISH', 'aai:other', 'not for us');
 AaiTest::redis_cmd('PUBLISH', 'aai:ev:x', 'two');
-Time::HiRes::sleep(0.1);
+# both delivered (the worker lists what it received; not a fixed sleep)
+AaiTest::wait_until(3, sub {
+    my (undef, undef, $b) = AaiTest::http_get($ENV{TEST_NGINX_SERVER_PORT},
+                                              '/messages', {});
+    ($b // '') =~ /^aai:ev:x two$/m });
 --- request
 GET /messages
 --- response_body
