@@ -127,9 +127,10 @@ _EOC_
     is(join(',', map { "$_->[0] $_->[1] $_->[3]" } @r),
        join(',', map { "200 MISS app /r$_\n" } 1 .. 10),
        'refused: every request answered by the upstream');
-    my $all = 0;
-    $all += $_->[4] for @r;
-    cmp_ok($all, '<', 1, "refused: 10 requests in $all s");
+    # none waits for Redis (a connect, a probe: backoff 1 s); the total is
+    # not bounded, on a loaded machine 10 requests may take a while
+    my ($slowest) = sort { $b <=> $a } map { $_->[4] } @r;
+    cmp_ok($slowest, '<', 0.2, "refused: none waits ($slowest s)");
     like($r[-1][2], qr/detail=redis-unavailable/,
          'refused: Cache-Status says why');
     my ($pst) = timed_get($port, '/purge/r1');
@@ -150,7 +151,10 @@ _EOC_
     my @r = map { [timed_get($port, "/h$_")] } 1 .. 10;
     my $all = time - $t0;
     is(scalar(grep { $_->[0] == 200 } @r), 10, 'hung: all answered');
-    cmp_ok($all, '<', 1.5, "hung: the circuit breaker answers fast ($all s)");
+    # none waits for the 300 ms timeout again (the total is not bounded)
+    my ($slowest) = sort { $b <=> $a } map { $_->[4] } @r;
+    cmp_ok($slowest, '<', 0.3, "hung: the circuit breaker answers fast "
+           . "($all s, slowest $slowest s)");
     no_log_problems("$prefix/logs/error.log", 'hung: no alert, no crash');
     $stop->();
 }
