@@ -191,7 +191,7 @@ _EOC_
 {
     my $rport = start_redis();
     my ($port, $stop, $prefix) = front('c052s',
-        "127.0.0.1:$rport timeout=200ms backoff=200ms");
+        "127.0.0.1:$rport timeout=3s backoff=200ms");
     my $skey = key_of('httpGETlocalhost/s');
     my @s;
     push @s, (timed_get($port, '/s'))[1];
@@ -207,15 +207,20 @@ _EOC_
     start_redis(port => $rport);
     my $deadline = time + 5;
     my @up;
+    my $n = 0;
     while (time < $deadline) {
-        @up = timed_get($port, '/s');
+        # a key per try: one looked up while Redis was still down can be
+        # stored all the same when Redis is back by its response ("stored;
+        # detail=redis-unavailable"), and the next try of its key would hit
+        $n++;
+        @up = timed_get($port, "/s?up=$n");
         last if $up[2] =~ /; stored$/;    # not one looked up while down
         sleep 0.1;
     }
     like($up[2], qr/^aai; fwd=miss; fwd-status=200; stored$/,
          'restart: stores again once redis is back');
-    wait_redis_key($skey, 5, $rport);
-    is((timed_get($port, '/s'))[1], 'HIT', 'restart: and hits');
+    wait_redis_key(key_of("httpGETlocalhost/s?up=$n"), 5, $rport);
+    is((timed_get($port, "/s?up=$n"))[1], 'HIT', 'restart: and hits');
     no_log_problems("$prefix/logs/error.log", 'restart: no alert, no crash');
     $stop->();
 }
