@@ -18,7 +18,7 @@ __DATA__
 
 === TEST 1: debug log: init, connected, handshake, ready, queued, reply
 --- http_config
-    aai_redis_test_server 127.0.0.1:$TEST_NGINX_REDIS_PORT db=0;
+    aai_redis_test_server 127.0.0.1:$TEST_NGINX_REDIS_PORT db=0 timeout=3s;
 --- config
     location /redis { aai_redis_test; }
 --- request

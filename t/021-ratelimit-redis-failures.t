@@ -45,8 +45,9 @@ _EOC_
 
     my ($st, $rl, $took) = get_status($port, '/t?u=a');
     is("$st $rl", '200 ERROR', 'hung redis: fallback allow decides');
-    # (the handshake began when the worker started: sooner is possible)
-    cmp_ok($took, '<', 0.3 + 0.25, "hung redis: answered within the timeout "
+    # (the handshake began when the worker started: sooner is possible;
+    # 0.5 s for the request itself on a loaded machine)
+    cmp_ok($took, '<', 0.3 + 0.5, "hung redis: answered within the timeout "
            . "($took s)");
 
     # the circuit is open now: no request waits for the timeout again
@@ -56,7 +57,11 @@ _EOC_
     my $all = time - $t0;
     is(join(',', map { "$_->[0] $_->[1]" } @r), join(',', ('200 ERROR') x 10),
        'hung redis: later requests decided by the fallback');
-    cmp_ok($all, '<', 0.3, "hung redis: 10 requests decided fast ($all s)");
+    # none waits for the 300 ms timeout (the total is not bounded: on a
+    # loaded machine 10 requests may take longer than one timeout)
+    my ($slowest) = sort { $b <=> $a } map { $_->[2] } @r;
+    cmp_ok($slowest, '<', 0.3,
+           "hung redis: 10 requests decided fast ($all s, slowest $slowest s)");
 
     my (undef, undef, undef, $m) = get_status($port, '/metrics');
     like($m, qr/aai_ratelimit_requests_total\{zone="hung",outcome="error"\} 11\n/,
@@ -286,7 +291,7 @@ my ($st, $h, undef, $took) =
     AaiTest::timed_get($ENV{TEST_NGINX_SERVER_PORT}, '/t?u=a');
 Test::More::is(($st // 0) . ' ' . ($h->{'x-rl'} // ''), '429 ERROR',
                'hung: fallback deny decides');
-Test::More::cmp_ok($took, '<', 0.2 + 0.25, "hung: within it ($took s)");
+Test::More::cmp_ok($took, '<', 0.2 + 0.5, "hung: within it ($took s)");
 --- request
 GET /t?u=a
 --- timeout: 2
@@ -298,7 +303,7 @@ X-RL: ERROR
 
 === TEST 7: SCRIPT FLUSH: NOSCRIPT is recovered once, then EVALSHA again
 --- http_config
-    aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT timeout=3s;
     aai_ratelimit_zone flush key=$arg_u rate=10r/m;
 --- config
     location /t {
@@ -327,7 +332,7 @@ like($info, qr/cmdstat_eval:calls=1,/, 'EVAL once, after NOSCRIPT');
 
 === TEST 8: an error reply: fallback, reason "reply"
 --- http_config
-    aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT
+    aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT timeout=3s
                         user=aai_noscript password=pw;
     aai_ratelimit_zone er key=$arg_u rate=10r/m;
 --- config
@@ -353,7 +358,7 @@ redis_cmd('ACL', 'DELUSER', 'aai_noscript');
 
 === TEST 9: error replies are counted
 --- http_config
-    aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT
+    aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT timeout=3s
                         user=aai_noscript password=pw;
     aai_ratelimit_zone er key=$arg_u rate=10r/m;
 --- config
@@ -382,7 +387,7 @@ redis_cmd('ACL', 'DELUSER', 'aai_noscript');
 
 === TEST 10: a key of the other algorithm's type is replaced, not an error
 --- http_config
-    aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT timeout=3s;
     aai_ratelimit_zone wt  key=$arg_u rate=10r/m;
     aai_ratelimit_zone wtg key=$arg_u rate=10r/m algorithm=gcra;
 --- config
@@ -410,7 +415,7 @@ is(redis_cmd('TYPE', 'aai:rl:wtg:a'), 'string', 'gcra key replaced');
 
 === TEST 11: a sorted set left by the former sliding format counts from zero
 --- http_config
-    aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT timeout=3s;
     aai_ratelimit_zone zs  key=$arg_u rate=2r/m;
     aai_ratelimit_zone zsb key=$arg_u rate=2r/m burst=1 nodelay;
 --- config

@@ -14,7 +14,7 @@ __DATA__
 
 === TEST 1: all directives valid
 --- http_config
-    aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT timeout=100ms;
+    aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT timeout=3s;
     aai_ratelimit_key_prefix "cfg:";
     aai_ratelimit_local_zone 1m;
     aai_ratelimit_zone a key=$arg_u rate=10r/s burst=5 nodelay;
@@ -66,7 +66,7 @@ is(scalar(map { @{ redis_cmd('KEYS', "aai:rl:$_:*") } } qw(a b c)), 0,
 
 === TEST 2: a zone may be used before it is defined
 --- http_config
-    aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT timeout=3s;
     server {
         listen $TEST_NGINX_SERVER_PORT;
         server_name first.test;

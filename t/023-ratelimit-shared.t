@@ -10,7 +10,7 @@ use Time::HiRes qw( time sleep );
 $ENV{TEST_NGINX_REDIS_PORT} ||= 6379;
 
 my $conf = <<'_EOC_';
-    aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT timeout=3s;
     aai_ratelimit_zone sh_sliding key=$arg_u rate=5r/m;
     aai_ratelimit_zone sh_gcra key=$arg_u rate=5r/m burst=4 nodelay
                        algorithm=gcra;
@@ -140,7 +140,7 @@ __DATA__
 
 === TEST 1: the same limit on the runner's own nginx
 --- http_config
-    aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT timeout=3s;
     aai_ratelimit_zone blk key=$arg_u rate=1r/m;
 --- config
     location /t {

@@ -503,7 +503,7 @@ __DATA__
 
 === TEST 1: the runner's own nginx: a location inherits the zones' parameters
 --- http_config
-    aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT timeout=3s;
     aai_ratelimit_zone inh key=$arg_u rate=5r/m;
 --- config
     aai_ratelimit inh cost=$arg_c;

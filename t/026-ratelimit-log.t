@@ -92,7 +92,7 @@ __DATA__
 
 === TEST 1: the runner's own nginx still answers
 --- http_config
-    aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT timeout=3s;
     aai_ratelimit_zone one key=$arg_u rate=1r/m;
 --- config
     location /t {

@@ -239,7 +239,8 @@ _EOC_
         "    aai_ratelimit_zone z$_ key=\$arg_u rate=1000r/s;\n" } 1 .. 256;
     my $conf = sub {
         my $n = shift;
-        return "    aai_ratelimit_redis 127.0.0.1:\$TEST_NGINX_REDIS_PORT;\n"
+        return "    aai_ratelimit_redis 127.0.0.1:\$TEST_NGINX_REDIS_PORT"
+            . " timeout=3s;\n"
             . $zones
             . "    server {\n        listen 127.0.0.1:\$TEST_NGINX_INSTANCE_PORT;\n"
             . "        location / {\n"
@@ -457,7 +458,7 @@ qr/\[info\] .*aai_jwt: token rejected: MALFORMED/
 
 === TEST 2: a request redirected internally (try_files) is limited once
 --- http_config
-    aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT timeout=3s;
     aai_ratelimit_zone once key=$arg_u rate=2r/m;
 --- config
     location /t {

@@ -418,7 +418,7 @@ __DATA__
 
 === TEST 1: the runner's own nginx: a concurrency= zone releases its lease
 --- http_config
-    aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT timeout=3s;
     aai_ratelimit_zone one key=$arg_u concurrency=1;
 --- config
     location /t {

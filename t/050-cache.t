@@ -81,7 +81,7 @@ sub app_count {
 _EOC_
 
     my $front = <<"_EOC_";
-    aai_cache_redis 127.0.0.1:\$TEST_NGINX_REDIS_PORT;
+    aai_cache_redis 127.0.0.1:\$TEST_NGINX_REDIS_PORT timeout=3s;
     server {
         listen 127.0.0.1:\$TEST_NGINX_INSTANCE_PORT;
         location / {

@@ -12,7 +12,7 @@ $ENV{TEST_NGINX_REDIS_PORT} ||= 6379;
 $ENV{TEST_NGINX_APP053} = free_port();
 
 our $Redis = <<'_EOC_';
-    aai_cache_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    aai_cache_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT timeout=3s;
 _EOC_
 
 no_shuffle();

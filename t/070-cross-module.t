@@ -111,8 +111,8 @@ __DATA__
 
 === TEST 1: the limiter runs before the cache on the runner's nginx too
 --- http_config
-    aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
-    aai_cache_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT timeout=3s;
+    aai_cache_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT timeout=3s;
     aai_ratelimit_zone one key=$arg_u rate=1r/m;
 --- config
     location /t {
