@@ -114,7 +114,7 @@ _EOC_
 {
     my $rp = start_redis();
     my ($port, $stop, $prefix) = start_nginx_instance('rl021r', <<_EOC_);
-    aai_ratelimit_redis 127.0.0.1:$rp timeout=200ms backoff=200ms;
+    aai_ratelimit_redis 127.0.0.1:$rp timeout=1s backoff=200ms;
     aai_ratelimit_zone rs key=\$arg_u rate=100r/m;
 
     server {
@@ -128,13 +128,12 @@ _EOC_
     is("$st $rl", '200 PASSED', 'restart: first request checked in redis');
 
     restart_redis($rp, sub {
-        my $t0 = time;
         my @r = map { [get_status($port, '/t?u=a')] } 1 .. 5;
-        my $took = time - $t0;
+        my ($took) = sort { $b <=> $a } map { $_->[2] } @r;
         is(join(',', map { $_->[1] } @r), 'ERROR,ERROR,ERROR,ERROR,ERROR',
            'restart: redis down, fallback decides');
-        cmp_ok($took, '<', 0.2 + 0.25,
-               "restart: redis down costs no waiting ($took s)");
+        cmp_ok($took, '<', 0.5, 'restart: redis down costs no waiting, '
+               . "none waits the 1 s timeout (slowest $took s)");
     });
 
     # a new redis has no scripts: EVALSHA fails with NOSCRIPT, then EVAL
