@@ -925,3 +925,54 @@ static const char  ngx_http_aai_ratelimit_script[] =
 "\n"
 "return check(KEYS, ARGV)\n"
 ;
+
+
+/*
+ * Made from lua/ratelimit_library.lua by scripts/lua2c: do not edit.  Edit that
+ * file and run "make lua" (t/029-ratelimit-scripts.t checks that the two
+ * agree).
+ */
+
+
+static const char  ngx_http_aai_ratelimit_library_end[] =
+"-- Copyright (C) aai-nginx authors\n"
+"--\n"
+"-- The end of the rate limiter's Redis 7 function library.  The module\n"
+"-- (ngx_http_aai_ratelimit_script.c) loads, with FUNCTION LOAD REPLACE:\n"
+"-- \"#!lua name=<name>\", the line \"local library = '<name>'\",\n"
+"-- lua/ratelimit.lua without its last line (the call EVAL makes), then\n"
+"-- this file.  <name> is \"aai_ratelimit_\" and the first 12 hex digits of\n"
+"-- the SHA-1 of lua/ratelimit.lua followed by this file: nginx of two\n"
+"-- versions sharing a Redis each call their own.  \"make lua\" puts this\n"
+"-- file in ngx_http_aai_ratelimit_lua.h beside the script.\n"
+"--\n"
+"-- <name>: the check of a batch, as EVAL runs it.  <name>_x: on a Redis\n"
+"-- Cluster, the check of a batch of several slots of one node (flag\n"
+"-- allow-cross-slot-keys).  Redis still refuses declared keys of several\n"
+"-- slots (CROSSSLOT), so the batch declares its first key only, which\n"
+"-- routes it, and passes the others first in ARGV, their number last.\n"
+"-- Each undeclared key is read once first: a key that this node does not\n"
+"-- serve (its slot moved, or is migrating and the key has left) fails\n"
+"-- the batch with \"AAIXSLOT\" before anything is written, and the batch\n"
+"-- is checked again per slot (as the EVAL prelude of\n"
+"-- ngx_http_aai_ratelimit_script.c does).\n"
+"\n"
+"local function check_slots(first, argv)\n"
+"  local n = tonumber(argv[#argv])\n"
+"  local k, a = {first[1]}, {}\n"
+"  for i = 1, n do k[i + 1] = argv[i] end\n"
+"  for i = n + 1, #argv - 1 do a[#a + 1] = argv[i] end\n"
+"  for i = 2, #k do\n"
+"    local r = redis.pcall('EXISTS', k[i])\n"
+"    if type(r) == 'table' and r.err then\n"
+"      return redis.error_reply('AAIXSLOT ' .. r.err)\n"
+"    end\n"
+"  end\n"
+"  return check(k, a)\n"
+"end\n"
+"\n"
+"redis.register_function(library, check)\n"
+"redis.register_function{function_name = library .. '_x',\n"
+"                        callback = check_slots,\n"
+"                        flags = {'allow-cross-slot-keys'}}\n"
+;

@@ -1,13 +1,13 @@
 -- Copyright (C) aai-nginx authors
 --
--- The end of the rate limiter's Redis 7 function library: the module
--- (ngx_http_aai_ratelimit_script.c) loads "#!lua name=<name>", then the
--- line "local library = '<name>'", then lua/ratelimit.lua without its
--- last line (which calls check with EVAL), then this file, with FUNCTION
--- LOAD REPLACE.  <name> is "aai_ratelimit_" and the first 12 hex digits of
--- the SHA-1 of lua/ratelimit.lua followed by this file: instances of two
--- versions in one Redis each call their own.  "make lua" puts this file
--- in ngx_http_aai_ratelimit_lua.h beside the script.
+-- The end of the rate limiter's Redis 7 function library.  The module
+-- (ngx_http_aai_ratelimit_script.c) loads, with FUNCTION LOAD REPLACE:
+-- "#!lua name=<name>", the line "local library = '<name>'",
+-- lua/ratelimit.lua without its last line (the call EVAL makes), then
+-- this file.  <name> is "aai_ratelimit_" and the first 12 hex digits of
+-- the SHA-1 of lua/ratelimit.lua followed by this file: nginx of two
+-- versions sharing a Redis each call their own.  "make lua" puts this
+-- file in ngx_http_aai_ratelimit_lua.h beside the script.
 --
 -- <name>: the check of a batch, as EVAL runs it.  <name>_x: on a Redis
 -- Cluster, the check of a batch of several slots of one node (flag
@@ -15,9 +15,9 @@
 -- slots (CROSSSLOT), so the batch declares its first key only, which
 -- routes it, and passes the others first in ARGV, their number last.
 -- Each undeclared key is read once first: a key that this node does not
--- serve (its slot moved, or is migrating and the key has left) fails the
--- batch with "AAIXSLOT" before anything is written, and the batch is
--- checked again per slot (as the EVAL prelude of
+-- serve (its slot moved, or is migrating and the key has left) fails
+-- the batch with "AAIXSLOT" before anything is written, and the batch
+-- is checked again per slot (as the EVAL prelude of
 -- ngx_http_aai_ratelimit_script.c does).
 
 local function check_slots(first, argv)
