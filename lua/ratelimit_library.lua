@@ -20,14 +20,18 @@
 -- is checked again per slot (as the EVAL prelude of
 -- ngx_http_aai_ratelimit_script.c does).
 
+-- (The locals of lua/ratelimit.lua hide the globals of their names, and
+-- are set by check only: type, tonumber and the others are not used here.)
+
 local function check_slots(first, argv)
-  local n = tonumber(argv[#argv])
+  local n = argv[#argv] + 0
   local k, a = {first[1]}, {}
   for i = 1, n do k[i + 1] = argv[i] end
   for i = n + 1, #argv - 1 do a[#a + 1] = argv[i] end
   for i = 2, #k do
     local r = redis.pcall('EXISTS', k[i])
-    if type(r) == 'table' and r.err then
+    if r ~= 0 and r ~= 1 then
+      -- an error reply, {err = ...}
       return redis.error_reply('AAIXSLOT ' .. r.err)
     end
   end
