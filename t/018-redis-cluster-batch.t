@@ -154,6 +154,10 @@ ok($total <= 3, "$n users of $n slots at once: at most one script call "
                 . "per node ($total)") or diag(explain(\%calls));
 ok((grep { $calls{$_}{fcall} >= 1 } keys %calls) == 3,
    'each node checked its users') or diag(explain(\%calls));
+# each primary loaded the library when it first said "not found"
+is(scalar(grep { @{ redis_cmd_port($_, 'FUNCTION', 'LIST', 'LIBRARYNAME',
+                                   'aai_ratelimit_*') } == 1 } primaries()),
+   3, 'each primary holds the function library');
 
 # each user's key holds its one admission, on its slot's primary
 my $wrong = 0;
