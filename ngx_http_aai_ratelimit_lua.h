@@ -9,8 +9,10 @@
 static const char  ngx_http_aai_ratelimit_script[] =
 "-- Copyright (C) aai-nginx authors\n"
 "--\n"
-"-- The rate limiter's check of a batch (ngx_http_aai_ratelimit_batch.c sends\n"
-"-- it with EVALSHA, or EVAL after NOSCRIPT).  This file is the source:\n"
+"-- The rate limiter's check of a batch (ngx_http_aai_ratelimit_batch.c calls\n"
+"-- it with FCALL, a function of the library made of this file and\n"
+"-- lua/ratelimit_library.lua; where Redis refuses functions, with EVALSHA,\n"
+"-- or EVAL after NOSCRIPT).  This file is the source:\n"
 "-- ngx_http_aai_ratelimit_lua.h is made from it by scripts/lua2c (run\n"
 "-- \"make lua\" after editing it), and t/029-ratelimit-scripts.t checks that\n"
 "-- the two agree and runs the script against a real Redis.\n"

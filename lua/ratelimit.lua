@@ -1,7 +1,9 @@
 -- Copyright (C) aai-nginx authors
 --
--- The rate limiter's check of a batch (ngx_http_aai_ratelimit_batch.c sends
--- it with EVALSHA, or EVAL after NOSCRIPT).  This file is the source:
+-- The rate limiter's check of a batch (ngx_http_aai_ratelimit_batch.c calls
+-- it with FCALL, a function of the library made of this file and
+-- lua/ratelimit_library.lua; where Redis refuses functions, with EVALSHA,
+-- or EVAL after NOSCRIPT).  This file is the source:
 -- ngx_http_aai_ratelimit_lua.h is made from it by scripts/lua2c (run
 -- "make lua" after editing it), and t/029-ratelimit-scripts.t checks that
 -- the two agree and runs the script against a real Redis.
