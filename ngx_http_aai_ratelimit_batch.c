@@ -88,6 +88,8 @@ static ngx_uint_t                       ngx_http_aai_ratelimit_xoff;
  */
 static u_char                           ngx_http_aai_ratelimit_nofn[
                                             NGX_AAI_REDIS_CLUSTER_NODES + 1];
+/* per worker: a FUNCTION LOAD failed, logged; cleared by one that works */
+static ngx_uint_t                       ngx_http_aai_ratelimit_load_failed;
 static ngx_queue_t                      ngx_http_aai_ratelimit_flight;
 static ngx_queue_t                      ngx_http_aai_ratelimit_spare;
 static ngx_uint_t                       ngx_http_aai_ratelimit_nspare;
@@ -1037,13 +1039,21 @@ ngx_http_aai_ratelimit_load_handler(ngx_aai_redis_result_t *res, void *data)
     b->cmd = NULL;
     ngx_queue_remove(&b->queue);
 
-    if (reply->type == REDIS_REPLY_ERROR
-        && !ngx_http_aai_ratelimit_fn_refused(b, reply))
-    {
-        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
-                      "aai_ratelimit: FUNCTION LOAD of library \"%V\" "
-                      "failed, sending the script: %*s", &b->mcf->fname,
-                      (size_t) reply->len, reply->str ? reply->str : "");
+    if (reply->type != REDIS_REPLY_ERROR) {
+        ngx_http_aai_ratelimit_load_failed = 0;
+
+    } else if (!ngx_http_aai_ratelimit_fn_refused(b, reply)) {
+
+        /* OOM, a busy script...: logged once until a load works */
+
+        if (!ngx_http_aai_ratelimit_load_failed) {
+            ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                          "aai_ratelimit: FUNCTION LOAD of library \"%V\" "
+                          "failed, sending the script: %*s", &b->mcf->fname,
+                          (size_t) reply->len, reply->str ? reply->str : "");
+        }
+
+        ngx_http_aai_ratelimit_load_failed = 1;
         b->eval = 1;
     }
 
