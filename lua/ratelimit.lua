@@ -136,12 +136,31 @@ local def_cost_str, def_gcra_at, def_gcra_at_str, def_gcra_ttl =
       {}, {}, {}, {}
 local def_gcra_left, def_gcra_reset = {}, {}
 
+-- a definition's number from its text, the texts seen last kept (256 at
+-- most): a call reads the same few definitions as the one before, and
+-- tonumber's strtod is dear
+
+local numbers, nnumbers = {}, 0
+
+local function number(s)
+  local n = numbers[s]
+  if n == nil then
+    n = tonumber(s)
+    if nnumbers >= 256 then numbers, nnumbers = {}, 0 end
+    numbers[s], nnumbers = n, nnumbers + 1
+  end
+  return n
+end
+
 -- the batch's time and definitions, from ARGV
 
 local function read_definitions(argv)
   if redis.replicate_commands then redis.replicate_commands() end
-  call, pcall, byte, fmt, ceil, floor, type, tonumber, match, pack =
-    globals()
+  if not call then
+    -- once per library (a function library's closures outlive a call)
+    call, pcall, byte, fmt, ceil, floor, type, tonumber, match, pack =
+      globals()
+  end
 
   local time = call('TIME')
   now = time[1] * 1000000 + time[2]
@@ -156,11 +175,11 @@ local function read_definitions(argv)
   for j = 3, #argv, nargs do
     ndefs = ndefs + 1
     def_gcra_at[ndefs], def_gcra_left[ndefs] = nil, nil
-    def_alg[ndefs] = tonumber(argv[j])
-    def_limit[ndefs] = tonumber(argv[j + 1])
-    def_window[ndefs] = tonumber(argv[j + 2])
-    def_burst[ndefs] = tonumber(argv[j + 3])
-    def_delay[ndefs] = tonumber(argv[j + 4])
+    def_alg[ndefs] = number(argv[j])
+    def_limit[ndefs] = number(argv[j + 1])
+    def_window[ndefs] = number(argv[j + 2])
+    def_burst[ndefs] = number(argv[j + 3])
+    def_delay[ndefs] = number(argv[j + 4])
     def_cost[ndefs], def_shadow[ndefs], def_cost_str[ndefs] = 1, '', '1'
     if nargs == 6 then
       local cost, shadow = match(argv[j + 5], '^(%d+)(%a?)$')
