@@ -172,6 +172,7 @@ LUA2C_CACHE := scripts/lua2c -s -t t/059-cache-scripts.t
 
 lua:
 	scripts/lua2c lua/ratelimit.lua ngx_http_aai_ratelimit_script \
+	    lua/ratelimit_library.lua ngx_http_aai_ratelimit_library_end \
 	    > ngx_http_aai_ratelimit_lua.h.tmp
 	mv ngx_http_aai_ratelimit_lua.h.tmp ngx_http_aai_ratelimit_lua.h
 	$(LUA2C_CACHE) \

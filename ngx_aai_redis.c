@@ -176,6 +176,30 @@ ngx_aai_redis_send(ngx_aai_redis_t *rs, ngx_log_t *log, ngx_uint_t argc,
 
 
 /*
+ * A command for the primary of a slot on a cluster, whatever its keys (a
+ * FUNCTION LOAD for the node that lacks the function); on one server, or
+ * with a slot < 0, as ngx_aai_redis_send().
+ */
+
+ngx_aai_redis_cmd_t *
+ngx_aai_redis_send_slot(ngx_aai_redis_t *rs, ngx_log_t *log, ngx_int_t slot,
+    ngx_uint_t argc, ngx_str_t *argv, ngx_aai_redis_handler_pt handler,
+    void *data)
+{
+    if (rs->cluster && slot >= 0) {
+        if (!rs->initialized || argc == 0) {
+            return NULL;
+        }
+
+        return ngx_aai_redis_cluster_send_slot(rs->cluster, log, slot, argc,
+                                               argv, handler, data);
+    }
+
+    return ngx_aai_redis_send(rs, log, argc, argv, handler, data);
+}
+
+
+/*
  * The cluster's ASK: ASKING and the command on one connection, one after
  * the other; the reply to ASKING is dropped as a cancelled command's.
  */

@@ -193,6 +193,16 @@ ngx_aai_redis_cmd_t *ngx_aai_redis_send(ngx_aai_redis_t *rs, ngx_log_t *log,
     void *data);
 
 /*
+ * The same, for the primary of a slot on a cluster whatever the command's
+ * keys (a command without a key otherwise goes to any node): a FUNCTION
+ * LOAD for the node of a key.  Elsewhere, or with slot < 0, the same as
+ * ngx_aai_redis_send().
+ */
+ngx_aai_redis_cmd_t *ngx_aai_redis_send_slot(ngx_aai_redis_t *rs,
+    ngx_log_t *log, ngx_int_t slot, ngx_uint_t argc, ngx_str_t *argv,
+    ngx_aai_redis_handler_pt handler, void *data);
+
+/*
  * The handler of cmd will not be called.  For a request that goes away
  * (pool cleanup) before its reply.  Must not be called after the handler
  * ran.

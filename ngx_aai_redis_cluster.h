@@ -13,10 +13,11 @@
  * handshake), made at configuration time; their addresses are given at run
  * time, from the slot map.  In each worker the map is asked of a known node
  * (CLUSTER SLOTS) at start, after a MOVED and after a node's connection is
- * lost.  A command goes to the primary of its key's slot (for EVAL and
- * EVALSHA the first key; commands without a key to any node); MOVED sends
- * it again to the node named (and refreshes the map), ASK sends it there
- * after ASKING on the same connection.  An MGET of keys of several slots is
+ * lost.  A command goes to the primary of its key's slot (for EVAL,
+ * EVALSHA and FCALL the first key; commands without a key to any node, or
+ * to a slot's with ngx_aai_redis_send_slot()); MOVED sends it again to the
+ * node named (and refreshes the map), ASK sends it there after ASKING on
+ * the same connection.  An MGET of keys of several slots is
  * split into GETs and its reply put together again.
  */
 
@@ -52,7 +53,7 @@ typedef struct {
 ngx_uint_t ngx_aai_redis_cluster_slot(u_char *key, size_t len);
 
 /*
- * The slot the command's keys hash to (EVAL and EVALSHA: their keys;
+ * The slot the command's keys hash to (EVAL, EVALSHA, FCALL: their keys;
  * others: argv[1]); NGX_AAI_REDIS_CLUSTER_ANY when it has no key; NGX_ERROR
  * when its keys are in several slots.
  */
@@ -82,6 +83,10 @@ void ngx_aai_redis_cluster_exit_worker(ngx_aai_redis_cluster_t *cl);
 ngx_aai_redis_cmd_t *ngx_aai_redis_cluster_send(ngx_aai_redis_cluster_t *cl,
     ngx_log_t *log, ngx_uint_t argc, ngx_str_t *argv,
     ngx_aai_redis_handler_pt handler, void *data);
+ngx_aai_redis_cmd_t *ngx_aai_redis_cluster_send_slot(
+    ngx_aai_redis_cluster_t *cl, ngx_log_t *log, ngx_int_t slot,
+    ngx_uint_t argc, ngx_str_t *argv, ngx_aai_redis_handler_pt handler,
+    void *data);
 void ngx_aai_redis_cluster_cancel(void *ccmd);
 ngx_uint_t ngx_aai_redis_cluster_available(ngx_aai_redis_cluster_t *cl);
 ngx_int_t ngx_aai_redis_cluster_slot_node(ngx_aai_redis_cluster_t *cl,

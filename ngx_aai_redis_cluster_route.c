@@ -32,8 +32,7 @@ ngx_aai_redis_cluster_send(ngx_aai_redis_cluster_t *cl, ngx_log_t *log,
     ngx_uint_t argc, ngx_str_t *argv, ngx_aai_redis_handler_pt handler,
     void *data)
 {
-    ngx_int_t              slot;
-    ngx_aai_redis_ccmd_t  *cc;
+    ngx_int_t  slot;
 
     if (!cl->initialized) {
         return NULL;
@@ -49,8 +48,10 @@ ngx_aai_redis_cluster_send(ngx_aai_redis_cluster_t *cl, ngx_log_t *log,
                                               data);
         }
 
-        if (argv[0].len >= 4
-            && ngx_strncasecmp(argv[0].data, (u_char *) "EVAL", 4) == 0)
+        if ((argv[0].len >= 4
+             && ngx_strncasecmp(argv[0].data, (u_char *) "EVAL", 4) == 0)
+            || (argv[0].len == 5
+                && ngx_strncasecmp(argv[0].data, (u_char *) "FCALL", 5) == 0))
         {
             return ngx_aai_redis_cluster_eval(cl, log, argc, argv, handler,
                                               data);
@@ -59,6 +60,27 @@ ngx_aai_redis_cluster_send(ngx_aai_redis_cluster_t *cl, ngx_log_t *log,
         ngx_log_error(NGX_LOG_ERR, log, 0,
                       "aai redis cluster %V: the keys of a %V are in "
                       "different slots", &cl->conf->url, &argv[0]);
+        return NULL;
+    }
+
+    return ngx_aai_redis_cluster_send_slot(cl, log, slot, argc, argv,
+                                           handler, data);
+}
+
+
+/*
+ * A command sent to the primary of a slot, whatever its keys: a command
+ * without a key (FUNCTION LOAD) for the node of a given key's slot.
+ */
+
+ngx_aai_redis_cmd_t *
+ngx_aai_redis_cluster_send_slot(ngx_aai_redis_cluster_t *cl, ngx_log_t *log,
+    ngx_int_t slot, ngx_uint_t argc, ngx_str_t *argv,
+    ngx_aai_redis_handler_pt handler, void *data)
+{
+    ngx_aai_redis_ccmd_t  *cc;
+
+    if (!cl->initialized) {
         return NULL;
     }
 

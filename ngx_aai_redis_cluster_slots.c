@@ -87,7 +87,9 @@ ngx_aai_redis_cluster_cmd_slot(ngx_uint_t argc, ngx_str_t *argv)
     if ((name->len == 4 && ngx_strncasecmp(name->data, (u_char *) "EVAL", 4)
                            == 0)
         || (name->len == 7
-            && ngx_strncasecmp(name->data, (u_char *) "EVALSHA", 7) == 0))
+            && ngx_strncasecmp(name->data, (u_char *) "EVALSHA", 7) == 0)
+        || (name->len == 5
+            && ngx_strncasecmp(name->data, (u_char *) "FCALL", 5) == 0))
     {
         if (argc < 3) {
             return NGX_AAI_REDIS_CLUSTER_ANY;

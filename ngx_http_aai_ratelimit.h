@@ -191,6 +191,9 @@ typedef struct {
     ngx_slab_pool_t                   *shpool;
     ngx_str_t                          sha;
     ngx_str_t                          xsha;      /* cluster: per node */
+    ngx_str_t                          fname;     /* FCALL: the function */
+    ngx_str_t                          xfname;    /* cluster: per node */
+    ngx_str_t                          library;   /* FUNCTION LOAD */
     ngx_aai_metrics_t                 *metrics;
     ngx_int_t                          latency;
     ngx_int_t                          errors[3];
@@ -298,6 +301,9 @@ struct ngx_http_aai_ratelimit_batch_s {
     ngx_int_t                          cnode;     /* or node, or -1 */
     ngx_queue_t                        charges;   /* charge= usage sent */
     unsigned                           eval:1;
+    unsigned                           fcall:1;   /* sent as FCALL */
+    unsigned                           loaded:1;  /* FUNCTION LOAD sent */
+    ngx_int_t                          fslot;     /* the node's: a slot */
     unsigned                           costs:1;   /* definitions with cost */
     unsigned                           conc:1;    /* leases to take */
     ngx_queue_t                        orphans;   /* leases of requests gone */
@@ -373,6 +379,8 @@ void ngx_http_aai_ratelimit_orphan(ngx_http_aai_ratelimit_ctx_t *ctx);
 /* ngx_http_aai_ratelimit_script.c */
 ngx_int_t ngx_http_aai_ratelimit_script_sha(ngx_conf_t *cf, ngx_str_t *sha);
 ngx_int_t ngx_http_aai_ratelimit_xscript_sha(ngx_conf_t *cf, ngx_str_t *sha);
+ngx_int_t ngx_http_aai_ratelimit_library(ngx_conf_t *cf, ngx_str_t *name,
+    ngx_str_t *xname, ngx_str_t *text);
 
 /* ngx_http_aai_ratelimit_decide.c */
 void ngx_http_aai_ratelimit_decide(ngx_http_request_t *r,

@@ -53,10 +53,21 @@ static ngx_http_aai_ratelimit_batch_t *ngx_http_aai_ratelimit_batch_get(
     ngx_http_aai_ratelimit_main_conf_t *mcf);
 static void ngx_http_aai_ratelimit_batch_free(
     ngx_http_aai_ratelimit_batch_t *b);
+static void ngx_http_aai_ratelimit_batch_again(
+    ngx_http_aai_ratelimit_batch_t *b);
+static ngx_int_t ngx_http_aai_ratelimit_fcall_error(
+    ngx_http_aai_ratelimit_batch_t *b, redisReply *reply);
+static void ngx_http_aai_ratelimit_load_handler(ngx_aai_redis_result_t *res,
+    void *data);
+static ngx_uint_t ngx_http_aai_ratelimit_fn_node(
+    ngx_http_aai_ratelimit_batch_t *b);
+static ngx_uint_t ngx_http_aai_ratelimit_fn_refused(
+    ngx_http_aai_ratelimit_batch_t *b, redisReply *reply);
 
 
 static ngx_str_t  ngx_http_aai_ratelimit_evalsha = ngx_string("EVALSHA");
 static ngx_str_t  ngx_http_aai_ratelimit_eval = ngx_string("EVAL");
+static ngx_str_t  ngx_http_aai_ratelimit_fcall = ngx_string("FCALL");
 
 
 /* per worker: the batch sequence number */
@@ -71,6 +82,14 @@ static ngx_http_aai_ratelimit_batch_t  *ngx_http_aai_ratelimit_nopen[
                                                 NGX_AAI_REDIS_CLUSTER_NODES];
 /* per worker: the cluster refused the per node script (Redis < 7) */
 static ngx_uint_t                       ngx_http_aai_ratelimit_xoff;
+/*
+ * per worker: the server (0) or the cluster node (1 + its index) refused
+ * functions (Redis < 7, or FCALL or FUNCTION denied): EVALSHA there
+ */
+static u_char                           ngx_http_aai_ratelimit_nofn[
+                                            NGX_AAI_REDIS_CLUSTER_NODES + 1];
+/* per worker: a FUNCTION LOAD failed, logged; cleared by one that works */
+static ngx_uint_t                       ngx_http_aai_ratelimit_load_failed;
 static ngx_queue_t                      ngx_http_aai_ratelimit_flight;
 static ngx_queue_t                      ngx_http_aai_ratelimit_spare;
 static ngx_uint_t                       ngx_http_aai_ratelimit_nspare;
@@ -290,11 +309,12 @@ ngx_http_aai_ratelimit_batch_handler(ngx_event_t *ev)
 
 
 /*
- * EVALSHA sha numkeys key... layout trim
- *         (algorithm limit window burst delay)...
+ * FCALL function numkeys key... layout trim
+ *       (algorithm limit window burst delay)...
  *
  * for the requests of the batch that are still there; NGX_DECLINED when
- * there are none.
+ * there are none.  EVALSHA sha (or EVAL script) where Redis refuses
+ * functions, EVAL after NOSCRIPT or a function not found again.
  */
 
 static ngx_int_t
@@ -416,10 +436,26 @@ ngx_http_aai_ratelimit_batch_send(ngx_http_aai_ratelimit_batch_t *b)
         }
     }
 
+    b->fcall = 0;
+
     if (b->eval) {
         argv[0] = ngx_http_aai_ratelimit_eval;
         argv[1] = (b->cnode >= 0) ? ngx_http_aai_ratelimit_xscript_text
                                   : ngx_http_aai_ratelimit_script_text;
+
+    } else if (!ngx_http_aai_ratelimit_nofn[
+                                      ngx_http_aai_ratelimit_fn_node(b)])
+    {
+        argv[0] = ngx_http_aai_ratelimit_fcall;
+        argv[1] = (b->cnode >= 0) ? mcf->xfname : mcf->fname;
+        b->fcall = 1;
+
+        /* where a FUNCTION LOAD goes if the node lacks the function */
+
+        b->fslot = (b->cnode >= 0)
+                   ? (ngx_int_t) ngx_aai_redis_cluster_slot(argv[3].data,
+                                                            argv[3].len)
+                   : b->cslot;
 
     } else {
         argv[0] = ngx_http_aai_ratelimit_evalsha;
@@ -774,7 +810,6 @@ ngx_http_aai_ratelimit_reply_handler(ngx_aai_redis_result_t *res, void *data)
     ngx_http_aai_ratelimit_batch_t *b = data;
 
     size_t                               len;
-    ngx_int_t                            rc;
     ngx_uint_t                           i, reason;
     redisReply                          *reply, **e;
     ngx_http_request_t                  *r;
@@ -809,6 +844,14 @@ ngx_http_aai_ratelimit_reply_handler(ngx_aai_redis_result_t *res, void *data)
 
     ngx_aai_metrics_observe(mcf->metrics, mcf->latency, res->latency_us);
 
+    if (b->fcall
+        && reply->type == REDIS_REPLY_ERROR
+        && reply->str != NULL
+        && ngx_http_aai_ratelimit_fcall_error(b, reply) == NGX_OK)
+    {
+        return;
+    }
+
     if (reply->type == REDIS_REPLY_ERROR
         && reply->len >= 8
         && ngx_strncmp(reply->str, "NOSCRIPT", 8) == 0
@@ -821,19 +864,7 @@ ngx_http_aai_ratelimit_reply_handler(ngx_aai_redis_result_t *res, void *data)
 
         b->eval = 1;
 
-        rc = ngx_http_aai_ratelimit_batch_send(b);
-
-        if (rc == NGX_OK) {
-            return;
-        }
-
-        if (rc == NGX_DECLINED) {
-            ngx_http_aai_ratelimit_batch_free(b);
-            return;
-        }
-
-        ngx_http_aai_ratelimit_batch_fail(b, NGX_HTTP_AAI_RL_E_UNAVAILABLE,
-                                          "unavailable", NULL);
+        ngx_http_aai_ratelimit_batch_again(b);
         return;
     }
 
@@ -899,6 +930,197 @@ ngx_http_aai_ratelimit_reply_handler(ngx_aai_redis_result_t *res, void *data)
     ngx_http_aai_ratelimit_lease_orphans(&b->orphans, 0);
 
     ngx_http_aai_ratelimit_batch_free(b);
+}
+
+
+/* the batch sent again, its command chosen again */
+
+static void
+ngx_http_aai_ratelimit_batch_again(ngx_http_aai_ratelimit_batch_t *b)
+{
+    ngx_int_t  rc;
+
+    rc = ngx_http_aai_ratelimit_batch_send(b);
+
+    if (rc == NGX_OK) {
+        return;
+    }
+
+    if (rc == NGX_DECLINED) {
+        ngx_http_aai_ratelimit_batch_free(b);
+        return;
+    }
+
+    ngx_http_aai_ratelimit_batch_fail(b, NGX_HTTP_AAI_RL_E_UNAVAILABLE,
+                                      "unavailable", NULL);
+}
+
+
+/*
+ * An FCALL's error: the function not found (a new or flushed Redis, a
+ * failover to a node without it) loads the library on the node
+ * (FUNCTION LOAD REPLACE), then the batch is sent again; not found once
+ * more, the batch is sent with EVAL.  FCALL refused (Redis < 7, renamed,
+ * denied to the user): EVALSHA on that node from then on.  NGX_DECLINED:
+ * another error, the batch's own.
+ */
+
+static ngx_int_t
+ngx_http_aai_ratelimit_fcall_error(ngx_http_aai_ratelimit_batch_t *b,
+    redisReply *reply)
+{
+    ngx_str_t  argv[4];
+
+    if (ngx_http_aai_ratelimit_fn_refused(b, reply)) {
+        ngx_http_aai_ratelimit_batch_again(b);
+        return NGX_OK;
+    }
+
+    if (reply->len < sizeof("ERR Function not found") - 1
+        || ngx_strncmp(reply->str, "ERR Function not found",
+                       sizeof("ERR Function not found") - 1)
+           != 0)
+    {
+        return NGX_DECLINED;
+    }
+
+    if (b->loaded) {
+        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                       "aai_ratelimit: function not found after its load, "
+                       "sending the script");
+        b->eval = 1;
+        ngx_http_aai_ratelimit_batch_again(b);
+        return NGX_OK;
+    }
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "aai_ratelimit: function not found, loading library %V",
+                   &b->mcf->fname);
+
+    b->loaded = 1;
+
+    ngx_str_set(&argv[0], "FUNCTION");
+    ngx_str_set(&argv[1], "LOAD");
+    ngx_str_set(&argv[2], "REPLACE");
+    argv[3] = b->mcf->library;
+
+    b->cmd = ngx_aai_redis_send_slot(b->mcf->redis, ngx_cycle->log, b->fslot,
+                                     4, argv,
+                                     ngx_http_aai_ratelimit_load_handler, b);
+    if (b->cmd == NULL) {
+        b->eval = 1;
+        ngx_http_aai_ratelimit_batch_again(b);
+        return NGX_OK;
+    }
+
+    ngx_queue_insert_tail(&ngx_http_aai_ratelimit_flight, &b->queue);
+
+    return NGX_OK;
+}
+
+
+/* the reply to FUNCTION LOAD: the batch sent again */
+
+static void
+ngx_http_aai_ratelimit_load_handler(ngx_aai_redis_result_t *res, void *data)
+{
+    ngx_http_aai_ratelimit_batch_t *b = data;
+
+    redisReply  *reply;
+
+    reply = res->reply;
+
+    if (reply == NULL) {
+        /* timeout, connection lost: the batch fails as its FCALL would */
+        ngx_http_aai_ratelimit_reply_handler(res, b);
+        return;
+    }
+
+    b->cmd = NULL;
+    ngx_queue_remove(&b->queue);
+
+    if (reply->type != REDIS_REPLY_ERROR) {
+        ngx_http_aai_ratelimit_load_failed = 0;
+
+    } else if (!ngx_http_aai_ratelimit_fn_refused(b, reply)) {
+
+        /* OOM, a busy script...: logged once until a load works */
+
+        if (!ngx_http_aai_ratelimit_load_failed) {
+            ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                          "aai_ratelimit: FUNCTION LOAD of library \"%V\" "
+                          "failed, sending the script: %*s", &b->mcf->fname,
+                          (size_t) reply->len, reply->str ? reply->str : "");
+        }
+
+        ngx_http_aai_ratelimit_load_failed = 1;
+        b->eval = 1;
+    }
+
+    ngx_http_aai_ratelimit_batch_again(b);
+}
+
+
+/* the index in ngx_http_aai_ratelimit_nofn of the batch's server or node */
+
+static ngx_uint_t
+ngx_http_aai_ratelimit_fn_node(ngx_http_aai_ratelimit_batch_t *b)
+{
+    ngx_int_t  node;
+
+    if (b->cnode >= 0) {
+        return b->cnode + 1;
+    }
+
+    if (b->cslot >= 0) {
+        node = ngx_aai_redis_slot_node(b->mcf->redis, b->cslot);
+
+        if (node >= 0 && node < NGX_AAI_REDIS_CLUSTER_NODES) {
+            return node + 1;
+        }
+    }
+
+    return 0;
+}
+
+
+/*
+ * 1 when the error is Redis refusing FCALL or FUNCTION (an unknown
+ * command: Redis < 7 or renamed; NOPERM: the user's ACL): the batch's
+ * server or node is sent EVALSHA from then on (logged once).
+ */
+
+static ngx_uint_t
+ngx_http_aai_ratelimit_fn_refused(ngx_http_aai_ratelimit_batch_t *b,
+    redisReply *reply)
+{
+    ngx_uint_t  n;
+
+    if (reply->str == NULL
+        || !((reply->len >= sizeof("ERR unknown command") - 1
+              && ngx_strncasecmp((u_char *) reply->str,
+                                 (u_char *) "ERR unknown command",
+                                 sizeof("ERR unknown command") - 1)
+                 == 0)
+             || (reply->len >= 6
+                 && ngx_strncmp(reply->str, "NOPERM", 6) == 0)))
+    {
+        return 0;
+    }
+
+    n = ngx_http_aai_ratelimit_fn_node(b);
+
+    if (!ngx_http_aai_ratelimit_nofn[n]) {
+        ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
+                      "aai_ratelimit: Redis refused functions (FCALL, "
+                      "FUNCTION LOAD)%s, the script is sent with EVALSHA "
+                      "there: %*s", n ? " on a cluster node" : "",
+                      (size_t) reply->len, reply->str);
+    }
+
+    ngx_http_aai_ratelimit_nofn[n] = 1;
+
+    return 1;
 }
 
 

@@ -798,6 +798,13 @@ ngx_http_aai_ratelimit_init_main_conf(ngx_conf_t *cf, void *conf)
         return NGX_CONF_ERROR;
     }
 
+    if (ngx_http_aai_ratelimit_library(cf, &mcf->fname, &mcf->xfname,
+                                       &mcf->library)
+        != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
+
     shm_zone = ngx_shared_memory_add(cf, &ngx_http_aai_ratelimit_shm_name,
                                      mcf->local_size,
                                      &ngx_http_aai_ratelimit_module);

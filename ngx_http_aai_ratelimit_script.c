@@ -4,7 +4,8 @@
  *
  * ngx_http_aai_ratelimit_module: the Lua script that checks a batch in
  * Redis, as sent with EVAL, and its SHA-1 for EVALSHA: the SHA-1 of
- * lua/ratelimit.lua, byte for byte.
+ * lua/ratelimit.lua, byte for byte; and the Redis 7 function library made
+ * of it and lua/ratelimit_library.lua, for FUNCTION LOAD and FCALL.
  */
 
 
@@ -114,6 +115,86 @@ ngx_http_aai_ratelimit_xscript_sha(ngx_conf_t *cf, ngx_str_t *sha)
     SHA1(x->data, x->len, digest);
 
     sha->len = ngx_hex_dump(sha->data, digest, SHA_DIGEST_LENGTH) - sha->data;
+
+    return NGX_OK;
+}
+
+
+/*
+ * The function library: "#!lua name=<name>", "local library = '<name>'",
+ * lua/ratelimit.lua without its last line (the call of EVAL), then
+ * lua/ratelimit_library.lua, which registers <name> and <name>_x (several
+ * slots of a cluster node).  <name> is "aai_ratelimit_" and the first 12
+ * hex digits of the SHA-1 of the two files, one after the other: nginx of
+ * two versions sharing a Redis each call their own.
+ */
+
+#define NGX_HTTP_AAI_RL_EVAL_LINE  "\nreturn check(KEYS, ARGV)\n"
+#define NGX_HTTP_AAI_RL_LIB_NAME   "aai_ratelimit_"
+#define NGX_HTTP_AAI_RL_LIB_HASH   12
+
+
+ngx_int_t
+ngx_http_aai_ratelimit_library(ngx_conf_t *cf, ngx_str_t *name,
+    ngx_str_t *xname, ngx_str_t *text)
+{
+    u_char  *p, *both;
+    size_t   slen, llen, last, len;
+    u_char   digest[SHA_DIGEST_LENGTH];
+    u_char   hex[2 * SHA_DIGEST_LENGTH];
+
+    slen = sizeof(ngx_http_aai_ratelimit_script) - 1;
+    llen = sizeof(ngx_http_aai_ratelimit_library_end) - 1;
+    last = sizeof(NGX_HTTP_AAI_RL_EVAL_LINE) - 1;
+
+    if (slen < last
+        || ngx_strncmp(ngx_http_aai_ratelimit_script + slen - last,
+                       NGX_HTTP_AAI_RL_EVAL_LINE, last)
+           != 0)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "aai_ratelimit: lua/ratelimit.lua does not end "
+                           "with \"return check(KEYS, ARGV)\"");
+        return NGX_ERROR;
+    }
+
+    both = ngx_pnalloc(cf->temp_pool, slen + llen);
+    if (both == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_cpymem(both, ngx_http_aai_ratelimit_script, slen);
+    ngx_memcpy(p, ngx_http_aai_ratelimit_library_end, llen);
+
+    SHA1(both, slen + llen, digest);
+    ngx_hex_dump(hex, digest, SHA_DIGEST_LENGTH);
+
+    len = sizeof(NGX_HTTP_AAI_RL_LIB_NAME) - 1 + NGX_HTTP_AAI_RL_LIB_HASH;
+
+    name->data = ngx_pnalloc(cf->pool, len);
+    xname->data = ngx_pnalloc(cf->pool, len + 2);
+    text->data = ngx_pnalloc(cf->pool, sizeof("#!lua name=\n") - 1
+                             + sizeof("local library = ''\n") - 1
+                             + 2 * len + slen - last + 1 + llen);
+
+    if (name->data == NULL || xname->data == NULL || text->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_cpymem(name->data, NGX_HTTP_AAI_RL_LIB_NAME,
+                   sizeof(NGX_HTTP_AAI_RL_LIB_NAME) - 1);
+    ngx_memcpy(p, hex, NGX_HTTP_AAI_RL_LIB_HASH);
+    name->len = len;
+
+    xname->len = ngx_sprintf(xname->data, "%V_x", name) - xname->data;
+
+    /* the script up to its last line's newline, that line left out */
+
+    text->len = ngx_sprintf(text->data, "#!lua name=%V\nlocal library = '%V'\n"
+                            "%*s%*s", name, name,
+                            slen - last + 1, ngx_http_aai_ratelimit_script,
+                            llen, ngx_http_aai_ratelimit_library_end)
+                - text->data;
 
     return NGX_OK;
 }

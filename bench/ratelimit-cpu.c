@@ -4,14 +4,19 @@
  * ratelimit-cpu: the rate limiter's script against one redis-server, Redis
  * CPU per check, several scripts side by side in one run.
  *
- *   ratelimit-cpu PORT PID SECONDS ROUNDS SCENARIOS NAME=FILE.lua ...
+ *   ratelimit-cpu PORT PID SECONDS ROUNDS SCENARIOS NAME=FILE.lua[:END.lua]
+ *
+ * A script given with END.lua (lua/ratelimit_library.lua, from 2026-12-07)
+ * is loaded as the module loads it, a Redis 7 function library (the file
+ * without its last line, then END.lua), and called with FCALL; without,
+ * it is loaded with SCRIPT LOAD and called with EVALSHA.
  *
  * SCENARIOS is a comma-separated list of: exact1 (S8: one sliding window
  * zone per user), s9 (S9: per user sliding, per IP GCRA burst=1000, per IP
  * sliding; the IP keys shared by the batch), counter1 (S15), counter3
  * (three counter zones, each its own key per user), gcra1 (S18: per user
  * GCRA, burst=100 nodelay).  Each run sends, on one connection, one
- * EVALSHA at a time as the module does: batches of 14 requests, users
+ * FCALL or EVALSHA at a time as the module does: batches of 14 requests, users
  * drawn from 10,000, the zones' rates high enough that nothing is
  * rejected (RLCPU_USERS: another number of users).  Before each run
  * the database is flushed and 3 checks per user run unmeasured (almost
@@ -43,7 +48,8 @@ static int  users = USERS;       /* RLCPU_USERS */
 typedef struct {
     const char  *name;
     const char  *file;
-    char         sha[41];
+    const char  *cmd;            /* FCALL or EVALSHA */
+    char         sha[41];        /* or the function's name */
 } script_t;
 
 
@@ -180,11 +186,12 @@ calls_of(const char *all, const char *name)
 
 
 /*
- * One batch of a scenario: the EVALSHA's arguments.  Returns argc.
+ * One batch of a scenario: the FCALL's or EVALSHA's arguments.  Returns
+ * argc.
  */
 
 static int
-build(const char *sc, const char *sha, const char **av, size_t *al,
+build(const char *sc, script_t *s, const char **av, size_t *al,
     char keys[][32], unsigned char *layout)
 {
     int            i, j, z, nz, nkeys, argc, uses[MAXKEYS], kidx[BATCH][3];
@@ -265,8 +272,8 @@ build(const char *sc, const char *sha, const char **av, size_t *al,
     }
 
     argc = 0;
-    av[argc] = "EVALSHA"; al[argc++] = 7;
-    av[argc] = sha; al[argc++] = 40;
+    av[argc] = s->cmd; al[argc++] = strlen(s->cmd);
+    av[argc] = s->sha; al[argc++] = strlen(s->sha);
     snprintf(nk, sizeof(nk), "%d", nkeys);
     av[argc] = nk; al[argc++] = strlen(nk);
     for (j = 0; j < nkeys; j++) {
@@ -299,7 +306,7 @@ run(const char *sc, script_t *s, int pid, double seconds)
     /* the warm-up: every user's keys written once (as after the first
      * seconds of the nginx benchmark), then the counters reset */
     for (batches = 0; batches < 3 * users / BATCH; batches++) {
-        argc = build(sc, s->sha, av, al, keys, layout);
+        argc = build(sc, s, av, al, keys, layout);
         r = redisCommandArgv(rc, argc, av, al);
         if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
             fprintf(stderr, "ratelimit-cpu: %s %s: %s\n", sc, s->name,
@@ -327,7 +334,7 @@ run(const char *sc, script_t *s, int pid, double seconds)
     batches = 0;
 
     while (now_sec() - t0 < seconds) {
-        argc = build(sc, s->sha, av, al, keys, layout);
+        argc = build(sc, s, av, al, keys, layout);
         r = redisCommandArgv(rc, argc, av, al);
         if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
             fprintf(stderr, "ratelimit-cpu: %s %s: %s\n", sc, s->name,
@@ -391,20 +398,98 @@ run(const char *sc, script_t *s, int pid, double seconds)
 }
 
 
+/* a file's content, NUL-terminated; exits when unreadable */
+
+static char *
+slurp(const char *path, long *len)
+{
+    FILE  *f;
+    char  *body;
+
+    f = fopen(path, "rb");
+    if (f == NULL) {
+        perror(path);
+        exit(1);
+    }
+    fseek(f, 0, SEEK_END);
+    *len = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    body = malloc(*len + 1);
+    if (body == NULL || fread(body, 1, *len, f) != (size_t) *len) {
+        fprintf(stderr, "ratelimit-cpu: %s unreadable\n", path);
+        exit(1);
+    }
+    body[*len] = '\0';
+    fclose(f);
+
+    return body;
+}
+
+
+/*
+ * The script as a function library "rlcpu_<n>", as the module makes it:
+ * its name, the script without its last line (the call of EVAL), the
+ * library's end (END.lua); FCALL rlcpu_<n>.
+ */
+
+static int
+load_library(script_t *s, int n, char *body, long len, const char *endf)
+{
+    char        *lib, *last;
+    long         elen;
+    size_t       llen;
+    redisReply  *r;
+    char        *end;
+
+    end = slurp(endf, &elen);
+
+    /* the last line left out */
+    if (len > 0 && body[len - 1] == '\n') {
+        body[len - 1] = '\0';
+    }
+    last = strrchr(body, '\n');
+    if (last == NULL || strncmp(last + 1, "return check(", 13) != 0) {
+        fprintf(stderr, "ratelimit-cpu: %s: no EVAL line last\n", s->file);
+        return 1;
+    }
+    last[1] = '\0';
+
+    lib = malloc(len + elen + 128);
+    if (lib == NULL) {
+        return 1;
+    }
+    snprintf(s->sha, sizeof(s->sha), "rlcpu_%d", n);
+    llen = sprintf(lib, "#!lua name=%s\nlocal library = '%s'\n%s%s",
+                   s->sha, s->sha, body, end);
+
+    r = redisCommand(rc, "FUNCTION LOAD REPLACE %b", lib, llen);
+    if (r == NULL || r->type != REDIS_REPLY_STRING) {
+        fprintf(stderr, "ratelimit-cpu: FUNCTION LOAD %s failed: %s\n",
+                s->file, r && r->str ? r->str : "");
+        return 1;
+    }
+    freeReplyObject(r);
+    free(lib);
+    free(end);
+
+    s->cmd = "FCALL";
+    return 0;
+}
+
+
 int
 main(int argc, char **argv)
 {
     int          port, pid, rounds, nscripts, i, j, k, round;
-    char        *scs, *sc, *save, *body;
+    char        *scs, *sc, *save, *body, *end;
     long         len;
-    FILE        *f;
     double       seconds;
     script_t     scripts[MAXSCR];
     redisReply  *r;
 
     if (argc < 7) {
         fprintf(stderr, "usage: ratelimit-cpu PORT PID SECONDS ROUNDS "
-                "SCENARIOS NAME=FILE.lua ...\n");
+                "SCENARIOS NAME=FILE.lua[:END.lua] ...\n");
         return 2;
     }
 
@@ -433,21 +518,25 @@ main(int argc, char **argv)
         scripts[nscripts].name = argv[i];
         scripts[nscripts].file = eq + 1;
 
-        f = fopen(eq + 1, "rb");
-        if (f == NULL) {
-            perror(eq + 1);
-            return 1;
+        end = strchr(eq + 1, ':');
+        if (end) {
+            *end++ = '\0';
         }
-        fseek(f, 0, SEEK_END);
-        len = ftell(f);
-        fseek(f, 0, SEEK_SET);
-        body = malloc(len + 1);
-        if (body == NULL || fread(body, 1, len, f) != (size_t) len) {
-            fprintf(stderr, "ratelimit-cpu: %s unreadable\n", eq + 1);
-            return 1;
+
+        body = slurp(eq + 1, &len);
+
+        if (end) {
+            if (load_library(&scripts[nscripts], nscripts, body, len, end)
+                != 0)
+            {
+                return 1;
+            }
+            free(body);
+            nscripts++;
+            continue;
         }
-        body[len] = '\0';
-        fclose(f);
+
+        scripts[nscripts].cmd = "EVALSHA";
 
         r = redisCommand(rc, "SCRIPT LOAD %b", body, (size_t) len);
         if (r == NULL || r->type != REDIS_REPLY_STRING || r->len != 40) {

@@ -1,7 +1,9 @@
 -- Copyright (C) aai-nginx authors
 --
--- The rate limiter's check of a batch (ngx_http_aai_ratelimit_batch.c sends
--- it with EVALSHA, or EVAL after NOSCRIPT).  This file is the source:
+-- The rate limiter's check of a batch (ngx_http_aai_ratelimit_batch.c calls
+-- it with FCALL, a function of the library made of this file and
+-- lua/ratelimit_library.lua; where Redis refuses functions, with EVALSHA,
+-- or EVAL after NOSCRIPT).  This file is the source:
 -- ngx_http_aai_ratelimit_lua.h is made from it by scripts/lua2c (run
 -- "make lua" after editing it), and t/029-ratelimit-scripts.t checks that
 -- the two agree and runs the script against a real Redis.
@@ -98,21 +100,28 @@
 -- paths, and every string the Redis commands need is made once.  Every
 -- name below is a local (a register): long names cost nothing.
 
-if redis.replicate_commands then redis.replicate_commands() end
+-- lua/ratelimit_library.lua registers check (below) in a Redis 7 function
+-- library (FUNCTION LOAD, FCALL), whose top-level code runs once, at
+-- load: the helpers, their closures and the tables below are made then,
+-- and a call only reads its arguments and decides.  Sent with EVAL, the
+-- file's last line calls check.  The top-level code of a library sees
+-- nothing but redis.register_function and redis.log: the functions of
+-- Redis and Lua the helpers use are fetched at each call (by globals(),
+-- made before the locals that take their names), as is the batch's time.
 
-local call, pcall, byte, fmt = redis.call, redis.pcall, string.byte,
-                               string.format
-local ceil, floor, type, tonumber = math.ceil, math.floor, type, tonumber
-local match, pack = string.match, struct.pack
+local function globals()
+  return redis.call, redis.pcall, string.byte, string.format, math.ceil,
+         math.floor, type, tonumber, string.match, struct.pack
+end
+
+local call, pcall, byte, fmt, ceil, floor, type, tonumber, match, pack
 
 local SLIDING, GCRA, COUNTER, CONCURRENCY = 0, 1, 2, 3   -- the algorithms
 
-local time = call('TIME')
-local now = time[1] * 1000000 + time[2]
-local now_str, layout = fmt('%d', now), ARGV[1]
-local flag, lease_prefix = string.sub(ARGV[2], 1, 1), string.sub(ARGV[2], 2)
-local trim = flag == '1' or flag == '3'
-local nargs = flag >= '2' and 6 or 5
+-- per call: the batch's time (us, and as text), its keys, whether to drop
+-- every expired entry seen, and the prefix of its leases
+
+local now, now_str, keys, trim, lease_prefix
 
 -- per zone definition, from ARGV, and what is derived from it once
 
@@ -126,64 +135,102 @@ local def_counter_start, def_counter_before, def_counter_weight,
 local def_cost_str, def_gcra_at, def_gcra_at_str, def_gcra_ttl =
       {}, {}, {}, {}
 local def_gcra_left, def_gcra_reset = {}, {}
-local ndefs = 0
 
-for j = 3, #ARGV, nargs do
-  ndefs = ndefs + 1
-  def_alg[ndefs] = tonumber(ARGV[j])
-  def_limit[ndefs] = tonumber(ARGV[j + 1])
-  def_window[ndefs] = tonumber(ARGV[j + 2])
-  def_burst[ndefs] = tonumber(ARGV[j + 3])
-  def_delay[ndefs] = tonumber(ARGV[j + 4])
-  def_cost[ndefs], def_shadow[ndefs], def_cost_str[ndefs] = 1, '', '1'
-  if nargs == 6 then
-    local cost, shadow = match(ARGV[j + 5], '^(%d+)(%a?)$')
-    def_cost[ndefs], def_shadow[ndefs] = tonumber(cost), shadow
-    def_cost_str[ndefs] = cost
+-- a definition's number from its text, the texts seen last kept (256 at
+-- most): a call reads the same few definitions as the one before, and
+-- tonumber's strtod is dear
+
+local numbers, nnumbers = {}, 0
+
+local function number(s)
+  local n = numbers[s]
+  if n == nil then
+    n = tonumber(s)
+    if nnumbers >= 256 then numbers, nnumbers = {}, 0 end
+    numbers[s], nnumbers = n, nnumbers + 1
+  end
+  return n
+end
+
+-- the batch's time and definitions, from ARGV
+
+local function read_definitions(argv)
+  if redis.replicate_commands then redis.replicate_commands() end
+  if not call then
+    -- once per library (a function library's closures outlive a call)
+    call, pcall, byte, fmt, ceil, floor, type, tonumber, match, pack =
+      globals()
   end
 
-  if def_alg[ndefs] == SLIDING or def_alg[ndefs] == CONCURRENCY then
-    -- a sliding window entry at or before this time has expired
-    def_cutoff[ndefs] = now - def_window[ndefs]
-    def_window_ms[ndefs] = ceil(def_window[ndefs] / 1000)
-    def_window_ttl[ndefs] = fmt('%d', def_window_ms[ndefs] + 1)
-    def_sliding_ttl[ndefs] = fmt('%d',
-                                 ceil(def_window[ndefs] * 1.5 / 1000) + 1)
-    def_half_ago[ndefs] = now - def_window[ndefs] / 2
+  local time = call('TIME')
+  now = time[1] * 1000000 + time[2]
+  now_str = fmt('%d', now)
 
-  elseif def_alg[ndefs] == COUNTER then
-    -- the fixed window now is in, and the part of the previous one still
-    -- inside the sliding window
-    def_counter_start[ndefs] = floor(now / def_window[ndefs])
-                               * def_window[ndefs]
-    def_counter_before[ndefs] = def_counter_start[ndefs] - def_window[ndefs]
-    def_counter_weight[ndefs] = (def_counter_start[ndefs]
-                                 + def_window[ndefs] - now)
-                                / def_window[ndefs]
-    def_counter_ttl[ndefs] = fmt('%d', ceil((def_counter_start[ndefs]
-                                             + 2 * def_window[ndefs] - now)
-                                            / 1000) + 1)
+  local flag = string.sub(argv[2], 1, 1)
+  lease_prefix = string.sub(argv[2], 2)
+  trim = flag == '1' or flag == '3'
 
-  elseif def_alg[ndefs] == GCRA and def_cost[ndefs] > 0
-         and def_cost[ndefs] <= def_burst[ndefs] + 1
-  then
-    -- the time a request writes when the key's time has passed, and its
-    -- TTL (a cost within the burst: such a request is admitted)
-    local period = def_window[ndefs] / def_limit[ndefs]
-    local at = now + def_cost[ndefs] * period
-    def_gcra_at[ndefs], def_gcra_at_str[ndefs] = at, fmt('%d', at)
-    def_gcra_ttl[ndefs] = fmt('%d', ceil((at - now) / 1000) + 1)
-    -- and its reply (remaining, reset) when admitted and not delayed,
-    -- computed as below
-    local last_tat = now + (def_cost[ndefs] - 1) * period
-    local wait = last_tat - now - def_delay[ndefs] * period
-    if last_tat - now <= def_burst[ndefs] * period
-       and floor(wait / 1000) <= 0
+  local nargs, ndefs = flag >= '2' and 6 or 5, 0
+
+  for j = 3, #argv, nargs do
+    ndefs = ndefs + 1
+    def_gcra_at[ndefs], def_gcra_left[ndefs] = nil, nil
+    def_alg[ndefs] = number(argv[j])
+    def_limit[ndefs] = number(argv[j + 1])
+    def_window[ndefs] = number(argv[j + 2])
+    def_burst[ndefs] = number(argv[j + 3])
+    def_delay[ndefs] = number(argv[j + 4])
+    def_cost[ndefs], def_shadow[ndefs], def_cost_str[ndefs] = 1, '', '1'
+    if nargs == 6 then
+      local cost, shadow = match(argv[j + 5], '^(%d+)(%a?)$')
+      def_cost[ndefs], def_shadow[ndefs] = tonumber(cost), shadow
+      def_cost_str[ndefs] = cost
+    end
+
+    if def_alg[ndefs] == SLIDING or def_alg[ndefs] == CONCURRENCY then
+      -- a sliding window entry at or before this time has expired
+      def_cutoff[ndefs] = now - def_window[ndefs]
+      def_window_ms[ndefs] = ceil(def_window[ndefs] / 1000)
+      def_window_ttl[ndefs] = fmt('%d', def_window_ms[ndefs] + 1)
+      def_sliding_ttl[ndefs] = fmt('%d',
+                                   ceil(def_window[ndefs] * 1.5 / 1000) + 1)
+      def_half_ago[ndefs] = now - def_window[ndefs] / 2
+
+    elseif def_alg[ndefs] == COUNTER then
+      -- the fixed window now is in, and the part of the previous one still
+      -- inside the sliding window
+      def_counter_start[ndefs] = floor(now / def_window[ndefs])
+                                 * def_window[ndefs]
+      def_counter_before[ndefs] = def_counter_start[ndefs]
+                                  - def_window[ndefs]
+      def_counter_weight[ndefs] = (def_counter_start[ndefs]
+                                   + def_window[ndefs] - now)
+                                  / def_window[ndefs]
+      def_counter_ttl[ndefs] =
+        fmt('%d', ceil((def_counter_start[ndefs] + 2 * def_window[ndefs]
+                        - now) / 1000) + 1)
+
+    elseif def_alg[ndefs] == GCRA and def_cost[ndefs] > 0
+           and def_cost[ndefs] <= def_burst[ndefs] + 1
     then
-      local left = floor((def_burst[ndefs] * period - (last_tat - now))
-                         / period)
-      def_gcra_left[ndefs] = left > 0 and left or 0
-      def_gcra_reset[ndefs] = ceil((at - now) / 1000)
+      -- the time a request writes when the key's time has passed, and its
+      -- TTL (a cost within the burst: such a request is admitted)
+      local period = def_window[ndefs] / def_limit[ndefs]
+      local at = now + def_cost[ndefs] * period
+      def_gcra_at[ndefs], def_gcra_at_str[ndefs] = at, fmt('%d', at)
+      def_gcra_ttl[ndefs] = fmt('%d', ceil((at - now) / 1000) + 1)
+      -- and its reply (remaining, reset) when admitted and not delayed,
+      -- computed as below
+      local last_tat = now + (def_cost[ndefs] - 1) * period
+      local wait = last_tat - now - def_delay[ndefs] * period
+      if last_tat - now <= def_burst[ndefs] * period
+         and floor(wait / 1000) <= 0
+      then
+        local left = floor((def_burst[ndefs] * period - (last_tat - now))
+                           / period)
+        def_gcra_left[ndefs] = left > 0 and left or 0
+        def_gcra_reset[ndefs] = ceil((at - now) / 1000)
+      end
     end
   end
 end
@@ -406,7 +453,7 @@ local function flush_admissions(k)
   end
 
   for i = 1, n, 1000 do
-    call('RPUSH', KEYS[k], unpack(entries, i, math.min(i + 999, n)))
+    call('RPUSH', keys[k], unpack(entries, i, math.min(i + 999, n)))
   end
 
   shared_state[k] = shared_state[k] + n
@@ -431,7 +478,7 @@ end
 local function charge(def, hi, lo)
   local amount, k, shared = def_cost[def], hi * 256 + lo, hi >= 128
   if shared then k = k - 32768 end
-  local key = KEYS[k]
+  local key = keys[k]
   if amount <= 0 or def_alg[def] == CONCURRENCY then return end
 
   if shared and shared_state[k] == nil then
@@ -491,13 +538,11 @@ end
 local function release(hi, lo, name)
   local k, shared = hi * 256 + lo, hi >= 128
   if shared then k = k - 32768 end
-  local n = pcall('ZREM', KEYS[k], name)
+  local n = pcall('ZREM', keys[k], name)
   if shared and type(n) == 'number' and shared_state[k] then
     shared_state[k] = shared_state[k] - n
   end
 end
-
-local pos, nout, layout_len, out = 1, 0, #layout, {}
 
 -- per zone of the request being checked: its key (the index in KEYS,
 -- negative when unshared), definition, admission time, reset, the five
@@ -510,359 +555,384 @@ local zone_key, zone_def, zone_at, zone_reset, zone_values =
       {}, {}, {}, {}, {}
 local zone_pushed, zone_count, zone_prev, zone_ttl_fresh = {}, {}, {}, {}
 local zone_current, zone_old = {}, {}
-local zone_reject, request_index = {}, 0
+local zone_reject = {}
 
-while pos <= layout_len do
-  local nzones, def, hi, lo = byte(layout, pos, pos + 3)
-  local count
+-- the check of a batch: its reply, a flat array (above)
 
-  if nzones > 0 then request_index = request_index + 1 end
+local function check(KEYS, ARGV)
+  read_definitions(ARGV)
+  keys = KEYS
 
-  -- a request of no zones is a charge= usage, or with definition 0 the
-  -- release of a lease, answered by nothing
-  if nzones == 0 and def == 0 then
-    local len = byte(layout, pos + 4)
-    release(hi, lo, string.sub(layout, pos + 5, pos + 4 + len))
-    pos = pos + 5 + len
-  elseif nzones == 0 then
-    charge(def, hi, lo)
-    pos = pos + 4
+  if next(shared_def) then
+    -- a call that failed left the last one's shared keys
+    shared_state, shared_now, shared_later, shared_ttl, shared_def,
+      shared_prev = {}, {}, {}, {}, {}, {}
   end
 
-  -- the short path: one zone, sliding without burst, unshared key, a cost
-  -- of 1 and not a shadow zone
+  local layout = ARGV[1]
+  local pos, nout, layout_len, out = 1, 0, #layout, {}
+  local request_index = 0
 
-  if nzones == 1 and hi < 128 and def_alg[def] == SLIDING
-     and def_burst[def] == 0 and def_cost[def] == 1
-     and def_shadow[def] == ''
-  then
-    local key, admitted, ttl_fresh = KEYS[hi * 256 + lo], nil, nil
-    count, admitted, ttl_fresh = admit_now(key, def)
-    if admitted then
-      nout = nout + 1
-      out[nout] = def_limit[def] - count - 1
-      if not ttl_fresh then set_ttl(key, def, 0) end
+
+  while pos <= layout_len do
+    local nzones, def, hi, lo = byte(layout, pos, pos + 3)
+    local count
+
+    if nzones > 0 then request_index = request_index + 1 end
+
+    -- a request of no zones is a charge= usage, or with definition 0 the
+    -- release of a lease, answered by nothing
+    if nzones == 0 and def == 0 then
+      local len = byte(layout, pos + 4)
+      release(hi, lo, string.sub(layout, pos + 5, pos + 4 + len))
+      pos = pos + 5 + len
+    elseif nzones == 0 then
+      charge(def, hi, lo)
       pos = pos + 4
-      nzones = 0
     end
 
-  -- one counter zone, unshared key, not a shadow zone: decided and
-  -- answered here
+    -- the short path: one zone, sliding without burst, unshared key, a cost
+    -- of 1 and not a shadow zone
 
-  elseif nzones == 1 and hi < 128 and def_alg[def] == COUNTER
-         and def_shadow[def] == ''
-  then
-    local key, cost = KEYS[hi * 256 + lo], def_cost[def]
-    local prev, current, reject, left, reset, retry
-    count, prev, current = counter_get(key, def, true)
-    reject, left, reset, retry =
-      counter_decide(def, count, prev, cost > 0 and cost or 1)
-    if reject == 0 then
-      if not current then counter_set(key, def, count + cost, prev) end
-      out[nout + 1], out[nout + 2] = left, ceil(reset / 1000)
-      nout = nout + 2
-    else
-      counter_undo(key, def, count, prev, current)
-      out[nout + 1], out[nout + 2], out[nout + 3] = -1, 1, 0
-      out[nout + 4], out[nout + 5] = 0, ceil(reset / 1000)
-      out[nout + 6] = ceil(retry / 1000)
-      nout = nout + 6
-    end
-    pos = pos + 4
-    nzones = 0
-
-  -- one GCRA zone, unshared key, whose time has passed: admitted (a time
-  -- not passed goes on below, with the old time as the key's state)
-
-  elseif nzones == 1 and hi < 128 and def_gcra_at[def]
-         and def_shadow[def] == ''
-  then
-    count = gcra_guess(KEYS[hi * 256 + lo], def)
-    if count <= now and def_gcra_left[def] then
-      out[nout + 1], out[nout + 2] = def_gcra_left[def], def_gcra_reset[def]
-      nout = nout + 2
-      pos = pos + 4
-      nzones = 0
-    end
-  end
-
-  if nzones > 0 then
-    pos = pos + 1
-
-    local rejected, detailed = false, false
-    local top, top_left, top_reset = 0, 0, 0
-
-    -- decide in every zone
-
-    for i = 1, nzones do
-      local def, hi, lo = byte(layout, pos, pos + 2)
-      pos = pos + 3
-
-      local k, key = hi * 256 + lo, nil
-      zone_pushed[i], zone_ttl_fresh[i], zone_old[i] = false, false, nil
-
-      if hi >= 128 then
-        k = k - 32768
-        key = KEYS[k]
-        if shared_state[k] == nil then
-          if def_alg[def] == COUNTER then
-            shared_state[k], shared_prev[k] = counter_get(key, def)
-          else
-            shared_state[k] = read_state(key, def)
-          end
-          shared_now[k], shared_ttl[k], shared_def[k] = 0, 0, def
-        end
-        count = shared_state[k]
-
-      else
-        key = KEYS[k]
-        k = -k
-        -- (a request that took the short path and was over the limit
-        -- keeps the count it got there)
-        if nzones > 1 or count == nil then
-          if def_alg[def] == SLIDING and def_burst[def] == 0
-             and def_cost[def] == 1 and def_shadow[def] == ''
-          then
-            count, zone_pushed[i], zone_ttl_fresh[i] = admit_now(key, def)
-          elseif def_alg[def] == COUNTER then
-            -- the cost added at once, unless the zone never records
-            zone_pushed[i] = def_shadow[def] ~= 'n'
-            count, zone_prev[i], zone_current[i] =
-              counter_get(key, def, zone_pushed[i])
-          elseif def_gcra_at[def] and def_shadow[def] == '' then
-            count = gcra_guess(key, def)
-            zone_old[i] = count
-          else
-            count = read_state(key, def)
-          end
-        elseif def_alg[def] == GCRA then
-          zone_old[i] = count            -- the short path wrote the key
-        end
+    if nzones == 1 and hi < 128 and def_alg[def] == SLIDING
+       and def_burst[def] == 0 and def_cost[def] == 1
+       and def_shadow[def] == ''
+    then
+      local key, admitted, ttl_fresh = KEYS[hi * 256 + lo], nil, nil
+      count, admitted, ttl_fresh = admit_now(key, def)
+      if admitted then
+        nout = nout + 1
+        out[nout] = def_limit[def] - count - 1
+        if not ttl_fresh then set_ttl(key, def, 0) end
+        pos = pos + 4
+        nzones = 0
       end
 
-      local limit, window, burst = def_limit[def], def_window[def],
-                                   def_burst[def]
-      local cost = def_cost[def]
-      local units = cost > 0 and cost or 1     -- a cost of 0 checks for 1
-      local reject, wait, left, reset, retry, at = 0, 0, 0, 0, 0, now
+    -- one counter zone, unshared key, not a shadow zone: decided and
+    -- answered here
 
-      if def_alg[def] == SLIDING then
-        if k > 0 then
-          count = count + shared_now[k]
-                  + (shared_later[k] and #shared_later[k] or 0)
-        end
+    elseif nzones == 1 and hi < 128 and def_alg[def] == COUNTER
+           and def_shadow[def] == ''
+    then
+      local key, cost = KEYS[hi * 256 + lo], def_cost[def]
+      local prev, current, reject, left, reset, retry
+      count, prev, current = counter_get(key, def, true)
+      reject, left, reset, retry =
+        counter_decide(def, count, prev, cost > 0 and cost or 1)
+      if reject == 0 then
+        if not current then counter_set(key, def, count + cost, prev) end
+        out[nout + 1], out[nout + 2] = left, ceil(reset / 1000)
+        nout = nout + 2
+      else
+        counter_undo(key, def, count, prev, current)
+        out[nout + 1], out[nout + 2], out[nout + 3] = -1, 1, 0
+        out[nout + 4], out[nout + 5] = 0, ceil(reset / 1000)
+        out[nout + 6] = ceil(retry / 1000)
+        nout = nout + 6
+      end
+      pos = pos + 4
+      nzones = 0
 
-        local last_unit = count + units - 1
+    -- one GCRA zone, unshared key, whose time has passed: admitted (a time
+    -- not passed goes on below, with the old time as the key's state)
 
-        if last_unit < limit and burst == 0 then
-          left, reset = limit - last_unit - 1, window
+    elseif nzones == 1 and hi < 128 and def_gcra_at[def]
+           and def_shadow[def] == ''
+    then
+      count = gcra_guess(KEYS[hi * 256 + lo], def)
+      if count <= now and def_gcra_left[def] then
+        out[nout + 1] = def_gcra_left[def]
+        out[nout + 2] = def_gcra_reset[def]
+        nout = nout + 2
+        pos = pos + 4
+        nzones = 0
+      end
+    end
+
+    if nzones > 0 then
+      pos = pos + 1
+
+      local rejected, detailed = false, false
+      local top, top_left, top_reset = 0, 0, 0
+
+      -- decide in every zone
+
+      for i = 1, nzones do
+        local def, hi, lo = byte(layout, pos, pos + 2)
+        pos = pos + 3
+
+        local k, key = hi * 256 + lo, nil
+        zone_pushed[i], zone_ttl_fresh[i], zone_old[i] = false, false, nil
+
+        if hi >= 128 then
+          k = k - 32768
+          key = KEYS[k]
+          if shared_state[k] == nil then
+            if def_alg[def] == COUNTER then
+              shared_state[k], shared_prev[k] = counter_get(key, def)
+            else
+              shared_state[k] = read_state(key, def)
+            end
+            shared_now[k], shared_ttl[k], shared_def[k] = 0, 0, def
+          end
+          count = shared_state[k]
 
         else
-          if k > 0 then flush_admissions(k) end
-          local last = newest(key, count)
+          key = KEYS[k]
+          k = -k
+          -- (a request that took the short path and was over the limit
+          -- keeps the count it got there)
+          if nzones > 1 or count == nil then
+            if def_alg[def] == SLIDING and def_burst[def] == 0
+               and def_cost[def] == 1 and def_shadow[def] == ''
+            then
+              count, zone_pushed[i], zone_ttl_fresh[i] = admit_now(key, def)
+            elseif def_alg[def] == COUNTER then
+              -- the cost added at once, unless the zone never records
+              zone_pushed[i] = def_shadow[def] ~= 'n'
+              count, zone_prev[i], zone_current[i] =
+                counter_get(key, def, zone_pushed[i])
+            elseif def_gcra_at[def] and def_shadow[def] == '' then
+              count = gcra_guess(key, def)
+              zone_old[i] = count
+            else
+              count = read_state(key, def)
+            end
+          elseif def_alg[def] == GCRA then
+            zone_old[i] = count            -- the short path wrote the key
+          end
+        end
 
-          if last_unit < limit then
-            left = limit - last_unit - 1
-            reset = (last > now and last or now) + window - now
+        local limit, window, burst = def_limit[def], def_window[def],
+                                     def_burst[def]
+        local cost = def_cost[def]
+        local units = cost > 0 and cost or 1     -- a cost of 0 checks for 1
+        local reject, wait, left, reset, retry, at = 0, 0, 0, 0, 0, now
 
-          elseif units > limit then
-            reject, retry, reset = 1, window, last + window - now
+        if def_alg[def] == SLIDING then
+          if k > 0 then
+            count = count + shared_now[k]
+                    + (shared_later[k] and #shared_later[k] or 0)
+          end
+
+          local last_unit = count + units - 1
+
+          if last_unit < limit and burst == 0 then
+            left, reset = limit - last_unit - 1, window
 
           else
-            -- admitted when the (limit - units + 1)-th newest leaves the
-            -- window
-            local excess = last_unit - limit + 1
-            at = tonumber(call('LINDEX', key, units - limit - 1)) + window
+            if k > 0 then flush_admissions(k) end
+            local last = newest(key, count)
 
-            if excess > burst then
-              reject, retry = 1, at - now
-              reset = last + window - now
+            if last_unit < limit then
+              left = limit - last_unit - 1
+              reset = (last > now and last or now) + window - now
+
+            elseif units > limit then
+              reject, retry, reset = 1, window, last + window - now
+
             else
-              if excess > def_delay[def] then wait = at - now end
-              reset = (last > at and last or at) + window - now
+              -- admitted when the (limit - units + 1)-th newest leaves the
+              -- window
+              local excess = last_unit - limit + 1
+              at = tonumber(call('LINDEX', key, units - limit - 1)) + window
+
+              if excess > burst then
+                reject, retry = 1, at - now
+                reset = last + window - now
+              else
+                if excess > def_delay[def] then wait = at - now end
+                reset = (last > at and last or at) + window - now
+              end
             end
           end
-        end
 
-      elseif def_alg[def] == COUNTER then
-        local prev = k > 0 and shared_prev[k] or zone_prev[i]
-        zone_count[i] = count
-        reject, left, reset, retry = counter_decide(def, count, prev, units)
-
-      elseif def_alg[def] == CONCURRENCY then
-        -- count is the live leases; at the limit the request is retried
-        -- when the oldest expires (1 s at least)
-        if count < limit then
-          left, reset = limit - count - 1, window
-        else
-          local oldest = call('ZRANGE', key, 0, 0, 'WITHSCORES')
-          retry = oldest[2] and tonumber(oldest[2]) - now or window
-          if retry < 1000 then retry = 1000 end
-          reject, reset = 1, retry
-        end
-
-      else
-        -- GCRA: count is the theoretical arrival time
-        local period = window / limit
-        local tat = count > now and count or now
-        local last_tat = tat + (units - 1) * period
-
-        if last_tat - now > burst * period then
-          reject, retry, reset = 1, last_tat - now - burst * period,
-                                 tat - now
-        else
-          wait = last_tat - now - def_delay[def] * period
-          if wait < 0 then wait = 0 end
-          at = tat + cost * period
-          reset = at - now
-          left = floor((burst * period - (last_tat - now)) / period)
-          if left < 0 then left = 0 end
-        end
-      end
-
-      reset = ceil(reset / 1000)
-      wait = floor(wait / 1000)
-
-      zone_reject[i] = reject
-
-      -- a shadow zone's rejection is in its values, and rejects nothing
-      if reject == 1 then
-        rejected = rejected or def_shadow[def] == ''
-        detailed, retry = true, ceil(retry / 1000)
-      elseif wait > 0 then
-        detailed = true
-      end
-
-      zone_key[i], zone_def[i] = k, def
-      zone_at[i], zone_reset[i] = at, reset
-
-      if nzones > 1 or detailed then
-        local v = 5 * i
-        zone_values[v - 4], zone_values[v - 3] = reject, wait
-        zone_values[v - 2], zone_values[v - 1] = left, reset
-        zone_values[v] = retry
-      end
-
-      -- the most restrictive zone, shadow zones left out
-      if def_shadow[def] == ''
-         and (top == 0 or left < top_left
-              or (left == top_left and reset > top_reset))
-      then
-        top, top_left, top_reset = i, left, reset
-      end
-    end
-
-    if top == 0 then top = 1 end               -- every zone a shadow one
-
-    -- the reply
-
-    if detailed then
-      out[nout + 1] = -1
-      for i = 1, 5 * nzones do out[nout + 1 + i] = zone_values[i] end
-      nout = nout + 1 + 5 * nzones
-    elseif nzones == 1 then
-      out[nout + 1], out[nout + 2] = top_left, top_reset
-      nout = nout + 2
-    else
-      out[nout + 1], out[nout + 2], out[nout + 3] = top, top_left, top_reset
-      nout = nout + 3
-    end
-
-    -- then record: a rejected request takes back what it pushed, added
-    -- or wrote
-
-    if rejected then
-      for i = 1, nzones do
-        local def = zone_def[i]
-        if zone_pushed[i] and def_alg[def] == COUNTER then
-          counter_undo(KEYS[-zone_key[i]], def, zone_count[i], zone_prev[i],
-                       zone_current[i])
-        elseif zone_pushed[i] then
-          call('RPOP', KEYS[-zone_key[i]])
-          if not zone_ttl_fresh[i] then
-            set_ttl(KEYS[-zone_key[i]], def, 0)
-          end
-        elseif zone_old[i] then
-          gcra_undo(KEYS[-zone_key[i]], zone_old[i])
-        end
-      end
-
-    else
-      for i = 1, nzones do
-        local k, def, at = zone_key[i], zone_def[i], zone_at[i]
-        local ttl = zone_reset[i] + 1
-        local cost = def_cost[def]
-
-        if def_shadow[def] == 'n'
-           or (def_shadow[def] == 's' and zone_reject[i] == 1)
-        then
-          -- a shadow zone records nothing it would have rejected
-          if zone_pushed[i] and def_alg[def] == COUNTER then
-            counter_undo(KEYS[-k], def, zone_count[i], zone_prev[i],
-                         zone_current[i])
-          end
+        elseif def_alg[def] == COUNTER then
+          local prev = k > 0 and shared_prev[k] or zone_prev[i]
+          zone_count[i] = count
+          reject, left, reset, retry =
+            counter_decide(def, count, prev, units)
 
         elseif def_alg[def] == CONCURRENCY then
-          -- the request's lease: "<prefix><n>", n its place among the
-          -- batch's requests, expiring after the lease time unless renewed
-          local key = KEYS[k > 0 and k or -k]
-          call('ZADD', key, fmt('%d', now + def_window[def]),
-               lease_prefix .. request_index)
-          call('PEXPIRE', key, def_window_ttl[def])
-          if k > 0 then shared_state[k] = shared_state[k] + 1 end
-
-        elseif k > 0 then
-          -- a shared key: written once, at the end; a cost of N is N
-          -- admissions (N entries, N periods, N counts)
-          if def_alg[def] == GCRA then
-            shared_state[k] = at
-          elseif def_alg[def] == COUNTER then
-            shared_state[k] = shared_state[k] + cost
-          elseif at == now then
-            shared_now[k] = shared_now[k] + cost
-          elseif cost > 0 then
-            local later = shared_later[k]
-            if later == nil then later = {}; shared_later[k] = later end
-            for _ = 1, cost do later[#later + 1] = at end
+          -- count is the live leases; at the limit the request is retried
+          -- when the oldest expires (1 s at least)
+          if count < limit then
+            left, reset = limit - count - 1, window
+          else
+            local oldest = call('ZRANGE', key, 0, 0, 'WITHSCORES')
+            retry = oldest[2] and tonumber(oldest[2]) - now or window
+            if retry < 1000 then retry = 1000 end
+            reject, reset = 1, retry
           end
-          if ttl > shared_ttl[k] then shared_ttl[k] = ttl end
 
         else
-          local key = KEYS[-k]
-          if def_alg[def] == SLIDING then
-            if not zone_pushed[i] and cost > 0 then
-              push_many(key, at == now and now_str or fmt('%d', at), cost)
+          -- GCRA: count is the theoretical arrival time
+          local period = window / limit
+          local tat = count > now and count or now
+          local last_tat = tat + (units - 1) * period
+
+          if last_tat - now > burst * period then
+            reject, retry, reset = 1, last_tat - now - burst * period,
+                                   tat - now
+          else
+            wait = last_tat - now - def_delay[def] * period
+            if wait < 0 then wait = 0 end
+            at = tat + cost * period
+            reset = at - now
+            left = floor((burst * period - (last_tat - now)) / period)
+            if left < 0 then left = 0 end
+          end
+        end
+
+        reset = ceil(reset / 1000)
+        wait = floor(wait / 1000)
+
+        zone_reject[i] = reject
+
+        -- a shadow zone's rejection is in its values, and rejects nothing
+        if reject == 1 then
+          rejected = rejected or def_shadow[def] == ''
+          detailed, retry = true, ceil(retry / 1000)
+        elseif wait > 0 then
+          detailed = true
+        end
+
+        zone_key[i], zone_def[i] = k, def
+        zone_at[i], zone_reset[i] = at, reset
+
+        if nzones > 1 or detailed then
+          local v = 5 * i
+          zone_values[v - 4], zone_values[v - 3] = reject, wait
+          zone_values[v - 2], zone_values[v - 1] = left, reset
+          zone_values[v] = retry
+        end
+
+        -- the most restrictive zone, shadow zones left out
+        if def_shadow[def] == ''
+           and (top == 0 or left < top_left
+                or (left == top_left and reset > top_reset))
+        then
+          top, top_left, top_reset = i, left, reset
+        end
+      end
+
+      if top == 0 then top = 1 end               -- every zone a shadow one
+
+      -- the reply
+
+      if detailed then
+        out[nout + 1] = -1
+        for i = 1, 5 * nzones do out[nout + 1 + i] = zone_values[i] end
+        nout = nout + 1 + 5 * nzones
+      elseif nzones == 1 then
+        out[nout + 1], out[nout + 2] = top_left, top_reset
+        nout = nout + 2
+      else
+        out[nout + 1], out[nout + 2] = top, top_left
+        out[nout + 3] = top_reset
+        nout = nout + 3
+      end
+
+      -- then record: a rejected request takes back what it pushed, added
+      -- or wrote
+
+      if rejected then
+        for i = 1, nzones do
+          local def = zone_def[i]
+          if zone_pushed[i] and def_alg[def] == COUNTER then
+            counter_undo(KEYS[-zone_key[i]], def, zone_count[i],
+                         zone_prev[i], zone_current[i])
+          elseif zone_pushed[i] then
+            call('RPOP', KEYS[-zone_key[i]])
+            if not zone_ttl_fresh[i] then
+              set_ttl(KEYS[-zone_key[i]], def, 0)
             end
-            if not zone_ttl_fresh[i] then set_ttl(key, def, ttl) end
-          elseif def_alg[def] == COUNTER then
-            if not (zone_pushed[i] and zone_current[i]) then
-              counter_set(key, def, zone_count[i] + cost, zone_prev[i])
+          elseif zone_old[i] then
+            gcra_undo(KEYS[-zone_key[i]], zone_old[i])
+          end
+        end
+
+      else
+        for i = 1, nzones do
+          local k, def, at = zone_key[i], zone_def[i], zone_at[i]
+          local ttl = zone_reset[i] + 1
+          local cost = def_cost[def]
+
+          if def_shadow[def] == 'n'
+             or (def_shadow[def] == 's' and zone_reject[i] == 1)
+          then
+            -- a shadow zone records nothing it would have rejected
+            if zone_pushed[i] and def_alg[def] == COUNTER then
+              counter_undo(KEYS[-k], def, zone_count[i], zone_prev[i],
+                           zone_current[i])
             end
-          elseif zone_old[i] == nil or zone_old[i] > now then
-            -- (a GCRA key whose old time had passed holds this one)
-            call('SET', key, fmt('%d', at), 'PX', ttl)
+
+          elseif def_alg[def] == CONCURRENCY then
+            -- the request's lease: "<prefix><n>", n its place among the
+            -- batch's requests, expiring after the lease time unless
+            -- renewed
+            local key = KEYS[k > 0 and k or -k]
+            call('ZADD', key, fmt('%d', now + def_window[def]),
+                 lease_prefix .. request_index)
+            call('PEXPIRE', key, def_window_ttl[def])
+            if k > 0 then shared_state[k] = shared_state[k] + 1 end
+
+          elseif k > 0 then
+            -- a shared key: written once, at the end; a cost of N is N
+            -- admissions (N entries, N periods, N counts)
+            if def_alg[def] == GCRA then
+              shared_state[k] = at
+            elseif def_alg[def] == COUNTER then
+              shared_state[k] = shared_state[k] + cost
+            elseif at == now then
+              shared_now[k] = shared_now[k] + cost
+            elseif cost > 0 then
+              local later = shared_later[k]
+              if later == nil then later = {}; shared_later[k] = later end
+              for _ = 1, cost do later[#later + 1] = at end
+            end
+            if ttl > shared_ttl[k] then shared_ttl[k] = ttl end
+
+          else
+            local key = KEYS[-k]
+            if def_alg[def] == SLIDING then
+              if not zone_pushed[i] and cost > 0 then
+                push_many(key, at == now and now_str or fmt('%d', at), cost)
+              end
+              if not zone_ttl_fresh[i] then set_ttl(key, def, ttl) end
+            elseif def_alg[def] == COUNTER then
+              if not (zone_pushed[i] and zone_current[i]) then
+                counter_set(key, def, zone_count[i] + cost, zone_prev[i])
+              end
+            elseif zone_old[i] == nil or zone_old[i] > now then
+              -- (a GCRA key whose old time had passed holds this one)
+              call('SET', key, fmt('%d', at), 'PX', ttl)
+            end
           end
         end
       end
     end
   end
-end
 
--- the shared keys' admissions
+  -- the shared keys' admissions
 
-for k, def in pairs(shared_def) do
-  if shared_ttl[k] > 0 then
-    if def_alg[def] == SLIDING then
-      flush_admissions(k)
-      set_ttl(KEYS[k], def, shared_ttl[k])
-    elseif def_alg[def] == COUNTER then
-      counter_set(KEYS[k], def, shared_state[k], shared_prev[k])
-    else
-      call('SET', KEYS[k], fmt('%d', shared_state[k]), 'PX', shared_ttl[k])
+  for k, def in pairs(shared_def) do
+    if shared_ttl[k] > 0 then
+      if def_alg[def] == SLIDING then
+        flush_admissions(k)
+        set_ttl(KEYS[k], def, shared_ttl[k])
+      elseif def_alg[def] == COUNTER then
+        counter_set(KEYS[k], def, shared_state[k], shared_prev[k])
+      else
+        call('SET', KEYS[k], fmt('%d', shared_state[k]), 'PX',
+             shared_ttl[k])
+      end
+    elseif def_alg[def] == SLIDING and def_burst[def] == 0 then
+      set_ttl(KEYS[k], def, 0)
     end
-  elseif def_alg[def] == SLIDING and def_burst[def] == 0 then
-    set_ttl(KEYS[k], def, 0)
   end
+
+  return out
 end
 
-return out
+return check(KEYS, ARGV)

@@ -48,12 +48,13 @@ sub node_ids {
     return %ids;
 }
 
-# the script calls (EVALSHA and EVAL) of each primary since its RESETSTAT
+# the script calls (FCALL, EVALSHA and EVAL) of each primary since its
+# RESETSTAT
 sub script_calls {
     my %n;
     for my $p (primaries()) {
         my $info = redis_cmd_port($p, 'INFO', 'commandstats');
-        for my $cmd (qw(evalsha eval)) {
+        for my $cmd (qw(fcall evalsha eval)) {
             my ($c) = $info =~ /cmdstat_$cmd:calls=(\d+)/;
             $n{$p}{$cmd} = $c // 0;
         }
@@ -147,11 +148,16 @@ ok(!$bad, "$n users at once: each passes") or diag($bad);
 
 my %calls = script_calls();
 my $total = 0;
-$total += $calls{$_}{evalsha} + $calls{$_}{eval} for keys %calls;
+$total += $calls{$_}{fcall} + $calls{$_}{evalsha} + $calls{$_}{eval}
+    for keys %calls;
 ok($total <= 3, "$n users of $n slots at once: at most one script call "
                 . "per node ($total)") or diag(explain(\%calls));
-ok((grep { $calls{$_}{evalsha} >= 1 } keys %calls) == 3,
+ok((grep { $calls{$_}{fcall} >= 1 } keys %calls) == 3,
    'each node checked its users') or diag(explain(\%calls));
+# each primary loaded the library when it first said "not found"
+is(scalar(grep { @{ redis_cmd_port($_, 'FUNCTION', 'LIST', 'LIBRARYNAME',
+                                   'aai_ratelimit_*') } == 1 } primaries()),
+   3, 'each primary holds the function library');
 
 # each user's key holds its one admission, on its slot's primary
 my $wrong = 0;
@@ -194,7 +200,7 @@ is(redis_cmd_port($node, 'LLEN', "aai:rl:ip:$ip"), 3,
    'the requests the user zone rejected spent nothing of the IP zone');
 %calls = script_calls();
 # (the fifth is rejected by the shared memory's blocklist, without Redis)
-ok($calls{$node}{evalsha} >= 3 && $calls{$node}{evalsha} <= 5,
+ok($calls{$node}{fcall} >= 3 && $calls{$node}{fcall} <= 5,
    'at most one script call per request, on that node')
     or diag(explain(\%calls));
 is($calls{$node}{eval}, 0, 'no refund: each request was checked in one part')

@@ -300,7 +300,7 @@ X-RL: ERROR
 
 
 
-=== TEST 7: SCRIPT FLUSH: NOSCRIPT is recovered once, then EVALSHA again
+=== TEST 7: FUNCTION FLUSH: the library is loaded once, then FCALL again
 --- http_config
     aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT timeout=3s;
     aai_ratelimit_zone flush key=$arg_u rate=10r/m;
@@ -311,7 +311,7 @@ X-RL: ERROR
         empty_gif;
     }
 --- aai_before
-redis_cmd('SCRIPT', 'FLUSH');
+redis_cmd('FUNCTION', 'FLUSH');
 redis_cmd('CONFIG', 'RESETSTAT');
 --- request eval
 ["GET /t?u=a", "GET /t?u=a", "GET /t?u=a"]
@@ -324,8 +324,10 @@ redis_cmd('CONFIG', 'RESETSTAT');
 --- aai_after
 is(redis_cmd('LLEN', 'aai:rl:flush:a'), 3, 'three admissions recorded');
 my $info = redis_cmd('INFO', 'commandstats');
-like($info, qr/cmdstat_evalsha:calls=3,/, 'EVALSHA for every request');
-like($info, qr/cmdstat_eval:calls=1,/, 'EVAL once, after NOSCRIPT');
+like($info, qr/cmdstat_fcall:calls=4,/,
+     'FCALL for every request, and the one not found');
+like($info, qr/cmdstat_function\|load:calls=1,/,
+     'FUNCTION LOAD once, after "not found"');
 
 
 
@@ -342,7 +344,7 @@ like($info, qr/cmdstat_eval:calls=1,/, 'EVAL once, after NOSCRIPT');
     }
 --- aai_before
 redis_cmd('ACL', 'SETUSER', 'aai_noscript', 'reset', 'on', '>pw', '~*',
-          '+@all', '-evalsha', '-eval');
+          '+@all', '-evalsha', '-eval', '-fcall', '-function');
 --- request
 GET /t?u=a
 --- error_code: 200
@@ -371,7 +373,7 @@ redis_cmd('ACL', 'DELUSER', 'aai_noscript');
     }
 --- aai_before
 redis_cmd('ACL', 'SETUSER', 'aai_noscript', 'reset', 'on', '>pw', '~*',
-          '+@all', '-evalsha', '-eval');
+          '+@all', '-evalsha', '-eval', '-fcall', '-function');
 --- request eval
 ["GET /t?u=a", "GET /t?u=b", "GET /metrics"]
 --- error_code eval

@@ -1,5 +1,5 @@
 # ngx_http_aai_ratelimit_module: the requests of one event loop iteration
-# share one EVALSHA.  Concurrent requests on one key admit exactly the
+# share one FCALL.  Concurrent requests on one key admit exactly the
 # limit and record exactly what was admitted; a rejection by one zone
 # spends nothing in the others; a request that goes away while its batch
 # is in Redis does not disturb the others.
@@ -68,7 +68,7 @@ sub nginx_commands {
     return grep { $_->{client} ne 'lua' } redis_monitor($code);
 }
 
-# the zone checks of an EVALSHA: per request, its count then 3 bytes a zone
+# the zone checks of an FCALL: per request, its count then 3 bytes a zone
 sub checks_of {
     my $args = shift;
     my $layout = $args->[3 + $args->[2]];
@@ -82,7 +82,7 @@ sub checks_of {
 }
 
 redis_flushdb();
-http_get($port, '/s?u=warm', {});    # the script is loaded
+http_get($port, '/s?u=warm', {});    # the library is loaded
 
 # one key, 40 at once: exactly the limit, at most a command per request
 
@@ -99,7 +99,7 @@ http_get($port, '/s?u=warm', {});    # the script is loaded
     # read in one iteration, the 40 checks share one command and one key
     is(join(' ', map { "$_->{args}[0]:$_->{args}[2]:" . checks_of($_->{args}) }
                  @c),
-       'EVALSHA:1:40', 'sliding: 40 checks of one key in one EVALSHA');
+       'FCALL:1:40', 'sliding: 40 checks of one key in one FCALL');
     is((http_get($port, '/s?u=one', {}))[0], 429,
        'sliding: then still limited');
 }
@@ -170,7 +170,7 @@ _EOC_
     my @st;
     my @c = nginx_commands(sub { @st = http_get($mport, '/three?u=a', {}) });
     is($st[0], 200, 'three zones: admitted');
-    is($sent->(@c), 'EVALSHA:keys=3:checks=3',
+    is($sent->(@c), 'FCALL:keys=3:checks=3',
        'three zones: one request, one command');
 
     my @r;
@@ -178,7 +178,7 @@ _EOC_
         @r = in_one_iteration($mport, $mprefix, sub { "/three?u=b$_[0]" }, 10);
     });
     is(statuses(@r), '200=10', 'three zones, 10 at once: admitted');
-    is($sent->(@c), 'EVALSHA:keys=30:checks=30',
+    is($sent->(@c), 'FCALL:keys=30:checks=30',
        'three zones, 10 at once: one command');
 
     # 100 requests of 3 zones: 85 fill a command (255 checks), 15 the next
@@ -187,7 +187,7 @@ _EOC_
                               100);
     });
     is(statuses(@r), '200=100', 'three zones, 100 at once: admitted');
-    is($sent->(@c), 'EVALSHA:keys=255:checks=255 EVALSHA:keys=45:checks=45',
+    is($sent->(@c), 'FCALL:keys=255:checks=255 FCALL:keys=45:checks=45',
        'three zones, 100 at once: split at 255 checks');
 
     # a request of 255 zones fills a command alone
@@ -195,7 +195,7 @@ _EOC_
         @r = in_one_iteration($mport, $mprefix, sub { "/max?u=d$_[0]" }, 3);
     });
     is(statuses(@r), '200=3', '255 zones, 3 at once: admitted');
-    is($sent->(@c), join(' ', ('EVALSHA:keys=255:checks=255') x 3),
+    is($sent->(@c), join(' ', ('FCALL:keys=255:checks=255') x 3),
        '255 zones, 3 at once: one command each');
     is(redis_cmd('LLEN', 'aai:rl:m255:d2'), 1,
        '255 zones: the last zone recorded');

@@ -1,6 +1,7 @@
 # ngx_http_aai_ratelimit_module's Lua script (lua/ratelimit.lua): the C
-# header that embeds it is what scripts/lua2c makes of it; the module sends
-# exactly that file (EVAL) under its SHA-1 (EVALSHA); and the script itself,
+# header that embeds it is what scripts/lua2c makes of it; the module loads
+# the function library made of it (FUNCTION LOAD) and calls it (FCALL; the
+# EVALSHA fallback is t/037-ratelimit-function.t's); and the script itself,
 # run with EVAL against the real Redis as the module calls it, replies and
 # leaves the keys as lua/ratelimit.lua says, for each algorithm.  Then the
 # debug log (nginx --with-debug, as Debian's) shows each request's path:
@@ -27,6 +28,15 @@ my $LUA = slurp('lua/ratelimit.lua');
 my $SHA = sha1_hex($LUA);
 $ENV{TEST_NGINX_LUA_SHA} = $SHA;
 
+# the function library, as ngx_http_aai_ratelimit_script.c makes it: its
+# name, then the script without its last line, then the library's end
+my $LIBEND = slurp('lua/ratelimit_library.lua');
+my $FN = 'aai_ratelimit_' . substr(sha1_hex($LUA . $LIBEND), 0, 12);
+my $LIB = $LUA;
+$LIB =~ s/^return check\(KEYS, ARGV\)\n\z//m or die "no EVAL line\n";
+$LIB = "#!lua name=$FN\nlocal library = '$FN'\n$LIB$LIBEND";
+$ENV{TEST_NGINX_LUA_FN} = $FN;
+
 my $SLIDING = 0;
 my $GCRA    = 1;
 my $COUNTER = 2;
@@ -35,15 +45,20 @@ my $MINUTE  = 60_000_000;      # us
 # --- the committed C header is made from the .lua file ---------------------
 
 {
-    my $made = `scripts/lua2c lua/ratelimit.lua ngx_http_aai_ratelimit_script`;
+    my $lua2c = 'scripts/lua2c lua/ratelimit.lua ngx_http_aai_ratelimit_script'
+                . ' lua/ratelimit_library.lua'
+                . ' ngx_http_aai_ratelimit_library_end';
+    my $made = `$lua2c`;
     is($?, 0, 'scripts/lua2c runs');
     ok($made eq slurp('ngx_http_aai_ratelimit_lua.h'),
        'ngx_http_aai_ratelimit_lua.h is lua/ratelimit.lua as made by '
        . 'scripts/lua2c (run "make lua")');
     is(redis_cmd('SCRIPT', 'LOAD', $LUA), $SHA, 'Redis loads it as its SHA-1');
+    is(redis_cmd('FUNCTION', 'LOAD', 'REPLACE', $LIB), $FN,
+       'Redis loads the library made of it');
 }
 
-# --- the module sends that file, under that SHA-1 --------------------------
+# --- the module loads that library, and calls its function ----------------
 
 {
     my ($port, $stop) = start_nginx_instance('rl029', <<'_EOC_');
@@ -57,26 +72,28 @@ my $MINUTE  = 60_000_000;      # us
 _EOC_
 
     redis_flushdb();
-    redis_cmd('SCRIPT', 'FLUSH');
+    redis_cmd('FUNCTION', 'FLUSH');
 
     # the script's commands (client "lua") and the client's own (PING)
     # left out
 
     my @st;
-    my @c = grep { $_->{client} ne 'lua' && $_->{args}[0] =~ /^EVAL/ }
+    my @c = grep { $_->{client} ne 'lua'
+                   && $_->{args}[0] =~ /^(?:EVAL|FCALL|FUNCTION)/i }
             redis_monitor(sub { @st = http_get($port, '/s?u=sha', {}) });
 
     is($st[0], 200, 'module: admitted');
-    is(join(' ', map { $_->{args}[0] } @c), 'EVALSHA EVAL',
-       'module: EVALSHA, NOSCRIPT, then EVAL');
-    is($c[0]{args}[1], $SHA, 'module: EVALSHA names the SHA-1 of the file');
-    ok(defined $c[1]{args}[1] && $c[1]{args}[1] eq $LUA,
-       'module: EVAL sends the file byte for byte');
+    is(join(' ', map { uc $_->{args}[0] } @c), 'FCALL FUNCTION FCALL',
+       'module: FCALL, not found, FUNCTION LOAD, then FCALL');
+    is($c[0]{args}[1], $FN, 'module: FCALL names the library\'s function');
+    ok(defined $c[1]{args}[3] && $c[1]{args}[3] eq $LIB,
+       'module: FUNCTION LOAD REPLACE sends the library made of the file');
 
-    @c = grep { $_->{client} ne 'lua' && $_->{args}[0] =~ /^EVAL/ }
+    @c = grep { $_->{client} ne 'lua'
+                && $_->{args}[0] =~ /^(?:EVAL|FCALL|FUNCTION)/i }
          redis_monitor(sub { @st = http_get($port, '/s?u=sha', {}) });
-    is(join(' ', map { $_->{args}[0] } @c), 'EVALSHA',
-       'module: then EVALSHA alone');
+    is(join(' ', map { uc $_->{args}[0] } @c), 'FCALL',
+       'module: then FCALL alone');
 
     $stop->();
 }
@@ -104,19 +121,26 @@ sub layout {
     return $s;
 }
 
-# EVAL as the module sends it: keys, layout, trim, definitions; with
+# FCALL as the module sends it: keys, layout, trim, definitions; with
 # costs => 1 (count=, cost=, charge=, dry_run, concurrency=) the flag is "2"
 # or "3" followed by the batch's lease prefix, and each definition has a
-# sixth argument, its cost and "s" or "n" for a shadow zone
+# sixth argument, its cost and "s" or "n" for a shadow zone.  Every other
+# check is an EVAL of the file (the module's fallback where Redis refuses
+# functions): both run the same check, and the library's tables, made
+# once, must not keep anything of one call for the next.
+my $calls = 0;
 sub check {
     my (%o) = @_;
     my @keys = @{ $o{keys} };
     my $flag = $o{costs} ? ($o{trim} ? '3' : '2') . ($o{lease} // 'L:')
                          : ($o{trim} ? '1' : '0');
-    return redis_cmd('EVAL', $LUA, scalar @keys, @keys,
+    return redis_cmd($calls++ % 2 ? ('EVAL', $LUA) : ('FCALL', $FN),
+                     scalar @keys, @keys,
                      layout(@{ $o{requests} }), $flag,
                      map { @$_ } @{ $o{defs} });
 }
+
+redis_cmd('FUNCTION', 'LOAD', 'REPLACE', $LIB);
 
 sub in_range {
     my ($v, $lo, $hi, $name) = @_;
@@ -644,7 +668,7 @@ sub path_of {
 _EOC_
 
     redis_flushdb();
-    redis_cmd('SCRIPT', 'LOAD', $LUA);
+    redis_cmd('FUNCTION', 'LOAD', 'REPLACE', $LIB);
 
     my ($st, $path) = path_of($port, $prefix, '/one?u=path');
     is($st, 200, 'debug: admitted');
@@ -652,7 +676,7 @@ _EOC_
 zone "d_one" key "path"
 queued in batch P as request 1
 waiting for Redis
-batch P sent: EVALSHA
+batch P sent: FCALL
 batch P reply: type 2
 reply of batch P for request 1: 1 values
 decided by Redis: passed
@@ -670,7 +694,7 @@ _EOP_
         \Azone\ "d_min"\ key\ "b"\n
         queued\ in\ batch\ P\ as\ request\ 1\n
         waiting\ for\ Redis\n
-        batch\ P\ sent:\ EVALSHA\n
+        batch\ P\ sent:\ FCALL\n
         batch\ P\ reply:\ type\ 2\n
         reply\ of\ batch\ P\ for\ request\ 1:\ 6\ values\n
         blocklist:\ "d_min:b"\ added\ for\ \d+\ ms\n
@@ -733,7 +757,7 @@ AaiTest::logs_once_more();
 
 __DATA__
 
-=== TEST 1: on the runner's own nginx, the script Redis keeps is the file
+=== TEST 1: on the runner's own nginx, the library Redis keeps is the file's
 --- http_config
     aai_ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
     aai_ratelimit_zone one key=$arg_u rate=10r/m;
@@ -747,7 +771,8 @@ GET /t?u=script
 --- error_code: 200
 --- aai_before
 redis_flushdb();
-redis_cmd('SCRIPT', 'FLUSH');
+redis_cmd('FUNCTION', 'FLUSH');
 --- aai_after
-is_deeply(redis_cmd('SCRIPT', 'EXISTS', $ENV{TEST_NGINX_LUA_SHA}), [1],
-          'the SHA-1 of lua/ratelimit.lua is loaded');
+my $l = redis_cmd('FUNCTION', 'LIST', 'LIBRARYNAME', $ENV{TEST_NGINX_LUA_FN});
+ok(@$l == 1 && $l->[0][1] eq $ENV{TEST_NGINX_LUA_FN},
+   'the library of lua/ratelimit.lua is loaded');

@@ -84,7 +84,7 @@ sub client_status {
     return $buf =~ m{^HTTP/1\.1 (\d+)} ? $1 : 0;
 }
 
-# the layout of a limiter EVALSHA: its checks and its releases
+# the layout of a limiter FCALL: its checks and its releases
 sub layout_of {
     my $args = shift;
     my $layout = $args->[3 + $args->[2]];
@@ -201,7 +201,7 @@ redis_flushdb();
 
     is(join(',', @st), join(',', (200) x 25), 'every response 200');
     is(zcards(), 0, 'every lease released: the sorted sets are gone');
-    # one EVALSHA when the worker reads the 25 events in one iteration; the
+    # one FCALL when the worker reads the 25 events in one iteration; the
     # kernel may hand the upstreams' answers to the next one, whose batch
     # then carries the releases: never more than those two, never a ZREM
     my ($checks, $releases) = (0, 0);
@@ -211,8 +211,8 @@ redis_flushdb();
         $releases += $r;
     }
     ok(@c >= 1 && @c <= 2
-       && !grep({ uc $_->{args}[0] ne 'EVALSHA' } @c),
-       'one or two EVALSHAs for the 20 releases and the 5 checks')
+       && !grep({ uc $_->{args}[0] ne 'FCALL' } @c),
+       'one or two FCALLs for the 20 releases and the 5 checks')
         or diag(join "\n", map { join ' ', @{ $_->{args} }[0, 2] } @c);
     is("$checks,$releases", '5,20',
        '... holding the 5 checks and the 20 releases');
@@ -235,12 +235,12 @@ redis_flushdb();
     is(zcards(), 0, 'the sorted sets are empty afterwards');
     my %n;
     $n{ uc $_->{args}[0] }++ for @c;
-    is(join(',', sort keys %n), 'EVALSHA', 'only EVALSHA: no ZREM, no EVAL');
+    is(join(',', sort keys %n), 'FCALL', 'only FCALL: no ZREM, no EVAL');
     my $rel = 0;
     $rel += (layout_of($_->{args}))[1] for @c;
     is($rel, 30, 'each lease released once, inside a batch');
-    ok($n{EVALSHA} < 60, "fewer commands than checks and releases: "
-                         . "$n{EVALSHA} for 60");
+    ok($n{FCALL} < 60, "fewer commands than checks and releases: "
+                       . "$n{FCALL} for 60");
 
     my $m = metrics_get($port, '/metrics');
     is($m->{'aai_ratelimit_leases_released_total{zone="lz"}'} . ','

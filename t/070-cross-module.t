@@ -77,7 +77,7 @@ my $r3;
 my @cmds = grep { $_->{client} ne 'lua' }
            redis_monitor(sub { $r3 = as('alice', 3) });
 like($r3, qr/^429 REJECTED - (?!app)/, 'alice 3: rejected, no cache status');
-is(join(' ', map { $_->{args}[0] } @cmds), 'EVALSHA',
+is(join(' ', map { $_->{args}[0] } @cmds), 'FCALL',
    'alice 3: the limiter asked Redis, the cache did not');
 
 is(as('bob', 4), "200 PASSED HIT app /p\n",
