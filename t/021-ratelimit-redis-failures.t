@@ -109,7 +109,7 @@ _EOC_
 }
 
 
-# --- Redis restarted: the circuit closes again, NOSCRIPT is recovered ------
+# --- Redis restarted: the circuit closes again, the library is loaded again -
 
 {
     my $rp = start_redis();
@@ -136,7 +136,8 @@ _EOC_
                . "none waits the 1 s timeout (slowest $took s)");
     });
 
-    # a new redis has no scripts: EVALSHA fails with NOSCRIPT, then EVAL
+    # a new redis has no function library: FCALL finds no function, the
+    # library is loaded (FUNCTION LOAD REPLACE), the batch sent again
 
     my $deadline = time + 5;
     while (time < $deadline) {
