@@ -2,8 +2,8 @@
 --
 -- A floor of the exact sliding window for bench/ratelimit-cpu, a Redis 7
 -- function with lua/ratelimit_library.lua as END.lua (RLCPU_SCRIPTS,
--- bench/README.md "Where the exact window's instructions go"), called
--- with exact1's batches; it decides nothing.
+-- bench/README.md "Where the exact window's 43,000 instructions go"),
+-- called with exact1's batches; it decides nothing.
 --
 -- + one RPUSH per check (its reply, the list's length).
 
