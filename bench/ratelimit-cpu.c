@@ -41,7 +41,7 @@
 #define USERS    10000
 
 static int  users = USERS;       /* RLCPU_USERS */
-#define MAXSCR   8
+#define MAXSCR   12
 #define MAXKEYS  (3 * BATCH + 2)
 
 
