@@ -240,7 +240,8 @@ end
 
 local function drop_expired(key, def, len)
   local cutoff = def_cutoff[def]
-  local head = call('LRANGE', key, 0, 3)
+  -- the bounds as text: Redis formats a Lua number at every call
+  local head = call('LRANGE', key, '0', '3')
   local lo, hi = 1, #head + 1
 
   while lo < hi do
