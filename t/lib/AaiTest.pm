@@ -1039,6 +1039,11 @@ sub upgrade_instance {
 #                               worker exited and new ones run; returns the
 #                               new worker pids (empty on timeout).
 #   redis_time_us([$port])      Redis TIME in microseconds.
+#   window_margin($w_us, $secs [, $port])
+#                               waits (polling Redis TIME) until at least
+#                               $secs remain in the current fixed window of
+#                               $w_us (windows start at multiples of it, as
+#                               algorithm=counter's do); returns its start.
 #   redis_monitor(\&code [, $port])
 #                               runs code while a MONITOR connection
 #                               watches Redis; returns the commands others
@@ -1059,8 +1064,8 @@ sub upgrade_instance {
 #                               true if it does.
 
 our @EXPORT_OK = qw( wait_until timed_get log_problems no_log_problems
-    master_pid worker_pids hup_wait redis_time_us redis_monitor nginx_t
-    stop_continue wait_redis_key );
+    master_pid worker_pids hup_wait redis_time_us window_margin
+    redis_monitor nginx_t stop_continue wait_redis_key );
 our %EXPORT_TAGS = (util => [@EXPORT_OK]);
 
 sub wait_until {
@@ -1134,6 +1139,16 @@ sub redis_time_us {
     my $port = shift // $ENV{TEST_NGINX_REDIS_PORT};
     my $t = redis_cmd_port($port, 'TIME');
     return $t->[0] * 1000000 + $t->[1];
+}
+
+sub window_margin {
+    my ($w, $secs, $port) = @_;
+    while (1) {
+        my $now = redis_time_us($port);
+        my $start = int($now / $w) * $w;
+        return $start if $start + $w - $now > $secs * 1e6;
+        select(undef, undef, undef, 0.1);
+    }
 }
 
 # an algorithm=counter key (three big-endian 64-bit integers: the window's
