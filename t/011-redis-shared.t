@@ -151,7 +151,10 @@ sub paused {
         last if $w[1] eq 'PASSED' && $w[2] =~ /^(?:MISS|HIT)$/;
         sleep 0.05;
     }
-    is("$w[1] $w[2]", 'PASSED MISS', 'recovered: both modules use Redis');
+    # a HIT too: under load an earlier try can find the limiter still
+    # falling back while the cache's MISS was already stored
+    like("$w[1] $w[2]", qr/^PASSED (?:MISS|HIT)$/,
+         'recovered: both modules use Redis');
 
     no_alert($prefix, 'cache first');
     $stop->();
