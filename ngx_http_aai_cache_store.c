@@ -639,7 +639,7 @@ ngx_http_aai_cache_store(ngx_http_request_t *r, ngx_http_aai_cache_ctx_t *ctx)
     u_char                          *p;
     size_t                           body;
     uint64_t                         now, px, extra;
-    ngx_str_t                        argv[13];
+    ngx_str_t                        argv[14];
     ngx_uint_t                       argc;
     ngx_aai_redis_cmd_t             *cmd;
     ngx_http_aai_cache_loc_conf_t   *alcf;
@@ -694,8 +694,16 @@ ngx_http_aai_cache_store(ngx_http_request_t *r, ngx_http_aai_cache_ctx_t *ctx)
     argv[2].data = ctx->buf;
     argv[2].len = ctx->len;
 
+    /* a header-only entry is not stored in pieces: see the script */
+
+    if (ctx->header_only && ctx->len > NGX_HTTP_AAI_CACHE_PIECE) {
+        ngx_http_aai_cache_abandon(r, ctx, "too large");
+        return;
+    }
+
     if (ctx->store_vary.len == 0
         && !ctx->lock_held
+        && !ctx->header_only
         && ctx->len <= NGX_HTTP_AAI_CACHE_PIECE)
     {
         ngx_str_set(&argv[0], "SET");
@@ -764,7 +772,17 @@ ngx_http_aai_cache_store(ngx_http_request_t *r, ngx_http_aai_cache_ctx_t *ctx)
         }
 
         ngx_str_set(&argv[11], NGX_HTTP_AAI_CACHE_CHANNEL);
-        argc = 13;
+
+        /* not over the entry of a whole response */
+
+        if (ctx->header_only) {
+            ngx_str_set(&argv[13], "1");
+
+        } else {
+            ngx_str_null(&argv[13]);
+        }
+
+        argc = 14;
 
         /* the script releases the lock and wakes up the waiters */
 
@@ -1082,6 +1100,15 @@ ngx_http_aai_cache_store_handler(ngx_aai_redis_result_t *res, void *data)
     }
 
     ngx_aai_metrics_observe(amcf->metrics, amcf->m_latency, res->latency_us);
+
+    if (res->reply
+        && res->reply->type == REDIS_REPLY_INTEGER
+        && res->reply->integer == 0)
+    {
+        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                       "aai cache kept the whole response's entry");
+        return;
+    }
 
     if (res->reply && res->reply->type != REDIS_REPLY_ERROR) {
         ngx_log_debug0(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,

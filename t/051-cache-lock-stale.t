@@ -527,8 +527,8 @@ redis_flushdb();
     my $storing = 0;
     my $all = 1;
     # each store acknowledged before the next request: with two Redis
-    # connections a HEAD's lookup can overtake the GET's store, miss, and
-    # store its header-only entry over the GET's
+    # connections a HEAD's lookup could overtake the GET's store and miss
+    # (its header-only entry is then not stored over the GET's: t/058)
     my $req = sub {
         return unless get($a_port, @_)->{cs} =~ /; stored$/;
         $storing++;

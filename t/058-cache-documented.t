@@ -4,8 +4,9 @@
 # and stale-if-error), a 206 never stored while a 200 to a range request
 # is, aai_cache_valid inherited and replaced per level, X-Accel-Expires
 # never overriding no-store or private (but overriding no-cache), a lookup
-# of a resource known to vary is one MGET, and a store Redis refuses
-# counted in aai_cache_store_failures_total and logged.
+# of a resource known to vary is one MGET, a HEAD's header-only entry
+# never stored over a GET's (but a GET's over a HEAD's), and a store
+# Redis refuses counted in aai_cache_store_failures_total and logged.
 
 use Test::Nginx::Socket 'no_plan';
 use lib 't/lib';
@@ -115,6 +116,12 @@ $common
 $common
         }
         location /full/ {
+$common
+        }
+        location /full/head/ {
+            # the GET's and the HEAD's entries share a key
+            aai_cache_key \$uri;
+            aai_cache_bypass \$http_x_bypass;
 $common
         }
         location /plain/inherit/ {
@@ -273,6 +280,56 @@ for my $cc (qw( no-store private )) {
     is($cmds[0], 'en 200 HIT: MGET', 'vary: a hit is one MGET, nothing else');
     is($cmds[1], 'fr 200 MISS: MGET',
        'vary: another variant\'s lookup is one MGET too');
+}
+
+# --- a HEAD's header-only entry never replaces a whole response's -------
+
+{
+    # flags bit 0 of the entry (ngx_aai_cache_entry.h): 1 header-only
+    my $header_only = sub {
+        my $v = redis_cmd('GETRANGE', shift, 0, 7) // '';
+        return length $v == 8 ? ord(substr($v, 7, 1)) & 1 : 'none';
+    };
+    # the calls of the commands that can store an entry, in Redis
+    my $stores = sub {
+        my $n = 0;
+        for (split /\r?\n/, redis_cmd('INFO', 'commandstats')) {
+            $n += $1 if /^cmdstat_(?:set|eval|evalsha):calls=(\d+)/;
+        }
+        return $n;
+    };
+
+    my ($st, $h, $body) = http_get($port, '/full/head/a');
+    my $key = $h->{'x-key'} // '';
+    ok(wait_redis_key($key), 'head: the GET\'s entry stored');
+
+    # a HEAD that skips the lookup (as a HEAD whose lookup overtook the
+    # GET's store), answered while the GET's entry is there
+    my $before = $stores->();
+    ($st, $h) = http_get($port, '/full/head/a', { 'X-Bypass' => 1 }, 'HEAD');
+    like("$st $h->{'x-status'} " . ($h->{'cache-status'} // ''),
+         qr/^200 BYPASS .*\bstored\b/, 'head: the HEAD forwarded, to store');
+    ok(wait_until(5, sub { $stores->() > $before }),
+       'head: its store arrived in Redis');
+    is($header_only->($key), 0, 'head: the entry is still the GET\'s');
+    ($st, $h, $body) = http_get($port, '/full/head/a');
+    is("$st $h->{'x-status'} $body",
+       "200 HIT whole representation /full/head/a\n",
+       'head: the next GET hits, with the body');
+
+    # a HEAD's entry first: a GET does not hit it, and replaces it
+    ($st, $h) = http_get($port, '/full/head/b', {}, 'HEAD');
+    $key = $h->{'x-key'} // '';
+    ok(wait_until(5, sub { $header_only->($key) eq '1' }),
+       'head: a HEAD\'s entry stored, header-only');
+    ($st, $h, $body) = http_get($port, '/full/head/b');
+    is("$st $h->{'x-status'} $body",
+       "200 MISS whole representation /full/head/b\n",
+       'head: a GET misses a header-only entry');
+    ok(wait_until(5, sub { $header_only->($key) eq '0' }),
+       'head: and replaces it with its own');
+    ($st, $h) = http_get($port, '/full/head/b', {}, 'HEAD');
+    is("$st $h->{'x-status'}", '200 HIT', 'head: a HEAD hits the GET\'s');
 }
 
 my $m = metrics_get($port);

@@ -248,7 +248,7 @@ my $CH = 'aai:cache:unlock';
     redis_flushdb();
     my @p = published(sub {
         is(eval_script('store', ['e', 'b', 'b:v', 'b'],
-                       'entry1', 60000, '', '', $CH, ''),
+                       'entry1', 60000, '', '', $CH, '', ''),
            1, 'store: returns 1');
     });
     is(redis_cmd('GET', 'e'), 'entry1', 'store: the entry set');
@@ -264,7 +264,7 @@ my $CH = 'aai:cache:unlock';
     redis_flushdb();
     redis_cmd('SET', 'b', 'old-record', 'PX', 120000);
     is(eval_script('store', ['b:1', 'b', 'b:v', 'b'],
-                   'variant1', 60000, 'record', '', $CH, ''),
+                   'variant1', 60000, 'record', '', $CH, '', ''),
        1, 'store, vary: returns 1');
     is(redis_cmd('GET', 'b:1'), 'variant1', 'store, vary: the variant set');
     is(redis_cmd('GET', 'b'), 'record', 'store, vary: the record set');
@@ -275,7 +275,7 @@ my $CH = 'aai:cache:unlock';
     pttl_in('b:v', 59000, 60000, 'store, vary: the set lives as long');
 
     eval_script('store', ['b:2', 'b', 'b:v', 'b'],
-                'variant2', 300000, 'record', '', $CH, '');
+                'variant2', 300000, 'record', '', $CH, '', '');
     pttl_in('b', 299000, 300000, 'store, vary: a longer variant, the record '
             . 'lives as long');
     pttl_in('b:v', 299000, 300000, 'store, vary: and the set');
@@ -283,7 +283,7 @@ my $CH = 'aai:cache:unlock';
               'store, vary: both variants in the set');
 
     eval_script('store', ['b:3', 'b', 'b:v', 'b'],
-                'variant3', 1000, 'record', '', $CH, '');
+                'variant3', 1000, 'record', '', $CH, '', '');
     pttl_in('b:v', 299000, 300000, 'store, vary: a shorter variant '
             . 'shortens nothing');
 }
@@ -295,7 +295,7 @@ my $CH = 'aai:cache:unlock';
     redis_cmd('SET', 'e:l', 'tok1', 'PX', 1000);
     my @p = published(sub {
         is(eval_script('store', ['e', 'e', 'e:v', 'e:l'],
-                       'entry', 60000, '', 'tok1', $CH, '1 e:l'),
+                       'entry', 60000, '', 'tok1', $CH, '1 e:l', ''),
            1, 'store, lock: returns 1');
     });
     is(redis_cmd('EXISTS', 'e:l'), 0, 'store, lock: its lock deleted');
@@ -304,10 +304,61 @@ my $CH = 'aai:cache:unlock';
     redis_cmd('SET', 'e:l', 'tok2', 'PX', 1000);
     @p = published(sub {
         eval_script('store', ['e', 'e', 'e:v', 'e:l'],
-                    'entry', 60000, '', 'tok1', $CH, '1 e:l');
+                    'entry', 60000, '', 'tok1', $CH, '1 e:l', '');
     });
     is(redis_cmd('GET', 'e:l'), 'tok2', 'store, lock: another\'s lock kept');
     is_deeply(\@p, ["$CH 1 e:l"], 'store, lock: the waiters told anyway');
+}
+
+# store: a header-only entry (a HEAD's) is not stored over the entry of a
+# whole response, and replaces anything else
+
+{
+    my $entry = sub {                     # the first 8 bytes of an entry
+        my ($type, $flags) = @_;
+        return "AAIC\x01$type" . pack('n', $flags) . 'rest';
+    };
+    my $whole = $entry->('E', 0);
+    my $head = $entry->('E', 1);
+
+    redis_flushdb();
+    redis_cmd('SET', 'e', $whole);
+    redis_cmd('SET', 'e:l', 'tok', 'PX', 1000);
+    my @p = published(sub {
+        is(eval_script('store', ['e', 'e', 'e:v', 'e:l'],
+                       $head, 60000, 'record', 'tok', $CH, '1 e:l', '1'),
+           0, 'store, header-only over a whole entry: returns 0');
+    });
+    is(redis_cmd('GET', 'e'), $whole, 'store, header-only: the whole kept');
+    is(redis_cmd('EXISTS', 'e:v'), 0, 'store, header-only: no variant set');
+    is(redis_cmd('EXISTS', 'e:l'), 0, 'store, header-only: the lock deleted');
+    is_deeply(\@p, ["$CH 1 e:l"], 'store, header-only: the waiters told');
+
+    for my $old ([ 'a header-only entry', $entry->('E', 1) ],
+                 [ 'a vary record', $entry->('V', 0) ],
+                 [ 'another version', "AAIC\x02E\0\0rest" ],
+                 [ 'a foreign value', 'something else' ],
+                 [ 'a short value', 'AAIC' ])
+    {
+        redis_cmd('SET', 'e', $old->[1]);
+        is(eval_script('store', ['e', 'e', 'e:v', 'e'],
+                       $head, 60000, '', '', $CH, '', '1'),
+           1, "store, header-only over $old->[0]: returns 1");
+        is(redis_cmd('GET', 'e'), $head, "store, header-only: replaces "
+           . $old->[0]);
+    }
+
+    redis_cmd('DEL', 'e');
+    is(eval_script('store', ['e', 'e', 'e:v', 'e'],
+                   $head, 60000, '', '', $CH, '', '1'),
+       1, 'store, header-only, no entry: returns 1');
+    pttl_in('e', 59000, 60000, 'store, header-only: it lives ARGV[2] ms');
+
+    redis_cmd('SET', 'e', $head);
+    is(eval_script('store', ['e', 'e', 'e:v', 'e'],
+                   $whole, 60000, '', '', $CH, '', ''),
+       1, 'store, a whole entry over a header-only one: returns 1');
+    is(redis_cmd('GET', 'e'), $whole, 'store, a whole entry replaces it');
 }
 
 # pieces: the temporary key becomes the entry when it is whole
