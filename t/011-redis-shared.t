@@ -14,14 +14,14 @@ use Time::HiRes qw( time sleep );
 
 $ENV{TEST_NGINX_REDIS_PORT} ||= 6379;
 
-my $T = 0.5;    # timeout= of both modules, seconds
+my $T = 1;      # timeout= of both modules, seconds
 
 sub front {
     my ($name, $redis) = @_;
     my $app = free_port();
     my ($port, $stop, $prefix) = start_nginx_instance($name, <<_EOC_);
-    aai_ratelimit_redis $redis timeout=500ms connect_timeout=5s;
-    aai_cache_redis $redis timeout=500ms connect_timeout=5s;
+    aai_ratelimit_redis $redis timeout=1s connect_timeout=5s;
+    aai_cache_redis $redis timeout=1s connect_timeout=5s;
     aai_ratelimit_zone z key=\$arg_u rate=1000r/m;
 
     server {
