@@ -694,7 +694,7 @@ ngx_http_aai_cache_store(ngx_http_request_t *r, ngx_http_aai_cache_ctx_t *ctx)
     argv[2].data = ctx->buf;
     argv[2].len = ctx->len;
 
-    /* a header-only entry is not stored in pieces: see the script */
+    /* a header-only entry goes with the store script, never in pieces */
 
     if (ctx->header_only && ctx->len > NGX_HTTP_AAI_CACHE_PIECE) {
         ngx_http_aai_cache_abandon(r, ctx, "too large");

@@ -246,6 +246,14 @@ for my $p (@PRIMARIES) {
 is(scalar(grep { $centries{$_} > 0 } @PRIMARIES), 3,
    'the entries are on every primary') or diag(explain(\%centries));
 
+# a HEAD's header-only entry goes with the store script (its keys and the
+# entry it must not replace share a slot)
+my ($hd) = cget($port1, '/cache/head1', {}, 'HEAD');
+is($hd, '200 MISS', 'HEAD: a miss on the first instance');
+ok(wait_until(3, sub { (cget($port2, '/cache/head1', {}, 'HEAD'))[0]
+                       eq '200 HIT' }),
+   'HEAD: its entry hits on the second instance');
+
 # Vary: the record and the variants of one resource share its slot; a
 # lookup that knows the resource varies reads both (MGET) at once
 my ($v1, $b1) = cget($port1, '/cache/vary/x', {'Accept-Language' => 'en'});
