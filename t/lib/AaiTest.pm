@@ -1143,6 +1143,9 @@ sub redis_time_us {
 
 sub window_margin {
     my ($w, $secs, $port) = @_;
+    # a margin the window cannot hold would never come
+    die "window_margin: $secs s of a window of $w us\n"
+        if $secs * 1e6 >= $w;
     while (1) {
         my $now = redis_time_us($port);
         my $start = int($now / $w) * $w;
